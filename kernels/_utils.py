@@ -1,0 +1,24 @@
+"""Small helpers shared by the Triton launchers."""
+from __future__ import annotations
+
+import os
+
+import torch
+import triton
+import triton.language as tl
+
+# Triton dtype of each supported torch dtype (for kernels that pick an accumulation or cast).
+TORCH_TO_TRITON = {
+    torch.float32: tl.float32,
+    torch.float16: tl.float16,
+    torch.bfloat16: tl.bfloat16,
+}
+
+
+def interpreting() -> bool:
+    """True when Triton runs kernels in its CPU interpreter (``TRITON_INTERPRET=1``)."""
+    return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
+
+
+def next_power_of_2(value: int) -> int:
+    return triton.next_power_of_2(max(int(value), 1))

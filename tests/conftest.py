@@ -1,0 +1,55 @@
+"""Device gating, seeds and the Triton interpreter for CPU-only machines.
+
+On a machine without CUDA, Triton kernels run through Triton's CPU interpreter
+(``TRITON_INTERPRET=1``), so the kernels themselves are tested in CI. The variable must be set
+before ``triton`` is first imported, hence at the top of this file.
+"""
+from __future__ import annotations
+
+import os
+import random
+import shutil
+
+import numpy as np
+import pytest
+
+
+def _cuda_available() -> bool:
+    if shutil.which("nvidia-smi") is None and not os.path.exists("/dev/nvidiactl"):
+        return False  # never touch the CUDA runtime on a machine without a driver
+    import torch
+
+    return torch.cuda.is_available()
+
+
+CUDA = _cuda_available()
+if not CUDA:
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+
+import torch  # noqa: E402  (after TRITON_INTERPRET is set)
+
+# Where the Triton kernels run in these tests: the GPU when there is one, else the interpreter.
+KERNEL_DEVICE = "cuda" if CUDA else "cpu"
+
+
+def pytest_collection_modifyitems(config, items):
+    skip_cuda = pytest.mark.skip(reason="needs a CUDA device")
+    for item in items:
+        if "cuda" in item.keywords and not CUDA:
+            item.add_marker(skip_cuda)
+
+
+@pytest.fixture
+def kernel_device() -> str:
+    """The device on which Triton kernels run in this test session ("cuda" or "cpu")."""
+    return KERNEL_DEVICE
+
+
+@pytest.fixture(autouse=True)
+def _seed_everything(request):
+    """A fresh, reproducible seed per test (derived from its name), printed on failure."""
+    seed = abs(hash(request.node.nodeid)) % (2**31)
+    random.seed(seed)
+    np.random.seed(seed % (2**32))
+    torch.manual_seed(seed)
+    yield seed

@@ -1,0 +1,1 @@
+"""vito_fast.eval (filled in by later work)."""

@@ -1,0 +1,1 @@
+"""vito_fast.model (filled in by later work)."""

@@ -1,0 +1,1 @@
+"""Autograd functions and the functional API that picks Triton or the PyTorch reference."""

@@ -1,0 +1,1 @@
+"""vito_fast.train (filled in by later work)."""
