@@ -4,12 +4,19 @@ from vito_fast._lazy import lazy_exports
 __getattr__, __dir__ = lazy_exports(
     __name__,
     {
+        # view sampler (C++ with a NumPy reference)
         "ViewConfig": ".sampler",
         "ViewParams": ".sampler",
         "sample_view_params": ".sampler",
         "sample_view_params_numpy": ".sampler",
-        "FrameStore": ".frame_store",
+        # manifests: scanning a folder of videos
+        "ClipRecord": ".manifest",
+        "scan_videos": ".manifest",
         "read_manifest": ".manifest",
         "write_manifest": ".manifest",
+        # frame store: JPEG frames in tar shards plus an index
+        "FrameStore": ".frame_store",
+        "extract_frames": ".frame_store",
+        "transcode_clips": ".transcode",
     },
 )
