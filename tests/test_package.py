@@ -66,3 +66,16 @@ def test_subcommand_not_built_yet_fails_with_a_message(monkeypatch, capsys):
     monkeypatch.setitem(SUBCOMMANDS, "teleport", "a command this version does not have")
     assert main(["teleport"]) != 0
     assert "not built yet" in capsys.readouterr().err
+
+
+def test_bench_lists_the_suites_and_rejects_unknown_ones(capsys):
+    from vito_fast.cli.bench import available_benches, default_benches_dir
+
+    benches_dir = default_benches_dir()
+    assert benches_dir is not None
+    assert main(["bench", "--list"]) == 0
+    listed = capsys.readouterr().out.split()
+    assert listed == available_benches(benches_dir)
+    assert sorted(p.stem for p in benches_dir.glob("bench_*.py")) == [f"bench_{n}" for n in listed]
+    assert main(["bench", "no_such_suite"]) == 2
+    assert "no suite named no_such_suite" in capsys.readouterr().err
