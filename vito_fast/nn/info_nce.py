@@ -1,0 +1,53 @@
+"""``InfoNCE`` module: the fused loss, optionally with keys gathered over all ranks."""
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+
+from vito_fast.ops.info_nce import info_nce
+
+
+class InfoNCE(torch.nn.Module):
+    """loss = info_nce(q (N, D), k (M, D)); with gather_distributed, k becomes every rank's keys.
+
+    With gather_distributed=True, each rank's positives are its own keys at its global offset
+    (labels = offset + arange(N), so every rank needs M_local ≥ N), and gradients of the gathered
+    keys reach their owner when k requires grad. Per-rank batch sizes may differ.
+    """
+
+    def __init__(self, temperature: float = 0.1, symmetric: bool = False, normalize: bool = True,
+                 reduction: str = "mean", gather_distributed: bool = False,
+                 group: Optional["torch.distributed.ProcessGroup"] = None, backend: str = "auto"):
+        super().__init__()
+        if gather_distributed and symmetric:
+            raise ValueError("InfoNCE: symmetric needs N == M, which gathered keys break; "
+                             "call it twice with swapped views instead")
+        self.temperature = temperature
+        self.symmetric = symmetric
+        self.normalize = normalize
+        self.reduction = reduction
+        self.gather_distributed = gather_distributed
+        self.group = group
+        self.backend = backend
+
+    def forward(self, q: torch.Tensor, k: torch.Tensor, labels: Optional[torch.Tensor] = None) -> torch.Tensor:
+        if self.gather_distributed and torch.distributed.is_available() and torch.distributed.is_initialized():
+            from vito_fast.distributed import all_gather_with_grad
+
+            if k.dim() != 2:
+                raise ValueError(f"InfoNCE: k must be 2-D (M, D), got shape {tuple(k.shape)}")
+            if k.shape[0] < q.shape[0] and labels is None:
+                raise ValueError(f"InfoNCE: each rank needs at least as many keys as queries for "
+                                 f"its positives; got N={q.shape[0]}, M={k.shape[0]}")
+            k, offset = all_gather_with_grad(k, self.group)
+            if labels is None:
+                labels = offset + torch.arange(q.shape[0], device=q.device)
+            else:
+                labels = labels + offset
+        return info_nce(q, k, self.temperature, labels=labels, symmetric=self.symmetric,
+                        normalize=self.normalize, reduction=self.reduction, backend=self.backend)
+
+    def extra_repr(self) -> str:
+        return (f"temperature={self.temperature}, symmetric={self.symmetric}, "
+                f"gather_distributed={self.gather_distributed}")
