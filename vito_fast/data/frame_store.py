@@ -257,12 +257,13 @@ def extract_frames(manifest: Union[PathLike, Sequence[ClipRecord]], out_dir: Pat
     """Extract every clip of a manifest into a frame store in ``out_dir``; returns the index path.
 
     ``device="cpu"`` decodes with PyAV in ``workers`` processes (default: CPU count; 1 = in this
-    process), ``"gpu"`` with DALI's NVDEC decoder. A shard is closed once it holds ``shard_bytes``
+    process), ``"gpu"`` with DALI's NVDEC decoder, ``"dali-cpu"`` with DALI's CPU decoder (VP8, VP9
+    and MJPEG only; the same code path as "gpu", so it is what CPU tests exercise). A shard is closed once it holds ``shard_bytes``
     (clips never span shards). Finished shards of an earlier interrupted run are kept.
     """
     records = read_manifest(manifest) if isinstance(manifest, (str, os.PathLike)) else list(manifest)
-    if device not in ("cpu", "gpu"):
-        raise ValueError(f"extract_frames: device must be 'cpu' or 'gpu', not {device!r}")
+    if device not in ("cpu", "gpu", "dali-cpu"):
+        raise ValueError(f"extract_frames: device must be 'cpu', 'gpu' or 'dali-cpu', not {device!r}")
     folder = Path(out_dir)
     folder.mkdir(parents=True, exist_ok=True)
     settings = {"fps": fps, "short_side": short_side, "quality": quality}
@@ -335,8 +336,8 @@ def _extract_or_error(record: ClipRecord, fps: float, short_side: int, quality: 
 
 def _extract_in_order(records: Sequence[ClipRecord], fps, short_side, quality, device, workers):
     """Yield an ExtractedClip (or the VideoError) per record, in order, decoding ahead in parallel."""
-    if device == "gpu":
-        extractor = DaliClipExtractor(short_side, quality, device="mixed")
+    if device in ("gpu", "dali-cpu"):
+        extractor = DaliClipExtractor(short_side, quality, device="mixed" if device == "gpu" else "cpu")
         for record in records:
             try:
                 yield extractor(record, fps)

@@ -152,7 +152,8 @@ def probe_video(path: str, decode_check: str = "tail") -> Union[VideoInfo, Rejec
         median_step = sorted(steps)[len(steps) // 2] if steps else None
         rate = stream.average_rate or stream.guessed_rate
         if median_step:
-            fps = float(1 / (median_step * time_base))
+            # mean step over the whole stream: exact even with coarse time bases (1 ms in WebM)
+            fps = float((len(timestamps) - 1) / ((timestamps[-1] - timestamps[0]) * time_base))
             if rate and abs(float(rate) - fps) <= 0.01 * fps:
                 fps = float(rate)  # the declared rate is exact (30000/1001), the measured one rounded
         elif rate:
@@ -425,6 +426,9 @@ def write_manifest(path: PathLike, records: Iterable[Union[ClipRecord, RejectedV
                 handle.write(record.to_json() + "\n")
             handle.flush()
             os.fsync(handle.fileno())
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(handle.name, 0o666 & ~umask)  # temporary files are created private
         os.replace(handle.name, path)
     except BaseException:
         os.unlink(handle.name)
