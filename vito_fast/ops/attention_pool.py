@@ -1,0 +1,128 @@
+"""Attention pooling: input checks, the autograd Function around the Triton kernels, and dispatch."""
+from __future__ import annotations
+
+from typing import Optional, Tuple
+
+import torch
+
+from vito_fast.reference.attention_pool import attention_pool_reference
+
+_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
+_BACKENDS = ("auto", "triton", "torch")
+
+
+def _check_inputs(h, w1, b1, w2, b2, backend) -> None:
+    if backend not in _BACKENDS:
+        raise ValueError(f"attention_pool: backend must be one of {_BACKENDS}, got {backend!r}")
+    if not isinstance(h, torch.Tensor):
+        raise TypeError(f"attention_pool: h must be a torch.Tensor, got {type(h).__name__}")
+    if h.dim() != 4:
+        raise ValueError(f"attention_pool: h must be 4-D (B, C, H, W), got shape {tuple(h.shape)}")
+    if not h.is_floating_point():
+        raise TypeError(f"attention_pool: h must be floating point, got {h.dtype}")
+    batch, channels, height, width = h.shape
+    if channels == 0 or height * width == 0:
+        raise ValueError(f"attention_pool: h has no channels or no positions (shape {tuple(h.shape)})")
+    if w1 is None and b1 is not None:
+        raise ValueError("attention_pool: b1 is given but w1 is None (the linear variant has no b1)")
+    if w1 is not None:
+        if w1.dim() != 2:
+            raise ValueError(f"attention_pool: w1 must be 2-D (hidden, C), got shape {tuple(w1.shape)}")
+        if w1.shape[1] != channels:
+            raise ValueError(f"attention_pool: w1 has {w1.shape[1]} input channels but h has {channels}")
+        if w1.shape[0] == 0:
+            raise ValueError("attention_pool: w1 has hidden = 0 rows; pass w1=None for the linear variant")
+    hidden = w1.shape[0] if w1 is not None else 0
+    expected = (
+        ("w1", w1, None),
+        ("b1", b1, (hidden,)),
+        ("w2", w2, (hidden,) if hidden else (channels,)),
+    )
+    for name, tensor, shape in expected:
+        if tensor is None:
+            continue
+        if not isinstance(tensor, torch.Tensor):
+            raise TypeError(f"attention_pool: {name} must be a torch.Tensor, got {type(tensor).__name__}")
+        if shape is not None and tuple(tensor.shape) != shape:
+            what = f"hidden = {hidden}" if hidden else f"C = {channels} (w1 is None)"
+            raise ValueError(f"attention_pool: {name} must have shape {shape} for {what}, "
+                             f"got {tuple(tensor.shape)}")
+    if b2 is not None:
+        if not isinstance(b2, torch.Tensor):
+            raise TypeError(f"attention_pool: b2 must be a torch.Tensor or None, got {type(b2).__name__}")
+        if b2.numel() != 1 or b2.dim() > 1:
+            raise ValueError(f"attention_pool: b2 must be a scalar (0-d or one element), "
+                             f"got shape {tuple(b2.shape)}")
+    for name, tensor in (("w1", w1), ("b1", b1), ("w2", w2), ("b2", b2)):
+        if tensor is None:
+            continue
+        if tensor.dtype != h.dtype:
+            raise TypeError(f"attention_pool: {name} is {tensor.dtype} but h is {h.dtype}; cast it")
+        if tensor.device != h.device:
+            raise ValueError(f"attention_pool: {name} is on {tensor.device} but h is on {h.device}")
+
+
+class AttentionPoolFunction(torch.autograd.Function):
+    """Triton attention pooling; saves h, the weights and O(B·H·W) logits, recomputes the rest."""
+
+    @staticmethod
+    def forward(ctx, h, w1, b1, w2, b2, blocks):
+        from vito_fast.kernels.attention_pool import attention_pool_fwd
+
+        b1_used = b1 if (b1 is not None or w1 is None) else torch.zeros_like(w1[:, 0])
+        pooled, attn, logits, lse = attention_pool_fwd(h, w1, b1_used, w2, **blocks)
+        ctx.save_for_backward(h, w1, b1_used, w2, b2, logits, lse)
+        ctx.has_b1 = b1 is not None
+        ctx.blocks = blocks
+        return pooled, attn
+
+    @staticmethod
+    def backward(ctx, grad_pooled, grad_attn):
+        from vito_fast.kernels.attention_pool import attention_pool_bwd
+
+        h, w1, b1, w2, b2, logits, lse = ctx.saved_tensors
+        if grad_pooled is None:  # only attn reached the loss
+            grad_pooled = torch.zeros(h.shape[:2], device=h.device, dtype=h.dtype)
+        grad_h, grad_w1, grad_b1, grad_w2 = attention_pool_bwd(
+            h, w1, b1, w2, logits, lse, grad_pooled, grad_attn, **ctx.blocks)
+        # b2 shifts every logit of a row alike, so the softmax (and all outputs) ignore it.
+        grad_b2 = torch.zeros_like(b2) if b2 is not None else None
+        return grad_h, grad_w1, grad_b1 if ctx.has_b1 else None, grad_w2, grad_b2, None
+
+
+def attention_pool(
+    h: torch.Tensor,
+    w1: Optional[torch.Tensor],
+    b1: Optional[torch.Tensor],
+    w2: torch.Tensor,
+    b2: Optional[torch.Tensor] = None,
+    *,
+    backend: str = "auto",
+    block_sizes: Optional[Tuple[Optional[int], Optional[int], Optional[int]]] = None,
+) -> Tuple[torch.Tensor, torch.Tensor]:
+    """Contrastive attention pooling of h (B, C, H, W) -> (pooled (B, C), attn (B, H, W) float32).
+
+    ``attn = softmax_HW(w2 · relu(W1 h + b1) + b2)``, ``pooled = Σ_HW attn · h``; with w1 = None
+    (hidden = 0) the logits are ``w2 · h + b2``. w1 (hidden, C), b1 (hidden,) or None, w2
+    (hidden,) or (C,), b2 a scalar or None, all in h's dtype and on h's device. pooled has h's
+    dtype (float32 accumulation). Both outputs are differentiable; b2's gradient is zero.
+    backend: "auto" (Triton for CUDA tensors, the PyTorch reference otherwise), "triton" (also on
+    CPU tensors under TRITON_INTERPRET=1), "torch". h may be contiguous or channels_last (no copy).
+    block_sizes (positions, channels, hidden) forces Triton tile sizes, for tests and tuning.
+    """
+    _check_inputs(h, w1, b1, w2, b2, backend)
+    use_triton = backend == "triton" or (backend == "auto" and h.is_cuda)
+    if not use_triton or h.shape[0] == 0:
+        return attention_pool_reference(h, w1, b1, w2, b2)
+    if h.dtype not in _DTYPES:
+        raise TypeError(f"attention_pool: the Triton backend takes {_DTYPES}, got {h.dtype}; "
+                        f"use backend='torch'")
+    if not h.is_cuda:
+        from vito_fast.kernels._utils import interpreting
+
+        if not interpreting():
+            raise RuntimeError("attention_pool: backend='triton' needs CUDA tensors, or "
+                               "TRITON_INTERPRET=1 set before triton is imported for CPU tensors")
+    block_n, block_c, block_hid = block_sizes if block_sizes is not None else (None, None, None)
+    blocks = dict(block_n=block_n, block_c=block_c, block_hid=block_hid)
+    return AttentionPoolFunction.apply(h, w1, b1, w2, b2, blocks)
