@@ -1,0 +1,169 @@
+"""`vito-fast prepare`: from a folder of videos to a manifest, a JPEG frame store, or transcoded clips.
+
+    vito-fast prepare scan PATH... -o manifest.jsonl [--min-seconds S] [--clip-seconds S] [--workers N]
+    vito-fast prepare frames manifest.jsonl -o STORE/ [--fps 8] [--short-side 256] [--quality 90] [--device cpu|gpu]
+    vito-fast prepare transcode manifest.jsonl -o DIR/ [--codec vp9|h264] [--short-side 256] [--gop N]
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from collections import Counter
+from pathlib import Path
+from typing import List, Sequence
+
+from vito_fast.errors import VitoError
+
+EXIT_OK, EXIT_FAILURE, EXIT_USAGE = 0, 1, 2
+
+
+def positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, not {value}")
+    return value
+
+
+def non_negative_float(text: str) -> float:
+    value = float(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must not be negative, not {value}")
+    return value
+
+
+def positive_float(text: str) -> float:
+    value = float(text)
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"must be positive, not {value}")
+    return value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="vito-fast prepare",
+                                     description="Turn a folder of videos into training data for the DALI loader.")
+    commands = parser.add_subparsers(dest="step", metavar="STEP", title="steps", required=True)
+
+    scan = commands.add_parser("scan", help="probe videos and write a manifest of usable clips")
+    scan.add_argument("paths", nargs="+", metavar="PATH", help="video files or folders (searched recursively)")
+    scan.add_argument("-o", "--output", required=True, help="manifest to write (JSON lines); "
+                      "rejected files go to <name>.rejected.jsonl next to it")
+    scan.add_argument("--min-seconds", type=non_negative_float, default=1.0,
+                      help="reject videos shorter than this (default 1.0)")
+    scan.add_argument("--clip-seconds", type=positive_float, default=None,
+                      help="split videos into clips of this length (about 10 s is a good choice)")
+    scan.add_argument("--workers", type=int, default=None, help="probe processes (default: CPU count)")
+    scan.add_argument("--timeout", type=positive_float, default=60.0, help="seconds allowed per file (default 60)")
+    scan.add_argument("--decode-check", choices=("tail", "full", "none"), default="tail",
+                      help="decode the first frame and the last GOP (tail), every frame (full) or nothing")
+    scan.add_argument("--decoder", choices=("pyav", "dali-cpu", "dali-gpu"), default="pyav",
+                      help="reject codecs this decoder cannot read (dali-cpu: VP8/VP9/MJPEG only)")
+    scan.add_argument("--allow-vfr", action="store_true", help="keep variable-frame-rate videos")
+    scan.add_argument("--label", default=None, help="label stored in every record")
+    scan.add_argument("--no-progress", action="store_true")
+
+    frames = commands.add_parser("frames", help="extract JPEG frames into tar shards plus an index")
+    frames.add_argument("manifest")
+    frames.add_argument("-o", "--output", required=True, help="store folder")
+    frames.add_argument("--fps", type=positive_float, default=8.0, help="frames per second stored (default 8)")
+    frames.add_argument("--short-side", type=positive_int, default=256, help="short side in pixels (default 256)")
+    frames.add_argument("--quality", type=int, choices=range(1, 101), metavar="1..100", default=90,
+                        help="JPEG quality (default 90)")
+    frames.add_argument("--device", choices=("cpu", "gpu", "dali-cpu"), default="cpu",
+                        help="cpu: PyAV; gpu: DALI + NVDEC; dali-cpu: DALI's CPU decoder (VP8/VP9/MJPEG)")
+    frames.add_argument("--shard-mb", type=positive_int, default=512, help="close a shard past this size (MiB)")
+    frames.add_argument("--workers", type=int, default=None, help="decoding processes (default: CPU count)")
+    frames.add_argument("--no-progress", action="store_true")
+
+    transcode = commands.add_parser("transcode", help="re-encode clips for fast random access")
+    transcode.add_argument("manifest")
+    transcode.add_argument("-o", "--output", required=True, help="output folder (gets its own manifest.jsonl)")
+    transcode.add_argument("--codec", choices=("vp9", "h264"), default="vp9")
+    transcode.add_argument("--short-side", type=positive_int, default=256)
+    transcode.add_argument("--gop", type=positive_int, default=16, help="frames between keyframes (default 16)")
+    transcode.add_argument("--crf", type=int, default=None, help="quality (lower is better; default per codec)")
+    transcode.add_argument("--workers", type=int, default=None, help="encoding processes (default: CPU count)")
+    transcode.add_argument("--no-progress", action="store_true")
+    return parser
+
+
+def format_summary(records, rejected) -> str:
+    """The table printed at the end of a scan: usable clips, rejected files by reason, hours."""
+    from vito_fast.data.manifest import REJECTION_REASONS
+
+    videos = len({record.path for record in records})
+    hours = sum(record.duration for record in records) / 3600
+    rows = [("usable videos", str(videos)), ("usable clips", str(len(records))),
+            ("total hours", f"{hours:.3f}"), ("rejected files", str(len(rejected)))]
+    counts = Counter(entry.reason for entry in rejected)
+    for reason in REJECTION_REASONS:
+        if counts[reason]:
+            rows.append((f"  {reason}", str(counts[reason])))
+    width = max(len(name) for name, _ in rows)
+    lines = [f"{name:<{width}}  {value:>10}" for name, value in rows]
+    rule = "-" * len(lines[0])
+    return "\n".join([rule, *lines, rule])
+
+
+def run_scan(args) -> int:
+    from vito_fast.data.manifest import rejected_manifest_path, scan_videos, write_manifest
+
+    missing = [path for path in args.paths if not Path(path).exists()]
+    if missing:
+        print(f"vito-fast prepare scan: no such file or folder: {', '.join(missing)}", file=sys.stderr)
+        return EXIT_USAGE
+    records, rejected = scan_videos(args.paths, min_seconds=args.min_seconds, clip_seconds=args.clip_seconds,
+                                    workers=args.workers, progress=not args.no_progress, timeout=args.timeout,
+                                    decode_check=args.decode_check, decoder=args.decoder,
+                                    reject_variable_frame_rate=not args.allow_vfr, label=args.label)
+    manifest = write_manifest(args.output, records)
+    rejected_path = write_manifest(rejected_manifest_path(args.output), rejected)
+    print(format_summary(records, rejected))
+    print(f"manifest: {manifest} ({len(records)} clips); rejected: {rejected_path} ({len(rejected)} files)")
+    if not records:
+        print("vito-fast prepare scan: no usable video found", file=sys.stderr)
+        return EXIT_FAILURE
+    return EXIT_OK
+
+
+def run_frames(args) -> int:
+    from vito_fast.data.frame_store import FrameStore, extract_frames
+
+    index = extract_frames(args.manifest, args.output, fps=args.fps, short_side=args.short_side,
+                           quality=args.quality, device=args.device, shard_bytes=args.shard_mb << 20,
+                           workers=args.workers, progress=not args.no_progress)
+    with FrameStore(index) as store:
+        frames = sum(store.num_frames(clip) for clip in range(len(store)))
+        skipped = store.index["skipped"]
+        print(f"frame store: {index} ({len(store)} clips, {frames} frames, {len(store.shards)} shards)")
+    for entry in skipped:
+        print(f"skipped: {entry['error']}", file=sys.stderr)
+    return EXIT_FAILURE if skipped else EXIT_OK
+
+
+def run_transcode(args) -> int:
+    from vito_fast.data.manifest import read_manifest
+    from vito_fast.data.transcode import transcode_clips
+
+    records = read_manifest(args.manifest)
+    outputs = transcode_clips(records, args.output, codec=args.codec, short_side=args.short_side, gop=args.gop,
+                              crf=args.crf, workers=args.workers, progress=not args.no_progress)
+    print(f"transcoded {len(outputs)} of {len(records)} clips to {args.codec}: {Path(args.output) / 'manifest.jsonl'}")
+    return EXIT_OK if len(outputs) == len(records) else EXIT_FAILURE
+
+
+def main(argv: Sequence[str]) -> int:
+    """Run one `prepare` step; returns the exit status (2: bad arguments or missing files)."""
+    parser = build_parser()
+    try:
+        args = parser.parse_args(list(argv))
+    except SystemExit as exit_request:  # argparse exits on --help (0) and on errors (2)
+        return int(exit_request.code or 0)
+    step = {"scan": run_scan, "frames": run_frames, "transcode": run_transcode}[args.step]
+    try:
+        return step(args)
+    except FileNotFoundError as error:
+        print(f"vito-fast prepare {args.step}: {error}", file=sys.stderr)
+        return EXIT_USAGE
+    except (VitoError, ValueError) as error:
+        print(f"vito-fast prepare {args.step}: {error}", file=sys.stderr)
+        return EXIT_FAILURE
