@@ -16,7 +16,7 @@ into the per-row scale, and statistics are converted back to natural units when 
 """
 from __future__ import annotations
 
-from typing import Optional, Tuple
+from typing import NamedTuple, Optional, Tuple
 
 import torch
 import triton
@@ -51,42 +51,64 @@ def _dot_tile(
 
 
 @triton.jit
+def _logits_tile(
+    Q_ptr, K_ptr, RowNorm_ptr, ColNorm_ptr, scale2,
+    rows, row_mask, cols, col_mask,
+    D, stride_q_row, stride_q_col, stride_k_row, stride_k_col,
+    HAS_NORM: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
+    DOT_PRECISION: tl.constexpr,
+):
+    """(BLOCK_M, BLOCK_N) base-2 logits s·log2(e) of q[rows] against k[cols].
+
+    Every kernel builds its tiles here, in the same orientation and operation order, so that the
+    backward recomputes the forward's logits bit for bit and exp2(s − row_max) is exact at the
+    row maximum: with large unnormalised logits (|s| ~ 1e5, fp32 ulp ~ 0.01) an inconsistent
+    recompute would otherwise skew the softmax by a percent.
+    """
+    s = _dot_tile(Q_ptr, K_ptr, rows, row_mask, cols, col_mask, D,
+                  stride_q_row, stride_q_col, stride_k_row, stride_k_col,
+                  BLOCK_M, BLOCK_N, BLOCK_D, DOT_PRECISION)
+    s = s * scale2
+    if HAS_NORM:
+        s = s * tl.load(RowNorm_ptr + rows, mask=row_mask, other=0.0)[:, None]
+        s = s * tl.load(ColNorm_ptr + cols, mask=col_mask, other=0.0)[None, :]
+    return s
+
+
+@triton.jit
 def _info_nce_fwd_kernel(
     # inputs
     Q_ptr, K_ptr, RowNorm_ptr, ColNorm_ptr, Scale_ptr,
-    # outputs: row LSE (N,), and per-row-block column LSE partials (cdiv(N, BLOCK_M), M)
-    RowLse_ptr, ColLsePartial_ptr,
+    # outputs: row max and log2-sum (N,), and per-row-block column partials (2, blocks, M)
+    RowMax_ptr, RowLogSum_ptr, ColPartial_ptr,
     # sizes and strides
     N, M, D,
-    stride_q_row, stride_q_col, stride_k_row, stride_k_col, stride_partial_block,
+    stride_q_row, stride_q_col, stride_k_row, stride_k_col,
+    stride_partial_stat, stride_partial_block,
     # meta
     HAS_NORM: tl.constexpr, SYMMETRIC: tl.constexpr, DOT_PRECISION: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
 ):
     """One program per BLOCK_M rows of q; it sweeps all of k once (flash-attention order).
 
-    Symmetric mode gets the column LSE from the same sweep: each program writes the LSE of its
-    own rows for every column (one float per column), and the host reduces those partials with a
-    logsumexp over row blocks. No atomics, so the result is deterministic.
+    Statistics stay in base 2 and split as (max, log2 Σ 2^(s − max)) so that the backward can
+    subtract the max exactly. Symmetric mode gets the column statistics from the same sweep: each
+    program writes the (max, log-sum) of its own rows for every column, and the host merges those
+    partials over row blocks. No atomics, so the result is deterministic.
     """
     block_m = tl.program_id(0).to(tl.int64)
     rows = block_m * BLOCK_M + tl.arange(0, BLOCK_M)
     row_mask = rows < N
-    row_scale = tl.load(Scale_ptr) * LOG2E + tl.zeros((BLOCK_M,), dtype=tl.float32)
-    if HAS_NORM:
-        row_scale = row_scale * tl.load(RowNorm_ptr + rows, mask=row_mask, other=0.0)
+    scale2 = tl.load(Scale_ptr) * LOG2E
 
     max_i = tl.full((BLOCK_M,), float("-inf"), dtype=tl.float32)
     sum_i = tl.zeros((BLOCK_M,), dtype=tl.float32)
     for col_start in range(0, M, BLOCK_N):
         cols = col_start + tl.arange(0, BLOCK_N).to(tl.int64)
         col_mask = cols < M
-        s = _dot_tile(Q_ptr, K_ptr, rows, row_mask, cols, col_mask, D,
-                      stride_q_row, stride_q_col, stride_k_row, stride_k_col,
-                      BLOCK_M, BLOCK_N, BLOCK_D, DOT_PRECISION)
-        s = s * row_scale[:, None]
-        if HAS_NORM:
-            s = s * tl.load(ColNorm_ptr + cols, mask=col_mask, other=0.0)[None, :]
+        s = _logits_tile(Q_ptr, K_ptr, RowNorm_ptr, ColNorm_ptr, scale2, rows, row_mask, cols,
+                         col_mask, D, stride_q_row, stride_q_col, stride_k_row, stride_k_col,
+                         HAS_NORM, BLOCK_M, BLOCK_N, BLOCK_D, DOT_PRECISION)
         s_row = tl.where(col_mask[None, :], s, float("-inf"))
         # Every column block holds at least one real column, so new_max is finite.
         new_max = tl.maximum(max_i, tl.max(s_row, 1))
@@ -96,86 +118,94 @@ def _info_nce_fwd_kernel(
             s_col = tl.where(row_mask[:, None], s, float("-inf"))
             col_max = tl.max(s_col, 0)
             col_sum = tl.sum(tl.exp2(s_col - col_max[None, :]), 0)
-            tl.store(ColLsePartial_ptr + block_m * stride_partial_block + cols,
-                     (col_max + tl.log2(col_sum)) * LN2, mask=col_mask)
-    tl.store(RowLse_ptr + rows, (max_i + tl.log2(sum_i)) * LN2, mask=row_mask)
+            partial = ColPartial_ptr + block_m * stride_partial_block + cols
+            tl.store(partial, col_max, mask=col_mask)
+            tl.store(partial + stride_partial_stat, tl.log2(col_sum), mask=col_mask)
+    tl.store(RowMax_ptr + rows, max_i, mask=row_mask)
+    tl.store(RowLogSum_ptr + rows, tl.log2(sum_i), mask=row_mask)
+
+
+@triton.jit
+def _softmax_grad_tile(
+    s, rows, row_mask, cols, col_mask,
+    RowMax_ptr, RowLogSum_ptr, RowWeight_ptr, ColMax_ptr, ColLogSum_ptr, ColWeight_ptr,
+    SYMMETRIC: tl.constexpr,
+):
+    """dS = w_i·softmax_j(s)_ij [+ v_j·softmax_i(s)_ij], zero outside the real rows and columns."""
+    row_max = tl.load(RowMax_ptr + rows, mask=row_mask, other=0.0)
+    row_log_sum = tl.load(RowLogSum_ptr + rows, mask=row_mask, other=0.0)
+    row_weight = tl.load(RowWeight_ptr + rows, mask=row_mask, other=0.0)
+    ds = tl.exp2((s - row_max[:, None]) - row_log_sum[:, None]) * row_weight[:, None]
+    if SYMMETRIC:
+        col_max = tl.load(ColMax_ptr + cols, mask=col_mask, other=0.0)
+        col_log_sum = tl.load(ColLogSum_ptr + cols, mask=col_mask, other=0.0)
+        col_weight = tl.load(ColWeight_ptr + cols, mask=col_mask, other=0.0)
+        ds += tl.exp2((s - col_max[None, :]) - col_log_sum[None, :]) * col_weight[None, :]
+    # Padded rows/columns hold s = 0, whose exp2(0 − max) may be inf: drop them explicitly.
+    return tl.where(row_mask[:, None] & col_mask[None, :], ds, 0.0)
 
 
 @triton.jit
 def _info_nce_bwd_kernel(
-    # inputs: A is the matrix whose gradient this launch computes, B the other one
-    A_ptr, B_ptr, ANorm_ptr, BNorm_ptr, Scale_ptr,
-    # statistics and upstream weights, indexed by q row (Row*) and k column (Col*)
-    RowLse_ptr, ColLse_ptr, RowWeight_ptr, ColWeight_ptr,
-    # output: float32 (rows of A, D)
-    GradA_ptr,
+    # inputs
+    Q_ptr, K_ptr, RowNorm_ptr, ColNorm_ptr, Scale_ptr,
+    # forward statistics and upstream weights, per q row (Row*) and per k column (Col*)
+    RowMax_ptr, RowLogSum_ptr, RowWeight_ptr, ColMax_ptr, ColLogSum_ptr, ColWeight_ptr,
+    # output: float32 gq (N, D) when GRAD_Q, else gk (M, D)
+    Grad_ptr,
     # sizes and strides
-    NUM_A, NUM_B, D,
-    stride_a_row, stride_a_col, stride_b_row, stride_b_col, stride_g_row, stride_g_col,
+    N, M, D,
+    stride_q_row, stride_q_col, stride_k_row, stride_k_col, stride_g_row, stride_g_col,
     # meta
-    A_IS_Q: tl.constexpr, HAS_NORM: tl.constexpr, SYMMETRIC: tl.constexpr,
+    GRAD_Q: tl.constexpr, HAS_NORM: tl.constexpr, SYMMETRIC: tl.constexpr,
     DOT_PRECISION: tl.constexpr,
-    BLOCK_A: tl.constexpr, BLOCK_B: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_DOUT: tl.constexpr,
+    BLOCK_OWN: tl.constexpr, BLOCK_OTHER: tl.constexpr, BLOCK_D: tl.constexpr,
+    BLOCK_DOUT: tl.constexpr,
 ):
-    """gradA[a] = Σ_b dS[a, b] · bnorm_b · B[b] for one (BLOCK_A rows, BLOCK_DOUT columns) block.
+    """gq = dS·diag(rk)·k (GRAD_Q) or gk = dSᵀ·diag(rq)·q, for BLOCK_OWN output rows × BLOCK_DOUT.
 
-    Called with (A, B) = (q, k) for dq and (k, q) for dk: the same code, the roles of the row and
-    column statistics swap with A_IS_Q. Each program owns its output rows, so no atomics are needed
-    (deterministic). The logits tile is recomputed from q and k instead of being stored.
+    Each program owns its output rows and sweeps the other matrix, recomputing the logit tiles
+    (nothing N×M is stored), so no atomics are needed and the result is deterministic.
     """
-    block_a = tl.program_id(0).to(tl.int64)
+    block_own = tl.program_id(0).to(tl.int64)
     block_d = tl.program_id(1).to(tl.int64)
-    a_idx = block_a * BLOCK_A + tl.arange(0, BLOCK_A)
-    a_mask = a_idx < NUM_A
+    own = block_own * BLOCK_OWN + tl.arange(0, BLOCK_OWN)
+    own_mask = own < (N if GRAD_Q else M)
     out_cols = block_d * BLOCK_DOUT + tl.arange(0, BLOCK_DOUT)
     out_mask = out_cols < D
-    scale = tl.load(Scale_ptr) * LOG2E
-    a_scale = scale + tl.zeros((BLOCK_A,), dtype=tl.float32)
-    if HAS_NORM:
-        a_scale = a_scale * tl.load(ANorm_ptr + a_idx, mask=a_mask, other=0.0)
-    # The statistics of A's rows: row stats when A is q, column stats when A is k.
-    if A_IS_Q:
-        a_lse = tl.load(RowLse_ptr + a_idx, mask=a_mask, other=0.0) * LOG2E
-        a_weight = tl.load(RowWeight_ptr + a_idx, mask=a_mask, other=0.0)
-    else:
-        a_lse = tl.load(ColLse_ptr + a_idx, mask=a_mask, other=0.0) * LOG2E
-        a_weight = tl.load(ColWeight_ptr + a_idx, mask=a_mask, other=0.0)
+    scale2 = tl.load(Scale_ptr) * LOG2E
 
-    acc = tl.zeros((BLOCK_A, BLOCK_DOUT), dtype=tl.float32)
-    for b_start in range(0, NUM_B, BLOCK_B):
-        b_idx = b_start + tl.arange(0, BLOCK_B).to(tl.int64)
-        b_mask = b_idx < NUM_B
-        s = _dot_tile(A_ptr, B_ptr, a_idx, a_mask, b_idx, b_mask, D,
-                      stride_a_row, stride_a_col, stride_b_row, stride_b_col,
-                      BLOCK_A, BLOCK_B, BLOCK_D, DOT_PRECISION)
-        s = s * a_scale[:, None]
-        if HAS_NORM:
-            b_norm = tl.load(BNorm_ptr + b_idx, mask=b_mask, other=0.0)
-            s = s * b_norm[None, :]
-        if A_IS_Q:
-            b_lse = tl.load(ColLse_ptr + b_idx, mask=b_mask, other=0.0) * LOG2E
-            b_weight = tl.load(ColWeight_ptr + b_idx, mask=b_mask, other=0.0)
+    acc = tl.zeros((BLOCK_OWN, BLOCK_DOUT), dtype=tl.float32)
+    for other_start in range(0, M if GRAD_Q else N, BLOCK_OTHER):
+        other = other_start + tl.arange(0, BLOCK_OTHER).to(tl.int64)
+        other_mask = other < (M if GRAD_Q else N)
+        if GRAD_Q:
+            s = _logits_tile(Q_ptr, K_ptr, RowNorm_ptr, ColNorm_ptr, scale2, own, own_mask, other,
+                             other_mask, D, stride_q_row, stride_q_col, stride_k_row, stride_k_col,
+                             HAS_NORM, BLOCK_OWN, BLOCK_OTHER, BLOCK_D, DOT_PRECISION)
+            ds = _softmax_grad_tile(s, own, own_mask, other, other_mask, RowMax_ptr, RowLogSum_ptr,
+                                    RowWeight_ptr, ColMax_ptr, ColLogSum_ptr, ColWeight_ptr,
+                                    SYMMETRIC)
+            if HAS_NORM:
+                ds = ds * tl.load(ColNorm_ptr + other, mask=other_mask, other=0.0)[None, :]
+            b = tl.load(K_ptr + other[:, None] * stride_k_row + out_cols[None, :] * stride_k_col,
+                        mask=other_mask[:, None] & out_mask[None, :], other=0.0)
+            acc = tl.dot(ds.to(b.dtype), b, acc, input_precision=DOT_PRECISION)
         else:
-            b_lse = tl.load(RowLse_ptr + b_idx, mask=b_mask, other=0.0) * LOG2E
-            b_weight = tl.load(RowWeight_ptr + b_idx, mask=b_mask, other=0.0)
-        # Softmax along q's rows uses the row LSE; along k's columns the column LSE.
-        if A_IS_Q:
-            ds = tl.exp2(s - a_lse[:, None]) * a_weight[:, None]
-            if SYMMETRIC:
-                ds += tl.exp2(s - b_lse[None, :]) * b_weight[None, :]
-        else:
-            ds = tl.exp2(s - b_lse[None, :]) * b_weight[None, :]
-            if SYMMETRIC:
-                ds += tl.exp2(s - a_lse[:, None]) * a_weight[:, None]
-        # Padded rows of B would otherwise add exp(0 − lse) terms (possibly inf) to real rows.
-        ds = tl.where(b_mask[None, :] & a_mask[:, None], ds, 0.0)
-        if HAS_NORM:
-            ds = ds * b_norm[None, :]
-        b_out = tl.load(B_ptr + b_idx[:, None] * stride_b_row + out_cols[None, :] * stride_b_col,
-                        mask=b_mask[:, None] & out_mask[None, :], other=0.0)
-        acc = tl.dot(ds.to(b_out.dtype), b_out, acc, input_precision=DOT_PRECISION)
-    tl.store(GradA_ptr + a_idx[:, None] * stride_g_row + out_cols[None, :] * stride_g_col,
-             acc, mask=a_mask[:, None] & out_mask[None, :])
+            # The tile stays (q rows × k columns), as in the forward, and is transposed for the dot.
+            s = _logits_tile(Q_ptr, K_ptr, RowNorm_ptr, ColNorm_ptr, scale2, other, other_mask, own,
+                             own_mask, D, stride_q_row, stride_q_col, stride_k_row, stride_k_col,
+                             HAS_NORM, BLOCK_OTHER, BLOCK_OWN, BLOCK_D, DOT_PRECISION)
+            ds = _softmax_grad_tile(s, other, other_mask, own, own_mask, RowMax_ptr, RowLogSum_ptr,
+                                    RowWeight_ptr, ColMax_ptr, ColLogSum_ptr, ColWeight_ptr,
+                                    SYMMETRIC)
+            if HAS_NORM:
+                ds = ds * tl.load(RowNorm_ptr + other, mask=other_mask, other=0.0)[:, None]
+            b = tl.load(Q_ptr + other[:, None] * stride_q_row + out_cols[None, :] * stride_q_col,
+                        mask=other_mask[:, None] & out_mask[None, :], other=0.0)
+            acc = tl.dot(tl.trans(ds.to(b.dtype)), b, acc, input_precision=DOT_PRECISION)
+    tl.store(Grad_ptr + own[:, None] * stride_g_row + out_cols[None, :] * stride_g_col,
+             acc, mask=own_mask[:, None] & out_mask[None, :])
 
 
 def _dot_precision(dtype: torch.dtype) -> str:
@@ -197,43 +227,61 @@ def _default_caps() -> Tuple[int, int, int, int]:
     return 128, 64, 64, 256  # (rows, columns, D chunk of the dot, D chunk of the output)
 
 
+class RowStats(NamedTuple):
+    """Base-2 log-sum-exp statistics of one direction: lse·log2(e) = max + log_sum, each (L,)."""
+
+    max: torch.Tensor
+    log_sum: torch.Tensor
+
+    def lse(self) -> torch.Tensor:
+        """Natural-log LSE (L,), float32."""
+        return (self.max.double() + self.log_sum.double()).mul_(LN2).float()
+
+
 def info_nce_fwd(
     q: torch.Tensor, k: torch.Tensor, q_inv_norm: Optional[torch.Tensor],
     k_inv_norm: Optional[torch.Tensor], scale: torch.Tensor, symmetric: bool,
     block_m: Optional[int] = None, block_n: Optional[int] = None, block_d: Optional[int] = None,
-) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
-    """Row LSE (N,) and, if symmetric, column LSE (M,) of s = scale·diag(rq)·q·kᵀ·diag(rk).
+) -> Tuple[RowStats, Optional[RowStats]]:
+    """Row statistics (N,) and, if symmetric, column statistics (M,) of s = scale·q̂·k̂ᵀ.
 
-    q (N, D), k (M, D); q_inv_norm (N,) / k_inv_norm (M,) float32 or both None (no normalisation);
-    scale a 1-element float32 tensor holding 1/τ (read on the device: no host sync).
-    Extra memory: O(N + M), plus cdiv(N, block_m)·M floats of column partials when symmetric.
+    q (N, D), k (M, D); q_inv_norm (N,) / k_inv_norm (M,) float32 or both None (no normalisation,
+    q̂ = q); scale a 1-element float32 tensor holding 1/τ (read on the device: no host sync).
+    Extra memory: O(N + M), plus 2·cdiv(N, block_m)·M floats of column partials when symmetric.
     """
     n, d = q.shape
     m = k.shape[0]
     cap_m, cap_n, cap_d, _ = _default_caps()
     block_m, block_n, block_d = _block(block_m, n, cap_m), _block(block_n, m, cap_n), _block(block_d, d, cap_d)
     num_row_blocks = triton.cdiv(n, block_m)
-    row_lse = torch.empty(n, device=q.device, dtype=torch.float32)
-    partial = (torch.empty((num_row_blocks, m), device=q.device, dtype=torch.float32)
-               if symmetric else row_lse)  # a dummy pointer when unused
+    row_max = torch.empty(n, device=q.device, dtype=torch.float32)
+    row_log_sum = torch.empty(n, device=q.device, dtype=torch.float32)
+    partial = (torch.empty((2, num_row_blocks, m), device=q.device, dtype=torch.float32)
+               if symmetric else row_max[None, None])  # a dummy pointer when unused
     has_norm = q_inv_norm is not None
     _info_nce_fwd_kernel[(num_row_blocks,)](
-        q, k, q_inv_norm if has_norm else row_lse, k_inv_norm if has_norm else row_lse, scale,
-        row_lse, partial,
+        q, k, q_inv_norm if has_norm else row_max, k_inv_norm if has_norm else row_max, scale,
+        row_max, row_log_sum, partial,
         n, m, d,
-        q.stride(0), q.stride(1), k.stride(0), k.stride(1), partial.stride(0),
+        q.stride(0), q.stride(1), k.stride(0), k.stride(1), partial.stride(0), partial.stride(1),
         HAS_NORM=has_norm, SYMMETRIC=symmetric, DOT_PRECISION=_dot_precision(q.dtype),
         BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_D=block_d,
         num_warps=8 if block_m * block_n >= 128 * 64 else 4, num_stages=2,
     )
-    col_lse = torch.logsumexp(partial, dim=0) if symmetric else None
-    return row_lse, col_lse
+    col_stats = None
+    if symmetric:
+        # Merge the per-row-block partials; the max stays one of the forward's own logits.
+        part_max, part_log_sum = partial[0], partial[1]
+        col_max = part_max.max(dim=0).values
+        col_log_sum = torch.log2(torch.exp2(part_max - col_max + part_log_sum).sum(dim=0))
+        col_stats = RowStats(col_max, col_log_sum)
+    return RowStats(row_max, row_log_sum), col_stats
 
 
 def info_nce_bwd(
     q: torch.Tensor, k: torch.Tensor, q_inv_norm: Optional[torch.Tensor],
     k_inv_norm: Optional[torch.Tensor], scale: torch.Tensor,
-    row_lse: torch.Tensor, col_lse: Optional[torch.Tensor],
+    row_stats: RowStats, col_stats: Optional[RowStats],
     row_weight: torch.Tensor, col_weight: Optional[torch.Tensor],
     need_q: bool, need_k: bool,
     block_m: Optional[int] = None, block_n: Optional[int] = None, block_d: Optional[int] = None,
@@ -242,40 +290,38 @@ def info_nce_bwd(
     """float32 gq (N, D) = dS·diag(rk)·k and gk (M, D) = dSᵀ·diag(rq)·q, each only when asked.
 
     dS_ij = row_weight_i·softmax_j(s)_ij + col_weight_j·softmax_i(s)_ij (the second term only
-    when col_lse/col_weight are given, i.e. symmetric). Label terms are not included.
+    when col_stats/col_weight are given, i.e. symmetric). Label terms are not included.
     """
     n, d = q.shape
     m = k.shape[0]
     cap_m, cap_n, cap_d, cap_dout = _default_caps()
-    symmetric = col_lse is not None
+    symmetric = col_stats is not None
     has_norm = q_inv_norm is not None
-    dummy = row_lse
-    common = dict(HAS_NORM=has_norm, SYMMETRIC=symmetric, DOT_PRECISION=_dot_precision(q.dtype),
-                  BLOCK_D=_block(block_d, d, cap_d), BLOCK_DOUT=_block(block_dout, d, cap_dout))
-    stats = (row_lse, col_lse if symmetric else dummy, row_weight,
-             col_weight if symmetric else dummy)
-    num_d_blocks = triton.cdiv(d, common["BLOCK_DOUT"])
-    grad_q = grad_k = None
-    # The bwd accumulator is (BLOCK_A, BLOCK_DOUT) fp32 in registers: keep BLOCK_A at 64 on GPUs.
-    cap_a = cap_m if interpreting() else 64
-    for is_q, needed in ((True, need_q), (False, need_k)):
+    dummy = row_stats.max
+    block_d, block_dout = _block(block_d, d, cap_d), _block(block_dout, d, cap_dout)
+    # The accumulator is (BLOCK_OWN, BLOCK_DOUT) fp32 in registers: 64 rows on a GPU.
+    cap_own = cap_m if interpreting() else 64
+    grads = []
+    for grad_q, needed in ((True, need_q), (False, need_k)):
         if not needed:
+            grads.append(None)
             continue
-        a, b = (q, k) if is_q else (k, q)
-        a_norm, b_norm = (q_inv_norm, k_inv_norm) if is_q else (k_inv_norm, q_inv_norm)
-        block_a = _block(block_m if is_q else block_n, a.shape[0], cap_a)
-        block_b = _block(block_n if is_q else block_m, b.shape[0], cap_n)
-        grad = torch.empty(a.shape, device=a.device, dtype=torch.float32)
-        _info_nce_bwd_kernel[(triton.cdiv(a.shape[0], block_a), num_d_blocks)](
-            a, b, a_norm if has_norm else dummy, b_norm if has_norm else dummy, scale,
-            *stats, grad,
-            a.shape[0], b.shape[0], d,
-            a.stride(0), a.stride(1), b.stride(0), b.stride(1), grad.stride(0), grad.stride(1),
-            A_IS_Q=is_q, BLOCK_A=block_a, BLOCK_B=block_b, **common,
+        rows = n if grad_q else m
+        block_own = _block(block_m if grad_q else block_n, rows, cap_own)
+        block_other = _block(block_n if grad_q else block_m, m if grad_q else n, cap_n)
+        grad = torch.empty((rows, d), device=q.device, dtype=torch.float32)
+        _info_nce_bwd_kernel[(triton.cdiv(rows, block_own), triton.cdiv(d, block_dout))](
+            q, k, q_inv_norm if has_norm else dummy, k_inv_norm if has_norm else dummy, scale,
+            row_stats.max, row_stats.log_sum, row_weight,
+            col_stats.max if symmetric else dummy, col_stats.log_sum if symmetric else dummy,
+            col_weight if symmetric else dummy,
+            grad,
+            n, m, d,
+            q.stride(0), q.stride(1), k.stride(0), k.stride(1), grad.stride(0), grad.stride(1),
+            GRAD_Q=grad_q, HAS_NORM=has_norm, SYMMETRIC=symmetric,
+            DOT_PRECISION=_dot_precision(q.dtype),
+            BLOCK_OWN=block_own, BLOCK_OTHER=block_other, BLOCK_D=block_d, BLOCK_DOUT=block_dout,
             num_warps=8, num_stages=2,
         )
-        if is_q:
-            grad_q = grad
-        else:
-            grad_k = grad
-    return grad_q, grad_k
+        grads.append(grad)
+    return grads[0], grads[1]

@@ -83,13 +83,18 @@ class InfoNCEFunction(torch.autograd.Function):
         scale = (1.0 / temperature.detach().float()).reshape(1)
         q_inv = _inverse_norm(q) if normalize else None
         k_inv = _inverse_norm(k) if normalize else None
-        row_lse, col_lse = info_nce_fwd(q, k, q_inv, k_inv, scale, symmetric, **blocks)
+        row_stats, col_stats = info_nce_fwd(q, k, q_inv, k_inv, scale, symmetric, **blocks)
+        row_lse = row_stats.lse()
         # The positive logit of each row: one gathered dot product per row, O(N·D).
         positive = (q.float() * k[labels].float()).sum(1) * scale
         if normalize:
             positive = positive * q_inv * k_inv[labels]
-        per_row = row_lse - positive if not symmetric else 0.5 * (row_lse + col_lse) - positive
-        ctx.save_for_backward(q, k, temperature, labels, scale, q_inv, k_inv, row_lse, col_lse)
+        if symmetric:
+            per_row = 0.5 * (row_lse + col_stats.lse()) - positive
+        else:
+            per_row = row_lse - positive
+        ctx.save_for_backward(q, k, temperature, labels, scale, q_inv, k_inv, *row_stats,
+                              *(col_stats if symmetric else (None, None)))
         ctx.options = (symmetric, normalize, reduction, blocks)
         if reduction == "mean":
             return per_row.mean()
@@ -97,9 +102,9 @@ class InfoNCEFunction(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad_out):
-        from vito_fast.kernels.info_nce import info_nce_bwd
+        from vito_fast.kernels.info_nce import RowStats, info_nce_bwd
 
-        q, k, temperature, labels, scale, q_inv, k_inv, row_lse, col_lse = ctx.saved_tensors
+        q, k, temperature, labels, scale, q_inv, k_inv, *stats = ctx.saved_tensors
         symmetric, normalize, reduction, blocks = ctx.options
         n = q.shape[0]
         grad_out = grad_out.float()
@@ -109,7 +114,7 @@ class InfoNCEFunction(torch.autograd.Function):
         need_k = ctx.needs_input_grad[1]
         half = 0.5 * row_grad if symmetric else None
         grad_q, grad_k = info_nce_bwd(
-            q, k, q_inv, k_inv, scale, row_lse, col_lse,
+            q, k, q_inv, k_inv, scale, RowStats(*stats[:2]), RowStats(*stats[2:]) if symmetric else None,
             half if symmetric else row_grad, half, need_q, need_k, **blocks)
         # The positive term −g_i at (i, labels_i) of dL/ds, applied outside the kernels.
         q_scaled = q.float() * q_inv[:, None] if normalize else q.float()

@@ -1,0 +1,318 @@
+"""InfoNCE: Triton kernels (interpreter on CPU) and the dispatch against the float64 reference."""
+from __future__ import annotations
+
+import math
+import os
+
+import pytest
+import torch
+
+from vito_fast.ops.info_nce import info_nce
+from vito_fast.reference.info_nce import info_nce_reference
+
+# (dtype, relative atol) side by side: the error allowed on top of 2·err(torch same dtype).
+TOLERANCES = {torch.float32: 2e-5, torch.float16: 2e-3, torch.bfloat16: 1e-2}
+
+
+def _inputs(n, m, d, *, scale=1.0, dtype=torch.float64):
+    return torch.randn(n, d, dtype=dtype) * scale, torch.randn(m, d, dtype=dtype) * scale
+
+
+def _loss_and_grads(fn, q, k, temperature, upstream, **options):
+    """Loss of fn and the gradients of q, k, τ under the same upstream gradient."""
+    q = q.detach().clone().requires_grad_()
+    k = k.detach().clone().requires_grad_()
+    tau = torch.tensor(temperature, dtype=torch.float64 if q.dtype == torch.float64 else torch.float32,
+                       device=q.device, requires_grad=True)
+    loss = fn(q, k, tau, **options)
+    grads = torch.autograd.grad(loss, (q, k, tau), upstream.to(loss.device, loss.dtype))
+    return [loss.detach()] + [g.detach() for g in grads]
+
+
+def _assert_close_to_ref64(ours, torch_same_dtype, ref64, dtype, what, floors):
+    """err(ours, ref64) ≤ 2·err(torch same dtype, ref64) + atol.
+
+    atol is relative to max(|ref64|, floor): a result that cancels to ~0 (dτ when N = M = 1) is
+    judged against the size of the terms that cancelled, given in floors.
+    """
+    names = ("loss", "dq", "dk", "dtemperature")
+    for name, mine, theirs, truth, floor in zip(names, ours, torch_same_dtype, ref64, floors):
+        truth = truth.double()
+        our_err = (mine.double().cpu() - truth).abs().max().item()
+        torch_err = (theirs.double().cpu() - truth).abs().max().item()
+        atol = TOLERANCES[dtype] * max(truth.abs().max().item(), floor, 1e-3)
+        assert math.isfinite(our_err), f"{what}: {name} is not finite"
+        assert our_err <= 2 * torch_err + atol, (
+            f"{what}: {name} error {our_err:.3g} > 2·{torch_err:.3g} (torch {dtype}) + {atol:.3g}")
+
+
+def _compare(kernel_device, n, m, d, *, dtype=torch.float32, temperature=0.1, symmetric=False,
+             normalize=True, reduction="mean", random_labels=False, scale=1.0, block_sizes=None):
+    q, k = _inputs(n, m, d, scale=scale)
+    labels = torch.randint(0, m, (n,)) if random_labels else None
+    upstream = torch.randn(n if reduction == "none" else (), dtype=torch.float64)
+    options = dict(labels=labels, symmetric=symmetric, normalize=normalize, reduction=reduction)
+    ref64 = _loss_and_grads(info_nce_reference, q, k, temperature, upstream, **options)
+    same_dtype = _loss_and_grads(info_nce_reference, q.to(dtype), k.to(dtype), temperature,
+                                 upstream, **options)
+    dev_options = dict(options, labels=None if labels is None else labels.to(kernel_device))
+    ours = _loss_and_grads(info_nce, q.to(kernel_device, dtype), k.to(kernel_device, dtype),
+                           temperature, upstream, backend="triton", block_sizes=block_sizes,
+                           **dev_options)
+    assert ours[0].shape == ref64[0].shape and ours[0].dtype == torch.float32
+    # Scale of the terms each result sums: the largest logit, times the upstream mass for dτ.
+    q_hat, k_hat = (q / q.norm(dim=1, keepdim=True), k / k.norm(dim=1, keepdim=True)) if normalize else (q, k)
+    max_logit = (q_hat @ k_hat.T).abs().max().item() / temperature
+    mass = upstream.abs().sum().item() * (1.0 if reduction == "mean" else 1.0 / n)
+    floors = (max_logit * (n if reduction == "sum" else 1.0), 0.0, 0.0, max_logit / temperature * mass * n)
+    _assert_close_to_ref64(ours, same_dtype, ref64, dtype, f"N={n} M={m} D={d} {options}", floors)
+
+
+# Odd sizes; block_sizes (16, 16, 16) forces several row, column and D tiles at these shapes.
+TRITON_CASES = [
+    # n, m, d, symmetric, normalize, reduction, random_labels, temperature, block_sizes
+    (1, 1, 1, False, True, "mean", False, 0.1, None),
+    (3, 17, 3, False, True, "none", True, 0.01, None),
+    (17, 67, 67, False, True, "sum", True, 0.5, None),
+    (17, 67, 67, False, True, "mean", True, 0.07, (16, 16, 16)),
+    (67, 67, 17, True, True, "none", False, 0.2, (16, 32, 16)),
+    (67, 67, 17, True, True, "mean", False, 1.0, None),
+    (3, 129, 17, False, False, "mean", True, 0.3, (16, 16, 16)),
+    (67, 129, 3, False, True, "none", False, 0.05, (16, 64, 16)),
+    (129, 129, 67, True, False, "sum", False, 0.1, (32, 16, 32)),
+    (257, 257, 129, False, True, "mean", False, 0.1, None),
+]
+
+
+@pytest.mark.parametrize("n,m,d,symmetric,normalize,reduction,random_labels,temperature,block_sizes",
+                         TRITON_CASES)
+def test_triton_matches_float64_reference(kernel_device, n, m, d, symmetric, normalize, reduction,
+                                          random_labels, temperature, block_sizes):
+    _compare(kernel_device, n, m, d, temperature=temperature, symmetric=symmetric,
+             normalize=normalize, reduction=reduction, random_labels=random_labels,
+             block_sizes=block_sizes)
+
+
+@pytest.mark.parametrize("symmetric", [False, True])
+@pytest.mark.parametrize("block_sizes", [None, (16, 16, 16)])
+def test_triton_large_norm_without_normalization(kernel_device, symmetric, block_sizes):
+    # Logits reach ~1e4: the online max must keep exp from overflowing.
+    _compare(kernel_device, 33, 33, 17, scale=30.0, temperature=0.01, normalize=False,
+             symmetric=symmetric, reduction="none", block_sizes=block_sizes)
+
+
+@pytest.mark.parametrize("symmetric,block_sizes", [(False, (16, 16, 16)), (True, None), (True, (16, 32, 16))])
+def test_triton_float16_low_precision_rule(kernel_device, symmetric, block_sizes):
+    _compare(kernel_device, 67, 67, 67, dtype=torch.float16, temperature=0.1, symmetric=symmetric,
+             block_sizes=block_sizes)
+
+
+def test_triton_gradients_only_where_asked(kernel_device):
+    q, k = _inputs(17, 33, 17, dtype=torch.float32)
+    q, k = q.to(kernel_device).requires_grad_(), k.to(kernel_device)  # keys without grad (VITO)
+    loss = info_nce(q, k, 0.1, backend="triton")
+    loss.backward()
+    assert k.grad is None and q.grad is not None
+    q_ref = q.detach().clone().requires_grad_()
+    info_nce_reference(q_ref, k, 0.1).backward()
+    torch.testing.assert_close(q.grad, q_ref.grad, atol=1e-5, rtol=1e-4)
+    # Only the temperature: dτ is read off gq even though q needs no gradient.
+    tau = torch.tensor(0.2, device=kernel_device, requires_grad=True)
+    (dtau,) = torch.autograd.grad(info_nce(q.detach(), k, tau, backend="triton"), (tau,))
+    tau_ref = torch.tensor(0.2, requires_grad=True)
+    (dtau_ref,) = torch.autograd.grad(info_nce_reference(q.detach().cpu(), k.cpu(), tau_ref), (tau_ref,))
+    torch.testing.assert_close(dtau.cpu(), dtau_ref, atol=1e-5, rtol=1e-4)
+
+
+def test_triton_noncontiguous_inputs(kernel_device):
+    base_q, base_k = _inputs(40, 24, 34, dtype=torch.float32)
+    q, k = base_q.to(kernel_device)[::2, ::2], base_k.to(kernel_device).T.contiguous().T[:, 1::2]
+    assert not q.is_contiguous() and not k.is_contiguous()
+    ours = info_nce(q, k, 0.1, labels=torch.randint(0, 24, (20,), device=kernel_device),
+                    backend="triton", reduction="none")
+    torch.testing.assert_close(ours.shape, (20,))
+    labels = torch.randint(0, 24, (20,), device=kernel_device)
+    torch.testing.assert_close(info_nce(q, k, 0.1, labels=labels, backend="triton"),
+                               info_nce_reference(q, k, 0.1, labels=labels), atol=1e-5, rtol=1e-5)
+
+
+def test_triton_outputs_fully_written(kernel_device, monkeypatch):
+    """Poison every buffer the launchers allocate: an unwritten element would surface as NaN."""
+    import vito_fast.kernels.info_nce as kernels
+
+    real_empty = torch.empty
+
+    def poisoned_empty(*args, **kwargs):
+        return real_empty(*args, **kwargs).fill_(float("nan"))
+
+    monkeypatch.setattr(kernels.torch, "empty", poisoned_empty)
+    q, k = _inputs(67, 67, 67, dtype=torch.float32)
+    q, k = q.to(kernel_device), k.to(kernel_device)
+    scale = torch.tensor([10.0], device=kernel_device)
+    row, col = kernels.info_nce_fwd(q, k, None, None, scale, True, block_m=16, block_n=32, block_d=16)
+    for stats in (row, col):
+        assert torch.isfinite(stats.max).all() and torch.isfinite(stats.log_sum).all()
+    torch.testing.assert_close(row.lse(), torch.logsumexp(10.0 * q @ k.T, dim=1), atol=1e-4, rtol=1e-5)
+    torch.testing.assert_close(col.lse(), torch.logsumexp(10.0 * q @ k.T, dim=0), atol=1e-4, rtol=1e-5)
+    weight = torch.ones(67, device=kernel_device)
+    gq, gk = kernels.info_nce_bwd(q, k, None, None, scale, row, col, weight, weight, True, True,
+                                  block_m=16, block_n=32, block_d=16, block_dout=32)
+    assert torch.isfinite(gq).all() and torch.isfinite(gk).all()
+
+
+# The reference itself, at every odd size of the issue (float64 gradcheck at the small ones).
+@pytest.mark.parametrize("n,m,d", [(1, 1, 1), (3, 17, 3), (3, 3, 17), (17, 17, 1)])
+@pytest.mark.parametrize("symmetric", [False, True])
+def test_reference_gradcheck(n, m, d, symmetric):
+    if symmetric and n != m:
+        pytest.skip("symmetric needs N == M")
+    q, k = _inputs(n, m, d)
+    tau = torch.tensor(0.3, dtype=torch.float64)
+    for reduction in ("mean", "none"):
+        assert torch.autograd.gradcheck(
+            lambda q, k, t: info_nce_reference(q, k, t, symmetric=symmetric, reduction=reduction),
+            (q.requires_grad_(), k.requires_grad_(), tau.requires_grad_()))
+
+
+@pytest.mark.parametrize("n,m,d", [(1, 257, 129), (67, 129, 257), (257, 257, 67), (129, 257, 1)])
+def test_reference_matches_log_softmax_definition(n, m, d):
+    """−log softmax(q̂·k̂ᵀ/τ)[i, label_i] written out, at the larger odd sizes."""
+    q, k = _inputs(n, m, d)
+    labels = torch.randint(0, m, (n,))
+    tau = 0.07
+    logits = (q / q.norm(dim=1, keepdim=True)) @ (k / k.norm(dim=1, keepdim=True)).T / tau
+    expected = -(logits.log_softmax(1).gather(1, labels[:, None]).squeeze(1))
+    torch.testing.assert_close(info_nce_reference(q, k, tau, labels=labels, reduction="none"), expected)
+    torch.testing.assert_close(info_nce_reference(q, k, tau, labels=labels, reduction="sum"), expected.sum())
+
+
+def test_auto_dispatch_uses_reference_on_cpu():
+    q, k = _inputs(17, 17, 17, dtype=torch.float32)
+    expected = info_nce_reference(q, k, 0.1, symmetric=True)
+    assert torch.equal(info_nce(q, k, 0.1, symmetric=True), expected)
+    assert torch.equal(info_nce(q, k, 0.1, symmetric=True, backend="torch"), expected)
+    assert info_nce(q.double(), k.double()).dtype == torch.float64  # the reference takes float64
+
+
+def test_public_api_names():
+    import vito_fast
+
+    assert vito_fast.info_nce is info_nce
+    module = vito_fast.nn.InfoNCE(temperature=0.2)
+    q, k = _inputs(5, 7, 3, dtype=torch.float32)
+    torch.testing.assert_close(module(q, k), info_nce_reference(q, k, 0.2))
+
+
+BAD_INPUTS = [
+    # (description, q shape, k shape, kwargs, error, message fragment)
+    ("q not 2-D", (4,), (4, 3), {}, ValueError, "q must be 2-D"),
+    ("k not 2-D", (4, 3), (4, 3, 1), {}, ValueError, "k must be 2-D"),
+    ("D mismatch", (4, 3), (4, 5), {}, ValueError, "q has 3 columns but k has 5"),
+    ("empty q", (0, 3), (4, 3), {}, ValueError, "q is empty"),
+    ("empty D", (4, 0), (4, 0), {}, ValueError, "is empty"),
+    ("temperature zero", (4, 3), (4, 3), {"temperature": 0.0}, ValueError, "temperature must be > 0"),
+    ("temperature negative tensor", (4, 3), (4, 3), {"temperature": torch.tensor(-0.1)}, ValueError, "> 0"),
+    ("M < N", (5, 3), (4, 3), {}, ValueError, "M >= N"),
+    ("labels out of range", (4, 3), (6, 3), {"labels": torch.tensor([0, 1, 2, 6])}, ValueError, "[0, 6)"),
+    ("labels negative", (4, 3), (6, 3), {"labels": torch.tensor([0, -1, 2, 3])}, ValueError, "[0, 6)"),
+    ("labels shape", (4, 3), (6, 3), {"labels": torch.tensor([0, 1])}, ValueError, "labels must have shape (4,)"),
+    ("labels dtype", (4, 3), (6, 3), {"labels": torch.tensor([0, 1, 2, 3], dtype=torch.int32)}, TypeError, "int64"),
+    ("symmetric N != M", (4, 3), (6, 3), {"symmetric": True}, ValueError, "symmetric needs N == M"),
+    ("symmetric with labels", (4, 3), (4, 3), {"symmetric": True, "labels": torch.arange(4)}, ValueError, "symmetric"),
+    ("reduction", (4, 3), (4, 3), {"reduction": "avg"}, ValueError, "reduction must be one of"),
+    ("backend", (4, 3), (4, 3), {"backend": "cuda"}, ValueError, "backend must be one of"),
+]
+
+
+@pytest.mark.parametrize("what,q_shape,k_shape,kwargs,error,message", BAD_INPUTS, ids=[b[0] for b in BAD_INPUTS])
+def test_input_checks(what, q_shape, k_shape, kwargs, error, message):
+    with pytest.raises(error, match=message.replace("(", r"\(").replace(")", r"\)").replace("[", r"\[")):
+        info_nce(torch.randn(q_shape), torch.randn(k_shape), **kwargs)
+
+
+def test_input_checks_dtype_and_device():
+    with pytest.raises(TypeError, match="q is torch.float32 but k is torch.float16"):
+        info_nce(torch.randn(4, 3), torch.randn(4, 3, dtype=torch.float16))
+    with pytest.raises(TypeError, match="the Triton backend takes"):
+        info_nce(torch.randn(4, 3, dtype=torch.float64), torch.randn(4, 3, dtype=torch.float64), backend="triton")
+    with pytest.raises(ValueError, match="q is on cpu but k is on meta"):
+        info_nce(torch.randn(4, 3), torch.randn(4, 3, device="meta"))
+
+
+# ---- distributed: two gloo processes == one process on the concatenated batch ----------------
+
+def _distributed_worker(rank, world, init_file, rows_per_rank, backend, result_dir):
+    import torch.distributed as dist
+
+    from vito_fast.nn.info_nce import InfoNCE
+
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
+    try:
+        inputs = torch.load(os.path.join(result_dir, "inputs.pt"))
+        start = sum(rows_per_rank[:rank])
+        rows = slice(start, start + rows_per_rank[rank])
+        q = inputs["q"][rows].clone().requires_grad_()
+        k = inputs["k"][rows].clone().requires_grad_()
+        loss = InfoNCE(temperature=0.1, gather_distributed=True, backend=backend)(q, k)
+        loss.backward()
+        torch.save({"loss": loss.detach(), "dq": q.grad, "dk": k.grad},
+                   os.path.join(result_dir, f"rank{rank}.pt"))
+    finally:
+        dist.destroy_process_group()
+
+
+@pytest.mark.parametrize("rows_per_rank,backend", [((6, 6), "triton"), ((5, 9), "torch")])
+def test_distributed_gather_matches_single_process(tmp_path, rows_per_rank, backend):
+    import torch.multiprocessing as mp
+
+    total = sum(rows_per_rank)
+    q, k = _inputs(total, total, 17, dtype=torch.float32)
+    torch.save({"q": q, "k": k}, tmp_path / "inputs.pt")
+    mp.spawn(_distributed_worker, nprocs=2, join=True,
+             args=(2, str(tmp_path / "init"), list(rows_per_rank), backend, str(tmp_path)))
+    ranks = [torch.load(tmp_path / f"rank{r}.pt") for r in range(2)]
+
+    q_all, k_all = q.clone().requires_grad_(), k.clone().requires_grad_()
+    # Rank r's mean loss weighs its own rows by 1/N_r: the global objective is Σ_r loss_r.
+    weights = torch.cat([torch.full((n,), 1.0 / n) for n in rows_per_rank])
+    per_row = info_nce_reference(q_all, k_all, 0.1, reduction="none")
+    (per_row * weights).sum().backward()
+    start = 0
+    for n, result in zip(rows_per_rank, ranks):
+        rows = slice(start, start + n)
+        torch.testing.assert_close(result["loss"], per_row[rows].mean().detach(), atol=1e-5, rtol=1e-5)
+        # Owners receive Σ over ranks of d loss_rank / d own keys (DDP then averages).
+        torch.testing.assert_close(result["dq"], q_all.grad[rows], atol=1e-5, rtol=1e-4)
+        torch.testing.assert_close(result["dk"], k_all.grad[rows], atol=1e-5, rtol=1e-4)
+        start += n
+
+
+# ---- GPU only: low precision with tensor cores, bigger shapes, the O(N + M) memory promise -----
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("n,m,d,symmetric", [(1000, 1000, 256, True), (777, 2049, 129, False), (4096, 4096, 128, False)])
+def test_cuda_low_precision_rule(dtype, n, m, d, symmetric):
+    _compare("cuda", n, m, d, dtype=dtype, temperature=0.1, symmetric=symmetric,
+             random_labels=not symmetric)
+
+
+@pytest.mark.cuda
+def test_cuda_float32_multi_tile():
+    _compare("cuda", 1023, 1025, 255, temperature=0.05, symmetric=False, random_labels=True)
+    _compare("cuda", 513, 513, 67, temperature=0.2, symmetric=True, normalize=False, scale=3.0)
+
+
+@pytest.mark.cuda
+def test_cuda_memory_is_linear():
+    n, d = 16384, 256
+    q = torch.randn(n, d, device="cuda", dtype=torch.bfloat16, requires_grad=True)
+    k = torch.randn(n, d, device="cuda", dtype=torch.bfloat16, requires_grad=True)
+    torch.cuda.synchronize()
+    torch.cuda.reset_peak_memory_stats()
+    before = torch.cuda.memory_allocated()
+    info_nce(q, k, 0.1, symmetric=True).backward()
+    torch.cuda.synchronize()
+    extra = torch.cuda.max_memory_allocated() - before
+    logits_bytes = n * n * 2
+    assert extra < logits_bytes / 4, f"extra memory {extra / 2**20:.0f} MiB: an N×M buffer?"
