@@ -1,0 +1,418 @@
+"""`vito-fast prepare`: scan, manifests, the JPEG frame store, transcoding and the CLI.
+
+Every video here is synthetic (tests/videos.py): each frame shows its frame number in big black
+and white squares, so a test can tell exactly which source frame ended up where.
+"""
+from __future__ import annotations
+
+import io
+import json
+import math
+import os
+import subprocess
+import sys
+import tarfile
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from videos import (decode_frame_number, encoder_available, read_frame_numbers, write_audio_only,
+                    write_empty_video_stream, write_text_file, write_truncated_copy, write_variable_frame_rate,
+                    write_video, write_zero_byte_file)
+from vito_fast.cli.main import main as cli_main
+from vito_fast.data import ClipRecord, FrameStore, extract_frames, read_manifest, scan_videos, transcode_clips, write_manifest
+from vito_fast.data.frame_store import ShardWriter
+from vito_fast.data.manifest import VideoInfo, probe_videos, split_into_clips
+from vito_fast.errors import StoreError, VideoError
+
+HAS_H264 = encoder_available("h264")
+needs_h264 = pytest.mark.skipif(not HAS_H264, reason="PyAV's FFmpeg has no H.264 encoder (libx264/libopenh264)")
+try:
+    import nvidia.dali  # noqa: F401
+
+    HAS_DALI = True
+except ImportError:
+    HAS_DALI = False
+needs_dali = pytest.mark.skipif(not HAS_DALI, reason="NVIDIA DALI is not installed")
+
+# name -> (codec, width, height, fps, frames); all usable with the default min_seconds=1
+GOOD_VIDEOS = {
+    "vp9_25fps.webm": ("vp9", 64, 48, 25, 50),
+    "vp9_24fps_portrait.webm": ("vp9", 48, 64, 24, 72),
+    "h264_30fps.mp4": ("h264", 80, 60, 30, 45),
+}
+# name -> the reason the default scan must give
+BAD_VIDEOS = {
+    "single_frame.webm": "too_short",
+    "truncated.webm": "truncated",
+    "truncated.mp4": "truncated",
+    "zero_bytes.mp4": "unreadable",
+    "notes.mp4": "unreadable",
+    "audio_only.mp4": "no_video_stream",
+    "no_frames.avi": "zero_frames",
+    "variable_rate.mp4": "variable_frame_rate",
+}
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory) -> Path:
+    """A folder with the good and the bad videos above (H.264 ones only when an encoder exists)."""
+    folder = tmp_path_factory.mktemp("corpus")
+    for name, (codec, width, height, fps, frames) in GOOD_VIDEOS.items():
+        if codec == "h264" and not HAS_H264:
+            continue
+        write_video(folder / name, codec=codec, width=width, height=height, fps=fps, num_frames=frames)
+    write_video(folder / "single_frame.webm", codec="vp9", num_frames=1, fps=25)
+    whole = tmp_path_factory.mktemp("whole")
+    write_truncated_copy(write_video(whole / "long.webm", codec="vp9", fps=25, num_frames=75), folder / "truncated.webm")
+    if HAS_H264:
+        write_truncated_copy(write_video(whole / "long.mp4", codec="h264", fps=25, num_frames=75),
+                             folder / "truncated.mp4")
+        write_variable_frame_rate(folder / "variable_rate.mp4")
+    write_zero_byte_file(folder / "zero_bytes.mp4")
+    write_text_file(folder / "notes.mp4")
+    write_audio_only(folder / "audio_only.mp4")
+    write_empty_video_stream(folder / "no_frames.avi")
+    return folder
+
+
+def expected_names(table: dict) -> set:
+    return {name for name in table if HAS_H264 or not name.endswith(".mp4") or name in ("zero_bytes.mp4", "notes.mp4", "audio_only.mp4")}
+
+
+@pytest.fixture(scope="module")
+def manifest(corpus, tmp_path_factory) -> list:
+    """Records of the good videos, split into 1 s clips (so some clips start mid-video)."""
+    records, _ = scan_videos([corpus], clip_seconds=1.0, min_seconds=0.5, workers=0, progress=False)
+    return records
+
+
+# ----------------------------------------------------------------------------- scan
+
+
+def test_scan_accepts_and_rejects_exactly_the_right_files(corpus):
+    records, rejected = scan_videos([corpus], workers=2, progress=False)
+    accepted = {Path(record.path).name: record for record in records}
+    assert set(accepted) == {name for name in GOOD_VIDEOS if HAS_H264 or GOOD_VIDEOS[name][0] != "h264"}
+    for name, record in accepted.items():
+        codec, width, height, fps, frames = GOOD_VIDEOS[name]
+        assert (record.codec, record.width, record.height, record.num_frames) == (codec, width, height, frames)
+        assert record.fps == pytest.approx(fps) and record.duration == pytest.approx(frames / fps)
+        assert record.clip_start is None and record.clip_end is None
+    reasons = {Path(entry.path).name: entry.reason for entry in rejected}
+    assert reasons == {name: BAD_VIDEOS[name] for name in expected_names(BAD_VIDEOS)}
+    assert all(entry.detail for entry in rejected)
+
+
+def test_scan_thresholds_and_decoder_filter(corpus):
+    records, rejected = scan_videos([corpus / "single_frame.webm"], min_seconds=0, workers=0, progress=False)
+    assert [(r.num_frames, r.duration) for r in records] == [(1, pytest.approx(1 / 25))] and not rejected
+    _, rejected = scan_videos([corpus / "vp9_25fps.webm"], min_seconds=2.5, workers=0, progress=False)
+    assert [(e.reason, e.detail) for e in rejected] == [("too_short", "2.00 s is shorter than 2.5 s")]
+    if HAS_H264:
+        records, rejected = scan_videos([corpus / "h264_30fps.mp4", corpus / "vp9_25fps.webm"], decoder="dali-cpu",
+                                        workers=0, progress=False)
+        assert [r.codec for r in records] == ["vp9"] and [e.reason for e in rejected] == ["undecodable_codec"]
+        records, _ = scan_videos([corpus / "variable_rate.mp4"], reject_variable_frame_rate=False, workers=0,
+                                 progress=False)
+        assert len(records) == 1 and records[0].num_frames == 40
+
+
+def test_scan_never_modifies_inputs(corpus):
+    before = {path.name: (path.stat().st_mtime_ns, path.read_bytes()) for path in corpus.iterdir()}
+    scan_videos([corpus], workers=0, progress=False, decode_check="full")
+    assert {path.name: (path.stat().st_mtime_ns, path.read_bytes()) for path in corpus.iterdir()} == before
+
+
+def misbehaving_probe(path: str, decode_check: str):
+    """A probe that hangs on *hang* files and kills its process on *crash* files (runs in a worker)."""
+    from vito_fast.data.manifest import probe_video
+
+    if "hang" in path:
+        time.sleep(60)
+    if "crash" in path:
+        os._exit(3)
+    return probe_video(path, decode_check)
+
+
+def test_probe_workers_survive_hangs_and_crashes(corpus):
+    good = str(corpus / "vp9_25fps.webm")
+    paths = ["/x/hang.webm", good, "/x/crash.webm", good, good]
+    started = time.monotonic()
+    results = dict(probe_videos(paths, workers=2, timeout=2.0, probe=misbehaving_probe))
+    assert time.monotonic() - started < 30
+    assert results[0].reason == "unreadable" and "longer than 2 s" in results[0].detail
+    assert results[2].reason == "unreadable" and "crashed" in results[2].detail
+    assert all(isinstance(results[index], VideoInfo) for index in (1, 3, 4))
+
+
+def test_split_into_clips_covers_the_video_once():
+    info = VideoInfo("v.webm", "vp9", 64, 48, 24.0, 168, 7.0, False)
+    clips = split_into_clips(info, 3.0, min_seconds=1.0)
+    assert [(c.clip_start, c.clip_end, c.num_frames) for c in clips] == [(0, 3, 72), (3, 6, 72), (6, 7, 24)]
+    merged = split_into_clips(info, 3.0, min_seconds=1.5)  # a 1 s remainder joins the last clip
+    assert [(c.clip_start, c.clip_end, c.num_frames) for c in merged] == [(0, 3, 72), (3, 7, 96)]
+    assert [(c.clip_start, c.num_frames) for c in split_into_clips(info, None, 1.0)] == [(None, 168)]
+    odd = VideoInfo("v.webm", "vp9", 64, 48, 25.0, 50, 2.0, False)
+    assert sum(c.num_frames for c in split_into_clips(odd, 0.3, 0.1)) == 50
+
+
+def test_manifest_round_trip_is_atomic_and_resolves_relative_paths(tmp_path):
+    records = [ClipRecord("/data/a.webm", 50, 25.0, 64, 48, "vp9", 2.0),
+               ClipRecord("clips/b.mp4", 30, 30000 / 1001, 80, 60, "h264", 1.001, "dog", 0.5, 1.501)]
+    path = write_manifest(tmp_path / "m.jsonl", records)
+    assert os.listdir(tmp_path) == ["m.jsonl"]
+    assert "label" not in json.loads(path.read_text().splitlines()[0])
+    loaded = read_manifest(path)
+    assert loaded[0] == records[0]
+    assert loaded[1].path == str(tmp_path / "clips/b.mp4") and loaded[1].label == "dog"
+    assert loaded[1].fps == records[1].fps and loaded[1].clip_end == 1.501
+    (tmp_path / "bad.jsonl").write_text('{"path": "a"}\n')
+    with pytest.raises(VideoError, match="bad.jsonl:1"):
+        read_manifest(tmp_path / "bad.jsonl")
+
+
+# ----------------------------------------------------------------------------- frame store
+
+
+def jpeg_frame_number(payload) -> int:
+    return decode_frame_number(np.asarray(Image.open(io.BytesIO(bytes(payload))).convert("RGB")))
+
+
+def expected_source_frames(record: ClipRecord, store_fps: float) -> list:
+    start = record.clip_start or 0.0
+    end = record.clip_end if record.clip_end is not None else record.duration
+    count = math.ceil((end - start) * store_fps - 1e-6)
+    return [math.floor((start + k / store_fps) * record.fps + 1e-6) for k in range(count)]
+
+
+def test_frames_are_extracted_at_the_right_times(manifest, tmp_path):
+    extract_frames(manifest, tmp_path / "store", fps=8, short_side=32, workers=2, progress=False)
+    store = FrameStore(tmp_path / "store")
+    assert len(store) == len(manifest) > 3
+    for clip, record in enumerate(manifest):
+        meta = store.clip(clip)
+        expected = expected_source_frames(record, 8)
+        assert meta.source_frames == expected and store.num_frames(clip) == len(expected)
+        assert [jpeg_frame_number(store.frame_bytes(clip, k)) for k in range(len(expected))] == expected
+        assert min(meta.width, meta.height) == 32 and meta.source == record.path
+        image = Image.open(io.BytesIO(bytes(store.frame_bytes(clip, 0))))
+        assert image.size == (meta.width, meta.height)
+    store.validate()
+
+
+def test_store_shards_and_index_round_trip(manifest, tmp_path):
+    index_path = extract_frames(manifest, tmp_path, fps=5, short_side=32, shard_bytes=16_000, workers=1,
+                                progress=False)
+    index = json.loads(index_path.read_text())
+    assert len(index["shards"]) > 1 and (index["fps"], index["short_side"], index["quality"]) == (5, 32, 90)
+    with FrameStore(index_path) as store:
+        members = {}
+        for shard in store.shards:  # any tar tool sees the same frames as the index
+            with tarfile.open(tmp_path / shard["name"]) as tar:
+                for member in tar.getmembers():
+                    members[member.name] = tar.extractfile(member).read()
+        assert len(members) == sum(store.num_frames(c) for c in range(len(store)))
+        for clip in range(len(store)):
+            manifest_index = store.index["clips"][clip]["manifest_index"]
+            for k in range(store.num_frames(clip)):
+                assert bytes(store.frame_bytes(clip, k)) == members[f"{manifest_index:08d}/{k:06d}.jpg"]
+
+
+def test_interrupted_extraction_resumes_to_identical_store(manifest, tmp_path, monkeypatch):
+    options = dict(fps=8, short_side=32, shard_bytes=12_000, workers=1, progress=False)
+    extract_frames(manifest, tmp_path / "reference", **options)
+    reference = {p.name: p.read_bytes() for p in (tmp_path / "reference").iterdir()}
+    assert sum(name.endswith(".tar") for name in reference) >= 3
+
+    total_frames = sum(name.endswith(".jpg") for tar in (tmp_path / "reference").glob("*.tar")
+                       for name in tarfile.open(tar).getnames())
+    original_add_frame, calls = ShardWriter.add_frame, []
+
+    def add_frame_then_die(self, member, payload):
+        calls.append(member)
+        if len(calls) == total_frames // 2:
+            raise KeyboardInterrupt("simulated kill")
+        return original_add_frame(self, member, payload)
+
+    monkeypatch.setattr(ShardWriter, "add_frame", add_frame_then_die)
+    with pytest.raises(KeyboardInterrupt):
+        extract_frames(manifest, tmp_path / "store", **options)
+    monkeypatch.undo()
+    store_dir = tmp_path / "store"
+    assert not (store_dir / "index.json").exists()
+    sidecars = sorted(store_dir.glob("shard-*.json"))
+    assert 1 <= len(sidecars) < sum(name.endswith(".tar") for name in reference)
+    for sidecar in sidecars:  # every shard a sidecar claims is complete
+        assert store_dir.joinpath(sidecar.stem + ".tar").read_bytes() == reference[sidecar.stem + ".tar"]
+    # what a hard kill leaves behind: a temporary shard, and a renamed shard whose sidecar never came
+    (store_dir / f"shard-{len(sidecars):05d}.tar.tmp").write_bytes(b"half a shard")
+    (store_dir / f"shard-{len(sidecars):05d}.tar").write_bytes(b"renamed, no sidecar yet")
+
+    finished_before = {s.stem: os.stat(store_dir / f"{s.stem}.tar").st_mtime_ns for s in sidecars}
+    frames_finished = sum(len(clip["frame_sizes"]) for s in sidecars for clip in json.loads(s.read_text())["clips"])
+    monkeypatch.setattr(ShardWriter, "add_frame", lambda self, m, p: (calls.append(m), original_add_frame(self, m, p))[1])
+    calls.clear()
+    extract_frames(manifest, store_dir, **options)
+    assert {p.name: p.read_bytes() for p in store_dir.iterdir()} == reference
+    assert len(calls) == total_frames - frames_finished  # finished shards were not redone
+    assert all(os.stat(store_dir / f"{stem}.tar").st_mtime_ns == mtime for stem, mtime in finished_before.items())
+
+
+def test_validate_names_a_truncated_or_corrupt_shard(manifest, tmp_path):
+    extract_frames(manifest, tmp_path, fps=4, short_side=32, shard_bytes=12_000, workers=1, progress=False)
+    FrameStore(tmp_path).validate()
+    shard = tmp_path / "shard-00001.tar"
+    data = shard.read_bytes()
+    shard.write_bytes(data[: len(data) // 2])
+    with pytest.raises(StoreError, match="shard-00001.tar"):
+        FrameStore(tmp_path).validate()
+    store = FrameStore(tmp_path)
+    offset = store.index["clips"][0]["frame_offsets"][1]
+    shard.write_bytes(data)
+    first = tmp_path / "shard-00000.tar"
+    corrupt = bytearray(first.read_bytes())
+    corrupt[offset - 512: offset - 412] = b"x" * 100  # overwrite the member name in the tar header
+    first.write_bytes(bytes(corrupt))
+    with pytest.raises(StoreError, match=r"shard-00000.tar: clip 0 frame 1"):
+        FrameStore(tmp_path).validate()
+    (tmp_path / "index.json").unlink()
+    with pytest.raises(StoreError, match="index.json"):
+        FrameStore(tmp_path)
+
+
+@needs_dali
+def test_dali_cpu_extraction_picks_the_same_frames(manifest, tmp_path):
+    vp9 = [record for record in manifest if record.codec == "vp9"]
+    extract_frames(vp9, tmp_path / "dali", fps=8, short_side=32, device="dali-cpu", progress=False)
+    extract_frames(vp9, tmp_path / "pyav", fps=8, short_side=32, workers=1, progress=False)
+    dali, pyav = FrameStore(tmp_path / "dali"), FrameStore(tmp_path / "pyav")
+    for clip in range(len(vp9)):
+        assert dali.clip(clip).source_frames == pyav.clip(clip).source_frames
+        assert (dali.clip(clip).width, dali.clip(clip).height) == (pyav.clip(clip).width, pyav.clip(clip).height)
+        numbers = [jpeg_frame_number(dali.frame_bytes(clip, k)) for k in range(dali.num_frames(clip))]
+        assert numbers == dali.clip(clip).source_frames
+    dali.validate()
+
+
+@pytest.mark.skipif(HAS_DALI and "CUDA_VISIBLE_DEVICES" not in os.environ and os.path.exists("/dev/nvidiactl"),
+                    reason="a GPU may be present")
+def test_gpu_extraction_without_a_gpu_says_what_is_missing(manifest, tmp_path):
+    with pytest.raises(VideoError, match="(CUDA GPU|NVIDIA DALI)"):
+        extract_frames(manifest[:1], tmp_path, device="gpu", progress=False)
+
+
+@pytest.mark.cuda
+@needs_dali
+@needs_h264
+def test_gpu_extraction_decodes_h264_with_nvdec(manifest, tmp_path):
+    records = [record for record in manifest if record.codec == "h264"]
+    extract_frames(records, tmp_path, fps=8, short_side=32, device="gpu", progress=False)
+    store = FrameStore(tmp_path)
+    for clip, record in enumerate(records):
+        expected = expected_source_frames(record, 8)
+        assert [jpeg_frame_number(store.frame_bytes(clip, k)) for k in range(store.num_frames(clip))] == expected
+
+
+def test_import_never_touches_dali():
+    code = ("import sys, vito_fast, vito_fast.data.frame_store, vito_fast.data.transcode, vito_fast.cli.prepare; "
+            "assert not any(m.startswith('nvidia') for m in sys.modules), 'DALI imported'")
+    subprocess.run([sys.executable, "-c", code], check=True)
+
+
+# ----------------------------------------------------------------------------- transcode
+
+
+@pytest.fixture(scope="module")
+def transcoded(manifest, tmp_path_factory):
+    return manifest, transcode_clips(manifest, tmp_path_factory.mktemp("vp9"), codec="vp9", short_side=32, gop=4,
+                                     workers=2, progress=False)
+
+
+def test_transcode_keeps_exactly_the_clip_frames(transcoded):
+    sources, outputs = transcoded
+    assert len(outputs) == len(sources)
+    for source, output in zip(sources, outputs):
+        first = math.ceil((source.clip_start or 0) * source.fps - 1e-6)
+        assert read_frame_numbers(output.path) == list(range(first, first + source.num_frames))
+        assert output.codec == "vp9" and min(output.width, output.height) == 32
+        assert output.width % 2 == 0 and output.height % 2 == 0 and output.num_frames == source.num_frames
+    assert read_manifest(Path(outputs[0].path).parent / "manifest.jsonl") == outputs
+
+
+def test_transcode_rerun_reuses_outputs(transcoded):
+    sources, outputs = transcoded
+    folder = Path(outputs[0].path).parent
+    before = {p.name: p.stat().st_mtime_ns for p in folder.glob("*.webm")}
+    again = transcode_clips(sources, folder, codec="vp9", short_side=32, gop=4, workers=1, progress=False)
+    assert again == outputs and {p.name: p.stat().st_mtime_ns for p in folder.glob("*.webm")} == before
+
+
+@needs_dali
+def test_transcoded_vp9_is_decodable_by_dali_on_the_cpu(transcoded):
+    from nvidia.dali import fn, pipeline_def
+
+    sources, outputs = transcoded
+    first_frames = [math.ceil((s.clip_start or 0) * s.fps - 1e-6) for s in sources]
+
+    @pipeline_def(batch_size=1, num_threads=1, device_id=None)
+    def reader():
+        video, label = fn.experimental.readers.video(
+            filenames=[o.path for o in outputs], labels=list(range(len(outputs))), sequence_length=3, step=3,
+            device="cpu", random_shuffle=False)
+        return video, label
+
+    pipeline = reader()
+    pipeline.build()
+    seen = set()
+    for _ in range(6):
+        video, label = pipeline.run()
+        frames, clip = np.asarray(video[0]), int(np.asarray(label[0]).ravel()[0])
+        numbers = [decode_frame_number(frame) for frame in frames]
+        assert numbers[1] == numbers[0] + 1 and numbers[2] == numbers[0] + 2
+        assert first_frames[clip] <= numbers[0] < first_frames[clip] + outputs[clip].num_frames
+        seen.add(clip)
+    assert seen
+
+
+# ----------------------------------------------------------------------------- CLI
+
+
+def test_cli_scan_frames_transcode(corpus, tmp_path, capsys):
+    manifest_path = tmp_path / "manifest.jsonl"
+    assert cli_main(["prepare", "scan", str(corpus), "-o", str(manifest_path), "--clip-seconds", "1",
+                     "--workers", "2", "--no-progress"]) == 0
+    summary = capsys.readouterr().out
+    assert "usable clips" in summary and "total hours" in summary and "truncated" in summary
+    rejected = [json.loads(line) for line in (tmp_path / "manifest.rejected.jsonl").read_text().splitlines()]
+    assert {Path(e["path"]).name: e["reason"] for e in rejected} == {n: BAD_VIDEOS[n] for n in expected_names(BAD_VIDEOS)}
+    records = read_manifest(manifest_path)
+    assert f"usable clips {len(records):>10}".split() == [line for line in summary.splitlines()
+                                                          if line.startswith("usable clips")][0].split()
+
+    assert cli_main(["prepare", "frames", str(manifest_path), "-o", str(tmp_path / "store"), "--fps", "4",
+                     "--short-side", "32", "--workers", "1", "--no-progress"]) == 0
+    assert f"{len(records)} clips" in capsys.readouterr().out
+    FrameStore(tmp_path / "store").validate()
+
+    assert cli_main(["prepare", "transcode", str(manifest_path), "-o", str(tmp_path / "vp9"), "--short-side", "32",
+                     "--gop", "4", "--workers", "2", "--no-progress"]) == 0
+    assert len(read_manifest(tmp_path / "vp9" / "manifest.jsonl")) == len(records)
+
+
+def test_cli_rejects_bad_arguments_and_missing_files(tmp_path, capsys):
+    assert cli_main(["prepare", "scan", str(tmp_path / "nope"), "-o", str(tmp_path / "m.jsonl")]) == 2
+    assert "nope" in capsys.readouterr().err
+    assert cli_main(["prepare", "frames", str(tmp_path / "missing.jsonl"), "-o", str(tmp_path / "s")]) == 2
+    assert "missing.jsonl" in capsys.readouterr().err
+    assert cli_main(["prepare", "frames", "m.jsonl", "-o", "s", "--fps", "0"]) == 2
+    assert cli_main(["prepare", "transcode", "m.jsonl", "-o", "d", "--codec", "av1"]) == 2
+    assert cli_main(["prepare"]) == 2
+    assert cli_main(["prepare", "scan", str(tmp_path)]) == 2  # -o is required
+    write_text_file(tmp_path / "notes.mp4")
+    assert cli_main(["prepare", "scan", str(tmp_path), "-o", str(tmp_path / "m.jsonl"), "--no-progress",
+                     "--workers", "0"]) == 1  # nothing usable
+    assert "no usable video" in capsys.readouterr().err
