@@ -116,6 +116,8 @@ def probe_video(path: str, decode_check: str = "tail") -> Union[VideoInfo, Rejec
     """
     import av  # PyAV is a hard dependency, imported here to keep the module light for pickling
 
+    if not os.path.isfile(path):
+        return RejectedVideo(path, "unreadable", "not a regular file")
     if os.path.getsize(path) == 0:
         return RejectedVideo(path, "unreadable", "empty file (0 bytes)")
     try:
@@ -237,58 +239,66 @@ def _iso_media_truncated(path: str) -> bool:
 # ----------------------------------------------------------------------------- probing many files
 
 
-def _probe_worker(connection, decode_check: str) -> None:
-    """Worker process: probe the paths it receives until it receives None."""
+def _probe_worker(connection, decode_check: str, probe) -> None:
+    """Worker process: say it is ready, then probe the paths it receives until it receives None."""
+    connection.send("ready")  # the parent starts a file's timeout only once its worker has started
     while True:
         task = connection.recv()
         if task is None:
             return
         index, path = task
         try:
-            result = probe_video(path, decode_check)
+            result = probe(path, decode_check)
         except Exception as error:  # a bug or an exotic failure: still one rejected file
             result = RejectedVideo(path, "unreadable", f"probe failed: {type(error).__name__}: {error}")
         connection.send((index, result))
 
 
-def probe_videos(paths: Sequence[str], *, workers: int, timeout: float, decode_check: str = "tail"
-                 ) -> Iterator[Tuple[int, Union[VideoInfo, RejectedVideo]]]:
+def probe_videos(paths: Sequence[str], *, workers: int, timeout: float, decode_check: str = "tail",
+                 probe=probe_video) -> Iterator[Tuple[int, Union[VideoInfo, RejectedVideo]]]:
     """Yield (index, probe result) as probes finish; workers=0 probes in this process (no timeout).
 
     A worker that dies or exceeds ``timeout`` seconds on a file is killed and replaced, and the
-    file is reported as unreadable.
+    file is reported as unreadable. ``probe`` (a module-level function, for pickling) replaces
+    ``probe_video`` in tests.
     """
     if workers <= 0:
         for index, path in enumerate(paths):
-            yield index, probe_video(path, decode_check)
+            yield index, probe(path, decode_check)
         return
-    context = multiprocessing.get_context("spawn")  # no fork: the parent may hold torch threads
-    pending = list(reversed(list(enumerate(paths))))
-    busy = {}  # worker process -> (connection, index, path, deadline)
-    idle: List[Tuple[object, object]] = []
-
-    def start_worker():
-        parent_end, child_end = context.Pipe()
-        process = context.Process(target=_probe_worker, args=(child_end, decode_check), daemon=True)
-        process.start()
-        child_end.close()
-        return process, parent_end
-
     import time
 
+    context = multiprocessing.get_context("spawn")  # no fork: the parent may hold torch threads
+    pending = list(reversed(list(enumerate(paths))))
+    starting = {}  # worker process -> connection, until the worker says it is ready
+    idle: List[Tuple[object, object]] = []
+    busy = {}  # worker process -> (connection, index, path, deadline)
     try:
         while pending or busy:
-            while pending and len(busy) + len(idle) < workers:
-                idle.append(start_worker())
+            while pending and len(starting) + len(idle) + len(busy) < workers:
+                parent_end, child_end = context.Pipe()
+                process = context.Process(target=_probe_worker, args=(child_end, decode_check, probe), daemon=True)
+                process.start()
+                child_end.close()
+                starting[process] = parent_end
             while pending and idle:
                 process, connection = idle.pop()
                 index, path = pending.pop()
                 connection.send((index, path))
                 busy[process] = (connection, index, path, time.monotonic() + timeout)
-            now = time.monotonic()
-            next_deadline = min(entry[3] for entry in busy.values())
-            ready = wait_for_connections([entry[0] for entry in busy.values()] + [p.sentinel for p in busy],
-                                         timeout=max(0.0, next_deadline - now))
+            deadlines = [entry[3] for entry in busy.values()]
+            ready = wait_for_connections([entry[0] for entry in busy.values()] + list(starting.values())
+                                         + [process.sentinel for process in (*busy, *starting)],
+                                         timeout=max(0.0, min(deadlines) - time.monotonic()) if deadlines else None)
+            for process, connection in list(starting.items()):
+                if connection in ready or process.sentinel in ready:
+                    del starting[process]
+                    try:
+                        connection.recv()  # the "ready" greeting
+                    except (EOFError, OSError):
+                        _stop(process)
+                        raise VideoError("scan: a probe worker process died while starting") from None
+                    idle.append((process, connection))
             for process, (connection, index, path, deadline) in list(busy.items()):
                 if connection in ready:
                     try:
@@ -314,7 +324,7 @@ def probe_videos(paths: Sequence[str], *, workers: int, timeout: float, decode_c
             except OSError:
                 pass
             process.join(timeout=5)
-        for process in list(busy) + [process for process, _ in idle]:
+        for process in [*busy, *starting, *(process for process, _ in idle)]:
             _stop(process)
 
 
