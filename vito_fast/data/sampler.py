@@ -203,11 +203,10 @@ def sample_view_params(
     config = ViewConfig() if config is None else config
     inputs = _check_inputs(sample_ids, num_frames, fps, frame_hw, seed, epoch, config)
     if not _cpp.available():
-        return ViewParams(sample_ids=inputs[0], **sample_view_arrays(*inputs, seed, epoch, config.native()))
+        return ViewParams(sample_ids=inputs[0], **sample_view_arrays(*inputs, config.native()))
     sample_native = _cpp.require("sample_view_params")
     threads = 0 if num_threads is None else int(num_threads)
-    arrays = sample_native(*inputs, seed, epoch, config.native(), threads)
-    return ViewParams(sample_ids=inputs[0], **arrays)
+    return ViewParams(sample_ids=inputs[0], **sample_native(*inputs, config.native(), threads))
 
 
 def sample_view_params_numpy(
@@ -216,7 +215,7 @@ def sample_view_params_numpy(
     """Same as :func:`sample_view_params` (same arguments, same result), always in NumPy."""
     config = ViewConfig() if config is None else config
     inputs = _check_inputs(sample_ids, num_frames, fps, frame_hw, seed, epoch, config)
-    return ViewParams(sample_ids=inputs[0], **sample_view_arrays(*inputs, seed, epoch, config.native()))
+    return ViewParams(sample_ids=inputs[0], **sample_view_arrays(*inputs, config.native()))
 
 
 def _integers(name: str, values, shape_text: str) -> np.ndarray:
@@ -227,7 +226,7 @@ def _integers(name: str, values, shape_text: str) -> np.ndarray:
         bad = ~np.isfinite(array) | (array != np.round(array))
         if bad.any():
             raise ValueError(f"sample_view_params: {name} must hold integers, got {array[bad].flat[0]!r}")
-    return np.ascontiguousarray(array, dtype=np.int64)
+    return np.asarray(array, dtype=np.int64)
 
 
 def _per_sample(name: str, array: np.ndarray, batch: int, row_shape: Tuple[int, ...] = ()) -> np.ndarray:
@@ -235,12 +234,12 @@ def _per_sample(name: str, array: np.ndarray, batch: int, row_shape: Tuple[int, 
     if array.shape == row_shape:
         return np.ascontiguousarray(np.broadcast_to(array, (batch,) + row_shape))
     if array.shape != (batch,) + row_shape:
-        expected = f"({batch}{''.join(', ' + str(size) for size in row_shape)})"
+        expected = (batch,) + row_shape
         raise ValueError(
             f"sample_view_params: {name} has shape {array.shape} but sample_ids has {batch} entries "
             f"(expected {expected} or {row_shape or 'a scalar'})"
         )
-    return array
+    return np.ascontiguousarray(array)
 
 
 def _first_bad(name: str, bad: np.ndarray, values: np.ndarray, sample_ids: np.ndarray, rule: str) -> None:
@@ -253,7 +252,7 @@ def _first_bad(name: str, bad: np.ndarray, values: np.ndarray, sample_ids: np.nd
 
 
 def _check_inputs(sample_ids, num_frames, fps, frame_hw, seed, epoch, config):
-    """Validate once for both paths; returns C-contiguous (ids, num_frames, fps, frame_hw)."""
+    """Validate once for both paths: C-contiguous (ids, num_frames, fps, frame_hw), int seed, int epoch."""
     if not isinstance(config, ViewConfig):
         raise ValueError(f"sample_view_params: config must be a ViewConfig, got {type(config).__name__}")
     for name, value, limit in (("seed", seed, 2**64), ("epoch", epoch, 2**32)):
@@ -262,6 +261,7 @@ def _check_inputs(sample_ids, num_frames, fps, frame_hw, seed, epoch, config):
     ids = _integers("sample_ids", sample_ids, "(B,)")
     if ids.ndim != 1:
         raise ValueError(f"sample_view_params: sample_ids must be 1-D (B,), got shape {ids.shape}")
+    ids = np.array(ids, dtype=np.int64, order="C", copy=True)  # ViewParams keeps it: never the caller's
     batch = ids.shape[0]
     if (ids < 0).any():
         position = int(np.flatnonzero(ids < 0)[0])
@@ -271,7 +271,7 @@ def _check_inputs(sample_ids, num_frames, fps, frame_hw, seed, epoch, config):
     rates = np.asarray(fps)
     if not (np.issubdtype(rates.dtype, np.integer) or np.issubdtype(rates.dtype, np.floating)) or rates.dtype == bool:
         raise ValueError(f"sample_view_params: fps must hold numbers, got dtype {rates.dtype}")
-    rates = _per_sample("fps", np.ascontiguousarray(rates, dtype=np.float64), batch)
+    rates = _per_sample("fps", np.asarray(rates, dtype=np.float64), batch)
     _first_bad("fps", ~(np.isfinite(rates) & (rates > 0)), rates, ids, "finite and > 0")
     sizes = _integers("frame_hw", frame_hw, "(B, 2)")
     if sizes.ndim not in (1, 2) or sizes.shape[-1] != 2:
@@ -280,8 +280,12 @@ def _check_inputs(sample_ids, num_frames, fps, frame_hw, seed, epoch, config):
     _first_bad("frame_hw", sizes < 1, sizes, ids, ">= 1 (height, width)")
     # The smallest Δt of the config must fit in every clip; larger ones are clamped.
     shortest = np.rint(config.delta_seconds[0] * rates)
-    _first_bad(
-        "num_frames", shortest > frames - 1, frames, ids,
-        f"> {config.delta_seconds[0]} s (config.delta_seconds[0]) x fps frames",
-    )
-    return ids, frames, rates, sizes
+    too_short = shortest > frames - 1
+    if too_short.any():
+        position = int(np.flatnonzero(too_short)[0])
+        raise ValueError(
+            f"sample_view_params: num_frames={int(frames[position])} at fps={float(rates[position])} "
+            f"(sample id {int(ids[position])}, position {position}) is too short for the smallest Δt of "
+            f"the config: delta_seconds[0]={config.delta_seconds[0]} s = {int(shortest[position])} frames"
+        )
+    return ids, frames, rates, sizes, int(seed), int(epoch)
