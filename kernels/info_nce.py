@@ -299,6 +299,14 @@ def info_nce_bwd(
     has_norm = q_inv_norm is not None
     dummy = row_stats.max
     block_d, block_dout = _block(block_d, d, cap_d), _block(block_dout, d, cap_dout)
+    # dS goes through the dot in the inputs' dtype: with weights ~1/N (mean over 64k rows), fp16
+    # would flush it to zero. Dividing the weights by their max keeps |dS| ≤ 2; undone below.
+    weight_scale = row_weight.abs().max()
+    if symmetric:
+        weight_scale = torch.maximum(weight_scale, col_weight.abs().max())
+    weight_scale = weight_scale.clamp_min(torch.finfo(torch.float32).tiny)
+    row_weight = row_weight / weight_scale
+    col_weight = col_weight / weight_scale if symmetric else None
     # The accumulator is (BLOCK_OWN, BLOCK_DOUT) fp32 in registers: 64 rows on a GPU.
     cap_own = cap_m if interpreting() else 64
     grads = []
@@ -323,5 +331,5 @@ def info_nce_bwd(
             BLOCK_OWN=block_own, BLOCK_OTHER=block_other, BLOCK_D=block_d, BLOCK_DOUT=block_dout,
             num_warps=8, num_stages=2,
         )
-        grads.append(grad)
+        grads.append(grad.mul_(weight_scale))
     return grads[0], grads[1]
