@@ -47,10 +47,11 @@ def _assert_close_to_ref64(ours, torch_same_dtype, ref64, dtype, what, floors):
 
 
 def _compare(kernel_device, n, m, d, *, dtype=torch.float32, temperature=0.1, symmetric=False,
-             normalize=True, reduction="mean", random_labels=False, scale=1.0, block_sizes=None):
+             normalize=True, reduction="mean", random_labels=False, scale=1.0, block_sizes=None,
+             upstream_scale=1.0):
     q, k = _inputs(n, m, d, scale=scale)
     labels = torch.randint(0, m, (n,)) if random_labels else None
-    upstream = torch.randn(n if reduction == "none" else (), dtype=torch.float64)
+    upstream = torch.randn(n if reduction == "none" else (), dtype=torch.float64) * upstream_scale
     options = dict(labels=labels, symmetric=symmetric, normalize=normalize, reduction=reduction)
     ref64 = _loss_and_grads(info_nce_reference, q, k, temperature, upstream, **options)
     same_dtype = _loss_and_grads(info_nce_reference, q.to(dtype), k.to(dtype), temperature,
@@ -105,6 +106,27 @@ def test_triton_large_norm_without_normalization(kernel_device, symmetric, block
 def test_triton_float16_low_precision_rule(kernel_device, symmetric, block_sizes):
     _compare(kernel_device, 67, 67, 67, dtype=torch.float16, temperature=0.1, symmetric=symmetric,
              block_sizes=block_sizes)
+
+
+@pytest.mark.parametrize("symmetric", [False, True])
+def test_triton_float16_tiny_upstream_weights(kernel_device, symmetric):
+    """Per-row weights ~1e-9 (a mean over 64k rows times a small loss weight): dS·w would flush
+    to zero in fp16 inside the dot unless the launcher rescales it. The fp32 kernel output must
+    scale linearly with the weights."""
+    from vito_fast.kernels.info_nce import info_nce_bwd, info_nce_fwd
+
+    q, k = _inputs(67, 67, 17, dtype=torch.float16)
+    q, k = q.to(kernel_device), k.to(kernel_device)
+    scale = torch.tensor([10.0], device=kernel_device)
+    rows, cols = info_nce_fwd(q, k, None, None, scale, symmetric)
+    weight = torch.rand(67, device=kernel_device) + 0.5
+    unit = info_nce_bwd(q, k, None, None, scale, rows, cols, weight, weight if symmetric else None,
+                        True, True)
+    tiny = info_nce_bwd(q, k, None, None, scale, rows, cols, weight * 1e-9,
+                        weight * 1e-9 if symmetric else None, True, True)
+    for name, one, small in zip(("gq", "gk"), unit, tiny):
+        torch.testing.assert_close(small / 1e-9, one, rtol=1e-3, atol=1e-3 * one.abs().max().item(),
+                                   msg=lambda m: f"{name}: {m}")
 
 
 def test_triton_gradients_only_where_asked(kernel_device):
