@@ -38,7 +38,9 @@ def transcode_clip(record: ClipRecord, output: PathLike, *, codec: str = "vp9", 
                    gop: int = 16, crf: Optional[int] = None) -> ClipRecord:
     """Encode one clip into ``output`` (via ``output.tmp`` + rename) and return its record."""
     import av
+    from av.video.reformatter import VideoReformatter
 
+    reformatter = VideoReformatter()  # reuses its scaler between frames
     suffix, encoder, codec_name, options = CODECS[codec]
     output = Path(output)
     temporary = output.with_name(output.name + ".tmp")
@@ -67,7 +69,8 @@ def transcode_clip(record: ClipRecord, output: PathLike, *, codec: str = "vp9", 
                     continue
                 if frame_time >= end - 1e-6:
                     break
-                resized = frame.reformat(width=width, height=height, format="yuv420p", interpolation="AREA")
+                resized = reformatter.reformat(frame, width=width, height=height, format="yuv420p",
+                                               interpolation="AREA")
                 resized.pts, resized.time_base = written, 1 / rate
                 target.mux(stream.encode(resized))
                 written += 1
