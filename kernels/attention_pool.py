@@ -39,7 +39,8 @@ def _hidden_tile(h_row, W1_ptr, B1_ptr, offs_n, mask_n, hid_start, C, HIDDEN,
         offs_c = c_start + tl.arange(0, BLOCK_C)
         mask_c = offs_c < C
         h_tile = tl.load(h_row + offs_n[:, None] * stride_h_pos + offs_c[None, :] * stride_h_chan,
-                         mask=mask_n[:, None] & mask_c[None, :], other=0.0)
+                         mask=mask_n[:, None] & mask_c[None, :], other=0.0,
+                         eviction_policy="evict_last")
         w1_tile = tl.load(W1_ptr + offs_j[None, :] * stride_w1_hid + offs_c[:, None] * stride_w1_chan,
                           mask=mask_c[:, None] & mask_j[None, :], other=0.0)
         z = tl.dot(h_tile, w1_tile, z, input_precision=DOT_PRECISION)
@@ -69,7 +70,8 @@ def _logits_tile(h_row, W1_ptr, B1_ptr, W2_ptr, offs_n, mask_n, C, HIDDEN,
             offs_c = c_start + tl.arange(0, BLOCK_C)
             mask_c = offs_c < C
             h_tile = tl.load(h_row + offs_n[:, None] * stride_h_pos + offs_c[None, :] * stride_h_chan,
-                             mask=mask_n[:, None] & mask_c[None, :], other=0.0)
+                             mask=mask_n[:, None] & mask_c[None, :], other=0.0,
+                             eviction_policy="evict_last")
             w2 = tl.load(W2_ptr + offs_c, mask=mask_c, other=0.0).to(tl.float32)
             acc += h_tile.to(tl.float32) * w2[None, :]
         logits = tl.sum(acc, axis=1)
@@ -125,8 +127,11 @@ def _attention_pool_fwd_kernel(
         tl.store(Attn_ptr + row * N + offs_n, tl.exp(logits - lse), mask=mask_n)
 
     # Pass 2: pooled, channel block by channel block, with the final weights (no rescaling).
-    for c_start in range(0, C, BLOCK_C):
-        offs_c = c_start + tl.arange(0, BLOCK_C)
+    # Last block first: pass 1 ended there, so the most recently read lines of h are reused
+    # first, while still in L2 (LRU-friendly), and each is marked evict-first once reread.
+    last_c = tl.cdiv(C, BLOCK_C) * BLOCK_C - BLOCK_C
+    for c_done in range(0, C, BLOCK_C):
+        offs_c = (last_c - c_done) + tl.arange(0, BLOCK_C)
         mask_c = offs_c < C
         acc = tl.zeros((BLOCK_N, BLOCK_C), dtype=tl.float32)
         for n_start in range(0, N, BLOCK_N):
@@ -134,7 +139,8 @@ def _attention_pool_fwd_kernel(
             mask_n = offs_n < N
             attn = tl.exp(tl.load(logits_row + offs_n, mask=mask_n, other=float("-inf")) - lse)
             h_tile = tl.load(h_row + offs_n[:, None] * stride_h_pos + offs_c[None, :] * stride_h_chan,
-                             mask=mask_n[:, None] & mask_c[None, :], other=0.0)
+                             mask=mask_n[:, None] & mask_c[None, :], other=0.0,
+                             eviction_policy="evict_first")
             acc += attn[:, None] * h_tile.to(tl.float32)
         pooled = tl.sum(acc, axis=0)
         tl.store(Pooled_ptr + row * stride_pooled_batch + offs_c * stride_pooled_chan,
@@ -179,7 +185,8 @@ def _attention_pool_bwd_kernel(
             offs_c = c_start + tl.arange(0, BLOCK_C)
             mask_c = offs_c < C
             h_tile = tl.load(h_row + offs_n[:, None] * stride_h_pos + offs_c[None, :] * stride_h_chan,
-                             mask=mask_n[:, None] & mask_c[None, :], other=0.0)
+                             mask=mask_n[:, None] & mask_c[None, :], other=0.0,
+                             eviction_policy="evict_last")
             gy = tl.load(gp_row + offs_c * stride_gp_chan, mask=mask_c, other=0.0).to(tl.float32)
             acc += h_tile.to(tl.float32) * gy[None, :]
         score = tl.sum(acc, axis=1)
@@ -232,8 +239,9 @@ def _attention_pool_bwd_kernel(
                          acc.to(GradH_ptr.dtype.element_ty), mask=mask_n[:, None] & mask_c[None, :])
     else:
         # Linear logits: dh = a ⊗ gy + dlogit ⊗ w2 and dw2 = Σ_p dlogit · h, by channel block.
-        for c_start in range(0, C, BLOCK_C):
-            offs_c = c_start + tl.arange(0, BLOCK_C)
+        last_c = tl.cdiv(C, BLOCK_C) * BLOCK_C - BLOCK_C  # reversed, as in the forward's pass 2
+        for c_done in range(0, C, BLOCK_C):
+            offs_c = (last_c - c_done) + tl.arange(0, BLOCK_C)
             mask_c = offs_c < C
             gy = tl.load(gp_row + offs_c * stride_gp_chan, mask=mask_c, other=0.0).to(tl.float32)
             w2 = tl.load(W2_ptr + offs_c, mask=mask_c, other=0.0).to(tl.float32)
@@ -245,7 +253,7 @@ def _attention_pool_bwd_kernel(
                 attn = tl.exp(tl.load(logits_row + offs_n, mask=mask_n, other=float("-inf")) - lse)
                 dlogit = attn * (tl.load(score_row + offs_n, mask=mask_n, other=0.0) - total)
                 h_tile = tl.load(h_row + offs_n[:, None] * stride_h_pos + offs_c[None, :] * stride_h_chan,
-                                 mask=mask, other=0.0)
+                                 mask=mask, other=0.0, eviction_policy="evict_first")
                 dh = attn[:, None] * gy[None, :] + dlogit[:, None] * w2[None, :]
                 tl.store(dh_row + offs_n[:, None] * stride_dh_pos + offs_c[None, :] * stride_dh_chan,
                          dh.to(GradH_ptr.dtype.element_ty), mask=mask)

@@ -223,6 +223,25 @@ def test_cuda_benchmark_shapes_low_precision_rule(dtype, atol, channels, size, h
         assert ours_err <= 2 * torch_err + atol, f"{name}: ours {ours_err:.2e} vs torch {torch_err:.2e}"
 
 
+@pytest.mark.cuda
+def test_cuda_auto_dispatches_to_triton():
+    inputs = [None if t is None else t.cuda().float() for t in make_inputs(3, 65, (5, 9), 7)]
+    auto = attention_pool(*inputs)
+    triton = attention_pool(*inputs, backend="triton")
+    assert torch.equal(auto[0], triton[0]) and torch.equal(auto[1], triton[1])
+
+
+@pytest.mark.cuda
+def test_cuda_module_under_bf16_autocast():
+    pool = AttentionPool2d(256, hidden_channels=64).cuda()
+    h = torch.randn(8, 256, 7, 7, device="cuda").to(memory_format=torch.channels_last)
+    with torch.autocast("cuda", dtype=torch.bfloat16):
+        pooled = pool(h.bfloat16())
+    assert pooled.dtype == torch.bfloat16 and pool.last_attention.dtype == torch.float32
+    pooled.float().square().sum().backward()
+    assert all(p.grad is not None and p.grad.dtype == torch.float32 for p in pool.parameters())
+
+
 # ---------------------------------------------------------------- module and input checks
 
 @pytest.mark.parametrize("hidden,backend", [(0, "torch"), (16, "torch"), (16, "triton")])
