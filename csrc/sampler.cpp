@@ -128,10 +128,19 @@ class SampleRandom {
     PhiloxBatch<kFixedBlocks> fixed_;
 };
 
-// An integer uniform in [0, last] from u in [0, 1).
+// An integer uniform in [0, last] from u in [0, 1): min(floor(u * (last + 1)), last). The product
+// is >= 0, so truncation is the floor (and avoids a libm call without SSE4.1).
 inline int64_t uniform_index(double u, int64_t last) {
-    const double scaled = std::floor(u * static_cast<double>(last + 1));
-    return std::min(static_cast<int64_t>(scaled), last);
+    const int64_t scaled = static_cast<int64_t>(u * static_cast<double>(last + 1));
+    return std::min(scaled, last);
+}
+
+// Round half to even of x >= 0, as np.rint and Python's round: adding and subtracting 2^52 leaves
+// no fractional bits, so the FPU rounds in the default mode. Far cheaper than std::nearbyint,
+// which saves and restores the floating-point environment on every call.
+inline double round_half_even(double x) {
+    constexpr double kTwoTo52 = 4503599627370496.0;
+    return x >= kTwoTo52 ? x : (x + kTwoTo52) - kTwoTo52;
 }
 
 inline double lerp(double low, double high, double u) { return low + (high - low) * u; }
@@ -169,8 +178,8 @@ void sample_crop(const SampleRandom& random, int view, int64_t height, int64_t w
         const double target_area = area * lerp(config.crop_scale_min, config.crop_scale_max, u[0]);
         const double aspect_ratio =
             portable_exp(lerp(config.crop_log_ratio_min, config.crop_log_ratio_max, u[1]));
-        const double crop_width = std::nearbyint(std::sqrt(target_area * aspect_ratio));
-        const double crop_height = std::nearbyint(std::sqrt(target_area / aspect_ratio));
+        const double crop_width = round_half_even(std::sqrt(target_area * aspect_ratio));
+        const double crop_height = round_half_even(std::sqrt(target_area / aspect_ratio));
         if (crop_width > 0.0 && crop_width <= static_cast<double>(width) && crop_height > 0.0 &&
             crop_height <= static_cast<double>(height)) {
             const int64_t h = static_cast<int64_t>(crop_height);
@@ -188,10 +197,10 @@ void sample_crop(const SampleRandom& random, int view, int64_t height, int64_t w
     int64_t h = height, w = width;
     if (in_ratio < config.crop_ratio_min) {
         h = std::max<int64_t>(1, static_cast<int64_t>(
-                                     std::nearbyint(static_cast<double>(w) / config.crop_ratio_min)));
+                                     round_half_even(static_cast<double>(w) / config.crop_ratio_min)));
     } else if (in_ratio > config.crop_ratio_max) {
         w = std::max<int64_t>(1, static_cast<int64_t>(
-                                     std::nearbyint(static_cast<double>(h) * config.crop_ratio_max)));
+                                     round_half_even(static_cast<double>(h) * config.crop_ratio_max)));
     }
     box[0] = (height - h) / 2;
     box[1] = (width - w) / 2;
@@ -258,7 +267,7 @@ void sample_one(const SamplerInputs& in, int64_t index, uint64_t seed, uint32_t 
         config.delta_distribution == DeltaDistribution::kFixed
             ? config.delta_seconds_max
             : lerp(config.delta_seconds_min, config.delta_seconds_max, delta_first[0]);
-    const double delta_float = std::min(std::nearbyint(seconds * in.fps[index]),
+    const double delta_float = std::min(round_half_even(seconds * in.fps[index]),
                                         static_cast<double>(num_frames - 1));
     const int64_t delta = static_cast<int64_t>(delta_float);
     const int64_t earlier = uniform_index(delta_first[1], num_frames - 1 - delta);

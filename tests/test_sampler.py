@@ -261,6 +261,14 @@ def test_fixed_delta_and_its_validation():
         ViewConfig(delta_distribution="fixed", delta_seconds=(0.4, 0.5))
 
 
+@pytest.mark.parametrize("path", SAMPLERS)
+def test_half_frames_round_half_to_even(path):
+    config = ViewConfig(delta_distribution="fixed", delta_seconds=(0.25, 0.25))
+    fps = np.array([10.0, 6.0, 14.0, 18.0, 2.0])  # 2.5, 1.5, 3.5, 4.5, 0.5 frames exactly
+    params = SAMPLERS[path](np.arange(5), 100, fps, (8, 8), seed=0, epoch=0, config=config)
+    np.testing.assert_array_equal(params.delta_frames, [2, 2, 4, 4, 0])
+
+
 @pytest.mark.parametrize("config", [ViewConfig(), CUSTOM_CONFIG], ids=["paper", "custom"])
 def test_flag_frequencies_and_jitter_distributions_per_recipe(config):
     count = 20000
