@@ -9,7 +9,7 @@ extension (``csrc/sampler.cpp``) does the work when it is built; the NumPy refer
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, fields
 from typing import Dict, Optional, Tuple
 
 import numpy as np
@@ -35,6 +35,8 @@ class ViewConfig:
     (brightness factor uniform in [max(0, 1 - brightness), 1 + brightness], hue shift in turns
     uniform in [-hue, hue]); ``blur_sigma`` is the Gaussian blur's sigma range in pixels of the
     output view; ``swap_probability`` is the chance that the view-1 recipe gets the later frame.
+    Invalid values raise ValueError naming the field (scale must lie in (0, 1], ratios > 0,
+    probabilities in [0, 1], hue in [0, 0.5], blur sigmas > 0 so that 0 can mean "no blur").
     """
 
     delta_distribution: str = "uniform"
@@ -55,7 +57,7 @@ class ViewConfig:
     swap_probability: float = 0.5
 
     def __post_init__(self) -> None:
-        if self.delta_distribution not in DELTA_DISTRIBUTIONS:
+        if not isinstance(self.delta_distribution, str) or self.delta_distribution not in DELTA_DISTRIBUTIONS:
             raise ValueError(
                 f"ViewConfig.delta_distribution: {self.delta_distribution!r} is not one of "
                 f"{sorted(DELTA_DISTRIBUTIONS)}"
@@ -141,7 +143,7 @@ class ViewConfig:
         }
 
 
-@dataclass
+@dataclass(eq=False)  # arrays: compare fields with np.array_equal, not ==
 class ViewParams:
     """Sampled view parameters for B samples; axis 1 of per-view fields is the recipe (0 = view 1).
 
