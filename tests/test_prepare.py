@@ -25,7 +25,7 @@ from videos import (decode_frame_number, encoder_available, read_frame_numbers, 
                     write_video, write_zero_byte_file)
 from vito_fast.cli.main import main as cli_main
 from vito_fast.data import ClipRecord, FrameStore, extract_frames, read_manifest, scan_videos, transcode_clips, write_manifest
-from vito_fast.data.frame_store import ShardWriter
+from vito_fast.data.frame_store import ShardWriter, extract_clip_pyav
 from vito_fast.data.manifest import VideoInfo, probe_videos, split_into_clips
 from vito_fast.errors import StoreError, VideoError
 
@@ -120,6 +120,26 @@ def test_scan_thresholds_and_decoder_filter(corpus):
         records, _ = scan_videos([corpus / "variable_rate.mp4"], reject_variable_frame_rate=False, workers=0,
                                  progress=False)
         assert len(records) == 1 and records[0].num_frames == 40
+
+
+def test_scan_catches_a_file_missing_only_its_last_frames(tmp_path):
+    whole = write_video(tmp_path / "whole.webm", codec="vp9", fps=24, num_frames=96)
+    write_truncated_copy(whole, tmp_path / "cut.webm", keep_fraction=0.93)
+    records, rejected = scan_videos([tmp_path], workers=0, progress=False)
+    assert [Path(r.path).name for r in records] == ["whole.webm"] and records[0].num_frames == 96
+    assert [(Path(e.path).name, e.reason) for e in rejected] == [("cut.webm", "truncated")]
+    assert "of the 4.00 s its header declares" in rejected[0].detail
+
+
+@needs_h264
+def test_h264_with_b_frames_is_probed_and_sampled_exactly(tmp_path):
+    path = write_video(tmp_path / "bframes.mp4", codec="h264", fps=30, num_frames=90, gop=12,
+                       encoder_options={"preset": "medium", "bf": "3"})
+    records, rejected = scan_videos([path], clip_seconds=1.0, workers=0, progress=False)
+    assert not rejected and [(r.clip_start, r.num_frames) for r in records] == [(0, 30), (1, 30), (2, 30)]
+    for record in records:
+        clip = extract_clip_pyav(record, 8, 32, 90)
+        assert [jpeg_frame_number(jpeg) for jpeg in clip.jpegs] == expected_source_frames(record, 8) == clip.source_frames
 
 
 def test_scan_never_modifies_inputs(corpus):

@@ -148,7 +148,11 @@ class DaliClipExtractor:
 
             if not torch.cuda.is_available():
                 raise VideoError("--device gpu needs a CUDA GPU, and none is visible; use --device cpu")
-        self.short_side, self.quality = short_side, quality
+        self.short_side, self.quality, self.cached_file = short_side, quality, ("", None)
+        from concurrent.futures import ThreadPoolExecutor
+
+        # PIL releases the GIL while it encodes: JPEG encoding of a clip's frames runs on all cores
+        self.encoders = ThreadPoolExecutor(max_workers=os.cpu_count() or 1)
 
         @pipeline_def(batch_size=1, num_threads=num_threads, device_id=0 if device == "mixed" else None,
                       prefetch_queue_depth=1)
@@ -161,7 +165,16 @@ class DaliClipExtractor:
             return fn.resize(video, resize_x=size[0], resize_y=size[1], antialias=True)
 
         self.pipeline = clip_pipeline()
-        self.pipeline.build()
+        try:
+            self.pipeline.build()
+        except Exception as error:
+            raise VideoError(f"DALI cannot build a video decoding pipeline on {device}: {error}") from error
+
+    def _file_bytes(self, path: str) -> np.ndarray:
+        """The encoded file, read once for all the clips cut from it (records come in file order)."""
+        if self.cached_file[0] != path:
+            self.cached_file = (path, np.fromfile(path, dtype=np.uint8))
+        return self.cached_file[1]
 
     def __call__(self, record: ClipRecord, fps: float) -> ExtractedClip:
         targets = sample_times(record, fps)
@@ -169,14 +182,14 @@ class DaliClipExtractor:
         indices = [min(last_frame, int(math.floor(t * record.fps + 1e-6))) for t in targets]
         width, height = output_size(record.width, record.height, self.short_side)
         try:
-            self.pipeline.feed_input("encoded", [np.fromfile(record.path, dtype=np.uint8)])
+            self.pipeline.feed_input("encoded", [self._file_bytes(record.path)])
             self.pipeline.feed_input("frames", [np.asarray(indices, dtype=np.int32)])
             self.pipeline.feed_input("size", [np.asarray([width, height], dtype=np.float32)])
             (video,) = self.pipeline.run()
         except Exception as error:
             raise VideoError(f"{record.path}: DALI cannot decode it: {error}") from error
         frames = np.asarray(video.as_cpu()[0]) if hasattr(video, "as_cpu") else np.asarray(video[0])
-        jpegs = [_encode_jpeg(np.ascontiguousarray(frame), self.quality) for frame in frames]
+        jpegs = list(self.encoders.map(lambda frame: _encode_jpeg(np.ascontiguousarray(frame), self.quality), frames))
         times = [round(index / record.fps, 6) for index in indices]
         return ExtractedClip(jpegs, times, indices, frames.shape[2], frames.shape[1])
 

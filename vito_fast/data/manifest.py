@@ -169,7 +169,7 @@ def probe_video(path: str, decode_check: str = "tail") -> Union[VideoInfo, Rejec
             duration = float((timestamps[-1] - origin + median_step) * time_base)
         else:
             duration = num_frames / fps
-        shortfall = _declared_media_shortfall(container, stream, num_frames, stream_ends)
+        shortfall = _declared_media_shortfall(container, stream, num_frames, stream_ends, fps)
         if shortfall:
             return RejectedVideo(path, "truncated", shortfall)
         if decode_check != "none":
@@ -179,14 +179,18 @@ def probe_video(path: str, decode_check: str = "tail") -> Union[VideoInfo, Rejec
         return VideoInfo(path, codec, stream.width, stream.height, fps, num_frames, duration, variable_frame_rate)
 
 
-def _declared_media_shortfall(container, stream, num_frames: int, stream_ends: dict) -> Optional[str]:
-    """A description of how much less media the file holds than it declares, or None."""
+def _declared_media_shortfall(container, stream, num_frames: int, stream_ends: dict, fps: float) -> Optional[str]:
+    """A description of how much less media the file holds than it declares, or None.
+
+    Durations may differ by up to 3 frames (a last packet without duration, rounding of 1 ms time
+    bases); a file missing more than that has lost its end.
+    """
     if stream.frames and num_frames < stream.frames:
         return f"holds {num_frames} of the {stream.frames} frames its header declares"
     if container.duration:
         declared = container.duration / 1_000_000 + (container.start_time or 0) / 1_000_000
         held = float(max(stream_ends.values())) if stream_ends else 0.0
-        tolerance = max(0.5, 0.05 * declared)
+        tolerance = max(3.0 / fps, 0.1)
         if held + tolerance < declared:
             return f"holds {held:.2f} s of the {declared:.2f} s its header declares"
     return None
