@@ -10,7 +10,7 @@ import argparse
 import sys
 from collections import Counter
 from pathlib import Path
-from typing import List, Sequence
+from typing import Sequence
 
 from vito_fast.errors import VitoError
 
@@ -51,8 +51,11 @@ def build_parser() -> argparse.ArgumentParser:
                       help="reject videos shorter than this (default 1.0)")
     scan.add_argument("--clip-seconds", type=positive_float, default=None,
                       help="split videos into clips of this length (about 10 s is a good choice)")
-    scan.add_argument("--workers", type=int, default=None, help="probe processes (default: CPU count)")
-    scan.add_argument("--timeout", type=positive_float, default=60.0, help="seconds allowed per file (default 60)")
+    scan.add_argument("--workers", type=int, default=None,
+                      help="probe processes (default: CPU count; 0: in this process, without timeout)")
+    scan.add_argument("--timeout", type=positive_float, default=60.0,
+                      help="seconds allowed per file before it counts as unreadable (default 60; "
+                           "raise it for --decode-check full on long videos)")
     scan.add_argument("--decode-check", choices=("tail", "full", "none"), default="tail",
                       help="decode the first frame and the last GOP (tail), every frame (full) or nothing")
     scan.add_argument("--decoder", choices=("pyav", "dali-cpu", "dali-gpu"), default="pyav",
