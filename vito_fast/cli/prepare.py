@@ -49,8 +49,8 @@ def build_parser() -> argparse.ArgumentParser:
                       "rejected files go to <name>.rejected.jsonl next to it")
     scan.add_argument("--min-seconds", type=non_negative_float, default=1.0,
                       help="reject videos shorter than this (default 1.0)")
-    scan.add_argument("--clip-seconds", type=positive_float, default=None,
-                      help="split videos into clips of this length (about 10 s is a good choice)")
+    scan.add_argument("--clip-seconds", type=non_negative_float, default=10.0,
+                      help="split videos into clips of this length (default 10; 0: one record per video)")
     scan.add_argument("--workers", type=int, default=None,
                       help="probe processes (default: CPU count; 0: in this process, without timeout)")
     scan.add_argument("--timeout", type=positive_float, default=60.0,
@@ -114,7 +114,7 @@ def run_scan(args) -> int:
     if missing:
         print(f"vito-fast prepare scan: no such file or folder: {', '.join(missing)}", file=sys.stderr)
         return EXIT_USAGE
-    records, rejected = scan_videos(args.paths, min_seconds=args.min_seconds, clip_seconds=args.clip_seconds,
+    records, rejected = scan_videos(args.paths, min_seconds=args.min_seconds, clip_seconds=args.clip_seconds or None,
                                     workers=args.workers, progress=not args.no_progress, timeout=args.timeout,
                                     decode_check=args.decode_check, decoder=args.decoder,
                                     reject_variable_frame_rate=not args.allow_vfr, label=args.label)
