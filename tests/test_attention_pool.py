@@ -7,6 +7,9 @@ tile vs several position tiles / channel blocks / hidden blocks, forced by small
 from __future__ import annotations
 
 import itertools
+import os
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -204,6 +207,42 @@ def test_triton_low_precision_rule(dtype, hidden, atol, kernel_device):
     for name, ours_err, torch_err in zip(["pooled", "attn", "dh", "dw1", "db1", "dw2"],
                                          max_errors(ours, ref), max_errors(torch_low, ref)):
         assert ours_err <= 2 * torch_err + atol, f"{name}: ours {ours_err:.2e} vs torch {torch_err:.2e}"
+
+
+# Compiles the kernels to sm_90 cubins with Triton's bundled ptxas, no GPU needed: catches what
+# the interpreter cannot (layouts, tl.dot shape rules, loop-carried types). TRITON_INTERPRET must
+# be off in that process, hence a subprocess.
+_COMPILE_FOR_SM90 = """
+import sys, triton
+from triton.backends.compiler import GPUTarget
+from triton.compiler import ASTSource
+import vito_fast.kernels.attention_pool as k
+LOW = {"H_ptr", "W1_ptr", "B1_ptr", "W2_ptr", "Pooled_ptr", "GradPooled_ptr", "GradH_ptr", "GradZ_ptr"}
+for kernel, has_mlp, blocks in [(k._attention_pool_fwd_kernel, False, (64, 128, 16)),
+                                (k._attention_pool_fwd_kernel, True, (64, 64, 64)),
+                                (k._attention_pool_bwd_kernel, False, (64, 128, 16)),
+                                (k._attention_pool_bwd_kernel, True, (64, 64, 64))]:
+    consts = dict(HAS_MLP=has_mlp, HAS_GRAD_ATTN=True, BLOCK_N=blocks[0], BLOCK_C=blocks[1],
+                  BLOCK_HID=blocks[2], DOT_PRECISION="tf32")
+    names = kernel.arg_names
+    signature = {n: "constexpr" if n in consts else ("*bf16" if n in LOW else "*fp32")
+                 if n.endswith("_ptr") else "i32" for n in names}
+    constexprs = {(names.index(n),): v for n, v in consts.items() if n in names}
+    compiled = triton.compile(ASTSource(kernel, signature, constexprs), target=GPUTarget("cuda", 90, 32),
+                              options=dict(num_warps=k._num_warps(has_mlp, *blocks[:2])))
+    assert "bar.sync" in compiled.asm["ptx"] and (not has_mlp or "wgmma" in compiled.asm["ptx"])
+    print(kernel.__name__, has_mlp, "ok")
+"""
+
+
+def test_kernels_compile_for_sm90():
+    env = dict(os.environ, TRITON_INTERPRET="0")
+    result = subprocess.run([sys.executable, "-c", _COMPILE_FOR_SM90], env=env, capture_output=True,
+                            text=True, timeout=300)
+    if "ptxas" in result.stderr and "not found" in result.stderr.lower():
+        pytest.skip("Triton's ptxas is not installed")
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stdout.count(" ok") == 4
 
 
 # ---------------------------------------------------------------- GPU only: benchmark-like shapes
