@@ -53,7 +53,8 @@ def transcode_clip(record: ClipRecord, output: PathLike, *, codec: str = "vp9", 
     written = 0
     try:
         with av.open(record.path, "r", metadata_errors="ignore") as source, \
-                av.open(str(temporary), "w", format=suffix.lstrip(".")) as target:
+                av.open(str(temporary), "w", format=suffix.lstrip("."),
+                        options={"movflags": "+faststart"} if suffix == ".mp4" else {}) as target:
             video = source.streams.video[0]
             video.thread_type = "AUTO"
             origin, time_base = video.start_time or 0, video.time_base
