@@ -3,6 +3,7 @@
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
 
+#include <cmath>
 #include <stdexcept>
 #include <string>
 
@@ -69,6 +70,29 @@ void check_length(const char* name, const py::array& array, int64_t batch_size) 
     }
 }
 
+// Python checks every input with messages that name the sample (vito_fast/data/sampler.py); this
+// guard only keeps direct callers of _C away from undefined behaviour.
+void check_values(const CArray<int64_t>& sample_ids, const CArray<int64_t>& num_frames,
+                  const CArray<double>& fps, const CArray<int64_t>& frame_hw,
+                  const vito_fast::SamplerConfig& config) {
+    if (config.crop_attempts < 1 || config.crop_attempts > 0xFFFF) {
+        throw std::invalid_argument("sample_view_params: config crop_attempts must lie in [1, 65535]");
+    }
+    const int64_t* ids = sample_ids.data();
+    const int64_t* frames = num_frames.data();
+    const double* rates = fps.data();
+    const int64_t* sizes = frame_hw.data();
+    for (int64_t i = 0; i < sample_ids.shape(0); ++i) {
+        if (ids[i] < 0 || frames[i] < 1 || !(rates[i] > 0.0 && std::isfinite(rates[i])) ||
+            sizes[2 * i] < 1 || sizes[2 * i + 1] < 1) {
+            throw std::invalid_argument(
+                "sample_view_params: invalid input at position " + std::to_string(i) +
+                " (sample_ids >= 0, num_frames >= 1, finite fps > 0, frame_hw >= 1 required); "
+                "call vito_fast.data.sample_view_params for a precise message");
+        }
+    }
+}
+
 py::dict sample_view_params(const CArray<int64_t>& sample_ids, const CArray<int64_t>& num_frames,
                             const CArray<double>& fps, const CArray<int64_t>& frame_hw,
                             uint64_t seed, uint32_t epoch, const py::dict& config, int num_threads) {
@@ -81,6 +105,7 @@ py::dict sample_view_params(const CArray<int64_t>& sample_ids, const CArray<int6
         throw std::invalid_argument("sample_view_params: frame_hw must have shape (B, 2)");
     }
     const vito_fast::SamplerConfig native = config_from_dict(config);
+    check_values(sample_ids, num_frames, fps, frame_hw, native);
 
     CArray<int64_t> frame_indices({batch, int64_t{2}}), delta_frames({batch}), crop_boxes({batch, int64_t{2}, int64_t{4}});
     CArray<bool> swapped({batch}), flips({batch, int64_t{2}}), jitter_applied({batch, int64_t{2}}),

@@ -332,6 +332,16 @@ def test_bad_input_raises_value_error_naming_it(path, argument, change):
         SAMPLERS[path](**{**GOOD, **change})
 
 
+@requires_cpp
+def test_extension_refuses_invalid_inputs_when_called_directly():
+    sample_native = _cpp.require("sample_view_params")
+    ids, frames, rates, sizes = np.arange(3), np.array([5, 0, 5]), np.full(3, 25.0), np.ones((3, 2), dtype=np.int64)
+    with pytest.raises(ValueError, match="position 1"):
+        sample_native(ids, frames, rates, sizes, 0, 0, ViewConfig().native(), 0)
+    with pytest.raises(ValueError, match="frame_hw"):
+        sample_native(ids, np.full(3, 5), rates, np.ones((3, 3), dtype=np.int64), 0, 0, ViewConfig().native(), 0)
+
+
 def test_too_short_clip_error_names_the_sample_and_values():
     with pytest.raises(ValueError, match=r"num_frames=20 at fps=25\.0 \(sample id 1.*25 frames"):
         sample_view_params(**{**GOOD, "num_frames": np.array([100, 20, 100, 100]),
