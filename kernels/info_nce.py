@@ -24,8 +24,9 @@ import triton.language as tl
 
 from vito_fast.kernels._utils import interpreting, next_power_of_2
 
-LOG2E = 1.4426950408889634
-LN2 = 0.6931471805599453
+# tl.constexpr so that @triton.jit code may read them (plain globals are rejected on GPUs).
+LOG2E = tl.constexpr(1.4426950408889634)
+LN2 = tl.constexpr(0.6931471805599453)
 
 
 @triton.jit
@@ -235,7 +236,7 @@ class RowStats(NamedTuple):
 
     def lse(self) -> torch.Tensor:
         """Natural-log LSE (L,), float32."""
-        return (self.max.double() + self.log_sum.double()).mul_(LN2).float()
+        return (self.max.double() + self.log_sum.double()).mul_(LN2.value).float()
 
 
 def info_nce_fwd(
