@@ -262,7 +262,8 @@ def _attention_pool_bwd_kernel(
 
 
 def _pick_blocks(n_pos: int, channels: int, hidden: int, block_n: Optional[int],
-                 block_c: Optional[int], block_hid: Optional[int]) -> Tuple[int, int, int]:
+                 block_c: Optional[int], block_hid: Optional[int],
+                 channels_contiguous: bool = False) -> Tuple[int, int, int]:
     """Power-of-2 tiles; tl.dot needs every dimension ≥ 16, so the MLP path pads up to 16."""
     if hidden:
         block_n = block_n or min(max(next_power_of_2(n_pos), 16), 64)
@@ -271,9 +272,14 @@ def _pick_blocks(n_pos: int, channels: int, hidden: int, block_n: Optional[int],
         if min(block_n, block_c, block_hid) < 16:
             raise ValueError("attention_pool: MLP tiles must be at least 16 wide (tl.dot)")
     else:
-        # The linear path is elementwise + reductions: one tile of up to 8K elements.
-        block_n = block_n or min(next_power_of_2(n_pos), 256)
-        block_c = block_c or min(next_power_of_2(channels), max(8192 // block_n, 16))
+        # The linear path is elementwise + reductions: tiles of up to 8K elements, at least
+        # 128 contiguous bytes along the memory-contiguous axis (C for channels_last, else H·W).
+        if channels_contiguous and not block_n:
+            block_c = block_c or min(next_power_of_2(channels), 128)
+            block_n = min(next_power_of_2(n_pos), max(8192 // block_c, 1))
+        else:
+            block_n = block_n or min(next_power_of_2(n_pos), 256)
+            block_c = block_c or min(next_power_of_2(channels), max(8192 // block_n, 16))
         block_hid = block_hid or 16
     for name, value in (("block_n", block_n), ("block_c", block_c), ("block_hid", block_hid)):
         if value & (value - 1):
@@ -302,7 +308,8 @@ def attention_pool_fwd(
     batch, channels, height, width = h.shape
     n_pos, hidden = height * width, (0 if w1 is None else w1.shape[0])
     h3 = h.flatten(2)  # a view for contiguous and channels_last h, a copy only for odd strides
-    block_n, block_c, block_hid = _pick_blocks(n_pos, channels, hidden, block_n, block_c, block_hid)
+    block_n, block_c, block_hid = _pick_blocks(n_pos, channels, hidden, block_n, block_c, block_hid,
+                                               channels_contiguous=h3.stride(1) == 1)
     pooled = torch.empty((batch, channels), device=h.device, dtype=h.dtype)
     attn = torch.empty((batch, n_pos), device=h.device, dtype=torch.float32)
     logits = torch.empty_like(attn)
@@ -334,7 +341,8 @@ def attention_pool_bwd(
     batch, channels, height, width = h.shape
     n_pos, hidden = height * width, (0 if w1 is None else w1.shape[0])
     h3 = h.flatten(2)
-    block_n, block_c, block_hid = _pick_blocks(n_pos, channels, hidden, block_n, block_c, block_hid)
+    block_n, block_c, block_hid = _pick_blocks(n_pos, channels, hidden, block_n, block_c, block_hid,
+                                               channels_contiguous=h3.stride(1) == 1)
     num_tiles = triton.cdiv(n_pos, block_n)
     dh3 = torch.empty_like(h3)  # keeps h3's strides, so dh has h's memory format
     score = torch.empty((batch, n_pos), device=h.device, dtype=torch.float32)

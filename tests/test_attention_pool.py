@@ -177,7 +177,7 @@ class _PoisonedTorch:
         return torch.empty_like(*args, **kwargs).fill_(float("nan"))
 
 
-@pytest.mark.parametrize("hidden,blocks", [(0, None), (0, (16, 16, 16)), (7, None), (64, (16, 16, 16))])
+@pytest.mark.parametrize("hidden,blocks", [(0, None), (0, (16, 16, 16)), (7, None), (64, (32, 32, 32))])
 def test_triton_writes_every_output_element(hidden, blocks, monkeypatch, kernel_device):
     monkeypatch.setattr(kernel_module, "torch", _PoisonedTorch())
     inputs = [None if t is None else t.to(kernel_device) for t in make_inputs(3, 65, (5, 9), hidden, channels_last=True)]
