@@ -19,7 +19,7 @@ requires_cpp = pytest.mark.skipif(not _cpp.available(), reason=f"vito_fast._C no
 INTEGER_FIELDS = ("sample_ids", "frame_indices", "delta_frames", "swapped", "crop_boxes", "flips",
                   "jitter_applied", "jitter_order", "grayscale", "solarize")
 FLOAT_FIELDS = ("brightness", "contrast", "saturation", "hue", "blur_sigma")
-SAMPLERS = {"cpp": sample_view_params, "numpy": sample_view_params_numpy}
+SAMPLERS = {"dispatch": sample_view_params, "numpy": sample_view_params_numpy}  # dispatch = C++ when built
 CUSTOM_CONFIG = ViewConfig(
     flip_probability=(0.3, 0.9), jitter_probability=(0.6, 0.1), grayscale_probability=(0.05, 0.5),
     blur_probability=(0.25, 0.75), solarize_probability=(0.4, 0.0), swap_probability=0.3,
