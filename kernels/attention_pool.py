@@ -12,8 +12,10 @@ forms pooled with the final softmax weights; the row (≤ a few hundred KB) was 
 second read is meant to hit L2 rather than HBM. b2 cancels in the softmax and is not used here.
 
 The backward recomputes the activations. It writes dZ = relu'(z) ⊙ w2 · dlogit (B, N, hidden),
-the one operand of dW1 = Σ dZᵀ h, which is a plain GEMM left to torch (cuBLAS); dw2 and db1
-are per-program partial sums, added up by torch (deterministic, no atomics).
+the one operand of dW1 = Σ dZᵀ h, which is a plain GEMM left to torch (cuBLAS; a view of h when
+it is channels_last, a permuted copy when it is NCHW); dw2 and db1 are per-program partial sums,
+added up by torch (deterministic, no atomics). Within a program, values that other threads
+wrote (logits, scores, dZ) are read back only after tl.debug_barrier() (bar.sync).
 """
 from __future__ import annotations
 
