@@ -245,6 +245,10 @@ def test_store_shards_and_index_round_trip(manifest, tmp_path):
             manifest_index = store.index["clips"][clip]["manifest_index"]
             for k in range(store.num_frames(clip)):
                 assert bytes(store.frame_bytes(clip, k)) == members[f"{manifest_index:08d}/{k:06d}.jpg"]
+    with pytest.raises(StoreError, match="shard-00000.json: made from another manifest or other settings"):
+        extract_frames(manifest, tmp_path, fps=5, short_side=32, quality=80, shard_bytes=16_000, progress=False)
+    assert extract_frames(manifest, tmp_path, fps=5, short_side=32, shard_bytes=16_000, progress=False) == index_path
+    assert json.loads(index_path.read_text()) == index  # a finished store is left as it is
 
 
 def test_interrupted_extraction_resumes_to_identical_store(manifest, tmp_path, monkeypatch):

@@ -8,7 +8,7 @@ Layout of a store folder::
     index.json         the whole index, written last (atomically) when every clip is done
 
 ``index.json`` (format "vito_fast.frame_store", version 1) holds the store settings (``fps``,
-``short_side``, ``quality``), ``shards`` (name, bytes) and ``clips``: per clip its ``shard``, the
+``short_side``, ``quality``, ``device``), ``shards`` (name, bytes) and ``clips``: per clip its ``shard``, the
 ``source`` video, ``label``, ``clip_start``/``clip_end``, ``source_fps``, the stored ``width`` and
 ``height``, and per stored frame k: ``frame_offsets[k]``/``frame_sizes[k]`` (the JPEG payload's
 byte range inside the shard), ``source_times[k]`` (seconds from the video start of the source
@@ -273,16 +273,17 @@ def extract_frames(manifest: Union[PathLike, Sequence[ClipRecord]], out_dir: Pat
     """Extract every clip of a manifest into a frame store in ``out_dir``; returns the index path.
 
     ``device="cpu"`` decodes with PyAV in ``workers`` processes (default: CPU count; 1 = in this
-    process), ``"gpu"`` with DALI's NVDEC decoder, ``"dali-cpu"`` with DALI's CPU decoder (VP8, VP9
-    and MJPEG only; the same code path as "gpu", so it is what CPU tests exercise). A shard is closed once it holds ``shard_bytes``
-    (clips never span shards). Finished shards of an earlier interrupted run are kept.
+    process), ``"gpu"`` with DALI's NVDEC decoder, ``"dali-cpu"`` with DALI's CPU decoder (VP8,
+    VP9 and MJPEG only; the same code path as "gpu", so it is what CPU tests exercise). A shard is
+    closed once it holds ``shard_bytes`` (clips never span shards). Finished shards of an earlier
+    interrupted run with the same manifest and settings are kept.
     """
     records = read_manifest(manifest) if isinstance(manifest, (str, os.PathLike)) else list(manifest)
     if device not in ("cpu", "gpu", "dali-cpu"):
         raise ValueError(f"extract_frames: device must be 'cpu', 'gpu' or 'dali-cpu', not {device!r}")
     folder = Path(out_dir)
     folder.mkdir(parents=True, exist_ok=True)
-    settings = {"fps": fps, "short_side": short_side, "quality": quality}
+    settings = {"fps": fps, "short_side": short_side, "quality": quality, "device": device}
     digest = _settings_digest(records, settings)
     sidecars = _finished_shards(folder, digest)
     next_clip = sidecars[-1]["end_clip"] if sidecars else 0
@@ -294,9 +295,10 @@ def extract_frames(manifest: Union[PathLike, Sequence[ClipRecord]], out_dir: Pat
     remaining = records[next_clip:]
     bar = tqdm(total=len(records), initial=next_clip, desc="frames", unit="clip", disable=not progress)
     writer: Optional[ShardWriter] = None
+    results = _extract_in_order(remaining, fps, short_side, quality, device, workers)
     try:
         clips, skipped, frames_done = [], [], 0
-        for offset, result in enumerate(_extract_in_order(remaining, fps, short_side, quality, device, workers)):
+        for offset, result in enumerate(results):
             manifest_index = next_clip + offset
             if writer is None:
                 writer, first_clip = ShardWriter(folder, f"shard-{len(sidecars):05d}.tar"), manifest_index
@@ -320,6 +322,7 @@ def extract_frames(manifest: Union[PathLike, Sequence[ClipRecord]], out_dir: Pat
             writer.abort()
         raise
     finally:
+        results.close()  # stops the decoding workers now, not when the generator is collected
         bar.close()
     index = {"format": FORMAT_NAME, "version": FORMAT_VERSION, **settings, "settings_digest": digest,
              "shards": [{"name": s["name"], "bytes": s["bytes"]} for s in sidecars],
