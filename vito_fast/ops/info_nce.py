@@ -165,6 +165,12 @@ def info_nce(
     if q.dtype not in _DTYPES:
         raise TypeError(f"info_nce: the Triton backend takes {_DTYPES}, got {q.dtype}; "
                         f"use backend='torch'")
+    if not q.is_cuda:
+        from vito_fast.kernels._utils import interpreting
+
+        if not interpreting():
+            raise RuntimeError("info_nce: backend='triton' on CPU tensors runs Triton's interpreter; "
+                               "set TRITON_INTERPRET=1 before importing triton, or use backend='auto'")
     if labels is None:
         labels = torch.arange(q.shape[0], device=q.device)
     if not isinstance(temperature, torch.Tensor):
