@@ -222,15 +222,21 @@ for kernel, has_mlp, blocks in [(k._attention_pool_fwd_kernel, False, (64, 128, 
                                 (k._attention_pool_fwd_kernel, True, (64, 64, 64)),
                                 (k._attention_pool_bwd_kernel, False, (64, 128, 16)),
                                 (k._attention_pool_bwd_kernel, True, (64, 64, 64))]:
+    # As the JIT specializes a channels_last launch: unit channel strides, 16-divisible others.
     consts = dict(HAS_MLP=has_mlp, HAS_GRAD_ATTN=True, BLOCK_N=blocks[0], BLOCK_C=blocks[1],
-                  BLOCK_HID=blocks[2], DOT_PRECISION="tf32")
+                  BLOCK_HID=blocks[2], DOT_PRECISION="tf32", stride_h_chan=1, stride_w1_chan=1,
+                  stride_pooled_chan=1, stride_gp_chan=1, stride_dh_chan=1)
     names = kernel.arg_names
+    consts = {n: v for n, v in consts.items() if n in names}
     signature = {n: "constexpr" if n in consts else ("*bf16" if n in LOW else "*fp32")
                  if n.endswith("_ptr") else "i32" for n in names}
-    constexprs = {(names.index(n),): v for n, v in consts.items() if n in names}
-    compiled = triton.compile(ASTSource(kernel, signature, constexprs), target=GPUTarget("cuda", 90, 32),
+    constexprs = {(names.index(n),): v for n, v in consts.items()}
+    attrs = {(i,): [["tt.divisibility", 16]] for i, n in enumerate(names) if n not in consts and n != "N"}
+    compiled = triton.compile(ASTSource(kernel, signature, constexprs, attrs), target=GPUTarget("cuda", 90, 32),
                               options=dict(num_warps=k._num_warps(has_mlp, *blocks[:2])))
-    assert "bar.sync" in compiled.asm["ptx"] and (not has_mlp or "wgmma" in compiled.asm["ptx"])
+    ptx = compiled.asm["ptx"]
+    assert "bar.sync" in ptx and (not has_mlp or "wgmma" in ptx), "barrier or wgmma missing"
+    assert "v4.b32" in ptx, "h loads are not vectorized"
     print(kernel.__name__, has_mlp, "ok")
 """
 
