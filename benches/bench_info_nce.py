@@ -2,6 +2,7 @@
 
     pytest benches/bench_info_nce.py --benchmark-only --benchmark-columns=median,rounds
     python benches/bench_info_nce.py            # the same sweep as a Markdown table (GPU pass)
+    python benches/bench_info_nce.py --tune     # full-pass time of ours for a few tile shapes
 
 Shapes: N = M ∈ {4096, 16384, 65536}, D ∈ {128, 256}, q and k both requiring grad, τ = 0.1,
 normalize=True, non-symmetric; modes fwd, bwd (backward of a retained graph) and full (both).
@@ -175,5 +176,25 @@ def main() -> None:
                         torch.cuda.empty_cache()
 
 
+def tune(n: int = 16384, d: int = 256) -> None:
+    """Full-pass time of ours for a few tile shapes (rows, columns, D chunk): a GPU session's
+    first look at the launch defaults in kernels/info_nce.py."""
+    print(f"| tiles (m, n, d) | full ms at N=M={n}, D={d} |")
+    print("|---|---|")
+    q = torch.randn(n, d, device=DEVICE, dtype=DTYPE, requires_grad=True)
+    k = torch.randn(n, d, device=DEVICE, dtype=DTYPE, requires_grad=True)
+    for tiles in [(128, 64, 64), (128, 128, 64), (64, 64, 64), (128, 64, 128), (64, 32, 64), (64, 64, 32)]:
+        def step():
+            q.grad = k.grad = None
+            info_nce(q, k, TEMPERATURE, backend="triton", block_sizes=tiles).backward()
+            _sync()
+        try:
+            print(f"| {tiles} | {time_ms(step):.3f} |", flush=True)
+        except Exception as error:  # a config that does not fit (shared memory, registers)
+            print(f"| {tiles} | failed: {type(error).__name__}: {str(error)[:80]} |", flush=True)
+
+
 if __name__ == "__main__":
-    main()
+    import sys
+
+    tune() if "--tune" in sys.argv else main()

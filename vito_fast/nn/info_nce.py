@@ -12,8 +12,11 @@ class InfoNCE(torch.nn.Module):
     """loss = info_nce(q (N, D), k (M, D)); with gather_distributed, k becomes every rank's keys.
 
     With gather_distributed=True, each rank's positives are its own keys at its global offset
-    (labels = offset + arange(N), so every rank needs M_local ≥ N), and gradients of the gathered
-    keys reach their owner when k requires grad. Per-rank batch sizes may differ.
+    (labels = offset + arange(N), so every rank needs M_local ≥ N; labels given to forward index
+    the rank's local keys and are shifted the same way), and gradients of the gathered keys reach
+    their owner when k requires grad: the owner gets Σ_ranks d loss_rank / d k, so DDP's gradient
+    averaging yields the gradient of the mean loss. Per-rank batch sizes may differ. Without an
+    initialised process group it is the plain single-process loss.
     """
 
     def __init__(self, temperature: float = 0.1, symmetric: bool = False, normalize: bool = True,
