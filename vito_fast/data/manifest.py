@@ -391,7 +391,8 @@ def scan_videos(paths: Iterable[PathLike], *, min_seconds: float = 1.0, clip_sec
     """Probe every video under ``paths`` and return (usable clip records, rejected files), in path order.
 
     ``decoder`` ("pyav", "dali-cpu", "dali-gpu") rejects codecs that decoder cannot read;
-    ``workers`` defaults to the CPU count (0 probes in this process, without timeout).
+    ``workers`` defaults to the CPU count (0 probes in this process, without timeout). Workers are
+    spawned, so a script that calls this needs the usual ``if __name__ == "__main__":`` guard.
     """
     if decoder not in DECODABLE_CODECS:
         raise ValueError(f"scan_videos: decoder must be one of {sorted(DECODABLE_CODECS)}, not {decoder!r}")
