@@ -48,7 +48,11 @@ DECODABLE_CODECS = {
 
 @dataclass
 class ClipRecord:
-    """One usable clip: a whole video, or the part [clip_start, clip_end) seconds of it."""
+    """One usable clip: a whole video, or the part [clip_start, clip_end) seconds of it.
+
+    ``num_frames`` and ``duration`` describe the clip, not the whole video; ``codec`` is FFmpeg's
+    name ("h264", "vp9", ...); ``path`` is absolute when written by ``scan_videos``.
+    """
 
     path: str
     num_frames: int
