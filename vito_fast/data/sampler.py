@@ -198,7 +198,8 @@ def sample_view_params(
     sample_ids: (B,) non-negative integers. num_frames: (B,) integers >= 1 (or one for all).
     fps: (B,) frames per second > 0 (or one for all). frame_hw: (B, 2) heights and widths in
     pixels of the decoded frames (or one (2,) pair for all). seed in [0, 2^64), epoch in
-    [0, 2^32). num_threads (C++ only): None picks from the batch size; never changes the result.
+    [0, 2^32). num_threads (C++ only): None = one thread per 4,096 samples (at most the core count);
+    it never changes the result.
     Raises ValueError naming the argument when an input is invalid, or when a clip is too short
     for the smallest Δt of the config. Returns :class:`ViewParams`.
     """
