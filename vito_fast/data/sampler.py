@@ -5,6 +5,13 @@ pipeline as a pure function of (seed, epoch, sample id, config): the same sample
 parameters whatever batch, position, batch size or thread count it is computed in. The C++
 extension (``csrc/sampler.cpp``) does the work when it is built; the NumPy reference
 (:mod:`vito_fast.data._sampler_numpy`, same algorithm, same Philox counters) is the fallback.
+
+Per sample: Δt in seconds from the config's distribution becomes round_half_even(Δt · fps)
+frames, clamped to num_frames - 1; the earlier frame is uniform in [0, num_frames - 1 - Δ]; a
+coin with ``swap_probability`` decides which recipe gets the later frame. Per view: a crop
+exactly as torchvision's ``RandomResizedCrop.get_params`` (pixel sizes rounded half to even, the
+centre-crop fallback never empty), then flip, ColorJitter (apply flag, factors, order),
+grayscale, blur sigma and solarize with the recipe's probabilities.
 """
 from __future__ import annotations
 
