@@ -18,5 +18,11 @@ __getattr__, __dir__ = lazy_exports(
         "FrameStore": ".frame_store",
         "extract_frames": ".frame_store",
         "transcode_clips": ".transcode",
+        # DALI loader of augmented frame pairs
+        "LoaderConfig": ".loader",
+        "PairLoader": ".loader",
+        # built-in synthetic videos with object masks and labels
+        "SyntheticDataset": ".synthetic",
+        "generate_dataset": ".synthetic",
     },
 )
