@@ -80,6 +80,11 @@ def test_reference_grid_properties(batch, channels, size, hidden):
     if size == (1, 1):
         assert (attn == 1).all()
         torch.testing.assert_close(pooled, inputs[0][:, :, 0, 0])
+    # The CPU path in float32, forward and backward, against the float64 one.
+    grad_pooled, grad_attn = torch.randn_like(pooled), torch.randn_like(attn)
+    ref = run(inputs, torch.float64, grad_pooled, grad_attn, backend="torch")
+    ours = run(inputs, torch.float32, grad_pooled, grad_attn, backend="torch")
+    assert max(max_errors(ours, ref)) < 1e-4
 
 
 def test_auto_on_cpu_is_the_reference():
