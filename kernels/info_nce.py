@@ -30,6 +30,17 @@ LN2 = tl.constexpr(0.6931471805599453)
 
 
 @triton.jit
+def _load_rows(
+    X_ptr, idx, mask, d_start, D, stride_row, stride_col,
+    BLOCK_R: tl.constexpr, BLOCK_D: tl.constexpr,
+):
+    """(BLOCK_R, BLOCK_D) tile x[idx, d_start : d_start + BLOCK_D], zeros outside (rows, D)."""
+    cols = d_start + tl.arange(0, BLOCK_D)
+    return tl.load(X_ptr + idx[:, None] * stride_row + cols[None, :] * stride_col,
+                   mask=mask[:, None] & (cols < D)[None, :], other=0.0)
+
+
+@triton.jit
 def _dot_tile(
     A_ptr, B_ptr,  # a (rows, D) and b (rows, D) matrices
     a_idx, a_mask, b_idx, b_mask,  # int64 row indices of the tile and their masks
@@ -37,15 +48,12 @@ def _dot_tile(
     BLOCK_A: tl.constexpr, BLOCK_B: tl.constexpr, BLOCK_D: tl.constexpr,
     DOT_PRECISION: tl.constexpr,
 ):
-    """(BLOCK_A, BLOCK_B) float32 tile of a[a_idx] @ b[b_idx].T, looping over D in BLOCK_D chunks."""
+    """(BLOCK_A, BLOCK_B) float32 tile of a[a_idx] @ b[b_idx].T, looping over D in BLOCK_D chunks
+    (the path for D > BLOCK_D; smaller D keeps one operand resident instead, see SINGLE_D)."""
     acc = tl.zeros((BLOCK_A, BLOCK_B), dtype=tl.float32)
     for d_start in range(0, D, BLOCK_D):
-        cols = d_start + tl.arange(0, BLOCK_D)
-        col_mask = cols < D
-        a = tl.load(A_ptr + a_idx[:, None] * stride_a_row + cols[None, :] * stride_a_col,
-                    mask=a_mask[:, None] & col_mask[None, :], other=0.0)
-        b = tl.load(B_ptr + b_idx[:, None] * stride_b_row + cols[None, :] * stride_b_col,
-                    mask=b_mask[:, None] & col_mask[None, :], other=0.0)
+        a = _load_rows(A_ptr, a_idx, a_mask, d_start, D, stride_a_row, stride_a_col, BLOCK_A, BLOCK_D)
+        b = _load_rows(B_ptr, b_idx, b_mask, d_start, D, stride_b_row, stride_b_col, BLOCK_B, BLOCK_D)
         # Native-dtype operands: tensor cores for fp16/bf16, fp32 accumulation always.
         acc = tl.dot(a, tl.trans(b), acc, input_precision=DOT_PRECISION)
     return acc
@@ -54,21 +62,27 @@ def _dot_tile(
 @triton.jit
 def _logits_tile(
     Q_ptr, K_ptr, RowNorm_ptr, ColNorm_ptr, scale2,
-    rows, row_mask, cols, col_mask,
+    rows, row_mask, cols, col_mask, q_tile, k_tile,
     D, stride_q_row, stride_q_col, stride_k_row, stride_k_col,
-    HAS_NORM: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
+    HAS_NORM: tl.constexpr, SINGLE_D: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
     DOT_PRECISION: tl.constexpr,
 ):
     """(BLOCK_M, BLOCK_N) base-2 logits s·log2(e) of q[rows] against k[cols].
 
+    SINGLE_D (D ≤ BLOCK_D): q_tile and k_tile are the caller's full-D tiles (one of them stays
+    resident across the sweep); otherwise they are ignored and the product loops over D.
     Every kernel builds its tiles here, in the same orientation and operation order, so that the
     backward recomputes the forward's logits bit for bit and exp2(s − row_max) is exact at the
     row maximum: with large unnormalised logits (|s| ~ 1e5, fp32 ulp ~ 0.01) an inconsistent
     recompute would otherwise skew the softmax by a percent.
     """
-    s = _dot_tile(Q_ptr, K_ptr, rows, row_mask, cols, col_mask, D,
-                  stride_q_row, stride_q_col, stride_k_row, stride_k_col,
-                  BLOCK_M, BLOCK_N, BLOCK_D, DOT_PRECISION)
+    if SINGLE_D:
+        s = tl.dot(q_tile, tl.trans(k_tile), input_precision=DOT_PRECISION)
+    else:
+        s = _dot_tile(Q_ptr, K_ptr, rows, row_mask, cols, col_mask, D,
+                      stride_q_row, stride_q_col, stride_k_row, stride_k_col,
+                      BLOCK_M, BLOCK_N, BLOCK_D, DOT_PRECISION)
     s = s * scale2
     if HAS_NORM:
         s = s * tl.load(RowNorm_ptr + rows, mask=row_mask, other=0.0)[:, None]
@@ -87,10 +101,12 @@ def _info_nce_fwd_kernel(
     stride_q_row, stride_q_col, stride_k_row, stride_k_col,
     stride_partial_stat, stride_partial_block,
     # meta
-    HAS_NORM: tl.constexpr, SYMMETRIC: tl.constexpr, DOT_PRECISION: tl.constexpr,
+    HAS_NORM: tl.constexpr, SYMMETRIC: tl.constexpr, SINGLE_D: tl.constexpr,
+    DOT_PRECISION: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
 ):
-    """One program per BLOCK_M rows of q; it sweeps all of k once (flash-attention order).
+    """One program per BLOCK_M rows of q; it sweeps all of k once (flash-attention order), with
+    its q tile resident when D fits one BLOCK_D (then only k streams from L2).
 
     Statistics stay in base 2 and split as (max, log2 Σ 2^(s − max)) so that the backward can
     subtract the max exactly. Symmetric mode gets the column statistics from the same sweep: each
@@ -101,15 +117,21 @@ def _info_nce_fwd_kernel(
     rows = block_m * BLOCK_M + tl.arange(0, BLOCK_M)
     row_mask = rows < N
     scale2 = tl.load(Scale_ptr) * LOG2E
+    q_tile = rows  # placeholder operand when SINGLE_D is off
+    if SINGLE_D:
+        q_tile = _load_rows(Q_ptr, rows, row_mask, 0, D, stride_q_row, stride_q_col, BLOCK_M, BLOCK_D)
 
     max_i = tl.full((BLOCK_M,), float("-inf"), dtype=tl.float32)
     sum_i = tl.zeros((BLOCK_M,), dtype=tl.float32)
     for col_start in range(0, M, BLOCK_N):
         cols = col_start + tl.arange(0, BLOCK_N).to(tl.int64)
         col_mask = cols < M
+        k_tile = cols
+        if SINGLE_D:
+            k_tile = _load_rows(K_ptr, cols, col_mask, 0, D, stride_k_row, stride_k_col, BLOCK_N, BLOCK_D)
         s = _logits_tile(Q_ptr, K_ptr, RowNorm_ptr, ColNorm_ptr, scale2, rows, row_mask, cols,
-                         col_mask, D, stride_q_row, stride_q_col, stride_k_row, stride_k_col,
-                         HAS_NORM, BLOCK_M, BLOCK_N, BLOCK_D, DOT_PRECISION)
+                         col_mask, q_tile, k_tile, D, stride_q_row, stride_q_col, stride_k_row,
+                         stride_k_col, HAS_NORM, SINGLE_D, BLOCK_M, BLOCK_N, BLOCK_D, DOT_PRECISION)
         s_row = tl.where(col_mask[None, :], s, float("-inf"))
         # Every column block holds at least one real column, so new_max is finite.
         new_max = tl.maximum(max_i, tl.max(s_row, 1))
@@ -159,51 +181,73 @@ def _info_nce_bwd_kernel(
     stride_q_row, stride_q_col, stride_k_row, stride_k_col, stride_g_row, stride_g_col,
     # meta
     GRAD_Q: tl.constexpr, HAS_NORM: tl.constexpr, SYMMETRIC: tl.constexpr,
-    DOT_PRECISION: tl.constexpr,
+    SINGLE_D: tl.constexpr, DOT_PRECISION: tl.constexpr,
     BLOCK_OWN: tl.constexpr, BLOCK_OTHER: tl.constexpr, BLOCK_D: tl.constexpr,
     BLOCK_DOUT: tl.constexpr,
 ):
     """gq = dS·diag(rk)·k (GRAD_Q) or gk = dSᵀ·diag(rq)·q, for BLOCK_OWN output rows × BLOCK_DOUT.
 
     Each program owns its output rows and sweeps the other matrix, recomputing the logit tiles
-    (nothing N×M is stored), so no atomics are needed and the result is deterministic.
+    (nothing N×M is stored), so no atomics are needed and the result is deterministic. With
+    SINGLE_D (D ≤ BLOCK_D = BLOCK_DOUT, one program column) the own tile stays resident and the
+    streamed tile serves both the logits and the gradient product.
     """
     block_own = tl.program_id(0).to(tl.int64)
     block_d = tl.program_id(1).to(tl.int64)
+    if GRAD_Q:
+        num_own = N
+        num_other = M
+    else:
+        num_own = M
+        num_other = N
     own = block_own * BLOCK_OWN + tl.arange(0, BLOCK_OWN)
-    own_mask = own < (N if GRAD_Q else M)
+    own_mask = own < num_own
     out_cols = block_d * BLOCK_DOUT + tl.arange(0, BLOCK_DOUT)
     out_mask = out_cols < D
     scale2 = tl.load(Scale_ptr) * LOG2E
+    own_tile = own  # placeholder operand when SINGLE_D is off
+    if SINGLE_D:
+        if GRAD_Q:
+            own_tile = _load_rows(Q_ptr, own, own_mask, 0, D, stride_q_row, stride_q_col, BLOCK_OWN, BLOCK_D)
+        else:
+            own_tile = _load_rows(K_ptr, own, own_mask, 0, D, stride_k_row, stride_k_col, BLOCK_OWN, BLOCK_D)
 
     acc = tl.zeros((BLOCK_OWN, BLOCK_DOUT), dtype=tl.float32)
-    for other_start in range(0, M if GRAD_Q else N, BLOCK_OTHER):
+    for other_start in range(0, num_other, BLOCK_OTHER):
         other = other_start + tl.arange(0, BLOCK_OTHER).to(tl.int64)
-        other_mask = other < (M if GRAD_Q else N)
+        other_mask = other < num_other
         if GRAD_Q:
+            if SINGLE_D:
+                b = _load_rows(K_ptr, other, other_mask, 0, D, stride_k_row, stride_k_col, BLOCK_OTHER, BLOCK_D)
+            else:
+                b = _load_rows(K_ptr, other, other_mask, block_d * BLOCK_DOUT, D, stride_k_row,
+                               stride_k_col, BLOCK_OTHER, BLOCK_DOUT)
             s = _logits_tile(Q_ptr, K_ptr, RowNorm_ptr, ColNorm_ptr, scale2, own, own_mask, other,
-                             other_mask, D, stride_q_row, stride_q_col, stride_k_row, stride_k_col,
-                             HAS_NORM, BLOCK_OWN, BLOCK_OTHER, BLOCK_D, DOT_PRECISION)
+                             other_mask, own_tile, b, D, stride_q_row, stride_q_col, stride_k_row,
+                             stride_k_col, HAS_NORM, SINGLE_D, BLOCK_OWN, BLOCK_OTHER, BLOCK_D,
+                             DOT_PRECISION)
             ds = _softmax_grad_tile(s, own, own_mask, other, other_mask, RowMax_ptr, RowLogSum_ptr,
                                     RowWeight_ptr, ColMax_ptr, ColLogSum_ptr, ColWeight_ptr,
                                     SYMMETRIC)
             if HAS_NORM:
                 ds = ds * tl.load(ColNorm_ptr + other, mask=other_mask, other=0.0)[None, :]
-            b = tl.load(K_ptr + other[:, None] * stride_k_row + out_cols[None, :] * stride_k_col,
-                        mask=other_mask[:, None] & out_mask[None, :], other=0.0)
             acc = tl.dot(ds.to(b.dtype), b, acc, input_precision=DOT_PRECISION)
         else:
+            if SINGLE_D:
+                b = _load_rows(Q_ptr, other, other_mask, 0, D, stride_q_row, stride_q_col, BLOCK_OTHER, BLOCK_D)
+            else:
+                b = _load_rows(Q_ptr, other, other_mask, block_d * BLOCK_DOUT, D, stride_q_row,
+                               stride_q_col, BLOCK_OTHER, BLOCK_DOUT)
             # The tile stays (q rows × k columns), as in the forward, and is transposed for the dot.
             s = _logits_tile(Q_ptr, K_ptr, RowNorm_ptr, ColNorm_ptr, scale2, other, other_mask, own,
-                             own_mask, D, stride_q_row, stride_q_col, stride_k_row, stride_k_col,
-                             HAS_NORM, BLOCK_OTHER, BLOCK_OWN, BLOCK_D, DOT_PRECISION)
+                             own_mask, b, own_tile, D, stride_q_row, stride_q_col, stride_k_row,
+                             stride_k_col, HAS_NORM, SINGLE_D, BLOCK_OTHER, BLOCK_OWN, BLOCK_D,
+                             DOT_PRECISION)
             ds = _softmax_grad_tile(s, other, other_mask, own, own_mask, RowMax_ptr, RowLogSum_ptr,
                                     RowWeight_ptr, ColMax_ptr, ColLogSum_ptr, ColWeight_ptr,
                                     SYMMETRIC)
             if HAS_NORM:
                 ds = ds * tl.load(RowNorm_ptr + other, mask=other_mask, other=0.0)[:, None]
-            b = tl.load(Q_ptr + other[:, None] * stride_q_row + out_cols[None, :] * stride_q_col,
-                        mask=other_mask[:, None] & out_mask[None, :], other=0.0)
             acc = tl.dot(tl.trans(ds.to(b.dtype)), b, acc, input_precision=DOT_PRECISION)
     tl.store(Grad_ptr + own[:, None] * stride_g_row + out_cols[None, :] * stride_g_col,
              acc, mask=own_mask[:, None] & out_mask[None, :])
@@ -222,10 +266,21 @@ def _block(requested: Optional[int], size: int, cap: int) -> int:
 
 
 def _default_caps() -> Tuple[int, int, int, int]:
+    """(rows, columns, largest single D tile, D chunk when D is larger than that)."""
     # The interpreter runs one numpy op per block: big blocks are much faster there.
     if interpreting():
-        return 128, 128, 128, 256
-    return 128, 64, 64, 256  # (rows, columns, D chunk of the dot, D chunk of the output)
+        return 128, 128, 128, 128
+    # sm_90, bf16, D = 256 (checked with ptxas in tests): fwd 128×64 tiles with q resident,
+    # 160 registers; bwd 64×64 with the own tile resident, ≤ 253 registers, no spills.
+    return 128, 64, 256, 64
+
+
+def _block_d(requested: Optional[int], d: int) -> int:
+    """D tile: all of D when it fits (SINGLE_D: one operand resident), else a chunk to loop over."""
+    if requested is not None:
+        return max(16, next_power_of_2(requested))
+    _, _, single_cap, chunk = _default_caps()
+    return max(16, next_power_of_2(d)) if next_power_of_2(d) <= single_cap else chunk
 
 
 class RowStats(NamedTuple):
@@ -252,8 +307,8 @@ def info_nce_fwd(
     """
     n, d = q.shape
     m = k.shape[0]
-    cap_m, cap_n, cap_d, _ = _default_caps()
-    block_m, block_n, block_d = _block(block_m, n, cap_m), _block(block_n, m, cap_n), _block(block_d, d, cap_d)
+    cap_m, cap_n, _, _ = _default_caps()
+    block_m, block_n, block_d = _block(block_m, n, cap_m), _block(block_n, m, cap_n), _block_d(block_d, d)
     num_row_blocks = triton.cdiv(n, block_m)
     row_max = torch.empty(n, device=q.device, dtype=torch.float32)
     row_log_sum = torch.empty(n, device=q.device, dtype=torch.float32)
@@ -265,8 +320,8 @@ def info_nce_fwd(
         row_max, row_log_sum, partial,
         n, m, d,
         q.stride(0), q.stride(1), k.stride(0), k.stride(1), partial.stride(0), partial.stride(1),
-        HAS_NORM=has_norm, SYMMETRIC=symmetric, DOT_PRECISION=_dot_precision(q.dtype),
-        BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_D=block_d,
+        HAS_NORM=has_norm, SYMMETRIC=symmetric, SINGLE_D=d <= block_d,
+        DOT_PRECISION=_dot_precision(q.dtype), BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_D=block_d,
         num_warps=8 if block_m * block_n >= 128 * 64 else 4, num_stages=2,
     )
     col_stats = None
@@ -295,11 +350,14 @@ def info_nce_bwd(
     """
     n, d = q.shape
     m = k.shape[0]
-    cap_m, cap_n, cap_d, cap_dout = _default_caps()
+    cap_m, cap_n, _, _ = _default_caps()
     symmetric = col_stats is not None
     has_norm = q_inv_norm is not None
     dummy = row_stats.max
-    block_d, block_dout = _block(block_d, d, cap_d), _block(block_dout, d, cap_dout)
+    block_d = _block_d(block_d, d)
+    single_d = d <= block_d  # the same rule as the forward: identical logits tiles
+    # Chunked D: each program column owns BLOCK_DOUT output columns (and recomputes the logits).
+    block_dout = block_d if single_d else _block(block_dout, d, 128)
     # dS goes through the dot in the inputs' dtype: with weights ~1/N (mean over 64k rows), fp16
     # would flush it to zero. Dividing the weights by their max keeps |dS| ≤ 2; undone below.
     weight_scale = row_weight.abs().max()
@@ -327,7 +385,7 @@ def info_nce_bwd(
             grad,
             n, m, d,
             q.stride(0), q.stride(1), k.stride(0), k.stride(1), grad.stride(0), grad.stride(1),
-            GRAD_Q=grad_q, HAS_NORM=has_norm, SYMMETRIC=symmetric,
+            GRAD_Q=grad_q, HAS_NORM=has_norm, SYMMETRIC=symmetric, SINGLE_D=single_d,
             DOT_PRECISION=_dot_precision(q.dtype),
             BLOCK_OWN=block_own, BLOCK_OTHER=block_other, BLOCK_D=block_d, BLOCK_DOUT=block_dout,
             num_warps=8, num_stages=2,

@@ -214,7 +214,7 @@ print(json.dumps(results))
 
 
 def test_kernels_compile_for_hopper_without_spills():
-    """The default GPU launch configs (bf16, D = 256) compile for sm_90 to tensor-core code without
+    """The default GPU launch configs (bf16) compile for sm_90 to tensor-core code without
     register spills. Runs without a GPU (Triton's bundled ptxas), in a subprocess because the
     interpreter never builds GPU code: this catches GPU-only errors the CPU tests cannot."""
     import json
@@ -222,12 +222,14 @@ def test_kernels_compile_for_hopper_without_spills():
     import sys
 
     launches = []
-    for symmetric in (False, True):
-        options = dict(HAS_NORM=True, SYMMETRIC=symmetric, DOT_PRECISION="tf32")
-        launches.append(("_info_nce_fwd_kernel", dict(options, BLOCK_M=128, BLOCK_N=64, BLOCK_D=64)))
+    # D = 256 (one resident D tile, VITO's size) symmetric or not, and D > 256 (D chunks).
+    for symmetric, single_d, block_d, block_dout in ((False, True, 256, 256), (True, True, 256, 256),
+                                                     (True, False, 64, 128)):
+        options = dict(HAS_NORM=True, SYMMETRIC=symmetric, SINGLE_D=single_d, DOT_PRECISION="tf32")
+        launches.append(("_info_nce_fwd_kernel", dict(options, BLOCK_M=128, BLOCK_N=64, BLOCK_D=block_d)))
         for grad_q in (True, False):
-            launches.append(("_info_nce_bwd_kernel", dict(options, GRAD_Q=grad_q, BLOCK_OWN=64,
-                                                          BLOCK_OTHER=64, BLOCK_D=64, BLOCK_DOUT=256)))
+            launches.append(("_info_nce_bwd_kernel", dict(options, GRAD_Q=grad_q, BLOCK_OWN=64, BLOCK_OTHER=64,
+                                                          BLOCK_D=block_d, BLOCK_DOUT=block_dout)))
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
     run = subprocess.run([sys.executable, "-c", _HOPPER_COMPILE_SCRIPT, json.dumps(launches)],
                          capture_output=True, text=True, env=env, timeout=300)
