@@ -336,11 +336,12 @@ def attention_pool_bwd(
     h: torch.Tensor, w1: Optional[torch.Tensor], b1: Optional[torch.Tensor], w2: torch.Tensor,
     logits: torch.Tensor, lse: torch.Tensor, grad_pooled: torch.Tensor,
     grad_attn: Optional[torch.Tensor],
-    *, block_n: Optional[int] = None, block_c: Optional[int] = None,
+    *, need_grad_w1: bool = True, block_n: Optional[int] = None, block_c: Optional[int] = None,
     block_hid: Optional[int] = None,
 ) -> Tuple[torch.Tensor, Optional[torch.Tensor], Optional[torch.Tensor], torch.Tensor]:
     """Launch the backward. grad_pooled (B, C); grad_attn (B, H, W) or None. Returns dh (same
-    shape and memory format as h), dW1 (hidden, C) or None, db1 (hidden,) or None, dw2 like w2."""
+    shape and memory format as h), dW1 (hidden, C) or None (also when not need_grad_w1: the
+    GEMM is skipped), db1 (hidden,) or None, dw2 like w2."""
     batch, channels, height, width = h.shape
     n_pos, hidden = height * width, (0 if w1 is None else w1.shape[0])
     h3 = h.flatten(2)
@@ -378,6 +379,6 @@ def attention_pool_bwd(
     if not hidden:
         return dh, None, None, dw2
     # dW1 = Σ_(b,p) dZ[b, p]ᵀ h[b, :, p]: one GEMM (a view of h when it is channels_last).
-    grad_w1 = torch.einsum("bnj,bcn->jc", grad_z, h3).to(w1.dtype)
+    grad_w1 = torch.einsum("bnj,bcn->jc", grad_z, h3).to(w1.dtype) if need_grad_w1 else None
     grad_b1 = part_b1.sum(dim=(0, 1)).to(w1.dtype)
     return dh, grad_w1, grad_b1, dw2

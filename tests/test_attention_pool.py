@@ -169,6 +169,28 @@ def test_triton_odd_strides_and_no_b1(kernel_device):
     assert max(max_errors(ours, ref)) < 1e-4
 
 
+@pytest.mark.parametrize("w1_trainable", [False, True])
+def test_triton_frozen_w1_skips_its_gemm(w1_trainable, monkeypatch, kernel_device):
+    calls = []
+
+    class CountingTorch:
+        def __getattr__(self, name):
+            return getattr(torch, name)
+
+        def einsum(self, *args):
+            calls.append(args[0])
+            return torch.einsum(*args)
+
+    monkeypatch.setattr(kernel_module, "torch", CountingTorch())
+    h, w1, b1, w2, b2 = [t.float().to(kernel_device) for t in make_inputs(3, 65, (5, 9), 7)]
+    for tensor in (h, w2) + ((w1,) if w1_trainable else ()):
+        tensor.requires_grad_(True)
+    pooled, _ = attention_pool(h, w1, b1, w2, b2, backend="triton")
+    pooled.sum().backward()
+    assert len(calls) == int(w1_trainable), "the dW1 GEMM runs only when w1 needs a gradient"
+    assert (w1.grad is not None) == w1_trainable and h.grad.abs().sum() > 0 and w2.grad.abs().sum() > 0
+
+
 class _PoisonedTorch:
     """Stands in for `torch` inside the launchers: every fresh buffer starts as NaN."""
 

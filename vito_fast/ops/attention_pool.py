@@ -84,7 +84,8 @@ class AttentionPoolFunction(torch.autograd.Function):
         if grad_pooled is None:  # only attn reached the loss
             grad_pooled = torch.zeros(h.shape[:2], device=h.device, dtype=h.dtype)
         grad_h, grad_w1, grad_b1, grad_w2 = attention_pool_bwd(
-            h, w1, b1, w2, logits, lse, grad_pooled, grad_attn, **ctx.blocks)
+            h, w1, b1, w2, logits, lse, grad_pooled, grad_attn,
+            need_grad_w1=ctx.needs_input_grad[1], **ctx.blocks)
         # b2 shifts every logit of a row alike, so the softmax (and all outputs) ignore it.
         grad_b2 = torch.zeros_like(b2) if b2 is not None else None
         return grad_h, grad_w1, grad_b1 if ctx.has_b1 else None, grad_w2, grad_b2, None
