@@ -158,7 +158,8 @@ def info_nce(
     block_sizes (rows, columns, D chunk) forces Triton tile sizes, for tests and tuning.
     """
     _check_inputs(q, k, temperature, labels, symmetric, reduction, backend)
-    use_triton = backend == "triton" or (backend == "auto" and q.is_cuda)
+    # auto: Triton for CUDA tensors of the kernels' dtypes; float64 (gradcheck) takes the reference.
+    use_triton = backend == "triton" or (backend == "auto" and q.is_cuda and q.dtype in _DTYPES)
     if not use_triton:
         return info_nce_reference(q, k, temperature, labels=labels, symmetric=symmetric,
                                   normalize=normalize, reduction=reduction)
