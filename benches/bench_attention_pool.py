@@ -7,7 +7,8 @@ forward), bwd (backward of pooled only) and full (both). Each result carries in 
 ms (median), GB/s of compulsory traffic and TFLOP/s of compulsory FLOPs, both counted by
 `compulsory_bytes` / `compulsory_flops` below (never the recomputation). Triton is skipped
 without a GPU. Env: VITO_BENCH_BATCH (default 512 on GPU, 32 on CPU), VITO_BENCH_DTYPE
-(bfloat16 on GPU, float32 on CPU).
+(bfloat16 on GPU, float32 on CPU), VITO_BENCH_BLOCKS="64,64,128" (Triton tiles: positions,
+channels, hidden; default: the launcher's choice) for tuning sweeps.
 """
 from __future__ import annotations
 
@@ -23,6 +24,7 @@ CUDA = torch.cuda.is_available()
 DEVICE = "cuda" if CUDA else "cpu"
 BATCH = int(os.environ.get("VITO_BENCH_BATCH", 512 if CUDA else 32))
 DTYPE = getattr(torch, os.environ.get("VITO_BENCH_DTYPE", "bfloat16" if CUDA else "float32"))
+BLOCKS = tuple(int(b) for b in os.environ["VITO_BENCH_BLOCKS"].split(",")) if os.environ.get("VITO_BENCH_BLOCKS") else None
 SHAPES = [(2048, 7, 7), (1024, 14, 14)]
 HIDDENS = [0, 512]
 MODES = ["fwd", "bwd", "full"]
@@ -63,7 +65,7 @@ def _pool_fn(provider: str):
         if "fn" not in _compiled:
             _compiled["fn"] = torch.compile(attention_pool_reference)
         return _compiled["fn"]
-    return lambda *args: attention_pool(*args, backend="triton")
+    return lambda *args: attention_pool(*args, backend="triton", block_sizes=BLOCKS)
 
 
 def _inputs(channels: int, height: int, width: int, hidden: int):
