@@ -349,6 +349,7 @@ def _bad_calls():
         ("w2 hidden", (h, w1, b1, w2[:3], b2), {}, ValueError, "w2 must have shape"),
         ("w2 linear", (h, None, None, w2, b2), {}, ValueError, r"w2 must have shape \(8,\)"),
         ("b1 without w1", (h, None, b1, torch.randn(8), b2), {}, ValueError, "b1 is given but w1 is None"),
+        ("w2 missing", (h, w1, b1, None, b2), {}, ValueError, "w2 is required"),
         ("b2 vector", (h, w1, b1, w2, torch.zeros(2)), {}, ValueError, "b2 must be a scalar"),
         ("w1 dtype", (h, w1.double(), b1, w2, b2), {}, TypeError, "w1 is torch.float64 but h is torch.float32"),
         ("w2 dtype", (h, w1, b1, w2.half(), b2), {}, TypeError, "w2 is torch.float16"),

@@ -32,6 +32,8 @@ def _check_inputs(h, w1, b1, w2, b2, backend) -> None:
             raise ValueError(f"attention_pool: w1 has {w1.shape[1]} input channels but h has {channels}")
         if w1.shape[0] == 0:
             raise ValueError("attention_pool: w1 has hidden = 0 rows; pass w1=None for the linear variant")
+    if w2 is None:
+        raise ValueError("attention_pool: w2 is required: (hidden,), or (C,) when w1 is None")
     hidden = w1.shape[0] if w1 is not None else 0
     expected = (
         ("w1", w1, None),
