@@ -76,6 +76,7 @@ class AttentionPoolFunction(torch.autograd.Function):
         ctx.save_for_backward(h, w1, b1_used, w2, b2, logits, lse)
         ctx.has_b1 = b1 is not None
         ctx.blocks = blocks
+        ctx.set_materialize_grads(False)  # an unused attn then costs the backward nothing
         return pooled, attn
 
     @staticmethod
@@ -83,6 +84,8 @@ class AttentionPoolFunction(torch.autograd.Function):
         from vito_fast.kernels.attention_pool import attention_pool_bwd
 
         h, w1, b1, w2, b2, logits, lse = ctx.saved_tensors
+        if grad_pooled is None and grad_attn is None:
+            return None, None, None, None, None, None
         if grad_pooled is None:  # only attn reached the loss
             grad_pooled = torch.zeros(h.shape[:2], device=h.device, dtype=h.dtype)
         grad_h, grad_w1, grad_b1, grad_w2 = attention_pool_bwd(
