@@ -1,0 +1,406 @@
+"""Built-in synthetic videos: textured objects of K classes moving over textured backgrounds.
+
+Each video shows one *main* object whose class is the video's label, and (in about half of the
+videos) a smaller *distractor* object of another class that passes in front of or behind it. A
+class is a shape together with a texture family (disc + stripes, square + checkerboard, triangle +
+dots, star + rings, ...); colours, texture frequency and phase, size, motion, scaling and rotation
+are drawn per object, so a class cannot be told apart by colour alone. The background is a
+low-frequency colour field with a fine texture, panned by a slowly moving camera.
+
+Layout of a generated dataset (``root``)::
+
+    manifest.jsonl        one ClipRecord per video (label = class name); read_manifest() reads it
+    dataset.json          settings, class names and one entry per video (what SyntheticDataset.open reads)
+    videos/<name>.webm    the encoded videos (VP9 by default)
+    masks/<name>.npz      per-frame masks of the *visible* pixels, each (T, H, W) uint8:
+                            instances: 0 background, 1 main object, 2 distractor
+                            classes:   0 background, class id + 1 of the object seen there
+                          plus centers (T, objects, 2) as (x, y) pixels and radii (T, objects)
+
+Everything is a pure function of ``seed``: masks are identical array for array, and the frames
+before encoding are identical, so the decoded videos show the same content (VP9 is encoded on one
+thread, which makes the bytes reproducible too in practice)::
+
+    dataset = generate_dataset("data/synthetic", num_classes=4, videos_per_class=8)
+    masks = dataset.load_masks(0)             # (48, 96, 96) uint8 instance ids
+    frames = dataset.load_frames(0)           # (48, 96, 96, 3) uint8 decoded RGB
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+from dataclasses import asdict, dataclass, field
+from fractions import Fraction
+from pathlib import Path
+from typing import Dict, List, Optional, Tuple, Union
+
+import numpy as np
+
+from vito_fast.data.manifest import ClipRecord, write_manifest
+
+PathLike = Union[str, os.PathLike]
+
+# class id -> (shape, texture family); the class name is "<shape>-<texture>"
+CLASS_DEFINITIONS: Tuple[Tuple[str, str], ...] = (
+    ("disc", "stripes"),
+    ("square", "checker"),
+    ("triangle", "dots"),
+    ("star", "rings"),
+    ("cross", "zigzag"),
+    ("ring", "waves"),
+    ("hexagon", "grid"),
+    ("diamond", "spiral"),
+)
+
+# codec -> (PyAV encoder, pixel format, options, file suffix): fast, single-threaded, high quality
+VIDEO_ENCODERS: Dict[str, Tuple[str, str, Dict[str, str], str]] = {
+    "vp9": ("libvpx-vp9", "yuv420p", {"deadline": "realtime", "cpu-used": "8", "crf": "12", "b": "0",
+                                      "threads": "1", "row-mt": "0"}, ".webm"),
+    "vp8": ("libvpx", "yuv420p", {"deadline": "realtime", "cpu-used": "8", "crf": "6", "b": "2M",
+                                  "threads": "1"}, ".webm"),
+    "h264": ("libx264", "yuv420p", {"preset": "ultrafast", "crf": "12", "threads": "1"}, ".mp4"),
+    "mjpeg": ("mjpeg", "yuvj420p", {"q:v": "2", "threads": "1"}, ".avi"),
+}
+
+INSTANCE_MAIN, INSTANCE_DISTRACTOR = 1, 2
+DISTRACTOR_PROBABILITY = 0.5
+
+
+@dataclass
+class SyntheticVideo:
+    """One generated video: its files (absolute paths), label and what it contains."""
+
+    path: str
+    mask_path: str
+    label: str
+    class_id: int
+    num_frames: int
+    distractor_class_id: Optional[int] = None  # None: the main object is alone
+
+
+@dataclass
+class SyntheticDataset:
+    """A generated dataset on disk (see the module docstring for the layout)."""
+
+    root: Path
+    manifest_path: Path
+    class_names: List[str]
+    videos: List[SyntheticVideo] = field(default_factory=list)
+
+    def load_masks(self, index: int, kind: str = "instances") -> np.ndarray:
+        """Masks of video ``index``: (T, H, W) uint8; kind "instances" (0/1/2) or "classes" (0 or id+1)."""
+        if kind not in ("instances", "classes"):
+            raise ValueError(f"load_masks: kind must be 'instances' or 'classes', not {kind!r}")
+        with np.load(self.videos[index].mask_path) as arrays:
+            return arrays[kind]
+
+    def load_object_tracks(self, index: int) -> Tuple[np.ndarray, np.ndarray]:
+        """Centres (T, objects, 2) as (x, y) pixels and radii (T, objects) of video ``index``'s objects."""
+        with np.load(self.videos[index].mask_path) as arrays:
+            return arrays["centers"], arrays["radii"]
+
+    def load_frames(self, index: int) -> np.ndarray:
+        """Decoded RGB frames of video ``index``: (T, H, W, 3) uint8."""
+        return decode_video_frames(self.videos[index].path)
+
+    @property
+    def labels(self) -> List[int]:
+        """Class id of every video, in order."""
+        return [video.class_id for video in self.videos]
+
+    @classmethod
+    def open(cls, root: PathLike) -> "SyntheticDataset":
+        """Open a dataset written by ``generate_dataset`` (reads ``root/dataset.json``)."""
+        root = Path(root)
+        index_path = root / "dataset.json"
+        if not index_path.is_file():
+            raise FileNotFoundError(f"{index_path}: no synthetic dataset here; run generate_dataset first")
+        index = json.loads(index_path.read_text())
+        videos = [SyntheticVideo(**{**entry, "path": str(root / entry["path"]),
+                                    "mask_path": str(root / entry["mask_path"])}) for entry in index["videos"]]
+        return cls(root, root / "manifest.jsonl", list(index["class_names"]), videos)
+
+
+# ----------------------------------------------------------------------------- generation
+
+
+def class_names(num_classes: int) -> List[str]:
+    """Names of the first ``num_classes`` classes ("disc-stripes", "square-checker", ...)."""
+    if not 1 <= num_classes <= len(CLASS_DEFINITIONS):
+        raise ValueError(f"synthetic data: num_classes must be in 1..{len(CLASS_DEFINITIONS)}, not {num_classes}")
+    return [f"{shape}-{texture}" for shape, texture in CLASS_DEFINITIONS[:num_classes]]
+
+
+def generate_dataset(out_dir: PathLike, *, num_classes: int = 4, videos_per_class: int = 8, num_frames: int = 48,
+                     fps: float = 12, size: Tuple[int, int] = (96, 96), seed: int = 0, codec: str = "vp9",
+                     progress: bool = True) -> SyntheticDataset:
+    """Render, encode and index ``num_classes * videos_per_class`` videos under ``out_dir``.
+
+    ``size`` is (height, width), both even. Videos are ordered class by class; video i of the
+    whole set is drawn from the random stream (seed, i), so it does not depend on the others.
+    Existing files of the same names are overwritten.
+    """
+    height, width = size
+    if height % 2 or width % 2 or height < 16 or width < 16:
+        raise ValueError(f"generate_dataset: size must be even and at least 16x16, not {size}")
+    if codec not in VIDEO_ENCODERS:
+        raise ValueError(f"generate_dataset: codec must be one of {sorted(VIDEO_ENCODERS)}, not {codec!r}")
+    if num_frames < 2 or videos_per_class < 1:
+        raise ValueError("generate_dataset: need num_frames >= 2 and videos_per_class >= 1")
+    names = class_names(num_classes)
+    root = Path(out_dir).resolve()
+    (root / "videos").mkdir(parents=True, exist_ok=True)
+    (root / "masks").mkdir(parents=True, exist_ok=True)
+    suffix = VIDEO_ENCODERS[codec][3]
+    from tqdm import tqdm
+
+    videos: List[SyntheticVideo] = []
+    records: List[ClipRecord] = []
+    jobs = [(class_id, number) for class_id in range(num_classes) for number in range(videos_per_class)]
+    for video_index, (class_id, number) in enumerate(tqdm(jobs, desc="synthetic", unit="video", disable=not progress)):
+        rng = np.random.default_rng([seed, video_index])
+        distractor = None
+        if num_classes > 1 and rng.random() < DISTRACTOR_PROBABILITY:
+            distractor = int((class_id + rng.integers(1, num_classes)) % num_classes)
+        clip = render_clip(rng, class_id, distractor, num_frames=num_frames, size=size)
+        name = f"{names[class_id]}_{number:03d}"
+        video_path = root / "videos" / f"{name}{suffix}"
+        mask_path = root / "masks" / f"{name}.npz"
+        encode_video(video_path, clip.frames, fps=fps, codec=codec)
+        np.savez_compressed(mask_path, instances=clip.instances, classes=clip.classes,
+                            centers=clip.centers, radii=clip.radii)
+        videos.append(SyntheticVideo(str(video_path), str(mask_path), names[class_id], class_id, num_frames, distractor))
+        records.append(ClipRecord(path=str(video_path.relative_to(root)), num_frames=num_frames, fps=float(fps),
+                                  width=width, height=height, codec=codec, duration=num_frames / fps,
+                                  label=names[class_id]))
+    manifest_path = write_manifest(root / "manifest.jsonl", records)
+    index = {
+        "settings": {"num_classes": num_classes, "videos_per_class": videos_per_class, "num_frames": num_frames,
+                     "fps": fps, "size": list(size), "seed": seed, "codec": codec},
+        "class_names": names,
+        "videos": [{**asdict(video), "path": os.path.relpath(video.path, root),
+                    "mask_path": os.path.relpath(video.mask_path, root)} for video in videos],
+    }
+    (root / "dataset.json").write_text(json.dumps(index, indent=1) + "\n")
+    return SyntheticDataset(root, manifest_path, names, videos)
+
+
+@dataclass
+class RenderedClip:
+    """A clip before encoding: frames (T, H, W, 3) uint8, masks (T, H, W) uint8, tracks."""
+
+    frames: np.ndarray
+    instances: np.ndarray
+    classes: np.ndarray
+    centers: np.ndarray  # (T, objects, 2) float32, (x, y) pixels
+    radii: np.ndarray  # (T, objects) float32, pixels
+
+
+def render_clip(rng: np.random.Generator, class_id: int, distractor_class_id: Optional[int], *,
+                num_frames: int, size: Tuple[int, int]) -> RenderedClip:
+    """Render one clip: the main object of ``class_id`` and an optional distractor, over a moving background."""
+    height, width = size
+    short_side = min(height, width)
+    background = _Background(rng, height, width, num_frames)
+    objects = [_MovingObject(rng, class_id, (0.17, 0.24), short_side, height, width, num_frames)]
+    if distractor_class_id is not None:
+        objects.append(_MovingObject(rng, distractor_class_id, (0.11, 0.16), short_side, height, width, num_frames))
+    distractor_in_front = bool(rng.random() < 0.5)
+    # painting order: back to front
+    order = [0, 1] if len(objects) == 1 or distractor_in_front else [1, 0]
+    order = order[: len(objects)]
+    ys, xs = np.mgrid[0:height, 0:width].astype(np.float32) + 0.5
+    frames = np.empty((num_frames, height, width, 3), np.uint8)
+    instances = np.zeros((num_frames, height, width), np.uint8)
+    classes = np.zeros((num_frames, height, width), np.uint8)
+    centers = np.zeros((num_frames, len(objects), 2), np.float32)
+    radii = np.zeros((num_frames, len(objects)), np.float32)
+    for time in range(num_frames):
+        image = background.frame(time)
+        for object_index in order:
+            moving = objects[object_index]
+            inside, colours = moving.render(time, xs, ys)
+            image[inside] = colours[inside]
+            instances[time][inside] = object_index + 1
+            classes[time][inside] = moving.class_id + 1
+            centers[time, object_index] = moving.center(time)
+            radii[time, object_index] = moving.radius(time)
+        frames[time] = np.clip(image * 255.0 + 0.5, 0, 255).astype(np.uint8)
+    return RenderedClip(frames, instances, classes, centers, radii)
+
+
+class _Background:
+    """A smooth colour field plus fine texture, larger than the frame, panned by a drifting camera."""
+
+    def __init__(self, rng: np.random.Generator, height: int, width: int, num_frames: int):
+        speed = rng.uniform(0.1, 0.4) * min(height, width) / 96  # pixels per frame
+        angle = rng.uniform(0, 2 * math.pi)
+        self.velocity = np.array([math.cos(angle), math.sin(angle)]) * speed
+        margin = int(math.ceil(speed * num_frames)) + 2
+        self.margin, self.height, self.width = margin, height, width
+        full_height, full_width = height + 2 * margin, width + 2 * margin
+        ys, xs = np.mgrid[0:full_height, 0:full_width].astype(np.float32)
+        base = rng.uniform(0.25, 0.75, size=3).astype(np.float32)
+        field = np.broadcast_to(base, (full_height, full_width, 3)).copy()
+        for _ in range(3):  # low-frequency colour waves
+            wave_angle, wavelength = rng.uniform(0, 2 * math.pi), rng.uniform(0.6, 1.5) * min(height, width)
+            phase = rng.uniform(0, 2 * math.pi)
+            wave = np.sin((xs * math.cos(wave_angle) + ys * math.sin(wave_angle)) * 2 * math.pi / wavelength + phase)
+            field += 0.12 * wave[..., None] * rng.uniform(-1, 1, size=3).astype(np.float32)
+        grain_angle, grain_period = rng.uniform(0, math.pi), rng.uniform(2.5, 5.0)
+        grain = np.sin((xs * math.cos(grain_angle) + ys * math.sin(grain_angle)) * 2 * math.pi / grain_period)
+        grain = grain * np.sin((ys * math.cos(grain_angle) - xs * math.sin(grain_angle)) * 2 * math.pi / (2.1 * grain_period))
+        field += 0.05 * grain[..., None]
+        self.field = np.clip(field, 0.0, 1.0)
+
+    def frame(self, time: int) -> np.ndarray:
+        """(H, W, 3) float32 in [0, 1] seen by the camera at frame ``time``."""
+        offset_x, offset_y = np.rint(self.velocity * time).astype(int) + self.margin
+        return self.field[offset_y:offset_y + self.height, offset_x:offset_x + self.width].copy()
+
+
+class _MovingObject:
+    """One textured object: bouncing straight-line motion, sinusoidal scaling, constant rotation."""
+
+    def __init__(self, rng: np.random.Generator, class_id: int, radius_range: Tuple[float, float], short_side: int,
+                 height: int, width: int, num_frames: int):
+        self.class_id = class_id
+        self.shape, self.texture = CLASS_DEFINITIONS[class_id]
+        self.base_radius = rng.uniform(*radius_range) * short_side
+        self.scale_amplitude, self.scale_period = rng.uniform(0.1, 0.3), rng.uniform(16, 48)
+        self.scale_phase = rng.uniform(0, 2 * math.pi)
+        self.rotation, self.spin = rng.uniform(0, 2 * math.pi), rng.uniform(-0.08, 0.08)
+        # colours: one light, one dark, of random hues, so the texture always shows
+        self.light = rng.uniform(0.55, 1.0, size=3).astype(np.float32)
+        self.dark = rng.uniform(0.0, 0.4, size=3).astype(np.float32)
+        if rng.random() < 0.5:
+            self.light, self.dark = self.dark, self.light
+        self.frequency, self.texture_phase = rng.uniform(1.6, 2.4), rng.uniform(0, 1)
+        # the centre bounces inside the frame shrunk by 0.6 radius: objects may leave it partly
+        speed = rng.uniform(0.6, 2.0) * short_side / 96
+        angle = rng.uniform(0, 2 * math.pi)
+        low = 0.6 * self.base_radius
+        self.bounds = np.array([[low, width - low], [low, height - low]], np.float64)
+        start = np.array([rng.uniform(*self.bounds[0]), rng.uniform(*self.bounds[1])])
+        self.track = _bouncing_track(start, np.array([math.cos(angle), math.sin(angle)]) * speed, self.bounds,
+                                     num_frames)
+
+    def center(self, time: int) -> np.ndarray:
+        return self.track[time]
+
+    def radius(self, time: int) -> float:
+        return self.base_radius * (1 + self.scale_amplitude * math.sin(2 * math.pi * time / self.scale_period
+                                                                       + self.scale_phase))
+
+    def render(self, time: int, xs: np.ndarray, ys: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
+        """(inside mask (H, W) bool, colours (H, W, 3) float32) of the object at frame ``time``."""
+        radius, angle = self.radius(time), self.rotation + self.spin * time
+        center_x, center_y = self.track[time]
+        dx, dy = (xs - center_x) / radius, (ys - center_y) / radius
+        u = dx * math.cos(angle) + dy * math.sin(angle)  # object coordinates: the texture moves with it
+        v = -dx * math.sin(angle) + dy * math.cos(angle)
+        inside = _shape_inside(self.shape, u, v)
+        weight = _texture(self.texture, u * self.frequency + self.texture_phase, v * self.frequency + self.texture_phase)
+        colours = self.dark + weight[..., None] * (self.light - self.dark)
+        return inside, colours
+
+
+def _bouncing_track(start: np.ndarray, velocity: np.ndarray, bounds: np.ndarray, num_frames: int) -> np.ndarray:
+    """(T, 2) positions of a point moving at ``velocity`` and reflecting off ``bounds`` [[x0, x1], [y0, y1]]."""
+    track = np.empty((num_frames, 2))
+    position, velocity = start.astype(np.float64).copy(), velocity.astype(np.float64).copy()
+    for time in range(num_frames):
+        track[time] = position
+        position = position + velocity
+        for axis in range(2):
+            low, high = bounds[axis]
+            if position[axis] < low:
+                position[axis], velocity[axis] = 2 * low - position[axis], -velocity[axis]
+            elif position[axis] > high:
+                position[axis], velocity[axis] = 2 * high - position[axis], -velocity[axis]
+    return track
+
+
+def _shape_inside(shape: str, u: np.ndarray, v: np.ndarray) -> np.ndarray:
+    """Whether object coordinates (u, v) (unit = the object's radius) fall inside ``shape``."""
+    radius = np.hypot(u, v)
+    polar = np.arctan2(v, u)
+    if shape == "disc":
+        return radius <= 1.0
+    if shape == "square":
+        return np.maximum(np.abs(u), np.abs(v)) <= 0.82
+    if shape in ("triangle", "hexagon"):
+        sides, inradius = (3, 0.62) if shape == "triangle" else (6, 0.9)
+        inside = np.ones_like(u, dtype=bool)
+        for side in range(sides):
+            normal = 2 * math.pi * side / sides - math.pi / 2
+            inside &= u * math.cos(normal) + v * math.sin(normal) <= inradius
+        return inside
+    if shape == "star":
+        sector = (polar * 5 / (2 * math.pi) + 0.25) % 1.0  # 0 and 1 at the tips
+        tip_closeness = np.abs(sector * 2 - 1)  # 1 at tips, 0 between them
+        return radius <= 0.5 + 0.6 * tip_closeness
+    if shape == "cross":
+        return ((np.abs(u) <= 0.33) & (np.abs(v) <= 1.0)) | ((np.abs(v) <= 0.33) & (np.abs(u) <= 1.0))
+    if shape == "ring":
+        return (radius <= 1.0) & (radius >= 0.5)
+    if shape == "diamond":
+        return np.abs(u) / 0.75 + np.abs(v) <= 1.05
+    raise ValueError(f"synthetic data: unknown shape {shape!r}")
+
+
+def _texture(family: str, u: np.ndarray, v: np.ndarray) -> np.ndarray:
+    """Texture weight in [0, 1] at scaled object coordinates (u, v) for a texture ``family``."""
+    two_pi = 2 * math.pi
+    if family == "stripes":
+        return (np.sin(two_pi * u * 1.5) > 0).astype(np.float32)
+    if family == "checker":
+        return ((np.floor(u * 1.5) + np.floor(v * 1.5)) % 2).astype(np.float32)
+    if family == "dots":
+        return ((np.cos(two_pi * u * 1.5) * np.cos(two_pi * v * 1.5)) > 0.35).astype(np.float32)
+    if family == "rings":
+        return (np.sin(two_pi * np.hypot(u - 0.5, v - 0.5) * 1.5) > 0).astype(np.float32)
+    if family == "zigzag":
+        return (np.sin(two_pi * (v * 1.5 + 0.5 * np.abs(((u * 1.5) % 1.0) * 2 - 1))) > 0).astype(np.float32)
+    if family == "waves":
+        return (np.sin(two_pi * (u * 1.5 + 0.25 * np.sin(two_pi * v))) > 0).astype(np.float32)
+    if family == "grid":
+        return ((np.abs(np.sin(two_pi * u)) < 0.4) | (np.abs(np.sin(two_pi * v)) < 0.4)).astype(np.float32)
+    if family == "spiral":
+        return (np.sin(np.arctan2(v, u) * 2 + two_pi * np.hypot(u, v) * 1.5) > 0).astype(np.float32)
+    raise ValueError(f"synthetic data: unknown texture {family!r}")
+
+
+# ----------------------------------------------------------------------------- video files
+
+
+def encode_video(path: PathLike, frames: np.ndarray, *, fps: float, codec: str = "vp9") -> Path:
+    """Encode RGB frames (T, H, W, 3) uint8 into ``path`` with PyAV (one encoder thread)."""
+    import av
+
+    encoder, pixel_format, options, _ = VIDEO_ENCODERS[codec]
+    path = Path(path)
+    rate = Fraction(fps).limit_denominator(1001)
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream(encoder, rate=rate, options=dict(options))
+        stream.width, stream.height, stream.pix_fmt = frames.shape[2], frames.shape[1], pixel_format
+        stream.codec_context.thread_count = 1
+        for index, image in enumerate(frames):
+            frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(image), format="rgb24").reformat(format=pixel_format)
+            frame.pts = index
+            frame.time_base = 1 / rate
+            container.mux(stream.encode(frame))
+        container.mux(stream.encode(None))
+    return path
+
+
+def decode_video_frames(path: PathLike) -> np.ndarray:
+    """Decode every frame of a video with PyAV: (T, H, W, 3) uint8 RGB."""
+    import av
+
+    with av.open(str(path)) as container:
+        frames = [frame.to_ndarray(format="rgb24") for frame in container.decode(video=0)]
+    if not frames:
+        raise ValueError(f"{path}: no frames decode")
+    return np.stack(frames)
