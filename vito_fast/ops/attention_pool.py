@@ -112,12 +112,13 @@ def attention_pool(
     (hidden = 0) the logits are ``w2 · h + b2``. w1 (hidden, C), b1 (hidden,) or None, w2
     (hidden,) or (C,), b2 a scalar or None, all in h's dtype and on h's device. pooled has h's
     dtype (float32 accumulation). Both outputs are differentiable; b2's gradient is zero.
-    backend: "auto" (Triton for CUDA tensors, the PyTorch reference otherwise), "triton" (also on
+    backend: "auto" (Triton for float32/16-bit CUDA tensors, the reference otherwise), "triton" (also on
     CPU tensors under TRITON_INTERPRET=1), "torch". h may be contiguous or channels_last (no copy).
     block_sizes (positions, channels, hidden) forces Triton tile sizes, for tests and tuning.
     """
     _check_inputs(h, w1, b1, w2, b2, backend)
-    use_triton = backend == "triton" or (backend == "auto" and h.is_cuda)
+    # auto: Triton for CUDA tensors in the dtypes it takes; float64 stays on the reference.
+    use_triton = backend == "triton" or (backend == "auto" and h.is_cuda and h.dtype in _DTYPES)
     if not use_triton or h.shape[0] == 0:
         return attention_pool_reference(h, w1, b1, w2, b2)
     if h.dtype not in _DTYPES:
