@@ -109,6 +109,12 @@ def test_triton_float16_low_precision_rule(kernel_device, symmetric, block_sizes
              block_sizes=block_sizes)
 
 
+def test_triton_bfloat16_on_the_interpreter(kernel_device):
+    """bf16 through backend="triton": on a GPU the tensor-core path, on the interpreter (whose bf16
+    tl.dot is broken) the fp32 fallback; either way within the low-precision rule."""
+    _compare(kernel_device, 33, 67, 17, dtype=torch.bfloat16, temperature=0.1, random_labels=True)
+
+
 @pytest.mark.parametrize("symmetric", [False, True])
 def test_triton_float16_tiny_upstream_weights(kernel_device, symmetric):
     """Per-row weights ~1e-9 (a mean over 64k rows times a small loss weight): dS·w would flush

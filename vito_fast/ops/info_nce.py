@@ -172,6 +172,10 @@ def info_nce(
         if not interpreting():
             raise RuntimeError("info_nce: backend='triton' on CPU tensors runs Triton's interpreter; "
                                "set TRITON_INTERPRET=1 before importing triton, or use backend='auto'")
+        if q.dtype == torch.bfloat16:
+            # Triton 3.8's interpreter returns garbage from bf16 tl.dot (fp32/fp16 are right):
+            # run the kernels in fp32 there; autograd casts the gradients back to bf16.
+            q, k = q.float(), k.float()
     if labels is None:
         labels = torch.arange(q.shape[0], device=q.device)
     if not isinstance(temperature, torch.Tensor):
