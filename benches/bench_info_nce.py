@@ -13,7 +13,8 @@ runs 6·N·M·D but stores the N×M logits and their softmax. extra_info: ms (me
 peak_extra_mb = peak memory above the inputs during one call (CUDA only).
 Without a GPU: N = 1024, D = 128 only, float32, and Triton is skipped (the interpreter is
 orders of magnitude slower than anything measured here). Env: VITO_BENCH_SIZES ("4096,16384"),
-VITO_BENCH_DIMS ("128,256"), VITO_BENCH_DTYPE (bfloat16 on GPU, float32 on CPU).
+VITO_BENCH_DIMS ("128,256"), VITO_BENCH_MODES, VITO_BENCH_PROVIDERS, VITO_BENCH_DTYPE (bfloat16
+on GPU, float32 on CPU).
 """
 from __future__ import annotations
 
@@ -33,8 +34,8 @@ DEVICE = "cuda" if CUDA else "cpu"
 DTYPE = getattr(torch, os.environ.get("VITO_BENCH_DTYPE", "bfloat16" if CUDA else "float32"))
 SIZES = [int(s) for s in os.environ.get("VITO_BENCH_SIZES", "4096,16384,65536" if CUDA else "1024").split(",")]
 DIMS = [int(s) for s in os.environ.get("VITO_BENCH_DIMS", "128,256" if CUDA else "128").split(",")]
-MODES = ["fwd", "bwd", "full"]
-PROVIDERS = ["eager", "compile", "triton", "inf_cl"]
+MODES = os.environ.get("VITO_BENCH_MODES", "fwd,bwd,full").split(",")
+PROVIDERS = os.environ.get("VITO_BENCH_PROVIDERS", "eager,compile,triton,inf_cl").split(",")
 TEMPERATURE = 0.1
 # Eager at 64k needs ~50 GB (SPEC anchors): only where the card has room for it.
 EAGER_MAX_BYTES = 0.8 * torch.cuda.get_device_properties(0).total_memory if CUDA else 8e9
