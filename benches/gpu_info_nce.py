@@ -39,7 +39,9 @@ def main() -> int:
                                  text=True, timeout=limit)
             output, code = run.stdout + run.stderr, run.returncode
         except subprocess.TimeoutExpired as error:
-            output, code = f"{error.stdout or ''}{error.stderr or ''}\nTIMEOUT after {limit} s", 124
+            parts = [p.decode(errors="replace") if isinstance(p, bytes) else (p or "")
+                     for p in (error.stdout, error.stderr)]
+            output, code = "".join(parts) + f"\nTIMEOUT after {limit} s", 124
         with open(os.path.join(OUT, f"{name}.log"), "w") as log:
             log.write(output)
         print(output[-6000:], f"\n== {name}: exit {code}", flush=True)
