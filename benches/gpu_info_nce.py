@@ -1,6 +1,6 @@
 """One GPU pass for InfoNCE, sized for a short device lease (~8 min on an H100/H200):
 
-    python benches/gpu_info_nce.py        # logs to $OUT (or ./gpu_info_nce_logs) and stdout
+    python benches/gpu_info_nce.py        # logs to $OUT (or /tmp/gpu_info_nce_logs) and stdout
 
 1. tests/test_info_nce.py on the GPU (the CUDA-only bf16/fp16, 64k-memory tests included);
 2. the benchmark table at N = M ∈ {4096, 16384, 65536}, D = 256, modes full (all providers)
@@ -16,7 +16,7 @@ import sys
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
-OUT = os.environ.get("OUT") or os.path.join(ROOT, "gpu_info_nce_logs")
+OUT = os.environ.get("OUT") or "/tmp/gpu_info_nce_logs"
 
 STEPS = [
     ("tests", [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "tests/test_info_nce.py"], {}, 240),
