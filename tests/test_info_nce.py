@@ -155,14 +155,18 @@ def test_triton_gradients_only_where_asked(kernel_device):
 
 def test_triton_noncontiguous_inputs(kernel_device):
     base_q, base_k = _inputs(40, 24, 34, dtype=torch.float32)
-    q, k = base_q.to(kernel_device)[::2, ::2], base_k.to(kernel_device).T.contiguous().T[:, 1::2]
+    q = base_q.to(kernel_device)[::2, ::2].requires_grad_()  # row and column strides ≠ (D, 1)
+    k = base_k.to(kernel_device).T.contiguous().T[:, 1::2].requires_grad_()  # column-major
     assert not q.is_contiguous() and not k.is_contiguous()
-    ours = info_nce(q, k, 0.1, labels=torch.randint(0, 24, (20,), device=kernel_device),
-                    backend="triton", reduction="none")
-    torch.testing.assert_close(ours.shape, (20,))
     labels = torch.randint(0, 24, (20,), device=kernel_device)
-    torch.testing.assert_close(info_nce(q, k, 0.1, labels=labels, backend="triton"),
-                               info_nce_reference(q, k, 0.1, labels=labels), atol=1e-5, rtol=1e-5)
+    upstream = torch.randn(20, device=kernel_device)
+    ours = info_nce(q, k, 0.1, labels=labels, backend="triton", reduction="none")
+    ours_grads = torch.autograd.grad(ours, (q, k), upstream)
+    ref = info_nce_reference(q, k, 0.1, labels=labels, reduction="none")
+    ref_grads = torch.autograd.grad(ref, (q, k), upstream)
+    torch.testing.assert_close(ours, ref, atol=1e-5, rtol=1e-5)
+    for mine, theirs in zip(ours_grads, ref_grads):
+        torch.testing.assert_close(mine, theirs, atol=1e-5, rtol=1e-4)
 
 
 def test_triton_outputs_fully_written(kernel_device, monkeypatch):
