@@ -1,0 +1,591 @@
+"""VideoNet-style curation: pick videos whose metadata names an ImageNet class, balanced per class.
+
+    summary = curate("metadata.jsonl", "curated.jsonl", CurateConfig(per_class=500), report_dir="report/")
+
+Input: JSON lines or CSV (with a header), one video per row: ``id`` (or ``video_id``), ``path`` or
+``url``, and any of ``title``, ``description``, ``tags`` (a list, or text split at ``,``/``|``/``;``),
+``duration`` (seconds, or ``[HH:]MM:SS``), ``language``. A malformed row is reported with its line
+number (``MalformedRow``) and skipped; the run goes on.
+
+Three streaming passes, memory O(rows × a few bytes) plus the per-class tables:
+1. read, parse and filter every row, in file order: malformed -> duplicate id -> duplicate path ->
+   language -> duration bounds (a row without a duration passes) -> no synonym in the text fields;
+   the survivors' candidate classes go to a temporary file, and each class's corpus frequency
+   (rows that mention it) is counted;
+2. each survivor gets one class: the longest matched phrase (in words) wins, then the class that is
+   rarest in the corpus (fewest rows mention it: specific beats generic, "tabby" beats "cat"), then
+   the lowest class index. Near-duplicate titles are dropped: same class and same normalised title
+   (words without digits and upload noise such as "hd", "official", "video"), first row kept;
+3. per-class caps: class c keeps at most ``quota[c] = round(per_class × weight[c] / max weight)``
+   videos (uniform weights: ``per_class`` each), chosen by the smallest hash of (seed, id), so the
+   choice depends on the seed and the ids only, not on the row order. The output keeps file order.
+
+Duplicate ids, paths and titles are found through 64-bit BLAKE2b digests (a false duplicate among
+10⁷ rows has probability ~3·10⁻⁶).
+"""
+from __future__ import annotations
+
+import csv
+import dataclasses
+import gzip
+import io
+import json
+import math
+import os
+import pickle
+import re
+import tempfile
+from array import array
+from dataclasses import dataclass, field
+from hashlib import blake2b
+from pathlib import Path
+from typing import Dict, IO, Iterator, List, NamedTuple, Optional, Sequence, Tuple, Union
+
+import numpy as np
+
+from vito_fast.data.vocabulary import PhraseMatcher, Vocabulary, load_vocabulary, tokenize
+
+PathLike = Union[str, os.PathLike]
+
+TEXT_FIELDS = ("title", "tags", "description")
+ID_FIELDS = ("id", "video_id")
+LOCATOR_FIELDS = ("path", "url")
+TITLE_NOISE = frozenset("hd uhd fhd 4k 8k hq 1080p 720p 480p 360p 60fps official video clip full new".split())
+# Why a row was left out, in the order the filters run; "kept" closes the account, so the counts add
+# up to the rows read.
+DROP_REASONS = ("malformed", "duplicate_id", "duplicate_path", "language", "too_short", "too_long",
+                "no_match", "duplicate_title", "over_quota")
+_TAG_SEPARATORS = re.compile(r"[,|;]")
+_BATCH = 4096  # rows per pickled batch in the temporary file
+
+
+class MetadataRow(NamedTuple):
+    """One well-formed row: ``locator_field`` is "path" or "url" (path preferred when both exist)."""
+
+    line: int
+    id: str
+    locator_field: str
+    locator: str
+    title: str
+    description: str
+    tags: str
+    duration: Optional[float]
+    language: Optional[str]
+
+
+class MalformedRow(NamedTuple):
+    line: int
+    reason: str
+
+
+@dataclass
+class CurateConfig:
+    """What to keep. ``weights`` (one per class) are the target distribution; None means uniform."""
+
+    vocabulary: Union[str, Vocabulary] = "imagenet1k"
+    per_class: int = 1300  # ImageNet-1k's own training images per class
+    min_seconds: Optional[float] = None
+    max_seconds: Optional[float] = None
+    weights: Optional[Sequence[float]] = None
+    seed: int = 0
+    languages: Optional[Sequence[str]] = None  # primary subtags ("en"); rows without a language pass
+    fields: Sequence[str] = TEXT_FIELDS
+    plurals: bool = True
+    format: str = "auto"  # "jsonl", "csv" or "auto" (from the suffix)
+    progress: bool = True
+
+
+@dataclass
+class CurationSummary:
+    """Counts of a run: ``counts[reason]`` for DROP_REASONS and "kept"; per-class lists by index."""
+
+    rows: int
+    counts: Dict[str, int]
+    class_names: List[str]
+    mentioned: List[int]  # rows (after filtering) whose text mentions the class
+    matched: List[int]  # rows assigned to the class, before the caps
+    quota: List[int]
+    kept: List[int]
+    malformed_examples: List[MalformedRow] = field(default_factory=list)
+    settings: Dict[str, object] = field(default_factory=dict)
+
+    @property
+    def too_few(self) -> List[int]:
+        """Classes that kept fewer videos than their quota."""
+        return [index for index, (kept, quota) in enumerate(zip(self.kept, self.quota)) if kept < quota]
+
+    def to_json(self) -> Dict[str, object]:
+        classes = [{"index": index, "name": name, "mentioned": self.mentioned[index], "matched": self.matched[index],
+                    "quota": self.quota[index], "kept": self.kept[index]} for index, name in enumerate(self.class_names)]
+        return {"rows": self.rows, "kept": self.counts["kept"], "dropped": {r: self.counts[r] for r in DROP_REASONS},
+                "classes_with_videos": sum(1 for kept in self.kept if kept),
+                "too_few": [{"index": i, "name": self.class_names[i], "kept": self.kept[i], "quota": self.quota[i]}
+                            for i in self.too_few],
+                "settings": self.settings, "classes": classes}
+
+
+# ----------------------------------------------------------------------------- reading metadata
+
+
+def parse_duration(value) -> Optional[float]:
+    """Seconds from a number, a numeric string or ``[HH:]MM:SS[.f]``; None for empty; ValueError else."""
+    if value is None or value == "":
+        return None
+    if isinstance(value, bool):
+        raise ValueError(f"duration {value!r} is not a number of seconds")
+    if isinstance(value, (int, float)):
+        seconds = float(value)
+    elif isinstance(value, str):
+        parts = value.strip().split(":")
+        try:
+            if len(parts) > 3:
+                raise ValueError
+            seconds = 0.0
+            for part in parts:
+                seconds = seconds * 60 + float(part)
+        except ValueError:
+            raise ValueError(f"duration {value!r} is not seconds or [HH:]MM:SS") from None
+    else:
+        raise ValueError(f"duration {value!r} is not a number of seconds")
+    if not math.isfinite(seconds) or seconds < 0:
+        raise ValueError(f"duration {value!r} is not a non-negative number of seconds")
+    return seconds
+
+
+def _text(fields: dict, name: str) -> str:
+    value = fields.get(name)
+    if value is None:
+        return ""
+    if isinstance(value, str):
+        return value
+    if name == "tags" and isinstance(value, list) and all(isinstance(tag, str) for tag in value):
+        return " , ".join(value)  # the comma keeps phrases from running across two tags
+    raise ValueError(f"{name} is a {type(value).__name__}, not text" + (" or a list of text" if name == "tags" else ""))
+
+
+def row_from_fields(fields: dict, line: int) -> Union[MetadataRow, MalformedRow]:
+    """Validate one row's fields (a dict from JSON or CSV)."""
+    try:
+        identifier = next((fields[name] for name in ID_FIELDS if fields.get(name) not in (None, "")), None)
+        if identifier is None:
+            return MalformedRow(line, "no id (a non-empty 'id' or 'video_id')")
+        if isinstance(identifier, bool) or not isinstance(identifier, (str, int)):
+            return MalformedRow(line, f"id {identifier!r} is not text or an integer")
+        locator_field = next((name for name in LOCATOR_FIELDS if fields.get(name) not in (None, "")), None)
+        if locator_field is None:
+            return MalformedRow(line, "no 'path' or 'url'")
+        locator = fields[locator_field]
+        if not isinstance(locator, str):
+            return MalformedRow(line, f"{locator_field} {locator!r} is not text")
+        language = fields.get("language")
+        if language is not None and not isinstance(language, str):
+            return MalformedRow(line, f"language {language!r} is not text")
+        tags = _text(fields, "tags")
+        if "|" in tags or ";" in tags:
+            tags = _TAG_SEPARATORS.sub(" , ", tags)
+        return MetadataRow(line, str(identifier).strip(), locator_field, locator, _text(fields, "title"),
+                           _text(fields, "description"), tags, parse_duration(fields.get("duration")),
+                           language or None)
+    except ValueError as error:
+        return MalformedRow(line, str(error))
+
+
+def _open_binary(path: Path) -> IO[bytes]:
+    return gzip.open(path, "rb") if path.suffix == ".gz" else open(path, "rb")
+
+
+def detect_format(path: PathLike) -> str:
+    """"jsonl" or "csv" from the suffix (before a ``.gz``); ValueError for anything else."""
+    suffixes = [suffix.lower() for suffix in Path(path).suffixes]
+    if suffixes and suffixes[-1] == ".gz":
+        suffixes.pop()
+    kind = {".jsonl": "jsonl", ".ndjson": "jsonl", ".json": "jsonl", ".csv": "csv", ".tsv": "tsv"}.get(
+        suffixes[-1] if suffixes else "")
+    if kind is None:
+        raise ValueError(f"{path}: cannot tell the metadata format from the suffix; "
+                         "name it .jsonl or .csv (or pass format='jsonl'/'csv')")
+    return kind
+
+
+def read_metadata(path: PathLike, format: str = "auto", progress=None) -> Iterator[Union[MetadataRow, MalformedRow]]:
+    """Stream rows of a JSONL or CSV/TSV file (optionally gzipped); ``progress(bytes)`` is called now and then."""
+    path = Path(path)
+    kind = detect_format(path) if format == "auto" else format
+    if kind not in ("jsonl", "csv", "tsv"):
+        raise ValueError(f"metadata format must be 'jsonl', 'csv' or 'tsv', not {format!r}")
+    with _open_binary(path) as handle:
+        rows = _read_jsonl(handle) if kind == "jsonl" else _read_csv(handle, path, "\t" if kind == "tsv" else ",")
+        position = 0
+        for count, row in enumerate(rows):
+            if progress is not None and count % 8192 == 0:
+                offset = handle.tell() if not isinstance(handle, gzip.GzipFile) else handle.fileobj.tell()
+                progress(offset - position)
+                position = offset
+            yield row
+        if progress is not None:
+            progress(max(0, path.stat().st_size - position))
+
+
+def _read_jsonl(handle: IO[bytes]) -> Iterator[Union[MetadataRow, MalformedRow]]:
+    for line, raw in enumerate(handle, start=1):
+        if not raw.strip():
+            continue
+        try:
+            fields = json.loads(raw)
+        except ValueError as error:  # JSONDecodeError and UnicodeDecodeError
+            yield MalformedRow(line, f"not JSON: {error}")
+            continue
+        if not isinstance(fields, dict):
+            yield MalformedRow(line, f"a JSON {type(fields).__name__}, not an object")
+            continue
+        yield row_from_fields(fields, line)
+
+
+def _read_csv(handle: IO[bytes], path: Path, delimiter: str) -> Iterator[Union[MetadataRow, MalformedRow]]:
+    text = io.TextIOWrapper(handle, encoding="utf-8", errors="replace", newline="")
+    reader = csv.reader(text, delimiter=delimiter)
+    try:
+        header = [name.strip().lower() for name in next(reader)]
+    except StopIteration:
+        return
+    except csv.Error as error:
+        raise ValueError(f"{path}:1: unreadable CSV header ({error})") from None
+    if not any(name in header for name in ID_FIELDS) or not any(name in header for name in LOCATOR_FIELDS):
+        raise ValueError(f"{path}:1: the CSV header needs an 'id' column and a 'path' or 'url' column, got {header}")
+    previous_end = reader.line_num
+    while True:
+        start = previous_end + 1
+        try:
+            cells = next(reader)
+        except StopIteration:
+            return
+        except csv.Error as error:
+            previous_end = reader.line_num
+            yield MalformedRow(start, f"not CSV: {error}")
+            continue
+        previous_end = reader.line_num
+        if not cells or (len(cells) == 1 and not cells[0].strip()):
+            continue
+        if len(cells) != len(header):
+            yield MalformedRow(start, f"{len(cells)} fields where the header has {len(header)}")
+            continue
+        yield row_from_fields({name: (cell if cell != "" else None) for name, cell in zip(header, cells)}, start)
+
+
+# ----------------------------------------------------------------------------- helpers
+
+
+def digest(text: str) -> int:
+    """64-bit BLAKE2b of ``text``: stable across runs and machines, unlike hash()."""
+    return int.from_bytes(blake2b(text.encode("utf-8", "surrogatepass"), digest_size=8).digest(), "little")
+
+
+def normalized_title(title: str) -> str:
+    """The words of a title without digits and upload noise: the near-duplicate key (with the class)."""
+    return " ".join(word for word in tokenize(title) if word not in TITLE_NOISE and not word.isdigit())
+
+
+def class_quotas(per_class: int, weights: Optional[Sequence[float]], num_classes: int) -> List[int]:
+    """``round(per_class × w / max w)`` per class (halves up); uniform when ``weights`` is None."""
+    if per_class < 0:
+        raise ValueError(f"per_class must not be negative, not {per_class}")
+    if weights is None:
+        return [per_class] * num_classes
+    if len(weights) != num_classes:
+        raise ValueError(f"target: {len(weights)} weights for {num_classes} classes")
+    if any(not math.isfinite(w) or w < 0 for w in weights) or max(weights) <= 0:
+        raise ValueError("target: weights must be finite, non-negative and not all zero")
+    largest = max(weights)
+    return [int(math.floor(per_class * weight / largest + 0.5)) for weight in weights]
+
+
+def load_target(spec: Union[str, PathLike], vocabulary: Vocabulary) -> Optional[List[float]]:
+    """None for "uniform"; else a file of weights: one number per line in class order, or lines
+    ``CLASS WEIGHT`` / ``CLASS,WEIGHT`` (CLASS: an index or a unique class name; unnamed classes get 0).
+    Empty lines and ``#`` comments are skipped."""
+    if str(spec) == "uniform":
+        return None
+    path = Path(spec)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no such target file (or use 'uniform')")
+    names: Dict[str, List[int]] = {}
+    for index, name in enumerate(vocabulary.names):
+        names.setdefault(name.lower(), []).append(index)
+    positional, keyed = [], {}
+    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+        line = line.split("#", 1)[0].strip()
+        if not line:
+            continue
+        key, separator, value = line.rpartition("," if "," in line else " ")
+        try:
+            weight = float(value if separator else line)
+        except ValueError:
+            raise ValueError(f"{path}:{number}: {value!r} is not a weight") from None
+        if not separator:
+            positional.append(weight)
+            continue
+        key = key.strip()
+        if key.isdigit() and int(key) < len(vocabulary):
+            keyed[int(key)] = weight
+        elif len(names.get(key.lower(), ())) == 1:
+            keyed[names[key.lower()][0]] = weight
+        else:
+            problem = "names several classes; use its index" if key.lower() in names else "is not a class"
+            raise ValueError(f"{path}:{number}: {key!r} {problem}")
+    if positional and keyed:
+        raise ValueError(f"{path}: mixes bare weights and CLASS WEIGHT lines")
+    if positional:
+        if len(positional) != len(vocabulary):
+            raise ValueError(f"{path}: {len(positional)} weights for {len(vocabulary)} classes")
+        return positional
+    return [keyed.get(index, 0.0) for index in range(len(vocabulary))]
+
+
+# ----------------------------------------------------------------------------- curation
+
+
+def curate(metadata: PathLike, output: PathLike, config: CurateConfig = CurateConfig(),
+           report_dir: Optional[PathLike] = None) -> CurationSummary:
+    """Write the curated list to ``output`` (JSON lines) and, with ``report_dir``, the report."""
+    from tqdm import tqdm
+
+    vocabulary = config.vocabulary if isinstance(config.vocabulary, Vocabulary) else load_vocabulary(config.vocabulary)
+    unknown = [name for name in config.fields if name not in TEXT_FIELDS]
+    if unknown or not config.fields:
+        raise ValueError(f"fields must be some of {TEXT_FIELDS}, not {list(config.fields)}")
+    metadata, output = Path(metadata), Path(output)
+    if not metadata.is_file():
+        raise FileNotFoundError(f"{metadata}: no such metadata file")
+    quota = class_quotas(config.per_class, config.weights, len(vocabulary))
+    matcher = PhraseMatcher(vocabulary, plurals=config.plurals)
+    output.parent.mkdir(parents=True, exist_ok=True)
+    malformed_log = None
+    if report_dir is not None:
+        Path(report_dir).mkdir(parents=True, exist_ok=True)
+        malformed_log = open(Path(report_dir) / "malformed.jsonl", "w", encoding="utf-8")
+    with tempfile.TemporaryFile(dir=output.parent, prefix=f".{output.name}.") as spool:
+        try:
+            with tqdm(total=metadata.stat().st_size, desc="curate: read", unit="B", unit_scale=True,
+                      disable=not config.progress) as bar:
+                counts, mentioned, examples, survivors = _filter_and_match(
+                    read_metadata(metadata, config.format, bar.update), config, matcher, vocabulary, spool,
+                    malformed_log)
+        finally:
+            if malformed_log is not None:
+                malformed_log.close()
+        spool.seek(0)
+        classes, positions = _assign_classes(_spooled(spool, survivors, config.progress, "curate: assign"),
+                                             mentioned, config.seed, counts)
+        selected = _select(classes, positions, quota)
+        matched = np.bincount(classes[classes >= 0], minlength=len(vocabulary)).tolist()
+        kept = np.bincount(classes[selected], minlength=len(vocabulary)).tolist()
+        counts["over_quota"] = int((classes >= 0).sum() - selected.sum())
+        counts["kept"] = int(selected.sum())
+        spool.seek(0)
+        _write_curated(output, _spooled(spool, survivors, config.progress, "curate: write"), classes, selected,
+                       mentioned, vocabulary)
+    rows = sum(counts[reason] for reason in (*DROP_REASONS, "kept"))
+    settings = {"metadata": str(metadata), "output": str(output), "vocabulary": vocabulary.source,
+                "classes": len(vocabulary), "per_class": config.per_class,
+                "target": "uniform" if config.weights is None else "weights", "seed": config.seed,
+                "min_seconds": config.min_seconds, "max_seconds": config.max_seconds,
+                "languages": list(config.languages) if config.languages else None, "fields": list(config.fields),
+                "plurals": config.plurals}
+    summary = CurationSummary(rows, counts, vocabulary.names, mentioned, matched, quota, kept, examples, settings)
+    if report_dir is not None:
+        from vito_fast.data.curate_report import write_report
+
+        write_report(report_dir, summary)
+    return summary
+
+
+def _filter_and_match(rows, config: CurateConfig, matcher: PhraseMatcher, vocabulary: Vocabulary, spool,
+                      malformed_log) -> Tuple[Dict[str, int], List[int], List[MalformedRow], int]:
+    """Pass 1: filters, matching, corpus frequencies; survivors are pickled to ``spool`` in batches."""
+    counts = dict.fromkeys((*DROP_REASONS, "kept"), 0)
+    mentioned = [0] * len(vocabulary)
+    examples: List[MalformedRow] = []
+    seen_ids, seen_locators = set(), set()
+    languages = {language.lower().split("-")[0] for language in config.languages} if config.languages else None
+    low, high = config.min_seconds, config.max_seconds
+    phrases, find = matcher.phrases, matcher.find
+    field_index = {"title": 4, "description": 5, "tags": 6}
+    fields = [(name, field_index[name]) for name in TEXT_FIELDS if name in config.fields]
+    batch, survivors = [], 0
+    for row in rows:
+        if type(row) is MalformedRow:
+            counts["malformed"] += 1
+            if len(examples) < 100:
+                examples.append(row)
+            if malformed_log is not None:
+                malformed_log.write(json.dumps(row._asdict()) + "\n")
+            continue
+        id_key, locator_key = digest(row.id), digest(row.locator)
+        if id_key in seen_ids:
+            counts["duplicate_id"] += 1
+            continue
+        seen_ids.add(id_key)
+        if locator_key in seen_locators:
+            counts["duplicate_path"] += 1
+            continue
+        seen_locators.add(locator_key)
+        if languages is not None and row.language and row.language.lower().split("-")[0] not in languages:
+            counts["language"] += 1
+            continue
+        if row.duration is not None:
+            if low is not None and row.duration < low:
+                counts["too_short"] += 1
+                continue
+            if high is not None and row.duration > high:
+                counts["too_long"] += 1
+                continue
+        # Leftmost-longest matches per field (never across two fields); candidates are the classes
+        # of the longest phrases, in field order, each with the first phrase and field that named it.
+        longest, candidates, classes = 0, {}, set()
+        for name, index in fields:
+            text = row[index]
+            if not text:
+                continue
+            for size, key in find(tokenize(text)):
+                entries = phrases[key]
+                classes.update(entry[0] for entry in entries)
+                if size > longest:
+                    longest, candidates = size, {}
+                if size == longest:
+                    for class_index, synonym in entries:
+                        candidates.setdefault(class_index, (synonym, key, name))
+        if not candidates:
+            counts["no_match"] += 1
+            continue
+        for class_index in classes:
+            mentioned[class_index] += 1
+        batch.append((row, normalized_title(row.title), tuple((c, *found) for c, found in candidates.items())))
+        if len(batch) == _BATCH:
+            pickle.dump(batch, spool, protocol=pickle.HIGHEST_PROTOCOL)
+            survivors += len(batch)
+            batch = []
+    if batch:
+        pickle.dump(batch, spool, protocol=pickle.HIGHEST_PROTOCOL)
+        survivors += len(batch)
+    return counts, mentioned, examples, survivors
+
+
+def _spooled(spool, total: int, progress: bool, description: str):
+    from tqdm import tqdm
+
+    with tqdm(total=total, desc=description, unit="row", unit_scale=True, disable=not progress) as bar:
+        done = 0
+        while done < total:
+            batch = pickle.load(spool)
+            yield from batch
+            done += len(batch)
+            bar.update(len(batch))
+
+
+def _winner(candidates, mentioned: List[int]):
+    """Among equally long phrases: the class fewest rows mention, then the lowest index."""
+    return min(candidates, key=lambda candidate: (mentioned[candidate[0]], candidate[0]))
+
+
+def _assign_classes(survivors, mentioned: List[int], seed: int, counts: Dict[str, int]) -> Tuple[np.ndarray, np.ndarray]:
+    """Pass 2: (class per survivor, -1 for a near-duplicate title; selection key per survivor)."""
+    classes, keys = array("i"), array("Q")
+    seen_titles = set()
+    prefix = f"{seed}\x1f"
+    for row, title_key, candidates in survivors:
+        class_index = _winner(candidates, mentioned)[0]
+        if title_key:
+            title_digest = digest(f"{class_index}\x1f{title_key}")
+            if title_digest in seen_titles:
+                counts["duplicate_title"] += 1
+                classes.append(-1)
+                keys.append(0)
+                continue
+            seen_titles.add(title_digest)
+        classes.append(class_index)
+        keys.append(digest(prefix + row.id))
+    return np.frombuffer(classes, dtype=np.int32).copy(), np.frombuffer(keys, dtype=np.uint64).copy()
+
+
+def _select(classes: np.ndarray, keys: np.ndarray, quota: Sequence[int]) -> np.ndarray:
+    """Pass 3's choice: per class, the ``quota[c]`` survivors with the smallest keys (boolean mask)."""
+    selected = np.zeros(len(classes), dtype=bool)
+    valid = np.flatnonzero(classes >= 0)
+    if not len(valid):
+        return selected
+    order = valid[np.lexsort((keys[valid], classes[valid]))]
+    ordered_classes = classes[order]
+    starts = np.flatnonzero(np.r_[True, ordered_classes[1:] != ordered_classes[:-1]])
+    group_start = np.repeat(starts, np.diff(np.r_[starts, len(order)]))
+    rank = np.arange(len(order)) - group_start
+    selected[order] = rank < np.asarray(quota, dtype=np.int64)[ordered_classes]
+    return selected
+
+
+def _write_curated(output: Path, survivors, classes: np.ndarray, selected: np.ndarray, mentioned: List[int],
+                   vocabulary: Vocabulary) -> None:
+    """Write the selected rows in file order, atomically (temporary file, then rename)."""
+    handle = tempfile.NamedTemporaryFile("w", dir=output.parent, prefix=f".{output.name}.", suffix=".tmp",
+                                         delete=False, encoding="utf-8")
+    try:
+        with handle:
+            for position, (row, _, candidates) in enumerate(survivors):
+                if not selected[position]:
+                    continue
+                class_index = int(classes[position])
+                synonym, matched_text, field_name = next(c[1:] for c in candidates if c[0] == class_index)
+                record = {"id": row.id, row.locator_field: row.locator, "label": vocabulary.label(class_index),
+                          "class_index": class_index, "class_name": vocabulary.names[class_index],
+                          "matched_phrase": synonym, "matched_text": matched_text, "matched_field": field_name}
+                if row.title:
+                    record["title"] = row.title
+                if row.duration is not None:
+                    record["duration"] = row.duration
+                if row.language:
+                    record["language"] = row.language
+                handle.write(json.dumps(record, ensure_ascii=False) + "\n")
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(handle.name, 0o666 & ~umask)
+        os.replace(handle.name, output)
+    except BaseException:
+        os.unlink(handle.name)
+        raise
+
+
+# ----------------------------------------------------------------------------- using the result
+
+
+def read_curated(path: PathLike) -> List[dict]:
+    """The records of a curated list; ValueError names the line of one that is not a JSON object."""
+    records = []
+    with open(path, encoding="utf-8") as handle:
+        for number, line in enumerate(handle, start=1):
+            if line.strip():
+                try:
+                    record = json.loads(line)
+                except ValueError as error:
+                    raise ValueError(f"{path}:{number}: not a curated record ({error})") from None
+                if not isinstance(record, dict) or not ("path" in record or "url" in record):
+                    raise ValueError(f"{path}:{number}: not a curated record (needs 'path' or 'url')")
+                records.append(record)
+    return records
+
+
+def curated_scan_inputs(path: PathLike) -> Tuple[List[str], Dict[str, str]]:
+    """(video paths for ``scan_videos``, label by resolved path) from a curated list.
+
+    Relative paths are taken relative to the list's folder (as ``read_manifest`` does); records that
+    only have a URL are skipped (download them first). Label the scanned clips with
+    ``record.label = labels[record.path]``: ``scan_videos`` stores resolved paths.
+    """
+    base = Path(path).resolve().parent
+    paths, labels = [], {}
+    for record in read_curated(path):
+        if "path" not in record:
+            continue
+        video = Path(record["path"])
+        video = video if video.is_absolute() else base / video
+        paths.append(str(video))
+        labels[str(video.resolve())] = record.get("label")
+    return paths, labels
