@@ -86,7 +86,7 @@ def _inputs(channels: int, height: int, width: int, hidden: int):
 @pytest.mark.parametrize("mode", MODES)
 @pytest.mark.parametrize("hidden", HIDDENS)
 @pytest.mark.parametrize("channels,height,width", SHAPES, ids=[f"{c}x{h}x{w}" for c, h, w in SHAPES])
-def test_attention_pool(benchmark, provider, mode, hidden, channels, height, width):
+def test_attention_pool(benchmark, speedups, provider, mode, hidden, channels, height, width):
     if provider == "triton" and not CUDA:
         pytest.skip("Triton runs through the interpreter off-GPU: not a benchmark")
     fn = _pool_fn(provider)
@@ -118,6 +118,8 @@ def test_attention_pool(benchmark, provider, mode, hidden, channels, height, wid
     else:
         benchmark.pedantic(full, rounds=rounds, warmup_rounds=1)
 
+    group = f"attention_pool {mode} B={BATCH} C={channels} HW={height}x{width} hidden={hidden} {DTYPE}"
+    speedups.record(group, provider, benchmark, baseline=provider == "eager")  # benches/conftest.py
     seconds = benchmark.stats.stats.median
     size = torch.finfo(DTYPE).bits // 8
     n_pos = height * width
