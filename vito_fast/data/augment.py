@@ -1,0 +1,116 @@
+"""The colour, blur and solarize operations of a view, as the DALI graph applies them, in NumPy.
+
+Colour jitter (in its sampled order) and grayscale are affine maps of RGB on the 0..255 scale, so
+the whole chain folds into one 3x4 matrix per view, ``[M | T]``, that DALI applies in a single
+``fn.coord_transform`` (exact random order, one pass, the same on CPU and GPU). Definitions, with
+x an RGB column vector and w = (0.299, 0.587, 0.114) the ITU-R 601 luma weights::
+
+    brightness b:  x -> b x
+    contrast c:    x -> c x + (1 - c) 128          (about mid-grey, not the image mean)
+    saturation s:  x -> s x + (1 - s) (w . x) 1    (blend with the grey of the pixel)
+    hue h (turns): rotate the chroma (I, Q) of YIQ by 2 pi h; luma is unchanged
+    grayscale:     x -> (w . x) 1
+
+Unlike torchvision's ColorJitter, values are clamped to [0, 255] (and rounded to uint8) once,
+after the whole chain, contrast pivots on mid-grey (128) instead of the image's mean, and hue
+turns in YIQ instead of HSV: all three keep the chain one affine map per pixel.
+Then a Gaussian blur (``sigma`` in output pixels, window ``blur_window(image_size)``, borders
+mirrored without repeating the edge pixel) and solarize (x >= 128 -> 255 - x) follow, and
+finally ``(x / 255 - IMAGENET_MEAN) / IMAGENET_STD``.
+
+``reference_view`` applies all of it to a resized crop; the tests compare the DALI output with it.
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+__all__ = ["IMAGENET_MEAN", "IMAGENET_STD", "LUMA", "colour_matrices", "blur_window", "reference_view",
+           "SOLARIZE_THRESHOLD", "NO_BLUR_SIGMA"]
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+LUMA = np.array([0.299, 0.587, 0.114])
+SOLARIZE_THRESHOLD = 128.0
+CONTRAST_PIVOT = 128.0
+# DALI reads sigma 0 as "derive sigma from the window": a tiny sigma is an exact identity instead
+NO_BLUR_SIGMA = 1e-3
+
+_RGB_TO_YIQ = np.array([[0.299, 0.587, 0.114], [0.5959, -0.2746, -0.3213], [0.2115, -0.5227, 0.3112]])
+_YIQ_TO_RGB = np.linalg.inv(_RGB_TO_YIQ)
+
+
+def _affine(matrix: np.ndarray, offset=0.0) -> np.ndarray:
+    """4x4 homogeneous form of x -> matrix x + offset."""
+    out = np.eye(4)
+    out[:3, :3] = matrix
+    out[:3, 3] = offset
+    return out
+
+
+def _jitter_op(op: int, brightness: float, contrast: float, saturation: float, hue: float) -> np.ndarray:
+    if op == 0:
+        return _affine(brightness * np.eye(3))
+    if op == 1:
+        return _affine(contrast * np.eye(3), (1.0 - contrast) * CONTRAST_PIVOT)
+    if op == 2:
+        return _affine(saturation * np.eye(3) + (1.0 - saturation) * np.outer(np.ones(3), LUMA))
+    angle = 2.0 * math.pi * hue
+    rotation = np.array([[1.0, 0.0, 0.0],
+                         [0.0, math.cos(angle), -math.sin(angle)],
+                         [0.0, math.sin(angle), math.cos(angle)]])
+    return _affine(_YIQ_TO_RGB @ rotation @ _RGB_TO_YIQ)
+
+
+def colour_matrices(params, view: int) -> np.ndarray:
+    """(B, 3, 4) float32 ``[M | T]`` per sample of recipe ``view`` (0 or 1) of a ``ViewParams``.
+
+    out = clip(M @ rgb + T, 0, 255) applies the jitter (when on, in ``jitter_order``) then grayscale.
+    """
+    batch = len(params)
+    out = np.empty((batch, 3, 4), dtype=np.float32)
+    for row in range(batch):
+        total = np.eye(4)
+        if params.jitter_applied[row, view]:
+            for op in params.jitter_order[row, view]:
+                total = _jitter_op(int(op), float(params.brightness[row, view]), float(params.contrast[row, view]),
+                                   float(params.saturation[row, view]), float(params.hue[row, view])) @ total
+        if params.grayscale[row, view]:
+            total = _affine(np.outer(np.ones(3), LUMA)) @ total
+        out[row] = total[:3]
+    return out
+
+
+def blur_window(image_size: int, kernel_at_224: int = 23) -> int:
+    """Odd Gaussian window for a view of ``image_size`` pixels (BYOL: 23 at 224), at least 3."""
+    window = int(round(kernel_at_224 * image_size / 224.0))
+    return max(3, window if window % 2 else window + 1)
+
+
+def _blur_axis(image: np.ndarray, sigma: float, window: int, axis: int) -> np.ndarray:
+    radius = window // 2
+    taps = np.exp(-0.5 * (np.arange(-radius, radius + 1) / sigma) ** 2)
+    taps /= taps.sum()
+    pad = [(0, 0)] * image.ndim
+    pad[axis] = (radius, radius)
+    padded = np.pad(image, pad, mode="reflect")  # reflect = mirror without the edge (DALI's 101)
+    length = image.shape[axis]
+    return sum(tap * np.take(padded, np.arange(k, k + length), axis=axis) for k, tap in enumerate(taps))
+
+
+def reference_view(resized: np.ndarray, colour: np.ndarray, sigma: float, solarize: bool, mirror: bool,
+                   window: int) -> np.ndarray:
+    """The normalised view (S, S, 3) float64 from a resized crop (S, S, 3) on the 0..255 scale.
+
+    ``colour``: one (3, 4) matrix of :func:`colour_matrices`; ``sigma`` 0 = no blur.
+    """
+    image = np.asarray(resized, dtype=np.float64)
+    image = np.clip(np.rint(image @ colour[:, :3].T.astype(np.float64) + colour[:, 3]), 0, 255)
+    if sigma > 0:
+        image = _blur_axis(_blur_axis(image, sigma, window, 0), sigma, window, 1)
+    if solarize:
+        image = np.where(image >= SOLARIZE_THRESHOLD, 255.0 - image, image)
+    if mirror:
+        image = image[:, ::-1]
+    return (image / 255.0 - np.array(IMAGENET_MEAN)) / np.array(IMAGENET_STD)

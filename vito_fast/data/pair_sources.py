@@ -1,0 +1,138 @@
+"""Where the two frames of a sample come from: a frame store, or video files decoded per sample.
+
+A source knows, per clip, what the sampler needs (``num_frames``, ``fps``, ``frame_hw``, label)
+and how to produce the DALI graph's inputs for two frame indices (``load``). ``load`` raises
+StoreError/VideoError naming the file when the data is unusable; ``verify`` decodes on the host
+to find which sample made a DALI batch fail (only called after a failure).
+"""
+from __future__ import annotations
+
+import io
+import os
+from pathlib import Path
+from typing import Dict, List, Optional, Sequence
+
+import numpy as np
+
+from vito_fast.errors import StoreError, VideoError
+
+__all__ = ["FrameStoreSource", "VideoFileSource", "open_source"]
+
+
+def _label_ids(labels: Sequence[Optional[object]]):
+    """(int64 ids with -1 for no label, the sorted class names)."""
+    classes = sorted({str(label) for label in labels if label is not None})
+    lookup = {name: index for index, name in enumerate(classes)}
+    ids = np.array([-1 if label is None else lookup[str(label)] for label in labels], dtype=np.int64)
+    return ids, classes
+
+
+class FrameStoreSource:
+    """Stored JPEG frames (``input_kind="jpeg"``); frame indices count stored frames."""
+
+    input_kind = "jpeg"
+
+    def __init__(self, path):
+        from vito_fast.data.frame_store import FrameStore
+
+        self.store = FrameStore(path)
+        clips = [self.store.clip(index) for index in range(len(self.store))]
+        self.num_frames = np.array([clip.num_frames for clip in clips], dtype=np.int64)
+        self.fps = np.full(len(clips), float(self.store.fps))
+        self.frame_hw = np.array([(clip.height, clip.width) for clip in clips], dtype=np.int64).reshape(-1, 2)
+        self.labels, self.classes = _label_ids([clip.label for clip in clips])
+        self._shards = [clip.shard for clip in clips]
+        self._sources = [clip.source for clip in clips]
+
+    def __len__(self) -> int:
+        return len(self.num_frames)
+
+    def name(self, clip: int) -> str:
+        shard = self.store.shards[self._shards[clip]]["name"]
+        return f"{self.store.path / shard} (clip {clip} from {self._sources[clip]})"
+
+    def load(self, clip: int, frames: Sequence[int]) -> Dict[str, np.ndarray]:
+        inputs = {}
+        for view, frame in enumerate(frames):
+            data = np.frombuffer(self.store.frame_bytes(clip, int(frame)), dtype=np.uint8)
+            if data.size < 4 or data[0] != 0xFF or data[1] != 0xD8 or data[-2] != 0xFF or data[-1] != 0xD9:
+                raise StoreError(f"{self.name(clip)}: frame {int(frame)} is not a complete JPEG")
+            inputs[f"image{view}"] = data
+        return inputs
+
+    def verify(self, clip: int, frames: Sequence[int]) -> None:
+        from PIL import Image
+
+        for frame in frames:
+            try:
+                Image.open(io.BytesIO(bytes(self.store.frame_bytes(clip, int(frame))))).load()
+            except Exception as error:
+                raise StoreError(f"{self.name(clip)}: frame {int(frame)} does not decode: {error}") from None
+
+
+class VideoFileSource:
+    """Video files of a manifest, two frames per sample; frame indices count frames of the clip.
+
+    decoder "pyav": frames decoded on the host by :class:`VideoFrameReader` (seek to the keyframe)
+    and fed raw (``input_kind="frames"``); "dali": the file's bytes and the two frame numbers go
+    to ``fn.decoders.video`` (``input_kind="video"``; CPU: VP8/VP9/MJPEG only).
+    """
+
+    def __init__(self, manifest, decoder: str = "pyav", max_open: int = 16):
+        from vito_fast.data.manifest import read_manifest
+        from vito_fast.data.video_source import VideoFrameReader
+
+        if decoder not in ("pyav", "dali"):
+            raise ValueError(f"VideoFileSource: decoder must be 'pyav' or 'dali', not {decoder!r}")
+        self.input_kind = "frames" if decoder == "pyav" else "video"
+        self.records = read_manifest(manifest)
+        self.num_frames = np.array([record.num_frames for record in self.records], dtype=np.int64)
+        self.fps = np.array([record.fps for record in self.records], dtype=np.float64)
+        self.frame_hw = np.array([(record.height, record.width) for record in self.records],
+                                 dtype=np.int64).reshape(-1, 2)
+        self.labels, self.classes = _label_ids([record.label for record in self.records])
+        # a clip's frame k is frame first + k of its file (split_into_clips' rounding)
+        self.first_frame = np.array([0 if record.clip_start is None else int(np.ceil(record.clip_start * record.fps - 1e-6))
+                                     for record in self.records], dtype=np.int64)
+        self.reader = VideoFrameReader(max_open)
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    def name(self, clip: int) -> str:
+        return self.records[clip].path
+
+    def _file_frames(self, clip: int, frames: Sequence[int]) -> List[int]:
+        return [int(self.first_frame[clip] + frame) for frame in frames]
+
+    def _decode(self, clip: int, frames: Sequence[int]) -> List[np.ndarray]:
+        record = self.records[clip]
+        images = self.reader.read(record.path, record.fps, self._file_frames(clip, frames))
+        if images[0].shape[:2] != (record.height, record.width):
+            raise VideoError(f"{record.path}: frames decode at {images[0].shape[1]}x{images[0].shape[0]}, "
+                             f"the manifest says {record.width}x{record.height}")
+        return images
+
+    def load(self, clip: int, frames: Sequence[int]) -> Dict[str, np.ndarray]:
+        if self.input_kind == "frames":
+            first, second = self._decode(clip, frames)
+            return {"image0": first, "image1": second}
+        path = self.records[clip].path
+        try:
+            data = np.fromfile(path, dtype=np.uint8)
+        except OSError as error:
+            raise VideoError(f"{path}: cannot read it: {error}") from None
+        return {"encoded": data, "frames": np.asarray(self._file_frames(clip, frames), dtype=np.int32)}
+
+    def verify(self, clip: int, frames: Sequence[int]) -> None:
+        self._decode(clip, frames)
+
+
+def open_source(source, video_decoder: str = "pyav", max_open: int = 16):
+    """A frame store folder (or its index.json) -> FrameStoreSource; a manifest file -> VideoFileSource."""
+    path = Path(source)
+    if path.is_dir() or path.name == "index.json":
+        return FrameStoreSource(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: neither a frame store folder nor a manifest file")
+    return VideoFileSource(path, video_decoder, max_open)

@@ -1,0 +1,129 @@
+"""The DALI graph that turns sampled view parameters into two augmented views per sample.
+
+The graph draws nothing at random: every per-sample choice arrives through ``fn.external_source``
+(fed with ``feed_input``), so its output is a pure function of its inputs. Per view::
+
+    frame (encoded JPEG | raw RGB frame | one of two frames decoded from a video's bytes)
+      -> resize(roi = crop box, size = S x S, antialias)        crop + resize in one pass
+      -> coord_transform(MT = 3x4 colour matrix)                 jitter in its order + grayscale
+      -> gaussian_blur(sigma)                                    sigma ~0 = identity
+      -> solarize (x >= 128 -> 255 - x, per-sample flag)
+      -> crop_mirror_normalize(mirror = flip, ImageNet mean/std, HWC layout)
+
+The HWC output lands in a (B, S, S, 3) buffer whose NCHW permutation is channels_last for free.
+The same graph runs on the CPU (``device="cpu"``) or the GPU (``"gpu"``: JPEG through the mixed
+nvJPEG/hardware decoder, raw frames copied to the GPU before the resize). DALI is imported only
+inside these functions: ``import vito_fast.data`` never loads it.
+"""
+from __future__ import annotations
+
+from typing import Dict, List, Optional
+
+import numpy as np
+
+from vito_fast.data.augment import IMAGENET_MEAN, IMAGENET_STD, NO_BLUR_SIGMA, SOLARIZE_THRESHOLD, colour_matrices
+
+__all__ = ["import_dali", "build_pair_pipeline", "view_arguments", "feed_pipeline", "INPUT_KINDS"]
+
+# what the graph receives per sample: encoded JPEG frames, raw RGB frames, or a video file's bytes
+INPUT_KINDS = ("jpeg", "frames", "video")
+
+
+def import_dali():
+    """(fn, pipeline_def, types) of NVIDIA DALI, or an ImportError that says how to install it."""
+    try:
+        from nvidia.dali import fn, pipeline_def, types
+    except ImportError as error:
+        raise ImportError(
+            "vito_fast's PairLoader needs NVIDIA DALI, which is not installed: "
+            "pip install nvidia-dali-cuda130 (or nvidia-dali-cuda120 for CUDA 12); "
+            "see ../shared/offline-gpu/README.md for hosts without a package index"
+        ) from error
+    return fn, pipeline_def, types
+
+
+def build_pair_pipeline(input_kind: str, *, batch_size: int, image_size: int, device: str, output_dtype: str,
+                        num_threads: int, blur_window: int, device_id: Optional[int] = None,
+                        hw_decoder_load: float = 0.65):
+    """Build (and return) the DALI pipeline of one source kind; outputs (view1, view2), each (B, S, S, 3).
+
+    input_kind: "jpeg" (inputs ``image0``/``image1``: encoded JPEG bytes), "frames" (``image0``/
+    ``image1``: HWC uint8 RGB frames) or "video" (``encoded``: a whole video file's bytes, ``frames``:
+    (2,) int32 frame numbers in view order, decoded by ``fn.decoders.video``). Per view v also
+    ``roi_start{v}``/``roi_end{v}`` (2,) float (y, x), ``colour{v}`` (3, 4) float, ``sigma{v}``,
+    ``solarize{v}`` () float, ``mirror{v}`` () int32 (see :func:`view_arguments`).
+    output_dtype: "float16" or "float32".
+    """
+    if input_kind not in INPUT_KINDS:
+        raise ValueError(f"build_pair_pipeline: input_kind must be one of {INPUT_KINDS}, not {input_kind!r}")
+    if device not in ("cpu", "gpu"):
+        raise ValueError(f"build_pair_pipeline: device must be 'cpu' or 'gpu', not {device!r}")
+    fn, pipeline_def, types = import_dali()
+    dtype = {"float16": types.FLOAT16, "float32": types.FLOAT}[output_dtype]
+    on_gpu = device == "gpu"
+
+    @pipeline_def(batch_size=batch_size, num_threads=num_threads, device_id=device_id if on_gpu else None,
+                  prefetch_queue_depth=1, exec_dynamic=True)
+    def pair_pipeline():
+        if input_kind == "video":
+            encoded = fn.external_source(name="encoded", dtype=types.UINT8, no_copy=False)
+            frame_numbers = fn.external_source(name="frames", dtype=types.INT32)
+            video = fn.decoders.video(encoded, frames=frame_numbers, device="mixed" if on_gpu else "cpu")
+            frames = [video[0], video[1]]
+        elif input_kind == "jpeg":
+            encoded = [fn.external_source(name=f"image{v}", dtype=types.UINT8) for v in (0, 1)]
+            decoder = {"device": "mixed", "hw_decoder_load": hw_decoder_load} if on_gpu else {"device": "cpu"}
+            frames = [fn.decoders.image(data, output_type=types.RGB, **decoder) for data in encoded]
+        else:
+            frames = [fn.external_source(name=f"image{v}", dtype=types.UINT8, layout="HWC") for v in (0, 1)]
+            frames = [frame.gpu() if on_gpu else frame for frame in frames]
+        return tuple(_augment(fn, types, frames[v], v, image_size, blur_window, dtype, on_gpu) for v in (0, 1))
+
+    pipeline = pair_pipeline()
+    pipeline.build()
+    return pipeline
+
+
+def _augment(fn, types, frame, view: int, image_size: int, blur_window: int, dtype, on_gpu: bool):
+    """One view's chain (see the module docstring); all parameters are per-sample external inputs."""
+    roi_start = fn.external_source(name=f"roi_start{view}", dtype=types.FLOAT)
+    roi_end = fn.external_source(name=f"roi_end{view}", dtype=types.FLOAT)
+    colour = fn.external_source(name=f"colour{view}", dtype=types.FLOAT)
+    sigma = fn.external_source(name=f"sigma{view}", dtype=types.FLOAT)
+    solarize = fn.external_source(name=f"solarize{view}", dtype=types.FLOAT)
+    mirror = fn.external_source(name=f"mirror{view}", dtype=types.INT32)
+    image = fn.resize(frame, roi_start=roi_start, roi_end=roi_end, roi_relative=False,
+                      size=[image_size, image_size], antialias=True, interp_type=types.INTERP_LINEAR)
+    image = fn.coord_transform(image, MT=colour, dtype=types.UINT8)  # saturates: the clamp to [0, 255]
+    image = fn.gaussian_blur(image, sigma=sigma, window_size=blur_window, dtype=types.FLOAT)
+    flag = solarize.gpu() if on_gpu else solarize
+    image = image + flag * (image >= SOLARIZE_THRESHOLD) * (255.0 - 2.0 * image)
+    return fn.crop_mirror_normalize(image, mirror=mirror, mean=[255.0 * m for m in IMAGENET_MEAN],
+                                    std=[255.0 * s for s in IMAGENET_STD], dtype=dtype, output_layout="HWC")
+
+
+def view_arguments(params, view: int) -> Dict[str, List[np.ndarray]]:
+    """The per-sample graph inputs of recipe ``view`` (0 or 1) of a ``ViewParams``, keyed by input name."""
+    boxes = params.crop_boxes[:, view].astype(np.float32)  # top, left, height, width
+    starts = boxes[:, 0:2]
+    ends = boxes[:, 0:2] + boxes[:, 2:4]
+    sigmas = np.where(params.blur_sigma[:, view] > 0, params.blur_sigma[:, view], NO_BLUR_SIGMA).astype(np.float32)
+    colours = colour_matrices(params, view)
+    return {
+        f"roi_start{view}": list(starts),
+        f"roi_end{view}": list(ends),
+        f"colour{view}": list(colours),
+        f"sigma{view}": _scalars(sigmas),
+        f"solarize{view}": _scalars(params.solarize[:, view].astype(np.float32)),
+        f"mirror{view}": _scalars(params.flips[:, view].astype(np.int32)),
+    }
+
+
+def _scalars(values: np.ndarray) -> List[np.ndarray]:
+    return [np.asarray(value) for value in values]
+
+
+def feed_pipeline(pipeline, inputs: Dict[str, List[np.ndarray]]) -> None:
+    """Feed one batch: every external input of the graph, one list entry per sample."""
+    for name, batch in inputs.items():
+        pipeline.feed_input(name, batch)
