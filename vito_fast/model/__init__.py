@@ -1,1 +1,4 @@
-"""vito_fast.model (filled in by later work)."""
+"""The VITO model: multi-stage ResNet trunk, attention pools, projector/predictor heads, EMA target."""
+from vito_fast.model.vito import VITO, Encoder, Trunk, mlp
+
+__all__ = ["VITO", "Encoder", "Trunk", "mlp"]

@@ -1,1 +1,25 @@
-"""vito_fast.train (filled in by later work)."""
+"""Pretraining: config tree, schedules, LARS, checkpoints, distributed setup and the loop.
+
+    from vito_fast.train import load_config, train
+    train(load_config("demo", overrides=["train.steps=20"]), "runs/demo")
+"""
+from vito_fast._lazy import lazy_exports
+
+__getattr__, __dir__ = lazy_exports(
+    __name__,
+    {
+        "Config": ".config",
+        "load_config": ".config",
+        "config_diff": ".config",
+        "train": ".loop",
+        "TrainResult": ".loop",
+        "NonFiniteLossError": ".loop",
+        "LARS": ".lars",
+        "learning_rate": ".schedules",
+        "ema_momentum": ".schedules",
+        "save_checkpoint": ".checkpoint",
+        "load_checkpoint": ".checkpoint",
+        "ConfigMismatchError": ".checkpoint",
+        "SyntheticPairSource": ".data",
+    },
+)

@@ -1,0 +1,145 @@
+"""The VITO model: ResNet trunk tapped at several stages, attention pools, heads and an EMA target.
+
+    online:  view → Trunk → per stage s: AttentionPool2d_s → projector_s → predictor_s → q_s
+    target:  view → Trunk → per stage s: AttentionPool2d_s → projector_s              → k_s   (EMA, no grad)
+    loss   = Σ_s ½ [ InfoNCE(q_s(view 1), k_s(view 2)) + InfoNCE(q_s(view 2), k_s(view 1)) ]
+
+Keys are gathered over all ranks when distributed (negatives = the global batch).
+
+Batch-norm policy (the paper is silent; this is BYOL's): both branches run in training mode and
+normalise with batch statistics; the two views go through each trunk as one batch of 2B, so the
+statistics span both views; with ``sync_bn`` and several ranks they span the global batch
+(``convert_sync_batchnorm``). The target's parameters are an EMA of the online ones; its buffers
+(running mean/var, which only eval-mode use reads) are *copied* from the online network at each
+EMA step, so an eval-mode target is consistent with the weights it averages.
+"""
+from __future__ import annotations
+
+import copy
+from typing import Dict, List, Sequence, Tuple
+
+import torch
+import torchvision
+from torch import nn
+
+from vito_fast.nn.attention_pool import AttentionPool2d
+from vito_fast.nn.info_nce import InfoNCE
+
+STAGES = ("layer1", "layer2", "layer3", "layer4")
+
+
+class Trunk(nn.Module):
+    """A torchvision ResNet without avgpool/fc, returning the feature maps of the tapped stages.
+
+    Attribute names (conv1, bn1, layer1 …) are torchvision's, so ``state_dict()`` loads into
+    ``torchvision.models.<arch>()`` with only ``fc`` (and any stage after the last tap) missing.
+    """
+
+    def __init__(self, arch: str, stages: Sequence[str]):
+        super().__init__()
+        if not hasattr(torchvision.models, arch) or not arch.startswith(("resnet", "resnext", "wide_resnet")):
+            raise ValueError(f"Trunk: arch {arch!r} is not a torchvision ResNet "
+                             f"(e.g. resnet18, resnet50, resnext50_32x4d, wide_resnet50_2)")
+        unknown = [s for s in stages if s not in STAGES]
+        if not stages or unknown:
+            raise ValueError(f"Trunk: stages must be a non-empty subset of {STAGES}, got {tuple(stages)}")
+        resnet = getattr(torchvision.models, arch)(weights=None)
+        self.arch = arch
+        self.stages = tuple(sorted(stages, key=STAGES.index))
+        last = STAGES.index(self.stages[-1])
+        self.conv1, self.bn1, self.relu, self.maxpool = resnet.conv1, resnet.bn1, resnet.relu, resnet.maxpool
+        for name in STAGES[: last + 1]:  # stages after the last tap would get no gradient
+            self.add_module(name, getattr(resnet, name))
+        self.stage_names = STAGES[: last + 1]
+
+    def channels(self, stage: str) -> int:
+        block = getattr(self, stage)[-1]
+        return (block.bn3 if hasattr(block, "bn3") else block.bn2).num_features
+
+    def forward(self, x: torch.Tensor) -> List[torch.Tensor]:
+        x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
+        taps = []
+        for name in self.stage_names:
+            x = getattr(self, name)(x)
+            if name in self.stages:
+                taps.append(x)
+        return taps
+
+
+def mlp(in_dim: int, hidden: int, out_dim: int) -> nn.Sequential:
+    """BYOL's projector/predictor: Linear → BN → ReLU → Linear."""
+    return nn.Sequential(nn.Linear(in_dim, hidden), nn.BatchNorm1d(hidden), nn.ReLU(inplace=True),
+                         nn.Linear(hidden, out_dim))
+
+
+class Encoder(nn.Module):
+    """Trunk + one attention pool and one projector per tapped stage (the part the target copies)."""
+
+    def __init__(self, arch: str, stages: Sequence[str], pool_hidden: int, proj_hidden: int,
+                 proj_dim: int, backend: str):
+        super().__init__()
+        self.trunk = Trunk(arch, stages)
+        widths = [self.trunk.channels(s) for s in self.trunk.stages]
+        self.pools = nn.ModuleList(AttentionPool2d(c, pool_hidden, backend=backend) for c in widths)
+        self.projectors = nn.ModuleList(mlp(c, proj_hidden, proj_dim) for c in widths)
+
+    def forward(self, x: torch.Tensor) -> List[torch.Tensor]:
+        """x (B, 3, S, S) → per stage a projection (B, proj_dim)."""
+        return [proj(pool(h)) for h, pool, proj in zip(self.trunk(x), self.pools, self.projectors)]
+
+
+class VITO(nn.Module):
+    """Online encoder + predictors, EMA target encoder, and the multi-scale contrastive loss."""
+
+    def __init__(self, arch: str = "resnet50", stages: Sequence[str] = ("layer3", "layer4"),
+                 pool_hidden: int = 512, proj_hidden: int = 4096, proj_dim: int = 256,
+                 pred_hidden: int = 4096, temperature: float = 0.1, backend: str = "auto",
+                 gather_distributed: bool = True):
+        super().__init__()
+        self.online = Encoder(arch, stages, pool_hidden, proj_hidden, proj_dim, backend)
+        self.predictors = nn.ModuleList(mlp(proj_dim, pred_hidden, proj_dim) for _ in self.online.pools)
+        self.target = copy.deepcopy(self.online)
+        self.target.requires_grad_(False)
+        self.stages = self.online.trunk.stages
+        self.criterion = InfoNCE(temperature, gather_distributed=gather_distributed, backend=backend)
+
+    @classmethod
+    def from_config(cls, config) -> "VITO":
+        """config: ``vito_fast.train.config.ModelConfig``."""
+        return cls(config.arch, config.stages, config.pool_hidden, config.proj_hidden, config.proj_dim,
+                   config.pred_hidden, config.temperature, config.backend)
+
+    def forward(self, view1: torch.Tensor, view2: torch.Tensor) -> Tuple[torch.Tensor, Dict[str, torch.Tensor]]:
+        """view1, view2 (B, 3, S, S) → (total loss, {stage: loss}); all float32 scalars."""
+        batch = view1.shape[0]
+        views = torch.cat([view1, view2])  # one trunk pass per branch; BN statistics span both views
+        # Online branch: trunk → pool → projector → predictor, per stage.
+        queries = [pred(z) for z, pred in zip(self.online(views), self.predictors)]
+        # Target branch: the same without predictor, no graph.
+        with torch.no_grad():
+            keys = [k.detach() for k in self.target(views)]
+        # Loss: each view's prediction against the other view's target key, both ways, per stage.
+        losses = {}
+        for stage, q, k in zip(self.stages, queries, keys):
+            q, k = q.float(), k.float()
+            q1, q2, k1, k2 = q[:batch], q[batch:], k[:batch], k[batch:]
+            losses[stage] = 0.5 * (self.criterion(q1, k2) + self.criterion(q2, k1))
+        return sum(losses.values()), losses
+
+    @torch.no_grad()
+    def update_target(self, momentum: float) -> None:
+        """target ← momentum · target + (1 − momentum) · online (one fused foreach op); buffers copied."""
+        online = [p for p in self.online.parameters()]
+        target = [p for p in self.target.parameters()]
+        torch._foreach_lerp_(target, online, 1.0 - momentum)
+        for t, o in zip(self.target.buffers(), self.online.buffers()):
+            t.copy_(o)
+
+    def attention_maps(self) -> Dict[str, torch.Tensor]:
+        """The online pools' attention of the last forward, per stage: (2B, H, W) float32 (views 1 then 2)."""
+        return {stage: pool.last_attention for stage, pool in zip(self.stages, self.online.pools)
+                if pool.last_attention is not None}
+
+    def trunk_state_dict(self) -> Dict[str, torch.Tensor]:
+        """The online trunk's weights under torchvision's names (what ``vito-fast export`` writes)."""
+        return {k: v.detach().clone() for k, v in self.online.trunk.state_dict().items()}

@@ -1,0 +1,240 @@
+"""The whole run in one dataclass tree: presets, YAML files and dotted ``key=value`` overrides.
+
+    config = load_config(preset="demo", overrides=["optim.base_lr=0.1", "train.steps=50"])
+    config = load_config(yaml_path="run.yaml")           # any subset of the tree, the rest defaults
+
+Values in overrides are parsed as YAML (``model.stages=[layer3,layer4]``, ``train.compile=true``).
+``config_diff(a, b)`` names the keys that differ; a checkpoint refuses to resume a run whose config
+differs in any key outside ``RESUME_FREE_KEYS`` (keys that change neither the math nor the sample
+order: logging cadence, where the data lives, when to stop early).
+"""
+from __future__ import annotations
+
+import dataclasses
+import typing
+from dataclasses import dataclass, field
+from typing import Any, Dict, List, Optional, Sequence, Tuple
+
+import yaml
+
+from vito_fast.data.sampler import ViewConfig
+
+
+@dataclass
+class ModelConfig:
+    arch: str = "resnet50"                       # any torchvision ResNet constructor name
+    stages: Tuple[str, ...] = ("layer3", "layer4")  # trunk taps, one loss per tap
+    pool_hidden: int = 512                       # attention MLP width (0: linear logits)
+    proj_hidden: int = 4096
+    proj_dim: int = 256
+    pred_hidden: int = 4096
+    temperature: float = 0.1
+    sync_bn: bool = True                         # batch statistics over all ranks when distributed
+    backend: str = "auto"                        # ops: "auto" (fused on CUDA), "torch" (reference), "triton"
+
+
+@dataclass
+class DataConfig:
+    source: str = "loader"                       # "loader" (PairLoader on `path`) or "synthetic"
+    path: str = ""                               # manifest (.jsonl) or frame store; "" = built-in demo set
+    image_size: int = 224
+    batch_size: int = 256                        # per rank; the global batch is batch_size × world size
+    seed: int = 0
+    synthetic_samples: int = 0                   # synthetic source: distinct pairs (0 = fresh every step)
+    steps_per_epoch: int = 0                     # synthetic source only (0: 1,000)
+    views: ViewConfig = field(default_factory=ViewConfig)
+
+
+@dataclass
+class OptimConfig:
+    base_lr: float = 0.3                         # lr = base_lr × global batch / 256
+    weight_decay: float = 1e-6
+    momentum: float = 0.9
+    trust_coefficient: float = 1e-3              # LARS η
+    warmup_steps: int = 500
+    final_lr_fraction: float = 0.0
+    ema_start: float = 0.996
+    ema_end: float = 1.0
+    grad_clip: float = 0.0                       # max global grad norm; 0 disables
+
+
+@dataclass
+class TrainConfig:
+    steps: int = 100_000
+    stop_after: int = 0                          # stop early at this step (0: run to `steps`); resumable
+    checkpoint_every: int = 1000
+    log_every: int = 20
+    image_every: int = 500                       # attention-map images in TensorBoard; 0 disables
+    compile: bool = False                        # torch.compile the trunks
+    amp: bool = True                             # bf16 autocast (CUDA only)
+    device: str = "auto"                         # "auto", "cpu", "cuda"
+    seed: int = 0                                # model initialisation
+    progress: bool = True                        # tqdm bar on rank 0
+
+
+@dataclass
+class Config:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+
+# Keys that may differ between a checkpoint and the run resuming it.
+RESUME_FREE_KEYS = frozenset({
+    "data.path", "train.stop_after", "train.checkpoint_every", "train.log_every", "train.image_every",
+    "train.compile", "train.progress", "train.device",
+})
+
+PRESETS: Dict[str, Dict[str, Any]] = {
+    # Small enough for a laptop CPU in minutes: ResNet-18 at 64 px, narrow heads.
+    "demo": {
+        "model": {"arch": "resnet18", "pool_hidden": 128, "proj_hidden": 512, "proj_dim": 128,
+                  "pred_hidden": 512},
+        "data": {"image_size": 64, "batch_size": 32},
+        "optim": {"base_lr": 1.0, "warmup_steps": 20, "weight_decay": 1e-6},
+        "train": {"steps": 200, "checkpoint_every": 50, "log_every": 5, "image_every": 50},
+    },
+    # The paper's setting (BYOL/DetCon defaults), per GPU 256 pairs.
+    "resnet50": {},
+}
+
+
+def _field_types(cls) -> Dict[str, Any]:
+    return typing.get_type_hints(cls)
+
+
+def _coerce(value: Any, annotation: Any, where: str) -> Any:
+    """Turn a YAML value into the field's type (lists → tuples, ints → floats), or raise naming where."""
+    if dataclasses.is_dataclass(annotation):
+        if isinstance(value, annotation):
+            return value
+        if not isinstance(value, dict):
+            raise ValueError(f"config: {where} must be a mapping, got {value!r}")
+        return _build(annotation, value, where)
+    origin = typing.get_origin(annotation)
+    args = typing.get_args(annotation)
+    if origin is typing.Union:  # Optional[X]
+        if value is None:
+            return None
+        return _coerce(value, next(a for a in args if a is not type(None)), where)
+    if origin in (tuple, Tuple):
+        if isinstance(value, str):
+            value = [part.strip() for part in value.split(",") if part.strip()]
+        if not isinstance(value, (list, tuple)):
+            raise ValueError(f"config: {where} must be a list, got {value!r}")
+        item_types = args[:1] if len(args) == 2 and args[1] is Ellipsis else args
+        if len(item_types) > 1 and len(item_types) != len(value):
+            raise ValueError(f"config: {where} needs {len(item_types)} values, got {value!r}")
+        return tuple(_coerce(v, item_types[min(i, len(item_types) - 1)], f"{where}[{i}]")
+                     for i, v in enumerate(value))
+    if annotation is bool:
+        if not isinstance(value, bool):
+            raise ValueError(f"config: {where} must be true or false, got {value!r}")
+        return value
+    if annotation is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ValueError(f"config: {where} must be an integer, got {value!r}")
+        return value
+    if annotation is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ValueError(f"config: {where} must be a number, got {value!r}")
+        return float(value)
+    if annotation is str:
+        if not isinstance(value, str):
+            raise ValueError(f"config: {where} must be a string, got {value!r}")
+        return value
+    return value
+
+
+def _build(cls, values: Dict[str, Any], where: str = ""):
+    types = _field_types(cls)
+    unknown = sorted(set(values) - set(types))
+    if unknown:
+        prefix = f"{where}." if where else ""
+        raise ValueError(f"config: unknown key(s) {', '.join(prefix + k for k in unknown)}; "
+                         f"{where or 'the top level'} has {', '.join(sorted(types))}")
+    kwargs = {name: _coerce(value, types[name], f"{where}.{name}" if where else name)
+              for name, value in values.items()}
+    return cls(**kwargs)
+
+
+def to_dict(config: Any) -> Dict[str, Any]:
+    """Nested plain dict (tuples become lists), the form stored in checkpoints and YAML."""
+    def plain(value):
+        if dataclasses.is_dataclass(value):
+            return {f.name: plain(getattr(value, f.name)) for f in dataclasses.fields(value)}
+        if isinstance(value, (list, tuple)):
+            return [plain(v) for v in value]
+        return value
+    return plain(config)
+
+
+def from_dict(values: Dict[str, Any]) -> Config:
+    return _build(Config, values)
+
+
+def _merge(base: Dict[str, Any], update: Dict[str, Any]) -> Dict[str, Any]:
+    merged = dict(base)
+    for key, value in update.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = _merge(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
+
+
+def parse_overrides(overrides: Sequence[str]) -> Dict[str, Any]:
+    """["a.b=1", "c=x"] → {"a": {"b": 1}, "c": "x"}; values parsed as YAML."""
+    tree: Dict[str, Any] = {}
+    for item in overrides:
+        key, sep, raw = item.partition("=")
+        if not sep or not key.strip():
+            raise ValueError(f"config: override {item!r} is not key=value (e.g. optim.base_lr=0.1)")
+        node = tree
+        parts = key.strip().split(".")
+        for part in parts[:-1]:
+            node = node.setdefault(part, {})
+        node[parts[-1]] = yaml.safe_load(raw) if raw.strip() else ""
+    return tree
+
+
+def load_config(preset: Optional[str] = None, yaml_path: Optional[str] = None,
+                overrides: Sequence[str] = (), base: Optional[Config] = None) -> Config:
+    """base (or defaults) ← preset ← YAML file ← overrides, validated field by field."""
+    values = to_dict(base) if base is not None else {}
+    if preset is not None:
+        if preset not in PRESETS:
+            raise ValueError(f"config: unknown preset {preset!r}; choose from {', '.join(PRESETS)}")
+        values = _merge(values, PRESETS[preset])
+    if yaml_path is not None:
+        with open(yaml_path) as handle:
+            loaded = yaml.safe_load(handle) or {}
+        if not isinstance(loaded, dict):
+            raise ValueError(f"config: {yaml_path} must hold a mapping at the top level")
+        values = _merge(values, loaded)
+    values = _merge(values, parse_overrides(overrides))
+    return from_dict(values)
+
+
+def flatten(config: Any, prefix: str = "") -> Dict[str, Any]:
+    """{"model.arch": "resnet18", ...} (tuples as lists) for comparisons and logging."""
+    flat: Dict[str, Any] = {}
+    for key, value in (to_dict(config) if not isinstance(config, dict) else config).items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict):
+            flat.update(flatten(value, name + "."))
+        else:
+            flat[name] = value
+    return flat
+
+
+def config_diff(a: Any, b: Any, ignore: frozenset = frozenset()) -> List[str]:
+    """Dotted keys whose values differ between two configs (Config or dict), sorted."""
+    flat_a, flat_b = flatten(a), flatten(b)
+    keys = sorted(set(flat_a) | set(flat_b))
+    return [k for k in keys if k not in ignore and flat_a.get(k) != flat_b.get(k)]
+
+
+def dump_yaml(config: Config) -> str:
+    return yaml.safe_dump(to_dict(config), sort_keys=False)

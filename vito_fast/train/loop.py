@@ -1,0 +1,196 @@
+"""The pretraining loop. ``train(config, run_dir)`` reads top to bottom like the step it runs.
+
+Setup: process group and device → model (seeded, channels_last, global BN when distributed) →
+LARS → checkpoint restore (``resume=True``) → optional ``torch.compile`` of the trunks → DDP →
+loader positioned at the restored step. Then, per step:
+
+    1. schedules   lr and EMA momentum, pure functions of the step
+    2. data        the next pair batch; the time spent waiting for it is the data-wait share
+    3. forward     both views through online and target; per-stage InfoNCE (bf16 autocast on GPU)
+    4. backward    gradients (averaged over ranks by DDP), optional clipping, LARS step
+    5. EMA         target ← lerp(target, online, 1 − momentum), one fused foreach op
+    6. bookkeeping every ``log_every`` steps and before each checkpoint: losses averaged over ranks,
+                   checked finite (else NonFiniteLossError, keeping the last good checkpoint), logged;
+                   attention maps every ``image_every``; a checkpoint every ``checkpoint_every`` and at
+                   the end (rank 0 writes, atomically).
+
+Losses are read back from the device only at bookkeeping points, so the host runs ahead of the GPU
+between them.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Dict, List, Optional
+
+import torch
+from torch.nn.parallel import DistributedDataParallel
+
+from vito_fast.model.sync_bn import convert_sync_batchnorm
+from vito_fast.model.vito import VITO
+from vito_fast.train import distributed
+from vito_fast.train.checkpoint import checkpoint_path, load_checkpoint, restore, save_checkpoint
+from vito_fast.train.config import Config, dump_yaml
+from vito_fast.train.data import build_loader
+from vito_fast.train.lars import LARS, param_groups
+from vito_fast.train.logger import Logger
+from vito_fast.train.schedules import ema_momentum, learning_rate, scaled_lr
+
+
+class NonFiniteLossError(RuntimeError):
+    """The loss became NaN or infinite; the run stopped without checkpointing the bad state."""
+
+
+@dataclass
+class TrainResult:
+    step: int                                   # the step the run stopped at (steps done in total)
+    losses: List[float] = field(default_factory=list)          # per step run in this call, mean over ranks
+    stage_losses: List[Dict[str, float]] = field(default_factory=list)
+    checkpoint: Optional[Path] = None
+
+
+def train(config: Config, run_dir, *, resume: bool = False) -> TrainResult:
+    """Pretrain per config, writing RUN/checkpoint.pt, RUN/metrics.jsonl, RUN/tensorboard (rank 0).
+
+    resume=True continues from RUN/checkpoint.pt (refusing a checkpoint of a different config).
+    Under torchrun (or inside an initialised process group) every rank calls this.
+    """
+    run_dir = Path(run_dir)
+    tc, oc = config.train, config.optim
+    info = distributed.setup(tc.device)
+    device = info.device
+    use_amp = tc.amp and device.type == "cuda"
+    # Model: identical initialisation on every rank, channels_last; BN statistics over all ranks.
+    torch.manual_seed(tc.seed)
+    model = VITO.from_config(config.model).to(device, memory_format=torch.channels_last)
+    if config.model.sync_bn and info.distributed:
+        model = convert_sync_batchnorm(model, device.type)
+    # Optimiser: LARS over the online encoder and predictors (the target has no gradients).
+    optimizer = LARS(param_groups(model), weight_decay=oc.weight_decay, momentum=oc.momentum,
+                     trust_coefficient=oc.trust_coefficient)
+    scaler = torch.amp.GradScaler(device.type, enabled=False)  # bf16 needs no loss scaling
+
+    # Resume: weights, target, optimiser, RNGs and the step; the data position follows from the step.
+    step = 0
+    if resume:
+        state = load_checkpoint(run_dir, config, map_location=device)
+        step = restore(state, model=model, optimizer=optimizer, scaler=scaler)
+    last_checkpoint = checkpoint_path(run_dir) if resume else None
+    if info.is_main:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        (run_dir / "config.yaml").write_text(dump_yaml(config))
+
+    if tc.compile:
+        model.online.trunk.compile()
+        model.target.trunk.compile()
+    network = model
+    if info.distributed:
+        network = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None,
+                                          broadcast_buffers=not config.model.sync_bn)
+
+    # Data: this rank's shard, positioned at the restored step.
+    loader = build_loader(config, info, epoch=0, start_step=0, run_dir=run_dir)
+    steps_per_epoch = len(loader)
+    epoch = step // steps_per_epoch
+    if step:
+        loader = build_loader(config, info, epoch=epoch, start_step=step % steps_per_epoch, run_dir=run_dir)
+    batches = iter(loader)
+
+    global_batch = config.data.batch_size * info.world_size
+    peak_lr = scaled_lr(oc.base_lr, global_batch)
+    stop = min(tc.stop_after or tc.steps, tc.steps)
+    logger = Logger(run_dir, enabled=info.is_main, total_steps=tc.steps, start_step=step, progress=tc.progress)
+    result = TrainResult(step=step, checkpoint=last_checkpoint)
+    pending: List[tuple] = []                   # (step, loss, stage losses, lr, momentum) not yet read back
+    window_start, window_wait, window_steps = time.perf_counter(), 0.0, 0
+    network.train()
+
+    while step < stop:
+        # 1. Schedules: pure functions of the step.
+        lr = learning_rate(step, peak_lr=peak_lr, warmup_steps=oc.warmup_steps, total_steps=tc.steps,
+                           final_lr=peak_lr * oc.final_lr_fraction)
+        momentum = ema_momentum(step, total_steps=tc.steps, start=oc.ema_start, end=oc.ema_end)
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+
+        # 2. Data: the next batch, rolling over to the next epoch (same order as an uninterrupted run).
+        waited = time.perf_counter()
+        batch = next(batches, None)
+        if batch is None:
+            epoch += 1
+            loader.set_epoch(epoch)
+            batches = iter(loader)
+            batch = next(batches)
+        window_wait += time.perf_counter() - waited
+
+        # 3. Forward: online and target branches, InfoNCE per stage against the global batch's keys.
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_amp):
+            loss, stage_losses = network(batch["view1"], batch["view2"])
+
+        # 4. Backward (DDP averages gradients over ranks), optional clipping, LARS step.
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        if oc.grad_clip > 0:
+            torch.nn.utils.clip_grad_norm_([p for p in model.parameters() if p.requires_grad], oc.grad_clip)
+        optimizer.step()
+
+        # 5. EMA: the target follows the online network.
+        model.update_target(momentum)
+
+        pending.append((step, loss.detach(), [stage_losses[s].detach() for s in model.stages], lr, momentum))
+        step += 1
+        window_steps += 1
+
+        # 6. Bookkeeping: read losses back, check them, log, render attention, checkpoint.
+        checkpoint_due = step % tc.checkpoint_every == 0 or step == stop
+        if step % tc.log_every == 0 or checkpoint_due:
+            _flush(pending, model.stages, info, result, logger, last_checkpoint)
+            elapsed = time.perf_counter() - window_start
+            logger.window(step, result.losses[-1], global_batch * window_steps / elapsed,
+                          window_wait / elapsed, window_steps)
+            window_start, window_wait, window_steps = time.perf_counter(), 0.0, 0
+        if tc.image_every and step % tc.image_every == 0:
+            logger.attention(step, batch["view1"], model.attention_maps())
+        if checkpoint_due:
+            if info.is_main:
+                last_checkpoint = save_checkpoint(
+                    run_dir, step=step, model=model, optimizer=optimizer, scaler=scaler, config=config,
+                    loader_state={"epoch": step // steps_per_epoch, "step": step % steps_per_epoch,
+                                  "steps_per_epoch": steps_per_epoch})
+            distributed.barrier(info)
+            result.checkpoint = checkpoint_path(run_dir)
+
+    result.step = step
+    logger.close(f"pretrain: stopped at step {step}/{tc.steps}; checkpoint {result.checkpoint}"
+                 if step < tc.steps else f"pretrain: done, {step} steps; checkpoint {result.checkpoint}")
+    distributed.cleanup(info)
+    return result
+
+
+def _flush(pending: List[tuple], stages, info, result: TrainResult, logger: Logger,
+           last_checkpoint: Optional[Path]) -> None:
+    """Average the pending steps' losses over ranks (one collective), stop on a non-finite one, log them."""
+    if not pending:
+        return
+    values = torch.stack([torch.stack([loss, *parts]) for _, loss, parts, _, _ in pending]).float()
+    values = distributed.mean_over_ranks(values, info).cpu()
+    finite = torch.isfinite(values).all(dim=1)
+    if not bool(finite.all()):
+        bad = pending[int((~finite).nonzero()[0])][0]
+        kept = (f"the last good checkpoint {last_checkpoint} is kept" if last_checkpoint is not None
+                else "no checkpoint had been written yet")
+        logger.close()
+        distributed.cleanup(info)
+        raise NonFiniteLossError(
+            f"pretrain: the loss became non-finite ({values[int((~finite).nonzero()[0]), 0].item()}) at step "
+            f"{bad}; stopping without saving that state: {kept}. Lower optim.base_lr, set optim.grad_clip "
+            f"(e.g. 1.0) or a longer optim.warmup_steps, then --resume.")
+    records = []
+    for (step, _, _, lr, momentum), row in zip(pending, values.tolist()):
+        record = {"step": step, "loss": row[0], **dict(zip(stages, row[1:])), "lr": lr, "momentum": momentum}
+        records.append(record)
+        result.losses.append(row[0])
+        result.stage_losses.append(dict(zip(stages, row[1:])))
+    logger.steps(records)
+    pending.clear()
