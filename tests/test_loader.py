@@ -1,0 +1,305 @@
+"""PairLoader on tiny generated clips whose pixels encode (frame, x, y), on the CPU (GPU: cuda-marked).
+
+Frame f of every clip: red rises from 0 (left) to 255 (right), green from 0 (top) to 255
+(bottom), blue is 16 + 8 f everywhere. So a view's blue says which frame it shows and, away from
+the borders, its red and green say which source pixel each output pixel came from: a resize of
+a linear ramp is the same ramp, whatever the filter.
+"""
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import av
+import numpy as np
+import pytest
+import torch
+
+from vito_fast.data import FrameStore, LoaderConfig, PairLoader, ViewConfig, sample_view_params
+from vito_fast.data.augment import IMAGENET_MEAN, IMAGENET_STD, blur_window, colour_matrices, reference_view
+from vito_fast.data.frame_store import extract_frames
+from vito_fast.data.manifest import ClipRecord, write_manifest
+
+pytest.importorskip("nvidia.dali")
+
+WIDTH, HEIGHT, FPS, NUM_FRAMES, NUM_CLIPS, SIZE = 64, 48, 10.0, 30, 8, 32
+NO_COLOUR = dict(jitter_probability=(0.0, 0.0), grayscale_probability=(0.0, 0.0),
+                 blur_probability=(0.0, 0.0), solarize_probability=(0.0, 0.0))
+PLAIN = LoaderConfig(image_size=SIZE, dtype="float32", num_threads=2, views=ViewConfig(**NO_COLOUR))
+
+
+def write_xy_video(path: Path, num_frames: int = NUM_FRAMES) -> Path:
+    """VP9 clip: red = x ramp, green = y ramp, blue = 16 + 8 * frame (keyframe every 8 frames)."""
+    image = np.zeros((HEIGHT, WIDTH, 3), dtype=np.uint8)
+    image[..., 0] = np.round(np.linspace(0, 255, WIDTH))[None, :]
+    image[..., 1] = np.round(np.linspace(0, 255, HEIGHT))[:, None]
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream("libvpx-vp9", rate=int(FPS),
+                                      options={"deadline": "realtime", "cpu-used": "8", "crf": "4", "b": "0"})
+        stream.width, stream.height, stream.pix_fmt = WIDTH, HEIGHT, "yuv444p"
+        stream.codec_context.gop_size = 8
+        for frame_number in range(num_frames):
+            image[..., 2] = 16 + 8 * frame_number
+            frame = av.VideoFrame.from_ndarray(image, format="rgb24").reformat(format="yuv444p")
+            frame.pts = frame_number
+            container.mux(stream.encode(frame))
+        container.mux(stream.encode(None))
+    return path
+
+
+def write_clips(folder: Path, corrupt: int = -1) -> Path:
+    records = []
+    for clip in range(NUM_CLIPS):
+        path = write_xy_video(folder / f"clip{clip}.webm")
+        if clip == corrupt:
+            data = path.read_bytes()
+            path.write_bytes(data[:200])  # the header survives, the frames do not
+        records.append(ClipRecord(str(path), NUM_FRAMES, FPS, WIDTH, HEIGHT, "vp9", NUM_FRAMES / FPS,
+                                  label=f"class{clip % 3}"))
+    return write_manifest(folder / "manifest.jsonl", records)
+
+
+@pytest.fixture(scope="module")
+def sources(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("loader")
+    manifest = write_clips(folder)
+    extract_frames(manifest, folder / "store", fps=FPS, quality=98, workers=1, progress=False)
+    return {"video": str(manifest), "store": str(folder / "store")}
+
+
+def pixels(view: torch.Tensor) -> np.ndarray:
+    """(B, 3, S, S) normalised view -> (B, S, S, 3) float64 on the 0..255 scale."""
+    hwc = view.float().permute(0, 2, 3, 1).numpy().astype(np.float64)
+    return (hwc * np.array(IMAGENET_STD) + np.array(IMAGENET_MEAN)) * 255.0
+
+
+def epoch_batches(loader):
+    return [batch for batch in loader]
+
+
+@pytest.mark.parametrize("kind", ["store", "video"])
+def test_each_view_is_the_requested_frame_crop_flip_and_resize(sources, kind):
+    loader = PairLoader(sources[kind], 4, device="cpu", seed=3, config=PLAIN)
+    batches = epoch_batches(loader)
+    assert len(batches) == len(loader) == 2
+    flips_seen = set()
+    for batch in batches:
+        for view in (0, 1):
+            image = pixels(batch[f"view{view + 1}"])
+            for row in range(4):
+                frame = batch["frame_indices"][row, view]
+                top, left, height, width = batch["crops"][row, view]
+                # which frame: blue is 16 + 8 frame (neighbours are 8 levels away)
+                assert abs(image[row, ..., 2].mean() - (16 + 8 * frame)) < 2.5, (kind, row, view, frame)
+                # which pixels: output pixel centre j maps to source x = left + (j + 0.5) w / S - 0.5
+                params = sample_view_params(batch["sample_ids"][row:row + 1], NUM_FRAMES, FPS, (HEIGHT, WIDTH),
+                                            seed=3, epoch=0, config=PLAIN.views)
+                flipped = bool(params.flips[0, view])
+                flips_seen.add(flipped)
+                columns = np.arange(SIZE)
+                source_x = left + (columns + 0.5) * width / SIZE - 0.5
+                source_y = top + (columns + 0.5) * height / SIZE - 0.5
+                expected_red = np.clip(source_x, 0, WIDTH - 1) * 255 / (WIDTH - 1)
+                expected_green = np.clip(source_y, 0, HEIGHT - 1) * 255 / (HEIGHT - 1)
+                if flipped:
+                    expected_red = expected_red[::-1]
+                inner = slice(3, SIZE - 3)  # border pixels see the filter clamped at the crop's edge
+                red = image[row, inner, inner, 0].mean(axis=0)
+                green = image[row, inner, inner, 1].mean(axis=1)
+                assert np.abs(red - expected_red[inner]).max() < 2.5, (kind, row, view)
+                assert np.abs(green - expected_green[inner]).max() < 2.5, (kind, row, view)
+    assert flips_seen == {False, True}  # both branches of the flip were exercised
+
+
+OP_CONFIGS = {
+    "jitter": dict(jitter_probability=(1.0, 1.0)),
+    "grayscale": dict(grayscale_probability=(1.0, 1.0)),
+    "jitter+grayscale": dict(jitter_probability=(1.0, 1.0), grayscale_probability=(0.0, 1.0)),
+    "blur": dict(blur_probability=(1.0, 1.0), blur_sigma=(0.5, 2.0)),
+    "solarize": dict(solarize_probability=(1.0, 1.0)),
+}
+
+
+@pytest.mark.parametrize("op", sorted(OP_CONFIGS))
+def test_colour_ops_match_the_numpy_reference(sources, op):
+    views = ViewConfig(**{**NO_COLOUR, **OP_CONFIGS[op]})
+    config = LoaderConfig(image_size=SIZE, dtype="float32", num_threads=2, views=views)
+    plain = next(iter(PairLoader(sources["store"], 4, device="cpu", seed=5, config=PLAIN)))
+    augmented = next(iter(PairLoader(sources["store"], 4, device="cpu", seed=5, config=config)))
+    np.testing.assert_array_equal(plain["crops"], augmented["crops"])  # same geometry, only the op differs
+    params = sample_view_params(augmented["sample_ids"], NUM_FRAMES, FPS, (HEIGHT, WIDTH), seed=5, epoch=0,
+                                config=views)
+    window = blur_window(SIZE)
+    for view in (0, 1):
+        before, after = pixels(plain[f"view{view + 1}"]), pixels(augmented[f"view{view + 1}"])
+        colours = colour_matrices(params, view)
+        changed = 0
+        for row in range(4):
+            expected = reference_view(before[row], colours[row], float(params.blur_sigma[row, view]),
+                                      bool(params.solarize[row, view]), False, window)
+            expected = (expected * np.array(IMAGENET_STD) + np.array(IMAGENET_MEAN)) * 255.0
+            np.testing.assert_allclose(after[row], expected, atol=1.01, err_msg=f"{op} view {view} row {row}")
+            changed += np.abs(after[row] - before[row]).max() > 4
+        assert changed >= 3, f"{op}: the op left view {view} (nearly) unchanged"
+
+
+def test_colour_matrix_definitions():
+    params = sample_view_params(np.arange(16), NUM_FRAMES, FPS, (HEIGHT, WIDTH), seed=0, epoch=0,
+                                config=ViewConfig(jitter_probability=(1.0, 0.0), grayscale_probability=(0.0, 1.0)))
+    rgb = np.array([200.0, 40.0, 90.0])
+    grey = np.array([0.299, 0.587, 0.114]) @ rgb
+    for row in range(16):
+        plain, greyed = colour_matrices(params, 1)[row], colour_matrices(params, 0)[row]
+        np.testing.assert_allclose(plain @ np.append(rgb, 1), grey, rtol=1e-6)  # grayscale: luma in all
+        one_op = ViewParams_only(params, row, op=0)  # brightness alone scales
+        np.testing.assert_allclose(colour_matrices(one_op, 0)[0] @ np.append(rgb, 1),
+                                   rgb * params.brightness[row, 0], rtol=1e-6)
+        assert greyed.shape == (3, 4)
+    hue_only = ViewParams_only(params, 0, op=3)
+    out = colour_matrices(hue_only, 0)[0] @ np.append(rgb, 1)
+    assert abs(np.array([0.299, 0.587, 0.114]) @ out - grey) < 1e-3  # hue keeps luma
+    assert np.abs(out - rgb).max() > 1  # and changes the colour
+
+
+def ViewParams_only(params, row: int, op: int):
+    """One sample of ``params`` with jitter reduced to the single op ``op`` (others identity)."""
+    from vito_fast.data.sampler import ViewParams
+
+    one = ViewParams(**{name: value[row:row + 1].copy() for name, value in params.to_dict().items()})
+    for name, index, identity in (("brightness", 0, 1.0), ("contrast", 1, 1.0), ("saturation", 2, 1.0), ("hue", 3, 0.0)):
+        if index != op:
+            getattr(one, name)[:] = identity
+    one.jitter_applied[:] = True
+    one.grayscale[:] = False
+    return one
+
+
+@pytest.mark.parametrize("dtype, torch_dtype", [("bfloat16", torch.bfloat16), ("float16", torch.float16)])
+def test_batch_contract_shapes_dtypes_channels_last(sources, dtype, torch_dtype):
+    config = LoaderConfig(image_size=SIZE, dtype=dtype, num_threads=2)
+    loader = PairLoader(sources["store"], 4, device="cpu", seed=1, config=config)
+    batch = next(iter(loader))
+    for name in ("view1", "view2"):
+        view = batch[name]
+        assert view.shape == (4, 3, SIZE, SIZE) and view.dtype == torch_dtype and view.device.type == "cpu"
+        assert view.is_contiguous(memory_format=torch.channels_last) and view.stride()[1] == 1
+        assert -2.2 < float(view.float().min()) and float(view.float().max()) < 2.7  # ImageNet-normalised
+    assert batch["sample_ids"].dtype == np.int64 and batch["sample_ids"].shape == (4,)
+    assert batch["frame_indices"].shape == (4, 2) and batch["crops"].shape == (4, 2, 4)
+    assert batch["labels"].dtype == np.int64
+    np.testing.assert_array_equal(batch["labels"], [loader.classes.index(f"class{clip % 3}") for clip in batch["sample_ids"]])
+    assert loader.stats.samples == 4 and loader.stats.replaced == 0
+
+
+def assert_same_batches(first, second):
+    assert len(first) == len(second)
+    for one, other in zip(first, second):
+        for name in ("view1", "view2"):
+            assert torch.equal(one[name], other[name])
+        for name in ("sample_ids", "frame_indices", "crops", "labels"):
+            np.testing.assert_array_equal(one[name], other[name])
+
+
+@pytest.mark.parametrize("kind", ["store", "video"])
+def test_deterministic_and_resumes_at_start_step(sources, kind):
+    config = LoaderConfig(image_size=SIZE, dtype="float16", num_threads=2)
+    full = epoch_batches(PairLoader(sources[kind], 2, device="cpu", seed=9, epoch=1, config=config))
+    assert len(full) == 4
+    assert_same_batches(full, epoch_batches(PairLoader(sources[kind], 2, device="cpu", seed=9, epoch=1, config=config)))
+    assert_same_batches(full[2:], epoch_batches(PairLoader(sources[kind], 2, device="cpu", seed=9, epoch=1,
+                                                           start_step=2, config=config)))
+    # a checkpointed position: state after batch 0 continues with batch 1
+    loader = PairLoader(sources[kind], 2, device="cpu", seed=9, epoch=1, config=config)
+    iterator = iter(loader)
+    next(iterator)
+    state = loader.state_dict()
+    assert state["epoch"] == 1 and state["step"] == 1
+    resumed = PairLoader(sources[kind], 2, device="cpu", seed=9, config=config)
+    resumed.load_state_dict(state)
+    assert_same_batches(full[1:], epoch_batches(resumed))
+    other = next(iter(PairLoader(sources[kind], 2, device="cpu", seed=10, epoch=1, config=config)))
+    assert not torch.equal(other["view1"], full[0]["view1"])
+
+
+def test_two_ranks_are_disjoint_and_cover_the_epoch(sources):
+    ranks = [PairLoader(sources["store"], 2, device="cpu", seed=4, epoch=2, rank=rank, world_size=2, config=PLAIN)
+             for rank in (0, 1)]
+    assert len(ranks[0]) == len(ranks[1]) == 2
+    seen = [np.concatenate([batch["sample_ids"] for batch in loader]) for loader in ranks]
+    np.testing.assert_array_equal(seen[0], ranks[0].epoch_clips(2))
+    assert not set(seen[0]) & set(seen[1])
+    assert sorted(np.concatenate(seen)) == list(range(NUM_CLIPS))
+    assert not np.array_equal(ranks[0].epoch_clips(2), ranks[0].epoch_clips(3))  # a new order per epoch
+    odd = PairLoader(sources["store"], 1, device="cpu", seed=4, rank=2, world_size=3, config=PLAIN)
+    assert len(odd) == NUM_CLIPS // 3  # the remainder is dropped, every rank equally long
+
+
+def test_corrupt_video_is_replaced_and_reported(tmp_path):
+    manifest = write_clips(tmp_path, corrupt=5)
+    loader = PairLoader(str(manifest), 4, device="cpu", seed=0, config=PLAIN)
+    with pytest.warns(RuntimeWarning, match="clip5.webm"):
+        batches = epoch_batches(loader)
+    served = np.concatenate([batch["sample_ids"] for batch in batches])
+    assert len(served) == NUM_CLIPS and 5 not in served
+    assert list(loader.stats.failed_files) == [str(tmp_path / "clip5.webm")]
+    assert loader.stats.replaced == 1 and loader.stats.samples == NUM_CLIPS
+    again = PairLoader(str(manifest), 4, device="cpu", seed=0, config=PLAIN)
+    with pytest.warns(RuntimeWarning):
+        assert_same_batches(batches, epoch_batches(again))  # the replacement is deterministic
+
+
+def test_corrupt_jpeg_in_store_is_replaced_and_reported(sources, tmp_path):
+    store_dir = tmp_path / "store"
+    shutil.copytree(sources["store"], store_dir)
+    store = FrameStore(store_dir)
+    bad_clip = 2
+    shard = store_dir / store.shards[store.clip(bad_clip).shard]["name"]
+    data = bytearray(shard.read_bytes())
+    for offset in store._offsets[bad_clip]:  # keep the JPEG markers, break the headers after them
+        data[int(offset) + 2: int(offset) + 120] = bytes(118)
+    store.close()
+    shard.write_bytes(bytes(data))
+    loader = PairLoader(str(store_dir), 4, device="cpu", seed=0, config=PLAIN)
+    with pytest.warns(RuntimeWarning, match="clip 2"):
+        batches = epoch_batches(loader)
+    served = np.concatenate([batch["sample_ids"] for batch in batches])
+    assert len(served) == NUM_CLIPS and bad_clip not in served
+    assert len(loader.stats.failed_files) == 1 and loader.stats.replaced == 1
+
+
+def test_dali_video_decoder_gives_the_same_frames(sources):
+    config = LoaderConfig(image_size=SIZE, dtype="float32", num_threads=2, views=PLAIN.views, video_decoder="dali")
+    dali = next(iter(PairLoader(sources["video"], 4, device="cpu", seed=2, config=config)))
+    pyav = next(iter(PairLoader(sources["video"], 4, device="cpu", seed=2, config=PLAIN)))
+    np.testing.assert_array_equal(dali["frame_indices"], pyav["frame_indices"])
+    for name in ("view1", "view2"):  # two YUV->RGB conversions of the same decoded frames
+        assert np.abs(pixels(dali[name]) - pixels(pyav[name])).mean() < 3
+
+
+def test_import_does_not_load_dali():
+    code = "import sys, vito_fast, vito_fast.data; assert 'nvidia.dali' not in sys.modules, 'DALI imported'"
+    subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_gpu_without_cuda_fails_clearly(sources):
+    if torch.cuda.is_available():
+        pytest.skip("a GPU is visible")
+    with pytest.raises(RuntimeError, match="needs a CUDA GPU"):
+        PairLoader(sources["store"], 4, device="gpu", seed=0, config=PLAIN)
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("kind", ["store", "video"])
+def test_gpu_views_match_the_cpu_views(sources, kind):
+    config = LoaderConfig(image_size=SIZE, dtype="bfloat16", num_threads=2)
+    gpu = next(iter(PairLoader(sources[kind], 4, device="gpu", seed=6, config=config)))
+    cpu = next(iter(PairLoader(sources[kind], 4, device="cpu", seed=6, config=config)))
+    for name in ("view1", "view2"):
+        view = gpu[name]
+        assert view.is_cuda and view.dtype == torch.bfloat16
+        assert view.is_contiguous(memory_format=torch.channels_last)
+        # nvJPEG vs libjpeg-turbo and GPU vs CPU resampling: a few levels of 255 apart at most
+        assert (view.float().cpu() - cpu[name].float()).abs().mean() < 0.05
+    np.testing.assert_array_equal(gpu["crops"], cpu["crops"])
