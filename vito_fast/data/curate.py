@@ -33,7 +33,6 @@ import json
 import math
 import os
 import pickle
-import re
 import tempfile
 from array import array
 from dataclasses import dataclass, field
@@ -43,7 +42,7 @@ from typing import Dict, IO, Iterator, List, NamedTuple, Optional, Sequence, Tup
 
 import numpy as np
 
-from vito_fast.data.vocabulary import PhraseMatcher, Vocabulary, load_vocabulary, tokenize
+from vito_fast.data.vocabulary import BOUNDARY_TOKENS, PhraseMatcher, Vocabulary, load_vocabulary, tokenize
 
 PathLike = Union[str, os.PathLike]
 
@@ -55,7 +54,6 @@ TITLE_NOISE = frozenset("hd uhd fhd 4k 8k hq 1080p 720p 480p 360p 60fps official
 # up to the rows read.
 DROP_REASONS = ("malformed", "duplicate_id", "duplicate_path", "language", "too_short", "too_long",
                 "no_match", "duplicate_title", "over_quota")
-_TAG_SEPARATORS = re.compile(r"[,|;]")
 _BATCH = 4096  # rows per pickled batch in the temporary file
 
 
@@ -180,11 +178,8 @@ def row_from_fields(fields: dict, line: int) -> Union[MetadataRow, MalformedRow]
         language = fields.get("language")
         if language is not None and not isinstance(language, str):
             return MalformedRow(line, f"language {language!r} is not text")
-        tags = _text(fields, "tags")
-        if "|" in tags or ";" in tags:
-            tags = _TAG_SEPARATORS.sub(" , ", tags)
         return MetadataRow(line, str(identifier).strip(), locator_field, locator, _text(fields, "title"),
-                           _text(fields, "description"), tags, parse_duration(fields.get("duration")),
+                           _text(fields, "description"), _text(fields, "tags"), parse_duration(fields.get("duration")),
                            language or None)
     except ValueError as error:
         return MalformedRow(line, str(error))
@@ -232,8 +227,11 @@ def _read_jsonl(handle: IO[bytes]) -> Iterator[Union[MetadataRow, MalformedRow]]
             continue
         try:
             fields = json.loads(raw)
-        except ValueError as error:  # JSONDecodeError and UnicodeDecodeError
-            yield MalformedRow(line, f"not JSON: {error}")
+        except json.JSONDecodeError as error:  # its own line/column would count within this line
+            yield MalformedRow(line, f"not JSON: {error.msg} at column {error.colno}")
+            continue
+        except ValueError as error:  # UnicodeDecodeError
+            yield MalformedRow(line, f"not UTF-8 JSON: {error}")
             continue
         if not isinstance(fields, dict):
             yield MalformedRow(line, f"a JSON {type(fields).__name__}, not an object")
@@ -282,7 +280,8 @@ def digest(text: str) -> int:
 
 def normalized_title(title: str) -> str:
     """The words of a title without digits and upload noise: the near-duplicate key (with the class)."""
-    return " ".join(word for word in tokenize(title) if word not in TITLE_NOISE and not word.isdigit())
+    return " ".join(word for word in tokenize(title)
+                    if word not in TITLE_NOISE and word not in BOUNDARY_TOKENS and not word.isdigit())
 
 
 def class_quotas(per_class: int, weights: Optional[Sequence[float]], num_classes: int) -> List[int]:

@@ -10,6 +10,9 @@ Matching rules (text and synonyms are normalised by the same ``tokenize``):
   ``ladys``), dotted acronyms joined (``R.V.`` = ``RV``), every other non-alphanumeric character
   (other apostrophes, hyphens, punctuation) separates words, so a match is always whole words:
   "cat" never matches "category";
+- a phrase never runs across ``, ; : | ! ? " ( ) [ ] { }``, a tab or line break, or a full stop
+  that follows a word of three or more characters and precedes a space (so "crane. Lifting" breaks,
+  "St. Bernard" does not); tags are joined with commas, so no phrase spans two tags;
 - a hyphenated synonym matches written as two words or as one (``man-eater`` = ``man eater`` =
   ``maneater``); the reverse is not tried: the synonym ``chainlink fence`` does not match
   "chain-link fence";
@@ -26,13 +29,17 @@ import os
 import re
 import unicodedata
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 from typing import Dict, Iterable, List, Optional, Sequence, Tuple, Union
 
 RESOURCES = Path(__file__).resolve().parent / "resources"
 SHIPPED_VOCABULARIES = {"imagenet1k": ("imagenet1k_synonyms.txt", "imagenet1k_wnids.txt")}
 
-_WORD = re.compile(r"[^\W_]+")
+# Words, and the punctuation that ends a phrase: no match runs across a comma, a bracket, a colon,
+# a line break... or a full stop after a word of 3+ characters ("crane. Lifting", not "St. Bernard").
+_TOKEN = re.compile(r"[^\W_]+|[,;|!?()\[\]{}\"\n\t:]|(?<=[^\W_]{3})\.(?=\s|$)")
+BOUNDARY_TOKENS = frozenset(',;|!?()[]{}"\n\t:.')
 _DOTTED_ACRONYM = re.compile(r"\b(?:[^\W\d_]\.){2,}")
 _POSSESSIVE = re.compile("['\u2019\u02bc](?=s\\b)")
 
@@ -45,7 +52,7 @@ _VOWELS = frozenset("aeiou")
 
 
 def tokenize(text: str) -> List[str]:
-    """Lower-case words of ``text`` (see the module docstring for the rules)."""
+    """Lower-case words of ``text`` and the punctuation marks that end a phrase (module docstring)."""
     if not text.isascii():
         text = "".join(char for char in unicodedata.normalize("NFKD", text) if not unicodedata.combining(char))
     text = text.lower()
@@ -53,7 +60,11 @@ def tokenize(text: str) -> List[str]:
         text = _POSSESSIVE.sub("", text)
     if "." in text:
         text = _DOTTED_ACRONYM.sub(lambda match: match.group().replace(".", ""), text)
-    return _WORD.findall(text)
+    return _TOKEN.findall(text)
+
+
+def _words(text: str) -> List[str]:
+    return [token for token in tokenize(text) if token not in BOUNDARY_TOKENS]
 
 
 def plural_forms(word: str) -> Tuple[str, ...]:
@@ -86,7 +97,7 @@ class Vocabulary:
     def __len__(self) -> int:
         return len(self.synonyms)
 
-    @property
+    @cached_property
     def names(self) -> List[str]:
         return [synonyms[0] for synonyms in self.synonyms]
 
@@ -103,7 +114,7 @@ def parse_vocabulary(lines: Iterable[str], source: str) -> Vocabulary:
         if not line or line.startswith("#"):
             continue
         synonyms = tuple(part.strip() for part in line.split(",") if part.strip())
-        if not synonyms or not all(tokenize(synonym) for synonym in synonyms):
+        if not synonyms or not all(_words(synonym) for synonym in synonyms):
             raise ValueError(f"{source}:{number}: a class needs synonyms made of letters or digits, got {line!r}")
         classes.append(synonyms)
     if not classes:
@@ -140,9 +151,9 @@ class PhraseMatcher:
         derived: Dict[str, List[PhraseEntry]] = {}
         for class_index, synonyms in enumerate(vocabulary.synonyms):
             for synonym in synonyms:
-                spellings = {" ".join(tokenize(synonym))}
+                spellings = {" ".join(_words(synonym))}
                 if "-" in synonym:
-                    spellings.add(" ".join(tokenize(synonym.replace("-", ""))))
+                    spellings.add(" ".join(_words(synonym.replace("-", ""))))
                 for spelling in spellings:
                     _add(exact, spelling, (class_index, synonym))
                     if plurals:
@@ -161,22 +172,20 @@ class PhraseMatcher:
 
     def find(self, words: Sequence[str]) -> List[Tuple[int, str]]:
         """(number of words, phrase key) of each leftmost-longest match in ``words``."""
-        matches = []
-        phrases, longest_from = self.phrases, self.longest_from
-        position, count = 0, len(words)
-        while position < count:
-            longest = longest_from.get(words[position])
-            if longest:
-                for size in range(min(longest, count - position), 0, -1):
-                    key = words[position] if size == 1 else " ".join(words[position:position + size])
-                    if key in phrases:
-                        matches.append((size, key))
-                        position += size
-                        break
-                else:
-                    position += 1
-            else:
-                position += 1
+        longest_from = self.longest_from
+        if longest_from.keys().isdisjoint(words):  # most texts: one pass in C, no Python loop
+            return []
+        phrases, matches = self.phrases, []
+        count, covered = len(words), 0  # words before ``covered`` belong to a match already
+        for position in [index for index, word in enumerate(words) if word in longest_from]:
+            if position < covered:
+                continue
+            for size in range(min(longest_from[words[position]], count - position), 0, -1):
+                key = words[position] if size == 1 else " ".join(words[position:position + size])
+                if key in phrases:
+                    matches.append((size, key))
+                    covered = position + size
+                    break
         return matches
 
 
