@@ -137,7 +137,7 @@ def time_ms(step, repeats: int = 10) -> float:
 @pytest.mark.parametrize("d", DIMS)
 @pytest.mark.parametrize("n", SIZES)
 @pytest.mark.parametrize("provider", PROVIDERS)
-def test_info_nce(benchmark, provider, n, d, mode):
+def test_info_nce(benchmark, speedups, provider, n, d, mode):
     reason = skip_reason(provider, n)
     if reason:
         pytest.skip(reason)
@@ -150,12 +150,14 @@ def test_info_nce(benchmark, provider, n, d, mode):
         pytest.skip(f"inf_cl call failed (API changed?): {error}")
     step()
     memory = peak_extra_mb(step)
-    benchmark.pedantic(step, rounds=10 if CUDA else 3, iterations=1, warmup_rounds=1)
+    benchmark.pedantic(step, rounds=10, iterations=1, warmup_rounds=1)
+    speedups.record(f"info_nce {mode} N=M={n} D={d} {DTYPE}", provider, benchmark,
+                    baseline=provider == "eager")  # the ratio table of benches/conftest.py
     median_ms = benchmark.stats.stats.median * 1e3
     benchmark.extra_info.update(
         device=torch.cuda.get_device_name() if CUDA else "cpu", dtype=str(DTYPE), ms=median_ms,
         tflops=flops(mode, n, n, d) / (median_ms * 1e-3) / 1e12, peak_extra_mb=memory,
-        flop_count=f"{ {'fwd': 2, 'bwd': 6, 'full': 8}[mode]}·N·M·D")
+        flop_count=f"{flops(mode, 1, 1, 1)}·N·M·D")
 
 
 def main() -> None:
