@@ -291,6 +291,21 @@ def test_public_api_names():
     module = vito_fast.nn.InfoNCE(temperature=0.2)
     q, k = _inputs(5, 7, 3, dtype=torch.float32)
     torch.testing.assert_close(module(q, k), info_nce_reference(q, k, 0.2))
+    with pytest.raises(ValueError, match="symmetric needs N == M"):
+        vito_fast.nn.InfoNCE(symmetric=True, gather_distributed=True)
+
+
+def test_triton_label_offset(kernel_device):
+    """label_offset (a rank's keys inside gathered ones) == explicit labels offset + arange(N)."""
+    q, k = _inputs(17, 40, 17, dtype=torch.float32)
+    q, k = q.to(kernel_device).requires_grad_(), k.to(kernel_device).requires_grad_()
+    labels = torch.arange(9, 26, device=kernel_device)
+    ours = info_nce(q, k, 0.1, label_offset=9, backend="triton", reduction="none")
+    ref = info_nce_reference(q, k, 0.1, labels=labels, reduction="none")
+    torch.testing.assert_close(ours, ref, atol=1e-5, rtol=1e-5)
+    upstream = torch.randn(17, device=kernel_device)
+    for mine, theirs in zip(torch.autograd.grad(ours, (q, k), upstream), torch.autograd.grad(ref, (q, k), upstream)):
+        torch.testing.assert_close(mine, theirs, atol=1e-5, rtol=1e-4)
 
 
 BAD_INPUTS = [
@@ -303,6 +318,8 @@ BAD_INPUTS = [
     ("temperature zero", (4, 3), (4, 3), {"temperature": 0.0}, ValueError, "temperature must be > 0"),
     ("temperature negative tensor", (4, 3), (4, 3), {"temperature": torch.tensor(-0.1)}, ValueError, "> 0"),
     ("M < N", (5, 3), (4, 3), {}, ValueError, "M >= N"),
+    ("label_offset too big", (4, 3), (6, 3), {"label_offset": 3}, ValueError, "label_offset \\+ N <= M"),
+    ("labels and offset", (4, 3), (6, 3), {"labels": torch.arange(4), "label_offset": 1}, ValueError, "not both"),
     ("labels out of range", (4, 3), (6, 3), {"labels": torch.tensor([0, 1, 2, 6])}, ValueError, "[0, 6)"),
     ("labels negative", (4, 3), (6, 3), {"labels": torch.tensor([0, -1, 2, 3])}, ValueError, "[0, 6)"),
     ("labels shape", (4, 3), (6, 3), {"labels": torch.tensor([0, 1])}, ValueError, "labels must have shape (4,)"),

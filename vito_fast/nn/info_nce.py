@@ -35,6 +35,7 @@ class InfoNCE(torch.nn.Module):
         self.backend = backend
 
     def forward(self, q: torch.Tensor, k: torch.Tensor, labels: Optional[torch.Tensor] = None) -> torch.Tensor:
+        label_offset = 0
         if self.gather_distributed and torch.distributed.is_available() and torch.distributed.is_initialized():
             from vito_fast.distributed import all_gather_with_grad
 
@@ -44,12 +45,13 @@ class InfoNCE(torch.nn.Module):
                 raise ValueError(f"InfoNCE: each rank needs at least as many keys as queries for "
                                  f"its positives; got N={q.shape[0]}, M={k.shape[0]}")
             k, offset = all_gather_with_grad(k, self.group)
-            if labels is None:
-                labels = offset + torch.arange(q.shape[0], device=q.device)
-            else:
+            if labels is not None:
                 labels = labels + offset
-        return info_nce(q, k, self.temperature, labels=labels, symmetric=self.symmetric,
-                        normalize=self.normalize, reduction=self.reduction, backend=self.backend)
+            else:
+                label_offset = offset  # no labels tensor: no range check, no host sync
+        return info_nce(q, k, self.temperature, labels=labels, label_offset=label_offset,
+                        symmetric=self.symmetric, normalize=self.normalize,
+                        reduction=self.reduction, backend=self.backend)
 
     def extra_repr(self) -> str:
         return (f"temperature={self.temperature}, symmetric={self.symmetric}, "

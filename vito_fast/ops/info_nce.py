@@ -13,7 +13,7 @@ _BACKENDS = ("auto", "triton", "torch")
 _NORM_EPS = 1e-12  # F.normalize's default
 
 
-def _check_inputs(q, k, temperature, labels, symmetric, reduction, backend) -> None:
+def _check_inputs(q, k, temperature, labels, label_offset, symmetric, reduction, backend) -> None:
     for name, tensor in (("q", q), ("k", k)):
         if not isinstance(tensor, torch.Tensor):
             raise TypeError(f"info_nce: {name} must be a torch.Tensor, got {type(tensor).__name__}")
@@ -44,13 +44,17 @@ def _check_inputs(q, k, temperature, labels, symmetric, reduction, backend) -> N
     if not value > 0:
         raise ValueError(f"info_nce: temperature must be > 0, got {value}")
     n, m = q.shape[0], k.shape[0]
-    if symmetric and (n != m or labels is not None):
-        raise ValueError(f"info_nce: symmetric needs N == M and diagonal positives (no labels); "
-                         f"got N={n}, M={m}, labels {'given' if labels is not None else 'None'}")
+    if symmetric and (n != m or labels is not None or label_offset):
+        raise ValueError(f"info_nce: symmetric needs N == M and diagonal positives (no labels, no "
+                         f"label_offset); got N={n}, M={m}, labels {'given' if labels is not None else 'None'}")
     if labels is None:
-        if m < n:
-            raise ValueError(f"info_nce: default labels arange(N) need M >= N; got N={n}, M={m}")
+        if not isinstance(label_offset, int) or label_offset < 0 or label_offset + n > m:
+            raise ValueError(f"info_nce: default labels label_offset + arange(N) need 0 <= label_offset "
+                             f"and label_offset + N <= M; got label_offset={label_offset}, N={n}, M={m} "
+                             f"(M >= N)")
         return
+    if label_offset:
+        raise ValueError("info_nce: give labels or label_offset, not both")
     if not isinstance(labels, torch.Tensor) or labels.dtype != torch.int64:
         raise TypeError(f"info_nce: labels must be an int64 tensor, got "
                         f"{labels.dtype if isinstance(labels, torch.Tensor) else type(labels).__name__}")
@@ -142,6 +146,7 @@ def info_nce(
     temperature: Union[float, torch.Tensor] = 0.1,
     *,
     labels: Optional[torch.Tensor] = None,
+    label_offset: int = 0,
     symmetric: bool = False,
     normalize: bool = True,
     reduction: str = "mean",
@@ -151,18 +156,20 @@ def info_nce(
     """InfoNCE of queries q (N, D) against keys k (M, D): float32 scalar, or (N,) if reduction="none".
 
     ``info_nce(q, k) == cross_entropy(normalize(q) @ normalize(k).T / τ, labels)``, labels
-    defaulting to arange(N); symmetric=True (N == M) averages that with the k→q direction.
-    temperature is a float or a 1-element tensor (it gets a gradient when it requires grad).
+    defaulting to label_offset + arange(N); symmetric=True (N == M) averages that with the k→q
+    direction. temperature is a float or a 1-element tensor (it gets a gradient when it requires
+    grad). Checking a tensor temperature, or labels, for their range costs one host sync each:
+    pass a float τ and label_offset (not labels) to keep a training step asynchronous.
     backend: "auto" (Triton for CUDA tensors, the PyTorch reference otherwise), "triton" (also on
     CPU tensors under TRITON_INTERPRET=1), "torch". The Triton path never forms the N×M logits.
     block_sizes (rows, columns, D chunk) forces Triton tile sizes, for tests and tuning.
     """
-    _check_inputs(q, k, temperature, labels, symmetric, reduction, backend)
+    _check_inputs(q, k, temperature, labels, label_offset, symmetric, reduction, backend)
     # auto: Triton for CUDA tensors of the kernels' dtypes; float64 (gradcheck) takes the reference.
     use_triton = backend == "triton" or (backend == "auto" and q.is_cuda and q.dtype in _DTYPES)
     if not use_triton:
-        return info_nce_reference(q, k, temperature, labels=labels, symmetric=symmetric,
-                                  normalize=normalize, reduction=reduction)
+        return info_nce_reference(q, k, temperature, labels=labels, label_offset=label_offset,
+                                  symmetric=symmetric, normalize=normalize, reduction=reduction)
     if q.dtype not in _DTYPES:
         raise TypeError(f"info_nce: the Triton backend takes {_DTYPES}, got {q.dtype}; "
                         f"use backend='torch'")
@@ -177,7 +184,7 @@ def info_nce(
             # run the kernels in fp32 there; autograd casts the gradients back to bf16.
             q, k = q.float(), k.float()
     if labels is None:
-        labels = torch.arange(q.shape[0], device=q.device)
+        labels = torch.arange(label_offset, label_offset + q.shape[0], device=q.device)
     if not isinstance(temperature, torch.Tensor):
         temperature = torch.tensor(float(temperature), device=q.device, dtype=torch.float32)
     temperature = temperature.to(q.device)
