@@ -1,0 +1,361 @@
+"""Evaluations on tiny inputs with known answers: kNN, linear probe, propagation, robustness, viz."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from vito_fast.eval.encoder import EvalEncoder, load_encoder
+from vito_fast.eval.features import (LabelledImages, extract_feature_maps, extract_features, load_image_folder,
+                                     load_manifest_frames, split_by_group)
+from vito_fast.eval.knn import knn_accuracy, knn_predict
+from vito_fast.eval.linear import linear_probe_accuracy, train_linear_probe
+from vito_fast.eval.propagate import propagate_labels, region_similarity
+from vito_fast.eval.robustness import CORRUPTIONS, corrupt, robustness_evaluation
+from vito_fast.eval.viz import (attention_mask_iou, attention_panel, centred_gaussian_attention, overlay_attention,
+                                save_gif, save_png)
+
+
+def clustered_features(num_classes: int, per_class: int, dim: int, spread: float) -> tuple:
+    """Features around one random unit centre per class: (N, dim), labels (N,)."""
+    centres = torch.nn.functional.normalize(torch.randn(num_classes, dim), dim=1) * 4
+    labels = torch.arange(num_classes).repeat_interleave(per_class)
+    return centres[labels] + spread * torch.randn(len(labels), dim), labels
+
+
+# ----------------------------------------------------------------------------- kNN
+
+
+def test_knn_separable_classes_give_full_accuracy():
+    features, labels = clustered_features(5, 13, 17, spread=0.05)
+    test_features, test_labels = features[1::2], labels[1::2]
+    assert knn_accuracy(features[::2], labels[::2], test_features, test_labels, k=7) == 1.0
+
+
+def test_knn_temperature_weights_the_votes():
+    """Two far neighbours of class 0 against one near neighbour of class 1."""
+    train = torch.tensor([[1.0, 0.0], [0.6, 0.8], [0.6, -0.8]])  # class 1 at angle 0, class 0 at ±53°
+    labels = torch.tensor([1, 0, 0])
+    query = torch.tensor([[1.0, 0.05]])
+    sharp = knn_predict(train, labels, query, k=3, temperature=0.05)
+    flat = knn_predict(train, labels, query, k=3, temperature=100.0)
+    assert sharp.argmax().item() == 1  # the nearest neighbour dominates
+    assert flat.argmax().item() == 0  # a plain majority
+    assert knn_predict(train, labels, query, k=1).argmax().item() == 1
+
+
+def test_knn_rejects_mismatched_inputs():
+    with pytest.raises(ValueError, match="columns"):
+        knn_predict(torch.randn(4, 3), torch.zeros(4), torch.randn(2, 5))
+    with pytest.raises(ValueError, match="labels"):
+        knn_predict(torch.randn(4, 3), torch.zeros(3), torch.randn(2, 3))
+
+
+# ----------------------------------------------------------------------------- linear probe
+
+
+@pytest.mark.parametrize("method", ["lbfgs", "sgd"])
+def test_linear_probe_separable_classes_give_full_accuracy(method):
+    features, labels = clustered_features(4, 20, 9, spread=0.3)
+    accuracy = linear_probe_accuracy(features[::2], labels[::2], features[1::2], labels[1::2], method=method,
+                                     epochs=30, batch_size=16)
+    assert accuracy == 1.0
+
+
+def test_linear_probe_finds_a_direction_that_knn_misses():
+    """The label is the sign of one coordinate hidden among large noise: linear 100%, cosine kNN near chance."""
+    features = torch.randn(400, 16) * 5
+    features[:, 0] = torch.where(torch.rand(400) < 0.5, -0.5, 0.5) + 0.05 * torch.randn(400)
+    labels = (features[:, 0] > 0).long()
+    train, test = slice(0, 300), slice(300, 400)
+    assert linear_probe_accuracy(features[train], labels[train], features[test], labels[test]) == 1.0
+    assert knn_accuracy(features[train], labels[train], features[test], labels[test], k=10) < 0.75
+
+
+@pytest.mark.parametrize("method", ["lbfgs", "sgd"])
+def test_linear_probe_is_deterministic(method):
+    features, labels = clustered_features(3, 10, 6, spread=1.0)
+    first = train_linear_probe(features, labels, method=method, epochs=5, seed=4)
+    torch.manual_seed(123)  # the global RNG must not matter
+    second = train_linear_probe(features, labels, method=method, epochs=5, seed=4)
+    assert torch.equal(first.weight, second.weight) and torch.equal(first.bias, second.bias)
+
+
+# ----------------------------------------------------------------------------- propagation
+
+
+def block_mask(height: int, width: int, stride: int, cells: dict) -> np.ndarray:
+    """An (H, W) uint8 mask made of whole stride×stride cells: {object id: [(row, column), ...]}."""
+    mask = np.zeros((height, width), np.uint8)
+    for object_id, positions in cells.items():
+        for row, column in positions:
+            mask[row * stride:(row + 1) * stride, column * stride:(column + 1) * stride] = object_id
+    return mask
+
+
+@pytest.mark.parametrize("radius", [None, 1])
+def test_identical_frames_propagate_the_mask_exactly(radius):
+    """Features at the mask's resolution, the same frame six times: every pixel keeps its label."""
+    mask = np.random.default_rng(0).choice(np.array([0, 1, 3], np.uint8), size=(9, 11), p=[0.5, 0.3, 0.2])
+    features = torch.randn(1, 32, 9, 11).repeat(6, 1, 1, 1)  # (T, C, h, w)
+    predicted = propagate_labels(features, mask, neighbourhood_radius=radius)
+    assert predicted.shape == (6, 9, 11) and predicted.dtype == np.uint8
+    assert np.array_equal(predicted, np.broadcast_to(mask, predicted.shape))
+    result = region_similarity(predicted, np.broadcast_to(mask, predicted.shape))
+    assert result == {"J": 1.0, "per_object": {1: 1.0, 3: 1.0}}
+
+
+def test_identical_coarse_frames_lose_only_corners():
+    """Stride-8 features: labels upsampled bilinearly round the corners of a block mask, nothing else."""
+    mask = block_mask(40, 56, 8, {1: [(1, 1), (1, 2), (2, 1), (2, 2)], 3: [(3, 5), (4, 5)]})
+    predicted = propagate_labels(torch.randn(1, 24, 5, 7).repeat(4, 1, 1, 1), mask)
+    wrong = predicted[1:] != mask
+    assert 0 < wrong.sum() <= 3 * 6 * 8  # a few pixels at each of 6 convex corners
+    assert region_similarity(predicted, np.broadcast_to(mask, predicted.shape))["J"] > 0.9
+
+
+def test_propagation_tracks_a_moving_object():
+    """Background cells keep their features; a 2x2 object moves one cell right per frame."""
+    stride, (rows, columns), frames = 4, (6, 10), 6
+    background = torch.randn(16, rows, columns)
+    object_feature = torch.randn(16)
+    features, truth = [], []
+    for time in range(frames):
+        cells = [(2, 1 + time), (2, 2 + time), (3, 1 + time), (3, 2 + time)]
+        frame = background.clone()
+        for row, column in cells:
+            frame[:, row, column] = object_feature + 0.1 * torch.randn(16)
+        features.append(frame)
+        truth.append(block_mask(rows * stride, columns * stride, stride, {1: cells}))
+    truth = np.stack(truth)
+    predicted = propagate_labels(torch.stack(features), truth[0], num_previous=2, topk=3)
+    # cells the object uncovers were never seen as background: those are the only errors allowed
+    assert region_similarity(predicted, truth)["J"] > 0.85
+    # a method that keeps the first mask does much worse: J measures the tracking
+    assert region_similarity(np.broadcast_to(truth[0], truth.shape), truth)["J"] < 0.3
+
+
+def test_region_similarity_known_values():
+    truth = np.zeros((3, 4, 4), np.uint8)
+    truth[:, :2, :2] = 1  # 4 pixels
+    predicted = truth.copy()
+    predicted[1, :2, :2] = 0
+    predicted[1, :1, :2] = 1  # 2 of the 4 pixels: IoU 0.5
+    predicted[2] = 0  # missed: IoU 0
+    assert region_similarity(predicted, truth)["J"] == pytest.approx(0.25)  # frames 1, 2
+    assert region_similarity(predicted, truth, skip_first=False)["J"] == pytest.approx(0.5)
+
+
+# ----------------------------------------------------------------------------- robustness
+
+
+@pytest.fixture
+def textured_images() -> np.ndarray:
+    rng = np.random.default_rng(0)
+    smooth = rng.uniform(40, 215, size=(3, 8, 8, 3)).repeat(6, axis=1).repeat(6, axis=2)
+    return np.clip(smooth + rng.normal(0, 10, smooth.shape), 0, 255).astype(np.uint8)
+
+
+@pytest.mark.parametrize("corruption", CORRUPTIONS)
+def test_corruptions_identity_at_zero_and_grow_with_severity(corruption, textured_images):
+    assert np.array_equal(corrupt(textured_images, corruption, 0), textured_images)
+    distances = [np.abs(corrupt(textured_images, corruption, severity).astype(np.float32)
+                        - textured_images).mean() for severity in range(6)]
+    assert distances[0] == 0 and all(later > earlier for earlier, later in zip(distances, distances[1:])), distances
+    single = corrupt(textured_images[0], corruption, 3)
+    assert single.shape == textured_images[0].shape and single.dtype == np.uint8
+    assert np.array_equal(corrupt(textured_images, corruption, 4, seed=1), corrupt(textured_images, corruption, 4,
+                                                                                   seed=1))
+
+
+def colour_dataset(per_class: int) -> LabelledImages:
+    """Three classes of noisy flat images: reddish, greenish, bluish."""
+    rng = np.random.default_rng(1)
+    images, labels = [], []
+    for label in range(3):
+        for _ in range(per_class):
+            colour = np.full(3, 60.0)
+            colour[label] = 190
+            images.append(np.clip(colour + rng.normal(0, 20, (12, 12, 3)), 0, 255))
+            labels.append(label)
+    labels = np.array(labels)
+    return LabelledImages(np.array(images, np.uint8), labels, np.arange(len(labels)), ["red", "green", "blue"])
+
+
+def centre_pixel(images: np.ndarray) -> torch.Tensor:
+    """A fragile feature: the colour of one pixel."""
+    return torch.from_numpy(images[:, 6, 6].astype(np.float32))
+
+
+@pytest.mark.parametrize("probe", ["linear", "knn"])
+def test_robustness_identity_severity_keeps_accuracy(probe):
+    data = colour_dataset(10)
+    train, test = data.subset(np.arange(0, 30, 2)), data.subset(np.arange(1, 30, 2))
+    same = robustness_evaluation(centre_pixel, train, test, probe=probe, severities=(0,))
+    assert same["clean"] == 1.0 and same["relative_drop"] == 0.0
+    assert all(entry["severity"] == {0: 1.0} for entry in same["corruptions"].values())
+    full = robustness_evaluation(centre_pixel, train, test, probe=probe, corruptions=("gaussian_noise", "jpeg"))
+    noise = full["corruptions"]["gaussian_noise"]
+    assert set(noise["severity"]) == {1, 2, 3, 4, 5}
+    # noise of std 0.38 (97 levels) at severity 5 confuses a one-pixel feature; severity 1 (20 levels) less so
+    assert noise["severity"][5] < 0.9 and noise["severity"][5] < noise["severity"][1]
+    assert noise["relative_drop"] == pytest.approx((full["clean"] - noise["mean"]) / full["clean"]) and \
+        noise["relative_drop"] > 0
+    assert full["mean_corrupted"] == pytest.approx((noise["mean"] + full["corruptions"]["jpeg"]["mean"]) / 2)
+
+
+# ----------------------------------------------------------------------------- attention maps
+
+
+def test_overlay_differs_where_attention_is_high(tmp_path):
+    frame = np.full((48, 64, 3), 100, np.uint8)
+    attention = np.zeros((6, 8), np.float32)
+    attention[:3, :4] = 1.0  # top-left quarter
+    shown = overlay_attention(frame, attention)
+    assert shown.shape == frame.shape and shown.dtype == np.uint8
+    change = np.abs(shown.astype(int) - frame).sum(axis=2)
+    assert change[:16, :24].min() > 30  # well inside the attended quarter
+    assert change[32:, 40:].max() <= 1  # far from it: the frame itself
+    panel = attention_panel(np.stack([frame] * 3), {"layer3": np.stack([attention] * 3),
+                                                    "layer4": np.stack([attention[::-1]] * 3)})
+    assert panel.shape == (3 * 48, 64 + 3 * 64, 3)
+    path = save_png(panel, tmp_path / "out" / "attention.png")
+    with Image.open(path) as written:
+        assert written.format == "PNG" and written.size == (64 + 3 * 64, 3 * 48)
+        assert np.array_equal(np.asarray(written.convert("RGB")), panel)
+    gif = save_gif([panel, panel[::-1].copy()], tmp_path / "attention.gif", fps=4)
+    with Image.open(gif) as animation:
+        assert animation.n_frames == 2
+
+
+def test_attention_mask_iou_known_answers():
+    masks = np.zeros((2, 32, 32), bool)
+    masks[:, 4:12, 20:28] = True  # an object off-centre
+    on_object = masks.astype(np.float32) / masks[0].sum()
+    assert attention_mask_iou(on_object, masks, mass=0.999) == 1.0
+    centred = centred_gaussian_attention(2, 8, 8)
+    assert centred.shape == (2, 8, 8) and centred[0].sum() == pytest.approx(1.0)
+    assert attention_mask_iou(centred, masks) < 0.1
+
+
+# ----------------------------------------------------------------------------- features and encoders
+
+
+class TinyEncoder(torch.nn.Module):
+    """Maps (B, 3, H, W) to a dict of a (B, 4, H/2, W/2) map and a (B, 2) vector."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = torch.nn.Conv2d(3, 4, 3, stride=2, padding=1)
+        self.linear = torch.nn.Linear(3, 2)
+
+    def forward(self, images):
+        return {"map": self.conv(images), "vector": self.linear(images.mean(dim=(2, 3)))}
+
+
+def test_extract_features_pools_maps_concatenates_scales_and_batches():
+    encoder = TinyEncoder().train()
+    images = np.random.default_rng(0).integers(0, 256, (7, 10, 12, 3), dtype=np.uint8)
+    features = extract_features(encoder, images, batch_size=3)
+    assert features.shape == (7, 6) and not features.requires_grad
+    assert encoder.training  # the mode is given back
+    whole = extract_features(encoder, images, batch_size=100)
+    torch.testing.assert_close(features, whole)
+    maps = extract_feature_maps(encoder, images, scale=0, batch_size=2)
+    assert maps.shape == (7, 4, 5, 6)
+    torch.testing.assert_close(maps.mean(dim=(2, 3)), features[:, :4])
+
+
+def test_image_folder_and_group_split(tmp_path):
+    for name, colour in (("cat", 50), ("dog", 200)):
+        (tmp_path / name).mkdir()
+        for index in range(3):
+            Image.fromarray(np.full((10, 14, 3), colour + index, np.uint8)).save(tmp_path / name / f"{index}.png")
+    data = load_image_folder(tmp_path)
+    assert data.class_names == ["cat", "dog"] and data.images.shape == (6, 10, 14, 3)
+    assert list(data.labels) == [0, 0, 0, 1, 1, 1] and data.images[4, 0, 0, 0] == 201
+    assert load_image_folder(tmp_path, size=(8, 8)).images.shape == (6, 8, 8, 3)
+    groups = np.repeat(np.arange(8), 3)
+    labels = np.repeat([0, 1], 12)
+    train, test = split_by_group(labels, groups, test_fraction=0.25, seed=0)
+    assert set(groups[train]).isdisjoint(groups[test]) and len(train) + len(test) == 24
+    assert set(labels[test]) == {0, 1} and len(test) == 6
+
+
+def test_manifest_frames_from_synthetic_data(tmp_path):
+    from vito_fast.data import generate_dataset
+
+    dataset = generate_dataset(tmp_path, num_classes=2, videos_per_class=2, num_frames=6, size=(32, 32),
+                               progress=False)
+    data = load_manifest_frames(dataset.manifest_path, frames_per_clip=3, class_names=dataset.class_names)
+    assert data.images.shape == (12, 32, 32, 3)
+    assert list(data.labels) == [0] * 6 + [1] * 6 and list(data.groups) == [0] * 3 + [1] * 3 + [2] * 3 + [3] * 3
+    assert np.abs(data.images[0].astype(int) - dataset.load_frames(0)[0]).mean() < 8  # frame 0 of video 0
+
+
+def test_load_encoder_random_init_weights_file_and_run(tmp_path):
+    images = torch.randn(2, 3, 64, 64)
+    random_encoder = load_encoder(random_init=True, arch="resnet18", stages=("layer3", "layer4"), seed=1)
+    maps = random_encoder(images)
+    assert [tuple(m.shape) for m in maps] == [(2, 256, 4, 4), (2, 512, 2, 2)]
+    # an exported file: torchvision names, with an fc the encoder ignores
+    weights = {**random_encoder.state_dict(), "fc.weight": torch.zeros(10, 512), "fc.bias": torch.zeros(10)}
+    torch.save(weights, tmp_path / "trunk.pt")
+    from_file = load_encoder(tmp_path / "trunk.pt", stages=("layer3", "layer4"))
+    torch.testing.assert_close(from_file(images), maps)
+    # a run directory: checkpoint.pt with the online trunk under "online.trunk."
+    run = tmp_path / "run"
+    run.mkdir()
+    torch.save({"model": {f"online.trunk.{key}": value for key, value in random_encoder.state_dict().items()},
+                "target": {}, "config": {"model": {"arch": "resnet18", "stages": ["layer3", "layer4"]}}},
+               run / "checkpoint.pt")
+    from_run = load_encoder(run)
+    assert from_run.stages == ("layer4",)
+    torch.testing.assert_close(from_run(images)[0], maps[1])
+    with pytest.raises(ValueError, match="missing"):
+        load_encoder(tmp_path / "trunk.pt", arch="resnet50")
+    with pytest.raises(FileNotFoundError, match="vito-fast pretrain"):
+        load_encoder(tmp_path / "nothing")
+    assert isinstance(from_run, EvalEncoder)
+
+
+def test_eval_cli_knn_and_linear_write_json(tmp_path, capsys):
+    from vito_fast.cli.main import main
+    from vito_fast.data import generate_dataset
+
+    dataset = generate_dataset(tmp_path / "data", num_classes=2, videos_per_class=3, num_frames=6, size=(32, 32),
+                               progress=False)
+    for kind in ("knn", "linear"):
+        output = tmp_path / f"{kind}.json"
+        code = main(["eval", kind, "--manifest", str(dataset.manifest_path), "--random-init", "--frames-per-clip",
+                     "2", "--output", str(output)])
+        assert code == 0
+        result = json.loads(output.read_text())
+        assert result["evaluation"] == kind and 0.0 <= result["accuracy"] <= 1.0
+        assert result["num_train"] + result["num_test"] == 12 and result["encoder"] == "random-init resnet18"
+        assert "accuracy" in capsys.readouterr().out
+
+
+def test_eval_cli_propagate_and_robustness(tmp_path, capsys):
+    from vito_fast.cli.main import main
+    from vito_fast.data import generate_dataset
+
+    dataset = generate_dataset(tmp_path / "data", num_classes=2, videos_per_class=2, num_frames=5, size=(32, 32),
+                               progress=False)
+    output = tmp_path / "propagate.json"
+    assert main(["eval", "propagate", "--synthetic", str(dataset.root), "--random-init", "--max-videos", "2",
+                 "--stage", "layer2", "--output", str(output)]) == 0
+    result = json.loads(output.read_text())
+    assert len(result["per_video"]) == 2 and 0.0 < result["J"] <= 1.0
+    output = tmp_path / "robustness.json"
+    assert main(["eval", "robustness", "--manifest", str(dataset.manifest_path), "--random-init", "--probe", "knn",
+                 "--frames-per-clip", "2", "--corruptions", "contrast", "--severities", "1", "5",
+                 "--output", str(output)]) == 0
+    result = json.loads(output.read_text())
+    assert set(result["corruptions"]["contrast"]["severity"]) == {"1", "5"}  # JSON keys are strings
+    assert "relative drop" in capsys.readouterr().out
+    assert main(["eval", "knn", "--manifest", str(tmp_path / "missing.jsonl"), "--random-init"]) == 1
+    assert "no such manifest" in capsys.readouterr().err

@@ -1,0 +1,139 @@
+"""Encoders to evaluate: a pretraining run, exported trunk weights, or a random-init baseline.
+
+``load_encoder`` returns an ``EvalEncoder``: a torchvision ResNet trunk mapping normalised images
+(B, 3, H, W) to the feature maps of the chosen stages, a list of (B, C_s, h_s, w_s). With
+``pooling="attention"`` (runs only) it returns instead, per stage, the vector pooled by the run's
+learned attention pool, (B, C_s), and keeps the attention of the last batch in
+``last_attention`` ({stage: (B, h, w)}).
+
+Sources:
+- a run directory (``vito-fast pretrain --out RUN``): ``RUN/checkpoint.pt`` holds the config and
+  the online network; the model is rebuilt with ``VITO.from_config``;
+- an exported weights file (``vito-fast export``, torchvision names: ``conv1.weight``,
+  ``layer1.0...``; ``fc.*`` ignored), or a checkpoint file given directly;
+- ``random_init=True``: the same architecture with torchvision's initialisation and ``seed``.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Dict, List, Optional, Sequence, Union
+
+import torch
+import torchvision
+from torch import nn
+
+PathLike = Union[str, os.PathLike]
+STAGES = ("layer1", "layer2", "layer3", "layer4")
+
+
+class EvalEncoder(nn.Module):
+    """ResNet trunk → feature maps of ``stages`` (or their attention-pooled vectors)."""
+
+    def __init__(self, arch: str, stages: Sequence[str], pools: Optional[nn.ModuleList] = None):
+        super().__init__()
+        if not hasattr(torchvision.models, arch) or not arch.startswith(("resnet", "resnext", "wide_resnet")):
+            raise ValueError(f"EvalEncoder: arch {arch!r} is not a torchvision ResNet (e.g. resnet18, resnet50)")
+        unknown = [stage for stage in stages if stage not in STAGES]
+        if not stages or unknown:
+            raise ValueError(f"EvalEncoder: stages must be a non-empty subset of {STAGES}, not {tuple(stages)}")
+        resnet = getattr(torchvision.models, arch)(weights=None)
+        self.arch = arch
+        self.stages = tuple(sorted(stages, key=STAGES.index))
+        self.stage_names = STAGES[: STAGES.index(self.stages[-1]) + 1]
+        self.conv1, self.bn1, self.relu, self.maxpool = resnet.conv1, resnet.bn1, resnet.relu, resnet.maxpool
+        for name in self.stage_names:
+            self.add_module(name, getattr(resnet, name))
+        self.pools = pools  # one learned attention pool per stage, or None for feature maps
+        self.last_attention: Dict[str, torch.Tensor] = {}
+
+    def forward(self, images: torch.Tensor) -> List[torch.Tensor]:
+        x = self.maxpool(self.relu(self.bn1(self.conv1(images))))
+        maps = []
+        for name in self.stage_names:
+            x = getattr(self, name)(x)
+            if name in self.stages:
+                maps.append(x)
+        if self.pools is None:
+            return maps
+        vectors = [pool(h) for pool, h in zip(self.pools, maps)]
+        self.last_attention = {stage: pool.last_attention for stage, pool in zip(self.stages, self.pools)
+                               if getattr(pool, "last_attention", None) is not None}
+        return vectors
+
+
+def load_trunk_weights(encoder: EvalEncoder, state_dict: Dict[str, torch.Tensor], source: str) -> None:
+    """Load torchvision-named trunk weights; stages after the encoder's last one and ``fc`` are ignored."""
+    wanted = encoder.state_dict()
+    usable = {key: value for key, value in state_dict.items() if key in wanted}
+    missing = [key for key in wanted if key not in usable and not key.startswith("pools.")]
+    if missing:
+        raise ValueError(f"{source}: {len(missing)} trunk weights of {encoder.arch} are missing "
+                         f"(first: {missing[0]}); is it a {encoder.arch} trunk?")
+    encoder.load_state_dict(usable, strict=False)
+
+
+def _strip_prefix(state_dict: Dict[str, torch.Tensor], prefix: str) -> Dict[str, torch.Tensor]:
+    return {key[len(prefix):]: value for key, value in state_dict.items() if key.startswith(prefix)}
+
+
+def load_encoder(source: Optional[PathLike] = None, *, random_init: bool = False, arch: Optional[str] = None,
+                 stages: Optional[Sequence[str]] = None, pooling: str = "maps", seed: int = 0,
+                 device: Union[str, torch.device] = "cpu") -> EvalEncoder:
+    """An encoder in eval mode from a run directory, a weights/checkpoint file, or random init.
+
+    ``arch``/``stages`` default to the run's (or resnet18 / the last stage of the run, layer4
+    otherwise). ``pooling``: "maps" (feature maps) or "attention" (the run's learned pools).
+    """
+    if pooling not in ("maps", "attention"):
+        raise ValueError(f"load_encoder: pooling must be 'maps' or 'attention', not {pooling!r}")
+    if random_init == (source is not None):
+        raise ValueError("load_encoder: give either a run directory / weights file or random_init=True")
+    if random_init:
+        if pooling == "attention":
+            raise ValueError("load_encoder: pooling='attention' needs a run (the pools are learned)")
+        torch.manual_seed(seed)
+        return EvalEncoder(arch or "resnet18", stages or ("layer4",)).to(device).eval()
+    path = Path(source)
+    checkpoint_file = path / "checkpoint.pt" if path.is_dir() else path
+    if not checkpoint_file.is_file():
+        raise FileNotFoundError(f"{source}: needs a run directory from `vito-fast pretrain` (with checkpoint.pt) "
+                                "or a weights file from `vito-fast export`")
+    state = torch.load(checkpoint_file, map_location="cpu", weights_only=True)
+    if isinstance(state, dict) and "model" in state and "config" in state:
+        return _encoder_from_checkpoint(state, str(checkpoint_file), arch, stages, pooling, device)
+    if pooling == "attention":
+        raise ValueError(f"{source}: pooling='attention' needs a run directory; exported weights hold the trunk only")
+    if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
+        state = state["state_dict"]
+    if not isinstance(state, dict):
+        raise ValueError(f"{source}: not a state dict of trunk weights")
+    encoder = EvalEncoder(arch or "resnet18", stages or ("layer4",))
+    load_trunk_weights(encoder, state, str(source))
+    return encoder.to(device).eval()
+
+
+def _encoder_from_checkpoint(state: dict, source: str, arch: Optional[str], stages: Optional[Sequence[str]],
+                             pooling: str, device) -> EvalEncoder:
+    model_config = state["config"].get("model", {})
+    run_arch = model_config.get("arch", "resnet50")
+    run_stages = tuple(model_config.get("stages", ("layer3", "layer4")))
+    if arch is not None and arch != run_arch:
+        raise ValueError(f"{source}: the run trained a {run_arch}, not a {arch}")
+    trunk_weights = _strip_prefix(state["model"], "online.trunk.")
+    pools = None
+    chosen_stages = tuple(stages) if stages else run_stages[-1:]
+    if pooling == "attention":
+        from vito_fast.model.vito import VITO
+        from vito_fast.train.config import from_dict
+
+        model = VITO.from_config(from_dict(state["config"]).model)
+        model.load_state_dict({**state["model"], **{f"target.{key}": value for key, value in state["target"].items()}})
+        unknown = [stage for stage in chosen_stages if stage not in run_stages]
+        if unknown:
+            raise ValueError(f"{source}: the run has attention pools for {run_stages}, not {tuple(unknown)}")
+        pools = nn.ModuleList(model.online.pools[run_stages.index(stage)] for stage in sorted(chosen_stages,
+                                                                                              key=STAGES.index))
+    encoder = EvalEncoder(run_arch, chosen_stages, pools)
+    load_trunk_weights(encoder, trunk_weights, source)
+    return encoder.to(device).eval()
