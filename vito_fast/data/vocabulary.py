@@ -6,8 +6,8 @@ A vocabulary file holds one class per line in class-index order, its synonyms co
 ImageNet-1k classes with their WordNet lemmas (see ``resources/README.md``).
 
 Matching rules (text and synonyms are normalised by the same ``tokenize``):
-- case-insensitive, accents folded, the apostrophe of a possessive ``'s`` dropped (``lady's`` =
-  ``ladys``), dotted acronyms joined (``R.V.`` = ``RV``), every other non-alphanumeric character
+- case-insensitive, accents folded, a possessive ``'s`` dropped (``kitty's toy`` matches
+  ``kitty``, ``lady's slipper`` = ``lady slipper``), dotted acronyms joined (``R.V.`` = ``RV``), every other non-alphanumeric character
   (other apostrophes, hyphens, punctuation) separates words, so a match is always whole words:
   "cat" never matches "category";
 - a phrase never runs across ``, ; : | ! ? " ( ) [ ] { }``, a tab or line break, or a full stop
@@ -41,7 +41,7 @@ SHIPPED_VOCABULARIES = {"imagenet1k": ("imagenet1k_synonyms.txt", "imagenet1k_wn
 _TOKEN = re.compile(r"[^\W_]+|[,;|!?()\[\]{}\"\n\t:]|(?<=[^\W_]{3})\.(?=\s|$)")
 BOUNDARY_TOKENS = frozenset(',;|!?()[]{}"\n\t:.')
 _DOTTED_ACRONYM = re.compile(r"\b(?:[^\W\d_]\.){2,}")
-_POSSESSIVE = re.compile("['\u2019\u02bc](?=s\\b)")
+_POSSESSIVE = re.compile("['\u2019\u02bc]s\\b")
 
 IRREGULAR_PLURALS = {
     "mouse": "mice", "louse": "lice", "goose": "geese", "foot": "feet", "tooth": "teeth", "man": "men",
