@@ -1,0 +1,174 @@
+"""PairLoader throughput (augmented frame pairs per second) against a conventional PyTorch loader.
+
+    pytest benches/bench_loader.py --benchmark-only --benchmark-columns=min,median,rounds -s
+
+Corpus (generated once per session, not timed): VIDEOS VP9/WebM files at 320x256 (256p), 25 fps,
+SECONDS long, GOP 16 (what ``vito-fast prepare --transcode vp9`` writes), a panning noise texture;
+the manifest lists each file REPEAT times (clips = VIDEOS * REPEAT); a frame store of the same
+clips at 8 fps. Every provider makes batches of BATCH pairs at 224x224 with all of the paper's
+augmentations (default ViewConfig), bfloat16, Δt uniform in [0, 2.5] s. Providers:
+  store[cpu|gpu]        PairLoader on the frame store (DALI JPEG decoder: CPU / mixed nvJPEG)
+  video-pyav[cpu|gpu]   PairLoader on the videos, host PyAV seek-to-keyframe decoding
+  video-dali[cpu|gpu]   PairLoader on the videos, fn.decoders.video(frames=[t, t + d]) on the bytes
+  baseline[cpu]         torch DataLoader (WORKERS workers): PyAV seek + decode of the two frames,
+                        torchvision.transforms.v2 on uint8 tensors, per sample
+One round = one epoch of the loader after a warm-up epoch (pipeline build and file opening are not
+timed). extra_info: pairs_per_s. Env: VITO_BENCH_VIDEOS (8), VITO_BENCH_SECONDS (6),
+VITO_BENCH_REPEAT (8), VITO_BENCH_BATCH (32), VITO_BENCH_WORKERS (CPU count).
+"""
+from __future__ import annotations
+
+import os
+import shutil
+import time
+from fractions import Fraction
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+VIDEOS = int(os.environ.get("VITO_BENCH_VIDEOS", "8"))
+SECONDS = float(os.environ.get("VITO_BENCH_SECONDS", "6"))
+REPEAT = int(os.environ.get("VITO_BENCH_REPEAT", "8"))
+BATCH = int(os.environ.get("VITO_BENCH_BATCH", "32"))
+WORKERS = int(os.environ.get("VITO_BENCH_WORKERS", str(os.cpu_count() or 1)))
+WIDTH, HEIGHT, FPS, GOP, SIZE = 320, 256, 25, 16, 224
+
+
+def _cuda() -> bool:
+    if shutil.which("nvidia-smi") is None and not os.path.exists("/dev/nvidiactl"):
+        return False
+    import torch
+
+    return torch.cuda.is_available()
+
+
+def write_textured_video(path: Path, seed: int) -> None:
+    import av
+
+    frames = int(SECONDS * FPS)
+    rng = np.random.default_rng(seed)
+    texture = rng.integers(0, 256, size=(HEIGHT // 8 + 1, (WIDTH + 2 * frames) // 8 + 1, 3), dtype=np.uint8)
+    texture = texture.repeat(8, axis=0).repeat(8, axis=1)
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream("libvpx-vp9", rate=Fraction(FPS),
+                                      options={"deadline": "realtime", "cpu-used": "8", "crf": "32", "b": "0"})
+        stream.width, stream.height, stream.pix_fmt = WIDTH, HEIGHT, "yuv420p"
+        stream.codec_context.gop_size = GOP
+        for index in range(frames):
+            image = np.ascontiguousarray(texture[:HEIGHT, 2 * index: 2 * index + WIDTH])
+            frame = av.VideoFrame.from_ndarray(image, format="rgb24").reformat(format="yuv420p")
+            frame.pts = index
+            container.mux(stream.encode(frame))
+        container.mux(stream.encode(None))
+
+
+@pytest.fixture(scope="session")
+def corpus(tmp_path_factory):
+    from vito_fast.data.frame_store import extract_frames
+    from vito_fast.data.manifest import ClipRecord, write_manifest
+
+    folder = tmp_path_factory.mktemp("loader_corpus")
+    records = []
+    for index in range(VIDEOS):
+        path = folder / f"video{index}.webm"
+        write_textured_video(path, index)
+        records.append(ClipRecord(str(path), int(SECONDS * FPS), float(FPS), WIDTH, HEIGHT, "vp9", SECONDS,
+                                  label=f"class{index % 4}"))
+    manifest = write_manifest(folder / "manifest.jsonl", records * REPEAT)
+    extract_frames(manifest, folder / "store", fps=8, short_side=256, quality=90, workers=WORKERS, progress=False)
+    return {"store": str(folder / "store"), "video": str(manifest), "records": records * REPEAT}
+
+
+def _timed_epochs(benchmark, make_epoch, pairs_per_epoch: int) -> float:
+    make_epoch()  # warm-up: builds the pipeline, opens the files, starts the workers
+    benchmark.pedantic(make_epoch, rounds=3, iterations=1)
+    rate = pairs_per_epoch / benchmark.stats.stats.min
+    benchmark.extra_info["pairs_per_s"] = round(rate, 1)
+    print(f"\n{benchmark.name}: {rate:.1f} pairs/s")
+    return rate
+
+
+@pytest.mark.parametrize("device", ["cpu", pytest.param("gpu", marks=pytest.mark.cuda)])
+@pytest.mark.parametrize("provider", ["store", "video-pyav", "video-dali"])
+def test_pair_loader(benchmark, corpus, provider, device):
+    if device == "gpu" and not _cuda():
+        pytest.skip("needs a CUDA device")
+    from vito_fast.data import LoaderConfig, PairLoader
+
+    config = LoaderConfig(image_size=SIZE, dtype="bfloat16", video_decoder="dali" if provider == "video-dali" else "pyav")
+    loader = PairLoader(corpus["store" if provider == "store" else "video"], BATCH, device=device, seed=0, config=config)
+
+    def epoch():
+        loader.set_epoch(0)
+        for batch in loader:
+            pass
+        if device == "gpu":
+            import torch
+
+            torch.cuda.synchronize()
+
+    _timed_epochs(benchmark, epoch, len(loader) * BATCH)
+    benchmark.extra_info.update(provider=provider, device=device, batch=BATCH, replaced=loader.stats.replaced)
+
+
+class _PyAVPairs:
+    """The conventional loader: per sample, PyAV decodes two frames and torchvision augments them."""
+
+    def __init__(self, records):
+        import torch
+        from torchvision.transforms import v2
+
+        self.records = records
+        jitter = v2.RandomApply([v2.ColorJitter(0.4, 0.4, 0.2, 0.1)], p=0.8)
+        common = [v2.RandomResizedCrop(SIZE, antialias=True), v2.RandomHorizontalFlip(), jitter, v2.RandomGrayscale(0.2)]
+        tail = [v2.ToDtype(torch.float32, scale=True), v2.Normalize([0.485, 0.456, 0.406], [0.229, 0.224, 0.225])]
+        self.recipes = [v2.Compose(common + [v2.GaussianBlur(23, (0.1, 2.0))] + tail),
+                        v2.Compose(common + [v2.RandomApply([v2.GaussianBlur(23, (0.1, 2.0))], p=0.1),
+                                             v2.RandomSolarize(128, p=0.2)] + tail)]
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    def _frame(self, container, target: int):
+        stream = container.streams.video[0]
+        origin = stream.start_time or 0
+        container.seek(origin + int(target / FPS / stream.time_base), stream=stream, backward=True)
+        for frame in container.decode(stream):
+            if round(float((frame.pts - origin) * stream.time_base) * FPS) >= target:
+                return frame.to_ndarray(format="rgb24")
+        raise RuntimeError("frame not found")
+
+    def __getitem__(self, index: int):
+        import av
+        import torch
+
+        record = self.records[index]
+        rng = np.random.default_rng()
+        delta = min(int(round(rng.uniform(0, 2.5) * FPS)), record.num_frames - 1)
+        first = int(rng.integers(0, record.num_frames - delta))
+        with av.open(record.path) as container:
+            frames = [self._frame(container, first), self._frame(container, first + delta)]
+        views = [recipe(torch.from_numpy(frame).permute(2, 0, 1)) for recipe, frame in zip(self.recipes, frames)]
+        return views[0].to(torch.bfloat16), views[1].to(torch.bfloat16)
+
+
+def test_baseline_pyav_torchvision(benchmark, corpus):
+    import torch
+
+    torch.set_num_threads(1)
+    dataset = _PyAVPairs(corpus["records"])
+    loader = torch.utils.data.DataLoader(dataset, batch_size=BATCH, shuffle=True, num_workers=WORKERS,
+                                         drop_last=True, persistent_workers=True, prefetch_factor=2)
+
+    def epoch():
+        for view1, view2 in loader:
+            view1.contiguous(memory_format=torch.channels_last), view2.contiguous(memory_format=torch.channels_last)
+
+    _timed_epochs(benchmark, epoch, len(loader) * BATCH)
+    benchmark.extra_info.update(provider="baseline", device="cpu", batch=BATCH, workers=WORKERS)
+
+
+if __name__ == "__main__":
+    time.sleep(0)
+    raise SystemExit(pytest.main([__file__, "--benchmark-only", "-s", "--benchmark-columns=min,median,rounds"]))
