@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 
 from vito_fast.cli.curate import main as curate_main
-from vito_fast.data.curate import (CurateConfig, _select, class_quotas, curate, curated_scan_inputs, load_target,
-                                   normalized_title, parse_duration, read_metadata)
+from vito_fast.data.curate import (CurateConfig, _select, class_quotas, curate, curated_scan_inputs,
+                                   expand_curated_lists, load_target, normalized_title, parse_duration, read_metadata)
 from vito_fast.data.vocabulary import PhraseMatcher, load_vocabulary, parse_vocabulary, plural_forms, tokenize
 
 ANIMALS = """# a small vocabulary: index 0 is cat
@@ -336,6 +336,10 @@ def test_curated_list_feeds_prepare_scan(tmp_path, animals):
     paths, labels = curated_scan_inputs(output)
     assert paths == [str(tmp_path / "lists" / "clips" / "a.mp4"), str(tmp_path / "b.mp4")]
     assert labels == {str(tmp_path / "lists" / "clips" / "a.mp4"): "cat", str(tmp_path / "b.mp4"): "sea lion"}
+    (tmp_path / "lists" / "clips" / "a.mp4").write_bytes(b"")
+    expanded, expanded_labels, missing = expand_curated_lists([str(output), str(tmp_path / "clips")])
+    assert expanded == [str(tmp_path / "lists" / "clips" / "a.mp4"), str(tmp_path / "clips")]
+    assert missing == [str(tmp_path / "b.mp4")] and expanded_labels == labels
 
 
 # ----------------------------------------------------------------------------- CLI

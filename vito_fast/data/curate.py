@@ -588,3 +588,18 @@ def curated_scan_inputs(path: PathLike) -> Tuple[List[str], Dict[str, str]]:
         paths.append(str(video))
         labels[str(video.resolve())] = record.get("label")
     return paths, labels
+
+
+def expand_curated_lists(paths: Sequence[str]) -> Tuple[List[str], Dict[str, str], List[str]]:
+    """What ``prepare scan`` does with its PATHs: each ``*.jsonl`` file is a curated list, replaced by
+    its videos; returns (paths to scan, label by resolved video path, listed videos that do not exist)."""
+    expanded, labels, missing = [], {}, []
+    for path in paths:
+        if str(path).endswith(".jsonl") and Path(path).is_file():
+            listed, listed_labels = curated_scan_inputs(path)
+            for video in listed:
+                (expanded if os.path.exists(video) else missing).append(video)
+            labels.update(listed_labels)
+        else:
+            expanded.append(str(path))
+    return expanded, labels, missing
