@@ -1,4 +1,4 @@
-"""`vito-fast curate`: vocabulary, matching rules, filters, balancing, determinism, report and CLI."""
+"""`vito-fast curate`: vocabulary, matching rules, metadata reading, filters, balancing, determinism, report, CLI."""
 from __future__ import annotations
 
 import csv
@@ -12,7 +12,8 @@ import pytest
 
 from vito_fast.cli.curate import main as curate_main
 from vito_fast.data.curate import (CurateConfig, _select, class_quotas, curate, curated_scan_inputs,
-                                   expand_curated_lists, load_target, normalized_title, parse_duration, read_metadata)
+                                   expand_curated_lists, load_target, normalized_title)
+from vito_fast.data.curate_metadata import parse_duration, read_metadata
 from vito_fast.data.vocabulary import PhraseMatcher, load_vocabulary, parse_vocabulary, plural_forms, tokenize
 
 ANIMALS = """# a small vocabulary: index 0 is cat
