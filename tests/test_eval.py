@@ -359,3 +359,47 @@ def test_eval_cli_propagate_and_robustness(tmp_path, capsys):
     assert "relative drop" in capsys.readouterr().out
     assert main(["eval", "knn", "--manifest", str(tmp_path / "missing.jsonl"), "--random-init"]) == 1
     assert "no such manifest" in capsys.readouterr().err
+
+
+def write_tiny_run(run) -> None:
+    """A run directory as `vito-fast pretrain` leaves it, for an untrained tiny VITO (no training needed)."""
+    from vito_fast.model.vito import VITO
+    from vito_fast.train.config import load_config, to_dict
+
+    config = load_config(preset="demo", overrides=["model.pool_hidden=8", "model.proj_hidden=16",
+                                                   "model.pred_hidden=16", "model.proj_dim=8",
+                                                   "data.image_size=64"])
+    model = VITO.from_config(config.model)
+    run.mkdir()
+    torch.save({"format": 1, "step": 0, "config": to_dict(config),
+                "model": {key: value for key, value in model.state_dict().items() if not key.startswith("target.")},
+                "target": model.target.state_dict()}, run / "checkpoint.pt")
+
+
+def test_attention_encoder_from_run_and_viz_cli(tmp_path, capsys):
+    from vito_fast.cli.main import main
+    from vito_fast.data import generate_dataset
+
+    run = tmp_path / "run"
+    write_tiny_run(run)
+    encoder = load_encoder(run, pooling="attention")
+    assert encoder.stages == ("layer3", "layer4")
+    vectors = encoder(torch.randn(3, 3, 64, 64))
+    assert [tuple(v.shape) for v in vectors] == [(3, 256), (3, 512)]
+    attention = encoder.last_attention
+    assert tuple(attention["layer3"].shape) == (3, 4, 4) and tuple(attention["layer4"].shape) == (3, 2, 2)
+    torch.testing.assert_close(attention["layer4"].sum(dim=(1, 2)), torch.ones(3))
+    dataset = generate_dataset(tmp_path / "data", num_classes=1, videos_per_class=1, num_frames=6, size=(48, 64),
+                               progress=False)
+    output = tmp_path / "viz" / "attention.png"
+    assert main(["viz", "attention", str(run), dataset.videos[0].path, "-o", str(output), "--frames", "3",
+                 "--gif", str(tmp_path / "viz" / "attention.gif"), "--display-height", "48"]) == 0
+    with Image.open(output) as written:
+        assert written.size == (64 + 3 * 64, 3 * 48)  # label strip + 3 frames; frames, layer3, layer4 rows
+    summary = json.loads(output.with_suffix(".json").read_text())
+    assert summary["frames"] == [0, 2, 5] and summary["attention_shape"] == {"layer3": [4, 6], "layer4": [2, 3]}  # 64x85 input
+    with Image.open(tmp_path / "viz" / "attention.gif") as animation:
+        assert animation.n_frames == 6 and animation.size == (3 * 64, 48)
+    assert "layer3" in capsys.readouterr().out
+    assert main(["viz", "attention", str(tmp_path / "no-run"), dataset.videos[0].path, "-o", str(output)]) == 1
+    assert "vito-fast pretrain" in capsys.readouterr().err

@@ -9,8 +9,9 @@ learned attention pool, (B, C_s), and keeps the attention of the last batch in
 Sources:
 - a run directory (``vito-fast pretrain --out RUN``): ``RUN/checkpoint.pt`` holds the config and
   the online network; the model is rebuilt with ``VITO.from_config``;
-- an exported weights file (``vito-fast export``, torchvision names: ``conv1.weight``,
-  ``layer1.0...``; ``fc.*`` ignored), or a checkpoint file given directly;
+- an exported weights file (``vito-fast export``: torchvision names, ``conv1.weight``,
+  ``layer1.0...``, ``fc.*`` ignored; or ``--format vito``, the whole online encoder and config),
+  or a checkpoint file given directly;
 - ``random_init=True``: the same architecture with torchvision's initialisation and ``seed``.
 """
 from __future__ import annotations
@@ -46,6 +47,7 @@ class EvalEncoder(nn.Module):
             self.add_module(name, getattr(resnet, name))
         self.pools = pools  # one learned attention pool per stage, or None for feature maps
         self.last_attention: Dict[str, torch.Tensor] = {}
+        self.run_config: Optional[dict] = None  # the run's config (nested dict) when loaded from a run
 
     def forward(self, images: torch.Tensor) -> List[torch.Tensor]:
         x = self.maxpool(self.relu(self.bn1(self.conv1(images))))
@@ -73,17 +75,14 @@ def load_trunk_weights(encoder: EvalEncoder, state_dict: Dict[str, torch.Tensor]
     encoder.load_state_dict(usable, strict=False)
 
 
-def _strip_prefix(state_dict: Dict[str, torch.Tensor], prefix: str) -> Dict[str, torch.Tensor]:
-    return {key[len(prefix):]: value for key, value in state_dict.items() if key.startswith(prefix)}
-
-
 def load_encoder(source: Optional[PathLike] = None, *, random_init: bool = False, arch: Optional[str] = None,
                  stages: Optional[Sequence[str]] = None, pooling: str = "maps", seed: int = 0,
                  device: Union[str, torch.device] = "cpu") -> EvalEncoder:
     """An encoder in eval mode from a run directory, a weights/checkpoint file, or random init.
 
-    ``arch``/``stages`` default to the run's (or resnet18 / the last stage of the run, layer4
-    otherwise). ``pooling``: "maps" (feature maps) or "attention" (the run's learned pools).
+    ``arch`` defaults to the run's (resnet18 otherwise); ``stages`` to the run's last stage
+    (layer4 otherwise), or all the run's stages with ``pooling="attention"`` (the run's learned
+    pools, one per stage) instead of "maps" (feature maps).
     """
     if pooling not in ("maps", "attention"):
         raise ValueError(f"load_encoder: pooling must be 'maps' or 'attention', not {pooling!r}")
@@ -100,10 +99,15 @@ def load_encoder(source: Optional[PathLike] = None, *, random_init: bool = False
         raise FileNotFoundError(f"{source}: needs a run directory from `vito-fast pretrain` (with checkpoint.pt) "
                                 "or a weights file from `vito-fast export`")
     state = torch.load(checkpoint_file, map_location="cpu", weights_only=True)
-    if isinstance(state, dict) and "model" in state and "config" in state:
-        return _encoder_from_checkpoint(state, str(checkpoint_file), arch, stages, pooling, device)
+    if isinstance(state, dict) and "model" in state and "config" in state:  # RUN/checkpoint.pt
+        online = {key[len("online."):]: value for key, value in state["model"].items() if key.startswith("online.")}
+        return _encoder_from_run(online, state["config"], str(checkpoint_file), arch, stages, pooling, device)
+    if isinstance(state, dict) and state.get("format") == "vito-encoder":  # vito-fast export --format vito
+        return _encoder_from_run(state["encoder"], state["config"], str(checkpoint_file), arch, stages, pooling,
+                                 device)
     if pooling == "attention":
-        raise ValueError(f"{source}: pooling='attention' needs a run directory; exported weights hold the trunk only")
+        raise ValueError(f"{source}: pooling='attention' needs a run directory or a `vito-fast export --format vito` "
+                         "file; torchvision weights hold the trunk only")
     if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
         state = state["state_dict"]
     if not isinstance(state, dict):
@@ -113,27 +117,32 @@ def load_encoder(source: Optional[PathLike] = None, *, random_init: bool = False
     return encoder.to(device).eval()
 
 
-def _encoder_from_checkpoint(state: dict, source: str, arch: Optional[str], stages: Optional[Sequence[str]],
-                             pooling: str, device) -> EvalEncoder:
-    model_config = state["config"].get("model", {})
+def _encoder_from_run(online: Dict[str, torch.Tensor], config: dict, source: str, arch: Optional[str],
+                      stages: Optional[Sequence[str]], pooling: str, device) -> EvalEncoder:
+    """Build from the online encoder's weights (trunk.*, pools.*, projectors.*) and the run's config dict."""
+    model_config = config.get("model", {})
     run_arch = model_config.get("arch", "resnet50")
     run_stages = tuple(model_config.get("stages", ("layer3", "layer4")))
     if arch is not None and arch != run_arch:
         raise ValueError(f"{source}: the run trained a {run_arch}, not a {arch}")
-    trunk_weights = _strip_prefix(state["model"], "online.trunk.")
     pools = None
-    chosen_stages = tuple(stages) if stages else run_stages[-1:]
     if pooling == "attention":
-        from vito_fast.model.vito import VITO
-        from vito_fast.train.config import from_dict
-
-        model = VITO.from_config(from_dict(state["config"]).model)
-        model.load_state_dict({**state["model"], **{f"target.{key}": value for key, value in state["target"].items()}})
+        chosen_stages = tuple(sorted(stages or run_stages, key=STAGES.index))
         unknown = [stage for stage in chosen_stages if stage not in run_stages]
         if unknown:
             raise ValueError(f"{source}: the run has attention pools for {run_stages}, not {tuple(unknown)}")
-        pools = nn.ModuleList(model.online.pools[run_stages.index(stage)] for stage in sorted(chosen_stages,
-                                                                                              key=STAGES.index))
+        from vito_fast.model.vito import Encoder
+        from vito_fast.train.config import from_dict
+
+        settings = from_dict(config).model
+        trained = Encoder(settings.arch, settings.stages, settings.pool_hidden, settings.proj_hidden,
+                          settings.proj_dim, settings.backend)
+        trained.load_state_dict(online)
+        pools = nn.ModuleList(trained.pools[trained.trunk.stages.index(stage)] for stage in chosen_stages)
+    else:
+        chosen_stages = tuple(stages) if stages else run_stages[-1:]
     encoder = EvalEncoder(run_arch, chosen_stages, pools)
-    load_trunk_weights(encoder, trunk_weights, source)
+    load_trunk_weights(encoder, {key[len("trunk."):]: value for key, value in online.items()
+                                 if key.startswith("trunk.")}, source)
+    encoder.run_config = config
     return encoder.to(device).eval()
