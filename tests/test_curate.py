@@ -202,6 +202,21 @@ def test_malformed_csv_rows_are_reported_by_line_and_skipped(tmp_path, animals):
         list(read_metadata(bad_header))
 
 
+def test_gzipped_tsv_with_byte_order_mark(tmp_path, animals):
+    import gzip
+
+    metadata = tmp_path / "m.tsv.gz"
+    with gzip.open(metadata, "wt", encoding="utf-8") as handle:
+        handle.write("\ufeffvideo_id\turl\ttags\n7\thttps://example.org/7\tzoo|sea lion\n8\thttps://example.org/8\n")
+    rows = list(read_metadata(metadata))
+    assert [(row.line, row.id, row.locator) for row in rows[:1]] == [(2, "7", "https://example.org/7")]
+    assert rows[1].line == 3 and "2 fields where the header has 3" in rows[1].reason
+    curate(metadata, tmp_path / "out.jsonl", config(animals))
+    assert read_jsonl(tmp_path / "out.jsonl") == [
+        {"id": "7", "url": "https://example.org/7", "label": "sea lion", "class_index": 3, "class_name": "sea lion",
+         "matched_phrase": "sea lion", "matched_text": "sea lion", "matched_field": "tags"}]
+
+
 def test_parse_duration():
     assert parse_duration(12) == 12.0 and parse_duration("7.5") == 7.5 and parse_duration("01:30") == 90.0
     assert parse_duration(None) is None and parse_duration("") is None

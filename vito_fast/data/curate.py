@@ -169,11 +169,12 @@ def load_target(spec: Union[str, PathLike], vocabulary: Vocabulary) -> Optional[
 # ----------------------------------------------------------------------------- curation
 
 
-def curate(metadata: PathLike, output: PathLike, config: CurateConfig = CurateConfig(),
+def curate(metadata: PathLike, output: PathLike, config: Optional[CurateConfig] = None,
            report_dir: Optional[PathLike] = None) -> CurationSummary:
     """Write the curated list to ``output`` (JSON lines) and, with ``report_dir``, the report."""
     from tqdm import tqdm
 
+    config = CurateConfig() if config is None else config
     vocabulary = config.vocabulary if isinstance(config.vocabulary, Vocabulary) else load_vocabulary(config.vocabulary)
     unknown = [name for name in config.fields if name not in TEXT_FIELDS]
     if unknown or not config.fields:

@@ -20,6 +20,7 @@ PathLike = Union[str, os.PathLike]
 
 ID_FIELDS = ("id", "video_id")
 LOCATOR_FIELDS = ("path", "url")
+CSV_FIELD_LIMIT = 16 << 20  # characters; the csv module's default (128 KiB) is short for descriptions
 
 
 class MetadataRow(NamedTuple):
@@ -74,7 +75,8 @@ def _text(fields: dict, name: str) -> str:
         return value
     if name == "tags" and isinstance(value, list) and all(isinstance(tag, str) for tag in value):
         return " , ".join(value)  # the comma keeps phrases from running across two tags
-    raise ValueError(f"{name} is a {type(value).__name__}, not text" + (" or a list of text" if name == "tags" else ""))
+    raise ValueError(f"{name} is not text{' or a list of text' if name == 'tags' else ''} "
+                     f"(got {type(value).__name__})")
 
 
 def row_from_fields(fields: dict, line: int) -> Union[MetadataRow, MalformedRow]:
@@ -156,7 +158,8 @@ def _read_jsonl(handle: IO[bytes]) -> Iterator[Union[MetadataRow, MalformedRow]]
 
 
 def _read_csv(handle: IO[bytes], path: Path, delimiter: str) -> Iterator[Union[MetadataRow, MalformedRow]]:
-    text = io.TextIOWrapper(handle, encoding="utf-8", errors="replace", newline="")
+    text = io.TextIOWrapper(handle, encoding="utf-8-sig", errors="replace", newline="")
+    csv.field_size_limit(max(csv.field_size_limit(), CSV_FIELD_LIMIT))  # long descriptions are not errors
     reader = csv.reader(text, delimiter=delimiter)
     try:
         header = [name.strip().lower() for name in next(reader)]
