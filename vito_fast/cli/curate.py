@@ -41,26 +41,27 @@ def build_parser() -> argparse.ArgumentParser:
                         help="JSON lines or CSV (.jsonl/.csv, optionally .gz): id, path or url, and any of "
                              "title, description, tags, duration, language")
     parser.add_argument("-o", "--output", required=True, help="curated list to write (JSON lines)")
-    parser.add_argument("--vocabulary", default="imagenet1k",
+    parser.add_argument("--vocabulary", default="imagenet1k", metavar="imagenet1k|FILE",
                         help="imagenet1k (shipped) or a file: one class per line, synonyms comma-separated")
-    parser.add_argument("--per-class", type=non_negative_int, default=1300,
+    parser.add_argument("--per-class", type=non_negative_int, default=1300, metavar="N",
                         help="videos kept per class at the largest target weight (default 1300)")
-    parser.add_argument("--min-seconds", type=non_negative_float, default=None, help="drop shorter videos")
-    parser.add_argument("--max-seconds", type=non_negative_float, default=None, help="drop longer videos")
-    parser.add_argument("--target", default="uniform",
+    parser.add_argument("--min-seconds", type=non_negative_float, default=None, metavar="S",
+                        help="drop shorter videos (rows without a duration pass)")
+    parser.add_argument("--max-seconds", type=non_negative_float, default=None, metavar="S", help="drop longer videos")
+    parser.add_argument("--target", default="uniform", metavar="uniform|FILE",
                         help="uniform (default) or a file of class weights: one per line in class order, "
                              "or CLASS WEIGHT lines")
-    parser.add_argument("--seed", type=int, default=0, help="which videos a capped class keeps (default 0)")
-    parser.add_argument("--languages", default=None,
+    parser.add_argument("--seed", type=int, default=0, metavar="N", help="which videos a capped class keeps (default 0)")
+    parser.add_argument("--languages", default=None, metavar="CODES",
                         help="comma-separated language codes to keep, e.g. en (rows without a language pass)")
-    parser.add_argument("--fields", default=",".join(TEXT_FIELDS),
+    parser.add_argument("--fields", default=",".join(TEXT_FIELDS), metavar="NAMES",
                         help=f"text fields searched for synonyms (default {','.join(TEXT_FIELDS)})")
     parser.add_argument("--format", choices=("auto", "jsonl", "csv", "tsv"), default="auto",
                         help="metadata format (default: from the suffix)")
     parser.add_argument("--no-plurals", action="store_true", help="match synonyms only as written")
     parser.add_argument("--report", metavar="DIR", default=None,
                         help="write summary.json, classes.tsv, histogram.png and malformed.jsonl here")
-    parser.add_argument("--no-progress", action="store_true")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bars")
     return parser
 
 
