@@ -13,6 +13,22 @@ import torch.distributed as dist
 from torch.nn.modules.batchnorm import _BatchNorm
 
 
+class _AllReduceSum(torch.autograd.Function):
+    """Σ over ranks of x; the gradient of every rank's share is Σ over ranks of the upstream gradient."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor) -> torch.Tensor:
+        x = x.clone()
+        dist.all_reduce(x)
+        return x
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
+        grad = grad.clone()
+        dist.all_reduce(grad)
+        return grad
+
+
 class GlobalBatchNorm(_BatchNorm):
     def _check_input_dim(self, input: torch.Tensor) -> None:
         if input.dim() < 2:
@@ -22,13 +38,11 @@ class GlobalBatchNorm(_BatchNorm):
         distributed = dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
         if not (self.training and distributed):
             return super().forward(x)
-        from torch.distributed.nn.functional import all_reduce
-
         dims = [0] + list(range(2, x.dim()))
         x32 = x.float()
         count = torch.tensor([x.numel() / x.shape[1]], dtype=torch.float32, device=x.device)
         moments = torch.cat([x32.sum(dims), (x32 * x32).sum(dims), count])
-        moments = all_reduce(moments)  # gradients flow back to every rank's share
+        moments = _AllReduceSum.apply(moments)  # gradients flow back to every rank's share
         channels = x.shape[1]
         total = moments[-1]
         mean = moments[:channels] / total
@@ -54,6 +68,9 @@ def convert_sync_batchnorm(module: torch.nn.Module, device_type: str) -> torch.n
         converted = GlobalBatchNorm(module.num_features, module.eps, module.momentum, module.affine,
                                     module.track_running_stats)
         converted.load_state_dict(module.state_dict())
+        if module.affine:  # a frozen (EMA target) norm stays frozen
+            converted.weight.requires_grad_(module.weight.requires_grad)
+            converted.bias.requires_grad_(module.bias.requires_grad)
         converted.train(module.training)
         return converted
     for name, child in module.named_children():

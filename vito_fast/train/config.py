@@ -137,6 +137,11 @@ def _coerce(value: Any, annotation: Any, where: str) -> Any:
             raise ValueError(f"config: {where} must be an integer, got {value!r}")
         return value
     if annotation is float:
+        if isinstance(value, str):  # YAML 1.1 reads "1e-5" (no dot) as a string
+            try:
+                value = float(value)
+            except ValueError:
+                pass
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ValueError(f"config: {where} must be a number, got {value!r}")
         return float(value)

@@ -87,7 +87,7 @@ def train(config: Config, run_dir, *, resume: bool = False) -> TrainResult:
     network = model
     if info.distributed:
         network = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None,
-                                          broadcast_buffers=not config.model.sync_bn)
+                                          forward_sync_buffers=not config.model.sync_bn)
 
     # Data: this rank's shard, positioned at the restored step.
     loader = build_loader(config, info, epoch=0, start_step=0, run_dir=run_dir)

@@ -1,0 +1,122 @@
+"""The VITO model: trunk taps, heads, loss, EMA target, BN policy, torchvision-compatible trunk weights."""
+from __future__ import annotations
+
+import pytest
+import torch
+import torchvision
+
+from vito_fast.model import VITO, Trunk
+from vito_fast.model.sync_bn import GlobalBatchNorm, convert_sync_batchnorm
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """Other engineers share this machine's two cores: one intra-op thread per test process."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def tiny_vito(**kwargs) -> VITO:
+    options = dict(arch="resnet18", pool_hidden=16, proj_hidden=32, proj_dim=16, pred_hidden=32)
+    options.update(kwargs)
+    return VITO(**options).to(memory_format=torch.channels_last)
+
+
+def views(batch: int = 4, size: int = 64):
+    x = torch.randn(batch, 3, size, size).contiguous(memory_format=torch.channels_last)
+    return x, x + 0.3 * torch.randn_like(x)
+
+
+@pytest.mark.parametrize("arch, stages, channels", [
+    ("resnet18", ("layer3", "layer4"), [256, 512]),
+    ("resnet50", ("layer2", "layer4"), [512, 2048]),
+    ("resnet18", ("layer3",), [256]),
+])
+def test_trunk_taps_and_channels(arch, stages, channels):
+    trunk = Trunk(arch, stages)
+    assert [trunk.channels(s) for s in trunk.stages] == channels
+    if arch == "resnet18":
+        taps = trunk(torch.randn(2, 3, 64, 64).contiguous(memory_format=torch.channels_last))
+        strides = {"layer2": 8, "layer3": 16, "layer4": 32}
+        assert [tuple(t.shape) for t in taps] == [(2, c, 64 // strides[s], 64 // strides[s])
+                                                 for s, c in zip(stages, channels)]
+    # Stages after the last tap are not built (they would get no gradient under DDP).
+    assert hasattr(trunk, "layer4") == ("layer4" in stages)
+
+
+def test_trunk_rejects_unknown_arch_and_stage():
+    with pytest.raises(ValueError, match="vit_b_16"):
+        Trunk("vit_b_16", ("layer4",))
+    with pytest.raises(ValueError, match="layer5"):
+        Trunk("resnet18", ("layer5",))
+
+
+def test_forward_loss_per_stage_and_target_gets_no_gradient():
+    model = tiny_vito()
+    loss, parts = model(*views())
+    assert set(parts) == {"layer3", "layer4"}
+    assert torch.isfinite(loss) and loss.dtype == torch.float32
+    torch.testing.assert_close(loss, parts["layer3"] + parts["layer4"])
+    loss.backward()
+    assert all(p.grad is None for p in model.target.parameters())
+    assert all(p.grad is not None for p in model.online.parameters())
+    assert all(p.grad is not None for p in model.predictors.parameters())
+    # The attention maps of the last forward: (2B, H, W), a distribution over positions.
+    maps = model.attention_maps()
+    assert maps["layer3"].shape == (8, 4, 4) and maps["layer4"].shape == (8, 2, 2)
+    torch.testing.assert_close(maps["layer3"].sum((1, 2)), torch.ones(8))
+
+
+def test_loss_is_symmetric_in_the_views():
+    model = tiny_vito()
+    view1, view2 = views()
+    loss_a, _ = model(view1, view2)
+    loss_b, _ = model(view2, view1)
+    torch.testing.assert_close(loss_a, loss_b)
+
+
+def test_ema_update_matches_hand_computation():
+    model = tiny_vito()
+    with torch.no_grad():  # move the online network away from the target
+        for p in model.online.parameters():
+            p.add_(torch.randn_like(p))
+        for b in model.online.buffers():
+            if b.is_floating_point():
+                b.add_(torch.rand_like(b))
+    momentum = 0.9
+    before = [t.clone() for t in model.target.parameters()]
+    model.update_target(momentum)
+    for t_before, t_after, online in zip(before, model.target.parameters(), model.online.parameters()):
+        torch.testing.assert_close(t_after, momentum * t_before + (1 - momentum) * online)
+    # BN policy: the target's buffers are copies of the online ones.
+    for t, o in zip(model.target.buffers(), model.online.buffers()):
+        assert torch.equal(t, o)
+    # momentum 1 keeps the target; momentum 0 copies the online network.
+    snapshot = [t.clone() for t in model.target.parameters()]
+    model.update_target(1.0)
+    assert all(torch.equal(a, b) for a, b in zip(snapshot, model.target.parameters()))
+    model.update_target(0.0)
+    assert all(torch.equal(t, o) for t, o in zip(model.target.parameters(), model.online.parameters()))
+
+
+def test_trunk_weights_load_into_torchvision_with_only_fc_missing():
+    model = tiny_vito(arch="resnet18")
+    resnet = torchvision.models.resnet18()
+    result = resnet.load_state_dict(model.trunk_state_dict(), strict=False)
+    assert sorted(result.missing_keys) == ["fc.bias", "fc.weight"] and not result.unexpected_keys
+    assert torch.equal(resnet.layer4[1].conv2.weight, model.online.trunk.layer4[1].conv2.weight)
+
+
+def test_global_batchnorm_is_batchnorm_in_one_process():
+    model = tiny_vito()
+    reference = tiny_vito()
+    reference.load_state_dict(model.state_dict())
+    converted = convert_sync_batchnorm(model, "cpu")
+    assert any(isinstance(m, GlobalBatchNorm) for m in converted.modules())
+    assert not any(type(m) in (torch.nn.BatchNorm1d, torch.nn.BatchNorm2d) for m in converted.modules())
+    assert not any(p.requires_grad for p in converted.target.parameters())  # the target stays frozen
+    view1, view2 = views()
+    torch.testing.assert_close(converted(view1, view2)[0], reference(view1, view2)[0])
+    torch.testing.assert_close(converted.online.trunk.bn1.running_var, reference.online.trunk.bn1.running_var)
