@@ -11,11 +11,13 @@ x an RGB column vector and w = (0.299, 0.587, 0.114) the ITU-R 601 luma weights:
     hue h (turns): rotate the chroma (I, Q) of YIQ by 2 pi h; luma is unchanged
     grayscale:     x -> (w . x) 1
 
-Unlike torchvision's ColorJitter, values are clamped to [0, 255] (and rounded to uint8) once,
-after the whole chain, contrast pivots on mid-grey (128) instead of the image's mean, and hue
+Unlike torchvision's ColorJitter, values are clamped to [0, 255] once, after the whole chain (and
+stay floats from there on), contrast pivots on mid-grey (128) instead of the image's mean, and hue
 turns in YIQ instead of HSV: all three keep the chain one affine map per pixel.
-Then a Gaussian blur (``sigma`` in output pixels, window ``blur_window(image_size)``, borders
-mirrored without repeating the edge pixel) and solarize (x >= 128 -> 255 - x) follow, and
+Then a Gaussian blur (``sigma`` in output pixels; BYOL's window, 23 taps at 224, cut to the taps
+within 4 sigma, ``blur_window``: the weights dropped sum to < 1e-4 of the kernel, under 0.03 of a
+level, and a small sigma costs a few taps instead of 23; borders mirrored without repeating the
+edge pixel) and solarize (x >= 128 -> 255 - x) follow, and
 finally ``(x / 255 - IMAGENET_MEAN) / IMAGENET_STD``.
 
 ``reference_view`` applies all of it to a resized crop; the tests compare the DALI output with it.
@@ -26,16 +28,14 @@ import math
 
 import numpy as np
 
-__all__ = ["IMAGENET_MEAN", "IMAGENET_STD", "LUMA", "colour_matrices", "blur_window", "reference_view",
-           "SOLARIZE_THRESHOLD", "NO_BLUR_SIGMA"]
+__all__ = ["IMAGENET_MEAN", "IMAGENET_STD", "LUMA", "colour_matrices", "view_blur_window", "blur_window",
+           "reference_view", "SOLARIZE_THRESHOLD"]
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 LUMA = np.array([0.299, 0.587, 0.114])
 SOLARIZE_THRESHOLD = 128.0
 CONTRAST_PIVOT = 128.0
-# DALI reads sigma 0 as "derive sigma from the window": a tiny sigma is an exact identity instead
-NO_BLUR_SIGMA = 1e-3
 
 _RGB_TO_YIQ = np.array([[0.299, 0.587, 0.114], [0.5959, -0.2746, -0.3213], [0.2115, -0.5227, 0.3112]])
 _YIQ_TO_RGB = np.linalg.inv(_RGB_TO_YIQ)
@@ -82,10 +82,15 @@ def colour_matrices(params, view: int) -> np.ndarray:
     return out
 
 
-def blur_window(image_size: int, kernel_at_224: int = 23) -> int:
+def view_blur_window(image_size: int, kernel_at_224: int = 23) -> int:
     """Odd Gaussian window for a view of ``image_size`` pixels (BYOL: 23 at 224), at least 3."""
     window = int(round(kernel_at_224 * image_size / 224.0))
     return max(3, window if window % 2 else window + 1)
+
+
+def blur_window(max_window: int, sigma: float) -> int:
+    """The window used for one ``sigma``: the taps within 4 sigma, at most ``max_window``, at least 3."""
+    return int(min(max_window, max(3, 2 * math.ceil(4.0 * sigma) + 1)))
 
 
 def _blur_axis(image: np.ndarray, sigma: float, window: int, axis: int) -> np.ndarray:
@@ -100,14 +105,16 @@ def _blur_axis(image: np.ndarray, sigma: float, window: int, axis: int) -> np.nd
 
 
 def reference_view(resized: np.ndarray, colour: np.ndarray, sigma: float, solarize: bool, mirror: bool,
-                   window: int) -> np.ndarray:
+                   max_window: int) -> np.ndarray:
     """The normalised view (S, S, 3) float64 from a resized crop (S, S, 3) on the 0..255 scale.
 
-    ``colour``: one (3, 4) matrix of :func:`colour_matrices`; ``sigma`` 0 = no blur.
+    ``colour``: one (3, 4) matrix of :func:`colour_matrices`; ``sigma`` 0 = no blur;
+    ``max_window``: :func:`view_blur_window` of the view size.
     """
     image = np.asarray(resized, dtype=np.float64)
-    image = np.clip(np.rint(image @ colour[:, :3].T.astype(np.float64) + colour[:, 3]), 0, 255)
+    image = np.clip(image @ colour[:, :3].T.astype(np.float64) + colour[:, 3], 0, 255)
     if sigma > 0:
+        window = blur_window(max_window, sigma)
         image = _blur_axis(_blur_axis(image, sigma, window, 0), sigma, window, 1)
     if solarize:
         image = np.where(image >= SOLARIZE_THRESHOLD, 255.0 - image, image)

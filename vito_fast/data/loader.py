@@ -23,6 +23,7 @@ from typing import Dict, Iterator, List, Optional
 
 import numpy as np
 
+from vito_fast.data.augment import view_blur_window
 from vito_fast.data.sampler import ViewConfig, ViewParams, sample_view_params
 from vito_fast.errors import StoreError, VideoError
 
@@ -132,6 +133,7 @@ class PairLoader:
         self._threads = self.config.num_threads or os.cpu_count() or 1
         self._decoders = ThreadPoolExecutor(self._threads, thread_name_prefix="vito-decode")
         self._pipeline = None
+        self._max_window = view_blur_window(self.config.image_size, self.config.blur_kernel_at_224)
 
     @property
     def classes(self) -> List[str]:
@@ -223,7 +225,6 @@ class PairLoader:
     # ------------------------------------------------------------------------- running the graph
 
     def _build(self):
-        from vito_fast.data.augment import blur_window
         from vito_fast.data.pipeline import build_pair_pipeline
 
         config = self.config
@@ -235,8 +236,7 @@ class PairLoader:
         self._device_id = device_id
         return build_pair_pipeline(self.source.input_kind, batch_size=self.batch_size, image_size=config.image_size,
                                    device=self.device, output_dtype="float16" if config.dtype == "float16" else "float32",
-                                   num_threads=self._threads, blur_window=blur_window(config.image_size, config.blur_kernel_at_224),
-                                   device_id=device_id, hw_decoder_load=config.hw_decoder_load)
+                                   num_threads=self._threads, device_id=device_id, hw_decoder_load=config.hw_decoder_load)
 
     def _run(self, batch: _HostBatch, epoch: int):
         from vito_fast.data.pipeline import feed_pipeline, view_arguments
@@ -246,7 +246,7 @@ class PairLoader:
         while True:
             inputs = {name: [sample[name] for sample in batch.inputs] for name in batch.inputs[0]}
             for view in (0, 1):
-                inputs.update(view_arguments(batch.params, view))
+                inputs.update(view_arguments(batch.params, view, self._max_window))
             feed_pipeline(self._pipeline, inputs)
             try:
                 return self._pipeline.run()

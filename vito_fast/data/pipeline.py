@@ -5,9 +5,9 @@ The graph draws nothing at random: every per-sample choice arrives through ``fn.
 
     frame (encoded JPEG | raw RGB frame | one of two frames decoded from a video's bytes)
       -> resize(roi = crop box, size = S x S, antialias)        crop + resize in one pass
-      -> coord_transform(MT = 3x4 colour matrix)                 jitter in its order + grayscale
-      -> gaussian_blur(sigma)                                    sigma ~0 = identity
-      -> solarize (x >= 128 -> 255 - x, per-sample flag)
+      -> coord_transform(MT = 3x4 colour matrix), clamp          jitter in its order + grayscale
+      -> if blur: gaussian_blur(sigma, window)                   DALI conditionals: per sample,
+      -> if solarize: x >= 128 -> 255 - x                        the others skip the work
       -> crop_mirror_normalize(mirror = flip, ImageNet mean/std, HWC layout)
 
 The HWC output lands in a (B, S, S, 3) buffer whose NCHW permutation is channels_last for free.
@@ -21,7 +21,8 @@ from typing import Dict, List, Optional
 
 import numpy as np
 
-from vito_fast.data.augment import IMAGENET_MEAN, IMAGENET_STD, NO_BLUR_SIGMA, SOLARIZE_THRESHOLD, colour_matrices
+from vito_fast.data.augment import (IMAGENET_MEAN, IMAGENET_STD, SOLARIZE_THRESHOLD, blur_window,
+                                    colour_matrices)
 
 __all__ = ["import_dali", "build_pair_pipeline", "view_arguments", "feed_pipeline", "INPUT_KINDS"]
 
@@ -43,15 +44,16 @@ def import_dali():
 
 
 def build_pair_pipeline(input_kind: str, *, batch_size: int, image_size: int, device: str, output_dtype: str,
-                        num_threads: int, blur_window: int, device_id: Optional[int] = None,
+                        num_threads: int, device_id: Optional[int] = None,
                         hw_decoder_load: float = 0.65):
     """Build (and return) the DALI pipeline of one source kind; outputs (view1, view2), each (B, S, S, 3).
 
     input_kind: "jpeg" (inputs ``image0``/``image1``: encoded JPEG bytes), "frames" (``image0``/
     ``image1``: HWC uint8 RGB frames) or "video" (``encoded``: a whole video file's bytes, ``frames``:
     (2,) int32 frame numbers in view order, decoded by ``fn.decoders.video``). Per view v also
-    ``roi_start{v}``/``roi_end{v}`` (2,) float (y, x), ``colour{v}`` (3, 4) float, ``sigma{v}``,
-    ``solarize{v}`` () float, ``mirror{v}`` () int32 (see :func:`view_arguments`).
+    ``roi_start{v}``/``roi_end{v}`` (2,) float (y, x), ``colour{v}`` (3, 4) float, ``blur{v}`` () bool,
+    ``sigma{v}`` () float, ``window{v}`` () int32, ``solarize{v}`` () bool, ``mirror{v}`` () int32
+    (see :func:`view_arguments`).
     output_dtype: "float16" or "float32".
     """
     if input_kind not in INPUT_KINDS:
@@ -63,7 +65,7 @@ def build_pair_pipeline(input_kind: str, *, batch_size: int, image_size: int, de
     on_gpu = device == "gpu"
 
     @pipeline_def(batch_size=batch_size, num_threads=num_threads, device_id=device_id if on_gpu else None,
-                  prefetch_queue_depth=1, exec_dynamic=True)
+                  prefetch_queue_depth=1, exec_dynamic=True, enable_conditionals=True)
     def pair_pipeline():
         if input_kind == "video":
             encoded = fn.external_source(name="encoded", dtype=types.UINT8, no_copy=False)
@@ -77,44 +79,58 @@ def build_pair_pipeline(input_kind: str, *, batch_size: int, image_size: int, de
         else:
             frames = [fn.external_source(name=f"image{v}", dtype=types.UINT8, layout="HWC") for v in (0, 1)]
             frames = [frame.gpu() if on_gpu else frame for frame in frames]
-        return tuple(_augment(fn, types, frames[v], v, image_size, blur_window, dtype, on_gpu) for v in (0, 1))
+        return tuple(_augment(fn, types, frames[v], v, image_size, dtype, on_gpu) for v in (0, 1))
 
     pipeline = pair_pipeline()
     pipeline.build()
     return pipeline
 
 
-def _augment(fn, types, frame, view: int, image_size: int, blur_window: int, dtype, on_gpu: bool):
+def _augment(fn, types, frame, view: int, image_size: int, dtype, on_gpu: bool):
     """One view's chain (see the module docstring); all parameters are per-sample external inputs."""
+    from nvidia.dali import math as dali_math
+
     roi_start = fn.external_source(name=f"roi_start{view}", dtype=types.FLOAT)
     roi_end = fn.external_source(name=f"roi_end{view}", dtype=types.FLOAT)
     colour = fn.external_source(name=f"colour{view}", dtype=types.FLOAT)
+    blur = fn.external_source(name=f"blur{view}", dtype=types.BOOL)
     sigma = fn.external_source(name=f"sigma{view}", dtype=types.FLOAT)
-    solarize = fn.external_source(name=f"solarize{view}", dtype=types.FLOAT)
+    window = fn.external_source(name=f"window{view}", dtype=types.INT32)
+    solarize = fn.external_source(name=f"solarize{view}", dtype=types.BOOL)
     mirror = fn.external_source(name=f"mirror{view}", dtype=types.INT32)
     image = fn.resize(frame, roi_start=roi_start, roi_end=roi_end, roi_relative=False,
                       size=[image_size, image_size], antialias=True, interp_type=types.INTERP_LINEAR)
-    image = fn.coord_transform(image, MT=colour, dtype=types.UINT8)  # saturates: the clamp to [0, 255]
-    image = fn.gaussian_blur(image, sigma=sigma, window_size=blur_window, dtype=types.FLOAT)
-    flag = solarize.gpu() if on_gpu else solarize
-    image = image + flag * (image >= SOLARIZE_THRESHOLD) * (255.0 - 2.0 * image)
+    image = dali_math.clamp(fn.coord_transform(image, MT=colour, dtype=types.FLOAT), 0.0, 255.0)
+    # per-sample branches (DALI conditionals): samples without blur or solarize skip the work
+    if blur:
+        image = fn.gaussian_blur(image, sigma=sigma, window_size=window, dtype=types.FLOAT)
+    if solarize:
+        image = image + (image >= SOLARIZE_THRESHOLD) * (255.0 - 2.0 * image)
     return fn.crop_mirror_normalize(image, mirror=mirror, mean=[255.0 * m for m in IMAGENET_MEAN],
                                     std=[255.0 * s for s in IMAGENET_STD], dtype=dtype, output_layout="HWC")
 
 
-def view_arguments(params, view: int) -> Dict[str, List[np.ndarray]]:
-    """The per-sample graph inputs of recipe ``view`` (0 or 1) of a ``ViewParams``, keyed by input name."""
+def view_arguments(params, view: int, max_window: int) -> Dict[str, List[np.ndarray]]:
+    """The per-sample graph inputs of recipe ``view`` (0 or 1) of a ``ViewParams``, keyed by input name.
+
+    max_window: the blur window at this image size (``augment.view_blur_window``).
+    """
     boxes = params.crop_boxes[:, view].astype(np.float32)  # top, left, height, width
     starts = boxes[:, 0:2]
     ends = boxes[:, 0:2] + boxes[:, 2:4]
-    sigmas = np.where(params.blur_sigma[:, view] > 0, params.blur_sigma[:, view], NO_BLUR_SIGMA).astype(np.float32)
+    sigmas = params.blur_sigma[:, view].astype(np.float32)
+    blurred = sigmas > 0
+    windows = np.array([blur_window(max_window, float(sigma)) if on else 1 for sigma, on in zip(sigmas, blurred)],
+                       dtype=np.int32)
     colours = colour_matrices(params, view)
     return {
         f"roi_start{view}": list(starts),
         f"roi_end{view}": list(ends),
         f"colour{view}": list(colours),
-        f"sigma{view}": _scalars(sigmas),
-        f"solarize{view}": _scalars(params.solarize[:, view].astype(np.float32)),
+        f"blur{view}": _scalars(blurred),
+        f"sigma{view}": _scalars(np.where(blurred, sigmas, 1.0).astype(np.float32)),
+        f"window{view}": _scalars(windows),
+        f"solarize{view}": _scalars(params.solarize[:, view].astype(bool)),
         f"mirror{view}": _scalars(params.flips[:, view].astype(np.int32)),
     }
 
