@@ -265,22 +265,38 @@ def _block(requested: Optional[int], size: int, cap: int) -> int:
     return max(16, min(next_power_of_2(size), cap))
 
 
-def _default_caps() -> Tuple[int, int, int, int]:
-    """(rows, columns, largest single D tile, D chunk when D is larger than that)."""
+class _Tiles(NamedTuple):
+    """Default tile caps of one input dtype (each block is also capped by its next_power_of_2)."""
+
+    fwd_rows: int
+    fwd_cols: int
+    single_d: int  # D up to this runs SINGLE_D (one operand resident) ...
+    d_chunk: int  # ... larger D loops over chunks of this size
+    bwd_own: int  # gradient rows per program (the fp32 accumulator is bwd_own × bwd_dout)
+    bwd_other: int
+    bwd_dout: int  # output columns per program when D is chunked
+    fwd_warps: int
+    bwd_warps: int
+
+
+def _default_tiles(dtype: torch.dtype, interpreter: Optional[bool] = None) -> _Tiles:
     # The interpreter runs one numpy op per block: big blocks are much faster there.
-    if interpreting():
-        return 128, 128, 128, 128
-    # sm_90, bf16, D = 256 (checked with ptxas in tests): fwd 128×64 tiles with q resident,
-    # 160 registers; bwd 64×64 with the own tile resident, ≤ 253 registers, no spills.
-    return 128, 64, 256, 64
+    if interpreting() if interpreter is None else interpreter:
+        return _Tiles(128, 128, 128, 128, 128, 128, 128, 4, 4)
+    # sm_90, checked with ptxas (tests: test_kernels_compile_for_hopper_without_spills).
+    # bf16/fp16, D = 256: fwd 128×64 with q resident, ~160 registers; bwd 64×64 with the own tile
+    # resident, ≤ 253 registers; no spills. fp32 (IEEE products, no tensor cores) needs far
+    # smaller tiles: D = 256 resident spills kilobytes.
+    if dtype == torch.float32:
+        return _Tiles(64, 64, 32, 32, 64, 32, 128, 4, 8)
+    return _Tiles(128, 64, 256, 64, 64, 64, 128, 8, 8)
 
 
-def _block_d(requested: Optional[int], d: int) -> int:
+def _block_d(requested: Optional[int], d: int, tiles: _Tiles) -> int:
     """D tile: all of D when it fits (SINGLE_D: one operand resident), else a chunk to loop over."""
     if requested is not None:
         return max(16, next_power_of_2(requested))
-    _, _, single_cap, chunk = _default_caps()
-    return max(16, next_power_of_2(d)) if next_power_of_2(d) <= single_cap else chunk
+    return max(16, next_power_of_2(d)) if next_power_of_2(d) <= tiles.single_d else tiles.d_chunk
 
 
 class RowStats(NamedTuple):
@@ -307,8 +323,9 @@ def info_nce_fwd(
     """
     n, d = q.shape
     m = k.shape[0]
-    cap_m, cap_n, _, _ = _default_caps()
-    block_m, block_n, block_d = _block(block_m, n, cap_m), _block(block_n, m, cap_n), _block_d(block_d, d)
+    tiles = _default_tiles(q.dtype)
+    block_m, block_n = _block(block_m, n, tiles.fwd_rows), _block(block_n, m, tiles.fwd_cols)
+    block_d = _block_d(block_d, d, tiles)
     num_row_blocks = triton.cdiv(n, block_m)
     row_max = torch.empty(n, device=q.device, dtype=torch.float32)
     row_log_sum = torch.empty(n, device=q.device, dtype=torch.float32)
@@ -322,7 +339,7 @@ def info_nce_fwd(
         q.stride(0), q.stride(1), k.stride(0), k.stride(1), partial.stride(0), partial.stride(1),
         HAS_NORM=has_norm, SYMMETRIC=symmetric, SINGLE_D=d <= block_d,
         DOT_PRECISION=_dot_precision(q.dtype), BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_D=block_d,
-        num_warps=8 if block_m * block_n >= 128 * 64 else 4, num_stages=2,
+        num_warps=tiles.fwd_warps, num_stages=2,
     )
     col_stats = None
     if symmetric:
@@ -350,14 +367,14 @@ def info_nce_bwd(
     """
     n, d = q.shape
     m = k.shape[0]
-    cap_m, cap_n, _, _ = _default_caps()
+    tiles = _default_tiles(q.dtype)
     symmetric = col_stats is not None
     has_norm = q_inv_norm is not None
     dummy = row_stats.max
-    block_d = _block_d(block_d, d)
+    block_d = _block_d(block_d, d, tiles)
     single_d = d <= block_d  # the same rule as the forward: identical logits tiles
     # Chunked D: each program column owns BLOCK_DOUT output columns (and recomputes the logits).
-    block_dout = block_d if single_d else _block(block_dout, d, 128)
+    block_dout = block_d if single_d else _block(block_dout, d, tiles.bwd_dout)
     # dS goes through the dot in the inputs' dtype: with weights ~1/N (mean over 64k rows), fp16
     # would flush it to zero. Dividing the weights by their max keeps |dS| ≤ 2; undone below.
     weight_scale = row_weight.abs().max()
@@ -366,16 +383,14 @@ def info_nce_bwd(
     weight_scale = weight_scale.clamp_min(torch.finfo(torch.float32).tiny)
     row_weight = row_weight / weight_scale
     col_weight = col_weight / weight_scale if symmetric else None
-    # The accumulator is (BLOCK_OWN, BLOCK_DOUT) fp32 in registers: 64 rows on a GPU.
-    cap_own = cap_m if interpreting() else 64
     grads = []
     for grad_q, needed in ((True, need_q), (False, need_k)):
         if not needed:
             grads.append(None)
             continue
         rows = n if grad_q else m
-        block_own = _block(block_m if grad_q else block_n, rows, cap_own)
-        block_other = _block(block_n if grad_q else block_m, m if grad_q else n, cap_n)
+        block_own = _block(block_m if grad_q else block_n, rows, tiles.bwd_own)
+        block_other = _block(block_n if grad_q else block_m, m if grad_q else n, tiles.bwd_other)
         grad = torch.empty((rows, d), device=q.device, dtype=torch.float32)
         _info_nce_bwd_kernel[(triton.cdiv(rows, block_own), triton.cdiv(d, block_dout))](
             q, k, q_inv_norm if has_norm else dummy, k_inv_norm if has_norm else dummy, scale,
@@ -388,7 +403,7 @@ def info_nce_bwd(
             GRAD_Q=grad_q, HAS_NORM=has_norm, SYMMETRIC=symmetric, SINGLE_D=single_d,
             DOT_PRECISION=_dot_precision(q.dtype),
             BLOCK_OWN=block_own, BLOCK_OTHER=block_other, BLOCK_D=block_d, BLOCK_DOUT=block_dout,
-            num_warps=8, num_stages=2,
+            num_warps=tiles.bwd_warps, num_stages=2,
         )
         grads.append(grad.mul_(weight_scale))
     return grads[0], grads[1]
