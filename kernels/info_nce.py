@@ -12,7 +12,9 @@ The positive-logit terms (one per row, O(N·D)) and the chain rule through the L
 are left to the autograd wrapper, which keeps these kernels free of label logic.
 
 Every kernel works in base 2 (``exp2``/``log2``, one hardware instruction each): log2(e) is folded
-into the per-row scale, and statistics are converted back to natural units when stored.
+into the logit scale, and the statistics stay in base 2 as (max, log2-sum) pairs (``RowStats``).
+Work: forward 2·N·M·D FLOPs; each gradient sweep (gq, gk) recomputes the logits, 4·N·M·D each.
+Extra memory: O(N + M) floats (+ 2·cdiv(N, BLOCK_M)·M column partials when symmetric).
 """
 from __future__ import annotations
 
