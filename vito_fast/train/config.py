@@ -42,6 +42,7 @@ class DataConfig:
     seed: int = 0
     synthetic_samples: int = 0                   # synthetic source: distinct pairs (0 = fresh every step)
     steps_per_epoch: int = 0                     # synthetic source only (0: 1,000)
+    num_threads: int = 0                         # loader's decoding threads (0: one per CPU)
     views: ViewConfig = field(default_factory=ViewConfig)
 
 
@@ -82,18 +83,18 @@ class Config:
 
 # Keys that may differ between a checkpoint and the run resuming it.
 RESUME_FREE_KEYS = frozenset({
-    "data.path", "train.stop_after", "train.checkpoint_every", "train.log_every", "train.image_every",
+    "data.path", "data.num_threads", "train.stop_after", "train.checkpoint_every", "train.log_every", "train.image_every",
     "train.compile", "train.progress", "train.device",
 })
 
 PRESETS: Dict[str, Dict[str, Any]] = {
-    # Small enough for a laptop CPU in minutes: ResNet-18 at 64 px, narrow heads.
+    # Small enough for a laptop CPU in minutes: ResNet-18 at 64 px, 16 pairs a step, narrow heads.
     "demo": {
         "model": {"arch": "resnet18", "pool_hidden": 128, "proj_hidden": 512, "proj_dim": 128,
                   "pred_hidden": 512},
-        "data": {"image_size": 64, "batch_size": 32},
-        "optim": {"base_lr": 1.0, "warmup_steps": 20, "weight_decay": 1e-6},
-        "train": {"steps": 200, "checkpoint_every": 50, "log_every": 5, "image_every": 50},
+        "data": {"image_size": 64, "batch_size": 16},
+        "optim": {"base_lr": 1.0, "warmup_steps": 10, "weight_decay": 1e-6},
+        "train": {"steps": 100, "checkpoint_every": 25, "log_every": 5, "image_every": 25},
     },
     # The paper's setting (BYOL/DetCon defaults), per GPU 256 pairs.
     "resnet50": {},

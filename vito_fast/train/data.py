@@ -126,6 +126,11 @@ def build_loader(config, info: DistInfo, *, epoch: int, start_step: int, run_dir
         if info.distributed:
             torch.distributed.barrier()
         path = str(demo_dataset(run_dir, progress=False))
-    loader_config = LoaderConfig(image_size=data.image_size, views=data.views)
-    return PairLoader(path, data.batch_size, device=info.device, seed=data.seed, epoch=epoch,
+    on_gpu = info.device.type == "cuda"
+    # bf16 views feed the bf16-autocast step on a GPU; the CPU step runs in float32.
+    loader_config = LoaderConfig(image_size=data.image_size, views=data.views,
+                                 dtype="bfloat16" if on_gpu and config.train.amp else "float32",
+                                 num_threads=data.num_threads or None,
+                                 device_id=info.device.index if on_gpu else None)
+    return PairLoader(path, data.batch_size, device="gpu" if on_gpu else "cpu", seed=data.seed, epoch=epoch,
                       start_step=start_step, rank=info.rank, world_size=info.world_size, config=loader_config)
