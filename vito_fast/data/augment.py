@@ -24,7 +24,6 @@ finally ``(x / 255 - IMAGENET_MEAN) / IMAGENET_STD``.
 """
 from __future__ import annotations
 
-import math
 
 import numpy as np
 
@@ -41,26 +40,24 @@ _RGB_TO_YIQ = np.array([[0.299, 0.587, 0.114], [0.5959, -0.2746, -0.3213], [0.21
 _YIQ_TO_RGB = np.linalg.inv(_RGB_TO_YIQ)
 
 
-def _affine(matrix: np.ndarray, offset=0.0) -> np.ndarray:
-    """4x4 homogeneous form of x -> matrix x + offset."""
-    out = np.eye(4)
-    out[:3, :3] = matrix
-    out[:3, 3] = offset
-    return out
-
-
-def _jitter_op(op: int, brightness: float, contrast: float, saturation: float, hue: float) -> np.ndarray:
-    if op == 0:
-        return _affine(brightness * np.eye(3))
-    if op == 1:
-        return _affine(contrast * np.eye(3), (1.0 - contrast) * CONTRAST_PIVOT)
-    if op == 2:
-        return _affine(saturation * np.eye(3) + (1.0 - saturation) * np.outer(np.ones(3), LUMA))
-    angle = 2.0 * math.pi * hue
-    rotation = np.array([[1.0, 0.0, 0.0],
-                         [0.0, math.cos(angle), -math.sin(angle)],
-                         [0.0, math.sin(angle), math.cos(angle)]])
-    return _affine(_YIQ_TO_RGB @ rotation @ _RGB_TO_YIQ)
+def _jitter_ops(params, view: int) -> np.ndarray:
+    """(4, B, 4, 4) homogeneous maps of brightness, contrast, saturation and hue per sample."""
+    batch = len(params)
+    ops = np.broadcast_to(np.eye(4), (4, batch, 4, 4)).copy()
+    eye = np.eye(3)
+    brightness = params.brightness[:, view].astype(np.float64)[:, None, None]
+    contrast = params.contrast[:, view].astype(np.float64)[:, None, None]
+    saturation = params.saturation[:, view].astype(np.float64)[:, None, None]
+    ops[0, :, :3, :3] = brightness * eye
+    ops[1, :, :3, :3] = contrast * eye
+    ops[1, :, :3, 3] = (1.0 - contrast[:, :, 0]) * CONTRAST_PIVOT
+    ops[2, :, :3, :3] = saturation * eye + (1.0 - saturation) * np.outer(np.ones(3), LUMA)
+    angle = 2.0 * np.pi * params.hue[:, view].astype(np.float64)
+    rotation = np.broadcast_to(np.eye(3), (batch, 3, 3)).copy()
+    rotation[:, 1, 1], rotation[:, 1, 2] = np.cos(angle), -np.sin(angle)
+    rotation[:, 2, 1], rotation[:, 2, 2] = np.sin(angle), np.cos(angle)
+    ops[3, :, :3, :3] = _YIQ_TO_RGB @ rotation @ _RGB_TO_YIQ
+    return ops
 
 
 def colour_matrices(params, view: int) -> np.ndarray:
@@ -69,17 +66,17 @@ def colour_matrices(params, view: int) -> np.ndarray:
     out = clip(M @ rgb + T, 0, 255) applies the jitter (when on, in ``jitter_order``) then grayscale.
     """
     batch = len(params)
-    out = np.empty((batch, 3, 4), dtype=np.float32)
-    for row in range(batch):
-        total = np.eye(4)
-        if params.jitter_applied[row, view]:
-            for op in params.jitter_order[row, view]:
-                total = _jitter_op(int(op), float(params.brightness[row, view]), float(params.contrast[row, view]),
-                                   float(params.saturation[row, view]), float(params.hue[row, view])) @ total
-        if params.grayscale[row, view]:
-            total = _affine(np.outer(np.ones(3), LUMA)) @ total
-        out[row] = total[:3]
-    return out
+    ops = _jitter_ops(params, view)
+    rows = np.arange(batch)
+    total = np.broadcast_to(np.eye(4), (batch, 4, 4)).copy()
+    applied = params.jitter_applied[:, view].astype(bool)
+    for position in range(4):  # compose in each sample's own order
+        step = ops[params.jitter_order[:, view, position].astype(np.int64), rows]
+        total = np.where(applied[:, None, None], step @ total, total)
+    grey = np.eye(4)
+    grey[:3, :3] = np.outer(np.ones(3), LUMA)
+    total = np.where(params.grayscale[:, view].astype(bool)[:, None, None], grey @ total, total)
+    return np.ascontiguousarray(total[:, :3], dtype=np.float32)
 
 
 def view_blur_window(image_size: int, kernel_at_224: int = 23) -> int:
@@ -88,9 +85,10 @@ def view_blur_window(image_size: int, kernel_at_224: int = 23) -> int:
     return max(3, window if window % 2 else window + 1)
 
 
-def blur_window(max_window: int, sigma: float) -> int:
-    """The window used for one ``sigma``: the taps within 4 sigma, at most ``max_window``, at least 3."""
-    return int(min(max_window, max(3, 2 * math.ceil(4.0 * sigma) + 1)))
+def blur_window(max_window: int, sigma):
+    """The window used for ``sigma`` (a number or an array): the taps within 4 sigma, in [3, max_window]."""
+    window = np.clip(2 * np.ceil(4.0 * np.asarray(sigma, dtype=np.float64)) + 1, 3, max_window).astype(np.int64)
+    return int(window) if window.ndim == 0 else window
 
 
 def _blur_axis(image: np.ndarray, sigma: float, window: int, axis: int) -> np.ndarray:

@@ -8,7 +8,6 @@ to find which sample made a DALI batch fail (only called after a failure).
 from __future__ import annotations
 
 import io
-import os
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence
 

@@ -120,8 +120,7 @@ def view_arguments(params, view: int, max_window: int) -> Dict[str, List[np.ndar
     ends = boxes[:, 0:2] + boxes[:, 2:4]
     sigmas = params.blur_sigma[:, view].astype(np.float32)
     blurred = sigmas > 0
-    windows = np.array([blur_window(max_window, float(sigma)) if on else 1 for sigma, on in zip(sigmas, blurred)],
-                       dtype=np.int32)
+    windows = np.where(blurred, blur_window(max_window, sigmas), 1).astype(np.int32)
     colours = colour_matrices(params, view)
     return {
         f"roi_start{view}": list(starts),
