@@ -169,6 +169,31 @@ def test_triton_noncontiguous_inputs(kernel_device):
         torch.testing.assert_close(mine, theirs, atol=1e-5, rtol=1e-4)
 
 
+def test_triton_path_never_allocates_n_by_m(kernel_device):
+    """Every tensor PyTorch creates during forward and backward stays far below N×M floats (the
+    reference's largest is exactly N×M); the symmetric column partials are 2·N·M/BLOCK_M."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    n = m = 257
+    largest = []
+
+    class WatchSizes(TorchDispatchMode):
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            out = func(*args, **(kwargs or {}))
+            for t in out if isinstance(out, (tuple, list)) else (out,):
+                if isinstance(t, torch.Tensor):
+                    largest.append((t.numel() * t.element_size(), str(func)))
+            return out
+
+    q, k = _inputs(n, m, 5, dtype=torch.float32)
+    q, k = q.to(kernel_device).requires_grad_(), k.to(kernel_device).requires_grad_()
+    with WatchSizes():
+        info_nce(q, k, 0.1, symmetric=True, backend="triton").backward()  # row and column paths
+    biggest = max(largest)
+    assert biggest[0] <= 4 * n * m // 8, f"{biggest[1]} made {biggest[0]} bytes (N×M floats: {4 * n * m})"
+    assert torch.isfinite(q.grad).all() and torch.isfinite(k.grad).all()
+
+
 def test_triton_outputs_fully_written(kernel_device, monkeypatch):
     """Poison every buffer the launchers allocate: an unwritten element would surface as NaN."""
     import vito_fast.kernels.info_nce as kernels
