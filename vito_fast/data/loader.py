@@ -133,7 +133,19 @@ class PairLoader:
         self._threads = self.config.num_threads or os.cpu_count() or 1
         self._decoders = ThreadPoolExecutor(self._threads, thread_name_prefix="vito-decode")
         self._pipeline = None
+        self._epoch_clips = None
         self._max_window = view_blur_window(self.config.image_size, self.config.blur_kernel_at_224)
+
+    def close(self) -> None:
+        """Stop the host decoding threads and drop the DALI pipeline (also on ``with`` exit)."""
+        self._decoders.shutdown(wait=True)
+        self._pipeline = None
+
+    def __enter__(self) -> "PairLoader":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
 
     @property
     def classes(self) -> List[str]:
@@ -161,10 +173,16 @@ class PairLoader:
     # ------------------------------------------------------------------------- sample order
 
     def epoch_clips(self, epoch: int) -> np.ndarray:
-        """(len(self) * batch_size,) clip ids this rank visits in ``epoch``, in order."""
+        """(len(self) * batch_size,) clip ids this rank visits in ``epoch``, in order (read-only)."""
+        cached = self._epoch_clips
+        if cached is not None and cached[0] == epoch:
+            return cached[1]
         permutation = np.random.default_rng((self.seed, epoch, _PERMUTATION_TAG)).permutation(self.num_clips)
         part = permutation[self.rank * self.per_rank: (self.rank + 1) * self.per_rank]
-        return part[: len(self) * self.batch_size].astype(np.int64)
+        clips = part[: len(self) * self.batch_size].astype(np.int64)
+        clips.flags.writeable = False
+        self._epoch_clips = (epoch, clips)  # one tuple: safe to swap under the prefetch thread
+        return clips
 
     def _replacement(self, epoch: int, position: int, attempt: int) -> int:
         generator = np.random.default_rng((self.seed, epoch, position, attempt, _REPLACEMENT_TAG))
@@ -210,7 +228,9 @@ class PairLoader:
     def _load_rows(self, batch: _HostBatch, rows: np.ndarray) -> np.ndarray:
         """Load the inputs of ``rows`` (in parallel); returns the rows that failed."""
         frames = batch.params.frame_indices
-        loaded = list(self._decoders.map(lambda row: self._load(int(batch.clips[row]), frames[row]), rows))
+        load = lambda row: self._load(int(batch.clips[row]), frames[row])  # noqa: E731
+        # host decoding (PyAV) runs on the thread pool; slicing a memory-mapped store does not need it
+        loaded = list(self._decoders.map(load, rows) if self.source.decodes_on_host else map(load, rows))
         for row, inputs in zip(rows, loaded):
             batch.inputs[row] = inputs
         return np.array([row for row, inputs in zip(rows, loaded) if inputs is None], dtype=np.int64)

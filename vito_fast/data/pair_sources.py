@@ -30,6 +30,7 @@ class FrameStoreSource:
     """Stored JPEG frames (``input_kind="jpeg"``); frame indices count stored frames."""
 
     input_kind = "jpeg"
+    decodes_on_host = False
 
     def __init__(self, path):
         from vito_fast.data.frame_store import FrameStore
@@ -53,10 +54,10 @@ class FrameStoreSource:
     def load(self, clip: int, frames: Sequence[int]) -> Dict[str, np.ndarray]:
         inputs = {}
         for view, frame in enumerate(frames):
-            data = np.frombuffer(self.store.frame_bytes(clip, int(frame)), dtype=np.uint8)
-            if data.size < 4 or data[0] != 0xFF or data[1] != 0xD8 or data[-2] != 0xFF or data[-1] != 0xD9:
+            data = self.store.frame_bytes(clip, int(frame))  # memoryview items are plain ints: cheap checks
+            if len(data) < 4 or data[0] != 0xFF or data[1] != 0xD8 or data[-2] != 0xFF or data[-1] != 0xD9:
                 raise StoreError(f"{self.name(clip)}: frame {int(frame)} is not a complete JPEG")
-            inputs[f"image{view}"] = data
+            inputs[f"image{view}"] = np.frombuffer(data, dtype=np.uint8)
         return inputs
 
     def verify(self, clip: int, frames: Sequence[int]) -> None:
@@ -84,6 +85,7 @@ class VideoFileSource:
         if decoder not in ("pyav", "dali"):
             raise ValueError(f"VideoFileSource: decoder must be 'pyav' or 'dali', not {decoder!r}")
         self.input_kind = "frames" if decoder == "pyav" else "video"
+        self.decodes_on_host = decoder == "pyav"
         self.records = read_manifest(manifest)
         self.num_frames = np.array([record.num_frames for record in self.records], dtype=np.int64)
         self.fps = np.array([record.fps for record in self.records], dtype=np.float64)

@@ -17,7 +17,7 @@ inside these functions: ``import vito_fast.data`` never loads it.
 """
 from __future__ import annotations
 
-from typing import Dict, List, Optional
+from typing import Dict, List, Optional, Union
 
 import numpy as np
 
@@ -110,35 +110,28 @@ def _augment(fn, types, frame, view: int, image_size: int, dtype, on_gpu: bool):
                                     std=[255.0 * s for s in IMAGENET_STD], dtype=dtype, output_layout="HWC")
 
 
-def view_arguments(params, view: int, max_window: int) -> Dict[str, List[np.ndarray]]:
+def view_arguments(params, view: int, max_window: int) -> Dict[str, np.ndarray]:
     """The per-sample graph inputs of recipe ``view`` (0 or 1) of a ``ViewParams``, keyed by input name.
 
+    Each value is one dense array whose first axis is the batch (DALI takes it as B samples).
     max_window: the blur window at this image size (``augment.view_blur_window``).
     """
     boxes = params.crop_boxes[:, view].astype(np.float32)  # top, left, height, width
-    starts = boxes[:, 0:2]
-    ends = boxes[:, 0:2] + boxes[:, 2:4]
     sigmas = params.blur_sigma[:, view].astype(np.float32)
     blurred = sigmas > 0
-    windows = np.where(blurred, blur_window(max_window, sigmas), 1).astype(np.int32)
-    colours = colour_matrices(params, view)
     return {
-        f"roi_start{view}": list(starts),
-        f"roi_end{view}": list(ends),
-        f"colour{view}": list(colours),
-        f"blur{view}": _scalars(blurred),
-        f"sigma{view}": _scalars(np.where(blurred, sigmas, 1.0).astype(np.float32)),
-        f"window{view}": _scalars(windows),
-        f"solarize{view}": _scalars(params.solarize[:, view].astype(bool)),
-        f"mirror{view}": _scalars(params.flips[:, view].astype(np.int32)),
+        f"roi_start{view}": np.ascontiguousarray(boxes[:, 0:2]),
+        f"roi_end{view}": np.ascontiguousarray(boxes[:, 0:2] + boxes[:, 2:4]),
+        f"colour{view}": colour_matrices(params, view),
+        f"blur{view}": blurred,
+        f"sigma{view}": np.where(blurred, sigmas, 1.0).astype(np.float32),
+        f"window{view}": np.where(blurred, blur_window(max_window, sigmas), 1).astype(np.int32),
+        f"solarize{view}": params.solarize[:, view].astype(bool),
+        f"mirror{view}": params.flips[:, view].astype(np.int32),
     }
 
 
-def _scalars(values: np.ndarray) -> List[np.ndarray]:
-    return [np.asarray(value) for value in values]
-
-
-def feed_pipeline(pipeline, inputs: Dict[str, List[np.ndarray]]) -> None:
-    """Feed one batch: every external input of the graph, one list entry per sample."""
+def feed_pipeline(pipeline, inputs: Dict[str, Union[np.ndarray, List[np.ndarray]]]) -> None:
+    """Feed one batch: every external input of the graph, a list of samples or one dense array."""
     for name, batch in inputs.items():
         pipeline.feed_input(name, batch)
