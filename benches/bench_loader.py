@@ -112,6 +112,40 @@ def test_pair_loader(benchmark, corpus, provider, device):
     benchmark.extra_info.update(provider=provider, device=device, batch=BATCH, replaced=loader.stats.replaced)
 
 
+@pytest.mark.parametrize("strategy", ["keyframe-seek", "sequential"])
+def test_video_decode_only(benchmark, corpus, strategy):
+    """Host decoding of the two frames alone (no augmentation), on a thread pool of WORKERS.
+
+    keyframe-seek: VideoFrameReader (the loader's "pyav" decoder); sequential: decode every frame
+    from the first frame's keyframe to the second frame, as sequence readers do.
+    """
+    from concurrent.futures import ThreadPoolExecutor
+
+    from vito_fast.data.video_source import VideoFrameReader, _OpenVideo
+
+    records, rng = corpus["records"], np.random.default_rng(0)
+    deltas = np.minimum(np.rint(rng.uniform(0, 2.5, len(records)) * FPS).astype(int), int(SECONDS * FPS) - 1)
+    firsts = [int(rng.integers(0, int(SECONDS * FPS) - delta)) for delta in deltas]
+    reader = VideoFrameReader()
+
+    def sequential(index):
+        video = _OpenVideo(records[index].path, FPS)  # fresh decoder: never skips ahead by seeking
+        try:
+            first = video.read(firsts[index])
+            video.keyframes = [0]  # no keyframe to jump to: decode on through every frame in between
+            return first, video.read(firsts[index] + int(deltas[index])) if deltas[index] else first
+        finally:
+            video.close()
+
+    def keyframe_seek(index):
+        return reader.read(records[index].path, FPS, [firsts[index], firsts[index] + int(deltas[index])])
+
+    decode = keyframe_seek if strategy == "keyframe-seek" else sequential
+    with ThreadPoolExecutor(WORKERS) as pool:
+        _timed_epochs(benchmark, lambda: list(pool.map(decode, range(len(records)))), len(records))
+    benchmark.extra_info.update(provider=f"decode-{strategy}", device="cpu", gop=GOP)
+
+
 class _PyAVPairs:
     """The conventional loader: per sample, PyAV decodes two frames and torchvision augments them."""
 
