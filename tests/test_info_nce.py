@@ -271,7 +271,7 @@ def test_kernels_compile_for_hopper_without_spills():
                        DOT_PRECISION=kernels._dot_precision(torch_dtype))
         launches.append(("_info_nce_fwd_kernel", dtype, tiles.fwd_warps,
                          dict(options, BLOCK_M=tiles.fwd_rows, BLOCK_N=tiles.fwd_cols, BLOCK_D=block_d)))
-        for grad_q in (True, False) if dtype == "bf16" else (False,):
+        for grad_q in (True, False) if single_d else (False,):  # dk: the larger register user
             launches.append(("_info_nce_bwd_kernel", dtype, tiles.bwd_warps, dict(
                 options, GRAD_Q=grad_q, BLOCK_OWN=tiles.bwd_own, BLOCK_OTHER=tiles.bwd_other, BLOCK_D=block_d,
                 BLOCK_DOUT=block_d if single_d else tiles.bwd_dout)))
