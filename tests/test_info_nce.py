@@ -408,9 +408,10 @@ def _distributed_worker(rank, world, init_file, rows_per_rank, backend, result_d
         dist.destroy_process_group()
 
 
-def test_distributed_gather_matches_single_process(tmp_path):
-    """Unequal per-rank batches (5 and 9 rows) through the Triton path (interpreter on CPU)."""
-    rows_per_rank, backend = (5, 9), "triton"
+def test_distributed_gather_matches_single_process(tmp_path, kernel_device):
+    """Unequal per-rank batches (5 and 9 rows), gloo on CPU tensors: through the Triton kernels on
+    a CPU-only machine (interpreter), through the reference where the kernels need CUDA tensors."""
+    rows_per_rank, backend = (5, 9), "triton" if kernel_device == "cpu" else "torch"
     import torch.multiprocessing as mp
 
     total = sum(rows_per_rank)
