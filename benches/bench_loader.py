@@ -112,6 +112,52 @@ def test_pair_loader(benchmark, corpus, provider, device):
     benchmark.extra_info.update(provider=provider, device=device, batch=BATCH, replaced=loader.stats.replaced)
 
 
+@pytest.mark.cuda
+@pytest.mark.parametrize("provider", ["store", "video-pyav"])
+def test_gpu_time_taken_from_training(benchmark, corpus, provider):
+    """How much the loader slows a GPU-bound stand-in for the training step (bf16 matmuls, ~50 ms).
+
+    extra_info: step_ms alone, step_ms while the loader produces a batch per step, and slowdown.
+    """
+    if not _cuda():
+        pytest.skip("needs a CUDA device")
+    import torch
+
+    from vito_fast.data import LoaderConfig, PairLoader
+
+    weights = torch.randn(8192, 8192, device="cuda", dtype=torch.bfloat16)
+    activations = torch.randn(8192, 8192, device="cuda", dtype=torch.bfloat16)
+
+    def step():
+        for _ in range(45):  # ~1 PFLOP-ish / s class GPUs: tens of ms
+            torch.mm(activations, weights)
+
+    loader = PairLoader(corpus["store" if provider == "store" else "video"], BATCH, device="gpu", seed=0,
+                        config=LoaderConfig(image_size=SIZE))
+
+    def timed(steps, with_loader):
+        batches = iter(loader)
+        torch.cuda.synchronize()
+        start = time.perf_counter()
+        for _ in range(steps):
+            step()
+            if with_loader:
+                try:
+                    next(batches)
+                except StopIteration:
+                    loader.set_epoch(0)
+                    batches = iter(loader)
+        torch.cuda.synchronize()
+        return (time.perf_counter() - start) / steps * 1e3
+
+    timed(3, True)
+    alone = timed(10, False)
+    together = benchmark.pedantic(lambda: timed(10, True), rounds=3, iterations=1)
+    benchmark.extra_info.update(provider=provider, step_ms_alone=round(alone, 2), step_ms_with_loader=round(together, 2),
+                                slowdown=round(together / alone - 1.0, 3))
+    print(f"\n{benchmark.name}: step {alone:.1f} ms alone, {together:.1f} ms with the loader")
+
+
 @pytest.mark.parametrize("strategy", ["keyframe-seek", "sequential"])
 def test_video_decode_only(benchmark, corpus, strategy):
     """Host decoding of the two frames alone (no augmentation), on a thread pool of WORKERS.
