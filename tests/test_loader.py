@@ -10,6 +10,7 @@ from __future__ import annotations
 import shutil
 import subprocess
 import sys
+import warnings
 from pathlib import Path
 
 import av
@@ -262,18 +263,24 @@ def test_two_ranks_are_disjoint_and_cover_the_epoch(sources):
     assert len(odd) == NUM_CLIPS // 3  # the remainder is dropped, every rank equally long
 
 
-def test_corrupt_video_is_replaced_and_reported(tmp_path):
+@pytest.mark.parametrize("decoder", ["pyav", "dali"])
+def test_corrupt_video_is_replaced_and_reported(tmp_path, decoder):
     manifest = write_clips(tmp_path, corrupt=5)
-    loader = PairLoader(str(manifest), 4, device="cpu", seed=0, config=PLAIN)
+    config = LoaderConfig(image_size=SIZE, dtype="float32", num_threads=2, views=PLAIN.views, video_decoder=decoder)
+    loader = PairLoader(str(manifest), 4, device="cpu", seed=0, config=config)
     with pytest.warns(RuntimeWarning, match="clip5.webm"):
         batches = epoch_batches(loader)
     served = np.concatenate([batch["sample_ids"] for batch in batches])
     assert len(served) == NUM_CLIPS and 5 not in served
     assert list(loader.stats.failed_files) == [str(tmp_path / "clip5.webm")]
     assert loader.stats.replaced == 1 and loader.stats.samples == NUM_CLIPS
-    again = PairLoader(str(manifest), 4, device="cpu", seed=0, config=PLAIN)
+    again = PairLoader(str(manifest), 4, device="cpu", seed=0, config=config)
     with pytest.warns(RuntimeWarning):
         assert_same_batches(batches, epoch_batches(again))  # the replacement is deterministic
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        resumed = PairLoader(str(manifest), 4, device="cpu", seed=0, start_step=1, config=config)
+        assert_same_batches(batches[1:], epoch_batches(resumed))
 
 
 def test_corrupt_jpeg_in_store_is_replaced_and_reported(sources, tmp_path):

@@ -10,8 +10,11 @@ A batch is a pure function of (seed, epoch, step, rank, world_size) and the data
 so ``PairLoader(..., start_step=k)`` (or ``load_state_dict``) yields exactly batches k, k+1, ...
 of an uninterrupted run. A clip whose data cannot be used is replaced by the clip drawn from
 ``default_rng((seed, epoch, position, attempt))``; its views use sampler id
-``clip + attempt * num_clips``, so a replacement never duplicates another sample's views. The file
-is named in a warning (once) and counted in ``stats``; the epoch goes on.
+``clip + attempt * num_clips``, so a replacement never duplicates another sample's views. A sample
+is replaced exactly when its own two frames fail (to read, or to decode: a DALI failure is traced
+to its samples by decoding them on the host), so replacements too are a pure function of the
+position and the data. The file is named in a warning (once) and counted in ``stats``; the epoch
+goes on.
 """
 from __future__ import annotations
 
@@ -129,7 +132,7 @@ class PairLoader:
         if not 0 <= self.step <= len(self):
             raise ValueError(f"PairLoader: start_step {start_step} outside [0, {len(self)}]")
         self.stats = LoaderStats()
-        self._known_bad: Dict[int, str] = {}
+        self._reported: Dict[int, str] = {}
         self._threads = self.config.num_threads or os.cpu_count() or 1
         self._decoders = ThreadPoolExecutor(self._threads, thread_name_prefix="vito-decode")
         self._pipeline = None
@@ -194,16 +197,17 @@ class PairLoader:
                                   source.frame_hw[clips], seed=self.seed, epoch=epoch, config=self.config.views)
 
     def _mark_bad(self, clip: int, error: Exception) -> None:
-        if clip in self._known_bad:
+        if clip in self._reported:
             return
         name = self.source.name(clip)
-        self._known_bad[clip] = name
+        self._reported[clip] = name
         self.stats.failed_files.setdefault(name, str(error))
         warnings.warn(f"PairLoader: {name}: {error}; its samples are replaced by others", RuntimeWarning, stacklevel=3)
 
     def _load(self, clip: int, frames) -> Optional[Dict[str, np.ndarray]]:
-        if clip in self._known_bad:
-            return None
+        # Always tried, even for a file that failed before: a truncated video or a shard with one bad
+        # JPEG still serves its good frames, and whether a sample is replaced must not depend on
+        # what this loader saw earlier (a resumed run has seen nothing).
         try:
             return self.source.load(clip, frames)
         except _DATA_ERRORS as error:
