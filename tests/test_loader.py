@@ -66,7 +66,8 @@ def write_clips(folder: Path, corrupt: int = -1) -> Path:
 def sources(tmp_path_factory):
     folder = tmp_path_factory.mktemp("loader")
     manifest = write_clips(folder)
-    extract_frames(manifest, folder / "store", fps=FPS, quality=98, workers=1, progress=False)
+    # one shard per clip, so that a missing shard takes one clip away
+    extract_frames(manifest, folder / "store", fps=FPS, quality=98, workers=1, progress=False, shard_bytes=1)
     return {"video": str(manifest), "store": str(folder / "store")}
 
 
@@ -300,6 +301,19 @@ def test_corrupt_jpeg_in_store_is_replaced_and_reported(sources, tmp_path):
     served = np.concatenate([batch["sample_ids"] for batch in batches])
     assert len(served) == NUM_CLIPS and bad_clip not in served
     assert len(loader.stats.failed_files) == 1 and loader.stats.replaced == 1
+
+
+def test_missing_store_shard_is_replaced_and_reported(sources, tmp_path):
+    store_dir = tmp_path / "store"
+    shutil.copytree(sources["store"], store_dir)
+    with FrameStore(store_dir) as store:
+        assert len(store.shards) == NUM_CLIPS
+        missing = store_dir / store.shards[store.clip(6).shard]["name"]
+    missing.unlink()
+    loader = PairLoader(str(store_dir), 4, device="cpu", seed=0, config=PLAIN)
+    with pytest.warns(RuntimeWarning, match=missing.name):
+        served = np.concatenate([batch["sample_ids"] for batch in loader])
+    assert len(served) == NUM_CLIPS and 6 not in served and loader.stats.replaced == 1
 
 
 def test_dali_video_decoder_gives_the_same_frames(sources):
