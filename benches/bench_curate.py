@@ -10,8 +10,9 @@ drawn from a Zipf-like distribution over classes (a few classes are very common,
 through any of the class's synonyms, singular or plural, in the title, the tags or the description;
 the other 20% name none. 1% of rows repeat an earlier id, 1% an earlier path, 2% an earlier title,
 0.1% are malformed. The timed run is the CLI in a child process (`python -m vito_fast.cli.main
-curate ... --per-class 500 --min-seconds 4 --max-seconds 600 --report DIR`), so the peak memory is
-that process's maximum resident set size.
+curate ... --per-class 500 --min-seconds 4 --max-seconds 600 --languages en --report DIR`), so the peak memory is
+that process's maximum resident set size; its CPU time is reported beside the wall time (the
+machine may be shared).
 Env: VITO_BENCH_ROWS (default 1,000,000), VITO_BENCH_KEEP (a folder to keep the corpus in).
 """
 from __future__ import annotations
@@ -20,6 +21,7 @@ import json
 import os
 import platform
 import resource
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -80,27 +82,33 @@ def generate_metadata(path: Path, rows: int, seed: int = 0) -> None:
 def run_cli(metadata: Path, folder: Path) -> dict:
     """Run the CLI once in a child process; wall seconds, peak RSS (MiB) and the summary."""
     command = [sys.executable, "-m", "vito_fast.cli.main", "curate", str(metadata), "-o", str(folder / "curated.jsonl"),
-               "--per-class", "500", "--min-seconds", "4", "--max-seconds", "600", "--report", str(folder / "report"),
-               "--no-progress"]
-    before = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+               "--per-class", "500", "--min-seconds", "4", "--max-seconds", "600", "--languages", "en",
+               "--report", str(folder / "report"), "--no-progress"]
+    load = os.getloadavg()[0]
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
     start = time.perf_counter()
-    subprocess.run(command, check=True, stdout=subprocess.DEVNULL)
+    subprocess.run(command, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     seconds = time.perf_counter() - start
-    peak_kib = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu_seconds = (after.ru_utime + after.ru_stime) - (before.ru_utime + before.ru_stime)
     summary = json.loads((folder / "report" / "summary.json").read_text())
-    return {"seconds": seconds, "rows_per_s": summary["rows"] / seconds,
-            "peak_mib": peak_kib / 1024 if peak_kib > before else float("nan"), "summary": summary,
+    return {"seconds": seconds, "rows_per_s": summary["rows"] / seconds, "cpu_seconds": cpu_seconds, "load": load,
+            "peak_mib": after.ru_maxrss / 1024 if after.ru_maxrss > before.ru_maxrss else float("nan"),
+            "summary": summary,
             "command": " ".join(["vito-fast", *command[3:]])}
 
 
 @pytest.fixture(scope="module")
 def corpus():
-    folder = Path(os.environ.get("VITO_BENCH_KEEP") or tempfile.mkdtemp(prefix="bench_curate_"))
+    keep = os.environ.get("VITO_BENCH_KEEP")
+    folder = Path(keep or tempfile.mkdtemp(prefix="bench_curate_"))
     folder.mkdir(parents=True, exist_ok=True)
     metadata = folder / f"metadata_{ROWS}.jsonl"
     if not metadata.exists():
         generate_metadata(metadata, ROWS)
-    return folder, metadata
+    yield folder, metadata
+    if not keep:
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 def test_curate_rows_per_second(benchmark, corpus):
@@ -130,6 +138,9 @@ def markdown(result: dict, metadata: Path, generate_seconds: float) -> str:
         f"| rows | {summary['rows']:,} |",
         f"| total time (CLI, read + match + de-duplicate + balance + write + report) | {result['seconds']:.1f} s |",
         f"| throughput | {result['rows_per_s']:,.0f} rows/s |",
+        f"| CPU time of the process (user + system; it uses one core) | {result['cpu_seconds']:.1f} s = "
+        f"{summary['rows'] / result['cpu_seconds']:,.0f} rows per CPU-second |",
+        f"| 1-minute load average at the start (other jobs on the 2 cores) | {result['load']:.1f} |",
         f"| peak memory (max RSS of the process) | {result['peak_mib']:.0f} MiB |",
         f"| kept | {summary['kept']:,} videos in {summary['classes_with_videos']} classes "
         f"({len(summary['too_few'])} below the quota of 500) |",
@@ -138,11 +149,16 @@ def markdown(result: dict, metadata: Path, generate_seconds: float) -> str:
 
 
 if __name__ == "__main__":
-    folder = Path(os.environ.get("VITO_BENCH_KEEP") or tempfile.mkdtemp(prefix="bench_curate_"))
+    keep = os.environ.get("VITO_BENCH_KEEP")
+    folder = Path(keep or tempfile.mkdtemp(prefix="bench_curate_"))
     folder.mkdir(parents=True, exist_ok=True)
     metadata = folder / f"metadata_{ROWS}.jsonl"
     start = time.perf_counter()
     if not metadata.exists():
         generate_metadata(metadata, ROWS)
     generated = time.perf_counter() - start
-    print(markdown(run_cli(metadata, folder), metadata, generated))
+    try:
+        print(markdown(run_cli(metadata, folder), metadata, generated))
+    finally:
+        if not keep:
+            shutil.rmtree(folder, ignore_errors=True)

@@ -285,7 +285,9 @@ def _filter_and_match(rows, config: CurateConfig, matcher: PhraseMatcher, vocabu
             continue
         for class_index in classes:
             mentioned[class_index] += 1
-        batch.append((row, normalized_title(row.title), tuple((c, *found) for c, found in candidates.items())))
+        # the spool keeps what passes 2 and 3 need: not the description and tags (most of the bytes)
+        batch.append((row._replace(description="", tags=""), normalized_title(row.title),
+                      tuple((c, *found) for c, found in candidates.items())))
         if len(batch) == _BATCH:
             pickle.dump(batch, spool, protocol=pickle.HIGHEST_PROTOCOL)
             survivors += len(batch)
