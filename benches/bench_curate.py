@@ -75,7 +75,8 @@ def generate_metadata(path: Path, rows: int, seed: int = 0) -> None:
                 continue
             record = {"id": identifier, "path": video, "title": " ".join(words).capitalize(),
                       "description": " ".join(description), "tags": tags,
-                      "duration": round(float(min(7200.0, rng.lognormal(np.log(60), 1.2))), 1), "language": "en" if rng.random() < 0.9 else "de"}
+                      "duration": round(float(min(7200.0, rng.lognormal(np.log(60), 1.2))), 1),
+                      "language": "en" if rng.random() < 0.9 else "de"}
             handle.write(json.dumps(record) + "\n")
 
 

@@ -51,7 +51,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--target", default="uniform", metavar="uniform|FILE",
                         help="uniform (default) or a file of class weights: one per line in class order, "
                              "or CLASS WEIGHT lines")
-    parser.add_argument("--seed", type=int, default=0, metavar="N", help="which videos a capped class keeps (default 0)")
+    parser.add_argument("--seed", type=int, default=0, metavar="N",
+                        help="which videos a capped class keeps (default 0)")
     parser.add_argument("--languages", default=None, metavar="CODES",
                         help="comma-separated language codes to keep, e.g. en (rows without a language pass)")
     parser.add_argument("--fields", default=",".join(TEXT_FIELDS), metavar="NAMES",

@@ -88,7 +88,8 @@ class CurationSummary:
 
     def to_json(self) -> Dict[str, object]:
         classes = [{"index": index, "name": name, "mentioned": self.mentioned[index], "matched": self.matched[index],
-                    "quota": self.quota[index], "kept": self.kept[index]} for index, name in enumerate(self.class_names)]
+                    "quota": self.quota[index], "kept": self.kept[index]}
+                   for index, name in enumerate(self.class_names)]
         return {"rows": self.rows, "kept": self.counts["kept"], "dropped": {r: self.counts[r] for r in DROP_REASONS},
                 "classes_with_videos": sum(1 for kept in self.kept if kept),
                 "too_few": [{"index": i, "name": self.class_names[i], "kept": self.kept[i], "quota": self.quota[i]}
@@ -315,7 +316,8 @@ def _winner(candidates, mentioned: List[int]):
     return min(candidates, key=lambda candidate: (mentioned[candidate[0]], candidate[0]))
 
 
-def _assign_classes(survivors, mentioned: List[int], seed: int, counts: Dict[str, int]) -> Tuple[np.ndarray, np.ndarray]:
+def _assign_classes(survivors, mentioned: List[int], seed: int,
+                    counts: Dict[str, int]) -> Tuple[np.ndarray, np.ndarray]:
     """Pass 2: (class per survivor, -1 for a near-duplicate title; selection key per survivor)."""
     classes, keys = array("i"), array("Q")
     seen_titles = set()

@@ -25,10 +25,10 @@ def write_report(folder: Union[str, os.PathLike], summary: CurationSummary) -> P
     document["malformed_examples"] = [row._asdict() for row in summary.malformed_examples]
     (folder / "summary.json").write_text(json.dumps(document, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
     with open(folder / "classes.tsv", "w", encoding="utf-8") as handle:
-        handle.write("index\tname\tmentioned\tmatched\tquota\tkept\n")
+        columns = ("index", "name", "mentioned", "matched", "quota", "kept")
+        handle.write("\t".join(columns) + "\n")
         for entry in document["classes"]:
-            handle.write("\t".join(str(entry[key]) for key in ("index", "name", "mentioned", "matched", "quota", "kept"))
-                         + "\n")
+            handle.write("\t".join(str(entry[column]) for column in columns) + "\n")
     draw_histogram(summary.matched, summary.kept, summary.quota,
                    f"videos per class: {summary.counts['kept']:,} kept of {summary.rows:,} rows; "
                    f"{len(summary.too_few)} of {len(summary.kept)} classes below their quota",

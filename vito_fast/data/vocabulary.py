@@ -7,9 +7,9 @@ ImageNet-1k classes with their WordNet lemmas (see ``resources/README.md``).
 
 Matching rules (text and synonyms are normalised by the same ``tokenize``):
 - case-insensitive, accents folded, a possessive ``'s`` dropped (``kitty's toy`` matches
-  ``kitty``, ``lady's slipper`` = ``lady slipper``), dotted acronyms joined (``R.V.`` = ``RV``), every other non-alphanumeric character
-  (other apostrophes, hyphens, punctuation) separates words, so a match is always whole words:
-  "cat" never matches "category";
+  ``kitty``, ``lady's slipper`` = ``lady slipper``), dotted acronyms joined (``R.V.`` = ``RV``);
+  every other non-alphanumeric character (other apostrophes, hyphens, punctuation) separates
+  words, so a match is always whole words: "cat" never matches "category";
 - a phrase never runs across ``, ; : | ! ? " ( ) [ ] { }``, a tab or line break, or a full stop
   that follows a word of three or more characters and precedes a space (so "crane. Lifting" breaks,
   "St. Bernard" does not); tags are joined with commas, so no phrase spans two tags;
