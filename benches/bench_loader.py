@@ -13,7 +13,8 @@ augmentations (default ViewConfig), bfloat16, Δt uniform in [0, 2.5] s. Provide
   baseline[cpu]         torch DataLoader (WORKERS workers): PyAV seek + decode of the two frames,
                         torchvision.transforms.v2 on uint8 tensors, per sample
 One round = one epoch of the loader after a warm-up epoch (pipeline build and file opening are not
-timed). extra_info: pairs_per_s. Env: VITO_BENCH_VIDEOS (8), VITO_BENCH_SECONDS (6),
+timed). extra_info: pairs_per_s (fastest epoch), cpu_ms_per_pair (this process and the DataLoader
+workers: a figure that other load on a shared machine does not change much), load_average. Env: VITO_BENCH_VIDEOS (8), VITO_BENCH_SECONDS (6),
 VITO_BENCH_REPEAT (8), VITO_BENCH_BATCH (32), VITO_BENCH_WORKERS (CPU count).
 """
 from __future__ import annotations
@@ -80,12 +81,27 @@ def corpus(tmp_path_factory):
     return {"store": str(folder / "store"), "video": str(manifest), "records": records * REPEAT}
 
 
-def _timed_epochs(benchmark, make_epoch, pairs_per_epoch: int) -> float:
+def _cpu_seconds(worker_pids=()) -> float:
+    """CPU time (user + system) of this process and of the given worker processes, from /proc."""
+    total = sum(os.times()[:2])
+    ticks = os.sysconf("SC_CLK_TCK")
+    for pid in worker_pids:
+        with open(f"/proc/{pid}/stat") as handle:
+            fields = handle.read().rsplit(")", 1)[1].split()
+        total += (int(fields[11]) + int(fields[12])) / ticks  # utime, stime
+    return total
+
+
+def _timed_epochs(benchmark, make_epoch, pairs_per_epoch: int, worker_pids=lambda: ()) -> float:
+    """Pairs/s of the fastest of 3 epochs, and CPU ms per pair (robust to other load on the machine)."""
     make_epoch()  # warm-up: builds the pipeline, opens the files, starts the workers
+    cpu_before = _cpu_seconds(worker_pids())
     benchmark.pedantic(make_epoch, rounds=3, iterations=1)
+    cpu_ms = (_cpu_seconds(worker_pids()) - cpu_before) / (3 * pairs_per_epoch) * 1e3
     rate = pairs_per_epoch / benchmark.stats.stats.min
-    benchmark.extra_info["pairs_per_s"] = round(rate, 1)
-    print(f"\n{benchmark.name}: {rate:.1f} pairs/s")
+    benchmark.extra_info.update(pairs_per_s=round(rate, 1), cpu_ms_per_pair=round(cpu_ms, 2),
+                                load_average=round(os.getloadavg()[0], 2))
+    print(f"\n{benchmark.name}: {rate:.1f} pairs/s, {cpu_ms:.1f} CPU ms per pair, load {os.getloadavg()[0]:.1f}")
     return rate
 
 
@@ -245,7 +261,11 @@ def test_baseline_pyav_torchvision(benchmark, corpus):
         for view1, view2 in loader:
             view1.contiguous(memory_format=torch.channels_last), view2.contiguous(memory_format=torch.channels_last)
 
-    _timed_epochs(benchmark, epoch, len(loader) * BATCH)
+    def worker_pids():
+        iterator = getattr(loader, "_iterator", None)
+        return [worker.pid for worker in getattr(iterator, "_workers", [])]
+
+    _timed_epochs(benchmark, epoch, len(loader) * BATCH, worker_pids)
     benchmark.extra_info.update(provider="baseline", device="cpu", batch=BATCH, workers=WORKERS)
 
 

@@ -7,6 +7,11 @@ for the second frame keeps decoding forward only when no later keyframe lies in 
 GOP g the cost is about g/2 frames per view whatever Δt is. Each thread keeps its own open
 containers (an LRU of ``max_open`` files) and a keyframe index per file, built once by demuxing
 (no decoding); PyAV releases the GIL while it decodes, so a thread pool scales over cores.
+
+Measured on 2 CPU cores (benches/bench_loader.py: 256p VP9, GOP 16, Δt uniform in [0, 2.5] s),
+host decoding of the two frames alone: 6.5 CPU ms per pair here against 19.4 for decoding every
+frame in between; the whole loader with augmentations: 14.8 CPU ms per pair here, 32.9 with
+``fn.decoders.video(frames=[t, t + d])`` on the file's bytes (the "dali" decoder option).
 """
 from __future__ import annotations
 
