@@ -247,6 +247,8 @@ def test_deterministic_and_resumes_at_start_step(sources, kind):
     resumed = PairLoader(sources[kind], 2, device="cpu", seed=9, config=config)
     resumed.load_state_dict(state)
     assert_same_batches(full[1:], epoch_batches(resumed))
+    # a new iter() mid-epoch closes the old one and continues from the position (step 1 here)
+    assert_same_batches(full[1:], epoch_batches(loader))
     other = next(iter(PairLoader(sources[kind], 2, device="cpu", seed=10, epoch=1, config=config)))
     assert not torch.equal(other["view1"], full[0]["view1"])
 

@@ -136,11 +136,15 @@ class PairLoader:
         self._threads = self.config.num_threads or os.cpu_count() or 1
         self._decoders = ThreadPoolExecutor(self._threads, thread_name_prefix="vito-decode")
         self._pipeline = None
+        self._stream = None  # CUDA stream of the output copies (device="gpu")
+        self._active = None  # the generator of the current iteration
         self._epoch_clips = None
         self._max_window = view_blur_window(self.config.image_size, self.config.blur_kernel_at_224)
 
     def close(self) -> None:
-        """Stop the host decoding threads and drop the DALI pipeline (also on ``with`` exit)."""
+        """Stop the iteration, the host decoding threads and drop the DALI pipeline (also on ``with`` exit)."""
+        if self._active is not None:
+            self._active.close()
         self._decoders.shutdown(wait=True)
         self._pipeline = None
 
@@ -298,40 +302,74 @@ class PairLoader:
         size = self.config.image_size
         dali_dtype = torch.float16 if self.config.dtype == "float16" else torch.float32
         if self.device == "cpu":
-            hwc = torch.from_numpy(np.array(output.as_tensor()))
-        else:
-            from nvidia.dali.plugin.pytorch import feed_ndarray
+            views = torch.from_numpy(np.array(output.as_tensor())).permute(0, 3, 1, 2)
+            return views.to(torch.bfloat16) if self.config.dtype == "bfloat16" else views
+        from nvidia.dali.plugin.pytorch import feed_ndarray
 
-            device = torch.device("cuda", self._device_id)
+        device = torch.device("cuda", self._device_id)
+        if self._stream is None:
+            self._stream = torch.cuda.Stream(device)
+        with torch.cuda.stream(self._stream):  # allocated and written on the loader's own stream
             hwc = torch.empty((self.batch_size, size, size, 3), dtype=dali_dtype, device=device)
-            feed_ndarray(output.as_tensor(), hwc, cuda_stream=torch.cuda.current_stream(device))
-        views = hwc.permute(0, 3, 1, 2)  # NHWC storage seen as NCHW: channels_last without a copy
-        return views.to(torch.bfloat16) if self.config.dtype == "bfloat16" else views
+            feed_ndarray(output.as_tensor(), hwc, cuda_stream=self._stream)
+            views = hwc.permute(0, 3, 1, 2)  # NHWC storage seen as NCHW: channels_last without a copy
+            return views.to(torch.bfloat16) if self.config.dtype == "bfloat16" else views
 
-    def _batch(self, batch: _HostBatch, epoch: int) -> Dict[str, object]:
+    def _produce(self, prepared, epoch: int):
+        """(batch, samples replaced, CUDA event or None) of a host batch: runs on the DALI thread."""
+        batch = prepared.result()
         view1, view2 = self._run(batch, epoch)
-        self.stats.samples += self.batch_size
-        self.stats.replaced += int((batch.attempts > 0).sum())
-        return {"view1": self._to_torch(view1), "view2": self._to_torch(view2),
-                "sample_ids": batch.clips.copy(), "frame_indices": batch.params.frame_indices.copy(),
-                "crops": batch.params.crop_boxes.copy(), "labels": self.source.labels[batch.clips]}
+        out = {"view1": self._to_torch(view1), "view2": self._to_torch(view2),
+               "sample_ids": batch.clips.copy(), "frame_indices": batch.params.frame_indices.copy(),
+               "crops": batch.params.crop_boxes.copy(), "labels": self.source.labels[batch.clips]}
+        ready = None
+        if self.device == "gpu":
+            ready = self._stream.record_event()
+        return out, int((batch.attempts > 0).sum()), ready
+
+    def _hand_over(self, batch: Dict[str, object], ready) -> None:
+        """Make the views safe to use on the consumer's current CUDA stream."""
+        import torch
+
+        current = torch.cuda.current_stream(torch.device("cuda", self._device_id))
+        current.wait_event(ready)
+        for name in ("view1", "view2"):
+            batch[name].record_stream(current)
 
     def __iter__(self) -> Iterator[Dict[str, object]]:
+        if self._active is not None:  # one producer at a time: the DALI pipeline is not shareable
+            self._active.close()
         if self.step >= len(self):
             self.epoch, self.step = self.epoch + 1, 0
-        epoch, first = self.epoch, self.step
-        with ThreadPoolExecutor(1, thread_name_prefix="vito-prefetch") as prefetcher:
-            pending = [prefetcher.submit(self._prepare, epoch, step)
-                       for step in range(first, min(len(self), first + self.config.prefetch))]
+        self._active = self._generate(self.epoch, self.step)
+        return self._active
+
+    def _generate(self, epoch: int, first: int) -> Iterator[Dict[str, object]]:
+        # Two threads, each in order: the host prepares batch k + 2 while DALI runs k + 1 and the
+        # caller trains on k. The DALI pipeline is only ever built and run on the "vito-dali" thread.
+        preparer = ThreadPoolExecutor(1, thread_name_prefix="vito-prepare")
+        runner = ThreadPoolExecutor(1, thread_name_prefix="vito-dali")
+
+        def submit(step):
+            return runner.submit(self._produce, preparer.submit(self._prepare, epoch, step), epoch)
+
+        try:
+            pending = [submit(step) for step in range(first, min(len(self), first + self.config.prefetch))]
             for step in range(first, len(self)):
-                host = pending.pop(0).result()
+                batch, replaced, ready = pending.pop(0).result()
                 if step + self.config.prefetch < len(self):
-                    pending.append(prefetcher.submit(self._prepare, epoch, step + self.config.prefetch))
-                batch = self._batch(host, epoch)
+                    pending.append(submit(step + self.config.prefetch))
+                if ready is not None:
+                    self._hand_over(batch, ready)
                 if (self.epoch, self.step) != (epoch, step):
                     return  # set_epoch / load_state_dict during the loop: a new iter() follows them
                 self.step = step + 1
+                self.stats.samples += self.batch_size
+                self.stats.replaced += replaced
                 yield batch
+        finally:
+            preparer.shutdown(wait=True, cancel_futures=True)
+            runner.shutdown(wait=True, cancel_futures=True)
 
 
 def _require_cuda() -> None:
