@@ -5,7 +5,8 @@ Per parameter p with gradient g, for parameters in a group with ``adapt=True``:
     u = g + wd · p;   u ← u · η‖p‖/‖u‖ (when both norms are > 0);   v ← μ v + u;   p ← p − lr · v
 
 Groups with ``adapt=False`` (biases and norm parameters, see ``param_groups``) get neither weight
-decay nor trust scaling: plain SGD momentum.
+decay nor trust scaling: plain SGD momentum. Parameters and gradients are float32 (autocast leaves
+parameters alone); gradients are read, never modified.
 """
 from __future__ import annotations
 
@@ -42,25 +43,25 @@ class LARS(torch.optim.Optimizer):
             params = [p for p in group["params"] if p.grad is not None]
             if not params:
                 continue
-            updates = [p.grad.float() for p in params]
+            grads = [p.grad for p in params]
             if group["adapt"]:
-                if group["weight_decay"]:
-                    torch._foreach_add_(updates, [p.float() for p in params], alpha=group["weight_decay"])
-                param_norms = torch._foreach_norm([p.float() for p in params])
-                update_norms = torch._foreach_norm(updates)
-                # trust = η‖p‖/‖u‖, and 1 where either norm is zero (fresh zero-init layers).
-                trusts = [torch.where((pn > 0) & (un > 0), group["trust_coefficient"] * pn / un,
-                                      torch.ones_like(pn))
-                          for pn, un in zip(param_norms, update_norms)]
-                torch._foreach_mul_(updates, trusts)
+                # u = g + wd·p, then u·η‖p‖/‖u‖, all in a handful of fused multi-tensor ops.
+                updates = torch._foreach_add(grads, params, alpha=group["weight_decay"])
+                param_norms = torch.stack(torch._foreach_norm(params))
+                update_norms = torch.stack(torch._foreach_norm(updates))
+                trust = torch.where((param_norms > 0) & (update_norms > 0),
+                                    group["trust_coefficient"] * param_norms / update_norms,
+                                    torch.ones_like(param_norms))
+                torch._foreach_mul_(updates, list(trust.unbind()))
+            else:
+                updates = grads
             buffers = []
-            for p, update in zip(params, updates):
+            for p in params:
                 state = self.state[p]
                 if "momentum_buffer" not in state:
-                    state["momentum_buffer"] = torch.zeros_like(p, dtype=torch.float32)
+                    state["momentum_buffer"] = torch.zeros_like(p)
                 buffers.append(state["momentum_buffer"])
             torch._foreach_mul_(buffers, group["momentum"])
             torch._foreach_add_(buffers, updates)
-            for p, buffer in zip(params, buffers):
-                p.add_(buffer.to(p.dtype), alpha=-group["lr"])
+            torch._foreach_add_(params, buffers, alpha=-group["lr"])
         return loss

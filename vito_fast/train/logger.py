@@ -60,7 +60,8 @@ class Logger:
                 step = record["step"]
                 for key, value in record.items():
                     if key != "step":
-                        self.writer.add_scalar(key if key in ("lr", "momentum") else f"loss/{key}", value, step)
+                        tag = {"lr": "lr", "momentum": "momentum", "loss": "loss/total"}.get(key, f"loss/{key}")
+                        self.writer.add_scalar(tag, value, step)
         self.metrics.flush()
 
     def window(self, step: int, loss: float, pairs_per_s: float, data_wait: float, advanced: int) -> None:

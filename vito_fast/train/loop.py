@@ -92,9 +92,11 @@ def train(config: Config, run_dir, *, resume: bool = False) -> TrainResult:
     # Data: this rank's shard, positioned at the restored step.
     loader = build_loader(config, info, epoch=0, start_step=0, run_dir=run_dir)
     steps_per_epoch = len(loader)
+    if resume and state["loader"].get("steps_per_epoch", steps_per_epoch) != steps_per_epoch:
+        raise ValueError(f"pretrain: the data gives {steps_per_epoch} steps per epoch but the checkpoint's "
+                         f"gave {state['loader']['steps_per_epoch']}; the sample order would not continue")
     epoch = step // steps_per_epoch
-    if step:
-        loader = build_loader(config, info, epoch=epoch, start_step=step % steps_per_epoch, run_dir=run_dir)
+    loader.load_state_dict({"epoch": epoch, "step": step % steps_per_epoch})
     batches = iter(loader)
 
     global_batch = config.data.batch_size * info.world_size
