@@ -170,7 +170,8 @@ def generate_dataset(out_dir: PathLike, *, num_classes: int = 4, videos_per_clas
         encode_video(video_path, clip.frames, fps=fps, codec=codec)
         np.savez_compressed(mask_path, instances=clip.instances, classes=clip.classes,
                             centers=clip.centers, radii=clip.radii)
-        videos.append(SyntheticVideo(str(video_path), str(mask_path), names[class_id], class_id, num_frames, distractor))
+        videos.append(SyntheticVideo(str(video_path), str(mask_path), names[class_id], class_id, num_frames,
+                                     distractor))
         records.append(ClipRecord(path=str(video_path.relative_to(root)), num_frames=num_frames, fps=float(fps),
                                   width=width, height=height, codec=codec, duration=num_frames / fps,
                                   label=names[class_id]))
@@ -250,7 +251,8 @@ class _Background:
             field += 0.12 * wave[..., None] * rng.uniform(-1, 1, size=3).astype(np.float32)
         grain_angle, grain_period = rng.uniform(0, math.pi), rng.uniform(2.5, 5.0)
         grain = np.sin((xs * math.cos(grain_angle) + ys * math.sin(grain_angle)) * 2 * math.pi / grain_period)
-        grain = grain * np.sin((ys * math.cos(grain_angle) - xs * math.sin(grain_angle)) * 2 * math.pi / (2.1 * grain_period))
+        across = ys * math.cos(grain_angle) - xs * math.sin(grain_angle)
+        grain = grain * np.sin(across * 2 * math.pi / (2.1 * grain_period))
         field += 0.05 * grain[..., None]
         self.field = np.clip(field, 0.0, 1.0)
 
@@ -301,7 +303,8 @@ class _MovingObject:
         u = dx * math.cos(angle) + dy * math.sin(angle)  # object coordinates: the texture moves with it
         v = -dx * math.sin(angle) + dy * math.cos(angle)
         inside = _shape_inside(self.shape, u, v)
-        weight = _texture(self.texture, u * self.frequency + self.texture_phase, v * self.frequency + self.texture_phase)
+        weight = _texture(self.texture, u * self.frequency + self.texture_phase,
+                          v * self.frequency + self.texture_phase)
         colours = self.dark + weight[..., None] * (self.light - self.dark)
         return inside, colours
 
@@ -387,7 +390,8 @@ def encode_video(path: PathLike, frames: np.ndarray, *, fps: float, codec: str =
         stream.width, stream.height, stream.pix_fmt = frames.shape[2], frames.shape[1], pixel_format
         stream.codec_context.thread_count = 1
         for index, image in enumerate(frames):
-            frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(image), format="rgb24").reformat(format=pixel_format)
+            frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(image), format="rgb24")
+            frame = frame.reformat(format=pixel_format)
             frame.pts = index
             frame.time_base = 1 / rate
             container.mux(stream.encode(frame))

@@ -102,7 +102,8 @@ def load_manifest_frames(manifest: PathLike, *, frames_per_clip: int = 4, size: 
     for clip_index, record in enumerate(records):
         if record.label not in class_of:
             raise ValueError(f"{record.path}: label {record.label!r} is not one of {names}")
-        for frame in _decode_spaced_frames(record.path, frames_per_clip, record.clip_start, record.clip_end):
+        for frame in _decode_spaced_frames(record.path, frames_per_clip, record.clip_start, record.clip_end,
+                                           record.num_frames):
             images.append(_resize_image(frame, size))
             labels.append(class_of[record.label])
             groups.append(clip_index)
@@ -112,24 +113,37 @@ def load_manifest_frames(manifest: PathLike, *, frames_per_clip: int = 4, size: 
     return LabelledImages(np.stack(images), np.array(labels), np.array(groups), names)
 
 
-def _decode_spaced_frames(path: str, count: int, start: Optional[float], end: Optional[float]) -> List[np.ndarray]:
-    """``count`` evenly spaced RGB frames of [start, end) seconds of a video (whole video when None)."""
+def _decode_spaced_frames(path: str, count: int, start: Optional[float], end: Optional[float],
+                          num_frames: int) -> List[np.ndarray]:
+    """``count`` evenly spaced RGB frames of the ``num_frames`` frames in [start, end) s of a video.
+
+    Decodes sequentially and converts only the chosen frames; a clip that holds fewer frames than
+    ``num_frames`` gives its last frame in place of the missing ones.
+    """
     import av
 
+    wanted = np.linspace(0, max(num_frames - 1, 0), count).round().astype(int) if count > 1 else \
+        np.array([max(num_frames - 1, 0) // 2])
+    wanted_set = set(wanted.tolist())
+    chosen: dict = {}
+    last_frame = None
     with av.open(path) as container:
-        stream = container.streams.video[0]
-        frames = []
-        for frame in container.decode(stream):
+        position = 0
+        for frame in container.decode(container.streams.video[0]):
             time = frame.time if frame.time is not None else 0.0
             if start is not None and time < start - 1e-6:
                 continue
-            if end is not None and time >= end - 1e-6:
+            if (end is not None and time >= end - 1e-6) or position > wanted[-1]:
                 break
-            frames.append(frame)
-        if not frames:
-            raise ValueError(f"{path}: no frames decode in [{start}, {end})")
-        chosen = np.linspace(0, len(frames) - 1, count).round().astype(int) if count > 1 else [len(frames) // 2]
-        return [frames[index].to_ndarray(format="rgb24") for index in chosen]
+            if position in wanted_set:
+                chosen[position] = frame.to_ndarray(format="rgb24")
+            last_frame, position = frame, position + 1
+    if last_frame is None:
+        raise ValueError(f"{path}: no frames decode in [{start}, {end})")
+    if len(chosen) < len(wanted_set):
+        fallback = last_frame.to_ndarray(format="rgb24")
+        return [chosen.get(index, fallback) for index in wanted]
+    return [chosen[index] for index in wanted]
 
 
 def split_by_group(labels: np.ndarray, groups: np.ndarray, *, test_fraction: float = 0.25,
