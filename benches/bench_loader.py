@@ -14,8 +14,9 @@ augmentations (default ViewConfig), bfloat16, Δt uniform in [0, 2.5] s. Provide
                         torchvision.transforms.v2 on uint8 tensors, per sample
 One round = one epoch of the loader after a warm-up epoch (pipeline build and file opening are not
 timed). extra_info: pairs_per_s (fastest epoch), cpu_ms_per_pair (this process and the DataLoader
-workers: a figure that other load on a shared machine does not change much), load_average. Env: VITO_BENCH_VIDEOS (8), VITO_BENCH_SECONDS (6),
-VITO_BENCH_REPEAT (8), VITO_BENCH_BATCH (32), VITO_BENCH_WORKERS (CPU count).
+workers: a figure that other load on a shared machine does not change much), load_average.
+Env: VITO_BENCH_VIDEOS (8), VITO_BENCH_SECONDS (6), VITO_BENCH_REPEAT (8), VITO_BENCH_BATCH (32),
+VITO_BENCH_WORKERS (CPU count).
 """
 from __future__ import annotations
 
@@ -112,8 +113,10 @@ def test_pair_loader(benchmark, corpus, provider, device):
         pytest.skip("needs a CUDA device")
     from vito_fast.data import LoaderConfig, PairLoader
 
-    config = LoaderConfig(image_size=SIZE, dtype="bfloat16", video_decoder="dali" if provider == "video-dali" else "pyav")
-    loader = PairLoader(corpus["store" if provider == "store" else "video"], BATCH, device=device, seed=0, config=config)
+    decoder = "dali" if provider == "video-dali" else "pyav"
+    config = LoaderConfig(image_size=SIZE, dtype="bfloat16", video_decoder=decoder)
+    source = corpus["store" if provider == "store" else "video"]
+    loader = PairLoader(source, BATCH, device=device, seed=0, config=config)
 
     def epoch():
         loader.set_epoch(0)
@@ -169,8 +172,8 @@ def test_gpu_time_taken_from_training(benchmark, corpus, provider):
     timed(3, True)
     alone = timed(10, False)
     together = benchmark.pedantic(lambda: timed(10, True), rounds=3, iterations=1)
-    benchmark.extra_info.update(provider=provider, step_ms_alone=round(alone, 2), step_ms_with_loader=round(together, 2),
-                                slowdown=round(together / alone - 1.0, 3))
+    benchmark.extra_info.update(provider=provider, step_ms_alone=round(alone, 2),
+                                step_ms_with_loader=round(together, 2), slowdown=round(together / alone - 1.0, 3))
     print(f"\n{benchmark.name}: step {alone:.1f} ms alone, {together:.1f} ms with the loader")
 
 
@@ -217,7 +220,8 @@ class _PyAVPairs:
 
         self.records = records
         jitter = v2.RandomApply([v2.ColorJitter(0.4, 0.4, 0.2, 0.1)], p=0.8)
-        common = [v2.RandomResizedCrop(SIZE, antialias=True), v2.RandomHorizontalFlip(), jitter, v2.RandomGrayscale(0.2)]
+        common = [v2.RandomResizedCrop(SIZE, antialias=True), v2.RandomHorizontalFlip(), jitter,
+                  v2.RandomGrayscale(0.2)]
         tail = [v2.ToDtype(torch.float32, scale=True), v2.Normalize([0.485, 0.456, 0.406], [0.229, 0.224, 0.225])]
         self.recipes = [v2.Compose(common + [v2.GaussianBlur(23, (0.1, 2.0))] + tail),
                         v2.Compose(common + [v2.RandomApply([v2.GaussianBlur(23, (0.1, 2.0))], p=0.1),
@@ -270,5 +274,4 @@ def test_baseline_pyav_torchvision(benchmark, corpus):
 
 
 if __name__ == "__main__":
-    time.sleep(0)
     raise SystemExit(pytest.main([__file__, "--benchmark-only", "-s", "--benchmark-columns=min,median,rounds"]))

@@ -196,7 +196,8 @@ def one_op(params, row: int, op: int):
     from vito_fast.data.sampler import ViewParams
 
     one = ViewParams(**{name: value[row:row + 1].copy() for name, value in params.to_dict().items()})
-    for name, index, identity in (("brightness", 0, 1.0), ("contrast", 1, 1.0), ("saturation", 2, 1.0), ("hue", 3, 0.0)):
+    identities = (("brightness", 0, 1.0), ("contrast", 1, 1.0), ("saturation", 2, 1.0), ("hue", 3, 0.0))
+    for name, index, identity in identities:
         if index != op:
             getattr(one, name)[:] = identity
     one.jitter_applied[:] = True
@@ -217,7 +218,8 @@ def test_batch_contract_shapes_dtypes_channels_last(sources, dtype, torch_dtype)
     assert batch["sample_ids"].dtype == np.int64 and batch["sample_ids"].shape == (4,)
     assert batch["frame_indices"].shape == (4, 2) and batch["crops"].shape == (4, 2, 4)
     assert batch["labels"].dtype == np.int64
-    np.testing.assert_array_equal(batch["labels"], [loader.classes.index(f"class{clip % 3}") for clip in batch["sample_ids"]])
+    expected_labels = [loader.classes.index(f"class{clip % 3}") for clip in batch["sample_ids"]]
+    np.testing.assert_array_equal(batch["labels"], expected_labels)
     assert loader.stats.samples == 4 and loader.stats.replaced == 0
 
 

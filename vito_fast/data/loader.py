@@ -40,7 +40,8 @@ _DATA_ERRORS = (StoreError, VideoError, OSError)
 class LoaderConfig:
     """Settings of a PairLoader. ``dtype``: "bfloat16", "float16" or "float32" (bfloat16 leaves DALI
     as float32 and is cast by torch on the output device). ``num_threads`` (None = CPU count) serves
-    DALI and the host decoding pool; ``prefetch`` batches are prepared ahead on the host.
+    DALI and the host decoding pool; ``prefetch``: batches in flight ahead of the caller (the host
+    prepares one while DALI, on its own thread, makes the next).
     ``video_decoder``: "pyav" (host seek-to-keyframe decoding, the fastest measured here) or "dali"
     (``fn.decoders.video`` on the file's bytes). ``hw_decoder_load``: share of JPEGs sent to the
     hardware JPEG engines (A100/H100/H200) by the mixed decoder. ``device_id``: None = the current
@@ -142,7 +143,7 @@ class PairLoader:
         self._max_window = view_blur_window(self.config.image_size, self.config.blur_kernel_at_224)
 
     def close(self) -> None:
-        """Stop the iteration, the host decoding threads and drop the DALI pipeline (also on ``with`` exit)."""
+        """Stop the iteration and the decoding threads, drop the DALI pipeline (also on ``with`` exit)."""
         if self._active is not None:
             self._active.close()
         self._decoders.shutdown(wait=True)
@@ -262,9 +263,10 @@ class PairLoader:
 
             device_id = torch.cuda.current_device()
         self._device_id = device_id
+        output_dtype = "float16" if config.dtype == "float16" else "float32"
         return build_pair_pipeline(self.source.input_kind, batch_size=self.batch_size, image_size=config.image_size,
-                                   device=self.device, output_dtype="float16" if config.dtype == "float16" else "float32",
-                                   num_threads=self._threads, device_id=device_id, hw_decoder_load=config.hw_decoder_load)
+                                   device=self.device, output_dtype=output_dtype, num_threads=self._threads,
+                                   device_id=device_id, hw_decoder_load=config.hw_decoder_load)
 
     def _run(self, batch: _HostBatch, epoch: int):
         from vito_fast.data.pipeline import feed_pipeline, view_arguments

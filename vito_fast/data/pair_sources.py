@@ -93,8 +93,9 @@ class VideoFileSource:
                                  dtype=np.int64).reshape(-1, 2)
         self.labels, self.classes = _label_ids([record.label for record in self.records])
         # a clip's frame k is frame first + k of its file (split_into_clips' rounding)
-        self.first_frame = np.array([0 if record.clip_start is None else int(np.ceil(record.clip_start * record.fps - 1e-6))
-                                     for record in self.records], dtype=np.int64)
+        self.first_frame = np.array([0 if record.clip_start is None else
+                                     int(np.ceil(record.clip_start * record.fps - 1e-6)) for record in self.records],
+                                    dtype=np.int64)
         self.reader = VideoFrameReader(max_open)
 
     def __len__(self) -> int:
