@@ -110,6 +110,19 @@ def test_config_yaml_overrides_and_errors(tmp_path):
         load_config("demo", overrides=["data.views.crop_scale=[0.5, 2.0]"])
 
 
+def test_rng_states_survive_a_weights_only_checkpoint_round_trip(tmp_path):
+    import random
+
+    import numpy as np
+
+    from vito_fast.train.checkpoint import capture_rng, restore_rng
+
+    torch.save({"rng": capture_rng()}, tmp_path / "rng.pt")
+    first = (torch.rand(3).tolist(), np.random.rand(3).tolist(), random.random())
+    restore_rng(torch.load(tmp_path / "rng.pt", weights_only=True)["rng"])
+    assert (torch.rand(3).tolist(), np.random.rand(3).tolist(), random.random()) == first
+
+
 # ---------------------------------------------------------------- runs end to end
 
 

@@ -51,12 +51,13 @@ def capture_rng() -> Dict[str, Any]:
 
 
 def restore_rng(state: Dict[str, Any]) -> None:
-    torch.set_rng_state(state["torch"])
+    # RNG states must be CPU byte tensors, whatever map_location the checkpoint was loaded with.
+    torch.set_rng_state(state["torch"].cpu())
     if state["cuda"] and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
+        torch.cuda.set_rng_state_all([s.cpu() for s in state["cuda"]])
     numpy_state = state["numpy"]
     np.random.set_state({"bit_generator": numpy_state["bit_generator"],
-                         "state": {"key": numpy_state["key"].numpy().astype(np.uint32),
+                         "state": {"key": numpy_state["key"].cpu().numpy().astype(np.uint32),
                                    "pos": numpy_state["pos"]},
                          "has_gauss": numpy_state["has_gauss"], "gauss": numpy_state["gauss"]})
     version, python_state, gauss = state["python"]
