@@ -400,3 +400,27 @@ def test_cli_dispatcher_routes_curate(tmp_path, animals, capsys):
     assert vito_fast_main(["curate", str(metadata), "-o", str(tmp_path / "o.jsonl"), "--vocabulary", str(animals),
                            "--no-progress"]) == 0
     assert read_jsonl(tmp_path / "o.jsonl")[0]["matched_text"] == "kitties"
+
+
+def test_prepare_scan_reads_a_curated_list_and_labels_its_clips(tmp_path, animals, capsys):
+    from videos import write_video
+
+    from vito_fast.cli.main import main as cli_main
+    from vito_fast.data.manifest import read_manifest
+
+    (tmp_path / "clips").mkdir()
+    write_video(tmp_path / "clips" / "a.webm", codec="vp9", num_frames=24, fps=12)
+    metadata = write_jsonl(tmp_path / "m.jsonl", [
+        {"id": "1", "path": "clips/a.webm", "title": "my kitty"},
+        {"id": "2", "path": "clips/gone.webm", "title": "a dog"},
+    ])
+    curated = tmp_path / "curated.jsonl"
+    curate(metadata, curated, config(animals))
+    manifest = tmp_path / "manifest.jsonl"
+    assert cli_main(["prepare", "scan", str(curated), "-o", str(manifest), "--min-seconds", "0.5",
+                     "--no-progress", "--workers", "0"]) == 0
+    records = read_manifest(manifest)
+    assert [(Path(r.path).name, r.label) for r in records] == [("a.webm", "cat")]
+    rejected = read_jsonl(tmp_path / "manifest.rejected.jsonl")
+    assert [Path(r["path"]).name for r in rejected] == ["gone.webm"]
+    assert "curated list" in rejected[0]["detail"]

@@ -44,7 +44,9 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="step", metavar="STEP", title="steps", required=True)
 
     scan = commands.add_parser("scan", help="probe videos and write a manifest of usable clips")
-    scan.add_argument("paths", nargs="+", metavar="PATH", help="video files or folders (searched recursively)")
+    scan.add_argument("paths", nargs="+", metavar="PATH",
+                      help="video files or folders (searched recursively), or curated lists from `vito-fast curate` "
+                           "(*.jsonl): their videos, each clip labelled with its class")
     scan.add_argument("-o", "--output", required=True, help="manifest to write (JSON lines); "
                       "rejected files go to <name>.rejected.jsonl next to it")
     scan.add_argument("--min-seconds", type=non_negative_float, default=1.0,
@@ -108,16 +110,22 @@ def format_summary(records, rejected) -> str:
 
 
 def run_scan(args) -> int:
-    from vito_fast.data.manifest import rejected_manifest_path, scan_videos, write_manifest
+    from vito_fast.data.curate import expand_curated_lists
+    from vito_fast.data.manifest import RejectedVideo, rejected_manifest_path, scan_videos, write_manifest
 
     missing = [path for path in args.paths if not Path(path).exists()]
     if missing:
         print(f"vito-fast prepare scan: no such file or folder: {', '.join(missing)}", file=sys.stderr)
         return EXIT_USAGE
-    records, rejected = scan_videos(args.paths, min_seconds=args.min_seconds, clip_seconds=args.clip_seconds or None,
+    paths, curated_labels, listed_missing = expand_curated_lists(args.paths)
+    records, rejected = scan_videos(paths, min_seconds=args.min_seconds, clip_seconds=args.clip_seconds or None,
                                     workers=args.workers, progress=not args.no_progress, timeout=args.timeout,
                                     decode_check=args.decode_check, decoder=args.decoder,
                                     reject_variable_frame_rate=not args.allow_vfr, label=args.label)
+    rejected += [RejectedVideo(path, "unreadable", "listed in a curated list but not found") for path in listed_missing]
+    if args.label is None:
+        for record in records:
+            record.label = curated_labels.get(record.path, record.label)
     manifest = write_manifest(args.output, records)
     rejected_path = write_manifest(rejected_manifest_path(args.output), rejected)
     print(format_summary(records, rejected))
