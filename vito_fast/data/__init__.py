@@ -21,6 +21,10 @@ __getattr__, __dir__ = lazy_exports(
         # DALI loader of augmented frame pairs
         "LoaderConfig": ".loader",
         "PairLoader": ".loader",
+        # VideoNet-style curation of video metadata
+        "CurateConfig": ".curate",
+        "curate": ".curate",
+        "load_vocabulary": ".vocabulary",
         # built-in synthetic videos with object masks and labels
         "SyntheticDataset": ".synthetic",
         "generate_dataset": ".synthetic",
