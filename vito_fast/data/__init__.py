@@ -23,7 +23,6 @@ __getattr__, __dir__ = lazy_exports(
         "PairLoader": ".loader",
         # VideoNet-style curation of video metadata
         "CurateConfig": ".curate",
-        "curate": ".curate",
         "load_vocabulary": ".vocabulary",
         # built-in synthetic videos with object masks and labels
         "SyntheticDataset": ".synthetic",
