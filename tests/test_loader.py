@@ -334,6 +334,14 @@ def test_import_does_not_load_dali():
     subprocess.run([sys.executable, "-c", code], check=True)
 
 
+def test_missing_dali_fails_clearly(sources, monkeypatch):
+    for name in [name for name in sys.modules if name.startswith("nvidia.dali")]:
+        monkeypatch.setitem(sys.modules, name, None)  # None in sys.modules: "import" raises ImportError
+    monkeypatch.setitem(sys.modules, "nvidia.dali", None)
+    with pytest.raises(ImportError, match="pip install nvidia-dali"):
+        PairLoader(sources["store"], 4, device="cpu", seed=0, config=PLAIN)
+
+
 def test_gpu_without_cuda_fails_clearly(sources):
     if torch.cuda.is_available():
         pytest.skip("a GPU is visible")

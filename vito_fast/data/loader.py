@@ -119,6 +119,9 @@ class PairLoader:
             raise ValueError(f"PairLoader: need 0 <= rank < world_size, got rank={rank!r}, world_size={world_size!r}")
         if not isinstance(batch_size, int) or batch_size < 1:
             raise ValueError(f"PairLoader: batch_size must be an integer >= 1, got {batch_size!r}")
+        from vito_fast.data.pipeline import import_dali
+
+        import_dali()  # a missing DALI shows now, with how to install it, not at the first batch
         if device == "gpu":
             _require_cuda()
         self.device, self.batch_size, self.seed = device, batch_size, int(seed)
