@@ -214,11 +214,14 @@ def test_overlay_differs_where_attention_is_high(tmp_path):
     frame = np.full((48, 64, 3), 100, np.uint8)
     attention = np.zeros((6, 8), np.float32)
     attention[:3, :4] = 1.0  # top-left quarter
-    shown = overlay_attention(frame, attention)
-    assert shown.shape == frame.shape and shown.dtype == np.uint8
-    change = np.abs(shown.astype(int) - frame).sum(axis=2)
-    assert change[:16, :24].min() > 30  # well inside the attended quarter
-    assert change[32:, 40:].max() <= 1  # far from it: the frame itself
+    for normalise, least_change in (("minmax", 30), ("uniform", 10)):
+        shown = overlay_attention(frame, attention, normalise=normalise)
+        assert shown.shape == frame.shape and shown.dtype == np.uint8
+        change = np.abs(shown.astype(int) - frame).sum(axis=2)
+        assert change[:16, :24].min() > least_change  # well inside the attended quarter
+        assert change[32:, 40:].max() <= 1  # far from it: the frame itself
+    # a flat map is no information: "uniform" leaves the frame as it is
+    assert np.array_equal(overlay_attention(frame, np.full((6, 8), 1 / 48)), frame)
     panel = attention_panel(np.stack([frame] * 3), {"layer3": np.stack([attention] * 3),
                                                     "layer4": np.stack([attention[::-1]] * 3)})
     assert panel.shape == (3 * 48, 64 + 3 * 64, 3)

@@ -34,6 +34,8 @@ def build_parser() -> argparse.ArgumentParser:
                            help="short side fed to the model (default: the run's data.image_size)")
     attention.add_argument("--display-height", type=int, default=160, help="frame height in the images (default 160)")
     attention.add_argument("--alpha", type=float, default=0.7, help="overlay opacity at the highest attention")
+    attention.add_argument("--normalise", choices=("uniform", "minmax"), default="uniform",
+                           help="colour by concentration over uniform (default) or stretch each map to [0, 1]")
     attention.add_argument("--device", default="auto", help="cpu, cuda or auto")
     return parser
 
@@ -78,7 +80,7 @@ def render_attention(args) -> Dict:
     chosen = np.unique(np.linspace(0, len(frames) - 1, min(args.frames, len(frames))).round().astype(int))
     shown = resize_frames(frames, args.display_height)
     panel = attention_panel(shown[chosen], {stage: maps[chosen] for stage, maps in attention.items()},
-                            alpha=args.alpha)
+                            alpha=args.alpha, normalise=args.normalise)
     png = save_png(panel, args.output)
     summary = {"run": str(args.run), "video": str(args.video), "png": str(png), "frames": chosen.tolist(),
                "num_frames": len(frames), "image_size": image_size,
@@ -87,7 +89,8 @@ def render_attention(args) -> Dict:
                "peak_over_uniform": {stage: float(maps.reshape(len(maps), -1).max(axis=1).mean() * maps[0].size)
                                      for stage, maps in attention.items()}}
     if args.gif:
-        summary["gif"] = str(save_gif(attention_overlay_frames(shown, attention, alpha=args.alpha), args.gif))
+        summary["gif"] = str(save_gif(attention_overlay_frames(shown, attention, alpha=args.alpha,
+                                                                             normalise=args.normalise), args.gif))
     return summary
 
 

@@ -4,9 +4,10 @@ Everything takes plain arrays, so it works with any model: frames (T, H, W, 3) u
 scale, attention (T, h, w) (``AttentionPool2d.last_attention``, a softmax over the h·w positions).
 An overlay paints a colour map over the frame in proportion to the attention::
 
-    shown = frame · (1 − α·a) + colour(a) · α·a,   a = attention upsampled, min-max scaled to [0, 1]
+    shown = frame · (1 − α·w) + colour(w) · α·w,   w = log(a·h·w) / log(h·w) upsampled, in [0, 1]
 
-so low-attention pixels keep the frame and high-attention pixels take the colour.
+so pixels at or below uniform attention keep the frame and concentrated attention takes the colour
+(``normalise="minmax"`` stretches each map to [0, 1] instead).
 """
 from __future__ import annotations
 
@@ -25,17 +26,34 @@ _COLOUR_STOPS = np.array([0.0, 0.25, 0.5, 0.75, 1.0])
 _COLOUR_VALUES = np.array([[0, 0, 4], [87, 16, 110], [188, 55, 84], [249, 142, 9], [252, 255, 164]], np.float32)
 
 
-def upsample_attention(attention: np.ndarray, size: Sequence[int]) -> np.ndarray:
-    """Attention (h, w) or (T, h, w) -> same leading dims at ``size`` (H, W), bilinear, min-max scaled to [0, 1]."""
+def upsample_attention(attention: np.ndarray, size: Sequence[int], *, normalise: str = "uniform") -> np.ndarray:
+    """Attention (h, w) or (T, h, w) -> weights in [0, 1] with the same leading dims at ``size`` (H, W).
+
+    ``normalise="uniform"``: how concentrated the attention is, ``log(a·h·w) / log(h·w)`` clipped to
+    [0, 1] (a map normalised to sum 1 first): 0 at or below the uniform level, 1 where all of it
+    sits on one position, so a flat map shows as flat. ``normalise="minmax"``: each map stretched to
+    [0, 1], which shows the ranking of positions even when the map is nearly flat.
+    """
+    if normalise not in ("uniform", "minmax"):
+        raise ValueError(f"upsample_attention: normalise must be 'uniform' or 'minmax', not {normalise!r}")
     maps = torch.as_tensor(np.asarray(attention, dtype=np.float32))
     single = maps.dim() == 2
     maps = maps[None] if single else maps
     if maps.dim() != 3:
         raise ValueError(f"upsample_attention: attention must be (h, w) or (T, h, w), not {tuple(maps.shape)}")
+    positions = maps.shape[1] * maps.shape[2]
+    if normalise == "uniform":
+        maps = maps.clamp_min(0)
+        maps = maps / maps.sum(dim=(1, 2), keepdim=True).clamp_min(1e-12) * positions  # 1 = uniform
     maps = F.interpolate(maps[:, None], size=tuple(size), mode="bilinear", align_corners=False)[:, 0]
-    low = maps.amin(dim=(1, 2), keepdim=True)
-    high = maps.amax(dim=(1, 2), keepdim=True)
-    scaled = ((maps - low) / (high - low).clamp_min(1e-12)).numpy()
+    if normalise == "uniform":
+        scaled = (maps.clamp_min(1e-12).log() / np.log(max(positions, 2))).clamp(0, 1).numpy()
+        if positions == 1:
+            scaled = np.zeros_like(scaled)
+    else:
+        low = maps.amin(dim=(1, 2), keepdim=True)
+        high = maps.amax(dim=(1, 2), keepdim=True)
+        scaled = ((maps - low) / (high - low).clamp_min(1e-12)).numpy()
     return scaled[0] if single else scaled
 
 
@@ -46,18 +64,19 @@ def colour_map(values: np.ndarray) -> np.ndarray:
     return np.stack(channels, axis=-1).round().astype(np.uint8)
 
 
-def overlay_attention(frame: np.ndarray, attention: np.ndarray, *, alpha: float = 0.7) -> np.ndarray:
-    """Frame (H, W, 3) uint8 with attention (h, w) painted over it: (H, W, 3) uint8."""
+def overlay_attention(frame: np.ndarray, attention: np.ndarray, *, alpha: float = 0.7,
+                      normalise: str = "uniform") -> np.ndarray:
+    """Frame (H, W, 3) uint8 with attention (h, w) painted over it: (H, W, 3) uint8 (see upsample_attention)."""
     if frame.ndim != 3 or frame.shape[2] != 3 or frame.dtype != np.uint8:
         raise ValueError(f"overlay_attention: frame must be (H, W, 3) uint8, not {frame.dtype} {frame.shape}")
-    weight = upsample_attention(attention, frame.shape[:2])
+    weight = upsample_attention(attention, frame.shape[:2], normalise=normalise)
     colours = colour_map(weight).astype(np.float32)
     blend = alpha * weight[..., None]
     return (frame.astype(np.float32) * (1 - blend) + colours * blend + 0.5).astype(np.uint8)
 
 
 def attention_panel(frames: np.ndarray, attention_by_scale: Dict[str, np.ndarray], *, alpha: float = 0.7,
-                    label_width: int = 64) -> np.ndarray:
+                    label_width: int = 64, normalise: str = "uniform") -> np.ndarray:
     """A grid image: the frames on the first row, their overlays of each scale on the next rows.
 
     frames (T, H, W, 3) uint8; attention_by_scale {name: (T, h, w)}. With ``label_width`` > 0 a
@@ -72,7 +91,7 @@ def attention_panel(frames: np.ndarray, attention_by_scale: Dict[str, np.ndarray
         maps = np.asarray(maps)
         if len(maps) != num_frames:
             raise ValueError(f"attention_panel: scale {name!r} has {len(maps)} maps for {num_frames} frames")
-        rows.append(np.concatenate([overlay_attention(frame, attention, alpha=alpha)
+        rows.append(np.concatenate([overlay_attention(frame, attention, alpha=alpha, normalise=normalise)
                                     for frame, attention in zip(frames, maps)], axis=1))
         names.append(name)
     panel = np.concatenate(rows, axis=0)
@@ -114,9 +133,10 @@ def save_gif(images: Sequence[np.ndarray], path: PathLike, *, fps: float = 8) ->
 
 
 def attention_overlay_frames(frames: np.ndarray, attention_by_scale: Dict[str, np.ndarray], *,
-                             alpha: float = 0.7) -> List[np.ndarray]:
+                             alpha: float = 0.7, normalise: str = "uniform") -> List[np.ndarray]:
     """One image per frame: the frame beside its overlay of each scale (for a GIF)."""
-    return [np.concatenate([frame] + [overlay_attention(frame, np.asarray(maps)[time], alpha=alpha)
+    return [np.concatenate([frame] + [overlay_attention(frame, np.asarray(maps)[time], alpha=alpha,
+                                                        normalise=normalise)
                                       for maps in attention_by_scale.values()], axis=1)
             for time, frame in enumerate(frames)]
 
