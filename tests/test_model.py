@@ -69,6 +69,16 @@ def test_forward_loss_per_stage_and_target_gets_no_gradient():
     torch.testing.assert_close(maps["layer3"].sum((1, 2)), torch.ones(8))
 
 
+@pytest.mark.parametrize("memory_format", [torch.channels_last, torch.contiguous_format])
+def test_trunk_runs_in_the_memory_format_of_its_weights(memory_format):
+    model = VITO("resnet18", pool_hidden=16, proj_hidden=32, proj_dim=16, pred_hidden=32).to(memory_format=memory_format)
+    assert model.memory_format() == memory_format
+    seen = []
+    model.online.trunk.layer3.register_forward_hook(lambda module, args, out: seen.append(out))
+    model(*views())  # channels_last inputs, as the loaders deliver them
+    assert seen[0].is_contiguous(memory_format=memory_format)
+
+
 def test_loss_is_symmetric_in_the_views():
     model = tiny_vito()
     view1, view2 = views()

@@ -4,7 +4,9 @@
     target:  view → Trunk → per stage s: AttentionPool2d_s → projector_s              → k_s   (EMA, no grad)
     loss   = Σ_s ½ [ InfoNCE(q_s(view 1), k_s(view 2)) + InfoNCE(q_s(view 2), k_s(view 1)) ]
 
-Keys are gathered over all ranks when distributed (negatives = the global batch).
+Keys are gathered over all ranks when distributed (negatives = the global batch). The trunks run
+in the memory format of their weights (``model.to(memory_format=torch.channels_last)``: the loop
+does so on GPUs); inputs are converted to it.
 
 Batch-norm policy (the paper is silent; this is BYOL's): both branches run in training mode and
 normalise with batch statistics; the two views go through each trunk as one batch of 2B, so the
@@ -112,7 +114,8 @@ class VITO(nn.Module):
     def forward(self, view1: torch.Tensor, view2: torch.Tensor) -> Tuple[torch.Tensor, Dict[str, torch.Tensor]]:
         """view1, view2 (B, 3, S, S) → (total loss, {stage: loss}); all float32 scalars."""
         batch = view1.shape[0]
-        views = torch.cat([view1, view2])  # one trunk pass per branch; BN statistics span both views
+        # One trunk pass per branch (BN statistics span both views), in the trunk's memory format.
+        views = torch.cat([view1, view2]).contiguous(memory_format=self.memory_format())
         # Online branch: trunk → pool → projector → predictor, per stage.
         queries = [pred(z) for z, pred in zip(self.online(views), self.predictors)]
         # Target branch: the same without predictor, no graph.
@@ -125,6 +128,11 @@ class VITO(nn.Module):
             q1, q2, k1, k2 = q[:batch], q[batch:], k[:batch], k[batch:]
             losses[stage] = 0.5 * (self.criterion(q1, k2) + self.criterion(q2, k1))
         return sum(losses.values()), losses
+
+    def memory_format(self) -> torch.memory_format:
+        """channels_last when the trunk's weights are (``model.to(memory_format=...)``), else contiguous."""
+        weight = self.online.trunk.conv1.weight
+        return torch.channels_last if weight.is_contiguous(memory_format=torch.channels_last) else torch.contiguous_format
 
     @torch.no_grad()
     def update_target(self, momentum: float) -> None:
