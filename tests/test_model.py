@@ -79,6 +79,15 @@ def test_trunk_runs_in_the_memory_format_of_its_weights(memory_format):
     assert seen[0].is_contiguous(memory_format=memory_format)
 
 
+def test_average_pooling_ablation_has_no_attention_parameters():
+    model = tiny_vito(pooling="average")
+    attention = tiny_vito()
+    assert sum(p.numel() for p in model.parameters()) < sum(p.numel() for p in attention.parameters())
+    loss, _ = model(*views())
+    loss.backward()
+    assert torch.isfinite(loss) and model.attention_maps() == {}
+
+
 def test_loss_is_symmetric_in_the_views():
     model = tiny_vito()
     view1, view2 = views()

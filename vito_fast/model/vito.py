@@ -74,15 +74,27 @@ def mlp(in_dim: int, hidden: int, out_dim: int) -> nn.Sequential:
                          nn.Linear(hidden, out_dim))
 
 
+class AveragePool2d(nn.Module):
+    """Global average pooling (B, C, H, W) → (B, C): the ablation of the attention pools."""
+
+    last_attention = None
+
+    def forward(self, h: torch.Tensor) -> torch.Tensor:
+        return h.mean(dim=(2, 3))
+
+
 class Encoder(nn.Module):
-    """Trunk + one attention pool and one projector per tapped stage (the part the target copies)."""
+    """Trunk + one pool and one projector per tapped stage (the part the target copies)."""
 
     def __init__(self, arch: str, stages: Sequence[str], pool_hidden: int, proj_hidden: int,
-                 proj_dim: int, backend: str):
+                 proj_dim: int, backend: str, pooling: str = "attention"):
         super().__init__()
+        if pooling not in ("attention", "average"):
+            raise ValueError(f"Encoder: pooling must be 'attention' or 'average', got {pooling!r}")
         self.trunk = Trunk(arch, stages)
         widths = [self.trunk.channels(s) for s in self.trunk.stages]
-        self.pools = nn.ModuleList(AttentionPool2d(c, pool_hidden, backend=backend) for c in widths)
+        self.pools = nn.ModuleList(AttentionPool2d(c, pool_hidden, backend=backend) if pooling == "attention"
+                                   else AveragePool2d() for c in widths)
         self.projectors = nn.ModuleList(mlp(c, proj_hidden, proj_dim) for c in widths)
 
     def forward(self, x: torch.Tensor) -> List[torch.Tensor]:
@@ -96,9 +108,9 @@ class VITO(nn.Module):
     def __init__(self, arch: str = "resnet50", stages: Sequence[str] = ("layer3", "layer4"),
                  pool_hidden: int = 512, proj_hidden: int = 4096, proj_dim: int = 256,
                  pred_hidden: int = 4096, temperature: float = 0.1, backend: str = "auto",
-                 gather_distributed: bool = True):
+                 gather_distributed: bool = True, pooling: str = "attention"):
         super().__init__()
-        self.online = Encoder(arch, stages, pool_hidden, proj_hidden, proj_dim, backend)
+        self.online = Encoder(arch, stages, pool_hidden, proj_hidden, proj_dim, backend, pooling)
         self.predictors = nn.ModuleList(mlp(proj_dim, pred_hidden, proj_dim) for _ in self.online.pools)
         self.target = copy.deepcopy(self.online)
         self.target.requires_grad_(False)
@@ -109,7 +121,7 @@ class VITO(nn.Module):
     def from_config(cls, config) -> "VITO":
         """config: ``vito_fast.train.config.ModelConfig``."""
         return cls(config.arch, config.stages, config.pool_hidden, config.proj_hidden, config.proj_dim,
-                   config.pred_hidden, config.temperature, config.backend)
+                   config.pred_hidden, config.temperature, config.backend, pooling=config.pooling)
 
     def forward(self, view1: torch.Tensor, view2: torch.Tensor) -> Tuple[torch.Tensor, Dict[str, torch.Tensor]]:
         """view1, view2 (B, 3, S, S) → (total loss, {stage: loss}); all float32 scalars."""

@@ -24,6 +24,7 @@ from vito_fast.data.sampler import ViewConfig
 class ModelConfig:
     arch: str = "resnet50"                       # any torchvision ResNet constructor name
     stages: Tuple[str, ...] = ("layer3", "layer4")  # trunk taps, one loss per tap
+    pooling: str = "attention"                   # "attention" (VITO) or "average" (the GAP ablation)
     pool_hidden: int = 512                       # attention MLP width (0: linear logits)
     proj_hidden: int = 4096
     proj_dim: int = 256
