@@ -21,6 +21,7 @@ __getattr__, __dir__ = lazy_exports(
         # DALI loader of augmented frame pairs
         "LoaderConfig": ".loader",
         "PairLoader": ".loader",
+        "LoaderStats": ".loader",
         # VideoNet-style curation of video metadata
         "CurateConfig": ".curate",
         "load_vocabulary": ".vocabulary",
