@@ -26,7 +26,8 @@ from videos import (decode_frame_number, encoder_available, read_frame_numbers, 
 from vito_fast.cli.main import main as cli_main
 from vito_fast.data import ClipRecord, FrameStore, extract_frames, read_manifest, scan_videos, transcode_clips, write_manifest
 from vito_fast.data.frame_store import ShardWriter, extract_clip_pyav
-from vito_fast.data.manifest import VideoInfo, probe_videos, split_into_clips
+from vito_fast.data.manifest import split_into_clips
+from vito_fast.data.probe import VideoInfo, probe_videos
 from vito_fast.errors import StoreError, VideoError
 
 HAS_H264 = encoder_available("h264")
@@ -154,7 +155,7 @@ def test_scan_never_modifies_inputs(corpus):
 
 def misbehaving_probe(path: str, decode_check: str):
     """A probe that hangs on *hang* files and kills its process on *crash* files (runs in a worker)."""
-    from vito_fast.data.manifest import probe_video
+    from vito_fast.data.probe import probe_video
 
     if "hang" in path:
         time.sleep(60)

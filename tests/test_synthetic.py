@@ -8,7 +8,8 @@ import pytest
 from scipy.ndimage import maximum_filter
 
 from vito_fast.data import SyntheticDataset, generate_dataset
-from vito_fast.data.manifest import probe_video, read_manifest
+from vito_fast.data.manifest import read_manifest
+from vito_fast.data.probe import probe_video
 from vito_fast.data.synthetic import INSTANCE_DISTRACTOR, INSTANCE_MAIN, class_names, render_clip
 
 SMALL = dict(num_classes=3, videos_per_class=3, num_frames=12, fps=12, size=(64, 80), progress=False)

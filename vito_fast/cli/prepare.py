@@ -93,7 +93,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def format_summary(records, rejected) -> str:
     """The table printed at the end of a scan: usable clips, rejected files by reason, hours."""
-    from vito_fast.data.manifest import REJECTION_REASONS
+    from vito_fast.data.probe import REJECTION_REASONS
 
     videos = len({record.path for record in records})
     hours = sum(record.duration for record in records) / 3600
@@ -111,7 +111,8 @@ def format_summary(records, rejected) -> str:
 
 def run_scan(args) -> int:
     from vito_fast.data.curate import expand_curated_lists
-    from vito_fast.data.manifest import RejectedVideo, rejected_manifest_path, scan_videos, write_manifest
+    from vito_fast.data.manifest import rejected_manifest_path, scan_videos, write_manifest
+    from vito_fast.data.probe import RejectedVideo
 
     missing = [path for path in args.paths if not Path(path).exists()]
     if missing:

@@ -1,0 +1,296 @@
+"""Probing video files with PyAV: one file (``probe_video``) or many in worker processes.
+
+A probe never raises for a bad file: it returns a ``VideoInfo`` for a readable video or a
+``RejectedVideo`` with a reason from ``REJECTION_REASONS`` and a human-readable detail. Probes of
+many files run in worker processes, one file at a time, each under a timeout, so a file that hangs
+or crashes the decoder costs one worker, never the scan. Inputs are only ever opened for reading.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import multiprocessing
+import os
+from dataclasses import dataclass
+from multiprocessing.connection import wait as wait_for_connections
+from typing import Iterator, List, Optional, Sequence, Tuple, Union
+
+from vito_fast.errors import VideoError
+
+
+# Why a file was rejected; the detail string says what exactly was seen.
+REJECTION_REASONS = (
+    "unreadable",  # empty, not a media file, or FFmpeg cannot open/demux it; the probe crashed or hung
+    "truncated",  # the file ends before the media it declares, or its last frames do not decode
+    "no_video_stream",
+    "zero_frames",
+    "too_short",  # shorter than min_seconds
+    "variable_frame_rate",  # frame durations differ by more than 10% (only when rejected on request)
+    "undecodable_codec",  # the codec cannot be decoded by the requested decoder
+)
+
+
+
+@dataclass
+class RejectedVideo:
+    """A file the scan could not use: ``reason`` is one of REJECTION_REASONS."""
+
+    path: str
+    reason: str
+    detail: str
+
+    def to_json(self) -> str:
+        return json.dumps(dataclasses.asdict(self))
+
+    @classmethod
+    def from_json(cls, line: str) -> "RejectedVideo":
+        return cls(**json.loads(line))
+
+
+@dataclass
+class VideoInfo:
+    """What a probe learnt about a readable video (times in seconds from the stream start)."""
+
+    path: str
+    codec: str
+    width: int
+    height: int
+    fps: float
+    num_frames: int
+    duration: float
+    variable_frame_rate: bool
+
+
+# ----------------------------------------------------------------------------- probing one file
+
+
+def probe_video(path: str, decode_check: str = "tail") -> Union[VideoInfo, RejectedVideo]:
+    """Probe one file with PyAV; never raises for a bad file.
+
+    Demuxes every packet (cheap: no decoding) to count frames and measure timestamps, compares
+    them with what the container declares (a shortfall means truncated), then decodes the first
+    frame and, with ``decode_check="tail"``, everything from the last keyframe to the end
+    (``"full"``: every frame; ``"none"``: no decoding).
+    """
+    import av  # PyAV is a hard dependency, imported here to keep the module light for pickling
+
+    if not os.path.isfile(path):
+        return RejectedVideo(path, "unreadable", "not a regular file")
+    if os.path.getsize(path) == 0:
+        return RejectedVideo(path, "unreadable", "empty file (0 bytes)")
+    try:
+        container = av.open(path, "r", metadata_errors="ignore")
+    except Exception as error:  # FFmpeg errors, but also anything odd from a broken file
+        if _iso_media_truncated(path):
+            return RejectedVideo(path, "truncated", f"a box runs past the end of the file ({error})")
+        return RejectedVideo(path, "unreadable", f"FFmpeg cannot open it: {error}")
+    with container:
+        if not container.streams.video:
+            kinds = ", ".join(stream.type for stream in container.streams) or "none"
+            return RejectedVideo(path, "no_video_stream", f"streams found: {kinds}")
+        stream = container.streams.video[0]
+        time_base = stream.time_base
+        origin = stream.start_time or 0
+        codec = stream.codec_context.name
+        timestamps, keyframe_times, stream_ends = [], [], {}
+        try:
+            for packet in container.demux():
+                if packet.size == 0 or packet.pts is None:
+                    continue
+                end = (packet.pts + (packet.duration or 0)) * packet.time_base
+                stream_ends[packet.stream.index] = max(stream_ends.get(packet.stream.index, 0), end)
+                if packet.stream.index == stream.index:
+                    timestamps.append(packet.pts)
+                    if packet.is_keyframe:
+                        keyframe_times.append(packet.pts)
+        except Exception as error:
+            return RejectedVideo(path, "truncated", f"demuxing fails after {len(timestamps)} frames: {error}")
+        if not timestamps:
+            return RejectedVideo(path, "zero_frames", f"the {codec} stream holds no frames")
+        timestamps.sort()
+        steps = [later - earlier for earlier, later in zip(timestamps, timestamps[1:])]
+        median_step = sorted(steps)[len(steps) // 2] if steps else None
+        rate = stream.average_rate or stream.guessed_rate
+        if median_step:
+            # mean step over the whole stream: exact even with coarse time bases (1 ms in WebM)
+            fps = float((len(timestamps) - 1) / ((timestamps[-1] - timestamps[0]) * time_base))
+            if rate and abs(float(rate) - fps) <= 0.01 * fps:
+                fps = float(rate)  # the declared rate is exact (30000/1001), the measured one rounded
+        elif rate:
+            fps = float(rate)
+        else:
+            return RejectedVideo(path, "unreadable", "one frame and no declared frame rate")
+        irregular = sum(abs(step - median_step) > max(1, 0.1 * median_step) for step in steps) if steps else 0
+        variable_frame_rate = irregular > max(1, 0.05 * len(steps))
+        num_frames = len(timestamps)
+        if variable_frame_rate:
+            duration = float((timestamps[-1] - origin + median_step) * time_base)
+        else:
+            duration = num_frames / fps
+        shortfall = _declared_media_shortfall(container, stream, num_frames, stream_ends, fps)
+        if shortfall:
+            return RejectedVideo(path, "truncated", shortfall)
+        if decode_check != "none":
+            problem = _decode_check(container, stream, timestamps, keyframe_times, decode_check)
+            if problem:
+                return RejectedVideo(path, "truncated", problem)
+        return VideoInfo(path, codec, stream.width, stream.height, fps, num_frames, duration, variable_frame_rate)
+
+
+def _declared_media_shortfall(container, stream, num_frames: int, stream_ends: dict, fps: float) -> Optional[str]:
+    """A description of how much less media the file holds than it declares, or None.
+
+    Durations may differ by up to 3 frames (a last packet without duration, rounding of 1 ms time
+    bases); a file missing more than that has lost its end.
+    """
+    if stream.frames and num_frames < stream.frames:
+        return f"holds {num_frames} of the {stream.frames} frames its header declares"
+    if container.duration:
+        declared = container.duration / 1_000_000 + (container.start_time or 0) / 1_000_000
+        held = float(max(stream_ends.values())) if stream_ends else 0.0
+        tolerance = max(3.0 / fps, 0.1)
+        if held + tolerance < declared:
+            return f"holds {held:.2f} s of the {declared:.2f} s its header declares"
+    return None
+
+
+def _decode_check(container, stream, timestamps: List[int], keyframe_times: List[int], mode: str) -> Optional[str]:
+    """Decode the first frame and the tail (or everything); a description of a failure, or None."""
+    try:
+        container.seek(timestamps[0], stream=stream, backward=True)
+        first = next(container.decode(stream), None)
+        if first is None:
+            return "the first frame does not decode"
+        if mode == "full":
+            start = timestamps[0]
+            container.seek(start, stream=stream, backward=True)
+        else:
+            start = keyframe_times[-1] if keyframe_times else timestamps[0]
+            container.seek(start, stream=stream, backward=True)
+        expected = sum(1 for pts in timestamps if pts >= start)
+        decoded = sum(1 for frame in container.decode(stream) if frame.pts is not None and frame.pts >= start)
+    except Exception as error:
+        return f"decoding fails: {error}"
+    if decoded < expected:
+        return f"only {decoded} of the last {expected} frames decode"
+    return None
+
+
+def _iso_media_truncated(path: str) -> bool:
+    """Whether an MP4/MOV file's top-level boxes run past its end (a download cut short)."""
+    size = os.path.getsize(path)
+    with open(path, "rb") as handle:
+        header = handle.read(8)
+        if len(header) < 8 or header[4:8] != b"ftyp":
+            return False
+        position = 0
+        while position + 8 <= size:
+            handle.seek(position)
+            box = handle.read(16)
+            box_size = int.from_bytes(box[0:4], "big")
+            if box_size == 1 and len(box) >= 16:
+                box_size = int.from_bytes(box[8:16], "big")
+            if box_size == 0:  # "to the end of the file"
+                return False
+            if box_size < 8:
+                return False  # not a box structure we understand: let it count as unreadable
+            position += box_size
+        return position > size
+
+
+# ----------------------------------------------------------------------------- probing many files
+
+
+def _probe_worker(connection, decode_check: str, probe) -> None:
+    """Worker process: say it is ready, then probe the paths it receives until it receives None."""
+    connection.send("ready")  # the parent starts a file's timeout only once its worker has started
+    while True:
+        task = connection.recv()
+        if task is None:
+            return
+        index, path = task
+        try:
+            result = probe(path, decode_check)
+        except Exception as error:  # a bug or an exotic failure: still one rejected file
+            result = RejectedVideo(path, "unreadable", f"probe failed: {type(error).__name__}: {error}")
+        connection.send((index, result))
+
+
+def probe_videos(paths: Sequence[str], *, workers: int, timeout: float, decode_check: str = "tail",
+                 probe=probe_video) -> Iterator[Tuple[int, Union[VideoInfo, RejectedVideo]]]:
+    """Yield (index, probe result) as probes finish; workers=0 probes in this process (no timeout).
+
+    A worker that dies or exceeds ``timeout`` seconds on a file is killed and replaced, and the
+    file is reported as unreadable. ``probe`` (a module-level function, for pickling) replaces
+    ``probe_video`` in tests.
+    """
+    if workers <= 0:
+        for index, path in enumerate(paths):
+            yield index, probe(path, decode_check)
+        return
+    import time
+
+    context = multiprocessing.get_context("spawn")  # no fork: the parent may hold torch threads
+    pending = list(reversed(list(enumerate(paths))))
+    starting = {}  # worker process -> connection, until the worker says it is ready
+    idle: List[Tuple[object, object]] = []
+    busy = {}  # worker process -> (connection, index, path, deadline)
+    try:
+        while pending or busy:
+            while pending and len(starting) + len(idle) + len(busy) < workers:
+                parent_end, child_end = context.Pipe()
+                process = context.Process(target=_probe_worker, args=(child_end, decode_check, probe), daemon=True)
+                process.start()
+                child_end.close()
+                starting[process] = parent_end
+            while pending and idle:
+                process, connection = idle.pop()
+                index, path = pending.pop()
+                connection.send((index, path))
+                busy[process] = (connection, index, path, time.monotonic() + timeout)
+            deadlines = [entry[3] for entry in busy.values()]
+            ready = wait_for_connections([entry[0] for entry in busy.values()] + list(starting.values())
+                                         + [process.sentinel for process in (*busy, *starting)],
+                                         timeout=max(0.0, min(deadlines) - time.monotonic()) if deadlines else None)
+            for process, connection in list(starting.items()):
+                if connection in ready or process.sentinel in ready:
+                    del starting[process]
+                    try:
+                        connection.recv()  # the "ready" greeting
+                    except (EOFError, OSError):
+                        _stop(process)
+                        raise VideoError("scan: a probe worker process died while starting") from None
+                    idle.append((process, connection))
+            for process, (connection, index, path, deadline) in list(busy.items()):
+                if connection in ready:
+                    try:
+                        _, result = connection.recv()
+                    except (EOFError, OSError):
+                        result = RejectedVideo(path, "unreadable", "the probe process crashed on this file")
+                        _stop(process)
+                    else:
+                        idle.append((process, connection))
+                    del busy[process]
+                    yield index, result
+                elif process.sentinel in ready or time.monotonic() > deadline:
+                    died = process.sentinel in ready
+                    _stop(process)
+                    del busy[process]
+                    detail = ("the probe process crashed on this file" if died
+                              else f"probing took longer than {timeout:g} s")
+                    yield index, RejectedVideo(path, "unreadable", detail)
+    finally:
+        for process, connection in idle:
+            try:
+                connection.send(None)
+            except OSError:
+                pass
+            process.join(timeout=5)
+        for process in [*busy, *starting, *(process for process, _ in idle)]:
+            _stop(process)
+
+
+def _stop(process) -> None:
+    if process.is_alive():
+        process.kill()
+    process.join(timeout=5)
