@@ -152,8 +152,7 @@ class VITO(nn.Module):
         online = [p for p in self.online.parameters()]
         target = [p for p in self.target.parameters()]
         torch._foreach_lerp_(target, online, 1.0 - momentum)
-        for t, o in zip(self.target.buffers(), self.online.buffers()):
-            t.copy_(o)
+        torch._foreach_copy_(list(self.target.buffers()), list(self.online.buffers()))
 
     def attention_maps(self) -> Dict[str, torch.Tensor]:
         """The online pools' attention of the last forward, per stage: (2B, H, W) float32 (views 1 then 2)."""

@@ -56,9 +56,15 @@ def train(config: Config, run_dir, *, resume: bool = False) -> TrainResult:
     resume=True continues from RUN/checkpoint.pt (refusing a checkpoint of a different config).
     Under torchrun (or inside an initialised process group) every rank calls this.
     """
-    run_dir = Path(run_dir)
+    info = distributed.setup(config.train.device)
+    try:
+        return _train(config, Path(run_dir), resume, info)
+    finally:
+        distributed.cleanup(info)  # only a process group that setup() created
+
+
+def _train(config: Config, run_dir: Path, resume: bool, info: distributed.DistInfo) -> TrainResult:
     tc, oc = config.train, config.optim
-    info = distributed.setup(tc.device)
     device = info.device
     use_amp = tc.amp and device.type == "cuda"
     # Model: identical initialisation on every rank; BN statistics over all ranks. channels_last on
@@ -168,7 +174,6 @@ def train(config: Config, run_dir, *, resume: bool = False) -> TrainResult:
     result.step = step
     logger.close(f"pretrain: stopped at step {step}/{tc.steps}; checkpoint {result.checkpoint}"
                  if step < tc.steps else f"pretrain: done, {step} steps; checkpoint {result.checkpoint}")
-    distributed.cleanup(info)
     return result
 
 
@@ -185,7 +190,6 @@ def _flush(pending: List[tuple], stages, info, result: TrainResult, logger: Logg
         kept = (f"the last good checkpoint {last_checkpoint} is kept" if last_checkpoint is not None
                 else "no checkpoint had been written yet")
         logger.close()
-        distributed.cleanup(info)
         raise NonFiniteLossError(
             f"pretrain: the loss became non-finite ({values[int((~finite).nonzero()[0]), 0].item()}) at step "
             f"{bad}; stopping without saving that state: {kept}. Lower optim.base_lr, set optim.grad_clip "
