@@ -25,7 +25,8 @@ from videos import (decode_frame_number, encoder_available, read_frame_numbers, 
                     write_video, write_zero_byte_file)
 from vito_fast.cli.main import main as cli_main
 from vito_fast.data import ClipRecord, FrameStore, extract_frames, read_manifest, scan_videos, transcode_clips, write_manifest
-from vito_fast.data.frame_store import ShardWriter, extract_clip_pyav
+from vito_fast.data.clip_decode import extract_clip_pyav
+from vito_fast.data.frame_store import ShardWriter
 from vito_fast.data.manifest import split_into_clips
 from vito_fast.data.probe import VideoInfo, probe_videos
 from vito_fast.errors import StoreError, VideoError

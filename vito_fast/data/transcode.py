@@ -15,7 +15,7 @@ from fractions import Fraction
 from pathlib import Path
 from typing import List, Optional, Sequence, Union
 
-from vito_fast.data.frame_store import clip_bounds, output_size
+from vito_fast.data.clip_decode import clip_bounds, output_size
 from vito_fast.data.manifest import ClipRecord, read_manifest, write_manifest
 from vito_fast.errors import VideoError
 
