@@ -367,14 +367,14 @@ def test_eval_cli_propagate_and_robustness(tmp_path, capsys):
     assert "no such manifest" in capsys.readouterr().err
 
 
-def write_tiny_run(run) -> None:
+def write_tiny_run(run, *overrides: str) -> None:
     """A run directory as `vito-fast pretrain` leaves it, for an untrained tiny VITO (no training needed)."""
     from vito_fast.model.vito import VITO
     from vito_fast.train.config import load_config, to_dict
 
     config = load_config(preset="demo", overrides=["model.pool_hidden=8", "model.proj_hidden=16",
                                                    "model.pred_hidden=16", "model.proj_dim=8",
-                                                   "data.image_size=64"])
+                                                   "data.image_size=64", *overrides])
     model = VITO.from_config(config.model)
     run.mkdir()
     torch.save({"format": 1, "step": 0, "config": to_dict(config),
@@ -410,3 +410,7 @@ def test_attention_encoder_from_run_and_viz_cli(tmp_path, capsys):
     assert "layer3" in capsys.readouterr().out
     assert main(["viz", "attention", str(tmp_path / "no-run"), dataset.videos[0].path, "-o", str(output)]) == 1
     assert "vito-fast pretrain" in capsys.readouterr().err
+    write_tiny_run(tmp_path / "average", "model.pooling=average")
+    with pytest.raises(ValueError, match="no attention maps"):
+        load_encoder(tmp_path / "average", pooling="attention")
+    assert load_encoder(tmp_path / "average").stages == ("layer4",)  # its trunk still evaluates

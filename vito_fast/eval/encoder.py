@@ -135,6 +135,8 @@ def _encoder_from_run(online: Dict[str, torch.Tensor], config: dict, source: str
         from vito_fast.train.config import from_dict
 
         settings = from_dict(config).model
+        if getattr(settings, "pooling", "attention") != "attention":
+            raise ValueError(f"{source}: the run pools by {settings.pooling}, so it has no attention maps")
         trained = Encoder(settings.arch, settings.stages, settings.pool_hidden, settings.proj_hidden,
                           settings.proj_dim, settings.backend)
         trained.load_state_dict(online)

@@ -1,0 +1,202 @@
+"""The built-in demo: generate the synthetic videos, pretrain VITO and its ablations, evaluate, report.
+
+    run_demo(DemoSettings(out_dir="vito-demo", minutes=15))   # what `vito-fast demo` runs
+
+Variants (each pretrained for the same number of steps, from the same initialisation):
+
+- ``random``   the untrained model (a step-0 checkpoint): the floor every method must clear;
+- ``vito``     the demo preset: frame pairs Δt apart (uniform in the configured range), attention pools;
+- ``dt0``      the same with Δt = 0: both views from one frame (image-level BYOL-style augmentation);
+- ``avgpool``  the same with average pooling instead of attention — only when the model config has a
+               ``pooling`` option (``model.pooling=average``); otherwise reported as not run.
+
+Evaluations on the synthetic data (frozen features, see ``vito_fast.eval``): kNN and linear-probe
+top-1 accuracy on frames (train/test split by video), label-propagation J of the first-frame object
+masks, and the IoU between each scale's attention (cut to half its mass) and the object masks,
+next to a centred-Gaussian baseline. The step count is chosen from the time budget: a timed
+training step of the model on random inputs, times a safety factor for data loading.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Dict, List, Optional, Tuple
+
+import numpy as np
+import torch
+
+from vito_fast.eval.features import extract_feature_maps, extract_features, load_manifest_frames, split_by_group
+from vito_fast.eval.knn import knn_accuracy
+from vito_fast.eval.linear import linear_probe_accuracy
+from vito_fast.eval.propagate import propagate_labels, region_similarity
+from vito_fast.eval.viz import attention_mask_iou, centred_gaussian_attention
+
+
+@dataclass
+class DemoSettings:
+    out_dir: str = "vito-demo"
+    minutes: float = 15.0  # wall-clock budget for the whole demo
+    videos_per_class: int = 8
+    num_frames: int = 48
+    steps: Optional[int] = None  # pretraining steps per variant; None: from the time budget
+    max_steps: int = 300
+    overrides: List[str] = field(default_factory=list)  # extra config overrides for every variant
+    eval_videos: int = 8  # videos used for propagation and attention IoU
+    seed: int = 0
+    progress: bool = True
+
+
+def variant_overrides(variant: str) -> Optional[List[str]]:
+    """Config overrides of a variant; None when this build's model cannot express it."""
+    from vito_fast.train.config import ModelConfig
+
+    if variant == "vito":
+        return []
+    if variant == "dt0":
+        return ["data.views.delta_seconds=[0.0,0.0]"]
+    if variant == "avgpool":
+        names = {model_field.name for model_field in dataclasses.fields(ModelConfig)}
+        return ["model.pooling=average"] if "pooling" in names else None
+    raise ValueError(f"demo: unknown variant {variant!r}")
+
+
+def seconds_per_step(config) -> float:
+    """Time of one training step (forward, backward, EMA) of the config's model on random inputs."""
+    from vito_fast.model.vito import VITO
+
+    device = "cuda" if config.train.device in ("auto", "cuda") and torch.cuda.is_available() else "cpu"
+    torch.manual_seed(0)
+    model = VITO.from_config(config.model).to(device)
+    optimizer = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=1e-3)
+    views = torch.randn(2, config.data.batch_size, 3, config.data.image_size, config.data.image_size, device=device)
+    timings = []
+    for _ in range(3):  # the first one warms up
+        started = time.perf_counter()
+        loss, _ = model(views[0], views[1])
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        model.update_target(0.99)
+        if device == "cuda":
+            torch.cuda.synchronize()
+        timings.append(time.perf_counter() - started)
+    return float(min(timings[1:]))
+
+
+def write_untrained_run(config, run_dir: Path) -> None:
+    """A step-0 checkpoint of the model as `train` initialises it (seed ``train.seed``)."""
+    from vito_fast.model.vito import VITO
+    from vito_fast.train.config import to_dict
+
+    torch.manual_seed(config.train.seed)
+    model = VITO.from_config(config.model)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    torch.save({"format": 1, "step": 0, "config": to_dict(config),
+                "model": {key: value for key, value in model.state_dict().items() if not key.startswith("target.")},
+                "target": model.target.state_dict()}, run_dir / "checkpoint.pt")
+
+
+def evaluate_run(run_dir: Path, dataset, frames, settings: DemoSettings) -> Tuple[Dict[str, object], Dict]:
+    """(kNN, linear probe, propagation J and attention IoU of one run; {video: (frames, attention)} of 2 videos)."""
+    from vito_fast.cli.viz import attention_of_frames
+    from vito_fast.eval.encoder import load_encoder
+
+    train_indices, test_indices = split_by_group(frames.labels, frames.groups, test_fraction=0.25, seed=settings.seed)
+    encoder = load_encoder(run_dir)  # the last stage's maps, average-pooled
+    features = extract_features(encoder, frames.images)
+    labels = torch.from_numpy(frames.labels)
+    result: Dict[str, object] = {
+        "knn": knn_accuracy(features[train_indices], labels[train_indices], features[test_indices],
+                            labels[test_indices], k=10),
+        "linear": linear_probe_accuracy(features[train_indices], labels[train_indices], features[test_indices],
+                                        labels[test_indices]),
+    }
+    maps_encoder = load_encoder(run_dir, stages=("layer3",))
+    pools_by_attention = maps_encoder.run_config["model"].get("pooling", "attention") == "attention"
+    attention_encoder = load_encoder(run_dir, pooling="attention") if pools_by_attention else None
+    # attention at twice the training size: the pools are 1x1 convolutions, and finer maps cut finer masks
+    attention_size = 2 * int(maps_encoder.run_config["data"]["image_size"])
+    jaccard, attention_iou, examples = [], {}, {}
+    for index in range(min(settings.eval_videos, len(dataset.videos))):
+        clip, masks = dataset.load_frames(index), dataset.load_masks(index)
+        height, width = clip.shape[1:3]
+        maps = extract_feature_maps(maps_encoder, clip, image_size=(2 * height, 2 * width))
+        jaccard.append(region_similarity(propagate_labels(maps, masks[0]), masks)["J"])
+        if attention_encoder is None:
+            continue
+        attention = attention_of_frames(attention_encoder, clip, attention_size)
+        for stage, stage_attention in attention.items():
+            attention_iou.setdefault(stage, []).append(attention_mask_iou(stage_attention, masks > 0))
+        if index < 2:
+            examples[index] = (clip, attention)
+    result["propagation_J"] = float(np.mean(jaccard))
+    result["attention_iou"] = {stage: float(np.mean(values)) for stage, values in attention_iou.items()}
+    return result, examples
+
+
+def run_demo(settings: DemoSettings) -> Dict[str, object]:
+    """Run everything and write OUT/report.md, OUT/results.json and the PNGs; returns the results."""
+    from vito_fast.data.synthetic import SyntheticDataset, generate_dataset
+    from vito_fast.train.config import load_config
+    from vito_fast.train.loop import train
+
+    started = time.perf_counter()
+    deadline = started + 60 * settings.minutes
+    out = Path(settings.out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    # 1. Data: the built-in videos (reused when a previous demo left the same settings).
+    data_root = out / "data"
+    wanted = {"videos_per_class": settings.videos_per_class, "num_frames": settings.num_frames, "seed": settings.seed}
+    index_path = data_root / "dataset.json"
+    previous = json.loads(index_path.read_text())["settings"] if index_path.is_file() else {}
+    if all(previous.get(key) == value for key, value in wanted.items()):
+        dataset = SyntheticDataset.open(data_root)
+    else:
+        dataset = generate_dataset(data_root, videos_per_class=settings.videos_per_class,
+                                   num_frames=settings.num_frames, seed=settings.seed, progress=settings.progress)
+    frames = load_manifest_frames(dataset.manifest_path, frames_per_clip=4, class_names=dataset.class_names)
+    # 2. Variants and the step budget.
+    base = ["data.path=" + str(dataset.manifest_path), "train.image_every=0",
+            f"train.progress={str(settings.progress).lower()}", *settings.overrides]
+    variants = {name: variant_overrides(name) for name in ("vito", "avgpool", "dt0")}
+    trained = [name for name, overrides in variants.items() if overrides is not None]
+    probe_config = load_config(preset="demo", overrides=base)
+    estimate = seconds_per_step(probe_config)
+    if settings.steps is None:
+        evaluation_reserve = 40.0 * (len(trained) + 1)
+        budget = max(0.0, deadline - time.perf_counter() - evaluation_reserve) / max(len(trained), 1)
+        steps = int(np.clip(budget / (2.0 * estimate), 3, settings.max_steps))
+    else:
+        steps = settings.steps
+    base += [f"train.steps={steps}", f"train.checkpoint_every={steps}", f"optim.warmup_steps={max(1, steps // 10)}"]
+    # 3. Pretraining, then evaluation of every variant.
+    results: Dict[str, Dict[str, object]] = {}
+    losses: Dict[str, List[float]] = {}
+    examples = {}
+    random_config = load_config(preset="demo", overrides=base)
+    write_untrained_run(random_config, out / "runs" / "random")
+    results["random"], examples["random"] = evaluate_run(out / "runs" / "random", dataset, frames, settings)
+    results["random"].update(steps=0, final_loss=None)
+    for name in trained:
+        config = load_config(preset="demo", overrides=base + variants[name])
+        run_dir = out / "runs" / name
+        train_started = time.perf_counter()
+        outcome = train(config, run_dir)
+        losses[name] = outcome.losses
+        results[name], examples[name] = evaluate_run(run_dir, dataset, frames, settings)
+        results[name].update(steps=outcome.step, final_loss=outcome.losses[-1] if outcome.losses else None,
+                             train_seconds=round(time.perf_counter() - train_started, 1))
+    masks = [dataset.load_masks(index) > 0 for index in range(min(settings.eval_videos, len(dataset.videos)))]
+    baseline = float(np.mean([attention_mask_iou(centred_gaussian_attention(len(mask), 8, 8), mask) for mask in masks]))
+    summary = {"settings": dataclasses.asdict(settings), "steps": steps, "estimated_seconds_per_step": estimate,
+               "variants": results, "not_run": {name: "the model config has no `pooling` option (average pooling)"
+                                                for name, overrides in variants.items() if overrides is None},
+               "centred_gaussian_attention_iou": baseline, "losses": losses,
+               "seconds": round(time.perf_counter() - started, 1)}
+    from vito_fast.demo_report import write_report
+
+    write_report(out, summary, examples, dataset.class_names)
+    return summary
