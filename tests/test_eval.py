@@ -414,3 +414,22 @@ def test_attention_encoder_from_run_and_viz_cli(tmp_path, capsys):
     with pytest.raises(ValueError, match="no attention maps"):
         load_encoder(tmp_path / "average", pooling="attention")
     assert load_encoder(tmp_path / "average").stages == ("layer4",)  # its trunk still evaluates
+
+
+def test_davis_layout_loads_frames_and_palette_masks(tmp_path):
+    from vito_fast.eval.propagate import load_davis_sequences
+
+    images, annotations = tmp_path / "JPEGImages" / "480p" / "cars", tmp_path / "Annotations" / "480p" / "cars"
+    images.mkdir(parents=True)
+    annotations.mkdir(parents=True)
+    for index in range(3):
+        Image.fromarray(np.full((16, 24, 3), 40 * index, np.uint8)).save(images / f"{index:05d}.jpg")
+        mask = Image.fromarray(np.where(np.arange(24)[None, :] < 8 + index, 2, 0).repeat(16, 0).astype(np.uint8),
+                               mode="P")
+        mask.putpalette([0, 0, 0, 128, 0, 0, 0, 128, 0] + [0] * (256 * 3 - 9))
+        mask.save(annotations / f"{index:05d}.png")
+    [(name, frames, masks)] = load_davis_sequences(tmp_path)
+    assert name == "cars" and frames.shape == (3, 16, 24, 3) and masks.shape == (3, 16, 24)
+    assert set(np.unique(masks)) == {0, 2} and (masks[2] == 2).sum() == 16 * 10  # palette indices are the ids
+    with pytest.raises(FileNotFoundError, match="DAVIS layout"):
+        load_davis_sequences(tmp_path / "JPEGImages")
