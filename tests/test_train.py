@@ -180,8 +180,9 @@ def test_resume_refuses_a_different_config_naming_the_keys(tmp_path):
     train(tiny("train.steps=1"), tmp_path / "run")
     with pytest.raises(ConfigMismatchError, match=r"model\.proj_dim: checkpoint 16, now 8.*optim\.base_lr"):
         train(tiny("train.steps=1", "model.proj_dim=8", "optim.base_lr=0.1"), tmp_path / "run", resume=True)
-    # Logging cadence is free to change.
-    assert train(tiny("train.steps=2", "train.log_every=2"), tmp_path / "run2").step == 2
+    # Logging cadence and CPU threads are free to change; the caller's thread count is restored.
+    assert train(tiny("train.steps=2", "train.log_every=2", "train.cpu_threads=2"), tmp_path / "run2").step == 2
+    assert torch.get_num_threads() == 1
     assert train(tiny("train.steps=2", "train.log_every=1"), tmp_path / "run2", resume=True).step == 2
 
 

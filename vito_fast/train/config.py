@@ -70,6 +70,7 @@ class TrainConfig:
     compile: bool = False                        # torch.compile the trunks
     amp: bool = True                             # bf16 autocast (CUDA only)
     device: str = "auto"                         # "auto", "cpu", "cuda"
+    cpu_threads: int = 0                         # intra-op threads on a CPU (0: half the cores)
     seed: int = 0                                # model initialisation
     progress: bool = True                        # tqdm bar on rank 0
 
@@ -85,7 +86,7 @@ class Config:
 # Keys that may differ between a checkpoint and the run resuming it.
 RESUME_FREE_KEYS = frozenset({
     "data.path", "data.num_threads", "train.stop_after", "train.checkpoint_every", "train.log_every", "train.image_every",
-    "train.compile", "train.progress", "train.device",
+    "train.compile", "train.progress", "train.device", "train.cpu_threads",
 })
 
 PRESETS: Dict[str, Dict[str, Any]] = {

@@ -19,6 +19,7 @@ between them.
 """
 from __future__ import annotations
 
+import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -57,10 +58,24 @@ def train(config: Config, run_dir, *, resume: bool = False) -> TrainResult:
     Under torchrun (or inside an initialised process group) every rank calls this.
     """
     info = distributed.setup(config.train.device)
+    threads = torch.get_num_threads()
+    if info.device.type == "cpu":
+        torch.set_num_threads(config.train.cpu_threads or cpu_compute_threads())
     try:
         return _train(config, Path(run_dir), resume, info)
     finally:
+        torch.set_num_threads(threads)
         distributed.cleanup(info)  # only a process group that setup() created
+
+
+def cpu_compute_threads() -> int:
+    """Half the usable cores (at least one) for the step; the rest feed the loader's decoders.
+
+    On the shared 2-core machine of benches/RESULTS.md, two intra-op threads ran the demo step 6×
+    slower than one (2.4 vs 15.7 pairs/s): each parallel region waits for a thread without a core.
+    """
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return max(1, cores // 2)
 
 
 def _train(config: Config, run_dir: Path, resume: bool, info: distributed.DistInfo) -> TrainResult:
