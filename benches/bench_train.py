@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import datetime
 import json
+import math
 import os
 import platform
 import tempfile
@@ -95,8 +96,8 @@ def table(rows: Dict[str, Dict[str, float]], eager: Optional[float]) -> List[str
             lines.append(f"| {provider} | – | – | – | {row['error']} |")
             continue
         ratio = f"{row['pairs_per_s'] / eager:.2f}×" if eager else "–"
-        lines.append(f"| {provider} | {row['pairs_per_s']:.1f} | {ratio} | {100 * row['data_wait']:.1f} % | "
-                     f"{row['peak_gb']:.1f} |")
+        peak = "–" if math.isnan(row["peak_gb"]) else f"{row['peak_gb']:.1f}"
+        lines.append(f"| {provider} | {row['pairs_per_s']:.1f} | {ratio} | {100 * row['data_wait']:.1f} % | {peak} |")
     return lines
 
 
