@@ -8,9 +8,10 @@ Keys are gathered over all ranks when distributed (negatives = the global batch)
 in the memory format of their weights (``model.to(memory_format=torch.channels_last)``: the loop
 does so on GPUs); inputs are converted to it.
 
-Batch-norm policy (the paper is silent; this is BYOL's): both branches run in training mode and
-normalise with batch statistics; the two views go through each trunk as one batch of 2B, so the
-statistics span both views; with ``sync_bn`` and several ranks they span the global batch
+Batch-norm policy (the paper is silent; a config-free choice documented here): both branches run
+in training mode and normalise with batch statistics, as in BYOL; the two views go through each
+trunk as one batch of 2B (one launch per layer instead of two), so the statistics span both views,
+as in SimCLR; with ``sync_bn`` and several ranks they span the global batch
 (``convert_sync_batchnorm``). The target's parameters are an EMA of the online ones; its buffers
 (running mean/var, which only eval-mode use reads) are *copied* from the online network at each
 EMA step, so an eval-mode target is consistent with the weights it averages.
