@@ -103,11 +103,14 @@ def demo_dataset(run_dir: Path, *, progress: bool = True) -> Path:
 def build_loader(config, info: DistInfo, *, epoch: int, start_step: int, run_dir: Optional[Path] = None):
     """The batch source that config.data names, for this rank, positioned at (epoch, start_step)."""
     data = config.data
+    # bf16 views feed the bf16-autocast step on a GPU; the CPU step runs in float32.
+    bf16 = info.device.type == "cuda" and config.train.amp
     if data.source == "synthetic":
         return SyntheticPairSource(data.batch_size, image_size=data.image_size, device=info.device,
                                    seed=data.seed, epoch=epoch, start_step=start_step, rank=info.rank,
                                    world_size=info.world_size, num_samples=data.synthetic_samples,
-                                   steps_per_epoch=data.steps_per_epoch or 1000)
+                                   steps_per_epoch=data.steps_per_epoch or 1000,
+                                   dtype=torch.bfloat16 if bf16 else torch.float32)
     if data.source != "loader":
         raise ValueError(f"data.source must be 'loader' or 'synthetic', got {data.source!r}")
     try:
@@ -127,9 +130,8 @@ def build_loader(config, info: DistInfo, *, epoch: int, start_step: int, run_dir
             torch.distributed.barrier()
         path = str(demo_dataset(run_dir, progress=False))
     on_gpu = info.device.type == "cuda"
-    # bf16 views feed the bf16-autocast step on a GPU; the CPU step runs in float32.
     loader_config = LoaderConfig(image_size=data.image_size, views=data.views,
-                                 dtype="bfloat16" if on_gpu and config.train.amp else "float32",
+                                 dtype="bfloat16" if bf16 else "float32",
                                  num_threads=data.num_threads or None,
                                  device_id=info.device.index if on_gpu else None)
     return PairLoader(path, data.batch_size, device="gpu" if on_gpu else "cpu", seed=data.seed, epoch=epoch,
