@@ -95,7 +95,7 @@ PRESETS: Dict[str, Dict[str, Any]] = {
         "model": {"arch": "resnet18", "pool_hidden": 128, "proj_hidden": 512, "proj_dim": 128,
                   "pred_hidden": 512},
         "data": {"image_size": 64, "batch_size": 16},
-        "optim": {"base_lr": 1.0, "warmup_steps": 10, "weight_decay": 1e-6},
+        "optim": {"base_lr": 4.0, "warmup_steps": 10, "weight_decay": 1e-6},  # lr 0.25 at 16 pairs
         "train": {"steps": 100, "checkpoint_every": 25, "log_every": 5, "image_every": 25},
     },
     # The paper's setting (BYOL/DetCon defaults), per GPU 256 pairs.
