@@ -20,7 +20,7 @@ from typing import Any, Dict, Optional, Union
 import numpy as np
 import torch
 
-from vito_fast.train.config import RESUME_FREE_KEYS, config_diff, to_dict
+from vito_fast.train.config import RESUME_FREE_KEYS, config_diff, flatten, to_dict
 
 FORMAT = 1
 FILENAME = "checkpoint.pt"
@@ -109,8 +109,6 @@ def load_checkpoint(run_dir: PathLike, config=None, map_location: Union[str, tor
     if config is not None:
         differing = config_diff(state["config"], config, ignore=RESUME_FREE_KEYS)
         if differing:
-            from vito_fast.train.config import flatten
-
             saved, wanted = flatten(state["config"]), flatten(config)
             details = "; ".join(f"{k}: checkpoint {saved.get(k)!r}, now {wanted.get(k)!r}" for k in differing)
             raise ConfigMismatchError(f"{path}: the checkpoint was written with a different config "

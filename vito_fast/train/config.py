@@ -103,10 +103,6 @@ PRESETS: Dict[str, Dict[str, Any]] = {
 }
 
 
-def _field_types(cls) -> Dict[str, Any]:
-    return typing.get_type_hints(cls)
-
-
 def _coerce(value: Any, annotation: Any, where: str) -> Any:
     """Turn a YAML value into the field's type (lists → tuples, ints → floats), or raise naming where."""
     if dataclasses.is_dataclass(annotation):
@@ -156,7 +152,7 @@ def _coerce(value: Any, annotation: Any, where: str) -> Any:
 
 
 def _build(cls, values: Dict[str, Any], where: str = ""):
-    types = _field_types(cls)
+    types = typing.get_type_hints(cls)
     unknown = sorted(set(values) - set(types))
     if unknown:
         prefix = f"{where}." if where else ""

@@ -179,12 +179,11 @@ def _train(config: Config, run_dir: Path, resume: bool, info: distributed.DistIn
             logger.attention(step, batch["view1"], model.attention_maps())
         if checkpoint_due:
             if info.is_main:
-                last_checkpoint = save_checkpoint(
-                    run_dir, step=step, model=model, optimizer=optimizer, scaler=scaler, config=config,
-                    loader_state={"epoch": step // steps_per_epoch, "step": step % steps_per_epoch,
-                                  "steps_per_epoch": steps_per_epoch})
-            distributed.barrier(info)
-            result.checkpoint = checkpoint_path(run_dir)
+                save_checkpoint(run_dir, step=step, model=model, optimizer=optimizer, scaler=scaler, config=config,
+                                loader_state={"epoch": step // steps_per_epoch, "step": step % steps_per_epoch,
+                                              "steps_per_epoch": steps_per_epoch})
+            distributed.barrier(info)  # every rank knows the checkpoint exists once it passes here
+            last_checkpoint = result.checkpoint = checkpoint_path(run_dir)
 
     result.step = step
     logger.close(f"pretrain: stopped at step {step}/{tc.steps}; checkpoint {result.checkpoint}"
