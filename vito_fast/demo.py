@@ -35,6 +35,13 @@ from vito_fast.eval.propagate import propagate_labels, region_similarity
 from vito_fast.eval.viz import attention_mask_iou, centred_gaussian_attention
 
 
+# LARS moves each layer by about lr · trust_coefficient of its norm per step: with the preset's
+# η = 1e-3 and lr = 0.0625 a 50-step run changes the weights by 0.3% and learns nothing measurable.
+# Measured here (40 steps, 4 videos): propagation J 0.35 → 0.47 and linear 22% → 47% with these;
+# base_lr 16 overshoots (kNN below chance). The user's overrides come after and win.
+SHORT_RUN_OPTIMISER = ["optim.trust_coefficient=0.02", "optim.base_lr=4.0"]
+
+
 @dataclass
 class DemoSettings:
     out_dir: str = "vito-demo"
@@ -160,7 +167,7 @@ def run_demo(settings: DemoSettings) -> Dict[str, object]:
     frames = load_manifest_frames(dataset.manifest_path, frames_per_clip=4, class_names=dataset.class_names)
     # 2. Variants and the step budget.
     base = ["data.path=" + str(dataset.manifest_path), "train.image_every=0",
-            f"train.progress={str(settings.progress).lower()}", *settings.overrides]
+            f"train.progress={str(settings.progress).lower()}", *SHORT_RUN_OPTIMISER, *settings.overrides]
     variants = {name: variant_overrides(name) for name in ("vito", "avgpool", "dt0")}
     trained = [name for name, overrides in variants.items() if overrides is not None]
     probe_config = load_config(preset="demo", overrides=base)
@@ -168,7 +175,8 @@ def run_demo(settings: DemoSettings) -> Dict[str, object]:
     if settings.steps is None:
         evaluation_reserve = 40.0 * (len(trained) + 1)
         budget = max(0.0, deadline - time.perf_counter() - evaluation_reserve) / max(len(trained), 1)
-        steps = int(np.clip(budget / (2.0 * estimate), 3, settings.max_steps))
+        # data loading and a busy machine add to the model-only estimate
+        steps = int(np.clip(budget / (1.5 * estimate), 3, settings.max_steps))
     else:
         steps = settings.steps
     base += [f"train.steps={steps}", f"train.checkpoint_every={steps}", f"optim.warmup_steps={max(1, steps // 10)}"]
@@ -192,6 +200,7 @@ def run_demo(settings: DemoSettings) -> Dict[str, object]:
     masks = [dataset.load_masks(index) > 0 for index in range(min(settings.eval_videos, len(dataset.videos)))]
     baseline = float(np.mean([attention_mask_iou(centred_gaussian_attention(len(mask), 8, 8), mask) for mask in masks]))
     summary = {"settings": dataclasses.asdict(settings), "steps": steps, "estimated_seconds_per_step": estimate,
+               "config_overrides": base[1:],
                "variants": results, "not_run": {name: "the model config has no `pooling` option (average pooling)"
                                                 for name, overrides in variants.items() if overrides is None},
                "centred_gaussian_attention_iou": baseline, "losses": losses,

@@ -77,7 +77,8 @@ def write_report(out: Path, summary: Dict, examples: Dict, class_names: List[str
              f"{summary['settings']['videos_per_class']} videos per class of {summary['settings']['num_frames']} "
              f"frames. Each variant pretrained for {summary['steps']} steps of the `demo` preset "
              f"(estimated {summary['estimated_seconds_per_step']:.2f} s per step); the whole demo took "
-             f"{summary['seconds']:.0f} s.", "",
+             f"{summary['seconds']:.0f} s. Config overrides of every variant: "
+             + ", ".join(f"`{item}`" for item in summary.get("config_overrides", [])) + ".", "",
              "| variant | steps | final loss | kNN top-1 | linear top-1 | propagation J | "
              + " | ".join(f"attention IoU {stage}" for stage in stages) + " |",
              "|---|---|---|---|---|---|" + "---|" * len(stages)]
@@ -90,7 +91,9 @@ def write_report(out: Path, summary: Dict, examples: Dict, class_names: List[str
     for name, reason in summary["not_run"].items():
         lines.append(f"\n*{TITLES.get(name, name)}* was not run: {reason}.")
     lines += ["", "## Does it show the paper's claims?", "", *_claims(summary), "",
-              "These are small, short runs on a CPU: differences of a few points are within run-to-run noise. "
+              "These are small, short runs on a CPU: differences of a few points are within run-to-run noise, "
+              "and a few dozen steps of instance discrimination between videos need not create class structure "
+              "(kNN can fall below random init while propagation J, a temporal-correspondence measure, rises). "
               "kNN/linear use the last stage's average-pooled features of 4 frames per video, split by video; "
               "J propagates the first frame's object masks with layer-3 features; attention IoU keeps the "
               "pixels holding half of each scale's attention.", "",
