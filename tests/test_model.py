@@ -93,7 +93,7 @@ def test_loss_is_symmetric_in_the_views():
     view1, view2 = views()
     loss_a, _ = model(view1, view2)
     loss_b, _ = model(view2, view1)
-    torch.testing.assert_close(loss_a, loss_b)
+    torch.testing.assert_close(loss_a, loss_b, rtol=1e-5, atol=1e-4)  # BN sums in another order
 
 
 def test_ema_update_matches_hand_computation():

@@ -173,7 +173,7 @@ def test_resume_reproduces_the_uninterrupted_run(tmp_path):
     assert first.step == 3 and load_checkpoint(tmp_path / "b")["step"] == 3
     second = train(config, tmp_path / "b", resume=True)
     assert second.step == 5
-    torch.testing.assert_close(first.losses + second.losses, uninterrupted, rtol=0, atol=1e-6)
+    torch.testing.assert_close(first.losses + second.losses, uninterrupted, rtol=0, atol=1e-5)
 
 
 def test_resume_refuses_a_different_config_naming_the_keys(tmp_path):
@@ -223,7 +223,7 @@ def test_sigkill_resumes_from_the_last_checkpoint(tmp_path):
     assert load_checkpoint(run)["step"] == 4
     reference = train(tiny("train.steps=4", "train.checkpoint_every=1"), tmp_path / "reference").losses
     resumed = metrics_losses(run)
-    torch.testing.assert_close([resumed[s] for s in range(4)], reference, rtol=0, atol=1e-6)
+    torch.testing.assert_close([resumed[s] for s in range(4)], reference, rtol=0, atol=1e-5)
 
 
 # ---------------------------------------------------------------- distributed and ops paths
