@@ -61,13 +61,15 @@ RUNTIME_REQUIREMENTS = [
     "triton>=3.0; platform_system == 'Linux'",
     "nvidia-dali-cuda130; platform_system == 'Linux' and platform_machine == 'x86_64'",
     "numpy>=1.24",
+    "scipy>=1.10",
+    "pillow>=9",
     "av>=12",
     "tqdm>=4.60",
     "tensorboard>=2.12",
     "pyyaml>=6",
 ]
 
-TEST_REQUIREMENTS = ["pytest>=7", "pytest-benchmark>=4", "hypothesis>=6", "scipy>=1.10"]
+TEST_REQUIREMENTS = ["pytest>=7", "pytest-benchmark>=4", "hypothesis>=6"]
 
 setup(
     name="vito_fast",
