@@ -12,22 +12,9 @@ import argparse
 import sys
 from typing import Sequence
 
-EXIT_OK, EXIT_FAILURE, EXIT_USAGE = 0, 1, 2
+from vito_fast.cli._args import EXIT_FAILURE, EXIT_OK, EXIT_USAGE, non_negative_float, non_negative_int
+
 SHOWN_MALFORMED = 10
-
-
-def non_negative_int(text: str) -> int:
-    value = int(text)
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must not be negative, not {value}")
-    return value
-
-
-def non_negative_float(text: str) -> float:
-    value = float(text)
-    if not value >= 0:
-        raise argparse.ArgumentTypeError(f"must be a non-negative number, not {text}")
-    return value
 
 
 def build_parser() -> argparse.ArgumentParser:

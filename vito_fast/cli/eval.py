@@ -21,9 +21,8 @@ from typing import Dict, List, Sequence, Tuple
 import numpy as np
 import torch
 
+from vito_fast.cli._args import EXIT_FAILURE, EXIT_OK
 from vito_fast.errors import VitoError
-
-EXIT_OK, EXIT_FAILURE, EXIT_USAGE = 0, 1, 2
 EVALUATIONS = ("knn", "linear", "robustness", "propagate")
 
 

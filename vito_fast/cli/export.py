@@ -16,7 +16,7 @@ import argparse
 import sys
 from typing import List, Optional
 
-EXIT_FAILURE, EXIT_USAGE = 1, 2
+from vito_fast.cli._args import EXIT_FAILURE
 
 
 def export_state(state: dict, fmt: str = "torchvision", encoder: str = "online") -> dict:

@@ -6,6 +6,7 @@ import importlib
 import sys
 from typing import List, Optional
 
+from vito_fast.cli._args import EXIT_USAGE
 from vito_fast.version import __version__
 
 # name -> one-line help. The module vito_fast.cli.<name> implements it with main(argv) -> int.
@@ -19,8 +20,6 @@ SUBCOMMANDS = {
     "bench": "run the benchmark suite (benches/) and print the figures",
     "demo": "generate built-in data, pretrain, evaluate and write a report in minutes",
 }
-
-EXIT_USAGE = 2
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -12,30 +12,8 @@ from collections import Counter
 from pathlib import Path
 from typing import Sequence
 
+from vito_fast.cli._args import EXIT_FAILURE, EXIT_OK, EXIT_USAGE, non_negative_float, positive_float, positive_int
 from vito_fast.errors import VitoError
-
-EXIT_OK, EXIT_FAILURE, EXIT_USAGE = 0, 1, 2
-
-
-def positive_int(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, not {value}")
-    return value
-
-
-def non_negative_float(text: str) -> float:
-    value = float(text)
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must not be negative, not {value}")
-    return value
-
-
-def positive_float(text: str) -> float:
-    value = float(text)
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"must be positive, not {value}")
-    return value
 
 
 def build_parser() -> argparse.ArgumentParser:

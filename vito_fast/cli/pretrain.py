@@ -12,7 +12,7 @@ import sys
 from pathlib import Path
 from typing import List, Optional
 
-EXIT_FAILURE, EXIT_USAGE = 1, 2
+from vito_fast.cli._args import EXIT_FAILURE, EXIT_USAGE
 
 
 def build_parser() -> argparse.ArgumentParser:

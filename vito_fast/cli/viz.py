@@ -18,7 +18,7 @@ from typing import Dict, List
 import numpy as np
 import torch
 
-EXIT_OK, EXIT_FAILURE = 0, 1
+from vito_fast.cli._args import EXIT_FAILURE, EXIT_OK
 
 
 def build_parser() -> argparse.ArgumentParser:
