@@ -65,6 +65,7 @@ VIDEO_ENCODERS: Dict[str, Tuple[str, str, Dict[str, str], str]] = {
 
 INSTANCE_MAIN, INSTANCE_DISTRACTOR = 1, 2
 DISTRACTOR_PROBABILITY = 0.5
+NUM_BACKGROUNDS = 4  # background textures shared by all the videos (0: one of its own per video)
 
 
 @dataclass
@@ -134,18 +135,28 @@ def class_names(num_classes: int) -> List[str]:
 
 def generate_dataset(out_dir: PathLike, *, num_classes: int = 4, videos_per_class: int = 8, num_frames: int = 48,
                      fps: float = 12, size: Tuple[int, int] = (96, 96), seed: int = 0, codec: str = "vp9",
+                     num_backgrounds: int = NUM_BACKGROUNDS, object_scale: float = 1.0,
                      progress: bool = True) -> SyntheticDataset:
     """Render, encode and index ``num_classes * videos_per_class`` videos under ``out_dir``.
 
     ``size`` is (height, width), both even. Videos are ordered class by class; video i of the
     whole set is drawn from the random stream (seed, i), so it does not depend on the others.
     Existing files of the same names are overwritten.
+
+    ``num_backgrounds`` > 0: every video's camera pans over one of that many background textures
+    (texture k drawn from the stream (seed, -1 - k) mod 2**32, the choice and the camera's start from
+    (seed, i, 1)), shared by all classes, so that only the objects tell videos and classes apart;
+    0: a background of its own per video (then the background alone identifies a video: a shortcut
+    for instance discrimination that needs no object). ``object_scale`` multiplies the objects' radii.
     """
     height, width = size
     if height % 2 or width % 2 or height < 16 or width < 16:
         raise ValueError(f"generate_dataset: size must be even and at least 16x16, not {size}")
     if codec not in VIDEO_ENCODERS:
         raise ValueError(f"generate_dataset: codec must be one of {sorted(VIDEO_ENCODERS)}, not {codec!r}")
+    if num_backgrounds < 0 or not 0.25 <= object_scale <= 2.0:
+        raise ValueError(f"generate_dataset: need num_backgrounds >= 0 and object_scale in [0.25, 2], "
+                         f"got {num_backgrounds}, {object_scale}")
     if num_frames < 2 or videos_per_class < 1:
         raise ValueError("generate_dataset: need num_frames >= 2 and videos_per_class >= 1")
     names = class_names(num_classes)
@@ -157,13 +168,15 @@ def generate_dataset(out_dir: PathLike, *, num_classes: int = 4, videos_per_clas
 
     videos: List[SyntheticVideo] = []
     records: List[ClipRecord] = []
+    textures = background_textures(seed, num_backgrounds, size, num_frames)
     jobs = [(class_id, number) for class_id in range(num_classes) for number in range(videos_per_class)]
     for video_index, (class_id, number) in enumerate(tqdm(jobs, desc="synthetic", unit="video", disable=not progress)):
         rng = np.random.default_rng([seed, video_index])
         distractor = None
         if num_classes > 1 and rng.random() < DISTRACTOR_PROBABILITY:
             distractor = int((class_id + rng.integers(1, num_classes)) % num_classes)
-        clip = render_clip(rng, class_id, distractor, num_frames=num_frames, size=size)
+        clip = render_clip(rng, class_id, distractor, num_frames=num_frames, size=size,
+                           shared_background=shared_background(textures, seed, video_index), object_scale=object_scale)
         name = f"{names[class_id]}_{number:03d}"
         video_path = root / "videos" / f"{name}{suffix}"
         mask_path = root / "masks" / f"{name}.npz"
@@ -178,13 +191,29 @@ def generate_dataset(out_dir: PathLike, *, num_classes: int = 4, videos_per_clas
     manifest_path = write_manifest(root / "manifest.jsonl", records)
     index = {
         "settings": {"num_classes": num_classes, "videos_per_class": videos_per_class, "num_frames": num_frames,
-                     "fps": fps, "size": list(size), "seed": seed, "codec": codec},
+                     "fps": fps, "size": list(size), "seed": seed, "codec": codec,
+                     "num_backgrounds": num_backgrounds, "object_scale": object_scale},
         "class_names": names,
         "videos": [{**asdict(video), "path": os.path.relpath(video.path, root),
                     "mask_path": os.path.relpath(video.mask_path, root)} for video in videos],
     }
     (root / "dataset.json").write_text(json.dumps(index, indent=1) + "\n")
     return SyntheticDataset(root, manifest_path, names, videos)
+
+
+def background_textures(seed: int, num_backgrounds: int, size: Tuple[int, int], num_frames: int) -> List[np.ndarray]:
+    """The ``num_backgrounds`` textures that the videos of ``generate_dataset(seed=seed, ...)`` share."""
+    return [_Background.texture(np.random.default_rng([seed, 2 ** 32 - 1 - k]), size[0], size[1], num_frames)
+            for k in range(num_backgrounds)]
+
+
+def shared_background(textures: List[np.ndarray], seed: int, video_index: int
+                      ) -> Optional[Tuple[np.ndarray, np.random.Generator]]:
+    """``render_clip``'s ``shared_background`` for video ``video_index`` (None when there are no textures)."""
+    if not textures:
+        return None
+    camera_rng = np.random.default_rng([seed, video_index, 1])
+    return textures[int(camera_rng.integers(len(textures)))], camera_rng
 
 
 @dataclass
@@ -199,14 +228,26 @@ class RenderedClip:
 
 
 def render_clip(rng: np.random.Generator, class_id: int, distractor_class_id: Optional[int], *,
-                num_frames: int, size: Tuple[int, int]) -> RenderedClip:
-    """Render one clip: the main object of ``class_id`` and an optional distractor, over a moving background."""
+                num_frames: int, size: Tuple[int, int],
+                shared_background: Optional[Tuple[np.ndarray, np.random.Generator]] = None,
+                object_scale: float = 1.0) -> RenderedClip:
+    """Render one clip: the main object of ``class_id`` and an optional distractor, over a moving background.
+
+    ``shared_background``: (a texture from ``_Background.texture``, a generator for where the camera
+    starts on it) replaces the clip's own background texture; the clip's camera motion and its
+    objects are the same either way (``rng`` draws them in the same order).
+    """
     height, width = size
     short_side = min(height, width)
     background = _Background(rng, height, width, num_frames)
-    objects = [_MovingObject(rng, class_id, (0.17, 0.24), short_side, height, width, num_frames)]
+    if shared_background is not None:
+        background.use_texture(*shared_background)
+    main_radii = (0.17 * object_scale, 0.24 * object_scale)
+    distractor_radii = (0.11 * object_scale, 0.16 * object_scale)
+    objects = [_MovingObject(rng, class_id, main_radii, short_side, height, width, num_frames)]
     if distractor_class_id is not None:
-        objects.append(_MovingObject(rng, distractor_class_id, (0.11, 0.16), short_side, height, width, num_frames))
+        objects.append(_MovingObject(rng, distractor_class_id, distractor_radii, short_side, height, width,
+                                     num_frames))
     distractor_in_front = bool(rng.random() < 0.5)
     # painting order: back to front
     order = [0, 1] if len(objects) == 1 or distractor_in_front else [1, 0]
@@ -240,7 +281,24 @@ class _Background:
         self.velocity = np.array([math.cos(angle), math.sin(angle)]) * speed
         margin = int(math.ceil(speed * num_frames)) + 2
         self.margin, self.height, self.width = margin, height, width
-        full_height, full_width = height + 2 * margin, width + 2 * margin
+        self.field = self._field(rng, height + 2 * margin, width + 2 * margin, min(height, width))
+
+    @classmethod
+    def texture(cls, rng: np.random.Generator, height: int, width: int, num_frames: int) -> np.ndarray:
+        """A texture large enough for any camera of a (height, width, num_frames) clip to pan over."""
+        margin = int(math.ceil(0.4 * min(height, width) / 96 * num_frames)) + 2  # the fastest camera
+        return cls._field(rng, height + 2 * margin, width + 2 * margin, min(height, width))
+
+    def use_texture(self, texture: np.ndarray, rng: np.random.Generator) -> None:
+        """Pan over (a random window of) ``texture`` instead of this background's own field."""
+        needed_height, needed_width = self.field.shape[:2]
+        top = int(rng.integers(texture.shape[0] - needed_height + 1))
+        left = int(rng.integers(texture.shape[1] - needed_width + 1))
+        self.field = texture[top:top + needed_height, left:left + needed_width]
+
+    @staticmethod
+    def _field(rng: np.random.Generator, full_height: int, full_width: int, short_side: int) -> np.ndarray:
+        height = width = short_side
         ys, xs = np.mgrid[0:full_height, 0:full_width].astype(np.float32)
         base = rng.uniform(0.25, 0.75, size=3).astype(np.float32)
         field = np.broadcast_to(base, (full_height, full_width, 3)).copy()
@@ -254,7 +312,7 @@ class _Background:
         across = ys * math.cos(grain_angle) - xs * math.sin(grain_angle)
         grain = grain * np.sin(across * 2 * math.pi / (2.1 * grain_period))
         field += 0.05 * grain[..., None]
-        self.field = np.clip(field, 0.0, 1.0)
+        return np.clip(field, 0.0, 1.0)
 
     def frame(self, time: int) -> np.ndarray:
         """(H, W, 3) float32 in [0, 1] seen by the camera at frame ``time``."""
