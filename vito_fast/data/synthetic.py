@@ -4,7 +4,8 @@ Each video shows one *main* object whose class is the video's label, and (in abo
 videos) a smaller *distractor* object of another class that passes in front of or behind it. A
 class is a shape together with a texture family (disc + stripes, square + checkerboard, triangle +
 dots, star + rings, ...); colours, texture frequency and phase, size, motion, scaling and rotation
-are drawn per object, so a class cannot be told apart by colour alone. The background is a
+are drawn per object (colours from a small palette shared by all classes), so neither a class nor
+one object can be told apart by colour alone. The background is a
 low-frequency colour field with a fine texture, panned by a slowly moving camera.
 
 Layout of a generated dataset (``root``)::
@@ -65,6 +66,8 @@ VIDEO_ENCODERS: Dict[str, Tuple[str, str, Dict[str, str], str]] = {
 
 INSTANCE_MAIN, INSTANCE_DISTRACTOR = 1, 2
 DISTRACTOR_PROBABILITY = 0.5
+PALETTE_LIGHT = np.array([[0.95, 0.85, 0.55], [0.7, 0.9, 0.95], [0.95, 0.7, 0.8]])
+PALETTE_DARK = np.array([[0.15, 0.1, 0.3], [0.3, 0.12, 0.08], [0.05, 0.25, 0.15]])
 NUM_BACKGROUNDS = 4  # background textures shared by all the videos (0: one of its own per video)
 
 
@@ -331,9 +334,12 @@ class _MovingObject:
         self.scale_amplitude, self.scale_period = rng.uniform(0.1, 0.3), rng.uniform(16, 48)
         self.scale_phase = rng.uniform(0, 2 * math.pi)
         self.rotation, self.spin = rng.uniform(0, 2 * math.pi), rng.uniform(-0.08, 0.08)
-        # colours: one light, one dark, of random hues, so the texture always shows
-        self.light = rng.uniform(0.55, 1.0, size=3).astype(np.float32)
-        self.dark = rng.uniform(0.0, 0.4, size=3).astype(np.float32)
+        # colours: one light, one dark, so the texture always shows; from a small palette shared by
+        # all classes (plus a little jitter), so that colour tells neither the class nor the instance
+        # (the entry and the jitter come from the uniform draws of earlier versions: same random stream)
+        light, dark = rng.uniform(0.55, 1.0, size=3), rng.uniform(0.0, 0.4, size=3)
+        self.light = _palette_colour(PALETTE_LIGHT, (light - 0.55) / 0.45)
+        self.dark = _palette_colour(PALETTE_DARK, dark / 0.4)
         if rng.random() < 0.5:
             self.light, self.dark = self.dark, self.light
         self.frequency, self.texture_phase = rng.uniform(1.6, 2.4), rng.uniform(0, 1)
@@ -365,6 +371,13 @@ class _MovingObject:
                           v * self.frequency + self.texture_phase)
         colours = self.dark + weight[..., None] * (self.light - self.dark)
         return inside, colours
+
+
+def _palette_colour(palette: np.ndarray, unit: np.ndarray) -> np.ndarray:
+    """Entry of ``palette`` picked by unit[0] in [0, 1), shifted by up to ±0.05 per channel by unit[1:] (and unit[0])."""
+    entry = palette[min(int(unit[0] * len(palette)), len(palette) - 1)]
+    jitter = 0.1 * (np.array([unit[1], unit[2], (unit[0] * len(palette)) % 1.0]) - 0.5)
+    return np.clip(entry + jitter, 0.0, 1.0).astype(np.float32)
 
 
 def _bouncing_track(start: np.ndarray, velocity: np.ndarray, bounds: np.ndarray, num_frames: int) -> np.ndarray:
