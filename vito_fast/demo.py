@@ -46,8 +46,11 @@ SHORT_RUN_OPTIMISER = ["optim.trust_coefficient=0.02", "optim.base_lr=4.0"]
 class DemoSettings:
     out_dir: str = "vito-demo"
     minutes: float = 15.0  # wall-clock budget for the whole demo
-    videos_per_class: int = 8
-    num_frames: int = 48
+    videos_per_class: int = 24  # many short videos: more instances to tell apart, more clips to evaluate on
+    num_frames: int = 16
+    num_backgrounds: int = 4  # background textures shared by all videos (0: one per video, a shortcut)
+    object_scale: float = 1.4  # objects fill more of the 64-px views
+    eval_frames_per_clip: int = 8
     steps: Optional[int] = None  # pretraining steps per variant; None: from the time budget
     max_steps: int = 300
     overrides: List[str] = field(default_factory=list)  # extra config overrides for every variant
@@ -156,15 +159,20 @@ def run_demo(settings: DemoSettings) -> Dict[str, object]:
     out.mkdir(parents=True, exist_ok=True)
     # 1. Data: the built-in videos (reused when a previous demo left the same settings).
     data_root = out / "data"
-    wanted = {"videos_per_class": settings.videos_per_class, "num_frames": settings.num_frames, "seed": settings.seed}
+    wanted = {"videos_per_class": settings.videos_per_class, "num_frames": settings.num_frames, "seed": settings.seed,
+              "num_backgrounds": settings.num_backgrounds, "object_scale": settings.object_scale}
     index_path = data_root / "dataset.json"
     previous = json.loads(index_path.read_text())["settings"] if index_path.is_file() else {}
     if all(previous.get(key) == value for key, value in wanted.items()):
         dataset = SyntheticDataset.open(data_root)
     else:
         dataset = generate_dataset(data_root, videos_per_class=settings.videos_per_class,
-                                   num_frames=settings.num_frames, seed=settings.seed, progress=settings.progress)
-    frames = load_manifest_frames(dataset.manifest_path, frames_per_clip=4, class_names=dataset.class_names)
+                                   num_frames=settings.num_frames, seed=settings.seed,
+                                   num_backgrounds=settings.num_backgrounds, object_scale=settings.object_scale,
+                                   progress=settings.progress)
+    frames = load_manifest_frames(dataset.manifest_path, frames_per_clip=min(settings.eval_frames_per_clip,
+                                                                             settings.num_frames),
+                                  class_names=dataset.class_names)
     # 2. Variants and the step budget.
     base = ["data.path=" + str(dataset.manifest_path), "train.image_every=0",
             f"train.progress={str(settings.progress).lower()}", *SHORT_RUN_OPTIMISER, *settings.overrides]

@@ -94,7 +94,9 @@ def write_report(out: Path, summary: Dict, examples: Dict, class_names: List[str
               "These are small, short runs on a CPU: differences of a few points are within run-to-run noise, "
               "and a few dozen steps of instance discrimination between videos need not create class structure "
               "(kNN can fall below random init while propagation J, a temporal-correspondence measure, rises). "
-              "kNN/linear use the last stage's average-pooled features of 4 frames per video, split by video; "
+              f"kNN/linear use the last stage's average-pooled features of "
+              f"{summary['settings'].get('eval_frames_per_clip', 4)} frames per video, split by video (a quarter of "
+              "the videos of each class held out); "
               "J propagates the first frame's object masks with layer-3 features; attention IoU keeps the "
               "pixels holding half of each scale's attention.", "",
               "## Plots", "", "![training loss](loss_curves.png)", "", "![evaluations](evaluations.png)", ""]

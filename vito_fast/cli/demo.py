@@ -20,8 +20,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--minutes", type=float, default=15.0, help="wall-clock budget (default 15)")
     parser.add_argument("--steps", type=int, default=None,
                         help="pretraining steps per variant (default: from the time budget)")
-    parser.add_argument("--videos-per-class", type=int, default=8, help="built-in videos per class (default 8)")
-    parser.add_argument("--num-frames", type=int, default=48, help="frames per built-in video (default 48)")
+    parser.add_argument("--videos-per-class", type=int, default=24, help="built-in videos per class (default 24)")
+    parser.add_argument("--num-frames", type=int, default=16, help="frames per built-in video (default 16)")
+    parser.add_argument("--num-backgrounds", type=int, default=4,
+                        help="background textures shared by the built-in videos (default 4; 0: one per video)")
     parser.add_argument("--eval-videos", type=int, default=8, help="videos for propagation and attention IoU")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
     parser.add_argument("overrides", nargs="*", metavar="key=value",
@@ -35,6 +37,7 @@ def main(argv: List[str]) -> int:
 
     settings = DemoSettings(out_dir=args.out, minutes=args.minutes, steps=args.steps,
                             videos_per_class=args.videos_per_class, num_frames=args.num_frames,
+                            num_backgrounds=args.num_backgrounds,
                             eval_videos=args.eval_videos, overrides=list(args.overrides), progress=not args.quiet)
     try:
         summary = run_demo(settings)
