@@ -146,3 +146,21 @@ def test_rejects_bad_settings(tmp_path):
         generate_dataset(tmp_path, codec="theora", progress=False)
     with pytest.raises(FileNotFoundError, match="generate_dataset"):
         SyntheticDataset.open(tmp_path / "nothing")
+
+
+def test_videos_pan_over_a_few_shared_background_textures():
+    """The background must not identify a video: its pixels come from one of the few shared textures."""
+    textures = background_textures(0, 2, (32, 32), 6)
+    picks = [shared_background(textures, 0, index)[0] for index in range(12)]
+    assert {id(texture) for texture in picks} == {id(texture) for texture in textures}  # both used, nothing else
+    clip = render_clip(np.random.default_rng(1), 0, None, num_frames=3, size=(32, 32),
+                       shared_background=(textures[1], np.random.default_rng(2)))
+    visible = clip.instances[0] == 0
+    frame = clip.frames[0].astype(np.float32) / 255
+    height, width = textures[1].shape[:2]
+    best = min(np.abs(textures[1][top:top + 32, left:left + 32] - frame)[visible].max()
+               for top in range(height - 31) for left in range(width - 31))
+    assert best <= 1 / 255 + 1e-6  # some window of the shared texture is exactly this frame's background
+    other = min(np.abs(textures[0][top:top + 32, left:left + 32] - frame)[visible].max()
+                for top in range(textures[0].shape[0] - 31) for left in range(textures[0].shape[1] - 31))
+    assert other > 0.05
