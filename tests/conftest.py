@@ -45,6 +45,16 @@ def kernel_device() -> str:
     return KERNEL_DEVICE
 
 
+@pytest.fixture
+def one_cpu_thread():
+    """One intra-op thread for the test: the small CPU training steps run faster that way on a
+    2-core machine, and the spawned multi-process tests do not oversubscribe the cores."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture(autouse=True)
 def _seed_everything(request):
     """A fresh, reproducible seed per test (derived from its name), printed on failure."""

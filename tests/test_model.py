@@ -9,13 +9,7 @@ from vito_fast.model import VITO, Trunk
 from vito_fast.model.sync_bn import GlobalBatchNorm, convert_sync_batchnorm
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Other engineers share this machine's two cores: one intra-op thread per test process."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_cpu_thread")
 
 
 def tiny_vito(**kwargs) -> VITO:

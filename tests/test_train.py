@@ -34,13 +34,7 @@ def tiny(*overrides: str):
     return load_config("demo", overrides=TINY + list(overrides))
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Other engineers share this machine's two cores: one intra-op thread per test process."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_cpu_thread")
 
 
 def metrics_losses(run_dir) -> dict:
