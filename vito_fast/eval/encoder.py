@@ -21,41 +21,28 @@ from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Union
 
 import torch
-import torchvision
 from torch import nn
 
+from vito_fast.model.vito import STAGES, Trunk
+
 PathLike = Union[str, os.PathLike]
-STAGES = ("layer1", "layer2", "layer3", "layer4")
 
 
-class EvalEncoder(nn.Module):
-    """ResNet trunk → feature maps of ``stages`` (or their attention-pooled vectors)."""
+class EvalEncoder(Trunk):
+    """ResNet trunk → feature maps of ``stages`` (or their attention-pooled vectors).
+
+    The trunk is the model's own ``Trunk`` (torchvision attribute names, so exported weights load
+    straight into it); ``pools`` adds the run's learned attention pools on top.
+    """
 
     def __init__(self, arch: str, stages: Sequence[str], pools: Optional[nn.ModuleList] = None):
-        super().__init__()
-        if not hasattr(torchvision.models, arch) or not arch.startswith(("resnet", "resnext", "wide_resnet")):
-            raise ValueError(f"EvalEncoder: arch {arch!r} is not a torchvision ResNet (e.g. resnet18, resnet50)")
-        unknown = [stage for stage in stages if stage not in STAGES]
-        if not stages or unknown:
-            raise ValueError(f"EvalEncoder: stages must be a non-empty subset of {STAGES}, not {tuple(stages)}")
-        resnet = getattr(torchvision.models, arch)(weights=None)
-        self.arch = arch
-        self.stages = tuple(sorted(stages, key=STAGES.index))
-        self.stage_names = STAGES[: STAGES.index(self.stages[-1]) + 1]
-        self.conv1, self.bn1, self.relu, self.maxpool = resnet.conv1, resnet.bn1, resnet.relu, resnet.maxpool
-        for name in self.stage_names:
-            self.add_module(name, getattr(resnet, name))
+        super().__init__(arch, stages)
         self.pools = pools  # one learned attention pool per stage, or None for feature maps
         self.last_attention: Dict[str, torch.Tensor] = {}
         self.run_config: Optional[dict] = None  # the run's config (nested dict) when loaded from a run
 
     def forward(self, images: torch.Tensor) -> List[torch.Tensor]:
-        x = self.maxpool(self.relu(self.bn1(self.conv1(images))))
-        maps = []
-        for name in self.stage_names:
-            x = getattr(self, name)(x)
-            if name in self.stages:
-                maps.append(x)
+        maps = super().forward(images)
         if self.pools is None:
             return maps
         vectors = [pool(h) for pool, h in zip(self.pools, maps)]
