@@ -5,15 +5,13 @@ from typing import Optional, Tuple
 
 import torch
 
+from vito_fast.ops._dispatch import BACKENDS, use_triton
 from vito_fast.reference.attention_pool import attention_pool_reference
-
-_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
-_BACKENDS = ("auto", "triton", "torch")
 
 
 def _check_inputs(h, w1, b1, w2, b2, backend) -> None:
-    if backend not in _BACKENDS:
-        raise ValueError(f"attention_pool: backend must be one of {_BACKENDS}, got {backend!r}")
+    if backend not in BACKENDS:
+        raise ValueError(f"attention_pool: backend must be one of {BACKENDS}, got {backend!r}")
     if not isinstance(h, torch.Tensor):
         raise TypeError(f"attention_pool: h must be a torch.Tensor, got {type(h).__name__}")
     if h.dim() != 4:
@@ -117,19 +115,8 @@ def attention_pool(
     block_sizes (positions, channels, hidden) forces Triton tile sizes, for tests and tuning.
     """
     _check_inputs(h, w1, b1, w2, b2, backend)
-    # auto: Triton for CUDA tensors in the dtypes it takes; float64 stays on the reference.
-    use_triton = backend == "triton" or (backend == "auto" and h.is_cuda and h.dtype in _DTYPES)
-    if not use_triton or h.shape[0] == 0:
+    if h.shape[0] == 0 or not use_triton("attention_pool", h, backend):
         return attention_pool_reference(h, w1, b1, w2, b2)
-    if h.dtype not in _DTYPES:
-        raise TypeError(f"attention_pool: the Triton backend takes {_DTYPES}, got {h.dtype}; "
-                        f"use backend='torch'")
-    if not h.is_cuda:
-        from vito_fast.kernels._utils import interpreting
-
-        if not interpreting():
-            raise RuntimeError("attention_pool: backend='triton' needs CUDA tensors, or "
-                               "TRITON_INTERPRET=1 set before triton is imported for CPU tensors")
     block_n, block_c, block_hid = block_sizes if block_sizes is not None else (None, None, None)
     blocks = dict(block_n=block_n, block_c=block_c, block_hid=block_hid)
     return AttentionPoolFunction.apply(h, w1, b1, w2, b2, blocks)

@@ -5,11 +5,10 @@ from typing import Optional, Tuple, Union
 
 import torch
 
+from vito_fast.ops._dispatch import BACKENDS, use_triton
 from vito_fast.reference.info_nce import info_nce_reference
 
-_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 _REDUCTIONS = ("mean", "sum", "none")
-_BACKENDS = ("auto", "triton", "torch")
 _NORM_EPS = 1e-12  # F.normalize's default
 
 
@@ -31,8 +30,8 @@ def _check_inputs(q, k, temperature, labels, label_offset, symmetric, reduction,
         raise ValueError(f"info_nce: q is on {q.device} but k is on {k.device}")
     if reduction not in _REDUCTIONS:
         raise ValueError(f"info_nce: reduction must be one of {_REDUCTIONS}, got {reduction!r}")
-    if backend not in _BACKENDS:
-        raise ValueError(f"info_nce: backend must be one of {_BACKENDS}, got {backend!r}")
+    if backend not in BACKENDS:
+        raise ValueError(f"info_nce: backend must be one of {BACKENDS}, got {backend!r}")
     if isinstance(temperature, torch.Tensor):
         if temperature.numel() != 1:
             raise ValueError(f"info_nce: temperature must be a scalar, got shape {tuple(temperature.shape)}")
@@ -165,24 +164,13 @@ def info_nce(
     block_sizes (rows, columns, D chunk) forces Triton tile sizes, for tests and tuning.
     """
     _check_inputs(q, k, temperature, labels, label_offset, symmetric, reduction, backend)
-    # auto: Triton for CUDA tensors of the kernels' dtypes; float64 (gradcheck) takes the reference.
-    use_triton = backend == "triton" or (backend == "auto" and q.is_cuda and q.dtype in _DTYPES)
-    if not use_triton:
+    if not use_triton("info_nce", q, backend):
         return info_nce_reference(q, k, temperature, labels=labels, label_offset=label_offset,
                                   symmetric=symmetric, normalize=normalize, reduction=reduction)
-    if q.dtype not in _DTYPES:
-        raise TypeError(f"info_nce: the Triton backend takes {_DTYPES}, got {q.dtype}; "
-                        f"use backend='torch'")
-    if not q.is_cuda:
-        from vito_fast.kernels._utils import interpreting
-
-        if not interpreting():
-            raise RuntimeError("info_nce: backend='triton' on CPU tensors runs Triton's interpreter; "
-                               "set TRITON_INTERPRET=1 before importing triton, or use backend='auto'")
-        if q.dtype == torch.bfloat16:
-            # Triton 3.8's interpreter returns garbage from bf16 tl.dot (fp32/fp16 are right):
-            # run the kernels in fp32 there; autograd casts the gradients back to bf16.
-            q, k = q.float(), k.float()
+    if not q.is_cuda and q.dtype == torch.bfloat16:
+        # Triton 3.8's interpreter returns garbage from bf16 tl.dot (fp32/fp16 are right):
+        # run the kernels in fp32 there; autograd casts the gradients back to bf16.
+        q, k = q.float(), k.float()
     if labels is None:
         labels = torch.arange(label_offset, label_offset + q.shape[0], device=q.device)
     if not isinstance(temperature, torch.Tensor):
