@@ -164,3 +164,30 @@ def test_videos_pan_over_a_few_shared_background_textures():
     other = min(np.abs(textures[0][top:top + 32, left:left + 32] - frame)[visible].max()
                 for top in range(textures[0].shape[0] - 31) for left in range(textures[0].shape[1] - 31))
     assert other > 0.05
+
+
+def test_light_change_scales_colours_over_time_and_leaves_the_scene_alone():
+    """Changing light: the same objects and masks, every frame's colours times a slowly varying gain."""
+    steady = render_clip(np.random.default_rng(5), 1, 0, num_frames=8, size=(32, 32))
+    lit = render_clip(np.random.default_rng(5), 1, 0, num_frames=8, size=(32, 32), light_change=0.3)
+    assert np.array_equal(steady.instances, lit.instances) and np.array_equal(steady.centers, lit.centers)
+    usable = (steady.frames > 20) & (steady.frames < 180)  # away from rounding and clipping
+    gains = np.array([[np.median(lit.frames[t][..., c][usable[t][..., c]] / steady.frames[t][..., c][usable[t][..., c]])
+                       for c in range(3)] for t in range(8)])
+    assert np.all(np.abs(gains - 1) <= 0.3 + 0.02)
+    assert np.ptp(gains, axis=0).max() > 0.1  # the light does change within the clip
+    for t in range(8):  # one gain per channel and frame, not per pixel
+        for c in range(3):
+            ratio = lit.frames[t][..., c][usable[t][..., c]] / steady.frames[t][..., c][usable[t][..., c]]
+            assert np.percentile(np.abs(ratio - gains[t, c]), 90) < 0.03
+
+
+def test_fast_camera_moves_the_background_between_frames():
+    slow = render_clip(np.random.default_rng(2), 0, None, num_frames=6, size=(32, 32), camera_speed=(0.0, 0.0))
+    fast = render_clip(np.random.default_rng(2), 0, None, num_frames=6, size=(32, 32), camera_speed=(3.0, 3.0))
+    background = (slow.instances[0] == 0) & (slow.instances[-1] == 0)
+    assert np.array_equal(slow.frames[0][background], slow.frames[-1][background])  # a still camera
+    change = np.abs(fast.frames[0].astype(int) - fast.frames[-1].astype(int))[background].mean()
+    assert change > 2
+    with pytest.raises(ValueError, match="camera_speed"):
+        generate_dataset("unused", camera_speed=(2.0, 1.0), progress=False)

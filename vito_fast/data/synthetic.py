@@ -69,6 +69,7 @@ DISTRACTOR_PROBABILITY = 0.5
 PALETTE_LIGHT = np.array([[0.95, 0.85, 0.55], [0.7, 0.9, 0.95], [0.95, 0.7, 0.8]])
 PALETTE_DARK = np.array([[0.15, 0.1, 0.3], [0.3, 0.12, 0.08], [0.05, 0.25, 0.15]])
 NUM_BACKGROUNDS = 4  # background textures shared by all the videos (0: one of its own per video)
+CAMERA_SPEED = (0.1, 0.4)  # camera pan, pixels per frame at 96 px (scaled with the frame's short side)
 
 
 @dataclass
@@ -139,6 +140,7 @@ def class_names(num_classes: int) -> List[str]:
 def generate_dataset(out_dir: PathLike, *, num_classes: int = 4, videos_per_class: int = 8, num_frames: int = 48,
                      fps: float = 12, size: Tuple[int, int] = (96, 96), seed: int = 0, codec: str = "vp9",
                      num_backgrounds: int = NUM_BACKGROUNDS, object_scale: float = 1.0,
+                     camera_speed: Tuple[float, float] = CAMERA_SPEED, light_change: float = 0.0,
                      progress: bool = True) -> SyntheticDataset:
     """Render, encode and index ``num_classes * videos_per_class`` videos under ``out_dir``.
 
@@ -151,6 +153,13 @@ def generate_dataset(out_dir: PathLike, *, num_classes: int = 4, videos_per_clas
     (seed, i, 1)), shared by all classes, so that only the objects tell videos and classes apart;
     0: a background of its own per video (then the background alone identifies a video: a shortcut
     for instance discrimination that needs no object). ``object_scale`` multiplies the objects' radii.
+
+    What changes *over time* within a video, as in real footage: ``camera_speed`` (low, high), the
+    pan in pixels per frame at 96 px (each video draws its speed uniformly; the default is a slow
+    drift), and ``light_change``, the amplitude of a slow change of the light's colour (a gain per
+    channel of 1 ± light_change over a cycle of about one clip, the whole frame; 0: constant light).
+    Frames far apart in time then differ in their background and colours but not in their objects'
+    shape and texture, which is what pairs of frames Δt apart teach a model to rely on.
     """
     height, width = size
     if height % 2 or width % 2 or height < 16 or width < 16:
@@ -162,6 +171,9 @@ def generate_dataset(out_dir: PathLike, *, num_classes: int = 4, videos_per_clas
                          f"got {num_backgrounds}, {object_scale}")
     if num_frames < 2 or videos_per_class < 1:
         raise ValueError("generate_dataset: need num_frames >= 2 and videos_per_class >= 1")
+    if not 0 <= camera_speed[0] <= camera_speed[1] <= 8 or not 0 <= light_change <= 0.5:
+        raise ValueError(f"generate_dataset: need 0 <= camera_speed low <= high <= 8 and light_change in [0, 0.5], "
+                         f"got {tuple(camera_speed)}, {light_change}")
     names = class_names(num_classes)
     root = Path(out_dir).resolve()
     (root / "videos").mkdir(parents=True, exist_ok=True)
@@ -171,7 +183,7 @@ def generate_dataset(out_dir: PathLike, *, num_classes: int = 4, videos_per_clas
 
     videos: List[SyntheticVideo] = []
     records: List[ClipRecord] = []
-    textures = background_textures(seed, num_backgrounds, size, num_frames)
+    textures = background_textures(seed, num_backgrounds, size, num_frames, camera_speed[1])
     jobs = [(class_id, number) for class_id in range(num_classes) for number in range(videos_per_class)]
     for video_index, (class_id, number) in enumerate(tqdm(jobs, desc="synthetic", unit="video", disable=not progress)):
         rng = np.random.default_rng([seed, video_index])
@@ -179,7 +191,8 @@ def generate_dataset(out_dir: PathLike, *, num_classes: int = 4, videos_per_clas
         if num_classes > 1 and rng.random() < DISTRACTOR_PROBABILITY:
             distractor = int((class_id + rng.integers(1, num_classes)) % num_classes)
         clip = render_clip(rng, class_id, distractor, num_frames=num_frames, size=size,
-                           shared_background=shared_background(textures, seed, video_index), object_scale=object_scale)
+                           shared_background=shared_background(textures, seed, video_index), object_scale=object_scale,
+                           camera_speed=camera_speed, light_change=light_change)
         name = f"{names[class_id]}_{number:03d}"
         video_path = root / "videos" / f"{name}{suffix}"
         mask_path = root / "masks" / f"{name}.npz"
@@ -195,7 +208,8 @@ def generate_dataset(out_dir: PathLike, *, num_classes: int = 4, videos_per_clas
     index = {
         "settings": {"num_classes": num_classes, "videos_per_class": videos_per_class, "num_frames": num_frames,
                      "fps": fps, "size": list(size), "seed": seed, "codec": codec,
-                     "num_backgrounds": num_backgrounds, "object_scale": object_scale},
+                     "num_backgrounds": num_backgrounds, "object_scale": object_scale,
+                     "camera_speed": list(camera_speed), "light_change": light_change},
         "class_names": names,
         "videos": [{**asdict(video), "path": os.path.relpath(video.path, root),
                     "mask_path": os.path.relpath(video.mask_path, root)} for video in videos],
@@ -204,10 +218,11 @@ def generate_dataset(out_dir: PathLike, *, num_classes: int = 4, videos_per_clas
     return SyntheticDataset(root, manifest_path, names, videos)
 
 
-def background_textures(seed: int, num_backgrounds: int, size: Tuple[int, int], num_frames: int) -> List[np.ndarray]:
+def background_textures(seed: int, num_backgrounds: int, size: Tuple[int, int], num_frames: int,
+                        max_camera_speed: float = CAMERA_SPEED[1]) -> List[np.ndarray]:
     """The ``num_backgrounds`` textures that the videos of ``generate_dataset(seed=seed, ...)`` share."""
-    return [_Background.texture(np.random.default_rng([seed, 2 ** 32 - 1 - k]), size[0], size[1], num_frames)
-            for k in range(num_backgrounds)]
+    return [_Background.texture(np.random.default_rng([seed, 2 ** 32 - 1 - k]), size[0], size[1], num_frames,
+                                max_camera_speed) for k in range(num_backgrounds)]
 
 
 def shared_background(textures: List[np.ndarray], seed: int, video_index: int
@@ -233,16 +248,18 @@ class RenderedClip:
 def render_clip(rng: np.random.Generator, class_id: int, distractor_class_id: Optional[int], *,
                 num_frames: int, size: Tuple[int, int],
                 shared_background: Optional[Tuple[np.ndarray, np.random.Generator]] = None,
-                object_scale: float = 1.0) -> RenderedClip:
+                object_scale: float = 1.0, camera_speed: Tuple[float, float] = CAMERA_SPEED,
+                light_change: float = 0.0) -> RenderedClip:
     """Render one clip: the main object of ``class_id`` and an optional distractor, over a moving background.
 
     ``shared_background``: (a texture from ``_Background.texture``, a generator for where the camera
     starts on it) replaces the clip's own background texture; the clip's camera motion and its
-    objects are the same either way (``rng`` draws them in the same order).
+    objects are the same either way (``rng`` draws them in the same order). ``camera_speed`` and
+    ``light_change``: see ``generate_dataset``.
     """
     height, width = size
     short_side = min(height, width)
-    background = _Background(rng, height, width, num_frames)
+    background = _Background(rng, height, width, num_frames, camera_speed)
     if shared_background is not None:
         background.use_texture(*shared_background)
     main_radii = (0.17 * object_scale, 0.24 * object_scale)
@@ -252,6 +269,7 @@ def render_clip(rng: np.random.Generator, class_id: int, distractor_class_id: Op
         objects.append(_MovingObject(rng, distractor_class_id, distractor_radii, short_side, height, width,
                                      num_frames))
     distractor_in_front = bool(rng.random() < 0.5)
+    light = _light_gains(rng, num_frames, light_change)
     # painting order: back to front
     order = [0, 1] if len(objects) == 1 or distractor_in_front else [1, 0]
     order = order[: len(objects)]
@@ -271,15 +289,29 @@ def render_clip(rng: np.random.Generator, class_id: int, distractor_class_id: Op
             classes[time][inside] = moving.class_id + 1
             centers[time, object_index] = moving.center(time)
             radii[time, object_index] = moving.radius(time)
-        frames[time] = np.clip(image * 255.0 + 0.5, 0, 255).astype(np.uint8)
+        frames[time] = np.clip(image * light[time] * 255.0 + 0.5, 0, 255).astype(np.uint8)
     return RenderedClip(frames, instances, classes, centers, radii)
+
+
+def _light_gains(rng: np.random.Generator, num_frames: int, amplitude: float) -> np.ndarray:
+    """(T, 3) colour gains of the light: 1 + amplitude · sin(2π t / period + phase) per channel.
+
+    Drawn only when ``amplitude`` > 0, so that constant light leaves the random stream as it was.
+    """
+    if amplitude <= 0:
+        return np.ones((num_frames, 3), np.float32)
+    period = rng.uniform(0.75, 1.5) * num_frames
+    phases = rng.uniform(0, 2 * math.pi, size=3)
+    time = np.arange(num_frames, dtype=np.float64)[:, None]
+    return (1 + amplitude * np.sin(2 * math.pi * time / period + phases)).astype(np.float32)
 
 
 class _Background:
     """A smooth colour field plus fine texture, larger than the frame, panned by a drifting camera."""
 
-    def __init__(self, rng: np.random.Generator, height: int, width: int, num_frames: int):
-        speed = rng.uniform(0.1, 0.4) * min(height, width) / 96  # pixels per frame
+    def __init__(self, rng: np.random.Generator, height: int, width: int, num_frames: int,
+                 camera_speed: Tuple[float, float] = CAMERA_SPEED):
+        speed = rng.uniform(*camera_speed) * min(height, width) / 96  # pixels per frame
         angle = rng.uniform(0, 2 * math.pi)
         self.velocity = np.array([math.cos(angle), math.sin(angle)]) * speed
         margin = int(math.ceil(speed * num_frames)) + 2
@@ -287,9 +319,10 @@ class _Background:
         self.field = self._field(rng, height + 2 * margin, width + 2 * margin, min(height, width))
 
     @classmethod
-    def texture(cls, rng: np.random.Generator, height: int, width: int, num_frames: int) -> np.ndarray:
+    def texture(cls, rng: np.random.Generator, height: int, width: int, num_frames: int,
+                max_camera_speed: float = CAMERA_SPEED[1]) -> np.ndarray:
         """A texture large enough for any camera of a (height, width, num_frames) clip to pan over."""
-        margin = int(math.ceil(0.4 * min(height, width) / 96 * num_frames)) + 2  # the fastest camera
+        margin = int(math.ceil(max_camera_speed * min(height, width) / 96 * num_frames)) + 2  # the fastest camera
         return cls._field(rng, height + 2 * margin, width + 2 * margin, min(height, width))
 
     def use_texture(self, texture: np.ndarray, rng: np.random.Generator) -> None:
