@@ -10,7 +10,7 @@ from PIL import Image
 
 from vito_fast.eval.encoder import EvalEncoder, load_encoder
 from vito_fast.eval.features import (LabelledImages, extract_feature_maps, extract_features, load_image_folder,
-                                     load_manifest_frames, split_by_group)
+                                     load_manifest_frames, split_by_group, group_folds)
 from vito_fast.eval.knn import knn_accuracy, knn_predict
 from vito_fast.eval.linear import linear_probe_accuracy, train_linear_probe
 from vito_fast.eval.propagate import propagate_labels, region_similarity
@@ -286,6 +286,20 @@ def test_image_folder_and_group_split(tmp_path):
     train, test = split_by_group(labels, groups, test_fraction=0.25, seed=0)
     assert set(groups[train]).isdisjoint(groups[test]) and len(train) + len(test) == 24
     assert set(labels[test]) == {0, 1} and len(test) == 6
+
+
+def test_group_folds_test_every_group_once_and_never_split_one():
+    groups = np.repeat(np.arange(10), 3)
+    labels = np.repeat([0, 1], 15)
+    folds = group_folds(labels, groups, folds=4, seed=1)
+    assert len(folds) == 4
+    tested = np.concatenate([test for _, test in folds])
+    assert sorted(tested) == list(range(30))  # every frame tested exactly once
+    for train, test in folds:
+        assert set(groups[train]).isdisjoint(groups[test]) and len(train) + len(test) == 30
+        assert len(set(groups[test])) in (2, 3)  # 10 clips dealt to 4 folds, classes in turn
+    with pytest.raises(ValueError, match="folds"):
+        group_folds(labels, groups, folds=1)
 
 
 def test_manifest_frames_from_synthetic_data(tmp_path):

@@ -9,6 +9,7 @@ __getattr__, __dir__ = lazy_exports(
         "load_image_folder": ".features",
         "load_manifest_frames": ".features",
         "split_by_group": ".features",
+        "group_folds": ".features",
         "extract_features": ".features",
         "extract_feature_maps": ".features",
         # encoders to evaluate

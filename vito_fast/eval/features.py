@@ -163,6 +163,28 @@ def split_by_group(labels: np.ndarray, groups: np.ndarray, *, test_fraction: flo
     return np.nonzero(~is_test)[0], np.nonzero(is_test)[0]
 
 
+def group_folds(labels: np.ndarray, groups: np.ndarray, *, folds: int = 4, seed: int = 0
+                ) -> List[Tuple[np.ndarray, np.ndarray]]:
+    """``folds`` (train indices, test indices) splits in which every group is tested exactly once.
+
+    Whole groups (e.g. the frames of one clip) stay on one side; each class's groups are dealt
+    round-robin to the folds in a seeded order, so every fold holds about 1/folds of each class.
+    Cross-validating over all folds tests on every group: less noise than one held-out split.
+    """
+    if folds < 2:
+        raise ValueError(f"group_folds: folds must be >= 2, not {folds}")
+    rng = np.random.default_rng(seed)
+    fold_of_group = {}
+    offset = 0
+    for label in np.unique(labels):
+        for position, group in enumerate(rng.permutation(np.unique(groups[labels == label]))):
+            fold_of_group[group] = (offset + position) % folds
+        offset += len(np.unique(groups[labels == label]))  # the next class starts where this one stopped
+    fold = np.array([fold_of_group[group] for group in groups])
+    return [(np.nonzero(fold != k)[0], np.nonzero(fold == k)[0]) for k in range(folds)
+            if np.any(fold == k) and np.any(fold != k)]
+
+
 # ----------------------------------------------------------------------------- features
 
 
