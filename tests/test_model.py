@@ -6,6 +6,7 @@ import torch
 import torchvision
 
 from vito_fast.model import VITO, Trunk
+from vito_fast.train.config import load_config
 from vito_fast.model.sync_bn import GlobalBatchNorm, convert_sync_batchnorm
 
 
@@ -120,6 +121,22 @@ def test_trunk_weights_load_into_torchvision_with_only_fc_missing():
     result = resnet.load_state_dict(model.trunk_state_dict(), strict=False)
     assert sorted(result.missing_keys) == ["fc.bias", "fc.weight"] and not result.unexpected_keys
     assert torch.equal(resnet.layer4[1].conv2.weight, model.online.trunk.layer4[1].conv2.weight)
+
+
+def test_narrow_trunk_scales_every_stage_and_keeps_torchvision_names():
+    narrow, full = Trunk("resnet18", ("layer3", "layer4"), width=32), Trunk("resnet18", ("layer3", "layer4"))
+    assert narrow.channels("layer3") == 128 and narrow.channels("layer4") == 256 and narrow.conv1.out_channels == 32
+    assert list(narrow.state_dict()) == list(full.state_dict())  # same blocks and names, fewer channels
+    maps = narrow(torch.randn(2, 3, 64, 64))
+    assert [tuple(m.shape) for m in maps] == [(2, 128, 4, 4), (2, 256, 2, 2)]
+    parameters = sum(p.numel() for p in narrow.parameters())
+    assert 0.2 < parameters / sum(p.numel() for p in full.parameters()) < 0.3  # about (32/64)^2
+    model = VITO.from_config(load_config(preset="demo", overrides=["model.width=32"]).model)
+    assert model.online.trunk.channels("layer4") == 256 and model.target.trunk.width == 32
+    with pytest.raises(ValueError, match="multiple of 8"):
+        Trunk("resnet18", ("layer4",), width=20)
+    with pytest.raises(ValueError, match="plain ResNets"):
+        Trunk("wide_resnet50_2", ("layer4",), width=32)
 
 
 def test_global_batchnorm_is_batchnorm_in_one_process():

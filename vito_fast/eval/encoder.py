@@ -35,8 +35,8 @@ class EvalEncoder(Trunk):
     straight into it); ``pools`` adds the run's learned attention pools on top.
     """
 
-    def __init__(self, arch: str, stages: Sequence[str], pools: Optional[nn.ModuleList] = None):
-        super().__init__(arch, stages)
+    def __init__(self, arch: str, stages: Sequence[str], pools: Optional[nn.ModuleList] = None, width: int = 64):
+        super().__init__(arch, stages, width)
         self.pools = pools  # one learned attention pool per stage, or None for feature maps
         self.last_attention: Dict[str, torch.Tensor] = {}
         self.run_config: Optional[dict] = None  # the run's config (nested dict) when loaded from a run
@@ -109,6 +109,7 @@ def _encoder_from_run(online: Dict[str, torch.Tensor], config: dict, source: str
     """Build from the online encoder's weights (trunk.*, pools.*, projectors.*) and the run's config dict."""
     model_config = config.get("model", {})
     run_arch = model_config.get("arch", "resnet50")
+    run_width = int(model_config.get("width", 64))
     run_stages = tuple(model_config.get("stages", ("layer3", "layer4")))
     if arch is not None and arch != run_arch:
         raise ValueError(f"{source}: the run trained a {run_arch}, not a {arch}")
@@ -125,12 +126,12 @@ def _encoder_from_run(online: Dict[str, torch.Tensor], config: dict, source: str
         if getattr(settings, "pooling", "attention") != "attention":
             raise ValueError(f"{source}: the run pools by {settings.pooling}, so it has no attention maps")
         trained = Encoder(settings.arch, settings.stages, settings.pool_hidden, settings.proj_hidden,
-                          settings.proj_dim, settings.backend)
+                          settings.proj_dim, settings.backend, width=settings.width)
         trained.load_state_dict(online)
         pools = nn.ModuleList(trained.pools[trained.trunk.stages.index(stage)] for stage in chosen_stages)
     else:
         chosen_stages = tuple(stages) if stages else run_stages[-1:]
-    encoder = EvalEncoder(run_arch, chosen_stages, pools)
+    encoder = EvalEncoder(run_arch, chosen_stages, pools, run_width)
     load_trunk_weights(encoder, {key[len("trunk."):]: value for key, value in online.items()
                                  if key.startswith("trunk.")}, source)
     encoder.run_config = config

@@ -31,14 +31,52 @@ from vito_fast.nn.info_nce import InfoNCE
 STAGES = ("layer1", "layer2", "layer3", "layer4")
 
 
+class _NarrowResNet(torchvision.models.ResNet):
+    """torchvision's ResNet with every stage's width scaled by ``width / 64`` (stem included).
+
+    torchvision builds the stages through ``_make_layer(block, planes)`` with planes 64, 128, 256,
+    512; scaling ``planes`` there (and the stem before the first stage) keeps the blocks, names and
+    initialisation of torchvision's code. ``fc`` is left out (the trunk never uses it).
+    """
+
+    def __init__(self, block, layers: List[int], width: int, **kwargs):
+        self._width, self._stem_done = width, False
+        super().__init__(block, layers, **kwargs)
+        del self.fc
+
+    def _make_layer(self, block, planes: int, blocks: int, stride: int = 1, dilate: bool = False):
+        if not self._stem_done:  # called first for layer1: the stem must output `width` channels
+            self._stem_done = True
+            self.inplanes = self._width
+            self.conv1 = nn.Conv2d(3, self._width, kernel_size=7, stride=2, padding=3, bias=False)
+            self.bn1 = nn.BatchNorm2d(self._width)
+        return super()._make_layer(block, planes * self._width // 64, blocks, stride, dilate)
+
+
+def build_resnet(arch: str, width: int = 64) -> torchvision.models.ResNet:
+    """``torchvision.models.<arch>(weights=None)``; with ``width`` ≠ 64, the same network that much narrower."""
+    resnet = getattr(torchvision.models, arch)(weights=None)
+    if width == 64:
+        return resnet
+    if width < 8 or width % 8:
+        raise ValueError(f"Trunk: width must be a multiple of 8 and at least 8, got {width}")
+    if resnet.groups != 1 or resnet.base_width != 64:
+        raise ValueError(f"Trunk: width applies to plain ResNets, not {arch} (grouped or wide blocks)")
+    block = type(resnet.layer1[0])
+    layers = [len(getattr(resnet, name)) for name in STAGES]
+    return _NarrowResNet(block, layers, width)
+
+
 class Trunk(nn.Module):
     """A torchvision ResNet without avgpool/fc, returning the feature maps of the tapped stages.
 
     Attribute names (conv1, bn1, layer1 …) are torchvision's, so ``state_dict()`` loads into
     ``torchvision.models.<arch>()`` with only ``fc`` (and any stage after the last tap) missing.
+    ``width`` (default 64, torchvision's) scales every stage's channels: 32 is a quarter of the
+    compute, for CPUs and small data; such weights load into ``build_resnet(arch, width)``.
     """
 
-    def __init__(self, arch: str, stages: Sequence[str]):
+    def __init__(self, arch: str, stages: Sequence[str], width: int = 64):
         super().__init__()
         if not hasattr(torchvision.models, arch) or not arch.startswith(("resnet", "resnext", "wide_resnet")):
             raise ValueError(f"Trunk: arch {arch!r} is not a torchvision ResNet "
@@ -46,8 +84,8 @@ class Trunk(nn.Module):
         unknown = [s for s in stages if s not in STAGES]
         if not stages or unknown:
             raise ValueError(f"Trunk: stages must be a non-empty subset of {STAGES}, got {tuple(stages)}")
-        resnet = getattr(torchvision.models, arch)(weights=None)
-        self.arch = arch
+        resnet = build_resnet(arch, width)
+        self.arch, self.width = arch, width
         self.stages = tuple(sorted(stages, key=STAGES.index))
         last = STAGES.index(self.stages[-1])
         self.conv1, self.bn1, self.relu, self.maxpool = resnet.conv1, resnet.bn1, resnet.relu, resnet.maxpool
@@ -88,11 +126,11 @@ class Encoder(nn.Module):
     """Trunk + one pool and one projector per tapped stage (the part the target copies)."""
 
     def __init__(self, arch: str, stages: Sequence[str], pool_hidden: int, proj_hidden: int,
-                 proj_dim: int, backend: str, pooling: str = "attention"):
+                 proj_dim: int, backend: str, pooling: str = "attention", width: int = 64):
         super().__init__()
         if pooling not in ("attention", "average"):
             raise ValueError(f"Encoder: pooling must be 'attention' or 'average', got {pooling!r}")
-        self.trunk = Trunk(arch, stages)
+        self.trunk = Trunk(arch, stages, width)
         widths = [self.trunk.channels(s) for s in self.trunk.stages]
         self.pools = nn.ModuleList(AttentionPool2d(c, pool_hidden, backend=backend) if pooling == "attention"
                                    else AveragePool2d() for c in widths)
@@ -109,9 +147,9 @@ class VITO(nn.Module):
     def __init__(self, arch: str = "resnet50", stages: Sequence[str] = ("layer3", "layer4"),
                  pool_hidden: int = 512, proj_hidden: int = 4096, proj_dim: int = 256,
                  pred_hidden: int = 4096, temperature: float = 0.1, backend: str = "auto",
-                 gather_distributed: bool = True, pooling: str = "attention"):
+                 gather_distributed: bool = True, pooling: str = "attention", width: int = 64):
         super().__init__()
-        self.online = Encoder(arch, stages, pool_hidden, proj_hidden, proj_dim, backend, pooling)
+        self.online = Encoder(arch, stages, pool_hidden, proj_hidden, proj_dim, backend, pooling, width)
         self.predictors = nn.ModuleList(mlp(proj_dim, pred_hidden, proj_dim) for _ in self.online.pools)
         self.target = copy.deepcopy(self.online)
         self.target.requires_grad_(False)
@@ -122,7 +160,8 @@ class VITO(nn.Module):
     def from_config(cls, config) -> "VITO":
         """config: ``vito_fast.train.config.ModelConfig``."""
         return cls(config.arch, config.stages, config.pool_hidden, config.proj_hidden, config.proj_dim,
-                   config.pred_hidden, config.temperature, config.backend, pooling=config.pooling)
+                   config.pred_hidden, config.temperature, config.backend, pooling=config.pooling,
+                   width=config.width)
 
     def forward(self, view1: torch.Tensor, view2: torch.Tensor) -> Tuple[torch.Tensor, Dict[str, torch.Tensor]]:
         """view1, view2 (B, 3, S, S) → (total loss, {stage: loss}); all float32 scalars."""

@@ -23,6 +23,7 @@ from vito_fast.data.sampler import ViewConfig
 @dataclass
 class ModelConfig:
     arch: str = "resnet50"                       # any torchvision ResNet constructor name
+    width: int = 64                              # channels of the first stage (64: torchvision's; 32: 1/4 compute)
     stages: Tuple[str, ...] = ("layer3", "layer4")  # trunk taps, one loss per tap
     pooling: str = "attention"                   # "attention" (VITO) or "average" (the GAP ablation)
     pool_hidden: int = 512                       # attention MLP width (0: linear logits)
