@@ -28,9 +28,9 @@ from typing import Dict, List, Optional, Tuple
 import numpy as np
 import torch
 
-from vito_fast.eval.features import extract_feature_maps, extract_features, load_manifest_frames, split_by_group
-from vito_fast.eval.knn import knn_accuracy
-from vito_fast.eval.linear import linear_probe_accuracy
+from vito_fast.eval.features import extract_feature_maps, extract_features, group_folds, load_manifest_frames
+from vito_fast.eval.knn import knn_predict
+from vito_fast.eval.linear import train_linear_probe
 from vito_fast.eval.propagate import propagate_labels, region_similarity
 from vito_fast.eval.viz import attention_mask_iou, centred_gaussian_attention
 
@@ -109,21 +109,39 @@ def write_untrained_run(config, run_dir: Path) -> None:
                 "target": model.target.state_dict()}, run_dir / "checkpoint.pt")
 
 
+def cross_validated_accuracy(features: torch.Tensor, labels: np.ndarray, groups: np.ndarray, probe: str, *,
+                             folds: int = 4, seed: int = 0) -> Tuple[float, float]:
+    """(accuracy, its standard error) of a kNN or linear probe, cross-validated over folds of whole clips.
+
+    Every clip is tested once, by a probe fitted on the other folds. Frames of a clip are not
+    independent, so the standard error is that of the mean of the per-clip accuracies.
+    """
+    targets = torch.from_numpy(labels)
+    correct = np.zeros(len(labels), bool)
+    for train_indices, test_indices in group_folds(labels, groups, folds=folds, seed=seed):
+        train_features, test_features = features[train_indices], features[test_indices]
+        if probe == "knn":
+            scores = knn_predict(train_features, targets[train_indices], test_features, k=10,
+                                 num_classes=int(labels.max()) + 1)
+        else:
+            scores = train_linear_probe(train_features, targets[train_indices],
+                                        num_classes=int(labels.max()) + 1).predict(test_features)
+        correct[test_indices] = (scores.argmax(dim=1) == targets[test_indices]).numpy()
+    per_clip = np.array([correct[groups == group].mean() for group in np.unique(groups)])
+    return float(correct.mean()), float(per_clip.std(ddof=1) / np.sqrt(len(per_clip))) if len(per_clip) > 1 else 0.0
+
+
 def evaluate_run(run_dir: Path, dataset, frames, settings: DemoSettings) -> Tuple[Dict[str, object], Dict]:
     """(kNN, linear probe, propagation J and attention IoU of one run; {video: (frames, attention)} of 2 videos)."""
     from vito_fast.cli.viz import attention_of_frames
     from vito_fast.eval.encoder import load_encoder
 
-    train_indices, test_indices = split_by_group(frames.labels, frames.groups, test_fraction=0.25, seed=settings.seed)
     encoder = load_encoder(run_dir)  # the last stage's maps, average-pooled
     features = extract_features(encoder, frames.images)
-    labels = torch.from_numpy(frames.labels)
-    result: Dict[str, object] = {
-        "knn": knn_accuracy(features[train_indices], labels[train_indices], features[test_indices],
-                            labels[test_indices], k=10),
-        "linear": linear_probe_accuracy(features[train_indices], labels[train_indices], features[test_indices],
-                                        labels[test_indices]),
-    }
+    result: Dict[str, object] = {}
+    for probe in ("knn", "linear"):
+        result[probe], result[f"{probe}_se"] = cross_validated_accuracy(features, frames.labels, frames.groups, probe,
+                                                                        seed=settings.seed)
     maps_encoder = load_encoder(run_dir, stages=("layer3",))
     pools_by_attention = maps_encoder.run_config["model"].get("pooling", "attention") == "attention"
     attention_encoder = load_encoder(run_dir, pooling="attention") if pools_by_attention else None
@@ -143,7 +161,10 @@ def evaluate_run(run_dir: Path, dataset, frames, settings: DemoSettings) -> Tupl
         if index < 2:
             examples[index] = (clip, attention)
     result["propagation_J"] = float(np.mean(jaccard))
+    result["propagation_J_se"] = float(np.std(jaccard, ddof=1) / np.sqrt(len(jaccard))) if len(jaccard) > 1 else 0.0
     result["attention_iou"] = {stage: float(np.mean(values)) for stage, values in attention_iou.items()}
+    result["attention_iou_se"] = {stage: float(np.std(values, ddof=1) / np.sqrt(len(values))) if len(values) > 1
+                                  else 0.0 for stage, values in attention_iou.items()}
     return result, examples
 
 
