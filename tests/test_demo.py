@@ -30,3 +30,29 @@ def test_demo_runs_end_to_end_and_writes_its_report(tmp_path, capsys):
         with Image.open(out / picture) as image:
             assert image.format == "PNG" and image.size[0] > 100
     assert "report:" in capsys.readouterr().out
+
+
+def test_a_claim_counts_only_beyond_twice_its_standard_error():
+    from vito_fast.demo_report import verdict
+
+    assert verdict(0.10, 0.04) == "yes"
+    assert verdict(0.07, 0.04).startswith("**not clearly**")
+    assert verdict(-0.07, 0.04).startswith("**not clearly**")
+    assert verdict(-0.10, 0.04).startswith("**no**")
+
+
+def test_cross_validated_accuracy_tests_every_clip_and_reports_its_noise():
+    import numpy as np
+    import torch
+
+    from vito_fast.demo import cross_validated_accuracy
+
+    groups = np.repeat(np.arange(12), 4)
+    labels = groups % 3
+    separable = torch.nn.functional.one_hot(torch.from_numpy(labels), 3).float() + 0.01 * torch.randn(48, 3)
+    for probe in ("knn", "linear"):
+        accuracy, error = cross_validated_accuracy(separable, labels, groups, probe)
+        assert accuracy == 1.0 and error == 0.0
+    noise = torch.randn(48, 8, generator=torch.Generator().manual_seed(0))
+    accuracy, error = cross_validated_accuracy(noise, labels, groups, "knn")
+    assert 0.0 <= accuracy <= 0.7 and error > 0.02  # near chance (1/3), and clips disagree

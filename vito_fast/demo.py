@@ -48,7 +48,13 @@ class DemoSettings:
     minutes: float = 15.0  # wall-clock budget for the whole demo
     videos_per_class: int = 24  # many short videos: more instances to tell apart, more clips to evaluate on
     num_frames: int = 16
-    num_backgrounds: int = 4  # background textures shared by all videos (0: one per video, a shortcut)
+    # What persists between frames Δt apart should be the objects, as in real footage: one background
+    # texture shared by all videos (0: one per video, which identifies the video), a camera that pans
+    # 1.5-3 px a frame and a light whose colour changes over the clip. With a still camera and steady
+    # light, background and colours identify a video across time and nothing about the objects is learnt.
+    num_backgrounds: int = 1
+    camera_speed: Tuple[float, float] = (1.5, 3.0)
+    light_change: float = 0.4
     object_scale: float = 1.4  # objects fill more of the 64-px views
     eval_frames_per_clip: int = 8
     steps: Optional[int] = None  # pretraining steps per variant; None: from the time budget
@@ -181,7 +187,8 @@ def run_demo(settings: DemoSettings) -> Dict[str, object]:
     # 1. Data: the built-in videos (reused when a previous demo left the same settings).
     data_root = out / "data"
     wanted = {"videos_per_class": settings.videos_per_class, "num_frames": settings.num_frames, "seed": settings.seed,
-              "num_backgrounds": settings.num_backgrounds, "object_scale": settings.object_scale}
+              "num_backgrounds": settings.num_backgrounds, "object_scale": settings.object_scale,
+              "camera_speed": list(settings.camera_speed), "light_change": settings.light_change}
     index_path = data_root / "dataset.json"
     previous = json.loads(index_path.read_text())["settings"] if index_path.is_file() else {}
     if all(previous.get(key) == value for key, value in wanted.items()):
@@ -190,6 +197,7 @@ def run_demo(settings: DemoSettings) -> Dict[str, object]:
         dataset = generate_dataset(data_root, videos_per_class=settings.videos_per_class,
                                    num_frames=settings.num_frames, seed=settings.seed,
                                    num_backgrounds=settings.num_backgrounds, object_scale=settings.object_scale,
+                                   camera_speed=settings.camera_speed, light_change=settings.light_change,
                                    progress=settings.progress)
     frames = load_manifest_frames(dataset.manifest_path, frames_per_clip=min(settings.eval_frames_per_clip,
                                                                              settings.num_frames),

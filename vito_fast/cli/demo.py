@@ -22,8 +22,12 @@ def build_parser() -> argparse.ArgumentParser:
                         help="pretraining steps per variant (default: from the time budget)")
     parser.add_argument("--videos-per-class", type=int, default=24, help="built-in videos per class (default 24)")
     parser.add_argument("--num-frames", type=int, default=16, help="frames per built-in video (default 16)")
-    parser.add_argument("--num-backgrounds", type=int, default=4,
-                        help="background textures shared by the built-in videos (default 4; 0: one per video)")
+    parser.add_argument("--num-backgrounds", type=int, default=1,
+                        help="background textures shared by the built-in videos (default 1; 0: one per video)")
+    parser.add_argument("--light-change", type=float, default=0.4,
+                        help="how much the light's colour changes over a built-in video (default 0.4; 0: steady)")
+    parser.add_argument("--camera-speed", type=float, nargs=2, default=(1.5, 3.0), metavar=("LOW", "HIGH"),
+                        help="camera pan of the built-in videos, pixels per frame at 96 px (default 1.5 3)")
     parser.add_argument("--eval-videos", type=int, default=8, help="videos for propagation and attention IoU")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
     parser.add_argument("overrides", nargs="*", metavar="key=value",
@@ -37,7 +41,8 @@ def main(argv: List[str]) -> int:
 
     settings = DemoSettings(out_dir=args.out, minutes=args.minutes, steps=args.steps,
                             videos_per_class=args.videos_per_class, num_frames=args.num_frames,
-                            num_backgrounds=args.num_backgrounds,
+                            num_backgrounds=args.num_backgrounds, light_change=args.light_change,
+                            camera_speed=tuple(args.camera_speed),
                             eval_videos=args.eval_videos, overrides=list(args.overrides), progress=not args.quiet)
     try:
         summary = run_demo(settings)

@@ -24,7 +24,7 @@ def build_parser() -> argparse.ArgumentParser:
                "optim.base_lr=0.5 train.compile=true data.source=synthetic. The run directory gets "
                "checkpoint.pt, config.yaml, metrics.jsonl and tensorboard/.")
     parser.add_argument("--preset", choices=None, default=None,
-                        help="demo (ResNet-18, 64 px, CPU in minutes; the default) or resnet50 (the paper's setting)")
+                        help="demo (half-width ResNet-18, 64 px, CPU in minutes; the default) or resnet50 (the paper's setting)")
     parser.add_argument("--config", metavar="YAML", help="a YAML file with any part of the config tree")
     parser.add_argument("--data", metavar="PATH",
                         help="a manifest (.jsonl) or a frame store; 'synthetic' for on-device random pairs; "

@@ -92,12 +92,17 @@ class SyntheticPairSource:
 def demo_dataset(run_dir: Path, *, progress: bool = True) -> Path:
     """The built-in synthetic videos under RUN/data (generated once; deterministic); its manifest path."""
     from vito_fast.data.synthetic import generate_dataset
+    from vito_fast.demo import DemoSettings
 
     root = Path(run_dir) / "data"
     manifest = root / "manifest.jsonl"
     if manifest.exists():
         return manifest
-    return Path(generate_dataset(root, progress=progress).manifest_path)
+    demo = DemoSettings()  # the videos `vito-fast demo` uses
+    return Path(generate_dataset(root, videos_per_class=demo.videos_per_class, num_frames=demo.num_frames,
+                                 num_backgrounds=demo.num_backgrounds, camera_speed=demo.camera_speed,
+                                 light_change=demo.light_change, object_scale=demo.object_scale,
+                                 progress=progress).manifest_path)
 
 
 def build_loader(config, info: DistInfo, *, epoch: int, start_step: int, run_dir: Optional[Path] = None):
