@@ -46,7 +46,8 @@ def measure(provider: str, arch: str, size: int, batch: int, steps: int, window:
     from vito_fast.train.config import load_config
     from vito_fast.train.loop import train
 
-    overrides = [f"model.arch={arch}", f"data.image_size={size}", f"data.batch_size={batch}",
+    # model.width=64: the torchvision architecture at full width (the demo preset narrows it to 32)
+    overrides = [f"model.arch={arch}", "model.width=64", f"data.image_size={size}", f"data.batch_size={batch}",
                  f"train.steps={steps}", f"train.log_every={window}", f"train.checkpoint_every={steps}",
                  "train.image_every=0", "train.progress=false", "optim.warmup_steps=0"]
     if provider.startswith("synthetic"):

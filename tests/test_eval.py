@@ -133,7 +133,8 @@ def test_propagation_tracks_a_moving_object():
     truth = np.stack(truth)
     predicted = propagate_labels(torch.stack(features), truth[0], num_previous=2, topk=3)
     # cells the object uncovers were never seen as background: those are the only errors allowed
-    assert region_similarity(predicted, truth)["J"] > 0.85
+    # (over 200 seeds J ranged from 0.79, when an uncovered cell's neighbours tie, to 1)
+    assert region_similarity(predicted, truth)["J"] > 0.75
     # a method that keeps the first mask does much worse: J measures the tracking
     assert region_similarity(np.broadcast_to(truth[0], truth.shape), truth)["J"] < 0.3
 
@@ -405,7 +406,7 @@ def test_attention_encoder_from_run_and_viz_cli(tmp_path, capsys):
     encoder = load_encoder(run, pooling="attention")
     assert encoder.stages == ("layer3", "layer4")
     vectors = encoder(torch.randn(3, 3, 64, 64))
-    assert [tuple(v.shape) for v in vectors] == [(3, 256), (3, 512)]
+    assert [tuple(v.shape) for v in vectors] == [(3, 128), (3, 256)]  # the demo preset: half-width ResNet-18
     attention = encoder.last_attention
     assert tuple(attention["layer3"].shape) == (3, 4, 4) and tuple(attention["layer4"].shape) == (3, 2, 2)
     torch.testing.assert_close(attention["layer4"].sum(dim=(1, 2)), torch.ones(3))
@@ -447,3 +448,19 @@ def test_davis_layout_loads_frames_and_palette_masks(tmp_path):
     assert set(np.unique(masks)) == {0, 2} and (masks[2] == 2).sum() == 16 * 10  # palette indices are the ids
     with pytest.raises(FileNotFoundError, match="DAVIS layout"):
         load_davis_sequences(tmp_path / "JPEGImages")
+
+
+def test_attention_mass_on_masks_known_answers():
+    from vito_fast.eval.viz import attention_mass_on_masks
+
+    masks = np.zeros((2, 8, 8), bool)
+    masks[:, :4, :] = True  # the top half
+    inside = np.zeros((2, 4, 4), np.float32)
+    inside[:, 0, 1] = 1.0  # a sharp peak well inside the top half
+    assert attention_mass_on_masks(inside, masks) == pytest.approx(1.0)
+    assert attention_mass_on_masks(np.ones((2, 4, 4), np.float32), masks) == pytest.approx(0.5)  # uniform: area
+    outside = np.zeros((2, 4, 4), np.float32)
+    outside[:, 3, 2] = 5.0
+    assert attention_mass_on_masks(outside, masks) == pytest.approx(0.0)
+    with pytest.raises(ValueError, match="attention_mass_on_masks"):
+        attention_mass_on_masks(inside[0], masks)

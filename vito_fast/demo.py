@@ -32,7 +32,7 @@ from vito_fast.eval.features import extract_feature_maps, extract_features, grou
 from vito_fast.eval.knn import knn_predict
 from vito_fast.eval.linear import train_linear_probe
 from vito_fast.eval.propagate import propagate_labels, region_similarity
-from vito_fast.eval.viz import attention_mask_iou, centred_gaussian_attention
+from vito_fast.eval.viz import attention_mask_iou, attention_mass_on_masks, centred_gaussian_attention
 
 
 # LARS moves each layer by about lr · trust_coefficient of its norm per step: with the preset's
@@ -58,9 +58,9 @@ class DemoSettings:
     object_scale: float = 1.4  # objects fill more of the 64-px views
     eval_frames_per_clip: int = 8
     steps: Optional[int] = None  # pretraining steps per variant; None: from the time budget
-    max_steps: int = 300
+    max_steps: int = 2000
     overrides: List[str] = field(default_factory=list)  # extra config overrides for every variant
-    eval_videos: int = 8  # videos used for propagation and attention IoU
+    eval_videos: int = 16  # videos used for propagation and the attention scores
     seed: int = 0
     progress: bool = True
 
@@ -115,6 +115,11 @@ def write_untrained_run(config, run_dir: Path) -> None:
                 "target": model.target.state_dict()}, run_dir / "checkpoint.pt")
 
 
+def _standard_error(values: List[float]) -> float:
+    """Standard error of the mean of per-video values (0 for fewer than two)."""
+    return float(np.std(values, ddof=1) / np.sqrt(len(values))) if len(values) > 1 else 0.0
+
+
 def cross_validated_accuracy(features: torch.Tensor, labels: np.ndarray, groups: np.ndarray, probe: str, *,
                              folds: int = 4, seed: int = 0) -> Tuple[float, float]:
     """(accuracy, its standard error) of a kNN or linear probe, cross-validated over folds of whole clips.
@@ -153,7 +158,7 @@ def evaluate_run(run_dir: Path, dataset, frames, settings: DemoSettings) -> Tupl
     attention_encoder = load_encoder(run_dir, pooling="attention") if pools_by_attention else None
     # attention at twice the training size: the pools are 1x1 convolutions, and finer maps cut finer masks
     attention_size = 2 * int(maps_encoder.run_config["data"]["image_size"])
-    jaccard, attention_iou, examples = [], {}, {}
+    jaccard, attention_iou, attention_mass, examples = [], {}, {}, {}
     for index in range(min(settings.eval_videos, len(dataset.videos))):
         clip, masks = dataset.load_frames(index), dataset.load_masks(index)
         height, width = clip.shape[1:3]
@@ -164,13 +169,14 @@ def evaluate_run(run_dir: Path, dataset, frames, settings: DemoSettings) -> Tupl
         attention = attention_of_frames(attention_encoder, clip, attention_size)
         for stage, stage_attention in attention.items():
             attention_iou.setdefault(stage, []).append(attention_mask_iou(stage_attention, masks > 0))
+            attention_mass.setdefault(stage, []).append(attention_mass_on_masks(stage_attention, masks > 0))
         if index < 2:
             examples[index] = (clip, attention)
     result["propagation_J"] = float(np.mean(jaccard))
-    result["propagation_J_se"] = float(np.std(jaccard, ddof=1) / np.sqrt(len(jaccard))) if len(jaccard) > 1 else 0.0
-    result["attention_iou"] = {stage: float(np.mean(values)) for stage, values in attention_iou.items()}
-    result["attention_iou_se"] = {stage: float(np.std(values, ddof=1) / np.sqrt(len(values))) if len(values) > 1
-                                  else 0.0 for stage, values in attention_iou.items()}
+    result["propagation_J_se"] = _standard_error(jaccard)
+    for key, per_stage in (("attention_iou", attention_iou), ("attention_mass", attention_mass)):
+        result[key] = {stage: float(np.mean(values)) for stage, values in per_stage.items()}
+        result[f"{key}_se"] = {stage: _standard_error(values) for stage, values in per_stage.items()}
     return result, examples
 
 
@@ -236,12 +242,15 @@ def run_demo(settings: DemoSettings) -> Dict[str, object]:
         results[name].update(steps=outcome.step, final_loss=outcome.losses[-1] if outcome.losses else None,
                              train_seconds=round(time.perf_counter() - train_started, 1))
     masks = [dataset.load_masks(index) > 0 for index in range(min(settings.eval_videos, len(dataset.videos)))]
-    baseline = float(np.mean([attention_mask_iou(centred_gaussian_attention(len(mask), 8, 8), mask) for mask in masks]))
+    gaussians = [centred_gaussian_attention(len(mask), 8, 8) for mask in masks]
+    baseline = float(np.mean([attention_mask_iou(gaussian, mask) for gaussian, mask in zip(gaussians, masks)]))
+    baseline_mass = float(np.mean([attention_mass_on_masks(gaussian, mask) for gaussian, mask in zip(gaussians, masks)]))
     summary = {"settings": dataclasses.asdict(settings), "steps": steps, "estimated_seconds_per_step": estimate,
                "config_overrides": base[1:],
                "variants": results, "not_run": {name: "the model config has no `pooling` option (average pooling)"
                                                 for name, overrides in variants.items() if overrides is None},
-               "centred_gaussian_attention_iou": baseline, "losses": losses,
+               "centred_gaussian_attention_iou": baseline, "centred_gaussian_attention_mass": baseline_mass,
+               "object_area_fraction": float(np.mean([mask.mean() for mask in masks])), "losses": losses,
                "seconds": round(time.perf_counter() - started, 1)}
     from vito_fast.demo_report import write_report
 

@@ -28,7 +28,8 @@ def build_parser() -> argparse.ArgumentParser:
                         help="how much the light's colour changes over a built-in video (default 0.4; 0: steady)")
     parser.add_argument("--camera-speed", type=float, nargs=2, default=(1.5, 3.0), metavar=("LOW", "HIGH"),
                         help="camera pan of the built-in videos, pixels per frame at 96 px (default 1.5 3)")
-    parser.add_argument("--eval-videos", type=int, default=8, help="videos for propagation and attention IoU")
+    parser.add_argument("--eval-videos", type=int, default=16,
+                        help="videos for propagation and the attention scores (default 16)")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
     parser.add_argument("overrides", nargs="*", metavar="key=value",
                         help="config overrides for every variant, e.g. data.batch_size=32 model.arch=resnet34")
@@ -50,12 +51,14 @@ def main(argv: List[str]) -> int:
         print(f"vito-fast demo: {error}", file=sys.stderr)
         return 1
     print("vito-fast demo")
-    print(f"  {'variant':<10} {'kNN':>7} {'linear':>7} {'J':>6}  attention IoU")
+    print(f"  {'variant':<10} {'kNN':>7} {'linear':>7} {'J':>6}  attention on objects (IoU)")
     for name, result in summary["variants"].items():
-        attention = ", ".join(f"{stage} {value:.2f}" for stage, value in result["attention_iou"].items()) \
-            or "n/a (average pooling)"
+        attention = ", ".join(f"{stage} {100 * mass:.0f}% ({result['attention_iou'][stage]:.2f})"
+                              for stage, mass in result.get("attention_mass", {}).items()) or "n/a (average pooling)"
         print(f"  {name:<10} {100 * result['knn']:6.1f}% {100 * result['linear']:6.1f}% "
               f"{result['propagation_J']:6.3f}  {attention}")
-    print(f"  centred Gaussian attention IoU {summary['centred_gaussian_attention_iou']:.2f}")
+    print(f"  centred Gaussian: {100 * summary['centred_gaussian_attention_mass']:.0f}% on objects "
+          f"(IoU {summary['centred_gaussian_attention_iou']:.2f}); objects cover "
+          f"{100 * summary['object_area_fraction']:.0f}% of the frames")
     print(f"  report: {args.out}/report.md ({summary['seconds']:.0f} s)")
     return 0

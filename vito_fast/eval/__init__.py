@@ -32,6 +32,7 @@ __getattr__, __dir__ = lazy_exports(
         "overlay_attention": ".viz",
         "attention_panel": ".viz",
         "attention_mask_iou": ".viz",
+        "attention_mass_on_masks": ".viz",
         "centred_gaussian_attention": ".viz",
     },
 )

@@ -166,6 +166,24 @@ def attention_mask_iou(attention: np.ndarray, masks: np.ndarray, *, mass: float 
     return float(np.mean(np.where(union > 0, intersection / np.maximum(union, 1), 1.0)))
 
 
+def attention_mass_on_masks(attention: np.ndarray, masks: np.ndarray) -> float:
+    """Mean over frames of the share of attention (T, h, w) that falls on the masks (T, H, W) bool.
+
+    The attention is upsampled bilinearly to (H, W) and renormalised to sum to 1 per frame. Unlike
+    the IoU this does not ask the attention to *cover* the object: a sharp peak inside the object
+    scores 1. Uniform attention scores the masks' area fraction.
+    """
+    attention = np.asarray(attention, dtype=np.float32)
+    masks = np.asarray(masks).astype(bool)
+    if attention.ndim != 3 or masks.ndim != 3 or len(attention) != len(masks):
+        raise ValueError(f"attention_mass_on_masks: need attention (T, h, w) and masks (T, H, W), not "
+                         f"{attention.shape} and {masks.shape}")
+    maps = F.interpolate(torch.from_numpy(attention)[:, None], size=masks.shape[1:], mode="bilinear",
+                         align_corners=False)[:, 0].clamp_min(0).flatten(1)
+    maps = maps / maps.sum(dim=1, keepdim=True).clamp_min(1e-12)
+    return float((maps * torch.from_numpy(masks).flatten(1)).sum(dim=1).mean())
+
+
 def centred_gaussian_attention(num_frames: int, height: int, width: int, *, sigma: float = 0.25) -> np.ndarray:
     """A baseline attention (T, h, w): a Gaussian at the frame centre, std ``sigma`` of each side."""
     rows = (np.arange(height) + 0.5) / height - 0.5
