@@ -119,6 +119,9 @@ def write_report(out: Path, summary: Dict, examples: Dict, class_names: List[str
     lines += ["", "## Does it show the paper's claims?", "", *_claims(summary), "",
               "Small, short runs on a CPU. ± is one standard error over clips (videos), the unit that is "
               "sampled: a claim counts as shown only when the difference exceeds twice its standard error. "
+              "That error does not include the training run's own variation: runs of a few hundred steps "
+              "that differ only in their step count (the time budget sets it) differ by several points, "
+              "so compare more than one demo before trusting a small difference. "
               f"kNN (k = 10, cosine) and the linear probe use the last stage's average-pooled features of "
               f"{summary['settings'].get('eval_frames_per_clip', 4)} frames per video, cross-validated over 4 folds "
               "of whole videos (every video tested once by a probe fitted on the others); "
