@@ -144,20 +144,26 @@ def attention_overlay_frames(frames: np.ndarray, attention_by_scale: Dict[str, n
 # ----------------------------------------------------------------------------- attention vs objects
 
 
+def _attention_on_mask_grid(attention: np.ndarray, masks: np.ndarray, caller: str):
+    """(attention (T, h, w) upsampled bilinearly to the masks' (H, W), each frame summing to 1, as (T, H·W);
+    masks (T, H, W) bool), or a ValueError naming ``caller``."""
+    attention = np.asarray(attention, dtype=np.float32)
+    masks = np.asarray(masks).astype(bool)
+    if attention.ndim != 3 or masks.ndim != 3 or len(attention) != len(masks):
+        raise ValueError(f"{caller}: need attention (T, h, w) and masks (T, H, W), not {attention.shape} "
+                         f"and {masks.shape}")
+    maps = F.interpolate(torch.from_numpy(attention)[:, None], size=masks.shape[1:], mode="bilinear",
+                         align_corners=False)[:, 0].clamp_min(0).flatten(1)
+    return maps / maps.sum(dim=1, keepdim=True).clamp_min(1e-12), masks
+
+
 def attention_mask_iou(attention: np.ndarray, masks: np.ndarray, *, mass: float = 0.5) -> float:
     """Mean IoU between attention (T, h, w) and object masks (T, H, W) bool, over frames.
 
     The attention, upsampled bilinearly to (H, W) and renormalised to sum to 1, is cut to the
     smallest set of pixels that holds ``mass`` of it (DINO's way to turn attention into a mask).
     """
-    attention = np.asarray(attention, dtype=np.float32)
-    masks = np.asarray(masks).astype(bool)
-    if attention.ndim != 3 or masks.ndim != 3 or len(attention) != len(masks):
-        raise ValueError(f"attention_mask_iou: need attention (T, h, w) and masks (T, H, W), not {attention.shape} "
-                         f"and {masks.shape}")
-    maps = F.interpolate(torch.from_numpy(attention)[:, None], size=masks.shape[1:], mode="bilinear",
-                         align_corners=False)[:, 0].clamp_min(0).flatten(1)
-    maps = maps / maps.sum(dim=1, keepdim=True).clamp_min(1e-12)
+    maps, masks = _attention_on_mask_grid(attention, masks, "attention_mask_iou")
     ordered, order = maps.sort(dim=1, descending=True)
     keep_sorted = (ordered.cumsum(dim=1) - ordered) < mass  # pixels needed to reach the mass
     kept = torch.zeros_like(keep_sorted).scatter_(1, order, keep_sorted).reshape(masks.shape).numpy()
@@ -173,14 +179,7 @@ def attention_mass_on_masks(attention: np.ndarray, masks: np.ndarray) -> float:
     the IoU this does not ask the attention to *cover* the object: a sharp peak inside the object
     scores 1. Uniform attention scores the masks' area fraction.
     """
-    attention = np.asarray(attention, dtype=np.float32)
-    masks = np.asarray(masks).astype(bool)
-    if attention.ndim != 3 or masks.ndim != 3 or len(attention) != len(masks):
-        raise ValueError(f"attention_mass_on_masks: need attention (T, h, w) and masks (T, H, W), not "
-                         f"{attention.shape} and {masks.shape}")
-    maps = F.interpolate(torch.from_numpy(attention)[:, None], size=masks.shape[1:], mode="bilinear",
-                         align_corners=False)[:, 0].clamp_min(0).flatten(1)
-    maps = maps / maps.sum(dim=1, keepdim=True).clamp_min(1e-12)
+    maps, masks = _attention_on_mask_grid(attention, masks, "attention_mass_on_masks")
     return float((maps * torch.from_numpy(masks).flatten(1)).sum(dim=1).mean())
 
 
