@@ -133,6 +133,10 @@ def test_narrow_trunk_scales_every_stage_and_keeps_torchvision_names():
     assert 0.2 < parameters / sum(p.numel() for p in full.parameters()) < 0.3  # about (32/64)^2
     model = VITO.from_config(load_config(preset="demo", overrides=["model.width=32"]).model)
     assert model.online.trunk.channels("layer4") == 256 and model.target.trunk.width == 32
+    from vito_fast.model.vito import build_resnet
+
+    result = build_resnet("resnet18", 32).load_state_dict(narrow.state_dict(), strict=True)  # exported weights load
+    assert not result.missing_keys and not result.unexpected_keys
     with pytest.raises(ValueError, match="multiple of 8"):
         Trunk("resnet18", ("layer4",), width=20)
     with pytest.raises(ValueError, match="plain ResNets"):

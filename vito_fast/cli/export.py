@@ -54,8 +54,10 @@ def main(argv: Optional[List[str]] = None) -> int:
     if args.format == "torchvision":
         absent = STAGES[max(STAGES.index(s) for s in stages) + 1:]
         missing = "fc" + "".join(f", {s}" for s in absent)
-        print(f"  load with torchvision.models.{arch}().load_state_dict(torch.load({args.output!r}), "
-              f"strict=False): missing {missing}")
+        width = int(state["config"]["model"].get("width", 64))
+        network = f"torchvision.models.{arch}()" if width == 64 else \
+            f"vito_fast.model.vito.build_resnet({arch!r}, width={width})"  # a narrower trunk than torchvision's
+        print(f"  load with {network}.load_state_dict(torch.load({args.output!r}), strict=False): missing {missing}")
     return 0
 
 
