@@ -60,7 +60,7 @@ class DemoSettings:
     steps: Optional[int] = None  # pretraining steps per variant; None: from the time budget
     max_steps: int = 2000
     overrides: List[str] = field(default_factory=list)  # extra config overrides for every variant
-    eval_videos: int = 16  # videos used for propagation and the attention scores
+    eval_videos: int = 16  # videos used for propagation and the attention scores, spread over the classes
     seed: int = 0
     progress: bool = True
 
@@ -115,6 +115,11 @@ def write_untrained_run(config, run_dir: Path) -> None:
                 "target": model.target.state_dict()}, run_dir / "checkpoint.pt")
 
 
+def evaluation_videos(num_videos: int, count: int) -> List[int]:
+    """``count`` video indices spread evenly over the data set (its videos are ordered class by class)."""
+    return sorted({int(index) for index in np.linspace(0, num_videos - 1, min(count, num_videos)).round()})
+
+
 def _standard_error(values: List[float]) -> float:
     """Standard error of the mean of per-video values (0 for fewer than two)."""
     return float(np.std(values, ddof=1) / np.sqrt(len(values))) if len(values) > 1 else 0.0
@@ -139,7 +144,7 @@ def cross_validated_accuracy(features: torch.Tensor, labels: np.ndarray, groups:
                                         num_classes=int(labels.max()) + 1).predict(test_features)
         correct[test_indices] = (scores.argmax(dim=1) == targets[test_indices]).numpy()
     per_clip = np.array([correct[groups == group].mean() for group in np.unique(groups)])
-    return float(correct.mean()), float(per_clip.std(ddof=1) / np.sqrt(len(per_clip))) if len(per_clip) > 1 else 0.0
+    return float(correct.mean()), _standard_error(list(per_clip))
 
 
 def evaluate_run(run_dir: Path, dataset, frames, settings: DemoSettings) -> Tuple[Dict[str, object], Dict]:
@@ -159,7 +164,7 @@ def evaluate_run(run_dir: Path, dataset, frames, settings: DemoSettings) -> Tupl
     # attention at twice the training size: the pools are 1x1 convolutions, and finer maps cut finer masks
     attention_size = 2 * int(maps_encoder.run_config["data"]["image_size"])
     jaccard, attention_iou, attention_mass, examples = [], {}, {}, {}
-    for index in range(min(settings.eval_videos, len(dataset.videos))):
+    for position, index in enumerate(evaluation_videos(len(dataset.videos), settings.eval_videos)):
         clip, masks = dataset.load_frames(index), dataset.load_masks(index)
         height, width = clip.shape[1:3]
         maps = extract_feature_maps(maps_encoder, clip, image_size=(2 * height, 2 * width))
@@ -170,7 +175,7 @@ def evaluate_run(run_dir: Path, dataset, frames, settings: DemoSettings) -> Tupl
         for stage, stage_attention in attention.items():
             attention_iou.setdefault(stage, []).append(attention_mask_iou(stage_attention, masks > 0))
             attention_mass.setdefault(stage, []).append(attention_mass_on_masks(stage_attention, masks > 0))
-        if index < 2:
+        if position < 2:
             examples[index] = (clip, attention)
     result["propagation_J"] = float(np.mean(jaccard))
     result["propagation_J_se"] = _standard_error(jaccard)
@@ -242,7 +247,7 @@ def run_demo(settings: DemoSettings) -> Dict[str, object]:
         results[name], examples[name] = evaluate_run(run_dir, dataset, frames, settings)
         results[name].update(steps=outcome.step, final_loss=outcome.losses[-1] if outcome.losses else None,
                              train_seconds=round(time.perf_counter() - train_started, 1))
-    masks = [dataset.load_masks(index) > 0 for index in range(min(settings.eval_videos, len(dataset.videos)))]
+    masks = [dataset.load_masks(index) > 0 for index in evaluation_videos(len(dataset.videos), settings.eval_videos)]
     gaussians = [centred_gaussian_attention(len(mask), 8, 8) for mask in masks]
     baseline = float(np.mean([attention_mask_iou(gaussian, mask) for gaussian, mask in zip(gaussians, masks)]))
     baseline_mass = float(np.mean([attention_mass_on_masks(gaussian, mask) for gaussian, mask in zip(gaussians, masks)]))
