@@ -6,15 +6,15 @@ Variants (each pretrained for the same number of steps, from the same initialisa
 
 - ``random``   the untrained model (a step-0 checkpoint): the floor every method must clear;
 - ``vito``     the demo preset: frame pairs Δt apart (uniform in the configured range), attention pools;
-- ``dt0``      the same with Δt = 0: both views from one frame (image-level BYOL-style augmentation);
-- ``avgpool``  the same with average pooling instead of attention — only when the model config has a
-               ``pooling`` option (``model.pooling=average``); otherwise reported as not run.
+- ``avgpool``  the same with average pooling instead of attention (``model.pooling=average``);
+- ``dt0``      the same with Δt = 0: both views from one frame (image-level BYOL-style augmentation).
 
 Evaluations on the synthetic data (frozen features, see ``vito_fast.eval``): kNN and linear-probe
-top-1 accuracy on frames (train/test split by video), label-propagation J of the first-frame object
-masks, and the IoU between each scale's attention (cut to half its mass) and the object masks,
-next to a centred-Gaussian baseline. The step count is chosen from the time budget: a timed
-training step of the model on random inputs, times a safety factor for data loading.
+top-1 accuracy on frames, cross-validated over folds of whole videos; label-propagation J of the
+first-frame object masks; and, per scale, the share of the attention on the object masks and the
+IoU of its half-mass region with them, next to a centred-Gaussian baseline. Every figure carries a
+standard error over videos. The step count is chosen from the time budget: a timed training step
+of the model on random inputs, times a measured factor for data loading and evaluation.
 """
 from __future__ import annotations
 
@@ -64,19 +64,19 @@ class DemoSettings:
     seed: int = 0
     progress: bool = True
 
+    def data_settings(self) -> Dict[str, object]:
+        """The ``generate_dataset`` keywords of the built-in videos (``dataset.json`` keeps them too)."""
+        return {"videos_per_class": self.videos_per_class, "num_frames": self.num_frames, "seed": self.seed,
+                "num_backgrounds": self.num_backgrounds, "object_scale": self.object_scale,
+                "camera_speed": tuple(self.camera_speed), "light_change": self.light_change}
 
-def variant_overrides(variant: str) -> Optional[List[str]]:
-    """Config overrides of a variant; None when this build's model cannot express it."""
-    from vito_fast.train.config import ModelConfig
 
-    if variant == "vito":
-        return []
-    if variant == "dt0":
-        return ["data.views.delta_seconds=[0.0,0.0]"]
-    if variant == "avgpool":
-        names = {model_field.name for model_field in dataclasses.fields(ModelConfig)}
-        return ["model.pooling=average"] if "pooling" in names else None
-    raise ValueError(f"demo: unknown variant {variant!r}")
+# Config overrides of each trained variant (the random-init floor is not trained).
+VARIANTS: Dict[str, List[str]] = {
+    "vito": [],
+    "avgpool": ["model.pooling=average"],
+    "dt0": ["data.views.delta_seconds=[0.0,0.0]"],
+}
 
 
 def seconds_per_step(config) -> float:
@@ -147,8 +147,13 @@ def cross_validated_accuracy(features: torch.Tensor, labels: np.ndarray, groups:
     return float(correct.mean()), _standard_error(list(per_clip))
 
 
-def evaluate_run(run_dir: Path, dataset, frames, settings: DemoSettings) -> Tuple[Dict[str, object], Dict]:
-    """(kNN, linear probe, propagation J and attention IoU of one run; {video: (frames, attention)} of 2 videos)."""
+def evaluate_run(run_dir: Path, frames, clips: Dict[int, Tuple[np.ndarray, np.ndarray]], settings: DemoSettings
+                 ) -> Tuple[Dict[str, object], Dict]:
+    """(kNN, linear probe, propagation J and attention scores of one run; {video: (frames, attention)} of 2 videos).
+
+    ``frames``: the labelled frames of the probes; ``clips``: {video index: (frames, instance masks)}
+    of the videos that score propagation and attention.
+    """
     from vito_fast.cli.viz import attention_of_frames
     from vito_fast.eval.encoder import load_encoder
 
@@ -164,8 +169,7 @@ def evaluate_run(run_dir: Path, dataset, frames, settings: DemoSettings) -> Tupl
     # attention at twice the training size: the pools are 1x1 convolutions, and finer maps cut finer masks
     attention_size = 2 * int(maps_encoder.run_config["data"]["image_size"])
     jaccard, attention_iou, attention_mass, examples = [], {}, {}, {}
-    for position, index in enumerate(evaluation_videos(len(dataset.videos), settings.eval_videos)):
-        clip, masks = dataset.load_frames(index), dataset.load_masks(index)
+    for position, (index, (clip, masks)) in enumerate(clips.items()):
         height, width = clip.shape[1:3]
         maps = extract_feature_maps(maps_encoder, clip, image_size=(2 * height, 2 * width))
         jaccard.append(region_similarity(propagate_labels(maps, masks[0]), masks)["J"])
@@ -197,32 +201,26 @@ def run_demo(settings: DemoSettings) -> Dict[str, object]:
     out.mkdir(parents=True, exist_ok=True)
     # 1. Data: the built-in videos (reused when a previous demo left the same settings).
     data_root = out / "data"
-    wanted = {"videos_per_class": settings.videos_per_class, "num_frames": settings.num_frames, "seed": settings.seed,
-              "num_backgrounds": settings.num_backgrounds, "object_scale": settings.object_scale,
-              "camera_speed": list(settings.camera_speed), "light_change": settings.light_change}
+    wanted = settings.data_settings()
     index_path = data_root / "dataset.json"
     previous = json.loads(index_path.read_text())["settings"] if index_path.is_file() else {}
-    if all(previous.get(key) == value for key, value in wanted.items()):
+    if all(previous.get(key) == (list(value) if isinstance(value, tuple) else value) for key, value in wanted.items()):
         dataset = SyntheticDataset.open(data_root)
     else:
-        dataset = generate_dataset(data_root, videos_per_class=settings.videos_per_class,
-                                   num_frames=settings.num_frames, seed=settings.seed,
-                                   num_backgrounds=settings.num_backgrounds, object_scale=settings.object_scale,
-                                   camera_speed=settings.camera_speed, light_change=settings.light_change,
-                                   progress=settings.progress)
+        dataset = generate_dataset(data_root, **wanted, progress=settings.progress)
+    clips = {index: (dataset.load_frames(index), dataset.load_masks(index))
+             for index in evaluation_videos(len(dataset.videos), settings.eval_videos)}
     frames = load_manifest_frames(dataset.manifest_path, frames_per_clip=min(settings.eval_frames_per_clip,
                                                                              settings.num_frames),
                                   class_names=dataset.class_names)
     # 2. Variants and the step budget.
     base = ["data.path=" + str(dataset.manifest_path), "train.image_every=0",
             f"train.progress={str(settings.progress).lower()}", *SHORT_RUN_OPTIMISER, *settings.overrides]
-    variants = {name: variant_overrides(name) for name in ("vito", "avgpool", "dt0")}
-    trained = [name for name, overrides in variants.items() if overrides is not None]
     probe_config = load_config(preset="demo", overrides=base)
     estimate = seconds_per_step(probe_config)
     if settings.steps is None:
-        evaluation_reserve = 20.0 * (len(trained) + 1)
-        budget = max(0.0, deadline - time.perf_counter() - evaluation_reserve) / max(len(trained), 1)
+        evaluation_reserve = 20.0 * (len(VARIANTS) + 1)
+        budget = max(0.0, deadline - time.perf_counter() - evaluation_reserve) / len(VARIANTS)
         # data loading, evaluation and a busy machine add to the model-only estimate: measured on the
         # 2-core CPU, 0.42-0.45 s a step per variant all included, 1.7-2.1x single estimates (then the
         # fastest of two timings) of 0.21-0.25 s, 1.9x the median of six (0.23 s); 2.0x leaves a minute spare
@@ -236,25 +234,24 @@ def run_demo(settings: DemoSettings) -> Dict[str, object]:
     examples = {}
     random_config = load_config(preset="demo", overrides=base)
     write_untrained_run(random_config, out / "runs" / "random")
-    results["random"], examples["random"] = evaluate_run(out / "runs" / "random", dataset, frames, settings)
+    results["random"], examples["random"] = evaluate_run(out / "runs" / "random", frames, clips, settings)
     results["random"].update(steps=0, final_loss=None)
-    for name in trained:
-        config = load_config(preset="demo", overrides=base + variants[name])
+    for name, overrides in VARIANTS.items():
+        config = load_config(preset="demo", overrides=base + overrides)
         run_dir = out / "runs" / name
         train_started = time.perf_counter()
         outcome = train(config, run_dir)
         losses[name] = outcome.losses
-        results[name], examples[name] = evaluate_run(run_dir, dataset, frames, settings)
+        results[name], examples[name] = evaluate_run(run_dir, frames, clips, settings)
         results[name].update(steps=outcome.step, final_loss=outcome.losses[-1] if outcome.losses else None,
                              train_seconds=round(time.perf_counter() - train_started, 1))
-    masks = [dataset.load_masks(index) > 0 for index in evaluation_videos(len(dataset.videos), settings.eval_videos)]
+    masks = [instances > 0 for _, instances in clips.values()]
     gaussians = [centred_gaussian_attention(len(mask), 8, 8) for mask in masks]
     baseline = float(np.mean([attention_mask_iou(gaussian, mask) for gaussian, mask in zip(gaussians, masks)]))
     baseline_mass = float(np.mean([attention_mass_on_masks(gaussian, mask) for gaussian, mask in zip(gaussians, masks)]))
     summary = {"settings": dataclasses.asdict(settings), "steps": steps, "estimated_seconds_per_step": estimate,
                "config_overrides": base[1:],
-               "variants": results, "not_run": {name: "the model config has no `pooling` option (average pooling)"
-                                                for name, overrides in variants.items() if overrides is None},
+               "variants": results,
                "centred_gaussian_attention_iou": baseline, "centred_gaussian_attention_mass": baseline_mass,
                "object_area_fraction": float(np.mean([mask.mean() for mask in masks])), "losses": losses,
                "seconds": round(time.perf_counter() - started, 1)}

@@ -37,10 +37,6 @@ def _claims(summary: Dict) -> List[str]:
     variants, lines = summary["variants"], []
 
     def compare(better: str, worse: str, metric: str, claim: str) -> None:
-        if better not in variants or worse not in variants:
-            reason = summary["not_run"].get(better) or summary["not_run"].get(worse)
-            lines.append(f"- {claim}: **not measured** ({reason})")
-            return
         first, second = variants[better][metric], variants[worse][metric]
         error = float(np.hypot(variants[better].get(f"{metric}_se", 0.0), variants[worse].get(f"{metric}_se", 0.0)))
         lines.append(f"- {claim}: {verdict(first - second, error)} ({metric}: {TITLES[better]} {first:.3f} vs "
@@ -50,7 +46,7 @@ def _claims(summary: Dict) -> List[str]:
     compare("vito", "random", "linear", "VITO beats random init (linear probe)")
     compare("vito", "dt0", "knn", "video pairs (Δt > 0) beat same-frame pairs (Δt = 0)")
     compare("vito", "avgpool", "knn", "attention pooling beats average pooling")
-    if "vito" in variants and variants["vito"].get("attention_mass"):
+    if variants["vito"].get("attention_mass"):
         # judged on the share of attention on the objects; the IoU (which also asks the attention to
         # cover the whole object) is reported beside it
         masses, errors = variants["vito"]["attention_mass"], variants["vito"].get("attention_mass_se", {})
@@ -114,8 +110,6 @@ def write_report(out: Path, summary: Dict, examples: Dict, class_names: List[str
     lines.append(f"| centred Gaussian (attention baseline) | | | | | | "
                  + " | ".join(_percent(summary.get("centred_gaussian_attention_mass")) for _ in stages) + " | "
                  + " | ".join(_number(summary["centred_gaussian_attention_iou"]) for _ in stages) + " |")
-    for name, reason in summary["not_run"].items():
-        lines.append(f"\n*{TITLES.get(name, name)}* was not run: {reason}.")
     lines += ["", "## Does it show the paper's claims?", "", *_claims(summary), "",
               "Small, short runs on a CPU. ± is one standard error over clips (videos), the unit that is "
               "sampled: a claim counts as shown only when the difference exceeds twice its standard error. "

@@ -177,9 +177,10 @@ def group_folds(labels: np.ndarray, groups: np.ndarray, *, folds: int = 4, seed:
     fold_of_group = {}
     offset = 0
     for label in np.unique(labels):
-        for position, group in enumerate(rng.permutation(np.unique(groups[labels == label]))):
+        class_groups = np.unique(groups[labels == label])
+        for position, group in enumerate(rng.permutation(class_groups)):
             fold_of_group[group] = (offset + position) % folds
-        offset += len(np.unique(groups[labels == label]))  # the next class starts where this one stopped
+        offset += len(class_groups)  # the next class starts where this one stopped
     fold = np.array([fold_of_group[group] for group in groups])
     return [(np.nonzero(fold != k)[0], np.nonzero(fold == k)[0]) for k in range(folds)
             if np.any(fold == k) and np.any(fold != k)]

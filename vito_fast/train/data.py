@@ -98,11 +98,8 @@ def demo_dataset(run_dir: Path, *, progress: bool = True) -> Path:
     manifest = root / "manifest.jsonl"
     if manifest.exists():
         return manifest
-    demo = DemoSettings()  # the videos `vito-fast demo` uses
-    return Path(generate_dataset(root, videos_per_class=demo.videos_per_class, num_frames=demo.num_frames,
-                                 num_backgrounds=demo.num_backgrounds, camera_speed=demo.camera_speed,
-                                 light_change=demo.light_change, object_scale=demo.object_scale,
-                                 progress=progress).manifest_path)
+    # the videos `vito-fast demo` uses
+    return Path(generate_dataset(root, **DemoSettings().data_settings(), progress=progress).manifest_path)
 
 
 def build_loader(config, info: DistInfo, *, epoch: int, start_step: int, run_dir: Optional[Path] = None):
