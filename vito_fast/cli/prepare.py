@@ -3,6 +3,7 @@
     vito-fast prepare scan PATH... -o manifest.jsonl [--min-seconds S] [--clip-seconds S] [--workers N]
     vito-fast prepare frames manifest.jsonl -o STORE/ [--fps 8] [--short-side 256] [--quality 90] [--device cpu|gpu]
     vito-fast prepare transcode manifest.jsonl -o DIR/ [--codec vp9|h264] [--short-side 256] [--gop N]
+    vito-fast prepare upgrade-store STORE/      # rewrite a version-1 frame store index as version 2
 """
 from __future__ import annotations
 
@@ -66,6 +67,10 @@ def build_parser() -> argparse.ArgumentParser:
     transcode.add_argument("--crf", type=int, default=None, help="quality (lower is better; default per codec)")
     transcode.add_argument("--workers", type=int, default=None, help="encoding processes (default: CPU count)")
     transcode.add_argument("--no-progress", action="store_true")
+
+    upgrade = commands.add_parser("upgrade-store", help="rewrite a frame store's version-1 JSON index as the "
+                                  "version-2 binary index (fast to open), beside its shards")
+    upgrade.add_argument("store", metavar="STORE", help="store folder (or its index.json)")
     return parser
 
 
@@ -122,8 +127,7 @@ def run_frames(args) -> int:
                            quality=args.quality, device=args.device, shard_bytes=args.shard_mb << 20,
                            workers=args.workers, progress=not args.no_progress)
     with FrameStore(index) as store:
-        frames = sum(store.num_frames(clip) for clip in range(len(store)))
-        skipped = store.index["skipped"]
+        frames, skipped = int(store.header["num_frames"]), store.skipped
         print(f"frame store: {index} ({len(store)} clips, {frames} frames, {len(store.shards)} shards)")
     for entry in skipped:
         print(f"skipped: {entry['error']}", file=sys.stderr)
@@ -141,6 +145,20 @@ def run_transcode(args) -> int:
     return EXIT_OK if len(outputs) == len(records) else EXIT_FAILURE
 
 
+def run_upgrade_store(args) -> int:
+    from vito_fast.data.frame_store import FrameStore, upgrade_store
+
+    index, old_version = upgrade_store(args.store)
+    with FrameStore(index) as store:
+        frames = int(store.header["num_frames"])
+        summary = f"{len(store)} clips, {frames} frames, {len(store.shards)} shards"
+    if old_version == store.version:
+        print(f"frame store: {index} is already version {old_version} ({summary})")
+    else:
+        print(f"frame store: {index} upgraded from version {old_version} to {store.version} ({summary})")
+    return EXIT_OK
+
+
 def main(argv: Sequence[str]) -> int:
     """Run one `prepare` step; returns the exit status (2: bad arguments or missing files)."""
     parser = build_parser()
@@ -148,7 +166,8 @@ def main(argv: Sequence[str]) -> int:
         args = parser.parse_args(list(argv))
     except SystemExit as exit_request:  # argparse exits on --help (0) and on errors (2)
         return int(exit_request.code or 0)
-    step = {"scan": run_scan, "frames": run_frames, "transcode": run_transcode}[args.step]
+    step = {"scan": run_scan, "frames": run_frames, "transcode": run_transcode,
+            "upgrade-store": run_upgrade_store}[args.step]
     try:
         return step(args)
     except FileNotFoundError as error:

@@ -27,45 +27,75 @@ def _label_ids(labels: Sequence[Optional[object]]):
 
 
 class FrameStoreSource:
-    """Stored JPEG frames (``input_kind="jpeg"``); frame indices count stored frames."""
+    """Stored JPEG frames (``input_kind="jpeg"``); frame indices count stored frames.
+
+    The per-clip arrays come from the store's index arrays without a loop over clips. ``load``
+    reads the two JPEGs of a sample with ``os.pread``; ``load_many`` reads a whole batch at once.
+    """
 
     input_kind = "jpeg"
     decodes_on_host = False
 
-    def __init__(self, path):
+    def __init__(self, path, threads: int = 4):
         from vito_fast.data.frame_store import FrameStore
 
-        self.store = FrameStore(path)
-        clips = [self.store.clip(index) for index in range(len(self.store))]
-        self.num_frames = np.array([clip.num_frames for clip in clips], dtype=np.int64)
-        self.fps = np.full(len(clips), float(self.store.fps))
-        self.frame_hw = np.array([(clip.height, clip.width) for clip in clips], dtype=np.int64).reshape(-1, 2)
-        self.labels, self.classes = _label_ids([clip.label for clip in clips])
-        self._shards = [clip.shard for clip in clips]
-        self._sources = [clip.source for clip in clips]
+        self.store = FrameStore(path, threads=threads)
+        arrays = self.store.arrays
+        self.num_frames = np.diff(arrays["first_frame"]).astype(np.int64)
+        self.fps = np.full(len(self.num_frames), float(self.store.fps))
+        self.frame_hw = np.stack([arrays["height"], arrays["width"]], axis=1).astype(np.int64).reshape(-1, 2)
+        self.labels = np.asarray(arrays["label"], dtype=np.int64)  # -1: no label; ids index the sorted names
+        self.classes = list(self.store.label_names)
 
     def __len__(self) -> int:
         return len(self.num_frames)
 
     def name(self, clip: int) -> str:
-        shard = self.store.shards[self._shards[clip]]["name"]
-        return f"{self.store.path / shard} (clip {clip} from {self._sources[clip]})"
+        return f"{self.store.shard_path(clip)} (clip {clip} from {self.store.source(clip)})"
 
-    def load(self, clip: int, frames: Sequence[int]) -> Dict[str, np.ndarray]:
+    def _inputs(self, clip: int, frames: Sequence[int], payloads: Sequence[bytes]) -> Dict[str, np.ndarray]:
         inputs = {}
-        for view, frame in enumerate(frames):
-            data = self.store.frame_bytes(clip, int(frame))  # memoryview items are plain ints: cheap checks
-            if len(data) < 4 or data[0] != 0xFF or data[1] != 0xD8 or data[-2] != 0xFF or data[-1] != 0xD9:
+        for view, (frame, data) in enumerate(zip(frames, payloads)):
+            if len(data) < 4 or data[:2] != b"\xff\xd8" or data[-2:] != b"\xff\xd9":
                 raise StoreError(f"{self.name(clip)}: frame {int(frame)} is not a complete JPEG")
             inputs[f"image{view}"] = np.frombuffer(data, dtype=np.uint8)
         return inputs
+
+    def load(self, clip: int, frames: Sequence[int]) -> Dict[str, np.ndarray]:
+        """{"image0", "image1"}: uint8 arrays of JPEG bytes; StoreError on a short read or incomplete JPEG."""
+        payloads = self.store.read_frames([(clip, int(frame)) for frame in frames])
+        return self._inputs(clip, frames, payloads)
+
+    def load_many(self, clips: Sequence[int], frames) -> List[object]:
+        """``load`` for B samples at once (clips (B,), frames (B, 2)), the reads spread over threads.
+
+        Returns one entry per row: the inputs dict, or the StoreError that row raised.
+        """
+        clips = np.asarray(clips, dtype=np.int64).reshape(-1)
+        frames = np.asarray(frames, dtype=np.int64).reshape(len(clips), -1)
+        pairs = np.stack([np.repeat(clips, frames.shape[1]), frames.reshape(-1)], axis=1)
+        payloads = self.store.read_frames(pairs, raise_errors=False)
+        results: List[object] = []
+        for row, clip in enumerate(clips.tolist()):
+            row_payloads = payloads[row * frames.shape[1]: (row + 1) * frames.shape[1]]
+            error = next((data for data in row_payloads if isinstance(data, StoreError)), None)
+            if error is None:
+                try:
+                    results.append(self._inputs(clip, frames[row], row_payloads))
+                    continue
+                except StoreError as bad_jpeg:
+                    error = bad_jpeg
+            results.append(error)
+        return results
 
     def verify(self, clip: int, frames: Sequence[int]) -> None:
         from PIL import Image
 
         for frame in frames:
             try:
-                Image.open(io.BytesIO(bytes(self.store.frame_bytes(clip, int(frame))))).load()
+                Image.open(io.BytesIO(self.store.frame_bytes(clip, int(frame)))).load()
+            except StoreError:
+                raise
             except Exception as error:
                 raise StoreError(f"{self.name(clip)}: frame {int(frame)} does not decode: {error}") from None
 
