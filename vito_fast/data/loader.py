@@ -1,25 +1,36 @@
 """PairLoader: batches of two augmented views per clip, from a frame store or from video files.
 
-A batch is a pure function of (seed, epoch, step, rank, world_size) and the data::
+A batch is a pure function of (seed, epoch, step, rank, world_size) and the data: which clip each
+sample shows is ``SampleOrder`` (a corpus smaller than a batch repeats its clips with new frames
+and views), and ``sample_view_params`` draws the two frames and both views from the sample's
+sampler id, applied by the DALI graph (pipeline.py). ``PairLoader(..., start_step=k)`` (or
+``load_state_dict``) yields exactly batches k, k+1, ... of an uninterrupted run.
 
-    permutation = default_rng((seed, epoch, tag)).permutation(num_clips)
-    rank's part = permutation[rank * n : (rank + 1) * n],  n = num_clips // world_size
-    step s      = clips part[s * B : (s + 1) * B]          (the last partial batch is dropped)
-    views       = sample_view_params(clips, ...) applied by the DALI graph (pipeline.py)
+Three stages run at once, each on its own thread, so none waits on another in the steady state:
 
-so ``PairLoader(..., start_step=k)`` (or ``load_state_dict``) yields exactly batches k, k+1, ...
-of an uninterrupted run. A clip whose data cannot be used is replaced by the clip drawn from
-``default_rng((seed, epoch, position, attempt))``; its views use sampler id
-``clip + attempt * num_clips``, so a replacement never duplicates another sample's views. A sample
-is replaced exactly when its own two frames fail (to read, or to decode: a DALI failure is traced
-to its samples by decoding them on the host), so replacements too are a pure function of the
-position and the data. The file is named in a warning (once) and counted in ``stats``; the epoch
-goes on.
+1. *host* ("vito-prepare"): the samples of batch k + 2 are read and decoded by ``decode_workers``
+   processes (``DecodePool``: frames come back in shared memory), or by threads of this process
+   with ``decode_workers=0``;
+2. *DALI* ("vito-dali"): batch k + 1 is fed while DALI runs the ``prefetch`` batches it holds
+   (``schedule_run``/``outputs``: feeding overlaps running);
+3. *you*: train on batch k. ``stats.wait_share`` is the share of your time spent waiting for data.
+
+A sample whose data cannot be used (unreadable, truncated, a decoder that fails, a worker that
+dies or gives no answer within ``sample_timeout`` s) is replaced by the clip drawn from
+``SampleOrder.replacement(epoch, position, attempt)``; the file is named once in a warning and in
+``stats``, and the epoch goes on. A file that timed out or killed a worker is not tried again by
+this loader. Everything else is replaced exactly when its own two frames fail, so replacements too
+are a pure function of the position and the data.
 """
 from __future__ import annotations
 
 import os
+import queue
+import threading
+import time
 import warnings
+import weakref
+from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Dict, Iterator, List, Optional
@@ -27,30 +38,43 @@ from typing import Dict, Iterator, List, Optional
 import numpy as np
 
 from vito_fast.data.augment import view_blur_window
+from vito_fast.data.decode_pool import Arena, DecodePool, WorkerFailure
+from vito_fast.data.sample_order import SampleOrder
 from vito_fast.data.sampler import ViewConfig, ViewParams, sample_view_params
 from vito_fast.errors import StoreError, VideoError
 
-__all__ = ["LoaderConfig", "LoaderStats", "PairLoader"]
+__all__ = ["LoaderConfig", "LoaderStats", "PairLoader", "usable_cores"]
 
-_PERMUTATION_TAG, _REPLACEMENT_TAG = 0x5045524D, 0x5245504C  # "PERM", "REPL"
-_DATA_ERRORS = (StoreError, VideoError, OSError)
+_DATA_ERRORS = (StoreError, VideoError, OSError, WorkerFailure)
+
+
+def usable_cores() -> int:
+    """CPU cores this process may run on (its affinity mask, not the machine's count)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
 
 
 @dataclass(frozen=True)
 class LoaderConfig:
     """Settings of a PairLoader. ``dtype``: "bfloat16", "float16" or "float32" (bfloat16 leaves DALI
-    as float32 and is cast by torch on the output device). ``num_threads`` (None = CPU count) serves
-    DALI and the host decoding pool; ``prefetch``: batches in flight ahead of the caller (the host
-    prepares one while DALI, on its own thread, makes the next).
-    ``video_decoder``: "pyav" (host seek-to-keyframe decoding, the fastest measured here) or "dali"
-    (``fn.decoders.video`` on the file's bytes). ``hw_decoder_load``: share of JPEGs sent to the
-    hardware JPEG engines (A100/H100/H200) by the mixed decoder. ``device_id``: None = the current
-    CUDA device. ``max_replacements``: bad samples in a row before a position gives up."""
+    as float32 and is cast by torch on the output device). ``num_threads`` (None = usable cores):
+    DALI's threads. ``decode_workers``: processes that read and decode samples (None = usable
+    cores - 1, at least 1; 0 = threads of this process, no timeout). ``sample_timeout``: seconds a
+    worker may take for one sample before it is restarted and the sample replaced. ``prefetch``:
+    batches DALI holds (fed ahead of the one you get). ``video_decoder``: "pyav" (seek-to-keyframe
+    decoding in the workers) or "dali" (``fn.decoders.video`` on the file's bytes).
+    ``hw_decoder_load``: share of JPEGs sent to the hardware JPEG engines (A100/H100/H200).
+    ``device_id``: None = the current CUDA device. ``max_replacements``: bad samples in a row
+    before a position gives up."""
 
     image_size: int = 224
     dtype: str = "bfloat16"
     views: ViewConfig = field(default_factory=ViewConfig)
     num_threads: Optional[int] = None
+    decode_workers: Optional[int] = None
+    sample_timeout: float = 30.0
     prefetch: int = 2
     video_decoder: str = "pyav"
     hw_decoder_load: float = 0.9
@@ -71,18 +95,38 @@ class LoaderConfig:
                 raise ValueError(f"LoaderConfig.{name}: must be an integer >= 1, got {getattr(self, name)!r}")
         if self.num_threads is not None and (not isinstance(self.num_threads, int) or self.num_threads < 1):
             raise ValueError(f"LoaderConfig.num_threads: must be None or an integer >= 1, got {self.num_threads!r}")
+        if self.decode_workers is not None and (not isinstance(self.decode_workers, int) or self.decode_workers < 0):
+            raise ValueError(f"LoaderConfig.decode_workers: must be None or an integer >= 0, got {self.decode_workers!r}")
+        if not self.sample_timeout > 0:
+            raise ValueError(f"LoaderConfig.sample_timeout: must be > 0 seconds, got {self.sample_timeout!r}")
         if not 0.0 <= self.hw_decoder_load <= 1.0:
             raise ValueError(f"LoaderConfig.hw_decoder_load: must lie in [0, 1], got {self.hw_decoder_load!r}")
+
+    def workers(self) -> int:
+        return max(1, usable_cores() - 1) if self.decode_workers is None else self.decode_workers
 
 
 @dataclass
 class LoaderStats:
-    """samples: served so far; replaced: samples served from a replacement clip; failed_files:
-    file (or shard) name -> the first error seen for it."""
+    """samples: served so far; replaced: samples served from a replacement clip; failed_files: file
+    (or shard) name -> the first error seen for it; timeouts: samples given up after
+    ``sample_timeout``; worker_restarts: decode workers replaced (hung or died). wait_seconds: time
+    spent in ``next()`` waiting for a batch, out of elapsed_seconds since the first request;
+    host_wait_seconds: time DALI's thread waited for the host to finish a batch."""
 
     samples: int = 0
     replaced: int = 0
     failed_files: Dict[str, str] = field(default_factory=dict)
+    timeouts: int = 0
+    worker_restarts: int = 0
+    wait_seconds: float = 0.0
+    elapsed_seconds: float = 0.0
+    host_wait_seconds: float = 0.0
+
+    @property
+    def wait_share(self) -> float:
+        """Share of the consumer's time spent waiting for data."""
+        return self.wait_seconds / self.elapsed_seconds if self.elapsed_seconds > 0 else 0.0
 
 
 @dataclass
@@ -91,13 +135,16 @@ class _HostBatch:
 
     step: int
     clips: np.ndarray
+    repeats: np.ndarray
     attempts: np.ndarray
     params: ViewParams
-    inputs: List[Dict[str, np.ndarray]]
+    inputs: List[Optional[Dict[str, np.ndarray]]]
+    arena: Optional[Arena] = None
+    padding: bool = False  # fed only to fill DALI's first prefetch; its output is dropped
 
 
 class PairLoader:
-    """Iterable of batches of view pairs; see the module docstring for the order.
+    """Iterable of batches of view pairs; see the module docstring for the order and the stages.
 
     Each batch: ``view1``/``view2`` (B, 3, S, S) torch tensors on ``device``, dtype per config,
     channels_last, ImageNet-normalised (view1 = recipe 1: blur p=1; view2 = recipe 2: solarize
@@ -105,12 +152,13 @@ class PairLoader:
     (B, 2) int64, ``crops`` (B, 2, 4) int64 (top, left, height, width in decoded-frame pixels),
     ``labels`` (B,) int64 (-1 without a label), all NumPy. ``len()`` = steps per epoch. Iterating
     continues from the current position; once an epoch is exhausted the next ``iter()`` starts
-    the next epoch (``set_epoch`` chooses one explicitly).
+    the next epoch (``set_epoch`` chooses one explicitly). ``close()`` (or ``with``) stops the workers.
     """
 
     def __init__(self, source, batch_size: int, *, device: str = "gpu", seed: int, epoch: int = 0,
                  start_step: int = 0, rank: int = 0, world_size: int = 1, config: Optional[LoaderConfig] = None):
         from vito_fast.data.pair_sources import open_source
+        from vito_fast.data.pipeline import import_dali
 
         self.config = LoaderConfig() if config is None else config
         if device not in ("gpu", "cpu"):
@@ -119,8 +167,6 @@ class PairLoader:
             raise ValueError(f"PairLoader: need 0 <= rank < world_size, got rank={rank!r}, world_size={world_size!r}")
         if not isinstance(batch_size, int) or batch_size < 1:
             raise ValueError(f"PairLoader: batch_size must be an integer >= 1, got {batch_size!r}")
-        from vito_fast.data.pipeline import import_dali
-
         import_dali()  # a missing DALI shows now, with how to install it, not at the first batch
         if device == "gpu":
             _require_cuda()
@@ -128,29 +174,46 @@ class PairLoader:
         self.rank, self.world_size = rank, world_size
         self.source = open_source(source, self.config.video_decoder, self.config.max_open_videos)
         self.num_clips = len(self.source)
-        self.per_rank = self.num_clips // world_size
-        if self.per_rank // batch_size == 0:
-            raise ValueError(f"PairLoader: {source}: {self.num_clips} clips over {world_size} rank(s) "
-                             f"do not fill one batch of {batch_size}")
+        if self.num_clips == 0:
+            raise ValueError(f"PairLoader: {source}: holds no clips")
+        self.order = SampleOrder(self.num_clips, batch_size, seed=self.seed, rank=rank, world_size=world_size)
+        if self.order.repeats_per_batch > 1:
+            warnings.warn(f"PairLoader: {source}: {self.num_clips} clips over {world_size} rank(s) do not fill a "
+                          f"batch of {batch_size} per rank; each clip appears about "
+                          f"{self.order.repeats_per_batch:.1f} times per batch, with other frames and views",
+                          RuntimeWarning, stacklevel=2)
         self.epoch, self.step = int(epoch), int(start_step)
         if not 0 <= self.step <= len(self):
             raise ValueError(f"PairLoader: start_step {start_step} outside [0, {len(self)}]")
         self.stats = LoaderStats()
         self._reported: Dict[int, str] = {}
-        self._threads = self.config.num_threads or os.cpu_count() or 1
-        self._decoders = ThreadPoolExecutor(self._threads, thread_name_prefix="vito-decode")
+        self._given_up: Dict[int, Exception] = {}  # clips that hung or killed a worker
+        self._threads = self.config.num_threads or usable_cores()
+        self._host_threads = ThreadPoolExecutor(self._threads, thread_name_prefix="vito-read")
+        self._use_pool = self.config.workers() > 0 and hasattr(self.source, "job")
+        self._pool: Optional[DecodePool] = None
+        self._arenas: List[Arena] = []  # every arena made (closed with the loader)
+        self._free_arenas: "queue.SimpleQueue[Arena]" = queue.SimpleQueue()
         self._pipeline = None
+        self._scheduled = 0  # iterations scheduled on the pipeline and not taken
+        self._fed_unscheduled = 0  # batches fed to a new pipeline before its first (prefetching) run
+        self._needs_prefetch = True
         self._stream = None  # CUDA stream of the output copies (device="gpu")
+        self._copied = None  # CUDA event: the last output copy finished reading DALI's buffers
         self._active = None  # the generator of the current iteration
-        self._epoch_clips = None
         self._max_window = view_blur_window(self.config.image_size, self.config.blur_kernel_at_224)
+        self._finalizer = weakref.finalize(self, _release, self._host_threads, [None], self._arenas)
 
     def close(self) -> None:
-        """Stop the iteration and the decoding threads, drop the DALI pipeline (also on ``with`` exit)."""
+        """Stop the iteration, the decoding workers and threads; drop the DALI pipeline."""
         if self._active is not None:
             self._active.close()
-        self._decoders.shutdown(wait=True)
+            self._active = None
         self._pipeline = None
+        if self._pool is not None:
+            self._pool.close()
+            self._pool = None
+        self._finalizer()
 
     def __enter__(self) -> "PairLoader":
         return self
@@ -164,7 +227,7 @@ class PairLoader:
         return self.source.classes
 
     def __len__(self) -> int:
-        return self.per_rank // self.batch_size
+        return self.order.steps
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch, self.step = int(epoch), 0
@@ -181,28 +244,17 @@ class PairLoader:
                                  f"{getattr(self, key)}; the order would not continue")
         self.epoch, self.step = int(state["epoch"]), int(state["step"])
 
-    # ------------------------------------------------------------------------- sample order
-
     def epoch_clips(self, epoch: int) -> np.ndarray:
         """(len(self) * batch_size,) clip ids this rank visits in ``epoch``, in order (read-only)."""
-        cached = self._epoch_clips
-        if cached is not None and cached[0] == epoch:
-            return cached[1]
-        permutation = np.random.default_rng((self.seed, epoch, _PERMUTATION_TAG)).permutation(self.num_clips)
-        part = permutation[self.rank * self.per_rank: (self.rank + 1) * self.per_rank]
-        clips = part[: len(self) * self.batch_size].astype(np.int64)
-        clips.flags.writeable = False
-        self._epoch_clips = (epoch, clips)  # one tuple: safe to swap under the prefetch thread
-        return clips
+        return self.order.epoch(epoch)[0]
 
-    def _replacement(self, epoch: int, position: int, attempt: int) -> int:
-        generator = np.random.default_rng((self.seed, epoch, position, attempt, _REPLACEMENT_TAG))
-        return int(generator.integers(self.num_clips))
+    # ------------------------------------------------------------------------- host: reading samples
 
-    def _params(self, clips: np.ndarray, attempts: np.ndarray, epoch: int) -> ViewParams:
+    def _params(self, clips: np.ndarray, repeats: np.ndarray, attempts: np.ndarray, epoch: int) -> ViewParams:
         source = self.source
-        return sample_view_params(clips + attempts * self.num_clips, source.num_frames[clips], source.fps[clips],
-                                  source.frame_hw[clips], seed=self.seed, epoch=epoch, config=self.config.views)
+        return sample_view_params(self.order.sampler_ids(clips, repeats, attempts), source.num_frames[clips],
+                                  source.fps[clips], source.frame_hw[clips], seed=self.seed, epoch=epoch,
+                                  config=self.config.views)
 
     def _mark_bad(self, clip: int, error: Exception) -> None:
         if clip in self._reported:
@@ -212,49 +264,106 @@ class PairLoader:
         self.stats.failed_files.setdefault(name, str(error))
         warnings.warn(f"PairLoader: {name}: {error}; its samples are replaced by others", RuntimeWarning, stacklevel=3)
 
-    def _load(self, clip: int, frames) -> Optional[Dict[str, np.ndarray]]:
-        # Always tried, even for a file that failed before: a truncated video or a shard with one bad
-        # JPEG still serves its good frames, and whether a sample is replaced must not depend on
-        # what this loader saw earlier (a resumed run has seen nothing).
+    def _decode_pool(self) -> DecodePool:
+        if self._pool is None:
+            self._pool = DecodePool(self.config.workers(), timeout=self.config.sample_timeout,
+                                    max_open=self.config.max_open_videos)
+            self._finalizer.detach()
+            self._finalizer = weakref.finalize(self, _release, self._host_threads, [self._pool], self._arenas)
+        return self._pool
+
+    def _take_arena(self) -> Optional[Arena]:
+        if not self._use_pool or not hasattr(self.source, "sample_nbytes"):
+            return None
+        try:
+            return self._free_arenas.get_nowait()
+        except queue.Empty:
+            # sized for the largest clips (a sparse file: pages are used only where frames land)
+            largest = int(self.source.sample_nbytes(np.arange(self.num_clips)).max())
+            arena = Arena(int(1.5 * self.batch_size * largest) + (64 << 10))
+            self._arenas.append(arena)
+            return arena
+
+    def _give_back_arena(self, batch: _HostBatch) -> None:
+        if batch.arena is not None and not batch.padding:
+            arena, batch.arena, batch.inputs = batch.arena, None, []
+            arena.reset()
+            self._free_arenas.put(arena)
+
+    def _read_in_process(self, clip: int, frames) -> object:
         try:
             return self.source.load(clip, frames)
         except _DATA_ERRORS as error:
-            self._mark_bad(clip, error)
-            return None
+            return error
+
+    def _load_rows(self, batch: _HostBatch, rows: np.ndarray) -> np.ndarray:
+        """Load the inputs of ``rows``; returns the rows that failed."""
+        frames = batch.params.frame_indices
+        results: Dict[int, object] = {}
+        todo = []
+        for row in rows:
+            clip = int(batch.clips[row])
+            if clip in self._given_up:
+                results[int(row)] = self._given_up[clip]
+            else:
+                todo.append(int(row))
+        if self._use_pool:
+            sizes = (self.source.sample_nbytes(batch.clips[todo]) if batch.arena is not None
+                     else np.zeros(len(todo), dtype=np.int64))
+            tasks = []
+            for row, size in zip(todo, sizes):
+                offset = batch.arena.reserve(int(size)) if size else None
+                tasks.append((self.source.job(int(batch.clips[row]), frames[row]), offset, int(size)))
+            results.update(zip(todo, self._decode_pool().run(tasks, batch.arena)))
+            self.stats.worker_restarts = self._pool.restarts
+        elif hasattr(self.source, "load_many"):  # a frame store: parallel preads, no decoding
+            results.update(zip(todo, self.source.load_many(batch.clips[todo], frames[todo])))
+        else:
+            loaded = self._host_threads.map(lambda row: self._read_in_process(int(batch.clips[row]), frames[row]), todo)
+            results.update(zip(todo, loaded))
+        failed = []
+        for row in map(int, rows):
+            result, clip = results[row], int(batch.clips[row])
+            if isinstance(result, BaseException):
+                if not isinstance(result, _DATA_ERRORS):
+                    raise result  # a bug, not bad data: let it show
+                if isinstance(result, WorkerFailure) and clip not in self._given_up:
+                    self._given_up[clip] = result
+                    self.stats.timeouts += int(result.timed_out)
+                self._mark_bad(clip, result)
+                failed.append(row)
+            else:
+                batch.inputs[row] = result
+        return np.array(failed, dtype=np.int64)
 
     def _fill(self, batch: _HostBatch, epoch: int, rows: np.ndarray) -> None:
         """Replace the samples at ``rows`` (by the next attempt) until each one loads."""
-        first = batch.step * self.batch_size + self.rank * self.per_rank
+        first = self.order.first_position(batch.step)
         while rows.size:
             for row in rows:
                 batch.attempts[row] += 1
                 if batch.attempts[row] > self.config.max_replacements:
+                    errors = "; ".join(list(self.stats.failed_files.values())[-3:])
                     raise RuntimeError(f"PairLoader: {self.config.max_replacements} replacements in a row failed at "
-                                       f"epoch {epoch} step {batch.step}; is most of the data unreadable?")
-                batch.clips[row] = self._replacement(epoch, first + int(row), int(batch.attempts[row]))
-            fresh = self._params(batch.clips[rows], batch.attempts[rows], epoch)
+                                       f"epoch {epoch} step {batch.step}; is most of the data unreadable? "
+                                       f"Last errors: {errors}")
+                batch.clips[row] = self.order.replacement(epoch, first + int(row), int(batch.attempts[row]))
+            fresh = self._params(batch.clips[rows], batch.repeats[rows], batch.attempts[rows], epoch)
             for name, values in fresh.to_dict().items():
                 getattr(batch.params, name)[rows] = values
             rows = self._load_rows(batch, rows)
 
-    def _load_rows(self, batch: _HostBatch, rows: np.ndarray) -> np.ndarray:
-        """Load the inputs of ``rows`` (in parallel); returns the rows that failed."""
-        frames = batch.params.frame_indices
-        load = lambda row: self._load(int(batch.clips[row]), frames[row])  # noqa: E731
-        # host decoding (PyAV) runs on the thread pool; slicing a memory-mapped store does not need it
-        loaded = list(self._decoders.map(load, rows) if self.source.decodes_on_host else map(load, rows))
-        for row, inputs in zip(rows, loaded):
-            batch.inputs[row] = inputs
-        return np.array([row for row, inputs in zip(rows, loaded) if inputs is None], dtype=np.int64)
-
     def _prepare(self, epoch: int, step: int) -> _HostBatch:
-        clips = self.epoch_clips(epoch)[step * self.batch_size: (step + 1) * self.batch_size].copy()
+        clips, repeats = self.order.epoch(epoch)
+        rows = slice(step * self.batch_size, (step + 1) * self.batch_size)
+        clips, repeats = clips[rows].copy(), repeats[rows].copy()
         attempts = np.zeros(self.batch_size, dtype=np.int64)
-        batch = _HostBatch(step, clips, attempts, self._params(clips, attempts, epoch), [None] * self.batch_size)
+        batch = _HostBatch(step, clips, repeats, attempts, self._params(clips, repeats, attempts, epoch),
+                           [None] * self.batch_size, self._take_arena())
         self._fill(batch, epoch, self._load_rows(batch, np.arange(self.batch_size)))
         return batch
 
-    # ------------------------------------------------------------------------- running the graph
+    # ------------------------------------------------------------------------- DALI: feeding and running
 
     def _build(self):
         from vito_fast.data.pipeline import build_pair_pipeline
@@ -267,27 +376,60 @@ class PairLoader:
             device_id = torch.cuda.current_device()
         self._device_id = device_id
         output_dtype = "float16" if config.dtype == "float16" else "float32"
+        self._scheduled = self._fed_unscheduled = 0
+        self._needs_prefetch = True
         return build_pair_pipeline(self.source.input_kind, batch_size=self.batch_size, image_size=config.image_size,
                                    device=self.device, output_dtype=output_dtype, num_threads=self._threads,
-                                   device_id=device_id, hw_decoder_load=config.hw_decoder_load)
+                                   device_id=device_id, hw_decoder_load=config.hw_decoder_load,
+                                   prefetch=config.prefetch)
 
-    def _run(self, batch: _HostBatch, epoch: int):
+    def _schedule(self, batch: _HostBatch) -> None:
+        """Feed one batch and let DALI run it; a new pipeline runs once ``prefetch`` batches are fed."""
         from vito_fast.data.pipeline import feed_pipeline, view_arguments
 
         if self._pipeline is None:
             self._pipeline = self._build()
+        inputs = {name: [sample[name] for sample in batch.inputs] for name in batch.inputs[0]}
+        for view in (0, 1):
+            inputs.update(view_arguments(batch.params, view, self._max_window))
+        feed_pipeline(self._pipeline, inputs)
+        if self._needs_prefetch:  # a new pipeline's first run prefetches: it needs `prefetch` batches fed
+            self._fed_unscheduled += 1
+            if self._fed_unscheduled < self.config.prefetch:
+                return
+            self._needs_prefetch, self._fed_unscheduled = False, 0
+            self._pipeline.schedule_run()
+            self._scheduled += self.config.prefetch
+            return
+        self._pipeline.schedule_run()
+        self._scheduled += 1
+
+    def _take_outputs(self, in_flight: deque, epoch: int):
+        """DALI's outputs of the oldest batch in flight; on a failure in the graph, the bad samples are
+        found on the host and replaced, the pipeline is rebuilt and every batch in flight fed again."""
         while True:
-            inputs = {name: [sample[name] for sample in batch.inputs] for name in batch.inputs[0]}
-            for view in (0, 1):
-                inputs.update(view_arguments(batch.params, view, self._max_window))
-            feed_pipeline(self._pipeline, inputs)
+            if self._fed_unscheduled:  # a new pipeline with fewer than `prefetch` batches: pad it
+                padding = _HostBatch(**{**in_flight[0].__dict__, "padding": True})
+                while self._fed_unscheduled:
+                    self._schedule(padding)
+                    in_flight.append(padding)
             try:
-                return self._pipeline.run()
-            except Exception as error:  # a decoder in the graph failed: find the sample(s) on the host
-                bad = self._find_bad(batch)
-                if bad.size == 0:
+                outputs = self._pipeline.outputs()
+                self._scheduled -= 1
+                return outputs
+            except Exception:
+                self._pipeline = None
+                bad = {id(batch): self._find_bad(batch) for batch in in_flight if not batch.padding}
+                if not any(rows.size for rows in bad.values()):
                     raise
-                self._fill(batch, epoch, bad)
+                for batch in in_flight:
+                    if not batch.padding and bad[id(batch)].size:
+                        self._fill(batch, epoch, bad[id(batch)])
+                real = [batch for batch in in_flight if not batch.padding]
+                in_flight.clear()
+                for batch in real:
+                    self._schedule(batch)
+                    in_flight.append(batch)
 
     def _find_bad(self, batch: _HostBatch) -> np.ndarray:
         def check(row):
@@ -298,7 +440,7 @@ class PairLoader:
                 self._mark_bad(int(batch.clips[row]), error)
                 return row
 
-        rows = self._decoders.map(check, range(self.batch_size))
+        rows = self._host_threads.map(check, range(self.batch_size))
         return np.array([row for row in rows if row is not None], dtype=np.int64)
 
     def _to_torch(self, output):
@@ -320,17 +462,77 @@ class PairLoader:
             views = hwc.permute(0, 3, 1, 2)  # NHWC storage seen as NCHW: channels_last without a copy
             return views.to(torch.bfloat16) if self.config.dtype == "bfloat16" else views
 
-    def _produce(self, prepared, epoch: int):
-        """(batch, samples replaced, CUDA event or None) of a host batch: runs on the DALI thread."""
-        batch = prepared.result()
-        view1, view2 = self._run(batch, epoch)
+    def _deliver(self, batch: _HostBatch, outputs):
+        """(batch dict, samples replaced, CUDA event or None) from DALI's outputs of a host batch."""
+        view1, view2 = outputs
         out = {"view1": self._to_torch(view1), "view2": self._to_torch(view2),
                "sample_ids": batch.clips.copy(), "frame_indices": batch.params.frame_indices.copy(),
                "crops": batch.params.crop_boxes.copy(), "labels": self.source.labels[batch.clips]}
         ready = None
         if self.device == "gpu":
-            ready = self._stream.record_event()
+            ready = self._copied = self._stream.record_event()  # DALI's buffers are read until then
         return out, int((batch.attempts > 0).sum()), ready
+
+    def _produce(self, epoch: int, first: int, handoff: "queue.Queue", stop: threading.Event) -> None:
+        """The DALI thread: keep ``prefetch`` batches in DALI, hand each finished one over in order."""
+        steps = iter(range(first, len(self)))
+        preparer = ThreadPoolExecutor(1, thread_name_prefix="vito-prepare")
+        prepared: deque = deque()
+        in_flight: deque = deque()
+
+        def prepare_next():
+            step = next(steps, None)
+            if step is not None:
+                prepared.append(preparer.submit(self._prepare, epoch, step))
+
+        try:
+            for _ in range(self.config.prefetch + 1):
+                prepare_next()
+            while prepared or in_flight:
+                while prepared and len(in_flight) < self.config.prefetch and not stop.is_set():
+                    started = time.perf_counter()
+                    batch = prepared.popleft().result()
+                    self.stats.host_wait_seconds += time.perf_counter() - started
+                    prepare_next()
+                    self._schedule(batch)
+                    in_flight.append(batch)
+                if stop.is_set():
+                    return
+                if self._copied is not None:
+                    self._copied.synchronize()  # outputs() hands DALI back the buffers we copied from
+                outputs = self._take_outputs(in_flight, epoch)
+                batch = in_flight.popleft()
+                item = None if batch.padding else self._deliver(batch, outputs)
+                self._give_back_arena(batch)
+                if item is not None:
+                    _put(handoff, item, stop)
+        except BaseException as error:  # shown to the consumer, in order
+            _put(handoff, error, stop)
+        finally:
+            preparer.shutdown(wait=True, cancel_futures=True)
+            self._drain(in_flight)
+
+    def _drain(self, in_flight: deque) -> None:
+        """Take the outputs of iterations still scheduled (an iteration stopped early), so the next
+        iteration's first outputs are its own; a pipeline in doubt is dropped instead."""
+        try:
+            if self._pipeline is not None and self._fed_unscheduled:
+                self._pipeline = None  # fed but never run: cheaper to build anew than to pad and run
+            while self._pipeline is not None and self._scheduled:
+                self._pipeline.outputs()
+                self._scheduled -= 1
+        except Exception:
+            self._pipeline = None
+        for batch in in_flight:
+            self._give_back_arena(batch)
+
+    def __iter__(self) -> Iterator[Dict[str, object]]:
+        if self._active is not None:  # one producer at a time: the DALI pipeline is not shareable
+            self._active.close()
+        if self.step >= len(self):
+            self.epoch, self.step = self.epoch + 1, 0
+        self._active = self._generate(self.epoch, self.step)
+        return self._active
 
     def _hand_over(self, batch: Dict[str, object], ready) -> None:
         """Make the views safe to use on the consumer's current CUDA stream."""
@@ -341,29 +543,25 @@ class PairLoader:
         for name in ("view1", "view2"):
             batch[name].record_stream(current)
 
-    def __iter__(self) -> Iterator[Dict[str, object]]:
-        if self._active is not None:  # one producer at a time: the DALI pipeline is not shareable
-            self._active.close()
-        if self.step >= len(self):
-            self.epoch, self.step = self.epoch + 1, 0
-        self._active = self._generate(self.epoch, self.step)
-        return self._active
-
     def _generate(self, epoch: int, first: int) -> Iterator[Dict[str, object]]:
-        # Two threads, each in order: the host prepares batch k + 2 while DALI runs k + 1 and the
-        # caller trains on k. The DALI pipeline is only ever built and run on the "vito-dali" thread.
-        preparer = ThreadPoolExecutor(1, thread_name_prefix="vito-prepare")
-        runner = ThreadPoolExecutor(1, thread_name_prefix="vito-dali")
-
-        def submit(step):
-            return runner.submit(self._produce, preparer.submit(self._prepare, epoch, step), epoch)
-
+        handoff: "queue.Queue" = queue.Queue(maxsize=1)
+        stop = threading.Event()
+        producer = threading.Thread(target=self._produce, args=(epoch, first, handoff, stop),
+                                    name="vito-dali", daemon=True)
+        producer.start()
+        started = None
         try:
-            pending = [submit(step) for step in range(first, min(len(self), first + self.config.prefetch))]
             for step in range(first, len(self)):
-                batch, replaced, ready = pending.pop(0).result()
-                if step + self.config.prefetch < len(self):
-                    pending.append(submit(step + self.config.prefetch))
+                asked = time.perf_counter()
+                started = asked if started is None else started
+                item = handoff.get()
+                now = time.perf_counter()
+                self.stats.wait_seconds += now - asked
+                self.stats.elapsed_seconds += now - started
+                started = now
+                if isinstance(item, BaseException):
+                    raise item
+                batch, replaced, ready = item
                 if ready is not None:
                     self._hand_over(batch, ready)
                 if (self.epoch, self.step) != (epoch, step):
@@ -373,8 +571,33 @@ class PairLoader:
                 self.stats.replaced += replaced
                 yield batch
         finally:
-            preparer.shutdown(wait=True, cancel_futures=True)
-            runner.shutdown(wait=True, cancel_futures=True)
+            stop.set()
+            while producer.is_alive():
+                try:
+                    handoff.get(timeout=0.05)  # unblock a producer waiting to hand over
+                except queue.Empty:
+                    pass
+            producer.join()
+
+
+def _put(handoff: "queue.Queue", item, stop: threading.Event) -> None:
+    while not stop.is_set():
+        try:
+            handoff.put(item, timeout=0.1)
+            return
+        except queue.Full:
+            continue
+
+
+def _release(threads: ThreadPoolExecutor, pools: list, arenas: List[Arena]) -> None:
+    """Free what a PairLoader holds outside Python's reach (also when it is garbage-collected)."""
+    threads.shutdown(wait=False, cancel_futures=True)
+    for pool in pools:
+        if pool is not None:
+            pool.close()
+    for arena in arenas:
+        arena.close()
+    arenas.clear()
 
 
 def _require_cuda() -> None:

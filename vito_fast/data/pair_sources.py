@@ -103,14 +103,16 @@ class FrameStoreSource:
 class VideoFileSource:
     """Video files of a manifest, two frames per sample; frame indices count frames of the clip.
 
-    decoder "pyav": frames decoded on the host by :class:`VideoFrameReader` (seek to the keyframe)
-    and fed raw (``input_kind="frames"``); "dali": the file's bytes and the two frame numbers go
-    to ``fn.decoders.video`` (``input_kind="video"``; CPU: VP8/VP9/MJPEG only).
+    decoder "pyav": the two frames are decoded on the host (``VideoFrameReader``: seek to the
+    keyframe at or before each, from the keyframe index the scan recorded) and fed raw
+    (``input_kind="frames"``); "dali": the file's bytes and the two frame numbers go to
+    ``fn.decoders.video`` (``input_kind="video"``; CPU: VP8/VP9/MJPEG only). ``job`` describes a
+    sample for a decode worker (``sample_jobs``); ``load`` runs the same job in this process.
     """
 
     def __init__(self, manifest, decoder: str = "pyav", max_open: int = 16):
         from vito_fast.data.manifest import read_manifest
-        from vito_fast.data.video_source import VideoFrameReader
+        from vito_fast.data.sample_jobs import JobRunner
 
         if decoder not in ("pyav", "dali"):
             raise ValueError(f"VideoFileSource: decoder must be 'pyav' or 'dali', not {decoder!r}")
@@ -126,7 +128,7 @@ class VideoFileSource:
         self.first_frame = np.array([0 if record.clip_start is None else
                                      int(np.ceil(record.clip_start * record.fps - 1e-6)) for record in self.records],
                                     dtype=np.int64)
-        self.reader = VideoFrameReader(max_open)
+        self._runner = JobRunner(max_open)  # its reader keeps per-thread files: safe to share
 
     def __len__(self) -> int:
         return len(self.records)
@@ -137,27 +139,30 @@ class VideoFileSource:
     def _file_frames(self, clip: int, frames: Sequence[int]) -> List[int]:
         return [int(self.first_frame[clip] + frame) for frame in frames]
 
-    def _decode(self, clip: int, frames: Sequence[int]) -> List[np.ndarray]:
+    def _frames_job(self, clip: int, frames: Sequence[int]) -> tuple:
         record = self.records[clip]
-        images = self.reader.read(record.path, record.fps, self._file_frames(clip, frames))
-        if images[0].shape[:2] != (record.height, record.width):
-            raise VideoError(f"{record.path}: frames decode at {images[0].shape[1]}x{images[0].shape[0]}, "
-                             f"the manifest says {record.width}x{record.height}")
-        return images
+        keyframes = getattr(record, "keyframes", None)
+        return ("video_frames", record.path, record.fps, self._file_frames(clip, frames), keyframes,
+                (record.height, record.width))
+
+    def job(self, clip: int, frames: Sequence[int]) -> tuple:
+        """What a decode worker runs for this sample (see ``sample_jobs``)."""
+        if self.input_kind == "frames":
+            return self._frames_job(clip, frames)
+        return ("file_bytes", self.records[clip].path, self._file_frames(clip, frames))
+
+    def sample_nbytes(self, clips: np.ndarray) -> np.ndarray:
+        """(len(clips),) bytes one sample's inputs take (0: unknown before reading, the file's bytes)."""
+        if self.input_kind != "frames":
+            return np.zeros(len(clips), dtype=np.int64)
+        height, width = self.frame_hw[clips, 0], self.frame_hw[clips, 1]
+        return 2 * (-(-(height * width * 3) // 64) * 64)
 
     def load(self, clip: int, frames: Sequence[int]) -> Dict[str, np.ndarray]:
-        if self.input_kind == "frames":
-            first, second = self._decode(clip, frames)
-            return {"image0": first, "image1": second}
-        path = self.records[clip].path
-        try:
-            data = np.fromfile(path, dtype=np.uint8)
-        except OSError as error:
-            raise VideoError(f"{path}: cannot read it: {error}") from None
-        return {"encoded": data, "frames": np.asarray(self._file_frames(clip, frames), dtype=np.int32)}
+        return self._runner(self.job(clip, frames))
 
     def verify(self, clip: int, frames: Sequence[int]) -> None:
-        self._decode(clip, frames)
+        self._runner(self._frames_job(clip, frames))
 
 
 def open_source(source, video_decoder: str = "pyav", max_open: int = 16):

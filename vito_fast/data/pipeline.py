@@ -45,7 +45,7 @@ def import_dali():
 
 def build_pair_pipeline(input_kind: str, *, batch_size: int, image_size: int, device: str, output_dtype: str,
                         num_threads: int, device_id: Optional[int] = None,
-                        hw_decoder_load: float = 0.65):
+                        hw_decoder_load: float = 0.65, prefetch: int = 2):
     """Build (and return) the DALI pipeline of one source kind; outputs (view1, view2), each (B, S, S, 3).
 
     input_kind: "jpeg" (inputs ``image0``/``image1``: encoded JPEG bytes), "frames" (``image0``/
@@ -54,7 +54,8 @@ def build_pair_pipeline(input_kind: str, *, batch_size: int, image_size: int, de
     ``roi_start{v}``/``roi_end{v}`` (2,) float (y, x), ``colour{v}`` (3, 4) float, ``blur{v}`` () bool,
     ``sigma{v}`` () float, ``window{v}`` () int32, ``solarize{v}`` () bool, ``mirror{v}`` () int32
     (see :func:`view_arguments`).
-    output_dtype: "float16" or "float32".
+    output_dtype: "float16" or "float32". prefetch: iterations DALI holds; the first ``schedule_run``
+    needs that many batches fed, each later one a batch more (feeding overlaps running).
     """
     if input_kind not in INPUT_KINDS:
         raise ValueError(f"build_pair_pipeline: input_kind must be one of {INPUT_KINDS}, not {input_kind!r}")
@@ -65,7 +66,7 @@ def build_pair_pipeline(input_kind: str, *, batch_size: int, image_size: int, de
     on_gpu = device == "gpu"
 
     @pipeline_def(batch_size=batch_size, num_threads=num_threads, device_id=device_id if on_gpu else None,
-                  prefetch_queue_depth=1, exec_dynamic=True, enable_conditionals=True)
+                  prefetch_queue_depth=prefetch, exec_dynamic=True, enable_conditionals=True)
     def pair_pipeline():
         if input_kind == "video":
             encoded = fn.external_source(name="encoded", dtype=types.UINT8, no_copy=False)

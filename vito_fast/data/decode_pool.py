@@ -1,0 +1,249 @@
+"""Worker processes that decode samples out of the trainer's process, with a timeout per sample.
+
+Why not ``torch.utils.data`` workers or DALI's parallel external source: both treat a worker that
+hangs or dies as the end of the iteration (a loader-wide timeout, a pipeline error), while a
+training run must replace that one sample, restart the worker and go on. So the pool is small and
+does exactly that:
+
+* ``DecodePool(workers)`` starts ``workers`` processes (spawned: the trainer holds CUDA and torch
+  threads). Each runs jobs (``sample_jobs``) one at a time and answers after each one.
+* ``run(tasks, arena)`` hands out chunks of tasks, collects the answers, and returns one result per
+  task: the arrays, or the error (VideoError/StoreError naming the file). A task whose answer is
+  not back within ``timeout`` seconds of the previous one, or whose worker dies, gets a
+  ``WorkerFailure``; the worker is killed and restarted and the rest of its chunk goes elsewhere.
+* Arrays come back through shared memory: the caller reserves each task's bytes in an
+  ``Arena`` (a file in /dev/shm mapped by every process); the worker writes the arrays there and
+  answers with their places, so a frame is copied once, by the decoder. Arrays that do not fit
+  their reservation come back through the pipe.
+"""
+from __future__ import annotations
+
+import mmap
+import multiprocessing
+import os
+import tempfile
+import time
+from collections import deque
+from multiprocessing.connection import wait as wait_for
+from typing import Dict, List, Optional, Sequence, Tuple
+
+import numpy as np
+
+__all__ = ["Arena", "DecodePool", "WorkerFailure"]
+
+
+class WorkerFailure(Exception):
+    """A sample's worker did not answer in time or died; ``timed_out`` says which."""
+
+    def __init__(self, message: str, timed_out: bool):
+        super().__init__(message)
+        self.timed_out = timed_out
+
+
+class Arena:
+    """A shared-memory buffer (a file under /dev/shm) that workers map by path; a bump allocator.
+
+    ``reserve(nbytes)`` returns an offset (64-byte aligned) or None when full; ``reset()`` frees all.
+    ``view(offset, dtype, shape)`` is a NumPy view (no copy) of bytes a worker wrote.
+    """
+
+    def __init__(self, nbytes: int):
+        folder = "/dev/shm" if os.path.isdir("/dev/shm") and os.access("/dev/shm", os.W_OK) else None
+        handle, self.path = tempfile.mkstemp(prefix="vito-arena-", dir=folder)
+        try:
+            self.nbytes = max(int(nbytes), 4096)
+            os.ftruncate(handle, self.nbytes)
+            self.buffer = mmap.mmap(handle, self.nbytes)
+        finally:
+            os.close(handle)
+        self.used = 0
+
+    def reserve(self, nbytes: int) -> Optional[int]:
+        offset = -(-self.used // 64) * 64
+        if offset + nbytes > self.nbytes:
+            return None
+        self.used = offset + nbytes
+        return offset
+
+    def reset(self) -> None:
+        self.used = 0
+
+    def view(self, offset: int, dtype: str, shape: Tuple[int, ...]) -> np.ndarray:
+        count = int(np.prod(shape, dtype=np.int64))
+        return np.frombuffer(self.buffer, dtype=dtype, count=count, offset=offset).reshape(shape)
+
+    def close(self) -> None:
+        """Unmap and delete (views handed out must be dropped first)."""
+        try:
+            self.buffer.close()
+        except BufferError:  # a view is still alive: the mapping goes when it does
+            pass
+        try:
+            os.unlink(self.path)
+        except FileNotFoundError:
+            pass
+
+
+# ----------------------------------------------------------------------------- the worker side
+
+
+def _place(arrays: Dict[str, np.ndarray], arena_path: Optional[str], offset: Optional[int], size: int, maps: dict):
+    """Write ``arrays`` at ``offset`` of the arena when they fit: [(name, offset, dtype, shape)]; else the arrays."""
+    total = sum(-(-array.nbytes // 64) * 64 for array in arrays.values())
+    if arena_path is None or offset is None or total > size:
+        return arrays
+    if arena_path not in maps:
+        if len(maps) >= 8:  # arenas the trainer replaced: unmap the oldest
+            maps.pop(next(iter(maps))).close()
+        with open(arena_path, "r+b") as handle:
+            maps[arena_path] = mmap.mmap(handle.fileno(), 0)
+    buffer, places = maps[arena_path], []
+    for name, array in arrays.items():
+        array = np.ascontiguousarray(array)
+        np.frombuffer(buffer, dtype=np.uint8, count=array.nbytes, offset=offset)[:] = array.reshape(-1).view(np.uint8)
+        places.append((name, offset, array.dtype.str, array.shape))
+        offset += -(-array.nbytes // 64) * 64
+    return places
+
+
+def _worker_main(connection, max_open: int) -> None:
+    """Run chunks of (task id, job, arena path, offset, size) until told None; answer after each task."""
+    from vito_fast.data.sample_jobs import JobRunner
+
+    runner, maps = JobRunner(max_open), {}
+    connection.send("ready")
+    while True:
+        chunk = connection.recv()
+        if chunk is None:
+            return
+        for task_id, job, arena_path, offset, size in chunk:
+            try:
+                answer = ("ok", _place(runner(job), arena_path, offset, size, maps))
+            except Exception as error:  # one sample's failure: the parent replaces the sample
+                answer = ("error", error if _picklable(error) else RuntimeError(f"{type(error).__name__}: {error}"))
+            connection.send((task_id,) + answer)
+
+
+def _picklable(error: Exception) -> bool:
+    import pickle
+
+    try:
+        pickle.loads(pickle.dumps(error))
+        return True
+    except Exception:
+        return False
+
+
+# ----------------------------------------------------------------------------- the trainer side
+
+
+class _Worker:
+    def __init__(self, context, max_open: int):
+        self.connection, child_end = context.Pipe()
+        self.process = context.Process(target=_worker_main, args=(child_end, max_open), daemon=True,
+                                       name="vito-decode-worker")
+        self.process.start()
+        child_end.close()
+        self.ready = False
+        self.chunk: deque = deque()  # tasks sent and not answered, in order
+        self.deadline = float("inf")
+
+    def stop(self) -> None:
+        if self.process.is_alive():
+            self.process.kill()
+        self.process.join(timeout=5)
+        self.connection.close()
+
+
+class DecodePool:
+    """``workers`` decoding processes; see the module docstring. ``restarts`` counts replaced workers."""
+
+    def __init__(self, workers: int, *, timeout: float = 30.0, max_open: int = 16, start_timeout: float = 120.0):
+        if workers < 1:
+            raise ValueError(f"DecodePool: workers must be >= 1, got {workers}")
+        self.timeout, self.max_open, self.start_timeout = float(timeout), max_open, start_timeout
+        self._context = multiprocessing.get_context("spawn")
+        self._workers: List[_Worker] = [_Worker(self._context, max_open) for _ in range(workers)]
+        self.restarts = 0
+
+    def __len__(self) -> int:
+        return len(self._workers)
+
+    def close(self) -> None:
+        for worker in self._workers:
+            try:
+                worker.connection.send(None)
+            except OSError:
+                pass
+        for worker in self._workers:
+            worker.process.join(timeout=2)
+            worker.stop()
+        self._workers = []
+
+    def _replace(self, index: int) -> None:
+        self._workers[index].stop()
+        self._workers[index] = _Worker(self._context, self.max_open)
+        self.restarts += 1
+
+    def run(self, tasks: Sequence[Tuple[tuple, Optional[int], int]], arena: Optional[Arena]) -> List[object]:
+        """Run ``tasks`` (job, arena offset or None, reserved bytes); one result per task, in order:
+        a dict of arrays (views into ``arena`` where they were placed) or the exception."""
+        results: List[object] = [None] * len(tasks)
+        done = [False] * len(tasks)
+        pending = deque(range(len(tasks)))
+        chunk_size = max(1, min(16, len(tasks) // (2 * len(self._workers)) or 1))
+        arena_path = None if arena is None else arena.path
+        started = time.monotonic()
+        while not all(done):
+            for worker in self._workers:
+                if worker.ready and not worker.chunk and pending:
+                    chunk = [pending.popleft() for _ in range(min(chunk_size, len(pending)))]
+                    worker.connection.send([(task, tasks[task][0], arena_path, tasks[task][1], tasks[task][2])
+                                            for task in chunk])
+                    worker.chunk.extend(chunk)
+                    worker.deadline = time.monotonic() + self.timeout
+            busy = [worker for worker in self._workers if worker.chunk or not worker.ready]
+            deadline = min((worker.deadline for worker in busy if worker.ready), default=started + self.start_timeout)
+            ready = set(wait_for([w.connection for w in busy] + [w.process.sentinel for w in busy],
+                                 timeout=max(0.0, deadline - time.monotonic())))
+            for index, worker in enumerate(list(self._workers)):
+                if worker not in busy:
+                    continue
+                failure = self._collect(worker, ready, results, done, arena)
+                if failure is None and worker.ready and worker.chunk and time.monotonic() > worker.deadline:
+                    failure = WorkerFailure(f"no answer in {self.timeout:g} s (sample_timeout); "
+                                            "the decoder may hang on this file", timed_out=True)
+                if failure is None and not worker.ready and time.monotonic() > started + self.start_timeout:
+                    raise RuntimeError(f"DecodePool: a worker did not start in {self.start_timeout:g} s")
+                if failure is not None:
+                    if worker.chunk:
+                        task = worker.chunk.popleft()
+                        results[task], done[task] = failure, True
+                        pending.extendleft(reversed(worker.chunk))
+                    elif not worker.ready:
+                        raise RuntimeError(f"DecodePool: a worker died while starting ({failure})")
+                    self._replace(index)
+        return results
+
+    def _collect(self, worker: _Worker, ready: set, results: List[object], done: List[bool],
+                 arena: Optional[Arena]) -> Optional[WorkerFailure]:
+        """Read every answer the worker has sent; a WorkerFailure when it died."""
+        try:
+            while worker.connection.poll():
+                message = worker.connection.recv()
+                if message == "ready":
+                    worker.ready = True
+                    continue
+                task, status, payload = message
+                worker.chunk.remove(task)
+                worker.deadline = time.monotonic() + self.timeout
+                if status == "ok" and isinstance(payload, list):
+                    payload = {name: arena.view(offset, dtype, shape) for name, offset, dtype, shape in payload}
+                results[task], done[task] = payload, True
+        except (EOFError, OSError):
+            pass
+        if worker.process.sentinel in ready or not worker.process.is_alive():
+            worker.process.join(timeout=1)
+            return WorkerFailure(f"the decoding process died (exit code {worker.process.exitcode}) "
+                                 "on this file", timed_out=False)
+        return None

@@ -1,0 +1,75 @@
+"""What a decode worker does for one sample: a small picklable job in, named NumPy arrays out.
+
+A source (``pair_sources``) turns (clip, frame indices) into a job; a worker process of
+``decode_pool`` runs it with its own ``JobRunner`` (open files and readers stay in the worker).
+Kinds of job, each a tuple whose first item names it::
+
+    ("video_frames", path, fps, file_frames, keyframes, (height, width))
+        -> image0, image1: (H, W, 3) uint8 RGB, display orientation, dense
+    ("file_bytes", path, file_frames)
+        -> encoded: the file's bytes (uint8), frames: (2,) int32 (for fn.decoders.video)
+    ("store_frames", store_path, clip, frames)
+        -> image0, image1: the stored JPEG bytes (uint8)
+
+Errors are VideoError/StoreError naming the file (OSError for a file that vanished).
+"""
+from __future__ import annotations
+
+from collections import OrderedDict
+from typing import Dict, Tuple
+
+import numpy as np
+
+from vito_fast.errors import VideoError
+
+__all__ = ["JobRunner"]
+
+
+class JobRunner:
+    """Runs jobs in one process; keeps up to ``max_open`` videos and a few frame stores open."""
+
+    def __init__(self, max_open: int = 16):
+        self.max_open = max_open
+        self._reader = None
+        self._stores: "OrderedDict[str, object]" = OrderedDict()
+
+    def __call__(self, job: Tuple) -> Dict[str, np.ndarray]:
+        kind = job[0]
+        if kind == "video_frames":
+            return self._video_frames(*job[1:])
+        if kind == "file_bytes":
+            return self._file_bytes(*job[1:])
+        if kind == "store_frames":
+            return self._store(job[1]).load(job[2], job[3])
+        raise ValueError(f"JobRunner: unknown job kind {kind!r}")
+
+    def _video_frames(self, path: str, fps: float, file_frames, keyframes, size) -> Dict[str, np.ndarray]:
+        if self._reader is None:
+            from vito_fast.data.video_source import VideoFrameReader
+
+            self._reader = VideoFrameReader(self.max_open)
+        extra = {} if keyframes is None else {"keyframes": keyframes}  # older manifests: found on first use
+        images = self._reader.read(path, fps, list(file_frames), **extra)
+        for image in images:
+            if image.shape[:2] != tuple(size):
+                raise VideoError(f"{path}: frames decode at {image.shape[1]}x{image.shape[0]}, "
+                                 f"the manifest says {size[1]}x{size[0]}")
+        # DALI takes dense arrays only; a decoder may hand out frames with padded rows
+        return {"image0": np.ascontiguousarray(images[0]), "image1": np.ascontiguousarray(images[1])}
+
+    @staticmethod
+    def _file_bytes(path: str, file_frames) -> Dict[str, np.ndarray]:
+        try:
+            data = np.fromfile(path, dtype=np.uint8)
+        except OSError as error:
+            raise VideoError(f"{path}: cannot read it: {error}") from None
+        return {"encoded": data, "frames": np.asarray(file_frames, dtype=np.int32)}
+
+    def _store(self, path: str):
+        from vito_fast.data.pair_sources import FrameStoreSource
+
+        if path not in self._stores:
+            self._stores[path] = FrameStoreSource(path)
+            if len(self._stores) > 4:
+                self._stores.popitem(last=False)
+        return self._stores[path]
