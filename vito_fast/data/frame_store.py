@@ -127,7 +127,6 @@ class FrameStore:
     def __init__(self, path: PathLike, *, threads: int = 4, max_open_shards: int = 256):
         index = read_index(path)
         self.path, self.version, self.header, self.arrays = index.path.parent, index.version, index.header, index.arrays
-        self._index_file = index
         self.fps, self.short_side, self.quality = self.header["fps"], self.header["short_side"], self.header["quality"]
         self.shards: List[dict] = self.header["shards"]
         self.skipped: List[dict] = self.header.get("skipped", [])
@@ -164,7 +163,7 @@ class FrameStore:
         if self._document is None:
             header = {key: value for key, value in self.header.items()
                       if key not in ("version", "num_clips", "num_frames", "num_sources", "labels", "array_prefix")}
-            self._document = {**header, "version": 1, "clips": clip_documents(self._index_file)}
+            self._document = {**header, "version": 1, "clips": clip_documents(self.arrays, self.label_names)}
         return self._document
 
     def num_frames(self, clip: int) -> int:

@@ -207,13 +207,12 @@ def source_path(arrays: Dict[str, np.ndarray], clip: int) -> str:
     return bytes(arrays["source_bytes"][start:end]).decode("utf-8")
 
 
-def clip_documents(index: StoreIndex) -> List[dict]:
+def clip_documents(arrays: Dict[str, np.ndarray], labels: Sequence[str]) -> List[dict]:
     """Every clip as a version-1 entry (dict with per-frame lists): a Python loop, for tools and tests."""
-    arrays, labels = index.arrays, index.header["labels"]
     columns = {name: arrays[name].tolist() for name in (*CLIP_ARRAYS, *FRAME_ARRAYS)}
     first = columns["first_frame"]
     clips = []
-    for clip in range(index.header["num_clips"]):
+    for clip in range(len(first) - 1):
         frames = slice(first[clip], first[clip + 1])
         label = columns["label"][clip]
         clips.append({"manifest_index": columns["manifest_index"][clip], "shard": columns["shard"][clip],
@@ -238,3 +237,43 @@ def upgrade_store(path: os.PathLike) -> Tuple[Path, int]:
     header = {key: value for key, value in index.header.items()
               if key not in ("format", "num_clips", "num_frames", "num_sources", "labels")}
     return write_index(index.path.parent, header, index.arrays, index.header["labels"]), index.version
+
+
+def synthetic_index(num_clips: int, frames_per_clip: int, *, clips_per_shard: int = 100, num_labels: int = 400,
+                    seed: int = 0) -> Tuple[dict, Dict[str, np.ndarray], List[str]]:
+    """A made-up index (header, arrays, label names) of a store this size, without shards: for
+    measuring how fast an index opens. Frames are 8-40 kB JPEGs at 8 fps, ten clips per video."""
+    rng = np.random.default_rng(seed)
+    frames = num_clips * frames_per_clip
+    sizes = rng.integers(8_000, 40_000, size=frames, dtype=np.int64)
+    shard = np.arange(num_clips, dtype=np.int64) // clips_per_shard
+    frame_shard = np.repeat(shard, frames_per_clip)
+    padded = 512 + (sizes + 511) // 512 * 512  # a tar header, then the payload rounded up to a block
+    ends = np.cumsum(padded)
+    shard_starts = np.concatenate([[0], ends[:-1]])[np.searchsorted(frame_shard, frame_shard, side="left")]
+    offsets = ends - padded - shard_starts + 512
+    shard_bytes = np.bincount(frame_shard, weights=padded).astype(np.int64) + 1024
+    videos = np.arange(num_clips) // 10
+    paths = [f"/data/videos/{video:07d}.mp4".encode() for video in range(int(videos[-1]) + 1 if num_clips else 0)]
+    clip_start = (np.arange(num_clips) % 10) * frames_per_clip / 8.0
+    times = np.repeat(clip_start, frames_per_clip) + np.tile(np.arange(frames_per_clip) / 8.0, num_clips)
+    arrays = {"manifest_index": np.arange(num_clips), "shard": shard, "width": np.full(num_clips, 341),
+              "height": np.full(num_clips, 256), "label": rng.integers(0, num_labels, size=num_clips),
+              "source": videos, "clip_start": clip_start, "clip_end": clip_start + frames_per_clip / 8.0,
+              "source_fps": np.full(num_clips, 30.0),
+              "first_frame": np.arange(num_clips + 1, dtype=np.int64) * frames_per_clip,
+              "frame_offsets": offsets, "frame_sizes": sizes, "source_times": times,
+              "source_frames": np.floor(times * 30.0 + 1e-6).astype(np.int64),
+              "source_bytes": np.frombuffer(b"".join(paths), dtype=np.uint8),
+              "source_offsets": np.concatenate([[0], np.cumsum([len(path) for path in paths])]).astype(np.int64)}
+    header = {"fps": 8, "short_side": 256, "quality": 90, "device": "cpu", "settings_digest": "synthetic",
+              "shards": [{"name": f"shard-{number:05d}.tar", "bytes": int(size)} for number, size in
+                         enumerate(shard_bytes)], "skipped": []}
+    return header, arrays, [f"class{label:04d}" for label in range(num_labels)]
+
+
+def write_version_1_index(folder: Path, header: dict, arrays: Dict[str, np.ndarray], labels: Sequence[str]) -> Path:
+    """The same index as the version-1 JSON document (what stores made before version 2 hold)."""
+    document = {"format": FORMAT_NAME, "version": 1, **header, "clips": clip_documents(arrays, labels)}
+    write_json_atomically(Path(folder) / INDEX_NAME, document)
+    return Path(folder) / INDEX_NAME
