@@ -195,11 +195,16 @@ class DecodePool:
         arena_path = None if arena is None else arena.path
         started = time.monotonic()
         while not all(done):
-            for worker in self._workers:
+            for index, worker in enumerate(list(self._workers)):
                 if worker.ready and not worker.chunk and pending:
                     chunk = [pending.popleft() for _ in range(min(chunk_size, len(pending)))]
-                    worker.connection.send([(task, tasks[task][0], arena_path, tasks[task][1], tasks[task][2])
-                                            for task in chunk])
+                    try:
+                        worker.connection.send([(task, tasks[task][0], arena_path, tasks[task][1], tasks[task][2])
+                                                for task in chunk])
+                    except OSError:  # it died between two chunks (killed from outside): no sample at fault
+                        pending.extendleft(reversed(chunk))
+                        self._replace(index)
+                        continue
                     worker.chunk.extend(chunk)
                     worker.deadline = time.monotonic() + self.timeout
             busy = [worker for worker in self._workers if worker.chunk or not worker.ready]

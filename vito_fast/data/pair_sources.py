@@ -141,8 +141,9 @@ class VideoFileSource:
 
     def _frames_job(self, clip: int, frames: Sequence[int]) -> tuple:
         record = self.records[clip]
-        keyframes = getattr(record, "keyframes", None)
-        return ("video_frames", record.path, record.fps, self._file_frames(clip, frames), keyframes,
+        index = {name: getattr(record, name) for name in ("keyframes", "keyframe_pts")
+                 if getattr(record, name, None) is not None}
+        return ("video_frames", record.path, record.fps, self._file_frames(clip, frames), index,
                 (record.height, record.width))
 
     def job(self, clip: int, frames: Sequence[int]) -> tuple:

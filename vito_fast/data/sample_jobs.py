@@ -4,7 +4,7 @@ A source (``pair_sources``) turns (clip, frame indices) into a job; a worker pro
 ``decode_pool`` runs it with its own ``JobRunner`` (open files and readers stay in the worker).
 Kinds of job, each a tuple whose first item names it::
 
-    ("video_frames", path, fps, file_frames, keyframes, (height, width))
+    ("video_frames", path, fps, file_frames, reader_options, (height, width))
         -> image0, image1: (H, W, 3) uint8 RGB, display orientation, dense
     ("file_bytes", path, file_frames)
         -> encoded: the file's bytes (uint8), frames: (2,) int32 (for fn.decoders.video)
@@ -43,13 +43,13 @@ class JobRunner:
             return self._store(job[1]).load(job[2], job[3])
         raise ValueError(f"JobRunner: unknown job kind {kind!r}")
 
-    def _video_frames(self, path: str, fps: float, file_frames, keyframes, size) -> Dict[str, np.ndarray]:
+    def _video_frames(self, path: str, fps: float, file_frames, options: dict, size) -> Dict[str, np.ndarray]:
         if self._reader is None:
             from vito_fast.data.video_source import VideoFrameReader
 
             self._reader = VideoFrameReader(self.max_open)
-        extra = {} if keyframes is None else {"keyframes": keyframes}  # older manifests: found on first use
-        images = self._reader.read(path, fps, list(file_frames), **extra)
+        # options: the keyframe index the scan recorded (older manifests: found on first use)
+        images = self._reader.read(path, fps, list(file_frames), **options)
         for image in images:
             if image.shape[:2] != tuple(size):
                 raise VideoError(f"{path}: frames decode at {image.shape[1]}x{image.shape[0]}, "
