@@ -9,6 +9,7 @@ at ``i / fps``); ``clip_start``/``clip_end`` are None for a record that covers t
 """
 from __future__ import annotations
 
+import bisect
 import dataclasses
 import json
 import math
@@ -38,7 +39,12 @@ class ClipRecord:
     """One usable clip: a whole video, or the part [clip_start, clip_end) seconds of it.
 
     ``num_frames`` and ``duration`` describe the clip, not the whole video; ``codec`` is FFmpeg's
-    name ("h264", "vp9", ...); ``path`` is absolute when written by ``scan_videos``.
+    name ("h264", "vp9", ...); ``path`` is absolute when written by ``scan_videos``; ``width`` and
+    ``height`` are as players show the video (after its display rotation).
+
+    ``keyframes``/``keyframe_pts``: the keyframes' frame numbers in the file (display order) and
+    their pts, for ``VideoFrameReader.read``; a clip holds the keyframes from the one at or before
+    its first frame to its end. None in manifests written before the index (the reader demuxes).
     """
 
     path: str
@@ -51,6 +57,8 @@ class ClipRecord:
     label: Optional[str] = None
     clip_start: Optional[float] = None
     clip_end: Optional[float] = None
+    keyframes: Optional[List[int]] = None
+    keyframe_pts: Optional[List[int]] = None
 
     def to_json(self) -> str:
         """One JSON line (without the newline); None fields are left out."""
@@ -95,10 +103,12 @@ def split_into_clips(info: VideoInfo, clip_seconds: Optional[float], min_seconds
     def record(start: Optional[float], end: Optional[float]) -> ClipRecord:
         if start is None:
             return ClipRecord(info.path, info.num_frames, info.fps, info.width, info.height, info.codec,
-                              info.duration, label)
+                              info.duration, label, keyframes=info.keyframes, keyframe_pts=info.keyframe_pts)
         first, stop = math.ceil(start * info.fps - 1e-6), math.ceil(end * info.fps - 1e-6)
+        keyframes, keyframe_pts = _keyframes_of_clip(info, first, stop)
         return ClipRecord(info.path, min(stop, info.num_frames) - first, info.fps, info.width, info.height,
-                          info.codec, round(end - start, 6), label, round(start, 6), round(end, 6))
+                          info.codec, round(end - start, 6), label, round(start, 6), round(end, 6),
+                          keyframes, keyframe_pts)
 
     if not clip_seconds or info.duration < clip_seconds + min(min_seconds, clip_seconds):
         return [record(None, None)]
@@ -109,6 +119,15 @@ def split_into_clips(info: VideoInfo, clip_seconds: Optional[float], min_seconds
     else:
         bounds[-1] = float(info.duration)
     return [record(start, end) for start, end in zip(bounds, bounds[1:])]
+
+
+def _keyframes_of_clip(info: VideoInfo, first: int, stop: int) -> Tuple[Optional[List[int]], Optional[List[int]]]:
+    """The part of a video's keyframe index that frames [first, stop) decode from (None: no index)."""
+    if info.keyframes is None or info.keyframe_pts is None:
+        return None, None
+    begin = max(0, bisect.bisect_right(info.keyframes, first) - 1)  # the keyframe at or before the first frame
+    end = bisect.bisect_left(info.keyframes, stop, lo=begin)
+    return info.keyframes[begin:end], info.keyframe_pts[begin:end]
 
 
 def scan_videos(paths: Iterable[PathLike], *, min_seconds: float = 1.0, clip_seconds: Optional[float] = None,

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from multiprocessing.connection import wait as wait_for_connections
 from typing import Iterator, List, Optional, Sequence, Tuple, Union
 
+from vito_fast.data.video_source import display_orientation, keyframe_index
 from vito_fast.errors import VideoError
 
 
@@ -49,7 +50,12 @@ class RejectedVideo:
 
 @dataclass
 class VideoInfo:
-    """What a probe learnt about a readable video (times in seconds from the stream start)."""
+    """What a probe learnt about a readable video (times in seconds from the stream start).
+
+    ``width``/``height`` are as players show the video (a phone video stored 1280x720 with a
+    quarter-turn display matrix is 720 wide). ``keyframes``/``keyframe_pts``: frame numbers (in
+    display order) and pts of the keyframes, where ``VideoFrameReader`` may start decoding.
+    """
 
     path: str
     codec: str
@@ -59,6 +65,8 @@ class VideoInfo:
     num_frames: int
     duration: float
     variable_frame_rate: bool
+    keyframes: Optional[List[int]] = None
+    keyframe_pts: Optional[List[int]] = None
 
 
 # ----------------------------------------------------------------------------- probing one file
@@ -67,10 +75,12 @@ class VideoInfo:
 def probe_video(path: str, decode_check: str = "tail") -> Union[VideoInfo, RejectedVideo]:
     """Probe one file with PyAV; never raises for a bad file.
 
-    Demuxes every packet (cheap: no decoding) to count frames and measure timestamps, compares
-    them with what the container declares (a shortfall means truncated), then decodes the first
-    frame and, with ``decode_check="tail"``, everything from the last keyframe to the end
-    (``"full"``: every frame; ``"none"``: no decoding).
+    Demuxes every packet (cheap: no decoding) to count frames, measure timestamps and index the
+    keyframes, compares them with what the container declares (a shortfall means truncated), then
+    decodes the first frame (its display matrix says whether width and height swap) and, with
+    ``decode_check="tail"``, everything from the last keyframe to the end (``"full"``: every
+    frame; ``"none"``: only the first frame, and a failure there rejects nothing). Frames an MP4
+    edit list marks to discard are not counted: decoders drop them.
     """
     import av  # PyAV is a hard dependency, imported here to keep the module light for pickling
 
@@ -92,7 +102,8 @@ def probe_video(path: str, decode_check: str = "tail") -> Union[VideoInfo, Rejec
         time_base = stream.time_base
         origin = stream.start_time or 0
         codec = stream.codec_context.name
-        timestamps, keyframe_times, stream_ends = [], [], {}
+        timestamps, keyframe_times, stream_ends = [], [], {}  # timestamps: of the frames shown
+        packets = 0  # of the video stream, discarded ones included (the header counts them)
         try:
             for packet in container.demux():
                 if packet.size == 0 or packet.pts is None:
@@ -100,7 +111,9 @@ def probe_video(path: str, decode_check: str = "tail") -> Union[VideoInfo, Rejec
                 end = (packet.pts + (packet.duration or 0)) * packet.time_base
                 stream_ends[packet.stream.index] = max(stream_ends.get(packet.stream.index, 0), end)
                 if packet.stream.index == stream.index:
-                    timestamps.append(packet.pts)
+                    packets += 1
+                    if not packet.is_discard:
+                        timestamps.append(packet.pts)
                     if packet.is_keyframe:
                         keyframe_times.append(packet.pts)
         except Exception as error:
@@ -127,24 +140,32 @@ def probe_video(path: str, decode_check: str = "tail") -> Union[VideoInfo, Rejec
             duration = float((timestamps[-1] - origin + median_step) * time_base)
         else:
             duration = num_frames / fps
-        shortfall = _declared_media_shortfall(container, stream, num_frames, stream_ends, fps)
+        shortfall = _declared_media_shortfall(container, stream, packets, stream_ends, fps)
         if shortfall:
             return RejectedVideo(path, "truncated", shortfall)
+        # the size the header declares (decoding updates stream.width), to which the reader scales
+        # the frames of a stream that changes resolution
+        width, height = stream.width, stream.height
+        first, problem = _first_frame(container, stream, timestamps[0])
         if decode_check != "none":
-            problem = _decode_check(container, stream, timestamps, keyframe_times, decode_check)
+            problem = problem or _decode_check(container, stream, timestamps, keyframe_times, decode_check)
             if problem:
                 return RejectedVideo(path, "truncated", problem)
-        return VideoInfo(path, codec, stream.width, stream.height, fps, num_frames, duration, variable_frame_rate)
+        if first is not None and display_orientation(first)[0]:
+            width, height = height, width  # a quarter turn
+        keyframes, keyframe_pts = keyframe_index(timestamps, keyframe_times)
+        return VideoInfo(path, codec, width, height, fps, num_frames, duration, variable_frame_rate,
+                         keyframes, keyframe_pts)
 
 
-def _declared_media_shortfall(container, stream, num_frames: int, stream_ends: dict, fps: float) -> Optional[str]:
+def _declared_media_shortfall(container, stream, packets: int, stream_ends: dict, fps: float) -> Optional[str]:
     """A description of how much less media the file holds than it declares, or None.
 
-    Durations may differ by up to 3 frames (a last packet without duration, rounding of 1 ms time
+    ``packets``: video packets held, discarded ones included, as the header counts them. Durations may differ by up to 3 frames (a last packet without duration, rounding of 1 ms time
     bases); a file missing more than that has lost its end.
     """
-    if stream.frames and num_frames < stream.frames:
-        return f"holds {num_frames} of the {stream.frames} frames its header declares"
+    if stream.frames and packets < stream.frames:
+        return f"holds {packets} of the {stream.frames} frames its header declares"
     if container.duration:
         declared = container.duration / 1_000_000 + (container.start_time or 0) / 1_000_000
         held = float(max(stream_ends.values())) if stream_ends else 0.0
@@ -154,13 +175,19 @@ def _declared_media_shortfall(container, stream, num_frames: int, stream_ends: d
     return None
 
 
-def _decode_check(container, stream, timestamps: List[int], keyframe_times: List[int], mode: str) -> Optional[str]:
-    """Decode the first frame and the tail (or everything); a description of a failure, or None."""
+def _first_frame(container, stream, first_pts: int) -> Tuple[Optional[object], Optional[str]]:
+    """(the first decoded frame, None), or (None, a description of why it does not decode)."""
     try:
-        container.seek(timestamps[0], stream=stream, backward=True)
+        container.seek(first_pts, stream=stream, backward=True)
         first = next(container.decode(stream), None)
-        if first is None:
-            return "the first frame does not decode"
+    except Exception as error:
+        return None, f"decoding fails: {error}"
+    return (first, None) if first is not None else (None, "the first frame does not decode")
+
+
+def _decode_check(container, stream, timestamps: List[int], keyframe_times: List[int], mode: str) -> Optional[str]:
+    """Decode the tail (or everything); a description of a failure, or None."""
+    try:
         if mode == "full":
             start = timestamps[0]
             container.seek(start, stream=stream, backward=True)

@@ -5,8 +5,19 @@ A training pair needs two frames Δt apart, not the frames between them. Sequenc
 with Δt; ``VideoFrameReader`` decodes from the keyframe at or before each requested frame, and
 for the second frame keeps decoding forward only when no later keyframe lies in between. With
 GOP g the cost is about g/2 frames per view whatever Δt is. Each thread keeps its own open
-containers (an LRU of ``max_open`` files) and a keyframe index per file, built once by demuxing
-(no decoding); PyAV releases the GIL while it decodes, so a thread pool scales over cores.
+containers (an LRU of ``max_open`` files); PyAV releases the GIL while it decodes, so a thread
+pool scales over cores.
+
+Frame numbers count the frames a player shows, in display (pts) order: frame k is the k-th frame
+of the stream whatever its timestamps, so variable-frame-rate files neither skip nor repeat
+frames. The keyframe index says where decoding may start: the frame number and pts of every
+keyframe (``keyframe_index``). ``prepare scan`` records it in the manifest; without it (older
+manifests) the reader demuxes the file once, on first use, per thread.
+
+Every returned frame is a dense C-contiguous (H, W, 3) uint8 RGB array as players show it: the
+stream's display matrix (rotation, mirroring) is applied, and whatever the pixel format, FFmpeg
+converts it (``to_ndarray`` returns rows padded to an alignment, which DALI's ``feed_input``
+refuses).
 
 Measured on 2 CPU cores (benches/bench_loader.py: 256p VP9, GOP 16, Δt uniform in [0, 2.5] s),
 host decoding of the two frames alone: 6.5 CPU ms per pair here against 19.4 for decoding every
@@ -18,76 +29,185 @@ from __future__ import annotations
 import bisect
 import threading
 from collections import OrderedDict
-from typing import List, Sequence
+from typing import List, Optional, Sequence, Tuple
 
 import numpy as np
 
 from vito_fast.errors import VideoError
 
-__all__ = ["VideoFrameReader"]
+__all__ = ["VideoFrameReader", "keyframe_index", "demux_keyframe_index", "display_orientation", "display_rgb"]
+
+
+# ----------------------------------------------------------------------------- keyframe index
+
+
+def keyframe_index(shown_pts: Sequence[int], keyframe_pts: Sequence[int]) -> Tuple[List[int], List[int]]:
+    """(frame numbers, pts) of the keyframes, both sorted; a keyframe's number counts the frames shown before it.
+
+    ``shown_pts``: pts of every frame a player shows (any order); ``keyframe_pts``: pts of the
+    keyframe packets, including ones the container marks to discard (an MP4 edit list that starts
+    after its first keyframe): decoding must start there although the frame is not shown.
+    """
+    shown = sorted(shown_pts)
+    pts = sorted(set(keyframe_pts))
+    return [bisect.bisect_left(shown, value) for value in pts], pts
+
+
+def demux_keyframe_index(container, stream) -> Tuple[List[int], List[int]]:
+    """Demux every packet of ``stream`` (no decoding) -> its ``keyframe_index``."""
+    shown, keyframes = [], []
+    for packet in container.demux(stream):
+        if packet.pts is None or packet.size == 0:
+            continue
+        if packet.is_keyframe:
+            keyframes.append(packet.pts)
+        if not packet.is_discard:
+            shown.append(packet.pts)
+    return keyframe_index(shown, keyframes)
+
+
+# ----------------------------------------------------------------------------- display orientation
+
+
+def display_orientation(frame) -> Tuple[bool, bool, bool]:
+    """(transpose, flip_rows, flip_columns) that turn a decoded frame into what players show.
+
+    FFmpeg's display matrix [[a, b, u], [c, d, v], [x, y, w]] maps a pixel (column p, row q) to
+    (a p + c q, b p + d q) up to a shift; a quarter turn swaps the axes (a = d = 0). Matrices that
+    are not a multiple of 90° are snapped to the nearest quarter turn.
+    """
+    from av.sidedata.sidedata import Type
+
+    for data in frame.side_data:
+        if data.type == Type.DISPLAYMATRIX:
+            a, b, _, c, d = np.frombuffer(bytes(data), dtype=np.int32)[:5].tolist()
+            if abs(a) + abs(d) >= abs(b) + abs(c):
+                return False, d < 0, a < 0
+            return True, b < 0, c < 0  # after the swap, rows follow the old columns (b p), columns the old rows (c q)
+    return False, False, False
+
+
+def display_rgb(frame, coded_size: Optional[Tuple[int, int]] = None) -> np.ndarray:
+    """A decoded frame -> dense C-contiguous (H, W, 3) uint8 RGB array as players show it.
+
+    ``coded_size`` (height, width): the size the stream declares; a frame decoded at another size
+    (a stream that changes resolution) is scaled to it so every frame of a file has one shape.
+    """
+    if coded_size is not None and (frame.height, frame.width) != tuple(coded_size):
+        image = frame.to_ndarray(format="rgb24", height=coded_size[0], width=coded_size[1])
+    else:
+        image = frame.to_ndarray(format="rgb24")
+    transpose, flip_rows, flip_columns = display_orientation(frame)
+    if transpose:
+        image = image.transpose(1, 0, 2)
+    if flip_rows:
+        image = image[::-1]
+    if flip_columns:
+        image = image[:, ::-1]
+    return np.ascontiguousarray(image)  # rows of to_ndarray are padded, and the views above are strided
+
+
+# ----------------------------------------------------------------------------- reading frames
 
 
 class _OpenVideo:
-    """One open container plus its keyframe index (frame numbers) and a decoder position."""
+    """One open container, its decoder's position, and the keyframe index demuxed when none is given."""
 
-    def __init__(self, path: str, fps: float):
+    def __init__(self, path: str, fps: Optional[float] = None):
         import av
 
-        self.fps = fps
-        with av.open(path, "r", metadata_errors="ignore") as probe:
-            stream = probe.streams.video[0]
-            self.time_base, self.origin = stream.time_base, stream.start_time or 0
-            self.keyframes = sorted({self.frame_number(packet.pts) for packet in probe.demux(stream)
-                                     if packet.is_keyframe and packet.pts is not None})
-        if not self.keyframes:
-            raise VideoError(f"{path}: no keyframe found")
+        self.path = path
         self.container = av.open(path, "r", metadata_errors="ignore")
+        if not self.container.streams.video:
+            self.container.close()
+            raise VideoError("no video stream")
         self.stream = self.container.streams.video[0]
         self.stream.thread_type = "NONE"  # parallelism comes from decoding many files at once
-        self.decoder, self.position = None, -1  # frame number of the last frame decoded
+        self.coded_size = (self.stream.height, self.stream.width)
+        self.keyframes: Optional[List[int]] = None  # frame numbers, demuxed on first need
+        self.keyframe_pts: Optional[List[int]] = None
+        self.decoder = None
+        self.position = -1  # frame number of the last frame decoded
+        self.floor_pts = None  # frames before this pts precede the keyframe decoding started at
 
-    def frame_number(self, pts: int) -> int:
-        return int(round(float((pts - self.origin) * self.time_base) * self.fps))
+    def demuxed_index(self) -> Tuple[List[int], List[int]]:
+        if self.keyframes is None:
+            self.keyframes, self.keyframe_pts = demux_keyframe_index(self.container, self.stream)
+            self.decoder = None  # the container sits at its end now
+        return self.keyframes, self.keyframe_pts
 
     def close(self) -> None:
         self.container.close()
 
-    def read(self, target: int) -> np.ndarray:
-        keyframe = self.keyframes[max(0, bisect.bisect_right(self.keyframes, target) - 1)]
-        if self.decoder is None or not keyframe <= self.position < target:
-            # seek (backward: lands on that keyframe) unless decoding on is no longer than from it
-            pts = self.origin + int(round(keyframe / self.fps / self.time_base))
+    def _start_at(self, number: int, pts: Optional[int]) -> None:
+        """Decode from the keyframe (frame number, pts), or from the file's start when pts is None."""
+        if pts is None:
+            import av
+
+            self.container.close()  # reopening is the one start that works for every container
+            self.container = av.open(self.path, "r", metadata_errors="ignore")
+            self.stream = self.container.streams.video[0]
+            self.stream.thread_type = "NONE"
+        else:
+            # backward: lands on that keyframe, or an earlier one whose frames before pts are skipped
             self.container.seek(pts, stream=self.stream, backward=True)
-            self.decoder = self.container.decode(self.stream)
+        self.decoder = self.container.decode(self.stream)
+        self.position, self.floor_pts = number - 1, pts
+
+    def read(self, target: int, keyframes: Optional[Sequence[int]] = None,
+             keyframe_pts: Optional[Sequence[int]] = None) -> np.ndarray:
+        """Frame number ``target`` as a display RGB array; the index defaults to the demuxed one."""
+        if keyframes is None:
+            keyframes, keyframe_pts = self.demuxed_index()
+        if target < 0:
+            raise VideoError(f"frame {target} does not exist: frame numbers start at 0")
+        at = bisect.bisect_right(keyframes, target) - 1
+        # before the first keyframe (leading frames, or an index without keyframes): from the start
+        number, pts = (keyframes[at], keyframe_pts[at]) if at >= 0 else (0, None)
+        if self.decoder is None or not number <= self.position < target:
+            self._start_at(number, pts)  # unless decoding on is no longer than from that keyframe
         for frame in self.decoder:
-            if frame.pts is None:
+            if frame.pts is None or (self.floor_pts is not None and frame.pts < self.floor_pts):
                 continue
-            self.position = self.frame_number(frame.pts)
-            if self.position >= target:  # '>' only when the file skips frames: take the next one
-                return frame.to_ndarray(format="rgb24")
+            self.position += 1
+            if self.position == target:
+                return display_rgb(frame, self.coded_size)
         self.decoder = None
         raise VideoError(f"frame {target} lies past the last decodable frame ({self.position})")
 
 
 class VideoFrameReader:
-    """``read(path, fps, frames)`` -> the frames (HWC uint8 RGB) at those frame numbers, in order.
+    """``read(path, fps, frames, keyframes, keyframe_pts)`` -> those frames (display RGB), in order.
 
-    Thread-safe: every thread has its own containers. Raises VideoError naming the file when it
-    cannot be opened or a frame does not decode.
+    Thread-safe: every thread has its own containers, opened on first use; the constructor opens
+    nothing and a reader pickles (without its open files) into worker processes. Raises VideoError naming the
+    file when it cannot be opened or a frame does not decode.
     """
 
     def __init__(self, max_open: int = 16):
         self.max_open = max_open
         self._local = threading.local()
 
-    def _open(self, path: str, fps: float) -> _OpenVideo:
+    def __getstate__(self) -> dict:
+        return {"max_open": self.max_open}  # a copy in another process opens its own files
+
+    def __setstate__(self, state: dict) -> None:
+        self.__init__(state["max_open"])
+
+    def close(self) -> None:
+        """Close the calling thread's open files (they reopen on the next read)."""
+        for video in getattr(self._local, "videos", {}).values():
+            video.close()
+        self._local.videos = OrderedDict()
+
+    def _open(self, path: str) -> _OpenVideo:
         cache = getattr(self._local, "videos", None)
         if cache is None:
             cache = self._local.videos = OrderedDict()
         if path in cache:
             cache.move_to_end(path)
             return cache[path]
-        video = _OpenVideo(path, fps)
+        video = _OpenVideo(path)
         cache[path] = video
         if len(cache) > self.max_open:
             cache.popitem(last=False)[1].close()
@@ -98,10 +218,23 @@ class VideoFrameReader:
         if video is not None:
             video.close()
 
-    def read(self, path: str, fps: float, frames: Sequence[int]) -> List[np.ndarray]:
+    def read(self, path: str, fps: float, frames: Sequence[int], keyframes: Optional[Sequence[int]] = None,
+             keyframe_pts: Optional[Sequence[int]] = None) -> List[np.ndarray]:
+        """Frames ``frames`` (frame numbers of the file, display order) as (H, W, 3) uint8 RGB arrays.
+
+        ``keyframes``/``keyframe_pts``: the file's keyframe index from the manifest
+        (``ClipRecord.keyframes``/``keyframe_pts``; a clip's record holds the part that covers
+        it); None demuxes the file once. ``fps`` is not needed (frames are counted, not timed)
+        and stays for callers written before the index.
+        """
+        if (keyframes is None) != (keyframe_pts is None) or (
+                keyframes is not None and len(keyframes) != len(keyframe_pts)):
+            raise ValueError(f"VideoFrameReader.read: {path}: keyframes and keyframe_pts must both be given, "
+                             f"with one pts per keyframe")
         try:
-            video = self._open(path, fps)
-            decoded = {target: video.read(target) for target in sorted(set(int(f) for f in frames))}
+            video = self._open(path)
+            decoded = {target: video.read(target, keyframes, keyframe_pts)
+                       for target in sorted(set(int(f) for f in frames))}
         except VideoError as error:
             self._drop(path)
             raise VideoError(f"{path}: {error}") from error
