@@ -44,7 +44,9 @@ class DataConfig:
     seed: int = 0
     synthetic_samples: int = 0                   # synthetic source: distinct pairs (0 = fresh every step)
     steps_per_epoch: int = 0                     # synthetic source only (0: 1,000)
-    num_threads: int = 0                         # loader's decoding threads (0: one per CPU)
+    num_threads: int = 0                         # DALI's threads (0: one per usable core)
+    decode_workers: int = -1                     # decoding processes per rank (-1: cores / ranks on the node - 1; 0: threads)
+    sample_timeout: float = 30.0                 # seconds before a sample's decoder is restarted and the sample replaced
     views: ViewConfig = field(default_factory=ViewConfig)
 
 
@@ -86,7 +88,8 @@ class Config:
 
 # Keys that may differ between a checkpoint and the run resuming it.
 RESUME_FREE_KEYS = frozenset({
-    "data.path", "data.num_threads", "train.stop_after", "train.checkpoint_every", "train.log_every", "train.image_every",
+    "data.path", "data.num_threads", "data.decode_workers", "data.sample_timeout",
+    "train.stop_after", "train.checkpoint_every", "train.log_every", "train.image_every",
     "train.compile", "train.progress", "train.device", "train.cpu_threads",
 })
 

@@ -102,6 +102,19 @@ def demo_dataset(run_dir: Path, *, progress: bool = True) -> Path:
     return Path(generate_dataset(root, **DemoSettings().data_settings(), progress=progress).manifest_path)
 
 
+def decode_workers(configured: int) -> int:
+    """Decoding processes for this rank: ``configured`` when >= 0, else this rank's share of the usable
+    cores (torchrun's LOCAL_WORLD_SIZE ranks share the node) minus one for the rank itself, at least one."""
+    import os
+
+    from vito_fast.data.loader import usable_cores
+
+    if configured >= 0:
+        return configured
+    ranks_on_node = max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
+    return max(1, usable_cores() // ranks_on_node - 1)
+
+
 def build_loader(config, info: DistInfo, *, epoch: int, start_step: int, run_dir: Optional[Path] = None):
     """The batch source that config.data names, for this rank, positioned at (epoch, start_step)."""
     data = config.data
@@ -135,6 +148,8 @@ def build_loader(config, info: DistInfo, *, epoch: int, start_step: int, run_dir
     loader_config = LoaderConfig(image_size=data.image_size, views=data.views,
                                  dtype="bfloat16" if bf16 else "float32",
                                  num_threads=data.num_threads or None,
+                                 decode_workers=decode_workers(data.decode_workers),
+                                 sample_timeout=data.sample_timeout,
                                  device_id=info.device.index if on_gpu else None)
     return PairLoader(path, data.batch_size, device="gpu" if on_gpu else "cpu", seed=data.seed, epoch=epoch,
                       start_step=start_step, rank=info.rank, world_size=info.world_size, config=loader_config)

@@ -186,6 +186,8 @@ def _train(config: Config, run_dir: Path, resume: bool, info: distributed.DistIn
             last_checkpoint = result.checkpoint = checkpoint_path(run_dir)
 
     result.step = step
+    if hasattr(loader, "close"):
+        loader.close()  # the decode workers stop with the run, not when the loader is collected
     logger.close(f"pretrain: stopped at step {step}/{tc.steps}; checkpoint {result.checkpoint}"
                  if step < tc.steps else f"pretrain: done, {step} steps; checkpoint {result.checkpoint}")
     return result
