@@ -15,6 +15,9 @@ each cell's margin, so crop tests can read back where a pixel came from (see ``d
 Broken files for scan tests: ``write_truncated_copy`` (cut mid-stream), ``write_zero_byte_file``,
 ``write_text_file`` (text with a video suffix), ``write_audio_only`` (no video stream),
 ``write_empty_video_stream`` (a video stream with zero frames) and ``write_variable_frame_rate``.
+Unusual but valid files: ``write_video(..., rotation=90)`` (a display matrix; ``shown_image``
+is what players show), ``write_late_start_copy`` (an MP4 edit list hides the first frames) and
+``write_resolution_change`` (the frame size changes mid-stream).
 
 Import from tests as ``from videos import write_video`` (pytest puts tests/ on sys.path because the
 folder has no ``__init__.py``).
@@ -118,15 +121,20 @@ def decode_position(pixel_rgb: Sequence[int], width: int, height: int) -> Tuple[
 def write_video(path: PathLike, *, codec: str = "vp9", width: int = 64, height: int = 48,
                 fps: Union[int, Fraction] = 25, num_frames: int = 50, gop: Optional[int] = None,
                 xy_gradient: bool = False, frame_numbers: Optional[Iterable[int]] = None,
-                encoder_options: Optional[dict] = None) -> Path:
+                encoder_options: Optional[dict] = None, pixel_format: Optional[str] = None,
+                rotation: int = 0, mirror: bool = False) -> Path:
     """Encode a constant-frame-rate video whose frame i shows the number i (or frame_numbers[i]).
 
     The container follows the suffix (.webm, .mp4, .mkv, .avi). Frame i has pts i in a 1/fps time
     base, so its presentation time is exactly i / fps seconds. ``encoder_options`` override the
-    fast defaults in ENCODERS (e.g. ``{"preset": "medium", "bf": "3"}`` for H.264 with B-frames).
+    fast defaults in ENCODERS (e.g. ``{"preset": "medium", "bf": "3"}`` for H.264 with B-frames);
+    ``pixel_format`` the codec's default one (libx264's 4:2:0 and 4:2:2 formats need even sizes).
+    ``rotation`` (degrees counter-clockwise) and ``mirror`` write a display matrix: players show
+    ``shown_image(frame_image(...), rotation, mirror)``.
     """
     path = Path(path)
-    encoder, pixel_format, options = ENCODERS[codec]
+    encoder, default_format, options = ENCODERS[codec]
+    pixel_format = pixel_format or default_format
     options = {**options, **(encoder_options or {})}
     numbers = list(range(num_frames)) if frame_numbers is None else list(frame_numbers)
     rate = Fraction(fps)
@@ -136,6 +144,8 @@ def write_video(path: PathLike, *, codec: str = "vp9", width: int = 64, height: 
         stream.codec_context.time_base = 1 / rate
         if gop is not None:
             stream.codec_context.gop_size = gop
+        if rotation or mirror:
+            stream.set_display_rotation(rotation, hflip=mirror)
         for position, number in enumerate(numbers):
             frame = av.VideoFrame.from_ndarray(frame_image(number, width, height, xy_gradient=xy_gradient),
                                                format="rgb24")
@@ -146,9 +156,15 @@ def write_video(path: PathLike, *, codec: str = "vp9", width: int = 64, height: 
     return path
 
 
+def shown_image(image: np.ndarray, rotation: int = 0, mirror: bool = False) -> np.ndarray:
+    """What players show of a stored frame written with ``rotation``/``mirror``: turned, then mirrored."""
+    shown = np.rot90(image, rotation // 90)  # np.rot90 turns counter-clockwise, as the display matrix
+    return shown[:, ::-1] if mirror else shown
+
+
 def write_variable_frame_rate(path: PathLike, *, codec: str = "h264", width: int = 64, height: int = 48,
-                              num_frames: int = 40) -> Path:
-    """A video whose frame durations alternate between 1/30 s and 1/10 s (an irregular pts step)."""
+                              num_frames: int = 40, durations: Sequence[int] = (3, 9)) -> Path:
+    """A video whose frame durations cycle through ``durations`` in 1/90 s (default: 1/30 s, 1/10 s)."""
     path = Path(path)
     encoder, pixel_format, options = ENCODERS[codec]
     time_base = Fraction(1, 90)
@@ -162,8 +178,61 @@ def write_variable_frame_rate(path: PathLike, *, codec: str = "h264", width: int
             frame = frame.reformat(format=pixel_format)
             frame.pts, frame.time_base = pts, time_base
             container.mux(stream.encode(frame))
-            pts += 3 if index % 2 == 0 else 9
+            pts += durations[index % len(durations)]
         container.mux(stream.encode(None))
+    return path
+
+
+def write_late_start_copy(source: PathLike, destination: PathLike, skip_frames: int = 3) -> Path:
+    """Copy an .mp4 with its timestamps moved ``skip_frames`` frames earlier: an edit list hides them.
+
+    The MP4 muxer writes an edit list that starts at time 0, so the first ``skip_frames`` frames
+    (the first keyframe among them) stay in the file, marked to discard: decoders need them to
+    decode the next frames but never show them, as in a clip cut from a longer video without
+    re-encoding. Frame k as shown is frame k + skip_frames of the source.
+    """
+    destination = Path(destination)
+    with av.open(str(source)) as source_container, av.open(str(destination), "w") as target:
+        source_stream = source_container.streams.video[0]
+        stream = target.add_stream_from_template(source_stream)
+        step = int(1 / (source_stream.time_base * source_stream.average_rate))
+        for packet in source_container.demux(source_stream):
+            if packet.dts is None:
+                continue  # the flush packet
+            packet.pts -= skip_frames * step
+            packet.dts -= skip_frames * step
+            packet.stream = stream
+            target.mux(packet)
+    return destination
+
+
+def write_resolution_change(path: PathLike, *, sizes: Sequence[Tuple[int, int]] = ((96, 64), (48, 32)),
+                            frames_each: int = 6, fps: int = 25) -> Path:
+    """A VP9 .webm whose frame size changes mid-stream: ``frames_each`` frames at each (width, height).
+
+    Made by concatenating the packets of separate encodes (each starts with a keyframe, which
+    carries its size); the header declares the first size. Frame i shows the number i.
+    """
+    path = Path(path)
+    parts = [write_video(path.with_name(f"{path.stem}.part{index}.webm"), codec="vp9", width=width, height=height,
+                         fps=fps, num_frames=frames_each,
+                         frame_numbers=range(index * frames_each, (index + 1) * frames_each))
+             for index, (width, height) in enumerate(sizes)]
+    with av.open(str(path), "w") as target:
+        stream = None
+        for index, part in enumerate(parts):
+            with av.open(str(part)) as source:
+                source_stream = source.streams.video[0]
+                stream = stream or target.add_stream_from_template(source_stream)
+                shift = int(index * frames_each / (fps * source_stream.time_base))
+                for packet in source.demux(source_stream):
+                    if packet.dts is None:
+                        continue  # the flush packet
+                    packet.pts += shift
+                    packet.dts += shift
+                    packet.stream = stream
+                    target.mux(packet)
+            part.unlink()
     return path
 
 

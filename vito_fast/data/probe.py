@@ -161,7 +161,8 @@ def probe_video(path: str, decode_check: str = "tail") -> Union[VideoInfo, Rejec
 def _declared_media_shortfall(container, stream, packets: int, stream_ends: dict, fps: float) -> Optional[str]:
     """A description of how much less media the file holds than it declares, or None.
 
-    ``packets``: video packets held, discarded ones included, as the header counts them. Durations may differ by up to 3 frames (a last packet without duration, rounding of 1 ms time
+    ``packets``: video packets held, discarded ones included, as the header counts them.
+    Durations may differ by up to 3 frames (a last packet without duration, rounding of 1 ms time
     bases); a file missing more than that has lost its end.
     """
     if stream.frames and packets < stream.frames:
