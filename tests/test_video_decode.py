@@ -273,6 +273,14 @@ def test_reader_pickles_without_files_and_threads_share_it(encode):
     reader.close()
 
 
+def test_an_index_without_keyframes_decodes_from_the_start(encode):
+    """A stream whose packets carry no keyframe flag still reads: every frame counts from the first."""
+    path = encode("vp9", "yuv420p", 176, 99)
+    frames = np.random.default_rng().permutation(NUM_FRAMES)[:4].tolist()
+    images = VideoFrameReader().read(path, 25.0, frames, keyframes=[], keyframe_pts=[])
+    assert [decode_frame_number(image) for image in images] == frames
+
+
 def test_errors_name_the_file(tmp_path, encode):
     path = encode("vp9", "yuv420p", 176, 99)
     reader = VideoFrameReader()

@@ -111,7 +111,10 @@ def display_rgb(frame, coded_size: Optional[Tuple[int, int]] = None) -> np.ndarr
 
 
 class _OpenVideo:
-    """One open container, its decoder's position, and the keyframe index demuxed when none is given."""
+    """One open container, its decoder's position, and the keyframe index demuxed when none is given.
+
+    ``fps`` is not used (frames are counted); benches/bench_loader.py still passes it.
+    """
 
     def __init__(self, path: str, fps: Optional[float] = None):
         import av
