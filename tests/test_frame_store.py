@@ -69,7 +69,7 @@ def test_version_2_index_round_trip_gives_the_tar_members(store_dir):
     members = tar_members(store_dir)
     with FrameStore(store_dir) as store:
         assert store.version == 2 and len(members) == sum(store.num_frames(c) for c in range(len(store)))
-        assert isinstance(store.arrays["frame_offsets"], np.memmap)
+        assert isinstance(store.arrays["frame_offsets"].base, np.memmap)  # a view of the mapped file
         for clip in range(len(store)):
             meta = store.clip(clip)
             manifest_index = int(store.arrays["manifest_index"][clip])

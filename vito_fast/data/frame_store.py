@@ -186,8 +186,7 @@ class FrameStore:
 
     # ------------------------------------------------------------------------- reading frames
 
-    def _pread(self, shard: int, offset: int, size: int, what: str) -> bytes:
-        descriptor = self._files.acquire(shard, what)
+    def _pread(self, descriptor: int, shard: int, offset: int, size: int, clip: int, frame: int) -> bytes:
         try:
             data = os.pread(descriptor, size, offset)
             while 0 < len(data) < size:  # a regular file returns less only at its end, but be exact
@@ -196,13 +195,28 @@ class FrameStore:
                     break
                 data += more
         except OSError as error:
-            raise StoreError(f"{self._files.paths[shard]}: cannot read {what}: {error}") from None
-        finally:
-            self._files.release(shard)
+            raise StoreError(f"{self._files.paths[shard]}: cannot read clip {clip} frame {frame}: {error}") from None
         if len(data) != size:
-            raise StoreError(f"{self._files.paths[shard]}: {what}: only {len(data)} of {size} bytes at offset "
-                             f"{offset}; the shard is truncated")
+            raise StoreError(f"{self._files.paths[shard]}: clip {clip} frame {frame}: only {len(data)} of {size} "
+                             f"bytes at offset {offset}; the shard is truncated")
         return data
+
+    def _read_requests(self, requests: Sequence[tuple]) -> List[Union[bytes, StoreError]]:
+        """Read (clip, frame, shard, offset, size) requests in order, holding each shard's descriptor once."""
+        out: List[Union[bytes, StoreError]] = []
+        held: Dict[int, int] = {}
+        try:
+            for clip, frame, shard, offset, size in requests:
+                try:
+                    if shard not in held:
+                        held[shard] = self._files.acquire(shard, f"clip {clip} frame {frame}")
+                    out.append(self._pread(held[shard], shard, offset, size, clip, frame))
+                except StoreError as error:
+                    out.append(error)
+        finally:
+            for shard in held:
+                self._files.release(shard)
+        return out
 
     def _locate(self, pairs: np.ndarray) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
         """(shard, offset, size) per (clip, frame) row; IndexError names a row out of range."""
@@ -231,23 +245,13 @@ class FrameStore:
         """
         pairs = np.asarray(pairs, dtype=np.int64).reshape(-1, 2)
         shards, offsets, sizes = (column.tolist() for column in self._locate(pairs))
-        requests = list(zip(pairs.tolist(), shards, offsets, sizes))
-
-        def read(chunk):
-            out = []
-            for (clip, frame), shard, offset, size in chunk:
-                try:
-                    out.append(self._pread(shard, offset, size, f"clip {clip} frame {frame}"))
-                except StoreError as error:
-                    out.append(error)
-            return out
-
+        requests = list(zip(pairs[:, 0].tolist(), pairs[:, 1].tolist(), shards, offsets, sizes))
         if self.threads <= 1 or len(requests) < 4 * self.threads:
-            results = read(requests)
+            results = self._read_requests(requests)
         else:  # one chunk per thread: a task per frame would cost more than the read
             step = -(-len(requests) // self.threads)
             chunks = [requests[start: start + step] for start in range(0, len(requests), step)]
-            results = [data for part in self._thread_pool().map(read, chunks) for data in part]
+            results = [data for part in self._thread_pool().map(self._read_requests, chunks) for data in part]
         if raise_errors:
             for data in results:
                 if isinstance(data, StoreError):
@@ -274,17 +278,20 @@ class FrameStore:
         manifest_index = self.arrays["manifest_index"]
         for clip in range(len(self)):
             shard, shard_path = int(self.arrays["shard"][clip]), self.shard_path(clip)
-            for k, (offset, size) in enumerate(zip(self._offsets[clip].tolist(), self._sizes[clip].tolist())):
-                where = f"clip {clip} frame {k}"
-                if offset < 512 or offset + size > self.shards[shard]["bytes"]:
-                    raise StoreError(f"{shard_path}: {where}: bytes {offset}..{offset + size} lie outside the shard")
-                data = self._pread(shard, offset - 512, size + 512, where)
-                try:
-                    header = tarfile.TarInfo.frombuf(data[:512], "utf-8", "strict")
-                except tarfile.TarError as error:
-                    raise StoreError(f"{shard_path}: {where}: no tar header before the payload ({error})") from None
-                if header.size != size or header.name != f"{int(manifest_index[clip]):08d}/{k:06d}.jpg":
-                    raise StoreError(f"{shard_path}: {where}: tar header {header.name} ({header.size} bytes) "
-                                     "does not match")
-                if check_jpeg and (data[512:514] != b"\xff\xd8" or data[-2:] != b"\xff\xd9"):
-                    raise StoreError(f"{shard_path}: {where}: the payload is not a complete JPEG")
+            descriptor = self._files.acquire(shard, f"clip {clip}")
+            try:
+                for k, (offset, size) in enumerate(zip(self._offsets[clip].tolist(), self._sizes[clip].tolist())):
+                    where = f"{shard_path}: clip {clip} frame {k}"
+                    if offset < 512 or offset + size > self.shards[shard]["bytes"]:
+                        raise StoreError(f"{where}: bytes {offset}..{offset + size} lie outside the shard")
+                    data = self._pread(descriptor, shard, offset - 512, size + 512, clip, k)
+                    try:
+                        header = tarfile.TarInfo.frombuf(data[:512], "utf-8", "strict")
+                    except tarfile.TarError as error:
+                        raise StoreError(f"{where}: no tar header before the payload ({error})") from None
+                    if header.size != size or header.name != f"{int(manifest_index[clip]):08d}/{k:06d}.jpg":
+                        raise StoreError(f"{where}: tar header {header.name} ({header.size} bytes) does not match")
+                    if check_jpeg and (data[512:514] != b"\xff\xd8" or data[-2:] != b"\xff\xd9"):
+                        raise StoreError(f"{where}: the payload is not a complete JPEG")
+            finally:
+                self._files.release(shard)

@@ -163,7 +163,7 @@ def _load_arrays(index_path: Path, header: dict) -> Dict[str, np.ndarray]:
         if array.dtype != dtype or (name in expected and array.shape != expected[name]) or array.ndim != 1:
             raise StoreError(f"{path}: {array.dtype} {array.shape}, the index expects {np.dtype(dtype)} "
                              f"{expected.get(name, '(1-d)')}")
-        arrays[name] = array
+        arrays[name] = np.asarray(array)  # a plain view of the mapping: np.memmap indexing is 3x slower
     first, offsets = arrays["first_frame"], arrays["source_offsets"]
     if first[0] != 0 or first[-1] != header["num_frames"] or offsets[-1] != len(arrays["source_bytes"]):
         raise StoreError(f"{index_path}: its arrays do not add up (frame or source counts differ)")
