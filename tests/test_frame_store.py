@@ -97,6 +97,21 @@ def test_read_frames_in_parallel_equals_one_at_a_time(store_dir):
             store.frame_bytes(len(store), 0)
 
 
+def test_few_open_descriptors_and_a_forked_child_read_the_same_bytes(store_dir):
+    rng = np.random.default_rng(np.random.randint(2**31))
+    with FrameStore(store_dir) as store:
+        pairs = all_pairs(store)
+        expected = store.read_frames(pairs)
+    with FrameStore(store_dir, threads=3, max_open_shards=1) as store:  # descriptors closed and reopened
+        order = rng.permutation(len(pairs))
+        assert store.read_frames([pairs[i] for i in order]) == [expected[i] for i in order]
+        assert len(store._files._open) <= 1 + store.threads
+        child = os.fork()  # the read threads of the parent do not exist in the child
+        if child == 0:
+            os._exit(0 if store.read_frames(pairs) == expected else 1)
+        assert os.waitpid(child, 0)[1] == 0
+
+
 def test_frame_store_source_arrays_and_loads(store_dir):
     source = FrameStoreSource(store_dir, threads=2)
     store = source.store

@@ -97,9 +97,11 @@ class _ShardFiles:
                 except OSError as error:
                     problem = "missing" if isinstance(error, FileNotFoundError) else f"cannot be opened: {error}"
                     raise StoreError(f"{self.paths[shard]}: shard {problem} (needed for {what})") from None
-                for idle in [s for s in self._open if not self._users.get(s)][: max(0, len(self._open) - self.max_open)]:
-                    os.close(self._open.pop(idle))
             self._users[shard] = self._users.get(shard, 0) + 1
+            if len(self._open) > self.max_open:
+                idle = [other for other in self._open if not self._users.get(other)]
+                for other in idle[: len(self._open) - self.max_open]:
+                    os.close(self._open.pop(other))
             return self._open[shard]
 
     def release(self, shard: int) -> None:
