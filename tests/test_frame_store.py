@@ -65,7 +65,8 @@ def all_pairs(store: FrameStore) -> list:
 def test_version_2_index_round_trip_gives_the_tar_members(store_dir):
     header = json.loads((store_dir / INDEX_NAME).read_text())
     assert header["version"] == 2 and "clips" not in header and len(header["shards"]) > 2
-    assert sorted(p.name.split(".")[1] for p in store_dir.glob(header["array_prefix"] + ".*.npy")) == sorted(ARRAY_DTYPES)
+    array_files = store_dir.glob(header["array_prefix"] + ".*.npy")
+    assert sorted(path.name.split(".")[1] for path in array_files) == sorted(ARRAY_DTYPES)
     members = tar_members(store_dir)
     with FrameStore(store_dir) as store:
         assert store.version == 2 and len(members) == sum(store.num_frames(c) for c in range(len(store)))
