@@ -14,6 +14,7 @@ random each run, and every assertion names the frames it read.
 """
 from __future__ import annotations
 
+import io
 import math
 import pickle
 from concurrent.futures import ThreadPoolExecutor
@@ -298,3 +299,37 @@ def test_fractional_rates_count_frames_exactly(tmp_path):
     path = write_video(tmp_path / "ntsc.webm", codec="vp9", num_frames=40, fps=Fraction(30000, 1001), gop=6)
     frames = np.random.default_rng().permutation(40)[:10].tolist()
     assert [decode_frame_number(image) for image in read_with_index(path, frames)] == frames
+
+
+def test_rotated_video_is_stored_and_transcoded_as_shown(tmp_path):
+    """The frame store and ``prepare transcode`` turn frames as players do (no squashed pictures)."""
+    from PIL import Image
+
+    from vito_fast.data.frame_store import FrameStore, extract_frames
+    from vito_fast.data.manifest import scan_videos, write_manifest
+    from vito_fast.data.transcode import transcode_clips
+
+    (tmp_path / "videos").mkdir()
+    write_video(tmp_path / "videos" / "phone.mp4", codec="h264", width=96, height=64, fps=10, num_frames=20,
+                gop=5, rotation=90)
+    records, rejected = scan_videos([str(tmp_path / "videos")], workers=0, progress=False, min_seconds=0.5)
+    assert not rejected and (records[0].width, records[0].height) == (64, 96)
+    manifest = write_manifest(tmp_path / "manifest.jsonl", records)
+    reader = VideoFrameReader()
+
+    def close_to_shown(image: np.ndarray, frame: int) -> None:
+        shown = reader.read(records[0].path, records[0].fps, [frame], records[0].keyframes, records[0].keyframe_pts)[0]
+        assert image.shape == shown.shape, (image.shape, shown.shape)
+        assert np.abs(image.astype(np.float64) - shown).mean() < 12, frame
+
+    extract_frames(manifest, tmp_path / "store", fps=10, short_side=64, workers=1, progress=False)
+    with FrameStore(tmp_path / "store") as store:
+        for frame in (0, 7, 19):
+            close_to_shown(np.asarray(Image.open(io.BytesIO(store.frame_bytes(0, frame))).convert("RGB")), frame)
+    (transcoded,) = transcode_clips(manifest, tmp_path / "vp9", codec="vp9", short_side=64, workers=1,
+                                    progress=False)
+    assert (transcoded.width, transcoded.height) == (64, 96) and transcoded.keyframes
+    again = VideoFrameReader().read(transcoded.path, transcoded.fps, [0, 7, 19], transcoded.keyframes,
+                                    transcoded.keyframe_pts)
+    for frame, image in zip((0, 7, 19), again):
+        close_to_shown(image, frame)

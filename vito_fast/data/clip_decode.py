@@ -63,6 +63,8 @@ def extract_clip_pyav(record: ClipRecord, fps: float, short_side: int, quality: 
     import av
     from av.video.reformatter import VideoReformatter
 
+    from vito_fast.data.video_source import display_orientation, upright
+
     reformatter = VideoReformatter()  # keeps its scaler between frames: 3x faster than frame.reformat
     targets = sample_times(record, fps)
     width, height = output_size(record.width, record.height, short_side)
@@ -80,9 +82,12 @@ def extract_clip_pyav(record: ClipRecord, fps: float, short_side: int, quality: 
             def emit(frame, frame_time):
                 nonlocal held_jpeg, k
                 if held_jpeg is None or held_jpeg[0] is not frame:
-                    rgb = reformatter.reformat(frame, width=width, height=height, format="rgb24",
+                    # scaled as stored, then turned as shown (width/height are the shown sizes)
+                    turned = display_orientation(frame)[0]
+                    rgb = reformatter.reformat(frame, width=height if turned else width,
+                                               height=width if turned else height, format="rgb24",
                                                interpolation="AREA")
-                    held_jpeg = (frame, _encode_jpeg(rgb.to_ndarray(), quality))
+                    held_jpeg = (frame, _encode_jpeg(upright(rgb.to_ndarray(), frame), quality))
                 jpegs.append(held_jpeg[1])
                 times.append(round(frame_time, 6))
                 numbers.append(int(round(frame_time * record.fps)))

@@ -70,8 +70,7 @@ def transcode_clip(record: ClipRecord, output: PathLike, *, codec: str = "vp9", 
                     continue
                 if frame_time >= end - 1e-6:
                     break
-                resized = reformatter.reformat(frame, width=width, height=height, format="yuv420p",
-                                               interpolation="AREA")
+                resized = _shown_frame(reformatter, frame, width, height)
                 resized.pts, resized.time_base = written, 1 / rate
                 target.mux(stream.encode(resized))
                 written += 1
@@ -83,8 +82,25 @@ def transcode_clip(record: ClipRecord, output: PathLike, *, codec: str = "vp9", 
         temporary.unlink(missing_ok=True)
         raise VideoError(f"{record.path}: no frame in [{start:.3f} s, {end:.3f} s) to transcode")
     os.replace(temporary, output)
+    probed = _existing_output(record, output, codec, (width, height))  # with the keyframe index
+    if probed is not None:
+        return probed
     return ClipRecord(str(output.resolve()), written, float(rate), width, height, codec_name,
                       round(written / float(rate), 6), record.label)
+
+
+def _shown_frame(reformatter, frame, width: int, height: int):
+    """``frame`` scaled to (width, height) in yuv420p, turned as players show it (rotation metadata)."""
+    import av
+
+    from vito_fast.data.video_source import display_orientation, upright
+
+    if not any(display_orientation(frame)):
+        return reformatter.reformat(frame, width=width, height=height, format="yuv420p", interpolation="AREA")
+    turned = display_orientation(frame)[0]
+    rgb = reformatter.reformat(frame, width=height if turned else width, height=width if turned else height,
+                               format="rgb24", interpolation="AREA").to_ndarray()
+    return av.VideoFrame.from_ndarray(upright(rgb, frame), format="rgb24").reformat(format="yuv420p")
 
 
 def _transcode_or_error(record, output, codec, short_side, gop, crf):
@@ -106,7 +122,7 @@ def _existing_output(record: ClipRecord, output: Path, codec: str, expected_size
     if (info.width, info.height) != expected_size:
         return None  # made with another --short-side
     return ClipRecord(str(output.resolve()), info.num_frames, info.fps, info.width, info.height, info.codec,
-                      round(info.duration, 6), record.label)
+                      round(info.duration, 6), record.label, keyframes=info.keyframes, keyframe_pts=info.keyframe_pts)
 
 
 def transcode_clips(manifest: Union[PathLike, Sequence[ClipRecord]], out_dir: PathLike, *, codec: str = "vp9",

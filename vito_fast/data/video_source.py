@@ -35,7 +35,8 @@ import numpy as np
 
 from vito_fast.errors import VideoError
 
-__all__ = ["VideoFrameReader", "keyframe_index", "demux_keyframe_index", "display_orientation", "display_rgb"]
+__all__ = ["VideoFrameReader", "keyframe_index", "demux_keyframe_index", "display_orientation", "display_rgb",
+           "upright"]
 
 
 # ----------------------------------------------------------------------------- keyframe index
@@ -87,6 +88,18 @@ def display_orientation(frame) -> Tuple[bool, bool, bool]:
     return False, False, False
 
 
+def upright(image: np.ndarray, frame) -> np.ndarray:
+    """``image`` (H, W, C), a picture of ``frame`` at any scale, turned as players show the frame; dense."""
+    transpose, flip_rows, flip_columns = display_orientation(frame)
+    if transpose:
+        image = image.transpose(1, 0, 2)
+    if flip_rows:
+        image = image[::-1]
+    if flip_columns:
+        image = image[:, ::-1]
+    return np.ascontiguousarray(image)
+
+
 def display_rgb(frame, coded_size: Optional[Tuple[int, int]] = None) -> np.ndarray:
     """A decoded frame -> dense C-contiguous (H, W, 3) uint8 RGB array as players show it.
 
@@ -97,14 +110,7 @@ def display_rgb(frame, coded_size: Optional[Tuple[int, int]] = None) -> np.ndarr
         image = frame.to_ndarray(format="rgb24", height=coded_size[0], width=coded_size[1])
     else:
         image = frame.to_ndarray(format="rgb24")
-    transpose, flip_rows, flip_columns = display_orientation(frame)
-    if transpose:
-        image = image.transpose(1, 0, 2)
-    if flip_rows:
-        image = image[::-1]
-    if flip_columns:
-        image = image[:, ::-1]
-    return np.ascontiguousarray(image)  # rows of to_ndarray are padded, and the views above are strided
+    return upright(image, frame)  # rows of to_ndarray are padded, and turned views are strided
 
 
 # ----------------------------------------------------------------------------- reading frames
