@@ -145,7 +145,7 @@ class _Worker:
         self.process.start()
         child_end.close()
         self.ready = False
-        self.chunk: deque = deque()  # tasks sent and not answered, in order
+        self.chunk: deque = deque()  # tasks sent and not answered, in order (at most two chunks)
         self.deadline = float("inf")
 
     def stop(self) -> None:
@@ -191,22 +191,27 @@ class DecodePool:
         results: List[object] = [None] * len(tasks)
         done = [False] * len(tasks)
         pending = deque(range(len(tasks)))
-        chunk_size = max(1, min(16, len(tasks) // (2 * len(self._workers)) or 1))
+        # small chunks, two in flight per worker: a worker never waits for the next one, and the
+        # batch's tail (one worker busy, the others done) is short
+        chunk_size = max(1, min(8, len(tasks) // (8 * len(self._workers))))
         arena_path = None if arena is None else arena.path
         started = time.monotonic()
         while not all(done):
             for index, worker in enumerate(list(self._workers)):
-                if worker.ready and not worker.chunk and pending:
+                while worker.ready and len(worker.chunk) < 2 * chunk_size and pending:
                     chunk = [pending.popleft() for _ in range(min(chunk_size, len(pending)))]
                     try:
                         worker.connection.send([(task, tasks[task][0], arena_path, tasks[task][1], tasks[task][2])
                                                 for task in chunk])
-                    except OSError:  # it died between two chunks (killed from outside): no sample at fault
+                    except OSError:  # it died between two chunks (killed from outside)
                         pending.extendleft(reversed(chunk))
+                        if worker.chunk:  # its answers are owed: the dead worker is noticed below
+                            break
                         self._replace(index)
-                        continue
+                        break
+                    if not worker.chunk:
+                        worker.deadline = time.monotonic() + self.timeout
                     worker.chunk.extend(chunk)
-                    worker.deadline = time.monotonic() + self.timeout
             busy = [worker for worker in self._workers if worker.chunk or not worker.ready]
             deadline = min((worker.deadline for worker in busy if worker.ready), default=started + self.start_timeout)
             ready = set(wait_for([w.connection for w in busy] + [w.process.sentinel for w in busy],
