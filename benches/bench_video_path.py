@@ -14,7 +14,9 @@ texture: 448x256 H.264 GOP 16, 448x256 VP9 GOP 16 (448: the baseline loader fail
 2. loader: ``PairLoader`` (224 px, every augmentation, DALI on the CPU, batch 32) on the 256p H.264
    files (each listed 16 times) with 1 and 2 decode workers (the baseline: 1 and 2 threads): pairs/s of the fastest of 3
    epochs after a warm-up epoch, and CPU ms per pair of the trainer process plus its workers;
-3. the cores one GPU needs at 2,500 pairs/s: 2.5 x the loader's CPU ms per pair.
+3. decoding alone with 1 and 2 decode processes (baseline: threads), the trainer's Python idle or busy
+   (one more thread spinning, as a training loop holds the GIL);
+4. the cores one GPU needs at 2,500 pairs/s: 2.5 x the loader's CPU ms per pair.
 
 The baseline tree is a ``git worktree`` of ``--baseline`` with this tree's compiled extension.
 """
@@ -128,9 +130,35 @@ def measure_decode(manifest: str, pairs: int) -> dict:
     return {"warm_cpu_ms": warm, "cold_cpu_ms": cold}
 
 
-def measure_decode_scaling(manifest: str, workers: int, pairs: int) -> dict:
+class _BusyPython:
+    """A thread that holds the GIL as a training loop's Python does (``busy=False``: does nothing)."""
+
+    def __init__(self, busy: bool):
+        import threading
+
+        self.busy, self.stop = busy, threading.Event()
+        self.thread = threading.Thread(target=self._spin, daemon=True)
+
+    def _spin(self):
+        count = 0
+        while not self.stop.is_set():
+            count += 1
+
+    def __enter__(self):
+        if self.busy:
+            self.thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self.stop.set()
+        if self.busy:
+            self.thread.join()
+
+
+def measure_decode_scaling(manifest: str, workers: int, pairs: int, busy: bool = False) -> dict:
     """Pairs/s of decoding alone (no augmentation) with ``workers`` decode processes (this tree:
-    DecodePool, frames back through shared memory) or threads (a tree without one), files warm."""
+    DecodePool, frames back through shared memory) or threads (a tree without one), files warm;
+    ``busy``: while one more Python thread of the process spins, as the trainer's loop does."""
     import inspect
     from concurrent.futures import ThreadPoolExecutor
 
@@ -154,9 +182,10 @@ def measure_decode_scaling(manifest: str, workers: int, pairs: int) -> dict:
         read = lambda sample: reader.read(sample[0].path, sample[0].fps, sample[1])  # noqa: E731
         with ThreadPoolExecutor(workers) as threads:
             list(threads.map(read, warm_up))
-            started = time.perf_counter()
-            list(threads.map(read, timed))
-            return {"pairs_per_s": len(timed) / (time.perf_counter() - started)}
+            with _BusyPython(busy):
+                started = time.perf_counter()
+                list(threads.map(read, timed))
+                return {"pairs_per_s": len(timed) / (time.perf_counter() - started)}
     pool = DecodePool(workers, max_open=len(records))
     arena = Arena(len(timed) * 2 * 3 * max(r.width * r.height for r in records) + (1 << 20))
 
@@ -172,9 +201,11 @@ def measure_decode_scaling(manifest: str, workers: int, pairs: int) -> dict:
 
     try:
         pool.run(tasks(warm_up), arena)  # starts the workers, opens the files in each
-        started = time.perf_counter()
-        results = pool.run(tasks(timed), arena)
-        elapsed = time.perf_counter() - started
+        pool.run(tasks(timed), arena)  # every arena page touched once, as in a loader's steady state
+        with _BusyPython(busy):
+            started = time.perf_counter()
+            results = pool.run(tasks(timed), arena)
+            elapsed = time.perf_counter() - started
         assert not any(isinstance(result, Exception) for result in results)
         del results
         return {"pairs_per_s": len(timed) / elapsed}
@@ -257,13 +288,16 @@ def run(files: int, seconds: float, pairs: int, batch: int, baseline: str) -> st
                 figure = in_tree(tree, "measure_decode", manifest, pairs)
                 lines.append(f"| {name} | {fmt} | {figure['warm_cpu_ms']:.1f} | {figure['cold_cpu_ms']:.1f} | "
                              f"{figure['cold_cpu_ms'] / figure['warm_cpu_ms']:.2f} |")
-        lines += ["", "| tree | decoding alone, h264-256p-gop16, files warm | pairs/s | 2 vs 1 |", "|---|---|---:|---:|"]
+        lines += ["", "| tree | decoding alone, h264-256p-gop16, files warm | trainer's Python | pairs/s | 2 vs 1 |",
+                  "|---|---|---|---:|---:|"]
         for name, tree in trees.items():
-            rates = [in_tree(tree, "measure_decode_scaling", manifests["h264-256p-gop16"], workers, pairs)["pairs_per_s"]
-                     for workers in (1, 2)]
-            unit = "decode processes" if tree == ROOT else "threads"
-            for workers, rate in zip((1, 2), rates):
-                lines.append(f"| {name} | {workers} {unit} | {rate:.1f} | {rate / rates[0]:.2f} |")
+            for busy in (False, True):
+                rates = [in_tree(tree, "measure_decode_scaling", manifests["h264-256p-gop16"], workers, pairs, busy)
+                         ["pairs_per_s"] for workers in (1, 2)]
+                unit = "decode processes" if tree == ROOT else "threads"
+                for workers, rate in zip((1, 2), rates):
+                    lines.append(f"| {name} | {workers} {unit} | {'busy' if busy else 'idle'} | {rate:.1f} | "
+                                 f"{rate / rates[0]:.2f} |")
         lines += ["", "| tree | loader on h264-256p-gop16 | pairs/s | CPU ms/pair | 2 vs 1 | cores for 2,500 pairs/s |",
                   "|---|---|---:|---:|---:|---:|"]
         for name, tree in trees.items():

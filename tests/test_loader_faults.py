@@ -207,3 +207,26 @@ def test_small_corpus_over_ranks_is_a_pure_function_of_the_position(corpus):
     big = SampleOrder(100, 8, seed=9, rank=1, world_size=3)
     assert big.steps == 33 // 8 and big.repeats_per_batch == 1.0
     np.testing.assert_array_equal(big.epoch(0)[0], np.random.default_rng((9, 0, 0x5045524D)).permutation(100)[33:65])
+
+
+def test_shard_truncated_while_open_is_replaced_not_a_crash(corpus, tmp_path):
+    """The v1 store mapped its shards: a shard cut short while mapped killed the trainer (SIGBUS)."""
+    from vito_fast.data import FrameStore
+    from vito_fast.data.frame_store import extract_frames
+
+    extract_frames(corpus, tmp_path / "store", fps=10, quality=80, workers=1, progress=False, shard_bytes=1)
+    config = dataclasses.replace(CONFIG, prefetch=1)
+    with PairLoader(str(tmp_path / "store"), 1, device="cpu", seed=3, config=config) as loader:
+        victim_clip = int(loader.epoch_clips(0)[-1])  # shown last: read long after the shards are open
+        with FrameStore(tmp_path / "store") as store:
+            victim = store.shard_path(victim_clip)
+        iterator = iter(loader)
+        first = next(iterator)
+        with open(victim, "r+b") as handle:
+            handle.truncate(victim.stat().st_size // 3)
+        with pytest.warns(RuntimeWarning, match=Path(victim).name):
+            rest = list(iterator)
+        assert 1 + len(rest) == len(loader) == 6
+        (name,) = loader.stats.failed_files
+        assert str(victim) in name and loader.stats.replaced == 1
+        assert victim_clip not in {int(clip) for batch in (first, *rest) for clip in batch["sample_ids"]}
