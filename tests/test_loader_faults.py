@@ -62,9 +62,9 @@ def everyday(tmp_path_factory):
 
 
 def test_everyday_sizes_and_codecs_decode_in_workers(everyday):
-    with PairLoader(everyday, 4, device="cpu", seed=0, config=CONFIG) as loader:
-        batches = list(loader)
-        assert len(batches) == len(EVERYDAY) // 4
+    with PairLoader(everyday, 2, device="cpu", seed=0, config=CONFIG) as loader:
+        batches = list(loader) + list(loader)  # the second epoch reuses the shared-memory arenas
+        assert len(batches) == 2 * len(EVERYDAY) // 2 and len(loader._arenas) < len(batches)
         assert loader.stats.replaced == 0 and not loader.stats.failed_files, loader.stats.failed_files
         assert loader._pool is not None and loader.stats.worker_restarts == 0  # decoded out of process
         for batch in batches:
@@ -230,3 +230,14 @@ def test_shard_truncated_while_open_is_replaced_not_a_crash(corpus, tmp_path):
         (name,) = loader.stats.failed_files
         assert str(victim) in name and loader.stats.replaced == 1
         assert victim_clip not in {int(clip) for batch in (first, *rest) for clip in batch["sample_ids"]}
+
+
+@pytest.mark.cuda
+def test_gpu_loader_pins_its_arenas_and_matches_the_cpu(everyday):
+    with PairLoader(everyday, 4, device="gpu", seed=0, config=CONFIG) as gpu:
+        gpu_batch = next(iter(gpu))
+        assert gpu._arenas and all(getattr(arena, "_pinned", None) is not None for arena in gpu._arenas)
+    with PairLoader(everyday, 4, device="cpu", seed=0, config=CONFIG) as cpu:
+        cpu_batch = next(iter(cpu))
+    np.testing.assert_array_equal(gpu_batch["frame_indices"], cpu_batch["frame_indices"])
+    np.testing.assert_array_equal(shown_frames(gpu_batch["view1"].cpu()), cpu_batch["frame_indices"][:, 0])

@@ -12,9 +12,9 @@ does exactly that:
   not back within ``timeout`` seconds of the previous one, or whose worker dies, gets a
   ``WorkerFailure``; the worker is killed and restarted and the rest of its chunk goes elsewhere.
 * Arrays come back through shared memory: the caller reserves each task's bytes in an
-  ``Arena`` (a file in /dev/shm mapped by every process); the worker writes the arrays there and
-  answers with their places, so a frame is copied once, by the decoder. Arrays that do not fit
-  their reservation come back through the pipe.
+  ``Arena`` (a file in /dev/shm mapped by every process, page-locked for CUDA on GPU hosts); the
+  worker writes the arrays there and answers with their places, so a frame is written once and
+  DALI reads it where it lies. Arrays that do not fit their reservation come back through the pipe.
 """
 from __future__ import annotations
 
@@ -58,6 +58,21 @@ class Arena:
             os.close(handle)
         self.used = 0
 
+    def pin(self) -> bool:
+        """Page-lock the buffer for CUDA (host-to-GPU copies go straight from it); False if CUDA refuses."""
+        if getattr(self, "_pinned", None) is not None:
+            return True
+        try:
+            import torch
+
+            pinned = np.frombuffer(self.buffer, dtype=np.uint8)
+            if int(torch.cuda.cudart().cudaHostRegister(pinned.ctypes.data, self.nbytes, 0)) != 0:
+                return False
+        except Exception:  # no CUDA runtime, or a build without cudart bindings
+            return False
+        self._pinned = pinned  # holds the mapping (and so the address) while registered
+        return True
+
     def reserve(self, nbytes: int) -> Optional[int]:
         offset = -(-self.used // 64) * 64
         if offset + nbytes > self.nbytes:
@@ -74,6 +89,12 @@ class Arena:
 
     def close(self) -> None:
         """Unmap and delete (views handed out must be dropped first)."""
+        pinned = getattr(self, "_pinned", None)
+        if pinned is not None:
+            import torch
+
+            torch.cuda.cudart().cudaHostUnregister(pinned.ctypes.data)
+            self._pinned = pinned = None
         try:
             self.buffer.close()
         except BufferError:  # a view is still alive: the mapping goes when it does

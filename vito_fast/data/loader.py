@@ -281,6 +281,9 @@ class PairLoader:
             # sized for the largest clips (a sparse file: pages are used only where frames land)
             largest = int(self.source.sample_nbytes(np.arange(self.num_clips)).max())
             arena = Arena(int(1.5 * self.batch_size * largest) + (64 << 10))
+            if self.device == "gpu" and not arena.pin():
+                warnings.warn("PairLoader: CUDA would not page-lock the decode arena; frames are copied to "
+                              "the GPU from pageable memory", RuntimeWarning, stacklevel=2)
             self._arenas.append(arena)
             return arena
 

@@ -74,11 +74,13 @@ def build_pair_pipeline(input_kind: str, *, batch_size: int, image_size: int, de
             video = fn.decoders.video(encoded, frames=frame_numbers, device="mixed" if on_gpu else "cpu")
             frames = [video[0], video[1]]
         elif input_kind == "jpeg":
-            encoded = [fn.external_source(name=f"image{v}", dtype=types.UINT8) for v in (0, 1)]
+            # no_copy: the loader keeps every fed array alive and unchanged until its batch's outputs are taken
+            encoded = [fn.external_source(name=f"image{v}", dtype=types.UINT8, no_copy=True) for v in (0, 1)]
             decoder = {"device": "mixed", "hw_decoder_load": hw_decoder_load} if on_gpu else {"device": "cpu"}
             frames = [fn.decoders.image(data, output_type=types.RGB, **decoder) for data in encoded]
         else:
-            frames = [fn.external_source(name=f"image{v}", dtype=types.UINT8, layout="HWC") for v in (0, 1)]
+            frames = [fn.external_source(name=f"image{v}", dtype=types.UINT8, layout="HWC", no_copy=True)
+                      for v in (0, 1)]
             frames = [frame.gpu() if on_gpu else frame for frame in frames]
         return tuple(_augment(fn, types, frames[v], v, image_size, dtype, on_gpu) for v in (0, 1))
 
