@@ -17,7 +17,7 @@ import os
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, List, Optional, Tuple, Union
+from typing import Iterable, Iterator, List, Optional, Tuple, Union
 
 from vito_fast.data.probe import RejectedVideo, VideoInfo, probe_videos
 from vito_fast.errors import VideoError
@@ -199,10 +199,14 @@ def write_manifest(path: PathLike, records: Iterable[Union[ClipRecord, RejectedV
 
 def read_manifest(path: PathLike) -> List[ClipRecord]:
     """Read a manifest; relative video paths are taken relative to the manifest's folder."""
+    return list(iter_manifest(path))
+
+
+def iter_manifest(path: PathLike) -> Iterator[ClipRecord]:
+    """``read_manifest`` one record at a time (a million-clip manifest never sits in memory as records)."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no such manifest")
-    records = []
     with open(path, encoding="utf-8") as handle:
         for number, line in enumerate(handle, start=1):
             if not line.strip():
@@ -213,8 +217,7 @@ def read_manifest(path: PathLike) -> List[ClipRecord]:
                 raise VideoError(f"{path}:{number}: not a manifest line ({error})") from None
             if not os.path.isabs(record.path):
                 record.path = str(path.parent / record.path)
-            records.append(record)
-    return records
+            yield record
 
 
 def rejected_manifest_path(manifest_path: PathLike) -> Path:

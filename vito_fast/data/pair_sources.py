@@ -7,6 +7,7 @@ to find which sample made a DALI batch fail (only called after a failure).
 """
 from __future__ import annotations
 
+import array
 import io
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence
@@ -108,49 +109,84 @@ class VideoFileSource:
     (``input_kind="frames"``); "dali": the file's bytes and the two frame numbers go to
     ``fn.decoders.video`` (``input_kind="video"``; CPU: VP8/VP9/MJPEG only). ``job`` describes a
     sample for a decode worker (``sample_jobs``); ``load`` runs the same job in this process.
+
+    The manifest is held as arrays (paths once per file, keyframe indices concatenated), not as
+    records: a million clips take a few hundred MB per rank, not gigabytes.
     """
 
     def __init__(self, manifest, decoder: str = "pyav", max_open: int = 16):
-        from vito_fast.data.manifest import read_manifest
+        from vito_fast.data.manifest import iter_manifest
         from vito_fast.data.sample_jobs import JobRunner
 
         if decoder not in ("pyav", "dali"):
             raise ValueError(f"VideoFileSource: decoder must be 'pyav' or 'dali', not {decoder!r}")
         self.input_kind = "frames" if decoder == "pyav" else "video"
         self.decodes_on_host = decoder == "pyav"
-        self.records = read_manifest(manifest)
-        self.num_frames = np.array([record.num_frames for record in self.records], dtype=np.int64)
-        self.fps = np.array([record.fps for record in self.records], dtype=np.float64)
-        self.frame_hw = np.array([(record.height, record.width) for record in self.records],
-                                 dtype=np.int64).reshape(-1, 2)
-        self.labels, self.classes = _label_ids([record.label for record in self.records])
-        # a clip's frame k is frame first + k of its file (split_into_clips' rounding)
-        self.first_frame = np.array([0 if record.clip_start is None else
-                                     int(np.ceil(record.clip_start * record.fps - 1e-6)) for record in self.records],
-                                    dtype=np.int64)
+        self.paths: List[str] = []
+        path_ids: Dict[str, int] = {}
+        # typed arrays while reading: a list of a million Python numbers would outweigh the result
+        columns = {name: array.array("d" if name == "fps" else "q")
+                   for name in ("path", "num_frames", "fps", "height", "width", "first", "indexed", "keyframe_count")}
+        label_ids: Dict[Optional[str], int] = {}
+        labels, keyframes, keyframe_pts = array.array("q"), array.array("q"), array.array("q")
+        for record in iter_manifest(manifest):
+            if record.path not in path_ids:
+                path_ids[record.path] = len(self.paths)
+                self.paths.append(record.path)
+            # a clip's frame k is frame first + k of its file (split_into_clips' rounding)
+            first = 0 if record.clip_start is None else int(np.ceil(record.clip_start * record.fps - 1e-6))
+            indexed = record.keyframes is not None and record.keyframe_pts is not None
+            for name, value in (("path", path_ids[record.path]), ("num_frames", record.num_frames),
+                                ("fps", record.fps), ("height", record.height), ("width", record.width),
+                                ("first", first), ("indexed", indexed),
+                                ("keyframe_count", len(record.keyframes) if indexed else 0)):
+                columns[name].append(value)
+            labels.append(label_ids.setdefault(None if record.label is None else str(record.label), len(label_ids)))
+            if indexed:
+                keyframes.extend(record.keyframes)
+                keyframe_pts.extend(record.keyframe_pts)
+        self._path_id = np.asarray(columns["path"], dtype=np.int64)
+        self.num_frames = np.asarray(columns["num_frames"], dtype=np.int64)
+        self.fps = np.asarray(columns["fps"], dtype=np.float64)
+        self.frame_hw = np.stack([np.asarray(columns["height"], dtype=np.int64),
+                                  np.asarray(columns["width"], dtype=np.int64)], axis=1).reshape(-1, 2)
+        self.first_frame = np.asarray(columns["first"], dtype=np.int64)
+        self._indexed = np.asarray(columns["indexed"], dtype=bool)
+        self._keyframe_start = np.concatenate([[0], np.cumsum(columns["keyframe_count"], dtype=np.int64)])
+        self._keyframes = np.asarray(keyframes, dtype=np.int64)
+        self._keyframe_pts = np.asarray(keyframe_pts, dtype=np.int64)
+        names = sorted(label for label in label_ids if label is not None)
+        sorted_ids = {name: index for index, name in enumerate(names)}
+        lookup = np.full(max(len(label_ids), 1), -1, dtype=np.int64)  # first-seen id -> sorted class id (-1: none)
+        for label, seen in label_ids.items():
+            if label is not None:
+                lookup[seen] = sorted_ids[label]
+        self.labels, self.classes = lookup[np.asarray(labels, dtype=np.int64)], names
         self._runner = JobRunner(max_open)  # its reader keeps per-thread files: safe to share
 
     def __len__(self) -> int:
-        return len(self.records)
+        return len(self.num_frames)
 
     def name(self, clip: int) -> str:
-        return self.records[clip].path
+        return self.paths[self._path_id[clip]]
 
     def _file_frames(self, clip: int, frames: Sequence[int]) -> List[int]:
         return [int(self.first_frame[clip] + frame) for frame in frames]
 
     def _frames_job(self, clip: int, frames: Sequence[int]) -> tuple:
-        record = self.records[clip]
-        index = {name: getattr(record, name) for name in ("keyframes", "keyframe_pts")
-                 if getattr(record, name, None) is not None}
-        return ("video_frames", record.path, record.fps, self._file_frames(clip, frames), index,
-                (record.height, record.width))
+        index = {}
+        if self._indexed[clip]:
+            span = slice(self._keyframe_start[clip], self._keyframe_start[clip + 1])
+            index = {"keyframes": self._keyframes[span].tolist(), "keyframe_pts": self._keyframe_pts[span].tolist()}
+        height, width = self.frame_hw[clip]
+        return ("video_frames", self.name(clip), float(self.fps[clip]), self._file_frames(clip, frames), index,
+                (int(height), int(width)))
 
     def job(self, clip: int, frames: Sequence[int]) -> tuple:
         """What a decode worker runs for this sample (see ``sample_jobs``)."""
         if self.input_kind == "frames":
             return self._frames_job(clip, frames)
-        return ("file_bytes", self.records[clip].path, self._file_frames(clip, frames))
+        return ("file_bytes", self.name(clip), self._file_frames(clip, frames))
 
     def sample_nbytes(self, clips: np.ndarray) -> np.ndarray:
         """(len(clips),) bytes one sample's inputs take (0: unknown before reading, the file's bytes)."""
