@@ -14,7 +14,8 @@ augmentations (default ViewConfig), bfloat16, Δt uniform in [0, 2.5] s. Provide
                         torchvision.transforms.v2 on uint8 tensors, per sample
 One round = one epoch of the loader after a warm-up epoch (pipeline build and file opening are not
 timed). extra_info: pairs_per_s (fastest epoch), cpu_ms_per_pair (this process and the DataLoader
-workers: a figure that other load on a shared machine does not change much), load_average.
+workers or the PairLoader's decode processes: a figure that other load on a shared machine does not change
+much), load_average.
 Env: VITO_BENCH_VIDEOS (8), VITO_BENCH_SECONDS (6), VITO_BENCH_REPEAT (8), VITO_BENCH_BATCH (32),
 VITO_BENCH_WORKERS (CPU count).
 """
@@ -127,8 +128,14 @@ def test_pair_loader(benchmark, corpus, provider, device):
 
             torch.cuda.synchronize()
 
-    _timed_epochs(benchmark, epoch, len(loader) * BATCH)
-    benchmark.extra_info.update(provider=provider, device=device, batch=BATCH, replaced=loader.stats.replaced)
+    def decode_workers():  # the loader's decoding processes count as its CPU too
+        pool = getattr(loader, "_pool", None)
+        return [worker.process.pid for worker in pool._workers] if pool is not None else []
+
+    _timed_epochs(benchmark, epoch, len(loader) * BATCH, decode_workers)
+    benchmark.extra_info.update(provider=provider, device=device, batch=BATCH, replaced=loader.stats.replaced,
+                                wait_share=round(loader.stats.wait_share, 3))
+    loader.close()
 
 
 @pytest.mark.cuda

@@ -6,11 +6,12 @@ training run must replace that one sample, restart the worker and go on. So the 
 does exactly that:
 
 * ``DecodePool(workers)`` starts ``workers`` processes (spawned: the trainer holds CUDA and torch
-  threads). Each runs jobs (``sample_jobs``) one at a time and answers after each one.
-* ``run(tasks, arena)`` hands out chunks of tasks, collects the answers, and returns one result per
-  task: the arrays, or the error (VideoError/StoreError naming the file). A task whose answer is
-  not back within ``timeout`` seconds of the previous one, or whose worker dies, gets a
-  ``WorkerFailure``; the worker is killed and restarted and the rest of its chunk goes elsewhere.
+  threads). Each runs chunks of jobs (``sample_jobs``), answers once per chunk (the trainer's
+  process wakes up once for several samples), and shows the job it runs in shared memory.
+* ``run(tasks, arena)`` hands out chunks of tasks, two per worker, collects the answers, and
+  returns one result per task: the arrays, or the error (VideoError/StoreError naming the file).
+  A worker that stays on one sample for ``timeout`` seconds, or dies, is killed and restarted;
+  that sample gets a ``WorkerFailure`` and the rest of its chunks go elsewhere.
 * Arrays come back through shared memory: the caller reserves each task's bytes in an
   ``Arena`` (a file in /dev/shm mapped by every process, page-locked for CUDA on GPU hosts); the
   worker writes the arrays there and answers with their places, so a frame is written once and
@@ -127,8 +128,12 @@ def _place(arrays: Dict[str, np.ndarray], arena_path: Optional[str], offset: Opt
     return places
 
 
-def _worker_main(connection, max_open: int) -> None:
-    """Run chunks of (task id, job, arena path, offset, size) until told None; answer after each task."""
+def _worker_main(connection, progress, max_open: int) -> None:
+    """Run chunks of (task id, job, arena path, offset, size) until told None; answer once per chunk.
+
+    ``progress.value`` is the task being run (shared memory): the parent reads it to tell which
+    sample a hung or dead worker was on, and that a slow chunk is still moving.
+    """
     from vito_fast.data.sample_jobs import JobRunner
 
     runner, maps = JobRunner(max_open), {}
@@ -137,12 +142,16 @@ def _worker_main(connection, max_open: int) -> None:
         chunk = connection.recv()
         if chunk is None:
             return
+        answers = []
         for task_id, job, arena_path, offset, size in chunk:
+            progress.value = task_id
             try:
-                answer = ("ok", _place(runner(job), arena_path, offset, size, maps))
+                answers.append((task_id, "ok", _place(runner(job), arena_path, offset, size, maps)))
             except Exception as error:  # one sample's failure: the parent replaces the sample
-                answer = ("error", error if _picklable(error) else RuntimeError(f"{type(error).__name__}: {error}"))
-            connection.send((task_id,) + answer)
+                error = error if _picklable(error) else RuntimeError(f"{type(error).__name__}: {error}")
+                answers.append((task_id, "error", error))
+        progress.value = -1
+        connection.send(answers)  # one message per chunk: the trainer's process wakes once for several samples
 
 
 def _picklable(error: Exception) -> bool:
@@ -161,13 +170,15 @@ def _picklable(error: Exception) -> bool:
 class _Worker:
     def __init__(self, context, max_open: int):
         self.connection, child_end = context.Pipe()
-        self.process = context.Process(target=_worker_main, args=(child_end, max_open), daemon=True,
+        self.progress = context.Value("q", -1, lock=False)  # the task the worker runs now (-1: none)
+        self.seen_progress = -1
+        self.process = context.Process(target=_worker_main, args=(child_end, self.progress, max_open), daemon=True,
                                        name="vito-decode-worker")
         self.process.start()
         child_end.close()
         self.ready = False
         self.chunk: deque = deque()  # tasks sent and not answered, in order (at most two chunks)
-        self.deadline = float("inf")
+        self.seen_since = float("inf")  # when the parent first saw progress == seen_progress
 
     def stop(self) -> None:
         if self.process.is_alive():
@@ -231,25 +242,34 @@ class DecodePool:
                         self._replace(index)
                         break
                     if not worker.chunk:
-                        worker.deadline = time.monotonic() + self.timeout
+                        worker.seen_progress, worker.seen_since = worker.progress.value, time.monotonic()
                     worker.chunk.extend(chunk)
             busy = [worker for worker in self._workers if worker.chunk or not worker.ready]
-            deadline = min((worker.deadline for worker in busy if worker.ready), default=started + self.start_timeout)
+            now = time.monotonic()
+            for worker in busy:  # the clock of a sample starts when the worker is seen on it
+                if worker.progress.value != worker.seen_progress:
+                    worker.seen_progress, worker.seen_since = worker.progress.value, now
+            # wake at the first deadline, and often enough to see workers move on to their next sample
+            wake = min([worker.seen_since + self.timeout for worker in busy if worker.ready]
+                       + [now + min(1.0, self.timeout / 4), started + self.start_timeout])
             ready = set(wait_for([w.connection for w in busy] + [w.process.sentinel for w in busy],
-                                 timeout=max(0.0, deadline - time.monotonic())))
+                                 timeout=max(0.0, wake - now)))
             for index, worker in enumerate(list(self._workers)):
                 if worker not in busy:
                     continue
                 failure = self._collect(worker, ready, results, done, arena)
-                if failure is None and worker.ready and worker.chunk and time.monotonic() > worker.deadline:
+                if (failure is None and worker.ready and worker.chunk and worker.progress.value == worker.seen_progress
+                        and time.monotonic() > worker.seen_since + self.timeout):
                     failure = WorkerFailure(f"no answer in {self.timeout:g} s (sample_timeout); "
                                             "the decoder may hang on this file", timed_out=True)
                 if failure is None and not worker.ready and time.monotonic() > started + self.start_timeout:
                     raise RuntimeError(f"DecodePool: a worker did not start in {self.start_timeout:g} s")
                 if failure is not None:
+                    culprit = worker.progress.value
+                    if culprit in worker.chunk:  # the sample it hung or died on; the others go elsewhere
+                        worker.chunk.remove(culprit)
+                        results[culprit], done[culprit] = failure, True
                     if worker.chunk:
-                        task = worker.chunk.popleft()
-                        results[task], done[task] = failure, True
                         pending.extendleft(reversed(worker.chunk))
                     elif not worker.ready:
                         raise RuntimeError(f"DecodePool: a worker died while starting ({failure})")
@@ -265,12 +285,11 @@ class DecodePool:
                 if message == "ready":
                     worker.ready = True
                     continue
-                task, status, payload = message
-                worker.chunk.remove(task)
-                worker.deadline = time.monotonic() + self.timeout
-                if status == "ok" and isinstance(payload, list):
-                    payload = {name: arena.view(offset, dtype, shape) for name, offset, dtype, shape in payload}
-                results[task], done[task] = payload, True
+                for task, status, payload in message:
+                    worker.chunk.remove(task)
+                    if status == "ok" and isinstance(payload, list):
+                        payload = {name: arena.view(offset, dtype, shape) for name, offset, dtype, shape in payload}
+                    results[task], done[task] = payload, True
         except (EOFError, OSError):
             pass
         if worker.process.sentinel in ready or not worker.process.is_alive():

@@ -492,7 +492,10 @@ class PairLoader:
             for _ in range(self.config.prefetch + 1):
                 prepare_next()
             while prepared or in_flight:
-                while prepared and len(in_flight) < self.config.prefetch and not stop.is_set():
+                # feed what the host has ready; wait for the host only when DALI holds nothing to give
+                # (or a new pipeline still needs its first `prefetch` batches)
+                while (prepared and len(in_flight) < self.config.prefetch and not stop.is_set()
+                       and (not in_flight or self._needs_prefetch or prepared[0].done())):
                     started = time.perf_counter()
                     batch = prepared.popleft().result()
                     self.stats.host_wait_seconds += time.perf_counter() - started
