@@ -226,8 +226,7 @@ def measure_loader(manifest: str, workers: int, batch: int) -> dict:
     loader = PairLoader(manifest, batch, device="cpu", seed=0, config=LoaderConfig(**settings))
     pool = lambda: [w.process.pid for w in getattr(getattr(loader, "_pool", None), "_workers", [])]  # noqa: E731
 
-    def epoch():
-        loader.set_epoch(0)
+    def epoch():  # the next epoch, as training goes on
         for _ in loader:
             pass
 

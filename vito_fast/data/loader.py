@@ -39,6 +39,7 @@ import numpy as np
 
 from vito_fast.data.augment import view_blur_window
 from vito_fast.data.decode_pool import Arena, DecodePool, WorkerFailure
+from vito_fast.data.producer import Producer
 from vito_fast.data.sample_order import SampleOrder
 from vito_fast.data.sampler import ViewConfig, ViewParams, sample_view_params
 from vito_fast.errors import StoreError, VideoError
@@ -133,6 +134,7 @@ class LoaderStats:
 class _HostBatch:
     """What the host prepared for one step: the clips, their view parameters and the graph inputs."""
 
+    epoch: int
     step: int
     clips: np.ndarray
     repeats: np.ndarray
@@ -202,13 +204,17 @@ class PairLoader:
         self._copied = None  # CUDA event: the last output copy finished reading DALI's buffers
         self._active = None  # the generator of the current iteration
         self._max_window = view_blur_window(self.config.image_size, self.config.blur_kernel_at_224)
-        self._finalizer = weakref.finalize(self, _release, self._host_threads, [None], self._arenas)
+        self._producers: list = [None]  # the Producer of the current position (a slot shared with the finalizer)
+        self._finalizer = weakref.finalize(self, _release, self._host_threads, self._producers, [None], self._arenas)
 
     def close(self) -> None:
         """Stop the iteration, the decoding workers and threads; drop the DALI pipeline."""
         if self._active is not None:
             self._active.close()
             self._active = None
+        if self._producers[0] is not None:
+            self._producers[0].close()
+            self._producers[0] = None
         self._pipeline = None
         if self._pool is not None:
             self._pool.close()
@@ -269,7 +275,8 @@ class PairLoader:
             self._pool = DecodePool(self.config.workers(), timeout=self.config.sample_timeout,
                                     max_open=self.config.max_open_videos)
             self._finalizer.detach()
-            self._finalizer = weakref.finalize(self, _release, self._host_threads, [self._pool], self._arenas)
+            self._finalizer = weakref.finalize(self, _release, self._host_threads, self._producers, [self._pool],
+                                               self._arenas)
         return self._pool
 
     def _take_arena(self) -> Optional[Arena]:
@@ -339,9 +346,9 @@ class PairLoader:
                 batch.inputs[row] = result
         return np.array(failed, dtype=np.int64)
 
-    def _fill(self, batch: _HostBatch, epoch: int, rows: np.ndarray) -> None:
+    def _fill(self, batch: _HostBatch, rows: np.ndarray) -> None:
         """Replace the samples at ``rows`` (by the next attempt) until each one loads."""
-        first = self.order.first_position(batch.step)
+        epoch, first = batch.epoch, self.order.first_position(batch.step)
         while rows.size:
             for row in rows:
                 batch.attempts[row] += 1
@@ -361,9 +368,9 @@ class PairLoader:
         rows = slice(step * self.batch_size, (step + 1) * self.batch_size)
         clips, repeats = clips[rows].copy(), repeats[rows].copy()
         attempts = np.zeros(self.batch_size, dtype=np.int64)
-        batch = _HostBatch(step, clips, repeats, attempts, self._params(clips, repeats, attempts, epoch),
+        batch = _HostBatch(epoch, step, clips, repeats, attempts, self._params(clips, repeats, attempts, epoch),
                            [None] * self.batch_size, self._take_arena())
-        self._fill(batch, epoch, self._load_rows(batch, np.arange(self.batch_size)))
+        self._fill(batch, self._load_rows(batch, np.arange(self.batch_size)))
         return batch
 
     # ------------------------------------------------------------------------- DALI: feeding and running
@@ -407,7 +414,7 @@ class PairLoader:
         self._pipeline.schedule_run()
         self._scheduled += 1
 
-    def _take_outputs(self, in_flight: deque, epoch: int):
+    def _take_outputs(self, in_flight: deque):
         """DALI's outputs of the oldest batch in flight; on a failure in the graph, the bad samples are
         found on the host and replaced, the pipeline is rebuilt and every batch in flight fed again."""
         while True:
@@ -427,7 +434,7 @@ class PairLoader:
                     raise
                 for batch in in_flight:
                     if not batch.padding and bad[id(batch)].size:
-                        self._fill(batch, epoch, bad[id(batch)])
+                        self._fill(batch, bad[id(batch)])
                 real = [batch for batch in in_flight if not batch.padding]
                 in_flight.clear()
                 for batch in real:
@@ -476,48 +483,6 @@ class PairLoader:
             ready = self._copied = self._stream.record_event()  # DALI's buffers are read until then
         return out, int((batch.attempts > 0).sum()), ready
 
-    def _produce(self, epoch: int, first: int, handoff: "queue.Queue", stop: threading.Event) -> None:
-        """The DALI thread: keep ``prefetch`` batches in DALI, hand each finished one over in order."""
-        steps = iter(range(first, len(self)))
-        preparer = ThreadPoolExecutor(1, thread_name_prefix="vito-prepare")
-        prepared: deque = deque()
-        in_flight: deque = deque()
-
-        def prepare_next():
-            step = next(steps, None)
-            if step is not None:
-                prepared.append(preparer.submit(self._prepare, epoch, step))
-
-        try:
-            for _ in range(self.config.prefetch + 1):
-                prepare_next()
-            while prepared or in_flight:
-                # feed what the host has ready; wait for the host only when DALI holds nothing to give
-                # (or a new pipeline still needs its first `prefetch` batches)
-                while (prepared and len(in_flight) < self.config.prefetch and not stop.is_set()
-                       and (not in_flight or self._needs_prefetch or prepared[0].done())):
-                    started = time.perf_counter()
-                    batch = prepared.popleft().result()
-                    self.stats.host_wait_seconds += time.perf_counter() - started
-                    prepare_next()
-                    self._schedule(batch)
-                    in_flight.append(batch)
-                if stop.is_set():
-                    return
-                if self._copied is not None:
-                    self._copied.synchronize()  # outputs() hands DALI back the buffers we copied from
-                outputs = self._take_outputs(in_flight, epoch)
-                batch = in_flight.popleft()
-                item = None if batch.padding else self._deliver(batch, outputs)
-                self._give_back_arena(batch)
-                if item is not None:
-                    _put(handoff, item, stop)
-        except BaseException as error:  # shown to the consumer, in order
-            _put(handoff, error, stop)
-        finally:
-            preparer.shutdown(wait=True, cancel_futures=True)
-            self._drain(in_flight)
-
     def _drain(self, in_flight: deque) -> None:
         """Take the outputs of iterations still scheduled (an iteration stopped early), so the next
         iteration's first outputs are its own; a pipeline in doubt is dropped instead."""
@@ -550,53 +515,43 @@ class PairLoader:
             batch[name].record_stream(current)
 
     def _generate(self, epoch: int, first: int) -> Iterator[Dict[str, object]]:
-        handoff: "queue.Queue" = queue.Queue(maxsize=1)
-        stop = threading.Event()
-        producer = threading.Thread(target=self._produce, args=(epoch, first, handoff, stop),
-                                    name="vito-dali", daemon=True)
-        producer.start()
+        # The producer runs on across epochs: when the next iteration asks for the position it is at
+        # (the next epoch's step 0, or the step after an iteration that stopped early) it goes on
+        # without a gap; any other position (set_epoch, load_state_dict) starts a new one there.
+        producer = self._producers[0]
+        if producer is None or not producer.serves(epoch, first):
+            if producer is not None:
+                producer.close()
+            producer = self._producers[0] = Producer(self, epoch, first)
         started = None
-        try:
-            for step in range(first, len(self)):
-                asked = time.perf_counter()
-                started = asked if started is None else started
-                item = handoff.get()
-                now = time.perf_counter()
-                self.stats.wait_seconds += now - asked
-                self.stats.elapsed_seconds += now - started
-                started = now
-                if isinstance(item, BaseException):
-                    raise item
-                batch, replaced, ready = item
-                if ready is not None:
-                    self._hand_over(batch, ready)
-                if (self.epoch, self.step) != (epoch, step):
-                    return  # set_epoch / load_state_dict during the loop: a new iter() follows them
-                self.step = step + 1
-                self.stats.samples += self.batch_size
-                self.stats.replaced += replaced
-                yield batch
-        finally:
-            stop.set()
-            while producer.is_alive():
-                try:
-                    handoff.get(timeout=0.05)  # unblock a producer waiting to hand over
-                except queue.Empty:
-                    pass
-            producer.join()
+        for step in range(first, len(self)):
+            asked = time.perf_counter()
+            started = asked if started is None else started
+            item = producer.take()
+            now = time.perf_counter()
+            self.stats.wait_seconds += now - asked
+            self.stats.elapsed_seconds += now - started
+            started = now
+            if isinstance(item, BaseException):
+                producer.close()
+                raise item
+            batch, replaced, ready = item
+            if ready is not None:
+                self._hand_over(batch, ready)
+            if (self.epoch, self.step) != (epoch, step):
+                return  # set_epoch / load_state_dict during the loop: a new iter() follows them
+            self.step = step + 1
+            self.stats.samples += self.batch_size
+            self.stats.replaced += replaced
+            yield batch
 
 
-def _put(handoff: "queue.Queue", item, stop: threading.Event) -> None:
-    while not stop.is_set():
-        try:
-            handoff.put(item, timeout=0.1)
-            return
-        except queue.Full:
-            continue
-
-
-def _release(threads: ThreadPoolExecutor, pools: list, arenas: List[Arena]) -> None:
+def _release(threads: ThreadPoolExecutor, producers: list, pools: list, arenas: List[Arena]) -> None:
     """Free what a PairLoader holds outside Python's reach (also when it is garbage-collected)."""
+    for producer in producers:
+        if producer is not None:
+            producer.close()
+    producers[:] = [None]
     threads.shutdown(wait=False, cancel_futures=True)
     for pool in pools:
         if pool is not None:
