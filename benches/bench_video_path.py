@@ -10,7 +10,8 @@ texture: 448x256 H.264 GOP 16, 448x256 VP9 GOP 16 (448: the baseline loader fail
 
 1. decode: the two frames of a pair (Δt uniform in [0, 2.5] s), one process, no augmentation, CPU
    ms per pair: *warm* (the file already open in the reader) and *cold* (every pair opens its file:
-   a random order over a corpus much larger than the open-file cache);
+   a random order over a corpus much larger than the open-file cache), and what opening costs:
+   ``av.open`` alone and open + the first frame;
 2. loader: ``PairLoader`` (224 px, every augmentation, DALI on the CPU, batch 32) on the 256p H.264
    files (each listed 16 times) with 1 and 2 decode workers (the baseline: 1 and 2 threads): pairs/s of the fastest of 3
    epochs after a warm-up epoch, and CPU ms per pair of the trainer process plus its workers;
@@ -155,6 +156,27 @@ class _BusyPython:
             self.thread.join()
 
 
+def measure_open(manifest: str, opens: int = 100) -> dict:
+    """Wall ms of what every cold pair pays before decoding: ``av.open`` alone, and open + the first frame."""
+    import av
+
+    from vito_fast.data.manifest import read_manifest
+
+    paths = [record.path for record in read_manifest(manifest)]
+    started = time.perf_counter()
+    for index in range(opens):
+        with av.open(paths[index % len(paths)], "r", metadata_errors="ignore") as container:
+            container.streams.video[0]
+    open_ms = (time.perf_counter() - started) / opens * 1e3
+    started = time.perf_counter()
+    for index in range(opens):
+        with av.open(paths[index % len(paths)], "r", metadata_errors="ignore") as container:
+            stream = container.streams.video[0]
+            stream.thread_type = "NONE"
+            next(container.decode(stream))
+    return {"open_ms": open_ms, "open_and_first_frame_ms": (time.perf_counter() - started) / opens * 1e3}
+
+
 def measure_decode_scaling(manifest: str, workers: int, pairs: int, busy: bool = False) -> dict:
     """Pairs/s of decoding alone (no augmentation) with ``workers`` decode processes (this tree:
     DecodePool, frames back through shared memory) or threads (a tree without one), files warm;
@@ -287,6 +309,10 @@ def run(files: int, seconds: float, pairs: int, batch: int, baseline: str) -> st
                 figure = in_tree(tree, "measure_decode", manifest, pairs)
                 lines.append(f"| {name} | {fmt} | {figure['warm_cpu_ms']:.1f} | {figure['cold_cpu_ms']:.1f} | "
                              f"{figure['cold_cpu_ms'] / figure['warm_cpu_ms']:.2f} |")
+        lines += ["", "| format | av.open ms | av.open + first frame ms |", "|---|---:|---:|"]
+        for fmt in FORMATS:
+            figure = in_tree(ROOT, "measure_open", manifests[fmt])
+            lines.append(f"| {fmt} | {figure['open_ms']:.2f} | {figure['open_and_first_frame_ms']:.2f} |")
         lines += ["", "| tree | decoding alone, h264-256p-gop16, files warm | trainer's Python | pairs/s | 2 vs 1 |",
                   "|---|---|---|---:|---:|"]
         for name, tree in trees.items():
