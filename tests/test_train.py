@@ -260,3 +260,26 @@ def test_fused_and_reference_ops_give_the_same_losses(tmp_path):
     fused = train(tiny(*steps, "model.backend=triton"), tmp_path / "fused")
     reference = train(tiny(*steps, "model.backend=torch"), tmp_path / "reference")
     torch.testing.assert_close(fused.stage_losses, reference.stage_losses, rtol=1e-4, atol=1e-4)
+
+
+def test_pretrain_on_videos_names_the_files_it_could_not_use(tmp_path, capsys):
+    pytest.importorskip("nvidia.dali")
+    from videos import write_truncated_copy, write_video
+
+    from vito_fast.data.manifest import scan_videos, write_manifest
+
+    (tmp_path / "videos").mkdir()
+    for clip in range(4):
+        write_video(tmp_path / "videos" / f"clip{clip}.webm", codec="vp9", width=64, height=48, fps=10,
+                    num_frames=20, gop=5)
+    records, _ = scan_videos([str(tmp_path / "videos")], workers=0, progress=False, min_seconds=0.5)
+    manifest = write_manifest(tmp_path / "manifest.jsonl", records)
+    broken = tmp_path / "videos" / "clip2.webm"  # cut after the scan, as a file that goes bad on disk
+    write_truncated_copy(broken, tmp_path / "cut.webm", keep_fraction=0.05)
+    (tmp_path / "cut.webm").replace(broken)
+    overrides = [item for item in TINY if not item.startswith(("data.source", "data.steps_per_epoch"))]
+    with pytest.warns(RuntimeWarning, match="clip2.webm"):
+        result = train(load_config("demo", overrides=overrides + [
+            f"data.path={manifest}", "train.steps=2", "data.decode_workers=1"]), tmp_path / "run")
+    assert result.step == 2
+    assert "1 file(s) could not be used (" + str(broken) in capsys.readouterr().out

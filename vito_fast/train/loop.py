@@ -188,9 +188,20 @@ def _train(config: Config, run_dir: Path, resume: bool, info: distributed.DistIn
     result.step = step
     if hasattr(loader, "close"):
         loader.close()  # the decode workers stop with the run, not when the loader is collected
-    logger.close(f"pretrain: stopped at step {step}/{tc.steps}; checkpoint {result.checkpoint}"
-                 if step < tc.steps else f"pretrain: done, {step} steps; checkpoint {result.checkpoint}")
+    final = (f"pretrain: stopped at step {step}/{tc.steps}; checkpoint {result.checkpoint}"
+             if step < tc.steps else f"pretrain: done, {step} steps; checkpoint {result.checkpoint}")
+    logger.close(final + _data_problems(getattr(loader, "stats", None)))
     return result
+
+
+def _data_problems(stats) -> str:
+    """A line naming the files this rank's loader could not use (empty when there were none)."""
+    if stats is None or not stats.failed_files:
+        return ""
+    names = list(stats.failed_files)
+    shown = ", ".join(names[:3]) + (f" and {len(names) - 3} more" if len(names) > 3 else "")
+    return (f"\npretrain: {len(names)} file(s) could not be used ({shown}); {stats.replaced} samples were "
+            f"replaced, {stats.timeouts} timed out")
 
 
 def _flush(pending: List[tuple], stages, info, result: TrainResult, logger: Logger,
