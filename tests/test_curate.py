@@ -237,7 +237,7 @@ def test_filters_in_order_and_counts_add_up(tmp_path, animals):
         {"id": "4", "path": "4.mp4", "title": "dog", "duration": 2},  # too short
         {"id": "5", "path": "5.mp4", "title": "dog", "duration": "10:00"},  # too long
         {"id": "6", "path": "6.mp4", "title": "a category"},  # no match
-        {"id": "7", "path": "7.mp4", "title": "Cat video (HD) 2"},  # near-duplicate of 1, same class
+        {"id": "7", "path": "7.mp4", "title": "Cat Video (HD)!"},  # duplicate title of 1, same class
         {"id": "8", "path": "8.mp4", "title": "cat video", "tags": ["tiger cat"]},  # same title, other class
         {"id": "9", "path": "9.mp4", "title": "a dog", "language": "en-GB"},  # no duration: passes
     ]
@@ -248,7 +248,38 @@ def test_filters_in_order_and_counts_add_up(tmp_path, animals):
                 "no_match": 1, "duplicate_title": 1, "over_quota": 0, "kept": 3}
     assert summary.counts == expected and summary.rows == len(rows)
     assert [record["id"] for record in read_jsonl(tmp_path / "out.jsonl")] == ["1", "8", "9"]
-    assert normalized_title("Cat video (HD) 2") == normalized_title("cat VIDEO!") == "cat"
+    assert normalized_title("Cat Video (HD)!") == normalized_title("cat VIDEO!") == "cat"
+    assert normalized_title("Cat video (HD) 2") == "cat 2"  # numbers kept: a part 2 is another video
+    assert normalized_title("Cat video (HD) 2", keep_numbers=False) == "cat"
+
+
+def test_numbered_titles_are_other_videos_and_the_report_shows_examples(tmp_path, animals):
+    rng = random.Random()
+    series = [f"my dog playing fetch {part}" for part in rng.sample(range(1, 500), 40)]
+    rows = [{"id": f"s{index}", "path": f"s{index}.mp4", "title": title} for index, title in enumerate(series)]
+    rows += [{"id": "again", "path": "again.mp4", "title": f"My Dog playing FETCH {series[0].split()[-1]} (HD)"},
+             {"id": "none", "path": "none.mp4", "title": "a sunset"}]
+    metadata = write_jsonl(tmp_path / "m.jsonl", rows)
+    summary = curate(metadata, tmp_path / "out.jsonl", config(animals), report_dir=tmp_path / "report")
+    assert summary.counts["duplicate_title"] == 1 and summary.counts["kept"] == 40  # only the re-upload
+    (example,) = summary.examples["duplicate_title"]
+    assert example["id"] == "again" and example["line"] == 41 and "my dog playing fetch" in example["detail"]
+    assert summary.examples["no_match"][0]["id"] == "none"
+    page = (tmp_path / "report" / "dropped.md").read_text()
+    assert "## duplicate title: 1 rows" in page and "| 41 | again |" in page and "## no match: 1 rows" in page
+    assert json.loads((tmp_path / "report" / "summary.json").read_text())["dropped_examples"]["no_match"]
+
+    loose = curate(metadata, tmp_path / "loose.jsonl", config(animals, title_duplicates="loose", per_class=5))
+    assert loose.counts["duplicate_title"] == 40 and loose.counts["kept"] == 1
+    assert len(loose.examples["duplicate_title"]) == 5  # at most five examples per reason
+    off = curate(metadata, tmp_path / "off.jsonl", config(animals, title_duplicates="off", per_class=5))
+    assert off.counts["duplicate_title"] == 0 and off.counts["over_quota"] == 36
+    assert len(off.examples["over_quota"]) == 5 and "quota of 5" in off.examples["over_quota"][0]["detail"]
+    assert curate_main([str(metadata), "-o", str(tmp_path / "cli.jsonl"), "--vocabulary", str(animals),
+                        "--title-duplicates", "loose", "--no-progress"]) == 0
+    assert len(read_jsonl(tmp_path / "cli.jsonl")) == 1
+    with pytest.raises(ValueError, match="title_duplicates"):
+        curate(metadata, tmp_path / "x.jsonl", config(animals, title_duplicates="fuzzy"))
 
 
 def test_class_quotas_arithmetic():

@@ -47,6 +47,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--format", choices=("auto", "jsonl", "csv", "tsv"), default="auto",
                         help="metadata format (default: from the suffix)")
     parser.add_argument("--no-plurals", action="store_true", help="match synonyms only as written")
+    parser.add_argument("--title-duplicates", choices=("exact", "loose", "off"), default="exact",
+                        help="drop rows of a class whose title repeats an earlier one: 'exact' (default; case, "
+                             "punctuation and upload noise ignored, numbers kept: 'part 2' is another video), "
+                             "'loose' (numbers ignored too), 'off'")
     parser.add_argument("--report", metavar="DIR", default=None,
                         help="write summary.json, classes.tsv, histogram.png and malformed.jsonl here")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
@@ -89,7 +93,7 @@ def main(argv: Sequence[str]) -> int:
             max_seconds=args.max_seconds, weights=weights, seed=args.seed,
             languages=[code.strip() for code in args.languages.split(",") if code.strip()] if args.languages else None,
             fields=[name.strip() for name in args.fields.split(",") if name.strip()], plurals=not args.no_plurals,
-            format=args.format, progress=not args.no_progress)
+            format=args.format, progress=not args.no_progress, title_duplicates=args.title_duplicates)
         summary = curate(args.metadata, args.output, config, report_dir=args.report)
     except (FileNotFoundError, ValueError, UnicodeDecodeError) as error:
         print(f"vito-fast curate: {error}", file=sys.stderr)
@@ -105,7 +109,8 @@ def main(argv: Sequence[str]) -> int:
         print(f"vito-fast curate: {hidden:,} more malformed rows skipped; {where}", file=sys.stderr)
     print(format_summary(summary))
     print(f"curated list: {args.output} ({summary.counts['kept']:,} videos)"
-          + (f"; report: {args.report}" if args.report else ""))
+          + (f"; report: {args.report} (examples of every drop reason: {args.report}/dropped.md)"
+             if args.report else ""))
     if not summary.counts["kept"]:
         print("vito-fast curate: no video kept (no row names a class of the vocabulary?)", file=sys.stderr)
         return EXIT_FAILURE

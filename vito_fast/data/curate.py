@@ -12,8 +12,10 @@ Three streaming passes, memory O(rows × a few bytes) plus the per-class tables:
    (rows that mention it) is counted;
 2. each survivor gets one class: the longest matched phrase (in words) wins, then the class that is
    rarest in the corpus (fewest rows mention it: specific beats generic, "tabby" beats "cat"), then
-   the lowest class index. Near-duplicate titles are dropped: same class and same normalised title
-   (words without digits and upload noise such as "hd", "official", "video"), first row kept;
+   the lowest class index. Duplicate titles are dropped: same class and same normalised title (the
+   words without case, punctuation and upload noise such as "hd", "official", "video"; numbers are
+   kept, since "... part 2" and "... day 7" are other videos; ``title_duplicates="loose"`` drops
+   numbers too, ``"off"`` keeps every title), first row kept;
 3. per-class caps: class c keeps at most ``quota[c] = round(per_class × weight[c] / max weight)``
    videos (uniform weights: ``per_class`` each), chosen by the smallest hash of (seed, id), so the
    choice depends on the seed and the ids only, not on the row order. The output keeps file order.
@@ -48,6 +50,8 @@ TITLE_NOISE = frozenset("hd uhd fhd 4k 8k hq 1080p 720p 480p 360p 60fps official
 DROP_REASONS = ("malformed", "duplicate_id", "duplicate_path", "language", "too_short", "too_long",
                 "no_match", "duplicate_title", "over_quota")
 _BATCH = 4096  # rows per pickled batch in the temporary file
+EXAMPLES = 5  # example rows kept per drop reason, for the report
+TITLE_DUPLICATES = ("exact", "loose", "off")
 
 
 @dataclass
@@ -65,6 +69,7 @@ class CurateConfig:
     plurals: bool = True
     format: str = "auto"  # "jsonl", "csv" or "auto" (from the suffix)
     progress: bool = True
+    title_duplicates: str = "exact"  # "exact" (numbers kept), "loose" (numbers dropped) or "off"
 
 
 @dataclass
@@ -80,6 +85,8 @@ class CurationSummary:
     kept: List[int]
     malformed_examples: List[MalformedRow] = field(default_factory=list)
     settings: Dict[str, object] = field(default_factory=dict)
+    # reason -> up to EXAMPLES rows dropped for it: {"line", "id", "title", "locator", "detail"}
+    examples: Dict[str, List[Dict[str, object]]] = field(default_factory=dict)
 
     @property
     def too_few(self) -> List[int]:
@@ -94,7 +101,7 @@ class CurationSummary:
                 "classes_with_videos": sum(1 for kept in self.kept if kept),
                 "too_few": [{"index": i, "name": self.class_names[i], "kept": self.kept[i], "quota": self.quota[i]}
                             for i in self.too_few],
-                "settings": self.settings, "classes": classes}
+                "settings": self.settings, "dropped_examples": self.examples, "classes": classes}
 
 
 # ----------------------------------------------------------------------------- helpers
@@ -105,10 +112,22 @@ def digest(text: str) -> int:
     return int.from_bytes(blake2b(text.encode("utf-8", "surrogatepass"), digest_size=8).digest(), "little")
 
 
-def normalized_title(title: str) -> str:
-    """The words of a title without digits and upload noise: the near-duplicate key (with the class)."""
+def normalized_title(title: str, keep_numbers: bool = True) -> str:
+    """The words of a title without case, punctuation and upload noise (and without numbers unless
+    ``keep_numbers``): the duplicate-title key (with the class)."""
     return " ".join(word for word in tokenize(title)
-                    if word not in TITLE_NOISE and word not in BOUNDARY_TOKENS and not word.isdigit())
+                    if word not in TITLE_NOISE and word not in BOUNDARY_TOKENS
+                    and (keep_numbers or not word.isdigit()))
+
+
+class _Examples(dict):
+    """reason -> the first EXAMPLES rows dropped for it, as small dicts a reader can check."""
+
+    def add(self, reason: str, row, detail: str) -> None:
+        rows = self.setdefault(reason, [])
+        if len(rows) < EXAMPLES:
+            rows.append({"line": row.line, "id": row.id, "title": row.title, "locator": row.locator,
+                         "detail": detail})
 
 
 def class_quotas(per_class: int, weights: Optional[Sequence[float]], num_classes: int) -> List[int]:
@@ -180,6 +199,9 @@ def curate(metadata: PathLike, output: PathLike, config: Optional[CurateConfig] 
     unknown = [name for name in config.fields if name not in TEXT_FIELDS]
     if unknown or not config.fields:
         raise ValueError(f"fields must be some of {TEXT_FIELDS}, not {list(config.fields)}")
+    if config.title_duplicates not in TITLE_DUPLICATES:
+        raise ValueError(f"title_duplicates must be one of {TITLE_DUPLICATES}, not {config.title_duplicates!r}")
+    examples = _Examples()
     metadata, output = Path(metadata), Path(output)
     if not metadata.is_file():
         raise FileNotFoundError(f"{metadata}: no such metadata file")
@@ -194,15 +216,15 @@ def curate(metadata: PathLike, output: PathLike, config: Optional[CurateConfig] 
         try:
             with tqdm(total=metadata.stat().st_size, desc="curate: read", unit="B", unit_scale=True,
                       disable=not config.progress) as bar:
-                counts, mentioned, examples, survivors = _filter_and_match(
+                counts, mentioned, malformed_examples, survivors = _filter_and_match(
                     read_metadata(metadata, config.format, bar.update), config, matcher, vocabulary, spool,
-                    malformed_log)
+                    malformed_log, examples)
         finally:
             if malformed_log is not None:
                 malformed_log.close()
         spool.seek(0)
         classes, positions = _assign_classes(_spooled(spool, survivors, config.progress, "curate: assign"),
-                                             mentioned, config.seed, counts)
+                                             mentioned, config.seed, counts, examples, vocabulary.names)
         selected = _select(classes, positions, quota)
         matched = np.bincount(classes[classes >= 0], minlength=len(vocabulary)).tolist()
         kept = np.bincount(classes[selected], minlength=len(vocabulary)).tolist()
@@ -210,15 +232,18 @@ def curate(metadata: PathLike, output: PathLike, config: Optional[CurateConfig] 
         counts["kept"] = int(selected.sum())
         spool.seek(0)
         _write_curated(output, _spooled(spool, survivors, config.progress, "curate: write"), classes, selected,
-                       mentioned, vocabulary)
+                       mentioned, vocabulary, examples, quota)
     rows = sum(counts[reason] for reason in (*DROP_REASONS, "kept"))
     settings = {"metadata": str(metadata), "output": str(output), "vocabulary": vocabulary.source,
                 "classes": len(vocabulary), "per_class": config.per_class,
                 "target": "uniform" if config.weights is None else "weights", "seed": config.seed,
                 "min_seconds": config.min_seconds, "max_seconds": config.max_seconds,
                 "languages": list(config.languages) if config.languages else None, "fields": list(config.fields),
-                "plurals": config.plurals}
-    summary = CurationSummary(rows, counts, vocabulary.names, mentioned, matched, quota, kept, examples, settings)
+                "plurals": config.plurals, "title_duplicates": config.title_duplicates}
+    for row in malformed_examples[:EXAMPLES]:
+        examples.setdefault("malformed", []).append({"line": row.line, "detail": row.reason})
+    summary = CurationSummary(rows, counts, vocabulary.names, mentioned, matched, quota, kept, malformed_examples,
+                              settings, {reason: examples[reason] for reason in DROP_REASONS if reason in examples})
     if report_dir is not None:
         from vito_fast.data.curate_report import write_report
 
@@ -227,7 +252,7 @@ def curate(metadata: PathLike, output: PathLike, config: Optional[CurateConfig] 
 
 
 def _filter_and_match(rows, config: CurateConfig, matcher: PhraseMatcher, vocabulary: Vocabulary, spool,
-                      malformed_log) -> Tuple[Dict[str, int], List[int], List[MalformedRow], int]:
+                      malformed_log, dropped: _Examples) -> Tuple[Dict[str, int], List[int], List[MalformedRow], int]:
     """Pass 1: filters, matching, corpus frequencies; survivors are pickled to ``spool`` in batches."""
     counts = dict.fromkeys((*DROP_REASONS, "kept"), 0)
     mentioned = [0] * len(vocabulary)
@@ -250,21 +275,26 @@ def _filter_and_match(rows, config: CurateConfig, matcher: PhraseMatcher, vocabu
         id_key, locator_key = digest(row.id), digest(row.locator)
         if id_key in seen_ids:
             counts["duplicate_id"] += 1
+            dropped.add("duplicate_id", row, f"id {row.id!r} appeared on an earlier line")
             continue
         seen_ids.add(id_key)
         if locator_key in seen_locators:
             counts["duplicate_path"] += 1
+            dropped.add("duplicate_path", row, f"{row.locator_field} appeared on an earlier line")
             continue
         seen_locators.add(locator_key)
         if languages is not None and row.language and row.language.lower().split("-")[0] not in languages:
             counts["language"] += 1
+            dropped.add("language", row, f"language {row.language!r}")
             continue
         if row.duration is not None:
             if low is not None and row.duration < low:
                 counts["too_short"] += 1
+                dropped.add("too_short", row, f"{row.duration:g} s < {low:g} s")
                 continue
             if high is not None and row.duration > high:
                 counts["too_long"] += 1
+                dropped.add("too_long", row, f"{row.duration:g} s > {high:g} s")
                 continue
         # Leftmost-longest matches per field (never across two fields); candidates are the classes
         # of the longest phrases, in field order, each with the first phrase and field that named it.
@@ -283,11 +313,14 @@ def _filter_and_match(rows, config: CurateConfig, matcher: PhraseMatcher, vocabu
                         candidates.setdefault(class_index, (synonym, key, name))
         if not candidates:
             counts["no_match"] += 1
+            dropped.add("no_match", row, f"no synonym of a class in {', '.join(config.fields)}")
             continue
         for class_index in classes:
             mentioned[class_index] += 1
         # the spool keeps what passes 2 and 3 need: not the description and tags (most of the bytes)
-        batch.append((row._replace(description="", tags=""), normalized_title(row.title),
+        title_key = ("" if config.title_duplicates == "off"
+                     else normalized_title(row.title, keep_numbers=config.title_duplicates == "exact"))
+        batch.append((row._replace(description="", tags=""), title_key,
                       tuple((c, *found) for c, found in candidates.items())))
         if len(batch) == _BATCH:
             pickle.dump(batch, spool, protocol=pickle.HIGHEST_PROTOCOL)
@@ -316,8 +349,8 @@ def _winner(candidates, mentioned: List[int]):
     return min(candidates, key=lambda candidate: (mentioned[candidate[0]], candidate[0]))
 
 
-def _assign_classes(survivors, mentioned: List[int], seed: int,
-                    counts: Dict[str, int]) -> Tuple[np.ndarray, np.ndarray]:
+def _assign_classes(survivors, mentioned: List[int], seed: int, counts: Dict[str, int], dropped: _Examples,
+                    class_names: Sequence[str]) -> Tuple[np.ndarray, np.ndarray]:
     """Pass 2: (class per survivor, -1 for a near-duplicate title; selection key per survivor)."""
     classes, keys = array("i"), array("Q")
     seen_titles = set()
@@ -328,6 +361,8 @@ def _assign_classes(survivors, mentioned: List[int], seed: int,
             title_digest = digest(f"{class_index}\x1f{title_key}")
             if title_digest in seen_titles:
                 counts["duplicate_title"] += 1
+                dropped.add("duplicate_title", row, f"an earlier row of class {class_names[class_index]!r} has "
+                                                    f"the same title key {title_key!r}")
                 classes.append(-1)
                 keys.append(0)
                 continue
@@ -353,7 +388,7 @@ def _select(classes: np.ndarray, keys: np.ndarray, quota: Sequence[int]) -> np.n
 
 
 def _write_curated(output: Path, survivors, classes: np.ndarray, selected: np.ndarray, mentioned: List[int],
-                   vocabulary: Vocabulary) -> None:
+                   vocabulary: Vocabulary, dropped: _Examples, quota: Sequence[int]) -> None:
     """Write the selected rows in file order, atomically (temporary file, then rename)."""
     handle = tempfile.NamedTemporaryFile("w", dir=output.parent, prefix=f".{output.name}.", suffix=".tmp",
                                          delete=False, encoding="utf-8")
@@ -361,6 +396,10 @@ def _write_curated(output: Path, survivors, classes: np.ndarray, selected: np.nd
         with handle:
             for position, (row, _, candidates) in enumerate(survivors):
                 if not selected[position]:
+                    if classes[position] >= 0:
+                        name = vocabulary.names[int(classes[position])]
+                        dropped.add("over_quota", row, f"class {name!r} kept its quota of {quota[int(classes[position])]} "
+                                                       "(chosen by the hash of seed and id)")
                     continue
                 class_index = int(classes[position])
                 synonym, matched_text, field_name = next(c[1:] for c in candidates if c[0] == class_index)

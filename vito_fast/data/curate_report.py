@@ -1,4 +1,7 @@
-"""The report of a curation run: summary.json, classes.tsv and histogram.png (drawn with Pillow).
+"""The report of a curation run: summary.json, classes.tsv, dropped.md and histogram.png (Pillow).
+
+``dropped.md`` shows, for every reason rows were dropped, how many and up to five of them, so a
+surprising count can be checked at a glance.
 
 ``malformed.jsonl`` (line number and reason of every malformed row) is written by ``curate`` itself
 while it reads, into the same folder.
@@ -29,11 +32,30 @@ def write_report(folder: Union[str, os.PathLike], summary: CurationSummary) -> P
         handle.write("\t".join(columns) + "\n")
         for entry in document["classes"]:
             handle.write("\t".join(str(entry[column]) for column in columns) + "\n")
+    write_dropped_examples(folder / "dropped.md", summary)
     draw_histogram(summary.matched, summary.kept, summary.quota,
                    f"videos per class: {summary.counts['kept']:,} kept of {summary.rows:,} rows; "
                    f"{len(summary.too_few)} of {len(summary.kept)} classes below their quota",
                    folder / "histogram.png")
     return folder
+
+
+def _cell(value: object) -> str:
+    text = "" if value is None else str(value)
+    return (text[:77] + "...") if len(text) > 80 else text.replace("|", "\\|").replace("\n", " ")
+
+
+def write_dropped_examples(path: Path, summary: CurationSummary) -> None:
+    """A Markdown page: per drop reason, the count and up to five example rows with why each was dropped."""
+    lines = [f"# Rows dropped by the curation of {summary.settings.get('metadata', 'the metadata')}", "",
+             f"{summary.rows:,} rows read, {summary.counts['kept']:,} kept.", ""]
+    for reason, rows in summary.examples.items():
+        lines += [f"## {reason.replace('_', ' ')}: {summary.counts[reason]:,} rows", "",
+                  "| line | id | title | why |", "|---:|---|---|---|"]
+        lines += [f"| {row.get('line', '')} | {_cell(row.get('id'))} | {_cell(row.get('title'))} | "
+                  f"{_cell(row.get('detail'))} |" for row in rows]
+        lines.append("")
+    path.write_text("\n".join(lines), encoding="utf-8")
 
 
 def _nice_step(largest: int) -> int:
