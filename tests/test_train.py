@@ -22,7 +22,7 @@ from vito_fast.train.checkpoint import ConfigMismatchError, load_checkpoint
 from vito_fast.train.config import config_diff, load_config
 from vito_fast.train.lars import LARS, param_groups
 from vito_fast.train.loop import NonFiniteLossError, train
-from vito_fast.train.schedules import ema_momentum, learning_rate
+from vito_fast.train.schedules import ema_momentum, learning_rate, scaled_lr
 
 TINY = ["data.source=synthetic", "data.image_size=32", "data.batch_size=4", "data.steps_per_epoch=3",
         "model.pool_hidden=16", "model.proj_hidden=32", "model.proj_dim=16", "model.pred_hidden=32",
@@ -180,6 +180,51 @@ def test_resume_refuses_a_different_config_naming_the_keys(tmp_path):
     assert train(tiny("train.steps=2", "train.log_every=1"), tmp_path / "run2", resume=True).step == 2
 
 
+def test_a_finished_run_is_extended_and_says_where_its_schedules_differ(tmp_path, capsys):
+    train(tiny("train.steps=4", "optim.warmup_steps=2"), tmp_path / "run")
+    capsys.readouterr()
+    extended = train(tiny("train.steps=6", "optim.warmup_steps=2"), tmp_path / "run", resume=True)
+    assert extended.step == 6 and len(extended.losses) == 2
+    out = capsys.readouterr().out
+    # warm-up (steps 0, 1) and the peak (step 2) are the same for 4 and 6 steps; the cosine decay
+    # differs from step 3 on, the momentum (a cosine from step 0) from step 1 on
+    assert ("train.steps 4 -> 6 at step 4: the schedules follow 6 steps from here; the learning rate differs "
+            "from an uninterrupted 6-step run from step 3 on, the EMA momentum from step 1 on") in out
+    assert "pretrain: loss " in out and " over 2 steps, " in out and "pairs/s" in out
+    config = tiny("train.steps=6", "optim.warmup_steps=2")
+    peak = scaled_lr(config.optim.base_lr, config.data.batch_size)
+    logged = {}
+    for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines():
+        record = json.loads(line)
+        if "lr" in record:
+            logged[record["step"]] = record["lr"]
+    for step in (4, 5):  # the resumed steps follow the 6-step schedule
+        assert logged[step] == pytest.approx(learning_rate(step, peak_lr=peak, warmup_steps=2, total_steps=6))
+    # other changes stay refused, naming the keys and the way to accept them
+    with pytest.raises(ConfigMismatchError, match=r"optim\.base_lr.*--allow-config-change optim\.base_lr"):
+        train(tiny("train.steps=7", "optim.warmup_steps=2", "optim.base_lr=0.1"), tmp_path / "run", resume=True)
+    accepted = train(tiny("train.steps=7", "optim.warmup_steps=2", "optim.base_lr=0.1"), tmp_path / "run",
+                     resume=True, allow_config_change=["optim.base_lr"])
+    assert accepted.step == 7
+    with pytest.raises(ValueError, match="no config key optim.base_rate"):
+        train(tiny("train.steps=8"), tmp_path / "run", resume=True, allow_config_change=["optim.base_rate"])
+
+
+def test_pretrain_cli_extends_a_run_and_ends_with_the_next_commands(tmp_path, capsys):
+    run = tmp_path / "run"
+    assert pretrain_cli.main(["--preset", "demo", "--data", "synthetic", "--out", str(run), "--steps", "2",
+                              *TINY[1:]]) == 0
+    out = capsys.readouterr().out
+    assert "pretrain: loss " in out and f"vito-fast eval knn --run {run}" in out and "vito-fast demo" in out
+    assert pretrain_cli.main(["--resume", str(run), "--steps", "3"]) == 0
+    assert load_checkpoint(run)["step"] == 3 and "train.steps 2 -> 3" in capsys.readouterr().out
+    assert pretrain_cli.main(["--resume", str(run), "--steps", "4", "optim.base_lr=0.2"]) == 1
+    assert "--allow-config-change optim.base_lr" in capsys.readouterr().err
+    assert pretrain_cli.main(["--resume", str(run), "--steps", "4", "--allow-config-change", "optim.base_lr",
+                              "optim.base_lr=0.2"]) == 0
+    assert load_checkpoint(run)["config"]["optim"]["base_lr"] == 0.2
+
+
 def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path, monkeypatch):
     from vito_fast.model.vito import VITO
 
@@ -283,3 +328,7 @@ def test_pretrain_on_videos_names_the_files_it_could_not_use(tmp_path, capsys):
             f"data.path={manifest}", "train.steps=2", "data.decode_workers=1"]), tmp_path / "run")
     assert result.step == 2
     assert "1 file(s) could not be used (" + str(broken) in capsys.readouterr().out
+    config = load_config("demo", overrides=overrides + [f"data.path={manifest}"])
+    commands = pretrain_cli.next_steps(config, tmp_path / "run", stopped_early=False)
+    assert f"vito-fast viz attention {tmp_path / 'run'} {records[0].path}" in commands
+    assert f"vito-fast eval knn --run {tmp_path / 'run'} --manifest {manifest}" in commands

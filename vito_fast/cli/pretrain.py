@@ -3,6 +3,7 @@
     vito-fast pretrain --preset demo --out runs/demo                       # built-in data, a few minutes on a CPU
     vito-fast pretrain --preset demo --data manifest.jsonl --out runs/a --steps 500 optim.base_lr=0.5
     vito-fast pretrain --resume runs/a                                     # continue where it stopped
+    vito-fast pretrain --resume runs/a --steps 1000                        # extend a finished run
     torchrun --nproc_per_node 8 -m vito_fast pretrain --preset resnet50 --data store/ --out runs/r50
 """
 from __future__ import annotations
@@ -31,7 +32,10 @@ def build_parser() -> argparse.ArgumentParser:
                              "omitted: the built-in synthetic videos, generated under RUN/data")
     parser.add_argument("--out", metavar="RUN", help="run directory (default: the --resume directory)")
     parser.add_argument("--steps", type=int, help="total optimisation steps (train.steps)")
-    parser.add_argument("--resume", metavar="RUN", help="continue the run in RUN from its checkpoint")
+    parser.add_argument("--resume", metavar="RUN", help="continue the run in RUN from its checkpoint (a new "
+                        "--steps extends it: the schedules follow the new total from the resumed step)")
+    parser.add_argument("--allow-config-change", nargs="+", default=[], metavar="KEY",
+                        help="with --resume: accept these config keys differing from the checkpoint's")
     parser.add_argument("overrides", nargs="*", metavar="key=value")
     return parser
 
@@ -75,16 +79,57 @@ def main(argv: Optional[List[str]] = None) -> int:
         print(f"vito-fast pretrain: {run_dir} already holds a checkpoint; continue it with --resume "
               f"{run_dir} or choose another --out", file=sys.stderr)
         return EXIT_USAGE
+    # keys given after --allow-config-change that hold a value are overrides, not keys
+    args.overrides += [item for item in args.allow_config_change if "=" in item]
+    args.allow_config_change = [item for item in args.allow_config_change if "=" not in item]
     try:
         config = resolve_config(args)
-        train(config, run_dir, resume=bool(args.resume))
+        if args.allow_config_change and not args.resume:
+            print("vito-fast pretrain: --allow-config-change only applies with --resume", file=sys.stderr)
+            return EXIT_USAGE
+        result = train(config, run_dir, resume=bool(args.resume), allow_config_change=args.allow_config_change)
     except (ConfigMismatchError, NonFiniteLossError, ValueError, FileNotFoundError, RuntimeError) as error:
         print(f"vito-fast pretrain: {error}", file=sys.stderr)
         return EXIT_FAILURE
     except KeyboardInterrupt:
         print(f"vito-fast pretrain: interrupted; resume with --resume {run_dir}", file=sys.stderr)
         return 130
+    if is_main_process():
+        print(next_steps(config, Path(run_dir), result.step < config.train.steps))
     return 0
+
+
+def is_main_process() -> bool:
+    import os
+
+    return os.environ.get("RANK", "0") == "0"
+
+
+def next_steps(config, run_dir: Path, stopped_early: bool) -> str:
+    """The commands that look at a run's result (printed when pretrain ends)."""
+    lines = ["next:"]
+    if stopped_early:
+        lines.append(f"  vito-fast pretrain --resume {run_dir}                      # continue to train.steps")
+    manifest = None
+    if config.data.source == "loader":
+        path = Path(config.data.path) if config.data.path else run_dir / "data" / "manifest.jsonl"
+        manifest = path if path.is_file() else None
+    video = _first_video(manifest) if manifest is not None else None
+    if video is not None:
+        lines.append(f"  vito-fast viz attention {run_dir} {video} -o {run_dir / 'attention.png'}")
+    lines.append(f"  vito-fast eval knn --run {run_dir} --manifest {manifest or 'LABELLED_MANIFEST.jsonl'}")
+    lines.append(f"  vito-fast export {run_dir} -o {run_dir / 'encoder.pth'} --format torchvision")
+    lines.append("  vito-fast demo                                              # VITO against baselines, with a report")
+    return "\n".join(lines)
+
+
+def _first_video(manifest: Path):
+    from vito_fast.data.manifest import iter_manifest
+
+    try:
+        return next(iter(iter_manifest(manifest))).path
+    except (StopIteration, OSError, ValueError):
+        return None
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -15,7 +15,7 @@ import os
 import random
 import tempfile
 from pathlib import Path
-from typing import Any, Dict, Optional, Union
+from typing import Any, Dict, Optional, Sequence, Union
 
 import numpy as np
 import torch
@@ -94,11 +94,13 @@ def save_checkpoint(run_dir: PathLike, *, step: int, model: torch.nn.Module, opt
     return path
 
 
-def load_checkpoint(run_dir: PathLike, config=None, map_location: Union[str, torch.device] = "cpu") -> Dict[str, Any]:
+def load_checkpoint(run_dir: PathLike, config=None, map_location: Union[str, torch.device] = "cpu",
+                    allow: Sequence[str] = ()) -> Dict[str, Any]:
     """Read RUN/checkpoint.pt with weights_only=True; with config, refuse one whose config differs.
 
-    Keys in ``RESUME_FREE_KEYS`` (logging cadence, data path, early stop) may differ; any other
-    difference raises ConfigMismatchError naming every differing key with both values.
+    Keys in ``RESUME_FREE_KEYS`` (logging cadence, data path, early stop, ``train.steps`` to extend
+    or shorten a run) and in ``allow`` may differ; any other difference raises ConfigMismatchError
+    naming every differing key with both values and how to allow it.
     """
     path = checkpoint_path(run_dir)
     if not path.exists():
@@ -107,13 +109,18 @@ def load_checkpoint(run_dir: PathLike, config=None, map_location: Union[str, tor
     if state.get("format") != FORMAT:
         raise ValueError(f"{path}: checkpoint format {state.get('format')!r}, this version reads {FORMAT}")
     if config is not None:
-        differing = config_diff(state["config"], config, ignore=RESUME_FREE_KEYS)
+        known = set(flatten(config))
+        unknown = [key for key in allow if key not in known]
+        if unknown:
+            raise ValueError(f"--allow-config-change: no config key {', '.join(unknown)}")
+        differing = config_diff(state["config"], config, ignore=RESUME_FREE_KEYS | frozenset(allow))
         if differing:
             saved, wanted = flatten(state["config"]), flatten(config)
             details = "; ".join(f"{k}: checkpoint {saved.get(k)!r}, now {wanted.get(k)!r}" for k in differing)
             raise ConfigMismatchError(f"{path}: the checkpoint was written with a different config "
                                       f"({len(differing)} key(s) differ: {details}). Resume with the "
-                                      f"checkpoint's config or start a new run directory.")
+                                      f"checkpoint's config, start a new run directory, or accept the change "
+                                      f"with --allow-config-change {' '.join(differing)}.")
     return state
 
 

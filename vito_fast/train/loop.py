@@ -19,11 +19,12 @@ between them.
 """
 from __future__ import annotations
 
+import math
 import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Dict, List, Optional
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import torch
 from torch.nn.parallel import DistributedDataParallel
@@ -49,20 +50,32 @@ class TrainResult:
     losses: List[float] = field(default_factory=list)          # per step run in this call, mean over ranks
     stage_losses: List[Dict[str, float]] = field(default_factory=list)
     checkpoint: Optional[Path] = None
+    seconds: float = 0.0                        # wall time of the steps run in this call
+    pairs: int = 0                              # frame pairs trained on in this call (all ranks)
+
+    def summary(self) -> str:
+        """One line: loss first -> last, pairs/s and wall time of this call's steps."""
+        if not self.losses:
+            return "pretrain: no step run"
+        rate = self.pairs / self.seconds if self.seconds > 0 else float("nan")
+        return (f"pretrain: loss {self.losses[0]:.3f} -> {self.losses[-1]:.3f} over {len(self.losses)} steps, "
+                f"{rate:.1f} pairs/s, {self.seconds:.0f} s")
 
 
-def train(config: Config, run_dir, *, resume: bool = False) -> TrainResult:
+def train(config: Config, run_dir, *, resume: bool = False, allow_config_change: Sequence[str] = ()) -> TrainResult:
     """Pretrain per config, writing RUN/checkpoint.pt, RUN/metrics.jsonl, RUN/tensorboard (rank 0).
 
-    resume=True continues from RUN/checkpoint.pt (refusing a checkpoint of a different config).
-    Under torchrun (or inside an initialised process group) every rank calls this.
+    resume=True continues from RUN/checkpoint.pt, refusing a checkpoint of a different config except
+    for the keys that may change on resume (``RESUME_FREE_KEYS``: a new ``train.steps`` extends the
+    run) and ``allow_config_change``. Under torchrun (or inside an initialised process group) every
+    rank calls this.
     """
     info = distributed.setup(config.train.device)
     threads = torch.get_num_threads()
     if info.device.type == "cpu":
         torch.set_num_threads(config.train.cpu_threads or cpu_compute_threads())
     try:
-        return _train(config, Path(run_dir), resume, info)
+        return _train(config, Path(run_dir), resume, info, tuple(allow_config_change))
     finally:
         torch.set_num_threads(threads)
         distributed.cleanup(info)  # only a process group that setup() created
@@ -78,7 +91,8 @@ def cpu_compute_threads() -> int:
     return max(1, cores // 2)
 
 
-def _train(config: Config, run_dir: Path, resume: bool, info: distributed.DistInfo) -> TrainResult:
+def _train(config: Config, run_dir: Path, resume: bool, info: distributed.DistInfo,
+           allow_config_change: Tuple[str, ...] = ()) -> TrainResult:
     tc, oc = config.train, config.optim
     device = info.device
     use_amp = tc.amp and device.type == "cuda"
@@ -97,8 +111,10 @@ def _train(config: Config, run_dir: Path, resume: bool, info: distributed.DistIn
     # Resume: weights, target, optimiser, RNGs and the step; the data position follows from the step.
     step = 0
     if resume:
-        state = load_checkpoint(run_dir, config, map_location=device)
+        state = load_checkpoint(run_dir, config, map_location=device, allow=allow_config_change)
         step = restore(state, model=model, optimizer=optimizer, scaler=scaler)
+        if info.is_main and int(state["config"]["train"]["steps"]) != tc.steps:
+            print(schedule_change(config, int(state["config"]["train"]["steps"]), step, info.world_size), flush=True)
     last_checkpoint = checkpoint_path(run_dir) if resume else None
     if info.is_main:
         run_dir.mkdir(parents=True, exist_ok=True)
@@ -129,6 +145,7 @@ def _train(config: Config, run_dir: Path, resume: bool, info: distributed.DistIn
     result = TrainResult(step=step, checkpoint=last_checkpoint)
     pending: List[tuple] = []                   # (step, loss, stage losses, lr, momentum) not yet read back
     window_start, window_wait, window_steps = time.perf_counter(), 0.0, 0
+    loop_started, first_step = window_start, step
     network.train()
 
     while step < stop:
@@ -186,12 +203,35 @@ def _train(config: Config, run_dir: Path, resume: bool, info: distributed.DistIn
             last_checkpoint = result.checkpoint = checkpoint_path(run_dir)
 
     result.step = step
+    result.seconds, result.pairs = time.perf_counter() - loop_started, (step - first_step) * global_batch
     if hasattr(loader, "close"):
         loader.close()  # the decode workers stop with the run, not when the loader is collected
     final = (f"pretrain: stopped at step {step}/{tc.steps}; checkpoint {result.checkpoint}"
              if step < tc.steps else f"pretrain: done, {step} steps; checkpoint {result.checkpoint}")
-    logger.close(final + _data_problems(getattr(loader, "stats", None)))
+    logger.close(final + "\n" + result.summary() + _data_problems(getattr(loader, "stats", None)))
     return result
+
+
+def schedule_change(config: Config, old_total: int, step: int, world_size: int = 1) -> str:
+    """The line a resume with a new ``train.steps`` prints: from which step this run's learning-rate
+    and EMA-momentum curves differ from an uninterrupted run of the new length."""
+    oc, new_total = config.optim, config.train.steps
+    peak = scaled_lr(oc.base_lr, config.data.batch_size * world_size)
+
+    def first_difference(curve) -> Optional[int]:
+        return next((s for s in range(step) if not math.isclose(curve(s, old_total), curve(s, new_total),
+                                                                 rel_tol=1e-12, abs_tol=1e-15)), None)
+
+    lr = first_difference(lambda s, total: learning_rate(s, peak_lr=peak, warmup_steps=oc.warmup_steps,
+                                                         total_steps=total, final_lr=peak * oc.final_lr_fraction))
+    momentum = first_difference(lambda s, total: ema_momentum(s, total_steps=total, start=oc.ema_start,
+                                                              end=oc.ema_end))
+    where = ("; the steps run so far match an uninterrupted run of that length" if lr is None and momentum is None
+             else f"; the learning rate differs from an uninterrupted {new_total}-step run from step "
+                  f"{lr if lr is not None else step} on, the EMA momentum from step "
+                  f"{momentum if momentum is not None else step} on")
+    return (f"pretrain: train.steps {old_total} -> {new_total} at step {step}: the schedules follow "
+            f"{new_total} steps from here{where}")
 
 
 def _data_problems(stats) -> str:
