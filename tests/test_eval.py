@@ -15,8 +15,8 @@ from vito_fast.eval.knn import knn_accuracy, knn_predict
 from vito_fast.eval.linear import linear_probe_accuracy, train_linear_probe
 from vito_fast.eval.propagate import propagate_labels, region_similarity
 from vito_fast.eval.robustness import CORRUPTIONS, corrupt, robustness_evaluation
-from vito_fast.eval.viz import (attention_mask_iou, attention_panel, centred_gaussian_attention, overlay_attention,
-                                save_gif, save_png)
+from vito_fast.eval.viz import (RATIO_RANGE, attention_mask_iou, attention_panel, centred_gaussian_attention,
+                                colour_bar, overlay_attention, save_gif, save_png, upsample_attention)
 
 
 def clustered_features(num_classes: int, per_class: int, dim: int, spread: float) -> tuple:
@@ -211,24 +211,33 @@ def test_robustness_identity_severity_keeps_accuracy(probe):
 # ----------------------------------------------------------------------------- attention maps
 
 
-def test_overlay_differs_where_attention_is_high(tmp_path):
+def test_overlay_shows_where_attention_is_and_how_peaked(tmp_path):
     frame = np.full((48, 64, 3), 100, np.uint8)
     attention = np.zeros((6, 8), np.float32)
-    attention[:3, :4] = 1.0  # top-left quarter
-    for normalise, least_change in (("minmax", 30), ("uniform", 10)):
+    attention[:3, :4] = 1.0  # top-left quarter: 4x uniform there, nothing elsewhere
+    for normalise in ("minmax", "uniform"):
         shown = overlay_attention(frame, attention, normalise=normalise)
         assert shown.shape == frame.shape and shown.dtype == np.uint8
-        change = np.abs(shown.astype(int) - frame).sum(axis=2)
-        assert change[:16, :24].min() > least_change  # well inside the attended quarter
-        assert change[32:, 40:].max() <= 1  # far from it: the frame itself
-    # a flat map is no information: "uniform" leaves the frame as it is
-    assert np.array_equal(overlay_attention(frame, np.full((6, 8), 1 / 48)), frame)
+        brightness = shown.astype(int).sum(axis=2)
+        assert brightness[:16, :24].min() > brightness[32:, 40:].max() + 100  # attended: bright, the rest dark
+    # a flat map is shown (one even mid-colour), not hidden: a reader sees at once that it is flat
+    flat = overlay_attention(frame, np.full((6, 8), 1 / 48)).astype(int)
+    assert np.abs(flat - frame).sum(axis=2).min() > 30 and np.ptp(flat.reshape(-1, 3), axis=0).max() == 0
+    # the colour says the ratio to uniform on one scale: 4x uniform sits between flat and a single peak
+    peak = np.zeros((6, 8), np.float32)
+    peak[0, 0] = 1.0  # 48x uniform: the top of the scale
+    value = lambda maps: upsample_attention(maps, (6, 8))  # noqa: E731
+    assert value(np.full((6, 8), 1 / 48)).max() == pytest.approx(0.5)
+    assert value(attention)[0, 0] == pytest.approx(0.5 + np.log(4) / (2 * np.log(RATIO_RANGE)), abs=1e-5)
+    assert value(peak)[0, 0] == pytest.approx(1.0)
+    bar = colour_bar(120)
+    assert bar.shape == (120, 72, 3) and bar[20:110, 4].std() > 20  # a gradient, with labels beside it
     panel = attention_panel(np.stack([frame] * 3), {"layer3": np.stack([attention] * 3),
                                                     "layer4": np.stack([attention[::-1]] * 3)})
-    assert panel.shape == (3 * 48, 64 + 3 * 64, 3)
+    assert panel.shape == (3 * 48, 64 + 3 * 64 + 72, 3)  # names, frames, colour bar
     path = save_png(panel, tmp_path / "out" / "attention.png")
     with Image.open(path) as written:
-        assert written.format == "PNG" and written.size == (64 + 3 * 64, 3 * 48)
+        assert written.format == "PNG" and written.size == (64 + 3 * 64 + 72, 3 * 48)
         assert np.array_equal(np.asarray(written.convert("RGB")), panel)
     gif = save_gif([panel, panel[::-1].copy()], tmp_path / "attention.gif", fps=4)
     with Image.open(gif) as animation:
@@ -416,12 +425,12 @@ def test_attention_encoder_from_run_and_viz_cli(tmp_path, capsys):
     assert main(["viz", "attention", str(run), dataset.videos[0].path, "-o", str(output), "--frames", "3",
                  "--gif", str(tmp_path / "viz" / "attention.gif"), "--display-height", "48"]) == 0
     with Image.open(output) as written:
-        assert written.size == (64 + 3 * 64, 3 * 48)  # label strip + 3 frames; frames, layer3, layer4 rows
+        assert written.size == (64 + 3 * 64 + 72, 3 * 48)  # names, 3 frames, colour bar; frames, layer3, layer4
     summary = json.loads(output.with_suffix(".json").read_text())
     assert summary["frames"] == [0, 2, 5]
     assert summary["attention_shape"] == {"layer3": [4, 6], "layer4": [2, 3]}  # the model sees 64x85
     with Image.open(tmp_path / "viz" / "attention.gif") as animation:
-        assert animation.n_frames == 6 and animation.size == (3 * 64, 48)
+        assert animation.n_frames == 6 and animation.size == (3 * 64 + 72, 48)  # frame, 2 overlays, colour bar
     assert "layer3" in capsys.readouterr().out
     assert main(["viz", "attention", str(tmp_path / "no-run"), dataset.videos[0].path, "-o", str(output)]) == 1
     assert "vito-fast pretrain" in capsys.readouterr().err

@@ -33,9 +33,9 @@ def build_parser() -> argparse.ArgumentParser:
     attention.add_argument("--image-size", type=int, default=None,
                            help="short side fed to the model (default: the run's data.image_size)")
     attention.add_argument("--display-height", type=int, default=160, help="frame height in the images (default 160)")
-    attention.add_argument("--alpha", type=float, default=0.7, help="overlay opacity at the highest attention")
+    attention.add_argument("--alpha", type=float, default=0.75, help="overlay opacity where attention is highest")
     attention.add_argument("--normalise", choices=("uniform", "minmax"), default="uniform",
-                           help="colour by concentration over uniform (default) or stretch each map to [0, 1]")
+                           help="colour by attention ÷ uniform on a shared log scale (default) or stretch each map to [0, 1]")
     attention.add_argument("--device", default="auto", help="cpu, cuda or auto")
     return parser
 

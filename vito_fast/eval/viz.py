@@ -2,18 +2,22 @@
 
 Everything takes plain arrays, so it works with any model: frames (T, H, W, 3) uint8 and, per
 scale, attention (T, h, w) (``AttentionPool2d.last_attention``, a softmax over the h·w positions).
-An overlay paints a colour map over the frame in proportion to the attention::
+An overlay paints a heat colour map over the (partly transparent) frame. The colour says how much
+attention a pixel gets relative to uniform attention, on a log scale shared by every map::
 
-    shown = frame · (1 − α·w) + colour(w) · α·w,   w = log(a·h·w) / log(h·w) upsampled, in [0, 1]
+    r = a·h·w (1 = uniform),  v = 1/2 + log(r) / (2 log RATIO_RANGE) clipped to [0, 1]
+    shown = frame · (1 − α·(0.3 + 0.7 v)) + heat(v) · α·(0.3 + 0.7 v)
 
-so pixels at or below uniform attention keep the frame and concentrated attention takes the colour
-(``normalise="minmax"`` stretches each map to [0, 1] instead).
+so a flat map shows as an even mid-colour (it is not hidden), a peaked one as a bright spot on
+a dark frame, and the colour bar that panels carry (``colour_bar``) reads off the ratio:
+×1/16 … ×1 (uniform) … ×16. ``normalise="minmax"`` stretches each map to [0, 1] instead (the
+ranking of positions, whatever the peak).
 """
 from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Dict, List, Sequence, Union
+from typing import Dict, List, Optional, Sequence, Union
 
 import numpy as np
 import torch
@@ -24,17 +28,19 @@ PathLike = Union[str, os.PathLike]
 # an "inferno"-like colour map: control points (value, RGB) interpolated linearly
 _COLOUR_STOPS = np.array([0.0, 0.25, 0.5, 0.75, 1.0])
 _COLOUR_VALUES = np.array([[0, 0, 4], [87, 16, 110], [188, 55, 84], [249, 142, 9], [252, 255, 164]], np.float32)
+RATIO_RANGE = 16.0  # the colour scale spans attention ÷ uniform from 1/16 to 16
+NORMALISE = ("uniform", "minmax")
 
 
 def upsample_attention(attention: np.ndarray, size: Sequence[int], *, normalise: str = "uniform") -> np.ndarray:
-    """Attention (h, w) or (T, h, w) -> weights in [0, 1] with the same leading dims at ``size`` (H, W).
+    """Attention (h, w) or (T, h, w) -> values in [0, 1] with the same leading dims at ``size`` (H, W).
 
-    ``normalise="uniform"``: how concentrated the attention is, ``log(a·h·w) / log(h·w)`` clipped to
-    [0, 1] (a map normalised to sum 1 first): 0 at or below the uniform level, 1 where all of it
-    sits on one position, so a flat map shows as flat. ``normalise="minmax"``: each map stretched to
-    [0, 1], which shows the ranking of positions even when the map is nearly flat.
+    ``normalise="uniform"``: the attention relative to uniform, r = a·h·w (a map normalised to sum 1
+    first), as ``1/2 + log(r) / (2 log RATIO_RANGE)`` clipped to [0, 1]: 0.5 is uniform, 1 is
+    RATIO_RANGE times uniform or more, 0 is 1/RATIO_RANGE or less. ``normalise="minmax"``: each map
+    stretched to [0, 1], which shows the ranking of positions even when the map is nearly flat.
     """
-    if normalise not in ("uniform", "minmax"):
+    if normalise not in NORMALISE:
         raise ValueError(f"upsample_attention: normalise must be 'uniform' or 'minmax', not {normalise!r}")
     maps = torch.as_tensor(np.asarray(attention, dtype=np.float32))
     single = maps.dim() == 2
@@ -47,9 +53,7 @@ def upsample_attention(attention: np.ndarray, size: Sequence[int], *, normalise:
         maps = maps / maps.sum(dim=(1, 2), keepdim=True).clamp_min(1e-12) * positions  # 1 = uniform
     maps = F.interpolate(maps[:, None], size=tuple(size), mode="bilinear", align_corners=False)[:, 0]
     if normalise == "uniform":
-        scaled = (maps.clamp_min(1e-12).log() / np.log(max(positions, 2))).clamp(0, 1).numpy()
-        if positions == 1:
-            scaled = np.zeros_like(scaled)
+        scaled = (0.5 + maps.clamp_min(1e-12).log() / (2 * np.log(RATIO_RANGE))).clamp(0, 1).numpy()
     else:
         low = maps.amin(dim=(1, 2), keepdim=True)
         high = maps.amax(dim=(1, 2), keepdim=True)
@@ -64,23 +68,50 @@ def colour_map(values: np.ndarray) -> np.ndarray:
     return np.stack(channels, axis=-1).round().astype(np.uint8)
 
 
-def overlay_attention(frame: np.ndarray, attention: np.ndarray, *, alpha: float = 0.7,
+def overlay_attention(frame: np.ndarray, attention: np.ndarray, *, alpha: float = 0.75,
                       normalise: str = "uniform") -> np.ndarray:
-    """Frame (H, W, 3) uint8 with attention (h, w) painted over it: (H, W, 3) uint8 (see upsample_attention)."""
+    """Frame (H, W, 3) uint8 with attention (h, w) painted over it: (H, W, 3) uint8 (module docstring)."""
     if frame.ndim != 3 or frame.shape[2] != 3 or frame.dtype != np.uint8:
         raise ValueError(f"overlay_attention: frame must be (H, W, 3) uint8, not {frame.dtype} {frame.shape}")
-    weight = upsample_attention(attention, frame.shape[:2], normalise=normalise)
-    colours = colour_map(weight).astype(np.float32)
-    blend = alpha * weight[..., None]
+    value = upsample_attention(attention, frame.shape[:2], normalise=normalise)
+    colours = colour_map(value).astype(np.float32)
+    blend = alpha * (0.3 + 0.7 * value[..., None])  # more transparent where attention is low
     return (frame.astype(np.float32) * (1 - blend) + colours * blend + 0.5).astype(np.uint8)
 
 
-def attention_panel(frames: np.ndarray, attention_by_scale: Dict[str, np.ndarray], *, alpha: float = 0.7,
-                    label_width: int = 64, normalise: str = "uniform") -> np.ndarray:
+def colour_bar(height: int, *, width: int = 72, normalise: str = "uniform") -> np.ndarray:
+    """A vertical colour bar (height, width, 3) uint8 that reads overlay colours back: attention ÷
+    uniform from 1/RATIO_RANGE (bottom) to RATIO_RANGE (top), or min/max with ``normalise="minmax"``."""
+    from PIL import Image, ImageDraw
+
+    if normalise not in NORMALISE:
+        raise ValueError(f"colour_bar: normalise must be 'uniform' or 'minmax', not {normalise!r}")
+    top, bottom, bar_width = 16, max(height - 6, 22), 12
+    image = Image.new("RGB", (width, height), (255, 255, 255))
+    ramp = colour_map(np.linspace(1.0, 0.0, bottom - top))  # top row = highest value
+    image.paste(Image.fromarray(np.repeat(ramp[:, None], bar_width, axis=1)), (2, top))
+    draw = ImageDraw.Draw(image)
+    draw.text((2, 2), "vs uniform" if normalise == "uniform" else "per map", fill=(0, 0, 0))
+    if normalise == "uniform":  # ASCII labels: the default bitmap font has no multiplication sign
+        ticks = [(RATIO_RANGE, f"x{RATIO_RANGE:g}"), (RATIO_RANGE ** 0.5, f"x{RATIO_RANGE ** 0.5:g}"), (1.0, "x1"),
+                 (RATIO_RANGE ** -0.5, f"x1/{RATIO_RANGE ** 0.5:g}"), (1 / RATIO_RANGE, f"x1/{RATIO_RANGE:g}")]
+        ticks = [(0.5 + np.log(ratio) / (2 * np.log(RATIO_RANGE)), label) for ratio, label in ticks]
+    else:
+        ticks = [(1.0, "max"), (0.5, "mid"), (0.0, "min")]
+    for value, label in ticks:
+        y = top + (1.0 - value) * (bottom - top - 1)
+        draw.line([(2 + bar_width, y), (6 + bar_width, y)], fill=(0, 0, 0))
+        draw.text((9 + bar_width, y - 5), label, fill=(0, 0, 0))
+    return np.asarray(image)
+
+
+def attention_panel(frames: np.ndarray, attention_by_scale: Dict[str, np.ndarray], *, alpha: float = 0.75,
+                    label_width: int = 64, normalise: str = "uniform", bar_width: Optional[int] = 72) -> np.ndarray:
     """A grid image: the frames on the first row, their overlays of each scale on the next rows.
 
     frames (T, H, W, 3) uint8; attention_by_scale {name: (T, h, w)}. With ``label_width`` > 0 a
-    strip on the left names the rows. Returns ((1 + scales)·H, label_width + T·W, 3) uint8.
+    strip on the left names the rows; with ``bar_width`` a colour bar on the right reads the
+    colours back. Returns ((1 + scales)·H, label_width + T·W + bar_width, 3) uint8.
     """
     if frames.ndim != 4:
         raise ValueError(f"attention_panel: frames must be (T, H, W, 3), not {frames.shape}")
@@ -97,6 +128,10 @@ def attention_panel(frames: np.ndarray, attention_by_scale: Dict[str, np.ndarray
     panel = np.concatenate(rows, axis=0)
     if label_width > 0:
         panel = np.concatenate([_label_strip(names, height, label_width), panel], axis=1)
+    if bar_width:
+        bar = np.full((panel.shape[0], bar_width, 3), 255, np.uint8)
+        bar[height:] = colour_bar(panel.shape[0] - height, width=bar_width, normalise=normalise)
+        panel = np.concatenate([panel, bar], axis=1)
     return panel
 
 
@@ -133,12 +168,16 @@ def save_gif(images: Sequence[np.ndarray], path: PathLike, *, fps: float = 8) ->
 
 
 def attention_overlay_frames(frames: np.ndarray, attention_by_scale: Dict[str, np.ndarray], *,
-                             alpha: float = 0.7, normalise: str = "uniform") -> List[np.ndarray]:
-    """One image per frame: the frame beside its overlay of each scale (for a GIF)."""
-    return [np.concatenate([frame] + [overlay_attention(frame, np.asarray(maps)[time], alpha=alpha,
-                                                        normalise=normalise)
-                                      for maps in attention_by_scale.values()], axis=1)
-            for time, frame in enumerate(frames)]
+                             alpha: float = 0.75, normalise: str = "uniform", bar_width: int = 72) -> List[np.ndarray]:
+    """One image per frame: the frame beside its overlay of each scale and a colour bar (for a GIF)."""
+    images = [np.concatenate([frame] + [overlay_attention(frame, np.asarray(maps)[time], alpha=alpha,
+                                                          normalise=normalise)
+                                        for maps in attention_by_scale.values()], axis=1)
+              for time, frame in enumerate(frames)]
+    if bar_width and images:
+        bar = colour_bar(images[0].shape[0], width=bar_width, normalise=normalise)
+        images = [np.concatenate([image, bar], axis=1) for image in images]
+    return images
 
 
 # ----------------------------------------------------------------------------- attention vs objects
