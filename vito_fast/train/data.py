@@ -128,13 +128,8 @@ def build_loader(config, info: DistInfo, *, epoch: int, start_step: int, run_dir
                                    dtype=torch.bfloat16 if bf16 else torch.float32)
     if data.source != "loader":
         raise ValueError(f"data.source must be 'loader' or 'synthetic', got {data.source!r}")
-    try:
-        from vito_fast.data.loader import LoaderConfig, PairLoader
-    except ModuleNotFoundError as error:
-        if error.name != "vito_fast.data.loader":
-            raise
-        raise RuntimeError("pretrain: the real-data loader (vito_fast.data.loader) is not part of this "
-                           "build yet; run with data.source=synthetic for on-device synthetic pairs") from error
+    from vito_fast.data.loader import LoaderConfig, PairLoader
+
     path = data.path
     if not path:
         if run_dir is None:
