@@ -6,7 +6,7 @@ An overlay paints a heat colour map over the (partly transparent) frame. The col
 attention a pixel gets relative to uniform attention, on a log scale shared by every map::
 
     r = a·h·w (1 = uniform),  v = 1/2 + log(r) / (2 log RATIO_RANGE) clipped to [0, 1]
-    shown = frame · (1 − α·(0.3 + 0.7 v)) + heat(v) · α·(0.3 + 0.7 v)
+    shown = grey(frame) · (1 − α·(0.3 + 0.7 v)) + heat(v) · α·(0.3 + 0.7 v)
 
 so a flat map shows as an even mid-colour (it is not hidden), a peaked one as a bright spot on
 a dark frame, and the colour bar that panels carry (``colour_bar``) reads off the ratio:
@@ -76,7 +76,9 @@ def overlay_attention(frame: np.ndarray, attention: np.ndarray, *, alpha: float 
     value = upsample_attention(attention, frame.shape[:2], normalise=normalise)
     colours = colour_map(value).astype(np.float32)
     blend = alpha * (0.3 + 0.7 * value[..., None])  # more transparent where attention is low
-    return (frame.astype(np.float32) * (1 - blend) + colours * blend + 0.5).astype(np.uint8)
+    # the frame in grey underneath: its own colours would compete with the heat colours
+    grey = (frame.astype(np.float32) @ np.array([0.299, 0.587, 0.114], np.float32))[..., None]
+    return (grey * (1 - blend) + colours * blend + 0.5).astype(np.uint8)
 
 
 def colour_bar(height: int, *, width: int = 72, normalise: str = "uniform") -> np.ndarray:
