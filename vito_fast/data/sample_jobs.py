@@ -8,14 +8,12 @@ Kinds of job, each a tuple whose first item names it::
         -> image0, image1: (H, W, 3) uint8 RGB, display orientation, dense
     ("file_bytes", path, file_frames)
         -> encoded: the file's bytes (uint8), frames: (2,) int32 (for fn.decoders.video)
-    ("store_frames", store_path, clip, frames)
-        -> image0, image1: the stored JPEG bytes (uint8)
 
-Errors are VideoError/StoreError naming the file (OSError for a file that vanished).
+Errors are VideoError naming the file. Frame stores need no job: their reads are ``pread`` calls
+that the loader makes itself (``FrameStoreSource.load_many``), cheaper than a round trip to a worker.
 """
 from __future__ import annotations
 
-from collections import OrderedDict
 from typing import Dict, Tuple
 
 import numpy as np
@@ -26,12 +24,11 @@ __all__ = ["JobRunner"]
 
 
 class JobRunner:
-    """Runs jobs in one process; keeps up to ``max_open`` videos and a few frame stores open."""
+    """Runs jobs in one process; keeps up to ``max_open`` videos open (per thread)."""
 
     def __init__(self, max_open: int = 16):
         self.max_open = max_open
         self._reader = None
-        self._stores: "OrderedDict[str, object]" = OrderedDict()
 
     def __call__(self, job: Tuple) -> Dict[str, np.ndarray]:
         kind = job[0]
@@ -39,8 +36,6 @@ class JobRunner:
             return self._video_frames(*job[1:])
         if kind == "file_bytes":
             return self._file_bytes(*job[1:])
-        if kind == "store_frames":
-            return self._store(job[1]).load(job[2], job[3])
         raise ValueError(f"JobRunner: unknown job kind {kind!r}")
 
     def _video_frames(self, path: str, fps: float, file_frames, options: dict, size) -> Dict[str, np.ndarray]:
@@ -64,12 +59,3 @@ class JobRunner:
         except OSError as error:
             raise VideoError(f"{path}: cannot read it: {error}") from None
         return {"encoded": data, "frames": np.asarray(file_frames, dtype=np.int32)}
-
-    def _store(self, path: str):
-        from vito_fast.data.pair_sources import FrameStoreSource
-
-        if path not in self._stores:
-            self._stores[path] = FrameStoreSource(path)
-            if len(self._stores) > 4:
-                self._stores.popitem(last=False)
-        return self._stores[path]
