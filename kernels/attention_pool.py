@@ -265,10 +265,14 @@ def _attention_pool_bwd_kernel(
 
 def _pick_blocks(n_pos: int, channels: int, hidden: int, block_n: Optional[int],
                  block_c: Optional[int], block_hid: Optional[int],
-                 channels_contiguous: bool = False) -> Tuple[int, int, int]:
-    """Power-of-2 tiles; tl.dot needs every dimension ≥ 16, so the MLP path pads up to 16."""
+                 channels_contiguous: bool = False, max_elements: int = 8192,
+                 float32: bool = False) -> Tuple[int, int, int]:
+    """Power-of-2 tiles; tl.dot needs every dimension ≥ 16, so the MLP path pads up to 16.
+    max_elements caps a linear-path tile (positions × channels). float32 MLP dots run on FMAs,
+    not tensor cores: 64 positions spill on sm_90 (NCHW: 88 B fwd, 24 B bwd), 32 take ≤ 185
+    registers."""
     if hidden:
-        block_n = block_n or min(max(next_power_of_2(n_pos), 16), 64)
+        block_n = block_n or min(max(next_power_of_2(n_pos), 16), 32 if float32 else 64)
         block_c = block_c or min(max(next_power_of_2(channels), 16), 64)
         block_hid = block_hid or min(max(next_power_of_2(hidden), 16), 64)
         if min(block_n, block_c, block_hid) < 16:
@@ -278,10 +282,10 @@ def _pick_blocks(n_pos: int, channels: int, hidden: int, block_n: Optional[int],
         # 128 contiguous bytes along the memory-contiguous axis (C for channels_last, else H·W).
         if channels_contiguous and not block_n:
             block_c = block_c or min(next_power_of_2(channels), 128)
-            block_n = min(next_power_of_2(n_pos), max(8192 // block_c, 1))
+            block_n = min(next_power_of_2(n_pos), max(max_elements // block_c, 1))
         else:
             block_n = block_n or min(next_power_of_2(n_pos), 256)
-            block_c = block_c or min(next_power_of_2(channels), max(8192 // block_n, 16))
+            block_c = block_c or min(next_power_of_2(channels), max(max_elements // block_n, 1))
         block_hid = block_hid or 16
     for name, value in (("block_n", block_n), ("block_c", block_c), ("block_hid", block_hid)):
         if value & (value - 1):
@@ -312,7 +316,8 @@ def attention_pool_fwd(
     n_pos, hidden = height * width, (0 if w1 is None else w1.shape[0])
     h3 = h.flatten(2)  # a view for contiguous and channels_last h, a copy only for odd strides
     block_n, block_c, block_hid = _pick_blocks(n_pos, channels, hidden, block_n, block_c, block_hid,
-                                               channels_contiguous=h3.stride(1) == 1)
+                                               channels_contiguous=h3.stride(1) == 1,
+                                               float32=h.dtype == torch.float32)
     pooled = torch.empty((batch, channels), device=h.device, dtype=h.dtype)
     attn = torch.empty((batch, n_pos), device=h.device, dtype=torch.float32)
     logits = torch.empty_like(attn)
@@ -345,8 +350,15 @@ def attention_pool_bwd(
     batch, channels, height, width = h.shape
     n_pos, hidden = height * width, (0 if w1 is None else w1.shape[0])
     h3 = h.flatten(2)
+    channels_contiguous = h3.stride(1) == 1
+    # ptxas, sm_90 (benches/bench_compile.py): the linear backward on NCHW h (positions
+    # contiguous) needs 255 registers at the forward's 8K-element tiles and spills 56-96 B with 4
+    # or 8 warps; 2K-element tiles (64×32 at 7×7, 256×8 at 14×14, 4 warps) take 72-168, no spills.
+    max_elements = 2048 if not (hidden or channels_contiguous) else 8192
     block_n, block_c, block_hid = _pick_blocks(n_pos, channels, hidden, block_n, block_c, block_hid,
-                                               channels_contiguous=h3.stride(1) == 1)
+                                               channels_contiguous=channels_contiguous,
+                                               max_elements=max_elements,
+                                               float32=h.dtype == torch.float32)
     num_tiles = triton.cdiv(n_pos, block_n)
     dh3 = torch.empty_like(h3)  # keeps h3's strides, so dh has h's memory format
     score = torch.empty((batch, n_pos), device=h.device, dtype=torch.float32)

@@ -274,8 +274,8 @@ class _Tiles(NamedTuple):
     fwd_cols: int
     single_d: int  # D up to this runs SINGLE_D (one operand resident) ...
     d_chunk: int  # ... larger D loops over chunks of this size
-    bwd_own: int  # gradient rows per program (the fp32 accumulator is bwd_own × bwd_dout)
-    bwd_other: int
+    bwd_q_rows: int  # q rows per backward tile: gq's own rows, gk's streamed rows
+    bwd_k_rows: int  # k rows per backward tile: gk's own rows, gq's streamed rows
     bwd_dout: int  # output columns per program when D is chunked
     fwd_warps: int
     bwd_warps: int
@@ -285,13 +285,16 @@ def _default_tiles(dtype: torch.dtype, interpreter: Optional[bool] = None) -> _T
     # The interpreter runs one numpy op per block: big blocks are much faster there.
     if interpreting() if interpreter is None else interpreter:
         return _Tiles(128, 128, 128, 128, 128, 128, 128, 4, 4)
-    # sm_90, checked with ptxas (tests: test_kernels_compile_for_hopper_without_spills).
-    # bf16/fp16, D = 256: fwd 128×64 with q resident, ~160 registers; bwd 64×64 with the own tile
-    # resident, ≤ 253 registers; no spills. fp32 (IEEE products, no tensor cores) needs far
+    # sm_90, read off ptxas and the PTX by benches/bench_compile.py (tests/test_compile_report.py).
+    # bf16/fp16, D = 256: fwd 128×64 with q resident, 76-112 registers. Backward: 128 q rows × 64 k
+    # rows in both sweeps, 8 warps: each of the two warpgroups owns 64 rows of the logit tile (20
+    # wgmma per gq tile, 24 per gk tile), 198-252 registers, no spills. 64×64 tiles with 8 warps
+    # put both warpgroups on the same 64 logit rows (36 wgmma where 20 do) and spill in the
+    # symmetric gk; 4 warps on 64×64 spill too. fp32 (IEEE products, no tensor cores) needs far
     # smaller tiles: D = 256 resident spills kilobytes.
     if dtype == torch.float32:
         return _Tiles(64, 64, 32, 32, 64, 32, 128, 4, 8)
-    return _Tiles(128, 64, 256, 64, 64, 64, 128, 8, 8)
+    return _Tiles(128, 64, 256, 64, 128, 64, 128, 8, 8)
 
 
 def _block_d(requested: Optional[int], d: int, tiles: _Tiles) -> int:
@@ -391,9 +394,12 @@ def info_nce_bwd(
             grads.append(None)
             continue
         rows = n if grad_q else m
-        block_own = _block(block_m if grad_q else block_n, rows, tiles.bwd_own)
-        block_other = _block(block_n if grad_q else block_m, m if grad_q else n, tiles.bwd_other)
+        q_rows, k_rows = _block(block_m, n, tiles.bwd_q_rows), _block(block_n, m, tiles.bwd_k_rows)
+        block_own, block_other = (q_rows, k_rows) if grad_q else (k_rows, q_rows)
         grad = torch.empty((rows, d), device=q.device, dtype=torch.float32)
+        # The symmetric gk holds both dS terms' statistics: with N not a multiple of 16 (no
+        # divisibility hint) its two-stage pipeline spills 84 B at 255 registers; one stage fits.
+        stages = 1 if symmetric and not grad_q and n % 16 else 2
         _info_nce_bwd_kernel[(triton.cdiv(rows, block_own), triton.cdiv(d, block_dout))](
             q, k, q_inv_norm if has_norm else dummy, k_inv_norm if has_norm else dummy, scale,
             row_stats.max, row_stats.log_sum, row_weight,
@@ -405,7 +411,7 @@ def info_nce_bwd(
             GRAD_Q=grad_q, HAS_NORM=has_norm, SYMMETRIC=symmetric, SINGLE_D=single_d,
             DOT_PRECISION=_dot_precision(q.dtype),
             BLOCK_OWN=block_own, BLOCK_OTHER=block_other, BLOCK_D=block_d, BLOCK_DOUT=block_dout,
-            num_warps=tiles.bwd_warps, num_stages=2,
+            num_warps=tiles.bwd_warps, num_stages=stages,
         )
         grads.append(grad.mul_(weight_scale))
     return grads[0], grads[1]

@@ -124,6 +124,10 @@ TRITON_CASES = [
     (1, 256, (14, 14), 64, False, (64, 64, 16)),
     (3, 256, (7, 7), 64, True, None),
     (3, 65, (14, 14), 7, True, (64, 16, 16)),
+    # NCHW, linear, default tiles: the backward's are smaller than the forward's (64×32 and 256×8
+    # against 64×128 and 256×32), so it walks more channel blocks, the last one masked at C = 45.
+    (2, 256, (7, 7), 0, False, None),
+    (1, 45, (14, 14), 0, False, None),
 ]
 
 

@@ -1,0 +1,438 @@
+"""sm_90 compile report: every Triton kernel variant that training and the benches launch, compiled
+for Hopper on any machine (no GPU needed), beside a roofline of the goal shapes.
+
+    python benches/bench_compile.py              # the Markdown tables
+    python benches/bench_compile.py --json       # the variant rows as JSON
+    vito-fast bench compile                      # the same report through pytest-benchmark
+
+From another script (e.g. a GPU pass): ``compile_report(workers=None) -> list[dict]`` (one row per
+variant: variant, registers, spill_bytes, smem_bytes, ctas_per_sm, wgmma, wgmma_expected, cases,
+...), ``roofline() -> list[dict]`` (one row per goal shape) and ``markdown(rows,
+roofline_rows=None) -> str``.
+
+**Which variants.** The launchers in kernels/ run on meta tensors (no memory, no device) for every
+case in ``INFO_NCE_CASES`` / ``ATTENTION_POOL_CASES``, with the arguments vito_fast.ops gives them
+(normalize=True, q always needing a gradient); each ``kernel[grid](...)`` call is captured instead
+of launched. Triton's own binder turns those arguments into what a real launch specialises on:
+signature, constexprs (ints equal to 1 become constants) and divisibility hints (pointers and ints
+divisible by 16 get ``tt.divisibility = 16``; meta tensors sit at address 0, as fresh CUDA
+allocations are aligned). Identical specialisations are merged; each is compiled once with
+``triton.compile(ASTSource(...), target=GPUTarget("cuda", 90, 32))`` and the launch's num_warps and
+num_stages, and its PTX is assembled by Triton's bundled ``ptxas -v`` with the flags Triton uses.
+
+**Columns.** registers and spill bytes (stores) from ptxas; smem = Triton's dynamic shared memory
+plus ptxas' static; CTAs/SM = min(2048 threads / threads per CTA; registers: 4 partitions ×
+⌊16384 / (⌈regs·32 / 256⌉·256)⌋ warps / warps per CTA; smem: ⌊233472 / (smem + 1024)⌋, i.e. 228 KB
+per SM and 1 KB reserved per CTA; 32). wgmma = ``wgmma.mma_async`` instructions in the PTX (each
+warpgroup of 4 warps runs all of them); expected = Σ over the Hopper dots of the TTGIR
+(``ttng.warp_group_dot``, M×N×K) of M·N·K / (warpgroups · 64 · n · k), n×k the instruction shape
+of the dot's MMA layout: the count when the warpgroups split each dot's tile. More than expected
+means warpgroups compute the same rows (duplicated tensor-core work). fp32 dots (IEEE) run on FMAs:
+the column shows ``fma.rn.f32`` instructions against M·N·K / threads.
+
+**Roofline** (a lower bound, not a prediction): time ≥ max(tensor FLOPs / 990 TFLOP/s, exp2 count
+/ MUFU rate, HBM bytes / bandwidth). H100 SXM: 990 TFLOP/s dense bf16, 3.35 TB/s, 132 SMs × 16
+exp2/clk × 1.98 GHz = 4.18 T exp2/s; H200: the same chip with 4.8 TB/s. InfoNCE (bf16, D = 256,
+non-symmetric, q and k needing gradients, as bench_info_nce.py runs it): FLOPs as launched
+10·N·M·D (forward 2, each gradient sweep recomputes the logits: 4 + 4), beside the algorithmic
+floor 8·N·M·D (one backward sweep); exp2: N·M per kernel, 3·N·M; bytes: each kernel reads q and k
+once plus its O(N) vectors and writes its outputs (float32 gq / gk). "no overlap" = tensor time +
+exp time: the kernels' cost if the exps never overlap the wgmma (today each wgmma is waited for at
+once), still without memory stalls. Attention pooling (B = 512, bf16, fwd+bwd of pooled, as
+bench_attention_pool.py runs it): bytes and FLOPs = its ``compulsory_bytes`` / ``compulsory_flops``
+(h read by the forward and by the backward, dh written once); "as launched" counts every read of h
+by today's kernels (and dZ's round trip) as HBM traffic, nothing kept in L2. Neither models launch
+overheads, occupancy, nor the ~55 small PyTorch ops around the InfoNCE kernels. The measured
+anchors (SPEC.md) are H200 figures, so the ratios divide them by the H200 roofline.
+"""
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import os
+import re
+import subprocess
+import sys
+import tempfile
+import time
+from typing import Dict, List, Optional
+
+import torch
+import triton
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, HERE)  # bench_attention_pool's traffic model, also when imported from elsewhere
+
+from bench_attention_pool import compulsory_bytes, compulsory_flops  # noqa: E402
+
+# Peaks (dense, per chip) and H100 occupancy limits.
+TENSOR_FLOPS = 990e12
+EXP2_PER_S = 132 * 16 * 1.98e9
+HBM = {"H100": 3.35e12, "H200": 4.8e12}
+REGS_PER_PARTITION, PARTITIONS, SMEM_PER_SM, SMEM_RESERVED, THREADS_PER_SM = 16384, 4, 233472, 1024, 2048
+
+# Measured anchors (SPEC.md, one H200) and the issue's goals, fwd+bwd, bf16.
+INFO_NCE_EAGER_MS = {4096: 1.5, 16384: 4.8, 65536: 75.7}
+INFO_NCE_COMPILE_MS = {16384: 2.5}
+ATTENTION_POOL_EAGER_MS = {(2048, 7, 7, 0): 0.92}
+
+GOAL_N = (4096, 16384, 65536)
+GOAL_D = 256
+GOAL_POOL_SHAPES = ((2048, 7, 7), (1024, 14, 14))
+GOAL_HIDDEN = (0, 512)
+GOAL_POOL_BATCH = 512
+
+# (dtype, N = M, D, symmetric, k needs a gradient): training is bf16, D = 256, non-symmetric, k
+# without gradient (EMA target); the benches add k with gradient, D = 128 and the three sizes;
+# fp16/fp32, symmetric, D = 512 (chunked D) and N = 4100 (not a multiple of 16, so N and M lose
+# their divisibility hint) are the API's other paths, launched by the CUDA tests.
+INFO_NCE_SIZES = [(n, d) for n in GOAL_N for d in (128, 256)] + [(16384, 512), (4100, 256)]
+INFO_NCE_CASES = [(dtype, n, d, sym, need_k) for dtype in ("bf16", "fp16", "fp32") for n, d in INFO_NCE_SIZES
+                  for sym in (False, True) for need_k in (False, True)]
+# (dtype, B, C, H, W, hidden, channels_last): training and the benches feed channels_last bf16.
+ATTENTION_POOL_CASES = sorted({(dtype, GOAL_POOL_BATCH, c, hh, ww, hidden, layout)
+                               for dtype in ("bf16", "fp16", "fp32") for c, hh, ww in GOAL_POOL_SHAPES
+                               for hidden in GOAL_HIDDEN for layout in (True, False)})
+TORCH_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
+
+
+# ---------------------------------------------------------------- capturing the launches
+
+class _Recorder:
+    """Stands in for a @triton.jit kernel: kernel[grid](*args, **kwargs) records the call."""
+
+    def __init__(self, fn, calls: list, case: str):
+        self.fn, self.calls, self.case = fn, calls, case
+
+    def __getitem__(self, grid):
+        return lambda *args, **kwargs: self.calls.append((self.fn, self.case, grid, args, kwargs))
+
+
+@contextlib.contextmanager
+def _capture(module, calls: list, case: str):
+    names = [name for name in dir(module) if name.endswith("_kernel")]
+    kernels = {name: getattr(module, name) for name in names}
+    for name, fn in kernels.items():
+        setattr(module, name, _Recorder(fn, calls, case))
+    try:
+        yield
+    finally:
+        for name, fn in kernels.items():
+            setattr(module, name, fn)
+
+
+def _info_nce_launches(calls: list) -> None:
+    from vito_fast.kernels import info_nce as kernels
+
+    meta = dict(device="meta")
+    for dtype, n, d, symmetric, need_k in INFO_NCE_CASES:
+        case = (f"info_nce {dtype} N=M={n} D={d}{' sym' if symmetric else ''}"
+                f"{' dk' if need_k else ''}")
+        q = torch.empty(n, d, dtype=TORCH_DTYPES[dtype], **meta)
+        k = torch.empty(n, d, dtype=TORCH_DTYPES[dtype], **meta)
+        inverse_norm, scale = torch.empty(n, **meta), torch.empty(1, **meta)  # normalize=True
+        weight = torch.empty(n, **meta)
+        with _capture(kernels, calls, case):
+            row_stats, col_stats = kernels.info_nce_fwd(q, k, inverse_norm, inverse_norm, scale, symmetric)
+            kernels.info_nce_bwd(q, k, inverse_norm, inverse_norm, scale, row_stats, col_stats, weight,
+                                 weight if symmetric else None, True, need_k)
+
+
+def _attention_pool_launches(calls: list) -> None:
+    from vito_fast.kernels import attention_pool as kernels
+
+    for dtype, batch, channels, height, width, hidden, channels_last in ATTENTION_POOL_CASES:
+        case = (f"attention_pool {dtype} {batch}×{channels}×{height}×{width} hidden={hidden}"
+                f"{'' if channels_last else ' NCHW'}")
+        like = dict(device="meta", dtype=TORCH_DTYPES[dtype])
+        h = torch.empty(batch, channels, height, width, **like)
+        if channels_last:
+            h = h.to(memory_format=torch.channels_last)
+        w1 = torch.empty(hidden, channels, **like) if hidden else None
+        b1 = torch.empty(hidden, **like) if hidden else None
+        w2 = torch.empty(hidden or channels, **like)
+        with _capture(kernels, calls, case):
+            _, _, logits, lse = kernels.attention_pool_fwd(h, w1, b1, w2)
+            # Training and the benches differentiate pooled only (attn is logged, detached).
+            kernels.attention_pool_bwd(h, w1, b1, w2, logits, lse, torch.empty(batch, channels, **like), None)
+
+
+def launched_variants() -> List[dict]:
+    """The distinct specialisations of every captured launch: kernel, signature, constexprs,
+    attributes and options as a real launch would compile them, with the cases that launch it."""
+    from triton.backends.compiler import GPUTarget
+    from triton.compiler import make_backend
+    from triton.runtime.jit import create_function_from_signature
+
+    backend = make_backend(GPUTarget("cuda", 90, 32))
+    calls: list = []
+    _info_nce_launches(calls)
+    _attention_pool_launches(calls)
+    variants: Dict[str, dict] = {}
+    for fn, case, grid, args, kwargs in calls:
+        binder = create_function_from_signature(fn.signature, fn.params, backend)
+        bound, specialization, options = binder(*args, **kwargs)
+        options, signature, constexprs, attrs = fn._pack_args(backend, kwargs, bound, specialization, options)
+        key = repr((fn.__name__, sorted(signature.items()), sorted(constexprs.items()),
+                    sorted(attrs.items()), options.num_warps, options.num_stages))
+        variant = variants.setdefault(key, dict(fn=fn, signature=signature, constexprs=constexprs,
+                                                attrs=attrs, options=options, cases=[], grids=[]))
+        variant["cases"].append(case)
+        variant["grids"].append(tuple(grid))
+    return list(variants.values())
+
+
+# ---------------------------------------------------------------- compiling and reading sm_90 code
+
+_WGMMA = re.compile(r"wgmma\.mma_async\.\S*?\.m(\d+)n(\d+)k(\d+)\.")
+_TT_DOT = re.compile(r"tt\.dot .*?: tensor<(\d+)x(\d+)x\w+.*?> \* tensor<(\d+)x(\d+)x\w+")
+_FMA = re.compile(r"\bfma\.rn\.f32\b")
+# TTGIR: a Hopper dot (A: M×K, result M×N in an MMA layout) and the layouts' instruction shapes.
+_WG_DOT = re.compile(r"warp_group_dot .*?: (?:!ttg\.memdesc|tensor)<(\d+)x(\d+)x.*?"
+                     r"-> tensor<(\d+)x(\d+)xf32, (#mma\d*)>")
+_MMA_LAYOUT = re.compile(r"^(#mma\d*) = #ttg\.nvidia_mma<\{.*?instrShape = \[\d+, (\d+), (\d+)\]", re.M)
+
+
+def expected_wgmma(ttgir: str, warpgroups: int) -> int:
+    """wgmma instructions per warpgroup if each Hopper dot's M×N×K were split across the
+    warpgroups, each issuing m64·nN·kK instructions of its layout's instruction shape."""
+    instr = {name: (int(n), int(k)) for name, n, k in _MMA_LAYOUT.findall(ttgir)}
+    total = 0
+    for m, k, _, n, layout in _WG_DOT.findall(ttgir):
+        instr_n, instr_k = instr[layout]
+        total += math.ceil(int(m) * int(n) * int(k) / (warpgroups * 64 * instr_n * instr_k))
+    return total
+
+
+def _ptxas_report(ptx: str) -> Dict[str, int]:
+    from triton.backends.nvidia.compiler import get_ptxas
+
+    with tempfile.NamedTemporaryFile("w", suffix=".ptx") as source:
+        source.write(ptx)
+        source.flush()
+        log = subprocess.run([get_ptxas(90).path, "-lineinfo", "-v", "--regAllocOptLevel=2",
+                              "--gpu-name=sm_90a", source.name, "-o", os.devnull],
+                             capture_output=True, text=True, check=True).stderr
+    number = lambda pattern: int(re.search(pattern, log).group(1)) if re.search(pattern, log) else 0  # noqa: E731
+    return dict(registers=number(r"Used (\d+) registers"), spill_bytes=number(r"(\d+) bytes spill stores"),
+                spill_load_bytes=number(r"(\d+) bytes spill loads"), static_smem=number(r"(\d+) bytes smem"))
+
+
+def ctas_per_sm(registers: int, num_warps: int, smem: int) -> int:
+    """Resident CTAs per H100 SM, the least of the thread, register, shared-memory and CTA caps."""
+    regs_per_warp = math.ceil(registers * 32 / 256) * 256
+    by_regs = PARTITIONS * (REGS_PER_PARTITION // regs_per_warp) // num_warps
+    by_smem = SMEM_PER_SM // (smem + SMEM_RESERVED)
+    return max(0, min(THREADS_PER_SM // (32 * num_warps), by_regs, by_smem, 32))
+
+
+def _describe(variant: dict) -> dict:
+    """Names and tiles of one variant, read off its kernel and constexprs."""
+    fn, names = variant["fn"], variant["fn"].arg_names
+    consts = {names[path[0]]: value for path, value in variant["constexprs"].items()}
+    dtype = next(ty[1:] for name, ty in variant["signature"].items()
+                 if name in ("Q_ptr", "H_ptr"))
+    if fn.__name__.startswith("_info_nce"):
+        op = "info_nce"
+        if fn.__name__ == "_info_nce_fwd_kernel":
+            part, tiles = "fwd", ("BLOCK_M", "BLOCK_N", "BLOCK_D")
+        else:
+            part, tiles = "gq" if consts["GRAD_Q"] else "gk", ("BLOCK_OWN", "BLOCK_OTHER", "BLOCK_D", "BLOCK_DOUT")
+        n_hinted = variant["attrs"].get((names.index("N"),)) or "N" in consts
+        flags = [flag for flag, on in (("sym", consts["SYMMETRIC"]), ("single-D", consts["SINGLE_D"]),
+                                       ("N%16≠0", not n_hinted)) if on]
+    else:
+        op = "attention_pool"
+        part = "fwd" if "fwd" in fn.__name__ else "bwd"
+        tiles = ("BLOCK_N", "BLOCK_C", "BLOCK_HID")
+        flags = ["mlp" if consts["HAS_MLP"] else "linear",
+                 "NHWC" if consts.get("stride_h_chan") == 1 else "NCHW"]
+    blocks = "×".join(str(consts[name]) for name in tiles)
+    return dict(op=op, kernel=fn.__name__, part=part, dtype=dtype, flags=" ".join(flags), blocks=blocks,
+                variant=" ".join([op, part, dtype, *flags, blocks, f"w{variant['options'].num_warps}",
+                                  f"s{variant['options'].num_stages}"]))
+
+
+def compile_variant(variant: dict) -> dict:
+    """Compile one variant for sm_90 and read registers, spills, smem and the MMA work."""
+    from triton.backends.compiler import GPUTarget
+    from triton.compiler import ASTSource
+
+    start = time.perf_counter()
+    options = variant["options"]
+    kernel = triton.compile(ASTSource(variant["fn"], variant["signature"], variant["constexprs"], variant["attrs"]),
+                            target=GPUTarget("cuda", 90, 32), options=options.__dict__)
+    ptx = kernel.asm["ptx"]
+    report = _ptxas_report(ptx)
+    wgmma_shapes = [tuple(map(int, shape)) for shape in _WGMMA.findall(ptx)]
+    warpgroups = max(options.num_warps // 4, 1)
+    wgmma_volume = sum(m * n * k for m, n, k in wgmma_shapes)
+    dots = [tuple(map(int, dims)) for dims in _TT_DOT.findall(kernel.asm["ttir"])]
+    dot_volume = sum(m * k * n for m, k, _, n in dots)
+    threads = 32 * options.num_warps
+    smem = kernel.metadata.shared + report["static_smem"]
+    row = _describe(variant)
+    row.update(report, num_warps=options.num_warps, num_stages=options.num_stages, smem_bytes=smem,
+               ctas_per_sm=ctas_per_sm(report["registers"], options.num_warps, smem),
+               wgmma=len(wgmma_shapes), wgmma_expected=expected_wgmma(kernel.asm["ttgir"], warpgroups),
+               dot_volume=dot_volume, wgmma_volume=wgmma_volume * warpgroups,
+               fma=len(_FMA.findall(ptx)), fma_expected=0 if wgmma_shapes else dot_volume // threads,
+               tensor_cores=row["dtype"] != "fp32" and dot_volume > 0,
+               cases=variant["cases"], compile_s=time.perf_counter() - start)
+    return row
+
+
+def _interpreted() -> bool:
+    return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
+
+
+def compile_report(workers: Optional[int] = None) -> List[dict]:
+    """One row per launched variant, sorted by op, part and dtype (see the module docstring);
+    compiled in `workers` processes (default: one per core, at most 8).
+
+    Under TRITON_INTERPRET=1 the kernels are interpreter objects that cannot be compiled: the
+    report then runs in a child process without that variable.
+    """
+    if _interpreted():
+        env = {key: value for key, value in os.environ.items() if key != "TRITON_INTERPRET"}
+        run = subprocess.run([sys.executable, os.path.abspath(__file__), "--json"], env=env,
+                             capture_output=True, text=True, check=True)
+        return json.loads(run.stdout)
+    global _VARIANTS
+    _VARIANTS = launched_variants()
+    workers = min(len(_VARIANTS), os.cpu_count() or 1, 8) if workers is None else workers
+    if workers > 1:  # forked workers inherit the variants; each compile is single-threaded
+        import multiprocessing
+        from concurrent.futures import ProcessPoolExecutor
+
+        with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("fork")) as pool:
+            rows = list(pool.map(_compile_nth, range(len(_VARIANTS))))
+    else:
+        rows = [compile_variant(variant) for variant in _VARIANTS]
+    return sorted(rows, key=lambda row: (row["op"], row["part"], row["dtype"], row["variant"]))
+
+
+_VARIANTS: List[dict] = []
+
+
+def _compile_nth(index: int) -> dict:
+    return compile_variant(_VARIANTS[index])
+
+
+# ---------------------------------------------------------------- roofline of the goal shapes
+
+def roofline() -> List[dict]:
+    """Lower-bound times (ms) of the goal shapes on H100 and H200, beside the measured anchors
+    (one row per shape; "op" is "info_nce" or "attention_pool")."""
+    from vito_fast.kernels.attention_pool import _pick_blocks
+
+    rows = []
+    for n in GOAL_N:
+        launched, floor = 10 * n * n * GOAL_D, 8 * n * n * GOAL_D
+        qk = 2 * n * GOAL_D * 2
+        # fwd reads q, k, norms and writes 2 statistics; gq and gk each read q, k, 5 vectors of
+        # statistics, weights and norms and write a float32 (N, D) gradient.
+        hbm_bytes = (qk + 16 * n) + 2 * (qk + 20 * n + 4 * n * GOAL_D)
+        tensor_ms, exp_ms = launched / TENSOR_FLOPS * 1e3, 3 * n * n / EXP2_PER_S * 1e3
+        roof = {chip: max(tensor_ms, exp_ms, hbm_bytes / bw * 1e3) for chip, bw in HBM.items()}
+        eager, compiled = INFO_NCE_EAGER_MS.get(n), INFO_NCE_COMPILE_MS.get(n)
+        goals = [eager / 3 if eager else None, compiled / 1.5 if compiled else None, 22.0 if n == 65536 else None]
+        rows.append(dict(
+            op="info_nce", what=f"InfoNCE N=M={n // 1024}k D={GOAL_D} bf16 fwd+bwd", flops=launched,
+            floor_flops=floor, tensor_ms=tensor_ms, floor_ms=floor / TENSOR_FLOPS * 1e3, exp_ms=exp_ms,
+            bytes=hbm_bytes, H100_ms=roof["H100"], H200_ms=roof["H200"], no_overlap_ms=tensor_ms + exp_ms,
+            eager_ms=eager, compile_ms=compiled, goal_ms=min((g for g in goals if g), default=None)))
+    for channels, height, width in GOAL_POOL_SHAPES:
+        for hidden in GOAL_HIDDEN:
+            n_pos, batch = height * width, GOAL_POOL_BATCH
+            hbm_bytes = compulsory_bytes("full", batch, channels, n_pos, hidden, 2)
+            flops = compulsory_flops("full", batch, channels, n_pos, hidden)
+            h_bytes = batch * channels * n_pos * 2
+            # As launched (channels_last): the forward's pass 1 reads h once per hidden block (once
+            # when linear), pass 2 once more; the backward's pass A once, then once per hidden block
+            # (recomputed activations) and once for dW1 (torch's GEMM), or once when linear. The
+            # MLP writes dZ (B·HW·hidden) and reads it twice (dh, dW1).
+            block_hid = _pick_blocks(n_pos, channels, hidden, None, None, None, True)[2]
+            hid_blocks = math.ceil(hidden / block_hid) if hidden else 0
+            h_reads = 2 * (hid_blocks + 1) + 1 if hidden else 4
+            launched_bytes = hbm_bytes + (h_reads - 2) * h_bytes + 3 * batch * n_pos * hidden * 2
+            tensor_ms = flops / TENSOR_FLOPS * 1e3
+            roof = {chip: max(tensor_ms, hbm_bytes / bw * 1e3) for chip, bw in HBM.items()}
+            rows.append(dict(
+                op="attention_pool", what=f"attention pool B={batch} {channels}×{height}×{width} "
+                f"hidden={hidden} bf16 fwd+bwd", flops=flops, tensor_ms=tensor_ms, bytes=hbm_bytes,
+                H100_ms=roof["H100"], H200_ms=roof["H200"], h_reads=h_reads, launched_bytes=launched_bytes,
+                **{f"launched_{chip}_ms": max(tensor_ms, launched_bytes / bw * 1e3) for chip, bw in HBM.items()},
+                # The goal: 60 % of HBM bandwidth on the compulsory traffic.
+                **{f"goal_{chip}_ms": hbm_bytes / (0.6 * bw) * 1e3 for chip, bw in HBM.items()},
+                eager_ms=ATTENTION_POOL_EAGER_MS.get((channels, height, width, hidden))))
+    return rows
+
+
+# ---------------------------------------------------------------- Markdown
+
+def _ms(value: Optional[float]) -> str:
+    return "–" if value is None else f"{value:.3g}"
+
+
+def _ratio(numerator: Optional[float], denominator: float) -> str:
+    return "–" if numerator is None else f"{numerator / denominator:.1f}×"
+
+
+def variant_table(rows: List[dict]) -> str:
+    lines = ["| variant | registers | spills (B) | smem (KB) | CTAs/SM | wgmma (expected) | launched by |",
+             "|---|---:|---:|---:|---:|---:|---|"]
+    for row in rows:
+        cases = sorted({case.split(" ", 1)[1] for case in row["cases"]})
+        shown = ", ".join(cases[:3]) + (f" +{len(cases) - 3}" if len(cases) > 3 else "")
+        wgmma = (f"{row['wgmma']} ({row['wgmma_expected']})" if row["tensor_cores"]
+                 else f"FMA {row['fma']} ({row['fma_expected']})" if row["dot_volume"] else "–")
+        lines.append(f"| {row['variant']} | {row['registers']} | {row['spill_bytes']} | "
+                     f"{row['smem_bytes'] / 1024:.1f} | {row['ctas_per_sm']} | {wgmma} | {shown} |")
+    return "\n".join(lines)
+
+
+def roofline_tables(roofline_rows: List[dict]) -> str:
+    lines = ["| InfoNCE goal shape | tensor ms: launched 10·NMD (floor 8·NMD) | exp2 ms | HBM MB | "
+             "roofline H100 / H200 ms | no overlap ms | eager ms (H200) | compile ms (H200) | goal ms | "
+             "eager ÷ roofline | compile ÷ roofline |", "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    for row in (r for r in roofline_rows if r["op"] == "info_nce"):
+        lines.append(f"| {row['what']} | {row['tensor_ms']:.3g} ({row['floor_ms']:.3g}) | {row['exp_ms']:.3g} | "
+                     f"{row['bytes'] / 1e6:.0f} | {row['H100_ms']:.3g} / {row['H200_ms']:.3g} | "
+                     f"{row['no_overlap_ms']:.3g} | {_ms(row['eager_ms'])} | {_ms(row['compile_ms'])} | "
+                     f"{_ms(row['goal_ms'])} | {_ratio(row['eager_ms'], row['H200_ms'])} | "
+                     f"{_ratio(row['compile_ms'], row['H200_ms'])} |")
+    lines += ["", "| attention pooling goal shape | compulsory MB | tensor ms | roofline H100 / H200 ms | "
+              "h reads as launched | as launched MB | as launched H100 / H200 ms | goal (60 % HBM) H100 / H200 ms | "
+              "eager ms (H200) | eager ÷ roofline |", "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    for row in (r for r in roofline_rows if r["op"] == "attention_pool"):
+        lines.append(f"| {row['what']} | {row['bytes'] / 1e6:.0f} | {row['tensor_ms']:.3g} | "
+                     f"{row['H100_ms']:.3g} / {row['H200_ms']:.3g} | {row['h_reads']} | "
+                     f"{row['launched_bytes'] / 1e6:.0f} | {row['launched_H100_ms']:.3g} / "
+                     f"{row['launched_H200_ms']:.3g} | {row['goal_H100_ms']:.3g} / {row['goal_H200_ms']:.3g} | "
+                     f"{_ms(row['eager_ms'])} | {_ratio(row['eager_ms'], row['H200_ms'])} |")
+    return "\n".join(lines)
+
+
+def markdown(rows: List[dict], roofline_rows: Optional[List[dict]] = None) -> str:
+    """The variant table, then the roofline tables (computed here when not given)."""
+    return variant_table(rows) + "\n\n" + roofline_tables(roofline() if roofline_rows is None else roofline_rows)
+
+
+def test_compile_report(benchmark):
+    """pytest-benchmark entry (``vito-fast bench compile``): times one full report, prints it."""
+    rows = benchmark.pedantic(compile_report, rounds=1, iterations=1)
+    benchmark.extra_info.update(variants=len(rows), spilling=[r["variant"] for r in rows if r["spill_bytes"]],
+                                triton=triton.__version__)
+    print("\n" + markdown(rows))
+
+
+if __name__ == "__main__":
+    report = compile_report()
+    if "--json" in sys.argv:
+        print(json.dumps(report))
+    else:
+        print(f"sm_90 compile report, Triton {triton.__version__}, torch {torch.__version__}, "
+              f"{time.strftime('%Y-%m-%d')}, {len(report)} variants\n")
+        print(markdown(report))
