@@ -21,23 +21,24 @@ on a GPU; ``backend="eager"`` in the dry run, where Inductor's C++ build would t
 
 On a lent GPU (device tool; the host has PyTorch, Triton and pytest, no DALI, no PyAV, no package
 index, and takes at most ~64 MiB per call). Here first: ``bash benches/gpu_pass.sh`` packs
-``.gpu/wheels.tar.part00..05`` (DALI + nvimgcodec + nvjpeg, and EXTRA_WHEELS="av==18.1.0
-pynvvideocodec==2.2.4 inf-cl==1.2.1"), runs the dry run, and prints the calls below with the real
-part count. Then, back to back (the machine goes back 30 s after a call; the parts staged on it
-are lost with it), each call carrying ``.gpu/stage.sh .gpu/install.sh .gpu/parts.sha256`` and
-one part:
+``.gpu/wheels.tar.part00..05`` with ../shared/offline-gpu/pack-wheels.sh (DALI, nvimgcodec,
+nvjpeg, and EXTRA_WHEELS="av==18.1.0 pynvvideocodec==2.2.4 inf-cl==1.2.1"), runs the dry run and
+prints these calls with the real part count. Then, back to back (the machine goes back 30 s after
+a call, and the parts staged on it with it), each call carrying ``.gpu/stage.sh``,
+``.gpu/install.sh``, ``.gpu/parts.sha256`` and its one part:
 
 1. part00, timeout_s=330: ``bash .gpu/stage.sh .gpu/wheels.tar.part00 && python3 -m pip install -q
    --no-build-isolation --no-deps -e . && PYTHONUNBUFFERED=1 python3 benches/gpu_pass.py --out $OUT
-   --only tests_kernels,kernels --budget 270`` (the kernels need no optional part);
+   --only tests_kernels,kernels,train_eager,train_compiled --budget 270`` (no optional part needed);
 2. part01 .. part04, timeout_s=60 each: ``bash .gpu/stage.sh .gpu/wheels.tar.partNN``;
-3. part05 (the last), timeout_s=420: ``bash .gpu/stage.sh .gpu/wheels.tar.part05 && source
-   .gpu/install.sh .gpu && (python3 -c 'import vito_fast._C' || python3 -m pip install -q
-   --no-build-isolation --no-deps -e .) && PYTHONUNBUFFERED=1 python3 benches/gpu_pass.py --out $OUT
-   --skip tests_kernels,kernels --budget 330``;
-4. with the device time left (status), rerun what timed out: ``... --only NAME``; then give_back.
+3. part05, timeout_s=270: ``bash .gpu/stage.sh .gpu/wheels.tar.part05 && source .gpu/install.sh .gpu
+   && (python3 -c 'import vito_fast._C' 2>/dev/null || python3 -m pip install -q --no-build-isolation
+   --no-deps -e .) && PYTHONUNBUFFERED=1 python3 benches/gpu_pass.py --out $OUT --skip
+   tests_kernels,kernels,train_eager,train_compiled --budget 210``;
+4. with the device time that status reports, rerun what timed out or was cut: ``... --only NAME``;
+   then give_back. The files of each call come back under its files_at: keep both reports.
 
-About 1.5 min to start, 4.5 + 0.5 + 6 min of calls: ~12.5 of the 15 device minutes.
+About 1.5 min to start, then 5.5 + 1 + 4.5 min of calls: ~12.5 of the 15 device minutes.
 """
 from __future__ import annotations
 
@@ -47,6 +48,7 @@ import json
 import os
 import re
 import signal
+import subprocess
 import sys
 import tarfile
 import tempfile
@@ -130,13 +132,15 @@ def select(names: Optional[str], skip: Optional[str], inject_slow: bool) -> List
 # ----------------------------------------------------------------------------- running one step
 
 
-def _child(step: Step, ctx: steps.Context, log_path: Path) -> None:
-    """In the forked process: own process group, output to the log, the step, a status line."""
-    os.setsid()
-    descriptor = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
-    os.dup2(descriptor, 1)
-    os.dup2(descriptor, 2)
-    os.close(descriptor)
+def _child(step: Step, ctx: steps.Context, log_path: Optional[Path]) -> None:
+    """In the step's process: own process group, output to the log, the step, a status line.
+    ``log_path`` None: started by exec (--child), the parent already did both."""
+    if log_path is not None:
+        os.setsid()
+        descriptor = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+        os.dup2(descriptor, 1)
+        os.dup2(descriptor, 2)
+        os.close(descriptor)
     status = {"status": "failed", "reason": "the step did not return"}
     try:
         if ctx.dry_run:
@@ -174,21 +178,28 @@ def _compile_with_eager_backend() -> None:
 
 
 def run_step(step: Step, ctx_args: dict, limit: float) -> dict:
-    """Fork, wait up to ``limit`` s, stop the whole process group; the step's record."""
+    """Start the step's process (fork, or exec with ``ctx_args["exec"]``), wait up to ``limit`` s,
+    stop its whole process group; the step's record."""
     work = Path(ctx_args["work"])
     rows_path, log_path = work / "rows" / f"{step.name}.jsonl", work / "logs" / f"{step.name}.log"
     rows_path.unlink(missing_ok=True)
     ctx = steps.Context(ctx_args["dry_run"], work, rows_path)
-    import torch
-
-    if torch.cuda.is_initialized():
-        raise RuntimeError("gpu_pass: CUDA was initialised in the parent; forked steps could not use it")
     sys.stdout.flush()
     sys.stderr.flush()
     started = time.perf_counter()
-    pid = os.fork()
-    if pid == 0:
-        _child(step, ctx, log_path)
+    if ctx_args["exec"]:
+        command = [sys.executable, str(Path(__file__).resolve()), "--child", step.name, "--work", str(work)]
+        command += ["--dry-run"] * ctx_args["dry_run"] + ["--inject-slow-step"] * (step is SLOW)
+        with open(log_path, "w") as log:
+            pid = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, start_new_session=True).pid
+    else:
+        import torch
+
+        if torch.cuda.is_initialized():
+            raise RuntimeError("gpu_pass: CUDA was initialised in the parent; forked steps could not use it")
+        pid = os.fork()
+        if pid == 0:
+            _child(step, ctx, log_path)
     timed_out, wait_status = False, None
     try:
         while True:
@@ -412,7 +423,11 @@ def render_markdown(report: dict, summary_only: bool = False) -> str:
                      ("reason", "reason", "")], report["steps"])
     optional = []
     for label, state in (device.get("optional") or {}).items():
-        skipped = [r["name"] for r in report["steps"] if r["status"] == "skipped" and label in r.get("reason", "")]
+        skipped = []
+        for record in report["steps"]:  # in pass order: a step skipped for a step skipped for the part
+            reason = record.get("reason", "") if record["status"] == "skipped" else ""
+            if label in reason or any(f"needs step {name} " in reason for name in skipped):
+                skipped.append(record["name"])
         optional.append({"part": label, "state": f"used ({state['version']})" if state["available"]
                          else f"skipped: {state['reason']}", "steps skipped for it": ", ".join(skipped)})
     if optional:
@@ -469,6 +484,12 @@ def _preimport() -> None:
             print(f"gpu_pass: could not import {module} ahead: {type(error).__name__}: {error}", flush=True)
 
 
+def _fork_broke_cuda(record: dict) -> bool:
+    text = f"{record.get('reason', '')} {record.get('log_tail', '')}"
+    return record["status"] == "failed" and any(
+        sign in text for sign in ("re-initialize CUDA in forked", "initialization error", "CUDA_ERROR_NOT_INITIALIZED"))
+
+
 def run_pass(args) -> dict:
     work = Path(args.work or tempfile.mkdtemp(prefix="vito-gpu-pass-"))
     for folder in ("rows", "logs"):
@@ -481,7 +502,7 @@ def run_pass(args) -> dict:
               "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
               "budget_s": args.budget, "work": str(work), "device": {}, "steps": []}
     started = time.perf_counter()
-    ctx_args = {"dry_run": args.dry_run, "work": str(work)}
+    ctx_args = {"dry_run": args.dry_run, "work": str(work), "exec": args.no_fork}
     for step in chosen:
         left = args.budget - (time.perf_counter() - started)
         limit = min(step.limit_s * args.time_scale, left)
@@ -496,10 +517,15 @@ def run_pass(args) -> dict:
         else:
             print(f"gpu_pass: {step.name} (limit {limit:.0f} s) ...", flush=True)
             record = run_step(step, ctx_args, limit)
+            if step.name == "device" and not ctx_args["exec"] and _fork_broke_cuda(record):
+                print("gpu_pass: CUDA does not work in forked steps here; starting each step by exec", flush=True)
+                ctx_args["exec"] = True
+                record = run_step(step, ctx_args, limit)
         print(f"gpu_pass: {step.name}: {record['status']} {record.get('reason', '')}"
               f"{' in %.1f s' % record['seconds'] if 'seconds' in record else ''}", flush=True)
         report["steps"].append(record)
         report["device"] = steps.Context(args.dry_run, work).device_info()
+        report["steps_started_by"] = "exec" if ctx_args["exec"] else "fork"
         report["elapsed_s"] = round(time.perf_counter() - started, 1)
         write_reports(Path(args.out), report, work)
     return report
@@ -518,8 +544,18 @@ def main(argv: Optional[List[str]] = None) -> int:
     parser.add_argument("--work", help="working folder (corpora, logs); default: a new temporary folder")
     parser.add_argument("--keep-work", action="store_true", help="keep the working folder")
     parser.add_argument("--list", action="store_true", help="list the steps and exit")
+    parser.add_argument("--no-fork", action="store_true",
+                        help="start each step by exec (a fresh interpreter) instead of fork; chosen "
+                             "automatically when CUDA fails in a forked step")
     parser.add_argument("--inject-slow-step", action="store_true", help=argparse.SUPPRESS)  # tests only
+    parser.add_argument("--child", help=argparse.SUPPRESS)  # exec mode: run this one step here
     args = parser.parse_args(argv)
+    if args.child:
+        if args.dry_run:
+            os.environ["CUDA_VISIBLE_DEVICES"] = ""
+        step = next(step for step in select(None, None, args.inject_slow_step) if step.name == args.child)
+        work = Path(args.work)
+        _child(step, steps.Context(args.dry_run, work, work / "rows" / f"{step.name}.jsonl"), None)
     if args.list:
         for step in select(args.only, args.skip, args.inject_slow_step):
             print(f"{step.name:20s} {step.group:8s} {step.limit_s:4.0f} s  {step.title}")

@@ -95,6 +95,22 @@ def test_dry_run_measures_every_provider_and_names_what_it_skipped(dry_run):
     assert "Optional parts:" in markdown and "backend='eager'" in markdown
 
 
+def test_steps_started_by_exec_are_stopped_at_their_limit_too(tmp_path):
+    """--no-fork, which the pass falls back to when CUDA fails in a forked step."""
+    env = {key: value for key, value in os.environ.items() if key != "TRITON_INTERPRET"}
+    run = subprocess.run([sys.executable, str(BENCHES / "gpu_pass.py"), "--dry-run", "--no-fork", "--only",
+                          "injected_slow", "--inject-slow-step", "--out", str(tmp_path)],
+                         cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+    report = json.loads((tmp_path / "gpu_pass.json").read_text())
+    assert report["steps_started_by"] == "exec"
+    assert {step["name"]: step["status"] for step in report["steps"]} == {"device": "ok", "injected_slow": "timeout"}
+    gpu_pass = _load_gpu_pass()
+    assert gpu_pass._fork_broke_cuda({"status": "failed", "reason": "RuntimeError: Cannot re-initialize CUDA in "
+                                                                    "forked subprocess"})
+    assert not gpu_pass._fork_broke_cuda({"status": "failed", "reason": "ValueError: something else"})
+
+
 def _made_up_gpu_report() -> dict:
     def step(name, *rows):
         return {"name": name, "group": "-", "status": "ok", "seconds": 1.0, "limit_s": 9.0, "rows": list(rows)}
