@@ -310,6 +310,15 @@ def tests_data_train(ctx: Context) -> None:
 # ----------------------------------------------------------------------------- 2. InfoNCE
 
 
+def _inf_cl_loss(tau: float):
+    """Inf-CL on one GPU: cal_flash_loss (its cal_inf_loss is the ring over torch.distributed ranks and
+    needs a process group), on normalised features with the logit scale 1/τ."""
+    import torch.nn.functional as F
+    from inf_cl import cal_flash_loss
+
+    return lambda q, k: cal_flash_loss(F.normalize(q, dim=-1), F.normalize(k, dim=-1), scale=1.0 / tau).mean()
+
+
 def info_nce(ctx: Context, label: str) -> None:
     """fwd+bwd of N = M, D, τ = 0.1: eager, ours, ours with k needing no grad, torch.compile, Inf-CL."""
     import torch
@@ -328,19 +337,21 @@ def info_nce(ctx: Context, label: str) -> None:
         if reason:
             ctx.row(N=n, D=d, provider=name, status="skipped", note=reason)
             continue
-        fn = (lambda q, k: ours(q, k, tau, backend=backend)) if kind == "ours" else suite._loss_fn(kind, f"{n}-{d}")
         q = torch.randn(n, d, device=dev, dtype=dtype, requires_grad=True)
         k = torch.randn(n, d, device=dev, dtype=dtype, requires_grad=k_grad)
         grads = [q, k] if k_grad else [q]
         try:
+            fn = (lambda q, k: ours(q, k, tau, backend=backend)) if kind == "ours" else \
+                _inf_cl_loss(tau) if kind == "inf_cl" else suite._loss_fn(kind, f"{n}-{d}")
             ms = time_ms(lambda: fn(q, k).backward(), cuda, grads)
+            q.grad = k.grad = None  # the gradients count in the extra memory, as in bench_info_nce
             peak = peak_extra_gb(lambda: fn(q, k).backward(), cuda)
         except Exception as error:  # OOM, an Inf-CL API change, a compile failure: the next provider goes on
             ctx.row(N=n, D=d, provider=name, status="failed", note=f"{type(error).__name__}: {str(error)[:150]}")
         else:
             ctx.row(N=n, D=d, provider=name, status="ok", ms=ms, peak_extra_gb=peak,
                     tflops=suite.flops("full", n, n, d) / (ms * 1e-3) / 1e12)
-        del q, k, fn
+        del q, k
         _free(cuda)
 
 
