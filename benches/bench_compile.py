@@ -48,6 +48,7 @@ anchors (SPEC.md) are H200 figures, so the ratios divide them by the H200 roofli
 from __future__ import annotations
 
 import contextlib
+import io
 import json
 import math
 import os
@@ -91,9 +92,9 @@ INFO_NCE_SIZES = [(n, d) for n in GOAL_N for d in (128, 256)] + [(16384, 512), (
 INFO_NCE_CASES = [(dtype, n, d, sym, need_k) for dtype in ("bf16", "fp16", "fp32") for n, d in INFO_NCE_SIZES
                   for sym in (False, True) for need_k in (False, True)]
 # (dtype, B, C, H, W, hidden, channels_last): training and the benches feed channels_last bf16.
-ATTENTION_POOL_CASES = sorted({(dtype, GOAL_POOL_BATCH, c, hh, ww, hidden, layout)
-                               for dtype in ("bf16", "fp16", "fp32") for c, hh, ww in GOAL_POOL_SHAPES
-                               for hidden in GOAL_HIDDEN for layout in (True, False)})
+ATTENTION_POOL_CASES = [(dtype, GOAL_POOL_BATCH, c, hh, ww, hidden, channels_last)
+                        for dtype in ("bf16", "fp16", "fp32") for c, hh, ww in GOAL_POOL_SHAPES
+                        for hidden in GOAL_HIDDEN for channels_last in (True, False)]
 TORCH_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
 
 
@@ -170,16 +171,15 @@ def launched_variants() -> List[dict]:
     _info_nce_launches(calls)
     _attention_pool_launches(calls)
     variants: Dict[str, dict] = {}
-    for fn, case, grid, args, kwargs in calls:
+    for fn, case, _grid, args, kwargs in calls:
         binder = create_function_from_signature(fn.signature, fn.params, backend)
         bound, specialization, options = binder(*args, **kwargs)
         options, signature, constexprs, attrs = fn._pack_args(backend, kwargs, bound, specialization, options)
         key = repr((fn.__name__, sorted(signature.items()), sorted(constexprs.items()),
                     sorted(attrs.items()), options.num_warps, options.num_stages))
         variant = variants.setdefault(key, dict(fn=fn, signature=signature, constexprs=constexprs,
-                                                attrs=attrs, options=options, cases=[], grids=[]))
+                                                attrs=attrs, options=options, cases=[]))
         variant["cases"].append(case)
-        variant["grids"].append(tuple(grid))
     return list(variants.values())
 
 
@@ -205,15 +205,18 @@ def expected_wgmma(ttgir: str, warpgroups: int) -> int:
     return total
 
 
-def _ptxas_report(ptx: str) -> Dict[str, int]:
+def _ptxas_report(ptx: str, log: str = "") -> Dict[str, int]:
+    """Registers, spills and static smem from ptxas -v: the log Triton's own ptxas run printed, or
+    (the cubin came from Triton's cache) a second run with the flags Triton uses."""
     from triton.backends.nvidia.compiler import get_ptxas
 
-    with tempfile.NamedTemporaryFile("w", suffix=".ptx") as source:
-        source.write(ptx)
-        source.flush()
-        log = subprocess.run([get_ptxas(90).path, "-lineinfo", "-v", "--regAllocOptLevel=2",
-                              "--gpu-name=sm_90a", source.name, "-o", os.devnull],
-                             capture_output=True, text=True, check=True).stderr
+    if "Used" not in log:
+        with tempfile.NamedTemporaryFile("w", suffix=".ptx") as source:
+            source.write(ptx)
+            source.flush()
+            log = subprocess.run([get_ptxas(90).path, "-lineinfo", "-v", "--regAllocOptLevel=2",
+                                  "--gpu-name=sm_90a", source.name, "-o", os.devnull],
+                                 capture_output=True, text=True, check=True).stderr
     number = lambda pattern: int(re.search(pattern, log).group(1)) if re.search(pattern, log) else 0  # noqa: E731
     return dict(registers=number(r"Used (\d+) registers"), spill_bytes=number(r"(\d+) bytes spill stores"),
                 spill_load_bytes=number(r"(\d+) bytes spill loads"), static_smem=number(r"(\d+) bytes smem"))
@@ -261,10 +264,13 @@ def compile_variant(variant: dict) -> dict:
 
     start = time.perf_counter()
     options = variant["options"]
-    kernel = triton.compile(ASTSource(variant["fn"], variant["signature"], variant["constexprs"], variant["attrs"]),
-                            target=GPUTarget("cuda", 90, 32), options=options.__dict__)
+    log = io.StringIO()
+    with triton.knobs.nvidia.scope(), contextlib.redirect_stdout(log):
+        triton.knobs.nvidia.dump_ptxas_log = True  # Triton prints its ptxas -v log when it runs ptxas
+        kernel = triton.compile(ASTSource(variant["fn"], variant["signature"], variant["constexprs"],
+                                          variant["attrs"]), target=GPUTarget("cuda", 90, 32), options=options.__dict__)
     ptx = kernel.asm["ptx"]
-    report = _ptxas_report(ptx)
+    report = _ptxas_report(ptx, log.getvalue())
     wgmma_shapes = [tuple(map(int, shape)) for shape in _WGMMA.findall(ptx)]
     warpgroups = max(options.num_warps // 4, 1)
     wgmma_volume = sum(m * n * k for m, n, k in wgmma_shapes)
@@ -283,33 +289,28 @@ def compile_variant(variant: dict) -> dict:
     return row
 
 
-def _interpreted() -> bool:
-    return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
-
-
 def compile_report(workers: Optional[int] = None) -> List[dict]:
-    """One row per launched variant, sorted by op, part and dtype (see the module docstring);
-    compiled in `workers` processes (default: one per core, at most 8).
+    """One row per launched variant, sorted by op, part and dtype (see the module docstring).
 
-    Under TRITON_INTERPRET=1 the kernels are interpreter objects that cannot be compiled: the
-    report then runs in a child process without that variable.
+    workers > 1 (default: one per core, at most 8) compiles in that many processes: forked from
+    this one, or fresh ones when this process has initialised CUDA (each taking every workers-th
+    variant). Under TRITON_INTERPRET=1 the kernels are interpreter objects that cannot be
+    compiled: the report then runs in a child process without that variable.
     """
-    if _interpreted():
-        env = {key: value for key, value in os.environ.items() if key != "TRITON_INTERPRET"}
-        run = subprocess.run([sys.executable, os.path.abspath(__file__), "--json"], env=env,
-                             capture_output=True, text=True, check=True)
-        return json.loads(run.stdout)
-    global _VARIANTS
-    _VARIANTS = launched_variants()
-    workers = min(len(_VARIANTS), os.cpu_count() or 1, 8) if workers is None else workers
-    if workers > 1:  # forked workers inherit the variants; each compile is single-threaded
+    workers = min(os.cpu_count() or 1, 8) if workers is None else workers
+    if os.environ.get("TRITON_INTERPRET", "0") not in ("", "0"):
+        rows = _run_children(["--json", "--workers", str(workers)], 1)
+    elif workers <= 1:
+        rows = [compile_variant(variant) for variant in launched_variants()]
+    elif torch.cuda.is_initialized():
+        rows = _run_children(["--json", "--shard"], workers)
+    else:
         import multiprocessing
         from concurrent.futures import ProcessPoolExecutor
 
+        _VARIANTS[:] = launched_variants()  # the forked workers inherit them
         with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("fork")) as pool:
             rows = list(pool.map(_compile_nth, range(len(_VARIANTS))))
-    else:
-        rows = [compile_variant(variant) for variant in _VARIANTS]
     return sorted(rows, key=lambda row: (row["op"], row["part"], row["dtype"], row["variant"]))
 
 
@@ -318,6 +319,23 @@ _VARIANTS: List[dict] = []
 
 def _compile_nth(index: int) -> dict:
     return compile_variant(_VARIANTS[index])
+
+
+def _run_children(arguments: List[str], count: int) -> List[dict]:
+    """Rows printed by `count` children running this file (the i-th gets --shard i/count)."""
+    env = {key: value for key, value in os.environ.items() if key != "TRITON_INTERPRET"}
+    shard = arguments[-1] == "--shard"
+    children = [subprocess.Popen([sys.executable, os.path.abspath(__file__), *arguments]
+                                 + ([f"{index}/{count}"] if shard else []), env=env,
+                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                for index in range(count)]
+    rows = []
+    for child in children:
+        out, err = child.communicate()
+        if child.returncode != 0:
+            raise RuntimeError(f"bench_compile: a compile process failed:\n{err[-3000:]}")
+        rows += json.loads(out)
+    return rows
 
 
 # ---------------------------------------------------------------- roofline of the goal shapes
@@ -429,7 +447,12 @@ def test_compile_report(benchmark):
 
 
 if __name__ == "__main__":
-    report = compile_report()
+    if "--shard" in sys.argv:  # one compile process of compile_report()
+        shard, shards = map(int, sys.argv[sys.argv.index("--shard") + 1].split("/"))
+        print(json.dumps([compile_variant(variant) for variant in launched_variants()[shard::shards]]))
+        sys.exit()
+    workers = int(sys.argv[sys.argv.index("--workers") + 1]) if "--workers" in sys.argv else None
+    report = compile_report(workers)
     if "--json" in sys.argv:
         print(json.dumps(report))
     else:
