@@ -228,7 +228,8 @@ def run_step(step: Step, ctx_args: dict, limit: float) -> dict:
         status = {"status": "timeout", "reason": f"ran past its {limit:.0f} s limit and was stopped"
                                                  + (f"; {len(rows)} row(s) measured before" if rows else "")}
     elif status is None:
-        status = {"status": "failed", "reason": f"the step's process ended without a report (wait status {wait_status})"}
+        status = {"status": "failed",
+                  "reason": f"the step's process ended without a report (wait status {wait_status})"}
     log_tail = log_path.read_text(errors="replace")[-4000:] if log_path.exists() else ""
     return {"name": step.name, "group": step.group, "limit_s": round(limit, 1), "seconds": round(seconds, 1),
             **status, "rows": rows, "log_tail": log_tail}
@@ -403,10 +404,10 @@ def _compile_section(rows: Dict[str, List[dict]], report: dict) -> List[str]:
     lines = _table([("what", "goal shape", ""), ("floor_ms", "floor ms", ".3g"), ("H100_ms", "roofline H100 ms", ".3g"),
                     ("H200_ms", "roofline H200 ms", ".3g"), ("measured", "ours fwd+bwd ms (this run)", ".3f"),
                     ("ratio", f"ours ÷ {chip} roofline", ".2f")], roofline)
-    lines += [""] + (_table([("variant", "variant", ""), ("registers", "registers", ""), ("spill_bytes", "spills B", ""),
-                             ("smem_kb", "smem KB", ".1f"), ("ctas_per_sm", "CTAs/SM", ""), ("wgmma", "wgmma", ""),
-                             ("wgmma_expected", "expected", ""), ("measured", "launched by (fwd+bwd, this run)", "")],
-                            variants) if variants else
+    variant_columns = [("variant", "variant", ""), ("registers", "registers", ""), ("spill_bytes", "spills B", ""),
+                       ("smem_kb", "smem KB", ".1f"), ("ctas_per_sm", "CTAs/SM", ""), ("wgmma", "wgmma", ""),
+                       ("wgmma_expected", "expected", ""), ("measured", "launched by (fwd+bwd, this run)", "")]
+    lines += [""] + (_table(variant_columns, variants) if variants else
                      ["No compiled variant belongs to a shape timed here (toy sizes in a dry run)."])
     others = sum(row.get("kind") == "variant" for row in rows.get("compile_report", [])) - len(variants)
     return lines + [f"\n{others} more variants (other dtypes and shapes) are in gpu_pass.json."]
@@ -432,7 +433,8 @@ def render_markdown(report: dict, summary_only: bool = False) -> str:
                          else f"skipped: {state['reason']}", "steps skipped for it": ", ".join(skipped)})
     if optional:
         lines += ["", "Optional parts:", ""] + _table(
-            [("part", "part", ""), ("state", "state", ""), ("steps skipped for it", "steps skipped for it", "")], optional)
+            [("part", "part", ""), ("state", "state", ""), ("steps skipped for it", "steps skipped for it", "")],
+            optional)
     if summary_only:
         return "\n".join(lines)
     rows, claimed = derive(report), set()
@@ -456,7 +458,8 @@ def render_markdown(report: dict, summary_only: bool = False) -> str:
         lines.append("Not judged in a dry run (toy sizes on a CPU).")
     else:
         lines += _table([(0, "goal", ""), (1, "measured", ""), (2, "met", "")],
-                        [{0: g, 1: m, 2: "–" if met is None else ("yes" if met else "NO")} for g, m, met in goals(rows)])
+                        [{0: goal, 1: measured, 2: "–" if met is None else ("yes" if met else "NO")}
+                         for goal, measured, met in goals(rows)])
     return "\n".join(lines) + "\n"
 
 

@@ -118,7 +118,8 @@ def _made_up_gpu_report() -> dict:
     nce = dict(N=16384, D=256, status="ok")
     return {
         "command": "gpu_pass.py --out x", "dry_run": False, "date": "2026-11-28", "budget_s": 420, "elapsed_s": 300,
-        "device": {"name": "NVIDIA H200", "optional": {"DALI": {"available": False, "reason": "nvidia.dali not importable"}}},
+        "device": {"name": "NVIDIA H200",
+                   "optional": {"DALI": {"available": False, "reason": "nvidia.dali not importable"}}},
         "steps": [
             step("info_nce_16k", dict(nce, provider="eager", ms=4.8), dict(nce, provider="ours", ms=1.2),
                  dict(nce, provider="ours, k without grad", ms=1.0), dict(nce, provider="torch.compile", ms=2.5)),
