@@ -80,7 +80,7 @@ setup(
     python_requires=">=3.9",
     packages=find_packages(include=["vito_fast", "vito_fast.*"]) + ["vito_fast.kernels"],
     package_dir={"vito_fast.kernels": "kernels"},
-    package_data={"vito_fast.data": ["resources/*.txt", "resources/README.md"]},
+    package_data={"vito_fast.curate": ["resources/*.txt", "resources/README.md"]},
     ext_modules=[make_c_extension()],
     cmdclass={"build_ext": build_ext},
     install_requires=RUNTIME_REQUIREMENTS,

@@ -39,7 +39,7 @@ FILLER = ("my first time seeing this amazing little big old new video footage cl
 
 def generate_metadata(path: Path, rows: int, seed: int = 0) -> None:
     """Write ``rows`` JSON lines as described in the module docstring."""
-    from vito_fast.data.vocabulary import load_vocabulary, plural_forms
+    from vito_fast.curate.vocabulary import load_vocabulary, plural_forms
 
     rng = np.random.default_rng(seed)
     synonyms = load_vocabulary("imagenet1k").synonyms

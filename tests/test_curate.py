@@ -11,10 +11,10 @@ import numpy as np
 import pytest
 
 from vito_fast.cli.curate import main as curate_main
-from vito_fast.data.curate import (CurateConfig, _select, class_quotas, curate, curated_scan_inputs,
+from vito_fast.curate.selection import (CurateConfig, _select, class_quotas, curate, curated_scan_inputs,
                                    expand_curated_lists, load_target, normalized_title)
-from vito_fast.data.curate_metadata import parse_duration, read_metadata
-from vito_fast.data.vocabulary import PhraseMatcher, load_vocabulary, parse_vocabulary, plural_forms, tokenize
+from vito_fast.curate.metadata import parse_duration, read_metadata
+from vito_fast.curate.vocabulary import PhraseMatcher, load_vocabulary, parse_vocabulary, plural_forms, tokenize
 
 ANIMALS = """# a small vocabulary: index 0 is cat
 cat, kitty

@@ -18,7 +18,7 @@ SHOWN_MALFORMED = 10
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from vito_fast.data.curate import TEXT_FIELDS
+    from vito_fast.curate.selection import TEXT_FIELDS
 
     parser = argparse.ArgumentParser(
         prog="vito-fast curate",
@@ -59,7 +59,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def format_summary(summary) -> str:
     """The table printed at the end: rows read, each reason for dropping, kept, classes."""
-    from vito_fast.data.curate import DROP_REASONS
+    from vito_fast.curate.summary import DROP_REASONS
 
     rows = [("rows read", summary.rows)]
     rows += [(f"  {reason.replace('_', ' ')}", summary.counts[reason]) for reason in DROP_REASONS]
@@ -78,8 +78,8 @@ def main(argv: Sequence[str]) -> int:
         args = parser.parse_args(list(argv))
     except SystemExit as exit_request:  # argparse exits on --help (0) and on errors (2)
         return int(exit_request.code or 0)
-    from vito_fast.data.curate import CurateConfig, curate, load_target
-    from vito_fast.data.vocabulary import load_vocabulary
+    from vito_fast.curate.selection import CurateConfig, curate, load_target
+    from vito_fast.curate.vocabulary import load_vocabulary
 
     if args.min_seconds is not None and args.max_seconds is not None and args.min_seconds > args.max_seconds:
         print(f"vito-fast curate: --min-seconds {args.min_seconds:g} is above --max-seconds {args.max_seconds:g}",

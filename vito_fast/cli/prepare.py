@@ -93,7 +93,7 @@ def format_summary(records, rejected) -> str:
 
 
 def run_scan(args) -> int:
-    from vito_fast.data.curate import expand_curated_lists
+    from vito_fast.curate.selection import expand_curated_lists
     from vito_fast.data.manifest import rejected_manifest_path, scan_videos, write_manifest
     from vito_fast.data.probe import RejectedVideo
 

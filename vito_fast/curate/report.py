@@ -13,7 +13,7 @@ import os
 from pathlib import Path
 from typing import List, Union
 
-from vito_fast.data.curate import CurationSummary
+from vito_fast.curate.summary import CurationSummary
 
 SIZE = (1600, 640)
 MARGIN_LEFT, MARGIN_RIGHT, MARGIN_TOP, MARGIN_BOTTOM = 80, 30, 60, 60

@@ -31,24 +31,21 @@ import os
 import pickle
 import tempfile
 from array import array
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from hashlib import blake2b
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
-from vito_fast.data.curate_metadata import MalformedRow, read_metadata
-from vito_fast.data.vocabulary import BOUNDARY_TOKENS, PhraseMatcher, Vocabulary, load_vocabulary, tokenize
+from vito_fast.curate.metadata import MalformedRow, read_metadata
+from vito_fast.curate.summary import DROP_REASONS, CurationSummary
+from vito_fast.curate.vocabulary import BOUNDARY_TOKENS, PhraseMatcher, Vocabulary, load_vocabulary, tokenize
 
 PathLike = Union[str, os.PathLike]
 
 TEXT_FIELDS = ("title", "tags", "description")
 TITLE_NOISE = frozenset("hd uhd fhd 4k 8k hq 1080p 720p 480p 360p 60fps official video clip full new".split())
-# Why a row was left out, in the order the filters run; "kept" closes the account, so the counts add
-# up to the rows read.
-DROP_REASONS = ("malformed", "duplicate_id", "duplicate_path", "language", "too_short", "too_long",
-                "no_match", "duplicate_title", "over_quota")
 _BATCH = 4096  # rows per pickled batch in the temporary file
 EXAMPLES = 5  # example rows kept per drop reason, for the report
 TITLE_DUPLICATES = ("exact", "loose", "off")
@@ -70,38 +67,6 @@ class CurateConfig:
     format: str = "auto"  # "jsonl", "csv" or "auto" (from the suffix)
     progress: bool = True
     title_duplicates: str = "exact"  # "exact" (numbers kept), "loose" (numbers dropped) or "off"
-
-
-@dataclass
-class CurationSummary:
-    """Counts of a run: ``counts[reason]`` for DROP_REASONS and "kept"; per-class lists by index."""
-
-    rows: int
-    counts: Dict[str, int]
-    class_names: List[str]
-    mentioned: List[int]  # rows (after filtering) whose text mentions the class
-    matched: List[int]  # rows assigned to the class, before the caps
-    quota: List[int]
-    kept: List[int]
-    malformed_examples: List[MalformedRow] = field(default_factory=list)
-    settings: Dict[str, object] = field(default_factory=dict)
-    # reason -> up to EXAMPLES rows dropped for it: {"line", "id", "title", "locator", "detail"}
-    examples: Dict[str, List[Dict[str, object]]] = field(default_factory=dict)
-
-    @property
-    def too_few(self) -> List[int]:
-        """Classes that kept fewer videos than their quota."""
-        return [index for index, (kept, quota) in enumerate(zip(self.kept, self.quota)) if kept < quota]
-
-    def to_json(self) -> Dict[str, object]:
-        classes = [{"index": index, "name": name, "mentioned": self.mentioned[index], "matched": self.matched[index],
-                    "quota": self.quota[index], "kept": self.kept[index]}
-                   for index, name in enumerate(self.class_names)]
-        return {"rows": self.rows, "kept": self.counts["kept"], "dropped": {r: self.counts[r] for r in DROP_REASONS},
-                "classes_with_videos": sum(1 for kept in self.kept if kept),
-                "too_few": [{"index": i, "name": self.class_names[i], "kept": self.kept[i], "quota": self.quota[i]}
-                            for i in self.too_few],
-                "settings": self.settings, "dropped_examples": self.examples, "classes": classes}
 
 
 # ----------------------------------------------------------------------------- helpers
@@ -245,7 +210,7 @@ def curate(metadata: PathLike, output: PathLike, config: Optional[CurateConfig] 
     summary = CurationSummary(rows, counts, vocabulary.names, mentioned, matched, quota, kept, malformed_examples,
                               settings, {reason: examples[reason] for reason in DROP_REASONS if reason in examples})
     if report_dir is not None:
-        from vito_fast.data.curate_report import write_report
+        from vito_fast.curate.report import write_report
 
         write_report(report_dir, summary)
     return summary

@@ -22,9 +22,6 @@ __getattr__, __dir__ = lazy_exports(
         "LoaderConfig": ".loader",
         "PairLoader": ".loader",
         "LoaderStats": ".loader",
-        # VideoNet-style curation of video metadata
-        "CurateConfig": ".curate",
-        "load_vocabulary": ".vocabulary",
         # built-in synthetic videos with object masks and labels
         "SyntheticDataset": ".synthetic",
         "generate_dataset": ".synthetic",

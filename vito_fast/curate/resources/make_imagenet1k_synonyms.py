@@ -1,7 +1,7 @@
 """Rebuild imagenet1k_synonyms.txt and imagenet1k_wnids.txt from timm's ImageNet info files.
 
     pip download --no-deps timm -d /tmp/timm && cd /tmp/timm && unzip -q timm-*.whl 'timm/data/_info/*'
-    python vito_fast/data/resources/make_imagenet1k_synonyms.py /tmp/timm/timm/data/_info
+    python vito_fast/curate/resources/make_imagenet1k_synonyms.py /tmp/timm/timm/data/_info
 
 Reads ``imagenet_synsets.txt`` (the 1,000 ImageNet-1k WordNet ids) and
 ``imagenet_synset_to_lemma.txt`` (WordNet id <TAB> comma-separated lemmas), sorts the ids (the
