@@ -61,7 +61,7 @@ def measure(provider: str, arch: str, size: int, batch: int, steps: int, window:
         torch.cuda.reset_peak_memory_stats()
     with tempfile.TemporaryDirectory() as run_dir:
         if provider == "loader" and not data:
-            from vito_fast.data.synthetic import generate_dataset
+            from vito_fast.synthetic.videos import generate_dataset
 
             # The built-in synthetic videos (96 px VP9), enough clips for two batches per epoch.
             per_class = max(4, -(-2 * batch // 8))

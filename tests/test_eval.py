@@ -313,7 +313,7 @@ def test_group_folds_test_every_group_once_and_never_split_one():
 
 
 def test_manifest_frames_from_synthetic_data(tmp_path):
-    from vito_fast.data import generate_dataset
+    from vito_fast.synthetic import generate_dataset
 
     dataset = generate_dataset(tmp_path, num_classes=2, videos_per_class=2, num_frames=6, size=(32, 32),
                                progress=False)
@@ -354,7 +354,7 @@ def test_load_encoder_random_init_weights_file_and_run(tmp_path):
 
 def test_eval_cli_knn_and_linear_write_json(tmp_path, capsys):
     from vito_fast.cli.main import main
-    from vito_fast.data import generate_dataset
+    from vito_fast.synthetic import generate_dataset
 
     dataset = generate_dataset(tmp_path / "data", num_classes=2, videos_per_class=3, num_frames=6, size=(32, 32),
                                progress=False)
@@ -371,7 +371,7 @@ def test_eval_cli_knn_and_linear_write_json(tmp_path, capsys):
 
 def test_eval_cli_propagate_and_robustness(tmp_path, capsys):
     from vito_fast.cli.main import main
-    from vito_fast.data import generate_dataset
+    from vito_fast.synthetic import generate_dataset
 
     dataset = generate_dataset(tmp_path / "data", num_classes=2, videos_per_class=2, num_frames=5, size=(32, 32),
                                progress=False)
@@ -408,7 +408,7 @@ def write_tiny_run(run, *overrides: str) -> None:
 
 def test_attention_encoder_from_run_and_viz_cli(tmp_path, capsys):
     from vito_fast.cli.main import main
-    from vito_fast.data import generate_dataset
+    from vito_fast.synthetic import generate_dataset
 
     run = tmp_path / "run"
     write_tiny_run(run)

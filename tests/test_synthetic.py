@@ -7,10 +7,10 @@ import numpy as np
 import pytest
 from scipy.ndimage import maximum_filter
 
-from vito_fast.data import SyntheticDataset, generate_dataset
+from vito_fast.synthetic import SyntheticDataset, generate_dataset
 from vito_fast.data.manifest import read_manifest
 from vito_fast.data.probe import probe_video
-from vito_fast.data.synthetic import (INSTANCE_DISTRACTOR, INSTANCE_MAIN, NUM_BACKGROUNDS, background_textures,
+from vito_fast.synthetic.videos import (INSTANCE_DISTRACTOR, INSTANCE_MAIN, NUM_BACKGROUNDS, background_textures,
                                       class_names, render_clip, shared_background)
 
 SMALL = dict(num_classes=3, videos_per_class=3, num_frames=12, fps=12, size=(64, 80), progress=False)

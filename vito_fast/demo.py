@@ -33,6 +33,7 @@ from vito_fast.eval.knn import knn_predict
 from vito_fast.eval.linear import train_linear_probe
 from vito_fast.eval.propagate import propagate_labels, region_similarity
 from vito_fast.eval.viz import attention_mask_iou, attention_mass_on_masks, centred_gaussian_attention
+from vito_fast.synthetic.builtin import BuiltinVideos
 
 
 # LARS moves each layer by about lr · trust_coefficient of its norm per step: with the preset's
@@ -46,16 +47,13 @@ SHORT_RUN_OPTIMISER = ["optim.trust_coefficient=0.02", "optim.base_lr=4.0"]
 class DemoSettings:
     out_dir: str = "vito-demo"
     minutes: float = 15.0  # wall-clock budget for the whole demo
-    videos_per_class: int = 24  # many short videos: more instances to tell apart, more clips to evaluate on
-    num_frames: int = 16
-    # What persists between frames Δt apart should be the objects, as in real footage: one background
-    # texture shared by all videos (0: one per video, which identifies the video), a camera that pans
-    # 1.5-3 px a frame and a light whose colour changes over the clip. With a still camera and steady
-    # light, background and colours identify a video across time and nothing about the objects is learnt.
-    num_backgrounds: int = 1
-    camera_speed: Tuple[float, float] = (1.5, 3.0)
-    light_change: float = 0.4
-    object_scale: float = 1.4  # objects fill more of the 64-px views
+    # the built-in videos (vito_fast.synthetic.builtin holds the defaults and why they are so)
+    videos_per_class: int = BuiltinVideos.videos_per_class
+    num_frames: int = BuiltinVideos.num_frames
+    num_backgrounds: int = BuiltinVideos.num_backgrounds
+    camera_speed: Tuple[float, float] = BuiltinVideos.camera_speed
+    light_change: float = BuiltinVideos.light_change
+    object_scale: float = BuiltinVideos.object_scale
     eval_frames_per_clip: int = 8
     steps: Optional[int] = None  # pretraining steps per variant; None: from the time budget
     max_steps: int = 2000
@@ -66,9 +64,10 @@ class DemoSettings:
 
     def data_settings(self) -> Dict[str, object]:
         """The ``generate_dataset`` keywords of the built-in videos (``dataset.json`` keeps them too)."""
-        return {"videos_per_class": self.videos_per_class, "num_frames": self.num_frames, "seed": self.seed,
-                "num_backgrounds": self.num_backgrounds, "object_scale": self.object_scale,
-                "camera_speed": tuple(self.camera_speed), "light_change": self.light_change}
+        return BuiltinVideos(videos_per_class=self.videos_per_class, num_frames=self.num_frames,
+                             num_backgrounds=self.num_backgrounds, camera_speed=tuple(self.camera_speed),
+                             light_change=self.light_change, object_scale=self.object_scale,
+                             seed=self.seed).generate_kwargs()
 
 
 # Config overrides of each trained variant (the random-init floor is not trained).
@@ -154,7 +153,7 @@ def evaluate_run(run_dir: Path, frames, clips: Dict[int, Tuple[np.ndarray, np.nd
     ``frames``: the labelled frames of the probes; ``clips``: {video index: (frames, instance masks)}
     of the videos that score propagation and attention.
     """
-    from vito_fast.cli.viz import attention_of_frames
+    from vito_fast.eval.features import attention_of_frames
     from vito_fast.eval.encoder import load_encoder
 
     encoder = load_encoder(run_dir)  # the last stage's maps, average-pooled
@@ -191,7 +190,7 @@ def evaluate_run(run_dir: Path, frames, clips: Dict[int, Tuple[np.ndarray, np.nd
 
 def run_demo(settings: DemoSettings) -> Dict[str, object]:
     """Run everything and write OUT/report.md, OUT/results.json and the PNGs; returns the results."""
-    from vito_fast.data.synthetic import SyntheticDataset, generate_dataset
+    from vito_fast.synthetic.videos import SyntheticDataset, generate_dataset
     from vito_fast.train.config import load_config
     from vito_fast.train.loop import train
 

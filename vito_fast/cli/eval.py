@@ -196,7 +196,7 @@ def run_propagate(args) -> Dict:
     from vito_fast.eval.propagate import load_davis_sequences, propagate_labels, region_similarity
 
     if args.synthetic:
-        from vito_fast.data.synthetic import SyntheticDataset
+        from vito_fast.synthetic.videos import SyntheticDataset
 
         dataset = SyntheticDataset.open(args.synthetic)
         count = len(dataset.videos) if args.max_videos is None else min(args.max_videos, len(dataset.videos))

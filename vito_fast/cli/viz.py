@@ -40,23 +40,6 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def attention_of_frames(encoder, frames: np.ndarray, image_size: int, batch_size: int = 16) -> Dict[str, np.ndarray]:
-    """Run frames (T, H, W, 3) uint8 through an attention-pooling encoder: {stage: (T, h, w) float32}."""
-    from vito_fast.eval.features import images_to_tensor
-
-    height, width = frames.shape[1:3]
-    scale = image_size / min(height, width)
-    input_size = (max(1, round(height * scale)), max(1, round(width * scale)))
-    device = next(encoder.parameters()).device
-    collected: Dict[str, List[torch.Tensor]] = {}
-    with torch.no_grad():
-        for start in range(0, len(frames), batch_size):
-            encoder(images_to_tensor(frames[start:start + batch_size], image_size=input_size, device=device))
-            for stage, attention in encoder.last_attention.items():
-                collected.setdefault(stage, []).append(attention.float().cpu())
-    return {stage: torch.cat(chunks).numpy() for stage, chunks in collected.items()}
-
-
 def resize_frames(frames: np.ndarray, height: int) -> np.ndarray:
     from PIL import Image
 
@@ -65,8 +48,9 @@ def resize_frames(frames: np.ndarray, height: int) -> np.ndarray:
 
 
 def render_attention(args) -> Dict:
-    from vito_fast.data.synthetic import decode_video_frames
+    from vito_fast.synthetic.videos import decode_video_frames
     from vito_fast.eval.encoder import load_encoder
+    from vito_fast.eval.features import attention_of_frames
     from vito_fast.eval.viz import attention_overlay_frames, attention_panel, save_gif, save_png
 
     device = "cuda" if args.device == "auto" and torch.cuda.is_available() else \

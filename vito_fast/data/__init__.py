@@ -22,8 +22,5 @@ __getattr__, __dir__ = lazy_exports(
         "LoaderConfig": ".loader",
         "PairLoader": ".loader",
         "LoaderStats": ".loader",
-        # built-in synthetic videos with object masks and labels
-        "SyntheticDataset": ".synthetic",
-        "generate_dataset": ".synthetic",
     },
 )

@@ -18,7 +18,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import List, Optional, Sequence, Tuple, Union
+from typing import Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import torch
@@ -262,3 +262,18 @@ def extract_feature_maps(encoder: torch.nn.Module, images: np.ndarray, *, batch_
     finally:
         encoder.train(was_training)
     return torch.cat(chunks)
+
+
+def attention_of_frames(encoder, frames: np.ndarray, image_size: int, batch_size: int = 16) -> Dict[str, np.ndarray]:
+    """Run frames (T, H, W, 3) uint8 through an attention-pooling encoder: {stage: (T, h, w) float32}."""
+    height, width = frames.shape[1:3]
+    scale = image_size / min(height, width)
+    input_size = (max(1, round(height * scale)), max(1, round(width * scale)))
+    device = next(encoder.parameters()).device
+    collected: Dict[str, List[torch.Tensor]] = {}
+    with torch.no_grad():
+        for start in range(0, len(frames), batch_size):
+            encoder(images_to_tensor(frames[start:start + batch_size], image_size=input_size, device=device))
+            for stage, attention in encoder.last_attention.items():
+                collected.setdefault(stage, []).append(attention.float().cpu())
+    return {stage: torch.cat(chunks).numpy() for stage, chunks in collected.items()}

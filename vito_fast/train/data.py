@@ -89,19 +89,6 @@ class SyntheticPairSource:
             yield batch
 
 
-def demo_dataset(run_dir: Path, *, progress: bool = True) -> Path:
-    """The built-in synthetic videos under RUN/data (generated once; deterministic); its manifest path."""
-    from vito_fast.data.synthetic import generate_dataset
-    from vito_fast.demo import DemoSettings
-
-    root = Path(run_dir) / "data"
-    manifest = root / "manifest.jsonl"
-    if manifest.exists():
-        return manifest
-    # the videos `vito-fast demo` uses
-    return Path(generate_dataset(root, **DemoSettings().data_settings(), progress=progress).manifest_path)
-
-
 def decode_workers(configured: int) -> int:
     """Decoding processes for this rank: ``configured`` when >= 0, else this rank's share of the usable
     cores (torchrun's LOCAL_WORLD_SIZE ranks share the node) minus one for the rank itself, at least one."""
@@ -134,11 +121,13 @@ def build_loader(config, info: DistInfo, *, epoch: int, start_step: int, run_dir
     if not path:
         if run_dir is None:
             raise ValueError("data.path is empty: pass --data PATH (a manifest or a frame store)")
+        from vito_fast.synthetic.builtin import builtin_dataset
+
         if info.is_main:
-            demo_dataset(run_dir, progress=config.train.progress)
+            builtin_dataset(run_dir, progress=config.train.progress)
         if info.distributed:
             torch.distributed.barrier()
-        path = str(demo_dataset(run_dir, progress=False))
+        path = str(builtin_dataset(run_dir, progress=False))
     on_gpu = info.device.type == "cuda"
     loader_config = LoaderConfig(image_size=data.image_size, views=data.views,
                                  dtype="bfloat16" if bf16 else "float32",

@@ -1,0 +1,16 @@
+"""Built-in synthetic videos: textured objects of K classes, with masks and labels (``videos``), and the
+settings of the built-in data set that ``vito-fast pretrain`` (without ``--data``) and ``vito-fast
+demo`` both use (``builtin``). May import: vito_fast.data (manifests) and the lower layers.
+"""
+from vito_fast._lazy import lazy_exports
+
+__getattr__, __dir__ = lazy_exports(
+    __name__,
+    {
+        "SyntheticDataset": ".videos",
+        "generate_dataset": ".videos",
+        "decode_video_frames": ".videos",
+        "BuiltinVideos": ".builtin",
+        "builtin_dataset": ".builtin",
+    },
+)
