@@ -36,7 +36,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from vito_fast.data.frame_store import ShardWriter
+from vito_fast.prepare.frame_store_write import ShardWriter
 from vito_fast.data.frame_store_index import synthetic_index, write_index, write_version_1_index
 from vito_fast.data.pair_sources import FrameStoreSource
 

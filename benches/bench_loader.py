@@ -68,7 +68,7 @@ def write_textured_video(path: Path, seed: int) -> None:
 
 @pytest.fixture(scope="session")
 def corpus(tmp_path_factory):
-    from vito_fast.data.frame_store import extract_frames
+    from vito_fast.prepare.frame_store_write import extract_frames
     from vito_fast.data.manifest import ClipRecord, write_manifest
 
     folder = tmp_path_factory.mktemp("loader_corpus")

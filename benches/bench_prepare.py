@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from vito_fast.data import extract_frames, scan_videos
+from vito_fast.prepare import extract_frames, scan_videos
 
 VIDEOS = int(os.environ.get("VITO_BENCH_VIDEOS", "8"))
 SECONDS = float(os.environ.get("VITO_BENCH_SECONDS", "4"))

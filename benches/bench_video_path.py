@@ -70,7 +70,8 @@ def write_video(path: Path, fmt: str, seconds: float, seed: int) -> None:
 
 
 def make_corpus(folder: Path, files: int, seconds: float) -> dict:
-    from vito_fast.data.manifest import scan_videos, write_manifest
+    from vito_fast.prepare.scan import scan_videos
+    from vito_fast.data.manifest import write_manifest
 
     manifests = {}
     for fmt, (_, suffix, *_) in FORMATS.items():

@@ -419,7 +419,7 @@ def frame_store(ctx: Context) -> None:
     """A 256p frame store written with PIL (no PyAV needed): store_clips clips of store_frames JPEGs."""
     from concurrent.futures import ThreadPoolExecutor
 
-    from vito_fast.data.frame_store import ShardWriter
+    from vito_fast.prepare.frame_store_write import ShardWriter
     from vito_fast.data.frame_store_index import arrays_from_clips, write_index
 
     sizes, started = ctx.sizes, time.perf_counter()
@@ -470,7 +470,8 @@ def video_corpus(ctx: Context) -> None:
     from concurrent.futures import ProcessPoolExecutor
 
     import bench_video_path as suite
-    from vito_fast.data.manifest import scan_videos, write_manifest
+    from vito_fast.prepare.scan import scan_videos
+    from vito_fast.data.manifest import write_manifest
 
     sizes, started = ctx.sizes, time.perf_counter()
     suffix = suite.FORMATS[sizes.video_format][1]

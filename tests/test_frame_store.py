@@ -21,7 +21,8 @@ from PIL import Image
 
 from videos import decode_frame_number, write_video
 from vito_fast.cli.main import main as cli_main
-from vito_fast.data import FrameStore, extract_frames, scan_videos
+from vito_fast.data import FrameStore
+from vito_fast.prepare import extract_frames, scan_videos
 from vito_fast.data.frame_store_index import (ARRAY_DTYPES, INDEX_NAME, read_index, synthetic_index, write_index,
                                               write_version_1_index)
 from vito_fast.data.pair_sources import FrameStoreSource

@@ -20,7 +20,7 @@ import torch
 
 from vito_fast.data import FrameStore, LoaderConfig, PairLoader, ViewConfig, sample_view_params
 from vito_fast.data.augment import IMAGENET_MEAN, IMAGENET_STD, LUMA, colour_matrices, reference_view, view_blur_window
-from vito_fast.data.frame_store import extract_frames
+from vito_fast.prepare.frame_store_write import extract_frames
 from vito_fast.data.manifest import ClipRecord, write_manifest
 
 pytest.importorskip("nvidia.dali")

@@ -22,7 +22,8 @@ import pytest
 from videos import decode_frame_number, write_video
 from vito_fast.data import LoaderConfig, PairLoader, ViewConfig
 from vito_fast.data.augment import IMAGENET_MEAN, IMAGENET_STD
-from vito_fast.data.manifest import scan_videos, write_manifest
+from vito_fast.prepare.scan import scan_videos
+from vito_fast.data.manifest import write_manifest
 
 pytest.importorskip("nvidia.dali")
 
@@ -212,7 +213,7 @@ def test_small_corpus_over_ranks_is_a_pure_function_of_the_position(corpus):
 def test_shard_truncated_while_open_is_replaced_not_a_crash(corpus, tmp_path):
     """The v1 store mapped its shards: a shard cut short while mapped killed the trainer (SIGBUS)."""
     from vito_fast.data import FrameStore
-    from vito_fast.data.frame_store import extract_frames
+    from vito_fast.prepare.frame_store_write import extract_frames
 
     extract_frames(corpus, tmp_path / "store", fps=10, quality=80, workers=1, progress=False, shard_bytes=1)
     config = dataclasses.replace(CONFIG, prefetch=1)

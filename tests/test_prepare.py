@@ -24,11 +24,12 @@ from videos import (decode_frame_number, encoder_available, read_frame_numbers, 
                     write_empty_video_stream, write_text_file, write_truncated_copy, write_variable_frame_rate,
                     write_video, write_zero_byte_file)
 from vito_fast.cli.main import main as cli_main
-from vito_fast.data import ClipRecord, FrameStore, extract_frames, read_manifest, scan_videos, transcode_clips, write_manifest
-from vito_fast.data.clip_decode import extract_clip_pyav
-from vito_fast.data.frame_store import ShardWriter
-from vito_fast.data.manifest import split_into_clips
-from vito_fast.data.probe import VideoInfo, probe_videos
+from vito_fast.data import ClipRecord, FrameStore, read_manifest, write_manifest
+from vito_fast.prepare import extract_frames, scan_videos, transcode_clips
+from vito_fast.prepare.clip_decode import extract_clip_pyav
+from vito_fast.prepare.frame_store_write import ShardWriter
+from vito_fast.prepare.scan import split_into_clips
+from vito_fast.prepare.probe import VideoInfo, probe_videos
 from vito_fast.errors import StoreError, VideoError
 
 HAS_H264 = encoder_available("h264")
@@ -156,7 +157,7 @@ def test_scan_never_modifies_inputs(corpus):
 
 def misbehaving_probe(path: str, decode_check: str):
     """A probe that hangs on *hang* files and kills its process on *crash* files (runs in a worker)."""
-    from vito_fast.data.probe import probe_video
+    from vito_fast.prepare.probe import probe_video
 
     if "hang" in path:
         time.sleep(60)
@@ -349,7 +350,8 @@ def test_gpu_extraction_decodes_h264_with_nvdec(manifest, tmp_path):
 
 
 def test_import_never_touches_dali():
-    code = ("import sys, vito_fast, vito_fast.data.frame_store, vito_fast.data.transcode, vito_fast.cli.prepare; "
+    code = ("import sys, vito_fast, vito_fast.data.frame_store, vito_fast.prepare.frame_store_write, "
+            "vito_fast.prepare.transcode, vito_fast.cli.prepare; "
             "assert not any(m.startswith('nvidia') for m in sys.modules), 'DALI imported'")
     subprocess.run([sys.executable, "-c", code], check=True)
 

@@ -9,7 +9,7 @@ from scipy.ndimage import maximum_filter
 
 from vito_fast.synthetic import SyntheticDataset, generate_dataset
 from vito_fast.data.manifest import read_manifest
-from vito_fast.data.probe import probe_video
+from vito_fast.prepare.probe import probe_video
 from vito_fast.synthetic.videos import (INSTANCE_DISTRACTOR, INSTANCE_MAIN, NUM_BACKGROUNDS, background_textures,
                                       class_names, render_clip, shared_background)
 

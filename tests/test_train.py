@@ -311,7 +311,8 @@ def test_pretrain_on_videos_names_the_files_it_could_not_use(tmp_path, capsys):
     pytest.importorskip("nvidia.dali")
     from videos import write_truncated_copy, write_video
 
-    from vito_fast.data.manifest import scan_videos, write_manifest
+    from vito_fast.prepare.scan import scan_videos
+    from vito_fast.data.manifest import write_manifest
 
     (tmp_path / "videos").mkdir()
     for clip in range(4):

@@ -26,8 +26,9 @@ import pytest
 
 from videos import (decode_frame_number, frame_image, shown_image, write_late_start_copy, write_resolution_change,
                     write_variable_frame_rate, write_video)
-from vito_fast.data.manifest import ClipRecord, read_manifest, scan_videos, split_into_clips, write_manifest
-from vito_fast.data.probe import VideoInfo, probe_video
+from vito_fast.data.manifest import ClipRecord, read_manifest, write_manifest
+from vito_fast.prepare.scan import scan_videos, split_into_clips
+from vito_fast.prepare.probe import VideoInfo, probe_video
 from vito_fast.data.video_source import VideoFrameReader
 from vito_fast.errors import VideoError
 
@@ -305,9 +306,11 @@ def test_rotated_video_is_stored_and_transcoded_as_shown(tmp_path):
     """The frame store and ``prepare transcode`` turn frames as players do (no squashed pictures)."""
     from PIL import Image
 
-    from vito_fast.data.frame_store import FrameStore, extract_frames
-    from vito_fast.data.manifest import scan_videos, write_manifest
-    from vito_fast.data.transcode import transcode_clips
+    from vito_fast.data.frame_store import FrameStore
+    from vito_fast.prepare.frame_store_write import extract_frames
+    from vito_fast.prepare.scan import scan_videos
+    from vito_fast.data.manifest import write_manifest
+    from vito_fast.prepare.transcode import transcode_clips
 
     (tmp_path / "videos").mkdir()
     write_video(tmp_path / "videos" / "phone.mp4", codec="h264", width=96, height=64, fps=10, num_frames=20,

@@ -76,7 +76,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def format_summary(records, rejected) -> str:
     """The table printed at the end of a scan: usable clips, rejected files by reason, hours."""
-    from vito_fast.data.probe import REJECTION_REASONS
+    from vito_fast.prepare.probe import REJECTION_REASONS
 
     videos = len({record.path for record in records})
     hours = sum(record.duration for record in records) / 3600
@@ -94,8 +94,9 @@ def format_summary(records, rejected) -> str:
 
 def run_scan(args) -> int:
     from vito_fast.curate.selection import expand_curated_lists
-    from vito_fast.data.manifest import rejected_manifest_path, scan_videos, write_manifest
-    from vito_fast.data.probe import RejectedVideo
+    from vito_fast.data.manifest import rejected_manifest_path, write_manifest
+    from vito_fast.prepare.scan import scan_videos
+    from vito_fast.prepare.probe import RejectedVideo
 
     missing = [path for path in args.paths if not Path(path).exists()]
     if missing:
@@ -121,7 +122,8 @@ def run_scan(args) -> int:
 
 
 def run_frames(args) -> int:
-    from vito_fast.data.frame_store import FrameStore, extract_frames
+    from vito_fast.data.frame_store import FrameStore
+    from vito_fast.prepare.frame_store_write import extract_frames
 
     index = extract_frames(args.manifest, args.output, fps=args.fps, short_side=args.short_side,
                            quality=args.quality, device=args.device, shard_bytes=args.shard_mb << 20,
@@ -136,7 +138,7 @@ def run_frames(args) -> int:
 
 def run_transcode(args) -> int:
     from vito_fast.data.manifest import read_manifest
-    from vito_fast.data.transcode import transcode_clips
+    from vito_fast.prepare.transcode import transcode_clips
 
     records = read_manifest(args.manifest)
     outputs = transcode_clips(records, args.output, codec=args.codec, short_side=args.short_side, gop=args.gop,

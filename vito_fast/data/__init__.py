@@ -1,4 +1,10 @@
-"""Data: the view sampler, manifests, the frame store and the loaders."""
+"""Data: from a manifest or frame store to batches of augmented view pairs.
+
+Holds the view sampler (``sampler``, C++ with a NumPy reference), the manifest and frame-store
+formats and readers, the video frame reader, the sources, decode worker processes, the DALI graph
+and ``PairLoader``. May import vito_fast.errors, vito_fast._cpp and the other lower layers; never
+prepare, curate, synthetic, train, eval, demo or cli.
+"""
 from vito_fast._lazy import lazy_exports
 
 __getattr__, __dir__ = lazy_exports(
@@ -9,15 +15,12 @@ __getattr__, __dir__ = lazy_exports(
         "ViewParams": ".sampler",
         "sample_view_params": ".sampler",
         "sample_view_params_numpy": ".sampler",
-        # manifests: scanning a folder of videos
+        # manifests (written by vito_fast.prepare's scan)
         "ClipRecord": ".manifest",
-        "scan_videos": ".manifest",
         "read_manifest": ".manifest",
         "write_manifest": ".manifest",
-        # frame store: JPEG frames in tar shards plus an index
+        # frame store reader (the writer is vito_fast.prepare.frame_store_write)
         "FrameStore": ".frame_store",
-        "extract_frames": ".frame_store",
-        "transcode_clips": ".transcode",
         # DALI loader of augmented frame pairs
         "LoaderConfig": ".loader",
         "PairLoader": ".loader",

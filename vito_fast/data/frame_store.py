@@ -33,10 +33,9 @@ import numpy as np
 
 from vito_fast.data.frame_store_index import (FORMAT_NAME, FORMAT_VERSION, INDEX_NAME, clip_documents, read_index,
                                               source_path, upgrade_store)
-from vito_fast.data.frame_store_write import ShardWriter, extract_frames
 from vito_fast.errors import StoreError
 
-__all__ = ["FrameStore", "StoredClip", "ShardWriter", "extract_frames", "upgrade_store",
+__all__ = ["FrameStore", "StoredClip", "upgrade_store",
            "FORMAT_NAME", "FORMAT_VERSION", "INDEX_NAME"]
 PathLike = Union[str, os.PathLike]
 

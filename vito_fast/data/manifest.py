@@ -2,36 +2,24 @@
 
 A scan never drops a file silently: each file is either turned into ``ClipRecord``s or reported
 as a ``RejectedVideo`` with a reason from ``REJECTION_REASONS`` and a human-readable detail
-(probing itself lives in ``vito_fast.data.probe``). Inputs are only ever opened for reading.
+(probing itself lives in ``vito_fast.prepare.probe``). Inputs are only ever opened for reading.
 
 Times in a record are seconds from the video's start (frame i of a constant-rate video is shown
 at ``i / fps``); ``clip_start``/``clip_end`` are None for a record that covers the whole video.
 """
 from __future__ import annotations
 
-import bisect
 import dataclasses
 import json
-import math
 import os
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, Iterator, List, Optional, Tuple, Union
+from typing import Iterable, Iterator, List, Optional, Union
 
-from vito_fast.data.probe import RejectedVideo, VideoInfo, probe_videos
 from vito_fast.errors import VideoError
 
 PathLike = Union[str, os.PathLike]
-
-VIDEO_SUFFIXES = (".mp4", ".m4v", ".mov", ".webm", ".mkv", ".avi", ".mpg", ".mpeg", ".ts", ".flv", ".ogv", ".3gp", ".wmv")
-
-# decoder -> codecs it decodes (FFmpeg codec names); "pyav" decodes whatever FFmpeg can open.
-DECODABLE_CODECS = {
-    "pyav": None,
-    "dali-cpu": frozenset({"vp8", "vp9", "mjpeg"}),
-    "dali-gpu": frozenset({"h264", "hevc", "vp8", "vp9", "av1", "mjpeg", "mpeg4"}),
-}
 
 
 @dataclass
@@ -73,110 +61,11 @@ class ClipRecord:
 
 
 
-# ----------------------------------------------------------------------------- scanning
-
-
-def find_videos(paths: Iterable[PathLike]) -> List[str]:
-    """Expand folders (recursively, files with a video suffix) and keep named files as they are.
-
-    Raises FileNotFoundError naming the first path that does not exist.
-    """
-    found: List[str] = []
-    for path in map(Path, paths):
-        if path.is_dir():
-            found.extend(str(file.resolve()) for file in sorted(path.rglob("*"))
-                         if file.is_file() and file.suffix.lower() in VIDEO_SUFFIXES)
-        elif path.exists():
-            found.append(str(path.resolve()))
-        else:
-            raise FileNotFoundError(f"{path}: no such file or folder")
-    return found
-
-
-def split_into_clips(info: VideoInfo, clip_seconds: Optional[float], min_seconds: float,
-                     label: Optional[str] = None) -> List[ClipRecord]:
-    """Records for a probed video: the whole video, or clips of ``clip_seconds``.
-
-    A remainder shorter than ``min_seconds`` is merged into the last clip, so every second of the
-    video is in exactly one clip and no clip is shorter than ``min_seconds``.
-    """
-    def record(start: Optional[float], end: Optional[float]) -> ClipRecord:
-        if start is None:
-            return ClipRecord(info.path, info.num_frames, info.fps, info.width, info.height, info.codec,
-                              info.duration, label, keyframes=info.keyframes, keyframe_pts=info.keyframe_pts)
-        first, stop = math.ceil(start * info.fps - 1e-6), math.ceil(end * info.fps - 1e-6)
-        keyframes, keyframe_pts = _keyframes_of_clip(info, first, stop)
-        return ClipRecord(info.path, min(stop, info.num_frames) - first, info.fps, info.width, info.height,
-                          info.codec, round(end - start, 6), label, round(start, 6), round(end, 6),
-                          keyframes, keyframe_pts)
-
-    if not clip_seconds or info.duration < clip_seconds + min(min_seconds, clip_seconds):
-        return [record(None, None)]
-    count = int(info.duration // clip_seconds)
-    bounds = [float(index * clip_seconds) for index in range(count + 1)]
-    if info.duration - bounds[-1] >= max(min_seconds, 1e-6):
-        bounds.append(float(info.duration))
-    else:
-        bounds[-1] = float(info.duration)
-    return [record(start, end) for start, end in zip(bounds, bounds[1:])]
-
-
-def _keyframes_of_clip(info: VideoInfo, first: int, stop: int) -> Tuple[Optional[List[int]], Optional[List[int]]]:
-    """The part of a video's keyframe index that frames [first, stop) decode from (None: no index)."""
-    if info.keyframes is None or info.keyframe_pts is None:
-        return None, None
-    begin = max(0, bisect.bisect_right(info.keyframes, first) - 1)  # the keyframe at or before the first frame
-    end = bisect.bisect_left(info.keyframes, stop, lo=begin)
-    return info.keyframes[begin:end], info.keyframe_pts[begin:end]
-
-
-def scan_videos(paths: Iterable[PathLike], *, min_seconds: float = 1.0, clip_seconds: Optional[float] = None,
-                workers: Optional[int] = None, progress: bool = True, timeout: float = 60.0,
-                decode_check: str = "tail", decoder: str = "pyav", reject_variable_frame_rate: bool = True,
-                label: Optional[str] = None) -> Tuple[List[ClipRecord], List[RejectedVideo]]:
-    """Probe every video under ``paths`` and return (usable clip records, rejected files), in path order.
-
-    ``decoder`` ("pyav", "dali-cpu", "dali-gpu") rejects codecs that decoder cannot read;
-    ``workers`` defaults to the CPU count (0 probes in this process, without timeout). Workers are
-    spawned, so a script that calls this needs the usual ``if __name__ == "__main__":`` guard.
-    """
-    if decoder not in DECODABLE_CODECS:
-        raise ValueError(f"scan_videos: decoder must be one of {sorted(DECODABLE_CODECS)}, not {decoder!r}")
-    files = find_videos(paths)
-    workers = (os.cpu_count() or 1) if workers is None else workers
-    results: List[Union[VideoInfo, RejectedVideo, None]] = [None] * len(files)
-    from tqdm import tqdm
-
-    with tqdm(total=len(files), desc="scan", unit="file", disable=not progress) as bar:
-        for index, result in probe_videos(files, workers=min(workers, len(files)), timeout=timeout,
-                                          decode_check=decode_check):
-            results[index] = result
-            bar.update(1)
-    records: List[ClipRecord] = []
-    rejected: List[RejectedVideo] = []
-    allowed = DECODABLE_CODECS[decoder]
-    for result in results:
-        if isinstance(result, RejectedVideo):
-            rejected.append(result)
-        elif allowed is not None and result.codec not in allowed:
-            rejected.append(RejectedVideo(result.path, "undecodable_codec",
-                                          f"codec {result.codec} cannot be decoded by {decoder}"))
-        elif result.variable_frame_rate and reject_variable_frame_rate:
-            rejected.append(RejectedVideo(result.path, "variable_frame_rate",
-                                          "frame durations vary by more than 10%"))
-        elif result.duration < min_seconds:
-            rejected.append(RejectedVideo(result.path, "too_short",
-                                          f"{result.duration:.2f} s is shorter than {min_seconds:g} s"))
-        else:
-            records.extend(split_into_clips(result, clip_seconds, min_seconds, label))
-    return records, rejected
-
-
 # ----------------------------------------------------------------------------- manifest files
 
 
-def write_manifest(path: PathLike, records: Iterable[Union[ClipRecord, RejectedVideo]]) -> Path:
-    """Write one JSON line per record atomically (a temporary file in the same folder, then rename)."""
+def write_manifest(path: PathLike, records: Iterable) -> Path:
+    """Write one JSON line per record (ClipRecord or prepare's RejectedVideo: anything with ``to_json``) atomically (a temporary file in the same folder, then rename)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     handle = tempfile.NamedTemporaryFile("w", dir=path.parent, prefix=f".{path.name}.", suffix=".tmp",

@@ -15,7 +15,7 @@ from fractions import Fraction
 from pathlib import Path
 from typing import List, Optional, Sequence, Union
 
-from vito_fast.data.clip_decode import clip_bounds, output_size
+from vito_fast.prepare.clip_decode import clip_bounds, output_size
 from vito_fast.data.manifest import ClipRecord, read_manifest, write_manifest
 from vito_fast.errors import VideoError
 
@@ -114,7 +114,7 @@ def _existing_output(record: ClipRecord, output: Path, codec: str, expected_size
     """The record of an output left by an earlier run, when it still probes as complete."""
     if not output.is_file():
         return None
-    from vito_fast.data.probe import VideoInfo, probe_video
+    from vito_fast.prepare.probe import VideoInfo, probe_video
 
     info = probe_video(str(output), decode_check="none")
     if not isinstance(info, VideoInfo) or info.codec != CODECS[codec][2]:
@@ -165,7 +165,7 @@ def transcode_clips(manifest: Union[PathLike, Sequence[ClipRecord]], out_dir: Pa
     failed = [(record, result) for record, result in zip(records, results) if isinstance(result, VideoError)]
     write_manifest(folder / "manifest.jsonl", usable)
     if failed:
-        from vito_fast.data.probe import RejectedVideo
+        from vito_fast.prepare.probe import RejectedVideo
 
         write_manifest(folder / "manifest.failed.jsonl",
                        [RejectedVideo(record.path, "unreadable", str(error)) for record, error in failed])

@@ -14,7 +14,7 @@ import tarfile
 from pathlib import Path
 from typing import List, Optional, Sequence, Tuple, Union
 
-from vito_fast.data.clip_decode import DaliClipExtractor, ExtractedClip, clip_bounds, extract_clip_pyav
+from vito_fast.prepare.clip_decode import DaliClipExtractor, ExtractedClip, clip_bounds, extract_clip_pyav
 from vito_fast.data.frame_store_index import arrays_from_clips, write_index, write_json_atomically
 from vito_fast.data.manifest import ClipRecord, read_manifest
 from vito_fast.errors import StoreError, VideoError
