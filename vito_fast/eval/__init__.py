@@ -1,4 +1,8 @@
-"""Evaluation of frozen features: kNN, linear probe, label propagation, robustness, attention maps."""
+"""Evaluation of frozen features: kNN, linear probe, label propagation, robustness, attention maps.
+
+May import train (a run's config), curate, prepare, synthetic, model, data and the layers below;
+never demo or cli.
+"""
 from vito_fast._lazy import lazy_exports
 
 __getattr__, __dir__ = lazy_exports(

@@ -1,4 +1,4 @@
-"""Thin ``torch.nn.Module`` wrappers around the fused ops."""
+"""Thin ``torch.nn.Module`` wrappers around the fused ops. May import ops, reference, distributed."""
 from vito_fast._lazy import lazy_exports
 
 __getattr__, __dir__ = lazy_exports(

@@ -2,6 +2,8 @@
 
     from vito_fast.train import load_config, train
     train(load_config("demo", overrides=["train.steps=20"]), "runs/demo")
+
+May import eval, curate, prepare, synthetic, model, data and the layers below; never demo or cli.
 """
 from vito_fast._lazy import lazy_exports
 
