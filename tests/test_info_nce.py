@@ -327,10 +327,17 @@ def test_forced_triton_on_cpu_without_interpreter_says_how(monkeypatch):
 
 # ---- distributed: two gloo processes == one process on the concatenated batch ----------------
 
-def _distributed_worker(rank, world, init_file, rows_per_rank, backend, result_dir):
+def _distributed_worker(rank, world, init_file, rows_per_rank, backend, result_dir, equal_batches=False):
     import torch.distributed as dist
 
+    import vito_fast.distributed
     from vito_fast.nn.info_nce import InfoNCE
+
+    if equal_batches:  # the promise of equal batches must spare the size exchange (and its host sync)
+        def no_size_exchange(*args):
+            raise AssertionError("sizes were gathered although every rank has the same batch")
+
+        vito_fast.distributed._gather_sizes = no_size_exchange
 
     dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
     try:
@@ -339,7 +346,7 @@ def _distributed_worker(rank, world, init_file, rows_per_rank, backend, result_d
         rows = slice(start, start + rows_per_rank[rank])
         q = inputs["q"][rows].clone().requires_grad_()
         k = inputs["k"][rows].clone().requires_grad_()
-        loss = InfoNCE(temperature=0.1, gather_distributed=True, backend=backend)(q, k)
+        loss = InfoNCE(temperature=0.1, gather_distributed=True, backend=backend, equal_batches=equal_batches)(q, k)
         loss.backward()
         torch.save({"loss": loss.detach(), "dq": q.grad, "dk": k.grad},
                    os.path.join(result_dir, f"rank{rank}.pt"))
@@ -347,17 +354,19 @@ def _distributed_worker(rank, world, init_file, rows_per_rank, backend, result_d
         dist.destroy_process_group()
 
 
-def test_distributed_gather_matches_single_process(tmp_path, kernel_device):
-    """Unequal per-rank batches (5 and 9 rows), gloo on CPU tensors: through the Triton kernels on
-    a CPU-only machine (interpreter), through the reference where the kernels need CUDA tensors."""
-    rows_per_rank, backend = (5, 9), "triton" if kernel_device == "cpu" else "torch"
+@pytest.mark.parametrize("rows_per_rank, equal_batches", [((5, 9), False), ((7, 7), True)])
+def test_distributed_gather_matches_single_process(tmp_path, kernel_device, rows_per_rank, equal_batches):
+    """Unequal per-rank batches (5 and 9 rows: sizes exchanged), or equal ones promised as such (no
+    size exchange), gloo on CPU tensors: through the Triton kernels on a CPU-only machine
+    (interpreter), through the reference where the kernels need CUDA tensors."""
+    backend = "triton" if kernel_device == "cpu" else "torch"
     import torch.multiprocessing as mp
 
     total = sum(rows_per_rank)
     q, k = _inputs(total, total, 17, dtype=torch.float32)
     torch.save({"q": q, "k": k}, tmp_path / "inputs.pt")
     mp.spawn(_distributed_worker, nprocs=2, join=True,
-             args=(2, str(tmp_path / "init"), list(rows_per_rank), backend, str(tmp_path)))
+             args=(2, str(tmp_path / "init"), list(rows_per_rank), backend, str(tmp_path), equal_batches))
     ranks = [torch.load(tmp_path / f"rank{r}.pt") for r in range(2)]
 
     q_all, k_all = q.clone().requires_grad_(), k.clone().requires_grad_()

@@ -40,14 +40,20 @@ class _AllGatherRows(torch.autograd.Function):
         return grad[ctx.offset: ctx.offset + ctx.rows], None, None
 
 
-def all_gather_with_grad(x: torch.Tensor, group: Optional[dist.ProcessGroup] = None) -> Tuple[torch.Tensor, int]:
+def all_gather_with_grad(x: torch.Tensor, group: Optional[dist.ProcessGroup] = None, *,
+                         equal_rows: bool = False) -> Tuple[torch.Tensor, int]:
     """(Σ_r n_r, D) concatenation of every rank's x (n_r, D) in rank order, and this rank's row offset.
 
-    Unequal n_r are supported (sizes are gathered first). Gradients flow back to the owner rank:
-    it receives Σ over ranks of d(loss_rank)/d(its rows), the convention under which DDP's gradient
-    averaging yields the gradient of the mean loss.
+    Unequal n_r are supported: the sizes are gathered first, which costs a collective and a host
+    synchronisation. ``equal_rows=True`` promises that every rank passes as many rows as this one
+    (a training step with a fixed per-rank batch) and skips both. Gradients flow back to the owner
+    rank: it receives Σ over ranks of d(loss_rank)/d(its rows), the convention under which DDP's
+    gradient averaging yields the gradient of the mean loss.
     """
-    sizes = _gather_sizes(x.shape[0], x.device, group)
+    if equal_rows:
+        sizes = [x.shape[0]] * dist.get_world_size(group)
+    else:
+        sizes = _gather_sizes(x.shape[0], x.device, group)
     offset = sum(sizes[: dist.get_rank(group)])
     if x.requires_grad:
         return _AllGatherRows.apply(x, sizes, group), offset

@@ -147,21 +147,26 @@ class VITO(nn.Module):
     def __init__(self, arch: str = "resnet50", stages: Sequence[str] = ("layer3", "layer4"),
                  pool_hidden: int = 512, proj_hidden: int = 4096, proj_dim: int = 256,
                  pred_hidden: int = 4096, temperature: float = 0.1, backend: str = "auto",
-                 gather_distributed: bool = True, pooling: str = "attention", width: int = 64):
+                 gather_distributed: bool = True, pooling: str = "attention", width: int = 64,
+                 equal_batches: bool = False):
         super().__init__()
         self.online = Encoder(arch, stages, pool_hidden, proj_hidden, proj_dim, backend, pooling, width)
         self.predictors = nn.ModuleList(mlp(proj_dim, pred_hidden, proj_dim) for _ in self.online.pools)
         self.target = copy.deepcopy(self.online)
         self.target.requires_grad_(False)
         self.stages = self.online.trunk.stages
-        self.criterion = InfoNCE(temperature, gather_distributed=gather_distributed, backend=backend)
+        # equal_batches: every rank brings the same number of pairs (training's fixed per-rank batch),
+        # so the key gather needs no size exchange and no host synchronisation
+        self.criterion = InfoNCE(temperature, gather_distributed=gather_distributed, backend=backend,
+                                 equal_batches=equal_batches)
 
     @classmethod
     def from_config(cls, config) -> "VITO":
-        """config: ``vito_fast.train.config.ModelConfig``."""
+        """config: ``vito_fast.train.config.ModelConfig``; the training loop's batches have the same
+        size on every rank (``data.batch_size``), so the loss gathers keys without exchanging sizes."""
         return cls(config.arch, config.stages, config.pool_hidden, config.proj_hidden, config.proj_dim,
                    config.pred_hidden, config.temperature, config.backend, pooling=config.pooling,
-                   width=config.width)
+                   width=config.width, equal_batches=True)
 
     def forward(self, view1: torch.Tensor, view2: torch.Tensor) -> Tuple[torch.Tensor, Dict[str, torch.Tensor]]:
         """view1, view2 (B, 3, S, S) → (total loss, {stage: loss}); all float32 scalars."""

@@ -15,13 +15,16 @@ class InfoNCE(torch.nn.Module):
     (labels = offset + arange(N), so every rank needs M_local ≥ N; labels given to forward index
     the rank's local keys and are shifted the same way), and gradients of the gathered keys reach
     their owner when k requires grad: the owner gets Σ_ranks d loss_rank / d k, so DDP's gradient
-    averaging yields the gradient of the mean loss. Per-rank batch sizes may differ. Without an
+    averaging yields the gradient of the mean loss. Per-rank batch sizes may differ, at the cost of
+    gathering them every call (a host synchronisation); ``equal_batches=True`` promises the same
+    number of keys on every rank (a fixed per-rank batch, as in training) and skips it. Without an
     initialised process group it is the plain single-process loss.
     """
 
     def __init__(self, temperature: float = 0.1, symmetric: bool = False, normalize: bool = True,
                  reduction: str = "mean", gather_distributed: bool = False,
-                 group: Optional["torch.distributed.ProcessGroup"] = None, backend: str = "auto"):
+                 group: Optional["torch.distributed.ProcessGroup"] = None, backend: str = "auto",
+                 equal_batches: bool = False):
         super().__init__()
         if gather_distributed and symmetric:
             raise ValueError("InfoNCE: symmetric needs N == M, which gathered keys break; "
@@ -33,6 +36,7 @@ class InfoNCE(torch.nn.Module):
         self.gather_distributed = gather_distributed
         self.group = group
         self.backend = backend
+        self.equal_batches = equal_batches
 
     def forward(self, q: torch.Tensor, k: torch.Tensor, labels: Optional[torch.Tensor] = None) -> torch.Tensor:
         label_offset = 0
@@ -44,7 +48,7 @@ class InfoNCE(torch.nn.Module):
             if k.shape[0] < q.shape[0] and labels is None:
                 raise ValueError(f"InfoNCE: each rank needs at least as many keys as queries for "
                                  f"its positives; got N={q.shape[0]}, M={k.shape[0]}")
-            k, offset = all_gather_with_grad(k, self.group)
+            k, offset = all_gather_with_grad(k, self.group, equal_rows=self.equal_batches)
             if labels is not None:
                 labels = labels + offset
             else:
