@@ -14,7 +14,7 @@ from typing import Dict, List, Optional, Sequence
 
 import numpy as np
 
-from vito_fast.errors import StoreError, VideoError
+from vito_fast.errors import StoreError
 
 __all__ = ["FrameStoreSource", "VideoFileSource", "open_source"]
 
