@@ -95,7 +95,7 @@ class Arena:
             import torch
 
             torch.cuda.cudart().cudaHostUnregister(pinned.ctypes.data)
-            self._pinned = pinned = None
+            self._pinned = None
         try:
             self.buffer.close()
         except BufferError:  # a view is still alive: the mapping goes when it does

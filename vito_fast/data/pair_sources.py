@@ -19,14 +19,6 @@ from vito_fast.errors import StoreError
 __all__ = ["FrameStoreSource", "VideoFileSource", "open_source"]
 
 
-def _label_ids(labels: Sequence[Optional[object]]):
-    """(int64 ids with -1 for no label, the sorted class names)."""
-    classes = sorted({str(label) for label in labels if label is not None})
-    lookup = {name: index for index, name in enumerate(classes)}
-    ids = np.array([-1 if label is None else lookup[str(label)] for label in labels], dtype=np.int64)
-    return ids, classes
-
-
 class FrameStoreSource:
     """Stored JPEG frames (``input_kind="jpeg"``); frame indices count stored frames.
 
@@ -35,7 +27,6 @@ class FrameStoreSource:
     """
 
     input_kind = "jpeg"
-    decodes_on_host = False
 
     def __init__(self, path, threads: int = 4):
         from vito_fast.data.frame_store import FrameStore
@@ -121,7 +112,6 @@ class VideoFileSource:
         if decoder not in ("pyav", "dali"):
             raise ValueError(f"VideoFileSource: decoder must be 'pyav' or 'dali', not {decoder!r}")
         self.input_kind = "frames" if decoder == "pyav" else "video"
-        self.decodes_on_host = decoder == "pyav"
         self.paths: List[str] = []
         path_ids: Dict[str, int] = {}
         # typed arrays while reading: a list of a million Python numbers would outweigh the result
