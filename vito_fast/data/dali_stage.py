@@ -45,12 +45,7 @@ class DaliStage:
         from vito_fast.data.pipeline import build_pair_pipeline
 
         config = self.config
-        device_id = config.device_id
-        if self.device == "gpu" and device_id is None:
-            import torch
-
-            device_id = torch.cuda.current_device()
-        self._device_id = device_id
+        device_id = self._device_id  # chosen on the constructing thread (see PairLoader.__init__)
         output_dtype = "float16" if config.dtype == "float16" else "float32"
         self._scheduled = self._fed_unscheduled = 0
         self._needs_prefetch = True

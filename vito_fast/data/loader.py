@@ -64,7 +64,7 @@ class LoaderConfig:
     batches DALI holds (fed ahead of the one you get). ``video_decoder``: "pyav" (seek-to-keyframe
     decoding in the workers) or "dali" (``fn.decoders.video`` on the file's bytes).
     ``hw_decoder_load``: share of JPEGs sent to the hardware JPEG engines (A100/H100/H200).
-    ``device_id``: None = the current CUDA device. ``max_replacements``: bad samples in a row
+    ``device_id``: None = the CUDA device current when the loader is made. ``max_replacements``: bad samples in a row
     before a position gives up."""
 
     image_size: int = 224
@@ -152,8 +152,13 @@ class PairLoader(DaliStage):
         if not isinstance(batch_size, int) or batch_size < 1:
             raise ValueError(f"PairLoader: batch_size must be an integer >= 1, got {batch_size!r}")
         import_dali()  # a missing DALI shows now, with how to install it, not at the first batch
+        self._device_id = self.config.device_id
         if device == "gpu":
             _require_cuda()
+            if self._device_id is None:  # the caller's current device: DALI's thread would see device 0
+                import torch
+
+                self._device_id = torch.cuda.current_device()
         self.device, self.batch_size, self.seed = device, batch_size, int(seed)
         self.rank, self.world_size = rank, world_size
         self.source = open_source(source, self.config.video_decoder, self.config.max_open_videos)
