@@ -64,8 +64,8 @@ class LoaderConfig:
     batches DALI holds (fed ahead of the one you get). ``video_decoder``: "pyav" (seek-to-keyframe
     decoding in the workers) or "dali" (``fn.decoders.video`` on the file's bytes).
     ``hw_decoder_load``: share of JPEGs sent to the hardware JPEG engines (A100/H100/H200).
-    ``device_id``: None = the CUDA device current when the loader is made. ``max_replacements``: bad samples in a row
-    before a position gives up."""
+    ``device_id``: None = the CUDA device current when the loader is made. ``max_replacements``:
+    bad samples in a row before a position gives up."""
 
     image_size: int = 224
     dtype: str = "bfloat16"
