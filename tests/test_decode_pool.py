@@ -99,3 +99,32 @@ def test_a_hung_sample_times_out_and_the_others_are_served(tmp_path, pool):
     assert isinstance(results[1], WorkerFailure) and results[1].timed_out
     assert bytes(results[0]["encoded"]) == bytes(results[2]["encoded"]) == b"ok"
     assert pool.restarts == 1 and 1.0 <= elapsed < 3.0, elapsed
+
+
+def test_arenas_of_dead_owners_are_deleted_and_live_ones_kept(monkeypatch):
+    import subprocess
+    import sys
+
+    import vito_fast.data.decode_pool as decode_pool
+
+    probe = Arena(4096)
+    folder = os.path.dirname(probe.path)  # /dev/shm where it exists
+    probe.close()
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
+                          text=True, check=True).stdout.strip()  # a pid that has just ended
+    stale = os.path.join(folder, f"{decode_pool.ARENA_PREFIX}{dead}-test")
+    alive = os.path.join(folder, f"{decode_pool.ARENA_PREFIX}{os.getppid()}-test")
+    for path in (stale, alive):
+        with open(path, "wb") as handle:
+            handle.write(b"x")
+    try:
+        monkeypatch.setattr(decode_pool, "_swept", False)
+        arena = Arena(4096)
+        assert not os.path.exists(stale) and os.path.exists(alive)
+        assert os.path.basename(arena.path).startswith(f"{decode_pool.ARENA_PREFIX}{os.getpid()}-")
+        arena.close()
+        assert not os.path.exists(arena.path)
+    finally:
+        for path in (stale, alive):
+            if os.path.exists(path):
+                os.unlink(path)

@@ -41,16 +41,48 @@ class WorkerFailure(Exception):
         self.timed_out = timed_out
 
 
+ARENA_PREFIX = "vito-arena-"
+_swept = False
+
+
+def _sweep_stale_arenas(folder: str) -> None:
+    """Delete arenas whose owner process is gone (killed before it could clean up): they hold memory."""
+    global _swept
+    if _swept:
+        return
+    _swept = True
+    try:
+        names = os.listdir(folder)
+    except OSError:
+        return
+    for name in names:
+        owner = name[len(ARENA_PREFIX):].split("-", 1)[0] if name.startswith(ARENA_PREFIX) else ""
+        if not owner.isdigit() or int(owner) == os.getpid():
+            continue
+        try:
+            os.kill(int(owner), 0)
+        except ProcessLookupError:
+            try:
+                os.unlink(os.path.join(folder, name))
+            except OSError:
+                pass
+        except PermissionError:  # alive, another user's
+            pass
+
+
 class Arena:
     """A shared-memory buffer (a file under /dev/shm) that workers map by path; a bump allocator.
 
     ``reserve(nbytes)`` returns an offset (64-byte aligned) or None when full; ``reset()`` frees all.
-    ``view(offset, dtype, shape)`` is a NumPy view (no copy) of bytes a worker wrote.
+    ``view(offset, dtype, shape)`` is a NumPy view (no copy) of bytes a worker wrote. The file is
+    named after its owner process (``vito-arena-<pid>-...``); the first arena of a process deletes
+    those of owners that no longer run (a trainer killed with SIGKILL leaves its arenas behind).
     """
 
     def __init__(self, nbytes: int):
-        folder = "/dev/shm" if os.path.isdir("/dev/shm") and os.access("/dev/shm", os.W_OK) else None
-        handle, self.path = tempfile.mkstemp(prefix="vito-arena-", dir=folder)
+        folder = "/dev/shm" if os.path.isdir("/dev/shm") and os.access("/dev/shm", os.W_OK) else tempfile.gettempdir()
+        _sweep_stale_arenas(folder)
+        handle, self.path = tempfile.mkstemp(prefix=f"{ARENA_PREFIX}{os.getpid()}-", dir=folder)
         try:
             self.nbytes = max(int(nbytes), 4096)
             os.ftruncate(handle, self.nbytes)
