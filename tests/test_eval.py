@@ -473,3 +473,70 @@ def test_attention_mass_on_masks_known_answers():
     assert attention_mass_on_masks(outside, masks) == pytest.approx(0.0)
     with pytest.raises(ValueError, match="attention_mass_on_masks"):
         attention_mass_on_masks(inside[0], masks)
+
+
+# ----------------------------------------------------------------------------- shape bias
+
+
+def test_cue_conflict_twin_differs_from_its_video_only_on_the_main_object(tmp_path):
+    from vito_fast.synthetic import generate_dataset
+    from vito_fast.synthetic.videos import CLASS_DEFINITIONS, render_cue_conflict
+
+    dataset = generate_dataset(tmp_path, num_classes=3, videos_per_class=2, num_frames=6, size=(48, 48),
+                               object_scale=1.6, progress=False)
+    for index in range(len(dataset.videos)):
+        twin, shape, texture = render_cue_conflict(dataset.root, index)
+        assert shape == dataset.videos[index].class_id and texture != shape and 0 <= texture < 3
+        assert CLASS_DEFINITIONS[shape][1] != CLASS_DEFINITIONS[texture][1]
+        frames, masks = dataset.load_frames(index), dataset.load_masks(index)
+        difference = np.abs(twin.astype(int) - frames.astype(int)).sum(axis=3)
+        main_object, background = masks == 1, masks == 0
+        # far from the object (codec noise only) vs on it (another texture)
+        far = background & (np.abs(np.gradient(main_object.astype(float), axis=(1, 2))).sum(0) == 0)
+        assert difference[far].mean() < 6, index
+        assert difference[main_object].mean() > 4 * max(difference[far].mean(), 1.0), index
+
+
+def test_shape_bias_counts_the_cue_the_probe_follows():
+    from vito_fast.eval.features import LabelledImages
+    from vito_fast.eval.shape_bias import shape_bias
+
+    rng = np.random.default_rng()
+    classes = 4
+    labels = rng.integers(0, classes, 80)
+    train = LabelledImages(np.zeros((80, 2, 2, 3), np.uint8), labels, np.arange(80), [f"c{i}" for i in range(classes)])
+    train.images[:, 0, 0, 0] = labels  # the "feature" a featurizer reads: one pixel holds a class
+
+    def featurize(images):
+        return torch.nn.functional.one_hot(torch.from_numpy(images[:, 0, 0, 0].astype(np.int64)), classes).float()
+
+    shapes = rng.integers(0, classes, 30)
+    textures = (shapes + rng.integers(1, classes, 30)) % classes
+    for cue, expected in (("shape", 1.0), ("texture", 0.0)):
+        images = np.zeros((30, 2, 2, 3), np.uint8)
+        images[:, 0, 0, 0] = shapes if cue == "shape" else textures
+        for probe in ("linear", "knn"):
+            result = shape_bias(featurize, train, images, shapes, textures, probe=probe, k=5)
+            assert result["shape_bias"] == expected and result["other"] == 0.0, (cue, probe)
+    mixed = np.zeros((30, 2, 2, 3), np.uint8)
+    mixed[:, 0, 0, 0] = np.where(np.arange(30) < 20, shapes, textures)  # 20 follow the shape, 10 the texture
+    assert shape_bias(featurize, train, mixed, shapes, textures)["shape_bias"] == pytest.approx(2 / 3)
+    with pytest.raises(ValueError, match="different shape and texture"):
+        shape_bias(featurize, train, mixed, shapes, shapes)
+
+
+def test_eval_cli_shape_bias(tmp_path, capsys):
+    from vito_fast.cli.main import main
+    from vito_fast.synthetic import generate_dataset
+
+    dataset = generate_dataset(tmp_path / "data", num_classes=2, videos_per_class=2, num_frames=5, size=(32, 32),
+                               progress=False)
+    output = tmp_path / "shape.json"
+    assert main(["eval", "shape-bias", "--synthetic", str(dataset.root), "--random-init", "--probe", "knn",
+                 "--frames-per-clip", "2", "--output", str(output)]) == 0
+    result = json.loads(output.read_text())
+    assert result["videos"] == 4 and result["decisions"] == 8
+    assert result["shape"] + result["texture"] + result["other"] == pytest.approx(1.0)
+    assert "shape bias" in capsys.readouterr().out
+    assert main(["eval", "shape-bias", "--synthetic", str(tmp_path / "nowhere"), "--random-init"]) == 1
+    assert "needs the built-in videos" in capsys.readouterr().err

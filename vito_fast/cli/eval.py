@@ -62,6 +62,16 @@ def build_parser() -> argparse.ArgumentParser:
     linear = commands.add_parser("linear", help="linear probe top-1 accuracy")
     robustness = commands.add_parser("robustness", help="probe accuracy under synthetic corruptions")
     propagate = commands.add_parser("propagate", help="label propagation of first-frame masks; region similarity J")
+    shape = commands.add_parser("shape-bias", help="share of a probe's decisions that follow shape, not texture, "
+                                                   "on cue-conflict twins of the built-in videos")
+    add_encoder_arguments(shape)
+    shape.add_argument("--synthetic", default=None,
+                       help="built-in data folder (default: RUN/data, the videos `pretrain` made without --data)")
+    shape.add_argument("--probe", choices=("linear", "knn"), default="linear", help="probe (default linear)")
+    shape.add_argument("--frames-per-clip", type=int, default=4, help="frames taken from each clip (default 4)")
+    shape.add_argument("--max-videos", type=int, default=None, help="cue-conflict twins of at most this many videos")
+    shape.add_argument("--k", type=int, default=20, help="kNN neighbours (default 20)")
+    shape.add_argument("--temperature", type=float, default=0.07, help="kNN vote temperature (default 0.07)")
     for sub in (knn, linear, robustness):
         add_encoder_arguments(sub)
         add_labelled_data_arguments(sub)
@@ -224,6 +234,25 @@ def run_propagate(args) -> Dict:
             "radius": args.radius, "J": float(np.mean(list(per_video.values()))), "per_video": per_video}
 
 
+def run_shape_bias(args) -> Dict:
+    from vito_fast.eval.features import extract_features, load_manifest_frames
+    from vito_fast.eval.shape_bias import cue_conflict_images, shape_bias
+
+    root = Path(args.synthetic) if args.synthetic else (Path(args.run) / "data" if args.run else None)
+    if root is None or not (root / "dataset.json").is_file():
+        raise VitoError(f"{root or 'eval shape-bias'}: needs the built-in videos (a folder with dataset.json): "
+                        "pass --synthetic DIR, or --run RUN of a pretrain on the built-in data")
+    train = load_manifest_frames(root / "manifest.jsonl", frames_per_clip=args.frames_per_clip)
+    count = len(set(train.groups.tolist()))
+    videos = np.unique(np.linspace(0, count - 1, min(args.max_videos or count, count)).round().astype(int))
+    images, shapes, textures = cue_conflict_images(root, videos, frames_per_clip=args.frames_per_clip)
+    encoder, encoder_description = build_encoder(args)
+    result = shape_bias(lambda batch: extract_features(encoder, batch, batch_size=args.batch_size), train, images,
+                        shapes, textures, probe=args.probe, k=args.k, temperature=args.temperature, seed=args.seed)
+    return {"evaluation": "shape-bias", "encoder": encoder_description, "data": str(root), "probe": args.probe,
+            "videos": int(len(videos)), **result}
+
+
 def summary_rows(result: Dict) -> List[Tuple[str, str]]:
     rows = [("encoder", result["encoder"]), ("data", str(result["data"]))]
     if result["evaluation"] in ("knn", "linear"):
@@ -236,6 +265,11 @@ def summary_rows(result: Dict) -> List[Tuple[str, str]]:
             rows.append((name, f"{100 * entry['mean']:.1f}%  (relative drop {100 * entry['relative_drop']:.1f}%)"))
         rows.append(("mean corrupted", f"{100 * result['mean_corrupted']:.1f}%  "
                                        f"(relative drop {100 * result['relative_drop']:.1f}%)"))
+    elif result["evaluation"] == "shape-bias":
+        rows += [("cue-conflict frames", f"{result['decisions']} of {result['videos']} videos ({result['probe']} probe)"),
+                 ("decisions", f"shape {100 * result['shape']:.1f}%, texture {100 * result['texture']:.1f}%, "
+                               f"other {100 * result['other']:.1f}%"),
+                 ("shape bias", f"{result['shape_bias']:.3f}")]
     else:
         rows += [("videos", str(len(result["per_video"]))), ("J (mean IoU)", f"{result['J']:.3f}")]
     return rows
@@ -250,6 +284,8 @@ def main(argv: List[str]) -> int:
             result = run_probe(args)
         elif args.evaluation == "robustness":
             result = run_robustness(args)
+        elif args.evaluation == "shape-bias":
+            result = run_shape_bias(args)
         else:
             result = run_propagate(args)
     except (VitoError, FileNotFoundError, ValueError) as error:

@@ -218,6 +218,45 @@ def generate_dataset(out_dir: PathLike, *, num_classes: int = 4, videos_per_clas
     return SyntheticDataset(root, manifest_path, names, videos)
 
 
+def conflicting_texture(class_id: int, video_index: int, num_classes: int) -> int:
+    """The texture class of a video's cue-conflict twin: another class, cycling through them all."""
+    return (class_id + 1 + video_index % (num_classes - 1)) % num_classes
+
+
+def render_cue_conflict(root: PathLike, video_index: int) -> Tuple[np.ndarray, int, int]:
+    """(frames (T, H, W, 3) uint8, shape class, texture class) of video ``video_index`` of the data set
+    at ``root`` re-rendered with its main object wearing another class's texture.
+
+    The same random stream as ``generate_dataset`` (same motion, colours, distractor, background and
+    masks), passed through the data set's codec, so only the texture differs from the ordinary clip.
+    """
+    import tempfile
+
+    root = Path(root)
+    index = json.loads((root / "dataset.json").read_text())
+    settings = index["settings"]
+    num_classes, seed = settings["num_classes"], settings["seed"]
+    if num_classes < 2:
+        raise ValueError(f"render_cue_conflict: {root} has one class; a cue conflict needs two")
+    class_id = index["videos"][video_index]["class_id"]
+    texture_class = conflicting_texture(class_id, video_index, num_classes)
+    size, num_frames = tuple(settings["size"]), settings["num_frames"]
+    textures = background_textures(seed, settings["num_backgrounds"], size, num_frames, settings["camera_speed"][1])
+    rng = np.random.default_rng([seed, video_index])
+    distractor = None
+    if rng.random() < DISTRACTOR_PROBABILITY:
+        distractor = int((class_id + rng.integers(1, num_classes)) % num_classes)
+    clip = render_clip(rng, class_id, distractor, num_frames=num_frames, size=size,
+                       shared_background=shared_background(textures, seed, video_index),
+                       object_scale=settings["object_scale"], camera_speed=tuple(settings["camera_speed"]),
+                       light_change=settings["light_change"], texture_class_id=texture_class)
+    with tempfile.TemporaryDirectory() as folder:
+        path = encode_video(Path(folder) / f"conflict{VIDEO_ENCODERS[settings['codec']][3]}", clip.frames,
+                            fps=settings["fps"], codec=settings["codec"])
+        frames = decode_video_frames(path)
+    return frames, class_id, texture_class
+
+
 def background_textures(seed: int, num_backgrounds: int, size: Tuple[int, int], num_frames: int,
                         max_camera_speed: float = CAMERA_SPEED[1]) -> List[np.ndarray]:
     """The ``num_backgrounds`` textures that the videos of ``generate_dataset(seed=seed, ...)`` share."""
@@ -249,13 +288,15 @@ def render_clip(rng: np.random.Generator, class_id: int, distractor_class_id: Op
                 num_frames: int, size: Tuple[int, int],
                 shared_background: Optional[Tuple[np.ndarray, np.random.Generator]] = None,
                 object_scale: float = 1.0, camera_speed: Tuple[float, float] = CAMERA_SPEED,
-                light_change: float = 0.0) -> RenderedClip:
+                light_change: float = 0.0, texture_class_id: Optional[int] = None) -> RenderedClip:
     """Render one clip: the main object of ``class_id`` and an optional distractor, over a moving background.
 
     ``shared_background``: (a texture from ``_Background.texture``, a generator for where the camera
     starts on it) replaces the clip's own background texture; the clip's camera motion and its
     objects are the same either way (``rng`` draws them in the same order). ``camera_speed`` and
-    ``light_change``: see ``generate_dataset``.
+    ``light_change``: see ``generate_dataset``. ``texture_class_id``: the main object wears that
+    class's texture instead of its own (a cue-conflict clip: the random draws, so the motion, the
+    colours and the masks, are those of the ordinary clip).
     """
     height, width = size
     short_side = min(height, width)
@@ -264,7 +305,7 @@ def render_clip(rng: np.random.Generator, class_id: int, distractor_class_id: Op
         background.use_texture(*shared_background)
     main_radii = (0.17 * object_scale, 0.24 * object_scale)
     distractor_radii = (0.11 * object_scale, 0.16 * object_scale)
-    objects = [_MovingObject(rng, class_id, main_radii, short_side, height, width, num_frames)]
+    objects = [_MovingObject(rng, class_id, main_radii, short_side, height, width, num_frames, texture_class_id)]
     if distractor_class_id is not None:
         objects.append(_MovingObject(rng, distractor_class_id, distractor_radii, short_side, height, width,
                                      num_frames))
@@ -360,9 +401,11 @@ class _MovingObject:
     """One textured object: bouncing straight-line motion, sinusoidal scaling, constant rotation."""
 
     def __init__(self, rng: np.random.Generator, class_id: int, radius_range: Tuple[float, float], short_side: int,
-                 height: int, width: int, num_frames: int):
+                 height: int, width: int, num_frames: int, texture_class_id: Optional[int] = None):
         self.class_id = class_id
         self.shape, self.texture = CLASS_DEFINITIONS[class_id]
+        if texture_class_id is not None:  # a cue-conflict object: this class's shape, another's texture
+            self.texture = CLASS_DEFINITIONS[texture_class_id][1]
         self.base_radius = rng.uniform(*radius_range) * short_side
         self.scale_amplitude, self.scale_period = rng.uniform(0.1, 0.3), rng.uniform(16, 48)
         self.scale_phase = rng.uniform(0, 2 * math.pi)
