@@ -369,7 +369,7 @@ def test_eval_cli_knn_and_linear_write_json(tmp_path, capsys):
         assert "accuracy" in capsys.readouterr().out
 
 
-def test_eval_cli_propagate_and_robustness(tmp_path, capsys):
+def test_eval_cli_propagate_robustness_and_shape_bias(tmp_path, capsys):
     from vito_fast.cli.main import main
     from vito_fast.synthetic import generate_dataset
 
@@ -387,6 +387,15 @@ def test_eval_cli_propagate_and_robustness(tmp_path, capsys):
     result = json.loads(output.read_text())
     assert set(result["corruptions"]["contrast"]["severity"]) == {"1", "5"}  # JSON keys are strings
     assert "relative drop" in capsys.readouterr().out
+    output = tmp_path / "shape.json"
+    assert main(["eval", "shape-bias", "--synthetic", str(dataset.root), "--random-init", "--probe", "knn",
+                 "--frames-per-clip", "2", "--output", str(output)]) == 0
+    result = json.loads(output.read_text())
+    assert result["videos"] == 4 and result["decisions"] == 8
+    assert result["shape"] + result["texture"] + result["other"] == pytest.approx(1.0)
+    assert "shape bias" in capsys.readouterr().out
+    assert main(["eval", "shape-bias", "--synthetic", str(tmp_path / "nowhere"), "--random-init"]) == 1
+    assert "needs the built-in videos" in capsys.readouterr().err
     assert main(["eval", "knn", "--manifest", str(tmp_path / "missing.jsonl"), "--random-init"]) == 1
     assert "no such manifest" in capsys.readouterr().err
 
@@ -523,20 +532,3 @@ def test_shape_bias_counts_the_cue_the_probe_follows():
     assert shape_bias(featurize, train, mixed, shapes, textures)["shape_bias"] == pytest.approx(2 / 3)
     with pytest.raises(ValueError, match="different shape and texture"):
         shape_bias(featurize, train, mixed, shapes, shapes)
-
-
-def test_eval_cli_shape_bias(tmp_path, capsys):
-    from vito_fast.cli.main import main
-    from vito_fast.synthetic import generate_dataset
-
-    dataset = generate_dataset(tmp_path / "data", num_classes=2, videos_per_class=2, num_frames=5, size=(32, 32),
-                               progress=False)
-    output = tmp_path / "shape.json"
-    assert main(["eval", "shape-bias", "--synthetic", str(dataset.root), "--random-init", "--probe", "knn",
-                 "--frames-per-clip", "2", "--output", str(output)]) == 0
-    result = json.loads(output.read_text())
-    assert result["videos"] == 4 and result["decisions"] == 8
-    assert result["shape"] + result["texture"] + result["other"] == pytest.approx(1.0)
-    assert "shape bias" in capsys.readouterr().out
-    assert main(["eval", "shape-bias", "--synthetic", str(tmp_path / "nowhere"), "--random-init"]) == 1
-    assert "needs the built-in videos" in capsys.readouterr().err
