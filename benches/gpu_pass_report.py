@@ -1,0 +1,220 @@
+"""The GPU pass's report: rows per step with ratios to the same-run baselines, the goals, Markdown.
+
+Split from ``gpu_pass.py`` (which runs the steps); ``derive``, ``goals`` and ``render_markdown``
+take the pass's JSON report, so a report can be re-rendered without a GPU.
+"""
+from __future__ import annotations
+
+import re
+import sys
+from pathlib import Path
+from typing import Dict, List
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import gpu_pass_steps as steps  # noqa: E402
+
+# (title, step-name prefixes, columns: (row key, header, format)); a ratio "x_*" is derived below.
+SECTIONS = [
+    ("Tests", ("tests_",), [("suite", "suite", ""), ("passed", "passed", ""), ("failed", "failed", ""),
+                            ("skipped", "skipped", ""), ("deselected", "deselected", ""), ("errors", "errors", ""),
+                            ("seconds", "s", ""), ("failures", "failures", "")]),
+    ("Baselines of the card", ("device",), [("what", "what", ""), ("value", "value", ""), ("unit", "unit", "")]),
+    ("InfoNCE fwd+bwd (τ = 0.1; baseline: eager PyTorch in the same run)", ("info_nce_",),
+     [("N", "N = M", ""), ("D", "D", ""), ("provider", "provider", ""), ("status", "status", ""), ("ms", "ms", ".3f"),
+      ("x_eager", "× eager", ".2f"), ("x_compile", "× compile", ".2f"), ("peak_extra_gb", "peak extra GB", ".2f"),
+      ("tflops", "TFLOP/s", ".1f"), ("note", "note", "")]),
+    ("Attention pooling fwd+bwd (baselines: eager PyTorch; the card's copy bandwidth)", ("attention_pool_",),
+     [("shape", "B×C×H×W", ""), ("hidden", "hidden", ""), ("provider", "provider", ""), ("status", "status", ""),
+      ("ms", "ms", ".3f"), ("x_eager", "× eager", ".2f"), ("gb_per_s", "GB/s", ".0f"),
+      ("pct_of_copy", "% of copy", ".0f"), ("pct_of_hbm", "% of HBM (nominal)", ".0f"), ("note", "note", "")]),
+    ("Data written for the loader steps", ("frame_store", "video_corpus"), None),
+    ("Loader, pairs/s (baselines: the frame store on the CPU; the PyAV worker path for video)",
+     ("loader_store", "video_"), [("candidate", "candidate", ""), ("device", "device", ""), ("status", "status", ""),
+                                  ("pairs_per_s", "pairs/s", ".0f"), ("x_baseline", "× baseline", ".2f"),
+                                  ("batch", "batch", ""), ("includes", "includes", ""), ("note", "note", "")]),
+    ("Training step (baseline: the eager step)", ("train_",),
+     [("provider", "provider", ""), ("arch", "arch", ""), ("size", "px", ""), ("batch", "pairs/step", ""),
+      ("pairs_per_s", "pairs/s", ".0f"), ("x_eager", "× eager", ".2f"), ("data_wait_pct", "data wait %", ".1f"),
+      ("peak_gb", "peak GB", ".1f")]),
+    ("sm_90 compile report beside the measured times", ("compile_report",), None),
+]
+
+
+def derive(report: dict) -> Dict[str, List[dict]]:
+    """Rows per step, with the ratios to the baselines measured in the same run."""
+    rows = {record["name"]: [dict(row) for row in record.get("rows", [])] for record in report["steps"]}
+
+    def ok(row, key):
+        return row.get("status", "ok") == "ok" and isinstance(row.get(key), (int, float)) and row[key] > 0
+
+    for name, step_rows in rows.items():
+        if name.startswith("info_nce_"):
+            base = {row["provider"]: row["ms"] for row in step_rows if ok(row, "ms")}
+            for row in filter(lambda r: ok(r, "ms"), step_rows):
+                row["x_eager"] = base["eager"] / row["ms"] if "eager" in base else None
+                row["x_compile"] = base["torch.compile"] / row["ms"] if "torch.compile" in base else None
+        elif name.startswith("attention_pool_"):
+            base = {(r["shape"], r["hidden"]): r["ms"] for r in step_rows if r["provider"] == "eager" and ok(r, "ms")}
+            for row in filter(lambda r: ok(r, "ms"), step_rows):
+                eager = base.get((row["shape"], row["hidden"]))
+                row["x_eager"] = eager / row["ms"] if eager else None
+    store_cpu = next((r["pairs_per_s"] for r in rows.get("loader_store", []) if r.get("device") == "cpu"), None)
+    pyav = next((r["pairs_per_s"] for r in rows.get("video_pyav", []) if ok(r, "pairs_per_s")), None)
+    for name in [n for n in rows if n == "loader_store" or n.startswith("video_")]:
+        base = store_cpu if name == "loader_store" else pyav
+        for row in filter(lambda r: ok(r, "pairs_per_s"), rows[name]):
+            row["x_baseline"] = row["pairs_per_s"] / base if base else None
+    eager = next((r["pairs_per_s"] for r in rows.get("train_eager", []) if ok(r, "pairs_per_s")), None)
+    for name in [n for n in rows if n.startswith("train_")]:
+        for row in filter(lambda r: ok(r, "pairs_per_s"), rows[name]):
+            row["x_eager"] = row["pairs_per_s"] / eager if eager else None
+    return rows
+
+
+def goals(rows: Dict[str, List[dict]]) -> List[tuple]:
+    """(goal, measured, met) for the figures issue #16 checks; None where not measured."""
+    def pick(step, key, **match):
+        return next((r.get(key) for r in rows.get(step, []) if all(r.get(k) == v for k, v in match.items())
+                     and r.get("status", "ok") == "ok"), None)
+
+    def judged(text, value, unit, test):
+        return (text, "not measured" if value is None else f"{value:.3g}{unit}",
+                None if value is None else bool(test(value)))
+
+    pools = [r.get("pct_of_hbm") for s in rows if s.startswith("attention_pool_") for r in rows[s]
+             if r.get("provider") == "ours" and r.get("pct_of_hbm") is not None]
+    video = [r["pairs_per_s"] for s in rows if s.startswith("video_") and s != "video_corpus" for r in rows[s]
+             if r.get("pairs_per_s")]
+    wait = pick("train_loader", "data_wait_pct")
+    return [
+        judged("InfoNCE 16k: ours ≥ 3× eager", pick("info_nce_16k", "x_eager", provider="ours"), "×", lambda v: v >= 3),
+        judged("InfoNCE 16k: ours ≥ 1.5× torch.compile", pick("info_nce_16k", "x_compile", provider="ours"), "×",
+               lambda v: v >= 1.5),
+        judged("InfoNCE 64k: ours ≤ 22 ms", pick("info_nce_64k", "ms", provider="ours"), " ms", lambda v: v <= 22),
+        judged("InfoNCE 64k: ours ≤ 1.5 GB extra", pick("info_nce_64k", "peak_extra_gb", provider="ours"), " GB",
+               lambda v: v <= 1.5),
+        judged("attention pooling ≥ 60 % of HBM (worst shape)", min(pools) if pools else None, " %", lambda v: v >= 60),
+        judged("frame store ≥ 5,000 pairs/s, every augmentation", pick("loader_store", "pairs_per_s", device="gpu"),
+               " pairs/s", lambda v: v >= 5000),
+        judged("direct video ≥ 2,500 pairs/s (best candidate)", max(video) if video else None, " pairs/s",
+               lambda v: v >= 2500),
+        judged("training from real data ≥ 2,500 pairs/s", pick("train_loader", "pairs_per_s"), " pairs/s",
+               lambda v: v >= 2500),
+        judged("training from real data: data wait ≤ 5 %", wait, " %", lambda v: v <= 5),
+    ]
+
+
+def _cell(value, fmt: str = "") -> str:
+    if value is None or value == "":
+        return "–"
+    if isinstance(value, float) and fmt:
+        return format(value, fmt)
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    return str(value).replace("|", "\\|").replace("\n", " ")
+
+
+def _table(columns, rows) -> List[str]:
+    lines = ["| " + " | ".join(header for _, header, _ in columns) + " |", "|" + "---|" * len(columns)]
+    lines += ["| " + " | ".join(_cell(row.get(key), fmt) for key, _, fmt in columns) + " |" for row in rows]
+    return lines
+
+
+DTYPE_NAMES = {"bfloat16": "bf16", "float16": "fp16", "float32": "fp32"}
+
+
+def _compile_section(rows: Dict[str, List[dict]], report: dict) -> List[str]:
+    """The report's roofline beside the measured times, and the sm_90 variants that launched them."""
+    sizes = steps.TOY if report["dry_run"] else steps.GPU
+    dtype = DTYPE_NAMES[sizes.dtype]
+    chip = "H200" if "H200" in (report.get("device") or {}).get("name", "") else "H100"
+    ours = {}  # (N, D) or (shape, hidden) -> ms; and the bench_compile case names -> ms
+    for name in rows:
+        for row in rows[name]:
+            if row.get("status") != "ok" or not str(row.get("provider", "")).startswith("ours"):
+                continue
+            if name.startswith("info_nce_"):
+                dk = "" if "without grad" in row["provider"] else " dk"
+                ours[f"info_nce {dtype} N=M={row['N']} D={row['D']}{dk}"] = row["ms"]
+                if dk:
+                    ours[(row["N"], row["D"])] = row["ms"]
+            elif name.startswith("attention_pool_"):
+                ours[f"attention_pool {dtype} {row['shape'].replace('x', '×')} hidden={row['hidden']}"] = row["ms"]
+                ours[(row["shape"], row["hidden"])] = row["ms"]
+    roofline, variants = [], []
+    for row in rows.get("compile_report", []):
+        if row.get("kind") == "roofline":
+            found = re.search(r"InfoNCE N=M=(\d+)k D=(\d+)", row.get("what", ""))
+            pool = re.search(r"B=(\d+) (\d+)×(\d+)×(\d+) hidden=(\d+)", row.get("what", ""))
+            key = ((int(found[1]) * 1024, int(found[2])) if found else
+                   (f"{pool[1]}x{pool[2]}x{pool[3]}x{pool[4]}", int(pool[5])) if pool else None)
+            measured = ours.get(key)
+            predicted = row.get(f"{chip}_ms")
+            roofline.append({**row, "measured": measured,
+                             "ratio": measured / predicted if measured and predicted else None})
+        elif row.get("kind") == "variant":
+            matched = [f"{case.split(' ', 1)[1]}: {ours[case]:.3f} ms" for case in row.get("cases", []) if case in ours]
+            if matched:
+                variants.append({**row, "measured": "; ".join(matched), "smem_kb": row.get("smem_bytes", 0) / 1024})
+    lines = _table([("what", "goal shape", ""), ("floor_ms", "floor ms", ".3g"), ("H100_ms", "roofline H100 ms", ".3g"),
+                    ("H200_ms", "roofline H200 ms", ".3g"), ("measured", "ours fwd+bwd ms (this run)", ".3f"),
+                    ("ratio", f"ours ÷ {chip} roofline", ".2f")], roofline)
+    variant_columns = [("variant", "variant", ""), ("registers", "registers", ""), ("spill_bytes", "spills B", ""),
+                       ("smem_kb", "smem KB", ".1f"), ("ctas_per_sm", "CTAs/SM", ""), ("wgmma", "wgmma", ""),
+                       ("wgmma_expected", "expected", ""), ("measured", "launched by (fwd+bwd, this run)", "")]
+    lines += [""] + (_table(variant_columns, variants) if variants else
+                     ["No compiled variant belongs to a shape timed here (toy sizes in a dry run)."])
+    others = sum(row.get("kind") == "variant" for row in rows.get("compile_report", [])) - len(variants)
+    return lines + [f"\n{others} more variants (other dtypes and shapes) are in gpu_pass.json."]
+
+
+def render_markdown(report: dict, summary_only: bool = False) -> str:
+    device = report.get("device") or {}
+    title = "GPU pass (dry run: toy sizes on the CPU, reference paths)" if report["dry_run"] else "GPU pass"
+    lines = [f"# {title}: {device.get('name', 'device not probed')}", "",
+             f"{report['date']}; `{report['command']}`; Python {device.get('python', '?')}, torch "
+             f"{device.get('torch', '?')}, Triton {device.get('triton', '?')}, CUDA {device.get('cuda', '?')}; "
+             f"budget {report['budget_s']:.0f} s, took {report.get('elapsed_s', 0):.0f} s.", ""]
+    lines += _table([("name", "step", ""), ("status", "status", ""), ("seconds", "s", ""), ("limit_s", "limit s", ""),
+                     ("reason", "reason", "")], report["steps"])
+    optional = []
+    for label, state in (device.get("optional") or {}).items():
+        skipped = []
+        for record in report["steps"]:  # in pass order: a step skipped for a step skipped for the part
+            reason = record.get("reason", "") if record["status"] == "skipped" else ""
+            if label in reason or any(f"needs step {name} " in reason for name in skipped):
+                skipped.append(record["name"])
+        optional.append({"part": label, "state": f"used ({state['version']})" if state["available"]
+                         else f"skipped: {state['reason']}", "steps skipped for it": ", ".join(skipped)})
+    if optional:
+        lines += ["", "Optional parts:", ""] + _table(
+            [("part", "part", ""), ("state", "state", ""), ("steps skipped for it", "steps skipped for it", "")],
+            optional)
+    if summary_only:
+        return "\n".join(lines)
+    rows, claimed = derive(report), set()
+    for title, prefixes, columns in SECTIONS:
+        names = [name for name in rows if name.startswith(prefixes) and name not in claimed and rows[name]]
+        claimed.update(names)
+        section = [dict(row, step=name) for name in names for row in rows[name]]
+        if title.startswith("sm_90"):
+            record = next((r for r in report["steps"] if r["name"] == "compile_report"), None)
+            lines += ["", f"## {title}", ""] + (_compile_section(rows, report) if section else [
+                f"Compile report not available: {record.get('reason') or record['status'] if record else 'not run'}."])
+            continue
+        if not section:
+            continue
+        if columns is None:  # every key, in order of first appearance
+            keys = list(dict.fromkeys(key for row in section for key in row))
+            columns = [(key, key, "") for key in keys]
+        lines += ["", f"## {title}", ""] + _table(columns, section)
+    lines += ["", "## Goals of issue #16", ""]
+    if report["dry_run"]:
+        lines.append("Not judged in a dry run (toy sizes on a CPU).")
+    else:
+        lines += _table([(0, "goal", ""), (1, "measured", ""), (2, "met", "")],
+                        [{0: goal, 1: measured, 2: "–" if met is None else ("yes" if met else "NO")}
+                         for goal, measured, met in goals(rows)])
+    return "\n".join(lines) + "\n"
+
+
