@@ -180,7 +180,9 @@ class PairLoader(DaliStage):
         self._threads = self.config.num_threads or usable_cores()
         self._host_threads = ThreadPoolExecutor(self._threads, thread_name_prefix="vito-read")
         self._use_pool = self.config.workers() > 0 and hasattr(self.source, "job")
-        self._pool: Optional[DecodePool] = None
+        self._pools: List[Optional[DecodePool]] = [None]  # the decode pool, started on first use (a slot the
+        # finalizer shares, like _producers)
+        self._largest_sample: Optional[int] = None  # bytes of the largest sample: sizes the arenas
         self._arenas: List[Arena] = []  # every arena made (closed with the loader)
         self._free_arenas: "queue.SimpleQueue[Arena]" = queue.SimpleQueue()
         self._pipeline = None
@@ -192,7 +194,8 @@ class PairLoader(DaliStage):
         self._active = None  # the generator of the current iteration
         self._max_window = view_blur_window(self.config.image_size, self.config.blur_kernel_at_224)
         self._producers: list = [None]  # the Producer of the current position (a slot shared with the finalizer)
-        self._finalizer = weakref.finalize(self, _release, self._host_threads, self._producers, [None], self._arenas)
+        self._finalizer = weakref.finalize(self, _release, self._host_threads, self._producers, self._pools,
+                                           self._arenas)
 
     def close(self) -> None:
         """Stop the iteration, the decoding workers and threads; drop the DALI pipeline."""
@@ -203,9 +206,9 @@ class PairLoader(DaliStage):
             self._producers[0].close()
             self._producers[0] = None
         self._pipeline = None
-        if self._pool is not None:
-            self._pool.close()
-            self._pool = None
+        if self._pools[0] is not None:
+            self._pools[0].close()
+            self._pools[0] = None
         self._finalizer()
 
     def __enter__(self) -> "PairLoader":
@@ -257,14 +260,16 @@ class PairLoader(DaliStage):
         self.stats.failed_files.setdefault(name, str(error))
         warnings.warn(f"PairLoader: {name}: {error}; its samples are replaced by others", RuntimeWarning, stacklevel=3)
 
+    @property
+    def _pool(self) -> Optional[DecodePool]:
+        """The decode pool when it has started (tests and benches read its workers)."""
+        return self._pools[0]
+
     def _decode_pool(self) -> DecodePool:
-        if self._pool is None:
-            self._pool = DecodePool(self.config.workers(), timeout=self.config.sample_timeout,
-                                    max_open=self.config.max_open_videos)
-            self._finalizer.detach()
-            self._finalizer = weakref.finalize(self, _release, self._host_threads, self._producers, [self._pool],
-                                               self._arenas)
-        return self._pool
+        if self._pools[0] is None:
+            self._pools[0] = DecodePool(self.config.workers(), timeout=self.config.sample_timeout,
+                                        max_open=self.config.max_open_videos)
+        return self._pools[0]
 
     def _take_arena(self) -> Optional[Arena]:
         if not self._use_pool or not hasattr(self.source, "sample_nbytes"):
@@ -273,8 +278,9 @@ class PairLoader(DaliStage):
             return self._free_arenas.get_nowait()
         except queue.Empty:
             # sized for the largest clips (a sparse file: pages are used only where frames land)
-            largest = int(self.source.sample_nbytes(np.arange(self.num_clips)).max())
-            arena = Arena(int(1.5 * self.batch_size * largest) + (64 << 10))
+            if self._largest_sample is None:
+                self._largest_sample = int(self.source.sample_nbytes(np.arange(self.num_clips)).max())
+            arena = Arena(int(1.5 * self.batch_size * self._largest_sample) + (64 << 10))
             if self.device == "gpu" and not arena.pin():
                 warnings.warn("PairLoader: CUDA would not page-lock the decode arena; frames are copied to "
                               "the GPU from pageable memory", RuntimeWarning, stacklevel=2)
@@ -312,7 +318,7 @@ class PairLoader(DaliStage):
                 offset = batch.arena.reserve(int(size)) if size else None
                 tasks.append((self.source.job(int(batch.clips[row]), frames[row]), offset, int(size)))
             results.update(zip(todo, self._decode_pool().run(tasks, batch.arena)))
-            self.stats.worker_restarts = self._pool.restarts
+            self.stats.worker_restarts = self._pools[0].restarts
         elif hasattr(self.source, "load_many"):  # a frame store: parallel preads, no decoding
             results.update(zip(todo, self.source.load_many(batch.clips[todo], frames[todo])))
         else:
