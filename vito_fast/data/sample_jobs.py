@@ -49,8 +49,7 @@ class JobRunner:
             if image.shape[:2] != tuple(size):
                 raise VideoError(f"{path}: frames decode at {image.shape[1]}x{image.shape[0]}, "
                                  f"the manifest says {size[1]}x{size[0]}")
-        # DALI takes dense arrays only; a decoder may hand out frames with padded rows
-        return {"image0": np.ascontiguousarray(images[0]), "image1": np.ascontiguousarray(images[1])}
+        return {"image0": images[0], "image1": images[1]}  # dense: the reader's contract (DALI needs it)
 
     @staticmethod
     def _file_bytes(path: str, file_frames) -> Dict[str, np.ndarray]:
