@@ -26,6 +26,7 @@ import shutil
 import time
 from fractions import Fraction
 from pathlib import Path
+from typing import Optional
 
 import numpy as np
 import pytest
@@ -46,20 +47,30 @@ def _cuda() -> bool:
     return torch.cuda.is_available()
 
 
-def write_textured_video(path: Path, seed: int) -> None:
+VP9_OPTIONS = {"deadline": "realtime", "cpu-used": "8", "crf": "32", "b": "0"}
+
+
+def write_textured_video(path: Path, seed: int, *, encoder: str = "libvpx-vp9", width: int = WIDTH,
+                         height: int = HEIGHT, gop: int = GOP, frames: int = int(SECONDS * FPS),
+                         options: Optional[dict] = None) -> None:
+    """A noise texture panned 2 px a frame (every frame differs, no scene cut), yuv420p at FPS.
+
+    The defaults are this suite's corpus; ``benches/bench_video_path.py`` writes its formats with it.
+    """
     import av
 
-    frames = int(SECONDS * FPS)
+    options = dict(VP9_OPTIONS if options is None else options)
     rng = np.random.default_rng(seed)
-    texture = rng.integers(0, 256, size=(HEIGHT // 8 + 1, (WIDTH + 2 * frames) // 8 + 1, 3), dtype=np.uint8)
+    texture = rng.integers(0, 256, size=(height // 8 + 1, (width + 2 * frames) // 8 + 1, 3), dtype=np.uint8)
     texture = texture.repeat(8, axis=0).repeat(8, axis=1)
     with av.open(str(path), "w") as container:
-        stream = container.add_stream("libvpx-vp9", rate=Fraction(FPS),
-                                      options={"deadline": "realtime", "cpu-used": "8", "crf": "32", "b": "0"})
-        stream.width, stream.height, stream.pix_fmt = WIDTH, HEIGHT, "yuv420p"
-        stream.codec_context.gop_size = GOP
+        stream = container.add_stream(encoder, rate=Fraction(FPS), options=options)
+        stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
+        stream.codec_context.gop_size = gop
+        if encoder == "libx264":  # a keyframe every `gop` frames exactly
+            stream.codec_context.options = {**options, "keyint_min": str(gop), "sc_threshold": "0"}
         for index in range(frames):
-            image = np.ascontiguousarray(texture[:HEIGHT, 2 * index: 2 * index + WIDTH])
+            image = np.ascontiguousarray(texture[:height, 2 * index: 2 * index + width])
             frame = av.VideoFrame.from_ndarray(image, format="rgb24").reformat(format="yuv420p")
             frame.pts = index
             container.mux(stream.encode(frame))

@@ -33,7 +33,6 @@ import subprocess
 import sys
 import tempfile
 import time
-from fractions import Fraction
 from pathlib import Path
 
 import numpy as np
@@ -41,32 +40,19 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 FORMATS = {  # name -> (encoder, suffix, width, height, gop, options)
     "h264-256p-gop16": ("libx264", ".mp4", 448, 256, 16, {"preset": "veryfast", "crf": "23"}),
-    "vp9-256p-gop16": ("libvpx-vp9", ".webm", 448, 256, 16, {"deadline": "realtime", "cpu-used": "8", "crf": "32", "b": "0"}),
+    "vp9-256p-gop16": ("libvpx-vp9", ".webm", 448, 256, 16, {"deadline": "realtime", "cpu-used": "8", "crf": "32",
+                                                             "b": "0"}),
     "h264-360p-gop60": ("libx264", ".mp4", 640, 360, 60, {"preset": "veryfast", "crf": "23"}),
 }
 FPS, GPU_PAIRS_PER_S = 25, 2500
 
 
 def write_video(path: Path, fmt: str, seconds: float, seed: int) -> None:
-    import av
+    from bench_loader import write_textured_video
 
     encoder, _, width, height, gop, options = FORMATS[fmt]
-    frames = int(seconds * FPS)
-    rng = np.random.default_rng(seed)
-    texture = rng.integers(0, 256, size=(height // 8 + 1, (width + 2 * frames) // 8 + 1, 3), dtype=np.uint8)
-    texture = texture.repeat(8, axis=0).repeat(8, axis=1)
-    with av.open(str(path), "w") as container:
-        stream = container.add_stream(encoder, rate=Fraction(FPS), options=dict(options))
-        stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
-        stream.codec_context.gop_size = gop
-        if encoder == "libx264":
-            stream.codec_context.options = {**options, "keyint_min": str(gop), "sc_threshold": "0"}
-        for index in range(frames):
-            image = np.ascontiguousarray(texture[:height, 2 * index: 2 * index + width])
-            frame = av.VideoFrame.from_ndarray(image, format="rgb24").reformat(format="yuv420p")
-            frame.pts = index
-            container.mux(stream.encode(frame))
-        container.mux(stream.encode(None))
+    write_textured_video(path, seed, encoder=encoder, width=width, height=height, gop=gop,
+                         frames=int(seconds * FPS), options=options)
 
 
 def make_corpus(folder: Path, files: int, seconds: float) -> dict:
