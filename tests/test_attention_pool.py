@@ -7,6 +7,7 @@ tile vs several position tiles / channel blocks / hidden blocks, forced by small
 from __future__ import annotations
 
 import itertools
+import json
 import os
 import subprocess
 import sys
@@ -110,22 +111,25 @@ def test_reference_gradcheck_float64(hidden, with_b1):
 # ---------------------------------------------------------------- Triton (interpreter on CPU)
 
 # (B, C, (H, W), hidden, channels_last, block sizes or None for the defaults): every axis value,
-# both formats, single-tile launches and multi-tile ones (several position tiles, channel blocks,
-# hidden blocks) forced through small blocks.
+# both formats, one position tile per row and several (the online softmax rescales), the dh GEMM in
+# one block and in several row / channel / hidden blocks, all forced through small block sizes
+# (positions, channels, hidden).
 TRITON_CASES = [
     (1, 3, (1, 1), 0, False, None),
     (3, 65, (5, 9), 0, True, None),
     (3, 65, (5, 9), 0, False, (16, 16, 16)),
     (1, 256, (14, 14), 0, True, None),
-    (3, 256, (7, 7), 0, False, (16, 32, 16)),
+    (3, 256, (7, 7), 0, False, (4, 32, 16)),
     (1, 3, (7, 7), 7, True, None),
     (3, 65, (5, 9), 7, False, (16, 16, 16)),
     (3, 65, (1, 1), 64, True, None),
     (1, 256, (14, 14), 64, False, (64, 64, 16)),
     (3, 256, (7, 7), 64, True, None),
-    (3, 65, (14, 14), 7, True, (64, 16, 16)),
-    # NCHW, linear, default tiles: the backward's are smaller than the forward's (64×32 and 256×8
-    # against 64×128 and 256×32), so it walks more channel blocks, the last one masked at C = 45.
+    (3, 65, (14, 14), 7, True, (32, 16, 16)),
+    # The real default tiles of a goal shape's channel count: 4 positions × 2048 channels, 13
+    # position tiles per row at 7×7 (the last one holds a single position).
+    (2, 2048, (7, 7), 0, True, None),
+    # NCHW, linear, default tiles: 2K-element tiles (8 × 256 at C = 256, 32 × 64 at C = 45).
     (2, 256, (7, 7), 0, False, None),
     (1, 45, (14, 14), 0, False, None),
 ]
@@ -176,16 +180,13 @@ def test_triton_odd_strides_and_no_b1(kernel_device):
 @pytest.mark.parametrize("w1_trainable", [False, True])
 def test_triton_frozen_w1_skips_its_gemm(w1_trainable, monkeypatch, kernel_device):
     calls = []
+    grad_w1 = kernel_module.grad_w1
 
-    class CountingTorch:
-        def __getattr__(self, name):
-            return getattr(torch, name)
+    def counting_grad_w1(*args):
+        calls.append(args)
+        return grad_w1(*args)
 
-        def einsum(self, *args):
-            calls.append(args[0])
-            return torch.einsum(*args)
-
-    monkeypatch.setattr(kernel_module, "torch", CountingTorch())
+    monkeypatch.setattr(kernel_module, "grad_w1", counting_grad_w1)
     h, w1, b1, w2, b2 = [t.float().to(kernel_device) for t in make_inputs(3, 65, (5, 9), 7)]
     for tensor in (h, w2) + ((w1,) if w1_trainable else ()):
         tensor.requires_grad_(True)
@@ -193,6 +194,27 @@ def test_triton_frozen_w1_skips_its_gemm(w1_trainable, monkeypatch, kernel_devic
     pooled.sum().backward()
     assert len(calls) == int(w1_trainable), "the dW1 GEMM runs only when w1 needs a gradient"
     assert (w1.grad is not None) == w1_trainable and h.grad.abs().sum() > 0 and w2.grad.abs().sum() > 0
+
+
+@pytest.mark.parametrize("hidden", [0, 7])
+@pytest.mark.parametrize("order", ["rising", "falling"])
+def test_triton_online_softmax_rescales_across_tiles(hidden, order, kernel_device):
+    """Logits spread over ~60 and rising (or falling) along the positions: with 4-position tiles
+    the running max changes at nearly every tile (rising) or never after the first (falling), and
+    a pooled accumulator that were not rescaled by exp(m_old − m_new) would be off by e^±60."""
+    h, w1, b1, w2, b2 = make_inputs(2, 33, (5, 7), hidden, channels_last=True)
+    ramp = torch.linspace(-1.0, 1.0, 35, dtype=torch.float64).view(1, 1, 5, 7)
+    direction = (w2 if w1 is None else w1.t() @ w2).sign().view(1, -1, 1, 1)  # raises the logits
+    h = h + (ramp if order == "rising" else -ramp) * 30.0 * direction / 33**0.5
+    w2 = w2 * 3.0
+    inputs = [None if t is None else t.to(kernel_device) for t in (h, w1, b1, w2, b2)]
+    grad_pooled = torch.randn(2, 33, dtype=torch.float64, device=kernel_device)
+    ref = run(inputs, torch.float64, grad_pooled, None, backend="torch")
+    ours = run(inputs, torch.float32, grad_pooled, None, backend="triton", block_sizes=(4, 16, 16))
+    assert ref[1].amax().item() > 0.3, "the reference attention should be peaked for this test to bite"
+    for x, y in zip([ours[0], ours[1], *ours[2]], [ref[0], ref[1], *ref[2]]):
+        if y is not None and x is not None:
+            torch.testing.assert_close(x, y, atol=1e-4, rtol=1e-3)
 
 
 class _PoisonedTorch:
@@ -240,46 +262,46 @@ def test_triton_low_precision_rule(dtype, hidden, atol, kernel_device):
         assert ours_err <= 2 * torch_err + atol, f"{name}: ours {ours_err:.2e} vs torch {torch_err:.2e}"
 
 
-# Compiles the kernels to sm_90 cubins with Triton's bundled ptxas, no GPU needed: catches what
-# the interpreter cannot (layouts, tl.dot shape rules, loop-carried types). TRITON_INTERPRET must
-# be off in that process, hence a subprocess.
-_COMPILE_FOR_SM90 = """
-import sys, triton
+# Compiles every attention-pool variant the launchers would launch at the goal shapes for sm_90
+# (benches/bench_compile.py, Triton's bundled ptxas, no GPU): catches what the interpreter cannot
+# (layouts, tl.dot shape rules, loop-carried types). TRITON_INTERPRET must be off in that process.
+_COMPILE_FOR_SM90 = r"""
+import json, re, sys
+import triton
 from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource
-import vito_fast.kernels.attention_pool as k
-LOW = {"H_ptr", "W1_ptr", "B1_ptr", "W2_ptr", "Pooled_ptr", "GradPooled_ptr", "GradH_ptr", "GradZ_ptr"}
-for kernel, has_mlp, blocks in [(k._attention_pool_fwd_kernel, False, (64, 128, 16)),
-                                (k._attention_pool_fwd_kernel, True, (64, 64, 64)),
-                                (k._attention_pool_bwd_kernel, False, (64, 128, 16)),
-                                (k._attention_pool_bwd_kernel, True, (64, 64, 64))]:
-    # As the JIT specializes a channels_last launch: unit channel strides, 16-divisible others.
-    consts = dict(HAS_MLP=has_mlp, HAS_GRAD_ATTN=True, BLOCK_N=blocks[0], BLOCK_C=blocks[1],
-                  BLOCK_HID=blocks[2], DOT_PRECISION="tf32", stride_h_chan=1, stride_w1_chan=1,
-                  stride_pooled_chan=1, stride_gp_chan=1, stride_dh_chan=1)
-    names = kernel.arg_names
-    consts = {n: v for n, v in consts.items() if n in names}
-    signature = {n: "constexpr" if n in consts else ("*bf16" if n in LOW else "*fp32")
-                 if n.endswith("_ptr") else "i32" for n in names}
-    constexprs = {(names.index(n),): v for n, v in consts.items()}
-    attrs = {(i,): [["tt.divisibility", 16]] for i, n in enumerate(names) if n not in consts and n != "N"}
-    compiled = triton.compile(ASTSource(kernel, signature, constexprs, attrs), target=GPUTarget("cuda", 90, 32),
-                              options=dict(num_warps=k._num_warps(has_mlp, *blocks[:2])))
-    ptx = compiled.asm["ptx"]
-    assert "bar.sync" in ptx and (not has_mlp or "wgmma" in ptx), "barrier or wgmma missing"
-    assert "v4.b32" in ptx, "h loads are not vectorized"
-    print(kernel.__name__, has_mlp, "ok")
+sys.path.insert(0, sys.argv[1])
+import bench_compile
+bench_compile._info_nce_launches = lambda calls: None
+bench_compile.ATTENTION_POOL_CASES = [case for case in bench_compile.ATTENTION_POOL_CASES if case[0] == "bf16"]
+rows = []
+for variant in bench_compile.launched_variants():
+    row = bench_compile.compile_variant(variant)
+    source = ASTSource(variant["fn"], variant["signature"], variant["constexprs"], variant["attrs"])
+    ptx = triton.compile(source, target=GPUTarget("cuda", 90, 32), options=variant["options"].__dict__).asm["ptx"]
+    rows.append(dict(variant=row["variant"], spills=row["spill_bytes"], wgmma=row["wgmma"],
+                     expected=row["wgmma_expected"], vector=len(re.findall(r"ld\.global[.\w]*\.v4\.b32", ptx))))
+print(json.dumps(rows))
 """
 
 
 def test_kernels_compile_for_sm90():
-    env = dict(os.environ, TRITON_INTERPRET="0")
-    result = subprocess.run([sys.executable, "-c", _COMPILE_FOR_SM90], env=env, capture_output=True,
+    bench = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "benches")
+    env = {key: value for key, value in os.environ.items() if key != "TRITON_INTERPRET"}
+    result = subprocess.run([sys.executable, "-c", _COMPILE_FOR_SM90, bench], env=env, capture_output=True,
                             text=True, timeout=300)
     if "ptxas" in result.stderr and "not found" in result.stderr.lower():
         pytest.skip("Triton's ptxas is not installed")
     assert result.returncode == 0, result.stderr[-3000:]
-    assert result.stdout.count(" ok") == 4
+    rows = {row["variant"]: row for row in json.loads(result.stdout.strip().splitlines()[-1])}
+    # fwd and bwd, linear and MLP, NHWC and NCHW, at two channel counts; the dh GEMM per layout.
+    assert len(rows) == 18, sorted(rows)
+    for name, row in rows.items():
+        assert row["spills"] == 0, name
+        if "dh-gemm" in name:
+            assert row["wgmma"] == row["expected"] > 0, name
+        elif "NHWC" in name:  # channels contiguous: h is read with 16-byte vector loads
+            assert row["vector"] > 0, name
 
 
 # ---------------------------------------------------------------- GPU only: benchmark-like shapes

@@ -63,15 +63,16 @@ def _check_inputs(h, w1, b1, w2, b2, backend) -> None:
 
 
 class AttentionPoolFunction(torch.autograd.Function):
-    """Triton attention pooling; saves h, the weights and O(B·H·W) logits, recomputes the rest."""
+    """Triton attention pooling. Saves h, the weights, attn and pooled in float32 (O(B·(H·W + C)))
+    and, with a hidden layer, the pre-activations z (B, H·W, hidden): what an eager module keeps,
+    and cheaper to keep than to recompute (a GEMM and a read of h)."""
 
     @staticmethod
     def forward(ctx, h, w1, b1, w2, b2, blocks):
         from vito_fast.kernels.attention_pool import attention_pool_fwd
 
-        b1_used = b1 if (b1 is not None or w1 is None) else torch.zeros_like(w1[:, 0])
-        pooled, attn, logits, lse = attention_pool_fwd(h, w1, b1_used, w2, **blocks)
-        ctx.save_for_backward(h, w1, b1_used, w2, b2, logits, lse)
+        pooled, attn, pooled32, z = attention_pool_fwd(h, w1, b1, w2, **blocks)
+        ctx.save_for_backward(h, w1, w2, b2, z, attn, pooled32)
         ctx.has_b1 = b1 is not None
         ctx.blocks = blocks
         ctx.set_materialize_grads(False)  # an unused attn then costs the backward nothing
@@ -81,17 +82,18 @@ class AttentionPoolFunction(torch.autograd.Function):
     def backward(ctx, grad_pooled, grad_attn):
         from vito_fast.kernels.attention_pool import attention_pool_bwd
 
-        h, w1, b1, w2, b2, logits, lse = ctx.saved_tensors
+        h, w1, w2, b2, z, attn, pooled32 = ctx.saved_tensors
         if grad_pooled is None and grad_attn is None:
             return None, None, None, None, None, None
         if grad_pooled is None:  # only attn reached the loss
             grad_pooled = torch.zeros(h.shape[:2], device=h.device, dtype=h.dtype)
         grad_h, grad_w1, grad_b1, grad_w2 = attention_pool_bwd(
-            h, w1, b1, w2, logits, lse, grad_pooled, grad_attn,
+            h, w1, w2, z, attn, pooled32, grad_pooled, grad_attn,
             need_grad_w1=ctx.needs_input_grad[1], **ctx.blocks)
+        grad_b1 = grad_b1.to(h.dtype) if ctx.has_b1 and ctx.needs_input_grad[2] else None
         # b2 shifts every logit of a row alike, so the softmax (and all outputs) ignore it.
         grad_b2 = torch.zeros_like(b2) if b2 is not None else None
-        return grad_h, grad_w1, grad_b1 if ctx.has_b1 else None, grad_w2, grad_b2, None
+        return grad_h, grad_w1, grad_b1, grad_w2.to(w2.dtype), grad_b2, None
 
 
 def attention_pool(
@@ -112,7 +114,9 @@ def attention_pool(
     dtype (float32 accumulation). Both outputs are differentiable; b2's gradient is zero.
     backend: "auto" (Triton for float32/16-bit CUDA tensors, the reference otherwise), "triton" (also on
     CPU tensors under TRITON_INTERPRET=1), "torch". h may be contiguous or channels_last (no copy).
-    block_sizes (positions, channels, hidden) forces Triton tile sizes, for tests and tuning.
+    block_sizes (positions, channels, hidden) forces Triton tile sizes, for tests and tuning: the
+    pooling kernels' position tile (they hold all channels), and the dh GEMM's row, channel and
+    hidden steps (kernels/attention_pool.py). The Triton path takes C and hidden up to 16384.
     """
     _check_inputs(h, w1, b1, w2, b2, backend)
     if h.shape[0] == 0 or not use_triton("attention_pool", h, backend):
