@@ -7,8 +7,9 @@ forward), bwd (backward of pooled only) and full (both). Each result carries in 
 ms (median), GB/s of compulsory traffic and TFLOP/s of compulsory FLOPs, both counted by
 `compulsory_bytes` / `compulsory_flops` below (never the recomputation). Triton is skipped
 without a GPU. Env: VITO_BENCH_BATCH (default 512 on GPU, 32 on CPU), VITO_BENCH_DTYPE
-(bfloat16 on GPU, float32 on CPU), VITO_BENCH_BLOCKS="64,64,128" (Triton tiles: positions,
-channels, hidden; default: the launcher's choice) for tuning sweeps.
+(bfloat16 on GPU, float32 on CPU), VITO_BENCH_BLOCKS="4,128,64" (Triton tiles: the pooling
+kernels' positions (they hold all channels) and the dh GEMM's rows (at least 16), channels and hidden
+step; default: the launcher's choice) for tuning sweeps.
 """
 from __future__ import annotations
 

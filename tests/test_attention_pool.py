@@ -273,14 +273,17 @@ from triton.compiler import ASTSource
 sys.path.insert(0, sys.argv[1])
 import bench_compile
 bench_compile._info_nce_launches = lambda calls: None
-bench_compile.ATTENTION_POOL_CASES = [case for case in bench_compile.ATTENTION_POOL_CASES if case[0] == "bf16"]
+cases = bench_compile.ATTENTION_POOL_CASES
+bench_compile.ATTENTION_POOL_CASES = [case for case in cases if case[0] == "bf16"]
 rows = []
 for variant in bench_compile.launched_variants():
     row = bench_compile.compile_variant(variant)
     source = ASTSource(variant["fn"], variant["signature"], variant["constexprs"], variant["attrs"])
-    ptx = triton.compile(source, target=GPUTarget("cuda", 90, 32), options=variant["options"].__dict__).asm["ptx"]
+    options = variant["options"].__dict__
+    ptx = triton.compile(source, target=GPUTarget("cuda", 90, 32), options=options).asm["ptx"]
     rows.append(dict(variant=row["variant"], spills=row["spill_bytes"], wgmma=row["wgmma"],
-                     expected=row["wgmma_expected"], vector=len(re.findall(r"ld\.global[.\w]*\.v4\.b32", ptx))))
+                     expected=row["wgmma_expected"],
+                     vector=len(re.findall(r"ld\.global[.\w]*\.v4\.b32", ptx))))
 print(json.dumps(rows))
 """
 
