@@ -217,6 +217,12 @@ def test_triton_online_softmax_rescales_across_tiles(hidden, order, kernel_devic
             torch.testing.assert_close(x, y, atol=1e-4, rtol=1e-3)
 
 
+def test_triton_refuses_too_many_channels_and_names_the_limit(kernel_device):
+    h = torch.zeros(1, 16385, 1, 1, device=kernel_device)
+    with pytest.raises(ValueError, match="at most 16384 channels and hidden units, got C = 16385"):
+        attention_pool(h, None, None, torch.zeros(16385, device=kernel_device), backend="triton")
+
+
 class _PoisonedTorch:
     """Stands in for `torch` inside the launchers: every fresh buffer starts as NaN."""
 
@@ -330,6 +336,15 @@ def test_cuda_auto_dispatches_to_triton():
     auto = attention_pool(*inputs)
     triton = attention_pool(*inputs, backend="triton")
     assert torch.equal(auto[0], triton[0]) and torch.equal(auto[1], triton[1])
+
+
+@pytest.mark.cuda
+def test_cuda_auto_uses_the_reference_beyond_the_widest_tile():
+    h = torch.randn(2, 16385, 1, 2, device="cuda")
+    w2 = torch.randn(16385, device="cuda") / 128
+    auto = attention_pool(h, None, None, w2)
+    reference = attention_pool_reference(h, None, None, w2, None)
+    assert torch.equal(auto[0], reference[0]) and torch.equal(auto[1], reference[1])
 
 
 @pytest.mark.cuda

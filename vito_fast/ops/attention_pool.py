@@ -116,10 +116,15 @@ def attention_pool(
     CPU tensors under TRITON_INTERPRET=1), "torch". h may be contiguous or channels_last (no copy).
     block_sizes (positions, channels, hidden) forces Triton tile sizes, for tests and tuning: the
     pooling kernels' position tile (they hold all channels), and the dh GEMM's row, channel and
-    hidden steps (kernels/attention_pool.py). The Triton path takes C and hidden up to 16384.
+    hidden steps (kernels/attention_pool.py). The Triton path takes C and hidden up to
+    MAX_WIDTH = 16384 ("auto" uses the reference beyond, "triton" raises).
     """
     _check_inputs(h, w1, b1, w2, b2, backend)
     if h.shape[0] == 0 or not use_triton("attention_pool", h, backend):
+        return attention_pool_reference(h, w1, b1, w2, b2)
+    from vito_fast.kernels.attention_pool import MAX_WIDTH
+
+    if backend == "auto" and max(h.shape[1], 0 if w1 is None else w1.shape[0]) > MAX_WIDTH:
         return attention_pool_reference(h, w1, b1, w2, b2)
     block_n, block_c, block_hid = block_sizes if block_sizes is not None else (None, None, None)
     blocks = dict(block_n=block_n, block_c=block_c, block_hid=block_hid)
