@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
+
 from PIL import Image
 
 from vito_fast.cli.main import main
@@ -45,7 +47,7 @@ def test_cross_validated_accuracy_tests_every_clip_and_reports_its_noise():
     import numpy as np
     import torch
 
-    from vito_fast.demo import cross_validated_accuracy
+    from vito_fast.demo_eval import cross_validated_accuracy
 
     groups = np.repeat(np.arange(12), 4)
     labels = groups % 3
@@ -56,3 +58,73 @@ def test_cross_validated_accuracy_tests_every_clip_and_reports_its_noise():
     noise = torch.randn(48, 8, generator=torch.Generator().manual_seed(0))
     accuracy, error = cross_validated_accuracy(noise, labels, groups, "knn")
     assert 0.0 <= accuracy <= 0.7 and error > 0.02  # near chance (1/3), and clips disagree
+
+
+def _run(correct, frames, **extra):
+    """A run result holding only per-video counts (what the claim metrics read)."""
+    table = {"frames": list(map(float, frames)), "knn_correct": list(map(float, correct))}
+    table.update({key: [list(map(float, row)) if np.ndim(row) else float(row) for row in value]
+                  for key, value in extra.items()})
+    return {"per_video": table}
+
+
+def test_paired_bootstrap_gives_no_error_to_identical_runs_and_the_spread_of_a_real_difference():
+    from vito_fast.demo_eval import accuracy_metric, paired_bootstrap
+
+    rng = np.random.default_rng(0)
+    frames = np.full(60, 8.0)
+    first = rng.integers(0, 7, size=60).astype(float)
+    run = _run(first, frames)
+    a, b, error = paired_bootstrap(accuracy_metric("knn"), run, accuracy_metric("knn"), run, 60)
+    assert a == b == first.sum() / frames.sum() and error == 0.0
+    # the other run gets 2 more frames right on every video: a constant shift, no spread
+    shifted = _run(first + 2, frames)
+    _, _, error = paired_bootstrap(accuracy_metric("knn"), shifted, accuracy_metric("knn"), run, 60)
+    assert error < 1e-9
+    # independent per-video noise: the paired error is about the standard error of the per-video differences
+    other = _run(rng.integers(0, 9, size=60).astype(float), frames)
+    a, b, error = paired_bootstrap(accuracy_metric("knn"), other, accuracy_metric("knn"), run, 60, draws=4000)
+    per_video = (np.asarray(other["per_video"]["knn_correct"]) - first) / 8
+    expected = per_video.std(ddof=1) / np.sqrt(60)
+    assert abs(error - expected) < 0.15 * expected
+
+
+def test_corruption_error_is_relative_to_the_baseline_and_a_model_at_chance_cannot_win_it():
+    from vito_fast.demo_eval import mean_corruption_error, point, retained_above_chance, shape_bias_metric
+
+    videos, severities = 40, 5
+    frames = np.full(videos, 2.0)
+
+    def robust(clean, corrupted):  # share right, clean and under each of 5 corruptions (all severities)
+        return _run(np.zeros(videos), frames, robust_frames=frames,
+                    robust_clean_correct=np.full(videos, 2.0 * clean),
+                    robust_corrupted_correct=np.tile(2.0 * severities * np.asarray(corrupted), (videos, 1)))
+
+    chance = robust(0.25, [0.25] * 5)
+    assert point(mean_corruption_error(chance), chance, videos) == 1.0
+    good = robust(0.6, [0.4, 0.5, 0.55, 0.3, 0.35])
+    expected = np.mean([(1 - c) / 0.75 for c in (0.4, 0.5, 0.55, 0.3, 0.35)])
+    assert abs(point(mean_corruption_error(chance), good, videos) - expected) < 1e-12
+    # at chance a model "loses nothing": its retained share is undefined, its mCE stays ~1
+    assert abs(point(retained_above_chance(4), good, videos) - (0.42 - 0.25) / (0.6 - 0.25)) < 1e-12
+    shapes = _run(np.zeros(2), np.ones(2), shape_decisions=np.array([3.0, 1.0]),
+                  texture_decisions=np.array([1.0, 1.0]))
+    assert point(shape_bias_metric, shapes, 2) == 4 / 6
+
+
+def test_claims_take_their_error_across_seeds_when_there_are_several():
+    from vito_fast.demo_report import judge
+
+    frames = np.full(30, 4.0)
+
+    def seed_runs(vito_right):
+        return {"vito": _run(np.full(30, vito_right), frames), "random": _run(np.full(30, 1.0), frames),
+                "dt0": _run(np.full(30, 1.0), frames), "avgpool": _run(np.full(30, 2.0), frames)}
+
+    runs = [seed_runs(value) for value in (3.0, 2.0, 4.0)]
+    summary = {"seeds": {name: [seed[name] for seed in runs] for name in runs[0]}}
+    judged = judge(summary, 0)  # VITO beats random init (kNN)
+    differences = [(3 - 1) / 4, (2 - 1) / 4, (4 - 1) / 4]
+    assert judged["seeds"] == 3 and abs(judged["difference"] - np.mean(differences)) < 1e-12
+    assert abs(judged["error"] - np.std(differences, ddof=1) / np.sqrt(3)) < 1e-12
+    assert judged["verdict"] == "yes"

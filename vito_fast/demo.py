@@ -28,10 +28,7 @@ from typing import Dict, List, Optional, Tuple
 import numpy as np
 import torch
 
-from vito_fast.eval.features import extract_feature_maps, extract_features, group_folds, load_manifest_frames
-from vito_fast.eval.knn import knn_predict
-from vito_fast.eval.linear import train_linear_probe
-from vito_fast.eval.propagate import propagate_labels, region_similarity
+from vito_fast.eval.features import load_manifest_frames
 from vito_fast.eval.viz import attention_mask_iou, attention_mass_on_masks, centred_gaussian_attention
 from vito_fast.synthetic.builtin import BuiltinVideos
 
@@ -54,9 +51,10 @@ class DemoSettings:
     camera_speed: Tuple[float, float] = BuiltinVideos.camera_speed
     light_change: float = BuiltinVideos.light_change
     object_scale: float = BuiltinVideos.object_scale
+    clutter: int = BuiltinVideos.clutter
     eval_frames_per_clip: int = 8
-    steps: Optional[int] = None  # pretraining steps per variant; None: from the time budget
-    max_steps: int = 2000
+    steps: Optional[int] = None  # pretraining steps per variant; None: DEFAULT_STEPS, fewer if over budget
+    seeds: int = 1  # training seeds per variant; with 2 or more, claims take their error across seeds
     overrides: List[str] = field(default_factory=list)  # extra config overrides for every variant
     eval_videos: int = 16  # videos used for propagation and the attention scores, spread over the classes
     seed: int = 0
@@ -67,6 +65,7 @@ class DemoSettings:
         return BuiltinVideos(videos_per_class=self.videos_per_class, num_frames=self.num_frames,
                              num_backgrounds=self.num_backgrounds, camera_speed=tuple(self.camera_speed),
                              light_change=self.light_change, object_scale=self.object_scale,
+                             clutter=self.clutter,
                              seed=self.seed).generate_kwargs()
 
 
@@ -114,86 +113,48 @@ def write_untrained_run(config, run_dir: Path) -> None:
                 "target": model.target.state_dict()}, run_dir / "checkpoint.pt")
 
 
-def evaluation_videos(num_videos: int, count: int) -> List[int]:
-    """``count`` video indices spread evenly over the data set (its videos are ordered class by class)."""
-    return sorted({int(index) for index in np.linspace(0, num_videos - 1, min(count, num_videos)).round()})
+# The default schedule, the same on every machine (a CPU step of the demo preset: 0.13 s on the 2-core
+# CPU of benches/RESULTS.md, data loading included), so that a loaded machine shows what a quiet one does.
+DEFAULT_STEPS = 1200
+# A training step in a run, data loading and start-up included, over ``seconds_per_step`` (model only):
+# measured 2.3x on the 2-core CPU; and the seconds of one run's evaluations (measured 7-9 s).
+STEP_OVERHEAD = 2.5
+EVALUATION_SECONDS = 15.0
 
 
-def _standard_error(values: List[float]) -> float:
-    """Standard error of the mean of per-video values (0 for fewer than two)."""
-    return float(np.std(values, ddof=1) / np.sqrt(len(values))) if len(values) > 1 else 0.0
+def _run_name(variant: str, seed_index: int) -> str:
+    """Folder of a variant's run under OUT/runs: the first seed keeps the bare name."""
+    return variant if seed_index == 0 else f"{variant}-seed{seed_index}"
 
 
-def cross_validated_accuracy(features: torch.Tensor, labels: np.ndarray, groups: np.ndarray, probe: str, *,
-                             folds: int = 4, seed: int = 0) -> Tuple[float, float]:
-    """(accuracy, its standard error) of a kNN or linear probe, cross-validated over folds of whole clips.
+def choose_steps(settings: DemoSettings, estimate: float, seconds_left: float) -> Tuple[int, Optional[str]]:
+    """(pretraining steps per variant and seed, a note when the time budget cut them).
 
-    Every clip is tested once, by a probe fitted on the other folds. Frames of a clip are not
-    independent, so the standard error is that of the mean of the per-clip accuracies.
+    The default is a fixed ``DEFAULT_STEPS``, so that the claims do not depend on the machine's
+    speed; it is lowered only when the estimate says the runs would overrun the budget.
     """
-    targets = torch.from_numpy(labels)
-    correct = np.zeros(len(labels), bool)
-    for train_indices, test_indices in group_folds(labels, groups, folds=folds, seed=seed):
-        train_features, test_features = features[train_indices], features[test_indices]
-        if probe == "knn":
-            scores = knn_predict(train_features, targets[train_indices], test_features, k=10,
-                                 num_classes=int(labels.max()) + 1)
-        else:
-            scores = train_linear_probe(train_features, targets[train_indices],
-                                        num_classes=int(labels.max()) + 1).predict(test_features)
-        correct[test_indices] = (scores.argmax(dim=1) == targets[test_indices]).numpy()
-    per_clip = np.array([correct[groups == group].mean() for group in np.unique(groups)])
-    return float(correct.mean()), _standard_error(list(per_clip))
-
-
-def evaluate_run(run_dir: Path, frames, clips: Dict[int, Tuple[np.ndarray, np.ndarray]], settings: DemoSettings
-                 ) -> Tuple[Dict[str, object], Dict]:
-    """(kNN, linear probe, propagation J and attention scores of one run; {video: (frames, attention)} of 2 videos).
-
-    ``frames``: the labelled frames of the probes; ``clips``: {video index: (frames, instance masks)}
-    of the videos that score propagation and attention.
-    """
-    from vito_fast.eval.features import attention_of_frames
-    from vito_fast.eval.encoder import load_encoder
-
-    encoder = load_encoder(run_dir)  # the last stage's maps, average-pooled
-    features = extract_features(encoder, frames.images)
-    result: Dict[str, object] = {}
-    for probe in ("knn", "linear"):
-        result[probe], result[f"{probe}_se"] = cross_validated_accuracy(features, frames.labels, frames.groups, probe,
-                                                                        seed=settings.seed)
-    maps_encoder = load_encoder(run_dir, stages=("layer3",))
-    pools_by_attention = maps_encoder.run_config["model"].get("pooling", "attention") == "attention"
-    attention_encoder = load_encoder(run_dir, pooling="attention") if pools_by_attention else None
-    # attention at twice the training size: the pools are 1x1 convolutions, and finer maps cut finer masks
-    attention_size = 2 * int(maps_encoder.run_config["data"]["image_size"])
-    jaccard, attention_iou, attention_mass, examples = [], {}, {}, {}
-    for position, (index, (clip, masks)) in enumerate(clips.items()):
-        height, width = clip.shape[1:3]
-        maps = extract_feature_maps(maps_encoder, clip, image_size=(2 * height, 2 * width))
-        jaccard.append(region_similarity(propagate_labels(maps, masks[0]), masks)["J"])
-        if attention_encoder is None:
-            continue
-        attention = attention_of_frames(attention_encoder, clip, attention_size)
-        for stage, stage_attention in attention.items():
-            attention_iou.setdefault(stage, []).append(attention_mask_iou(stage_attention, masks > 0))
-            attention_mass.setdefault(stage, []).append(attention_mass_on_masks(stage_attention, masks > 0))
-        if position < 2:
-            examples[index] = (clip, attention)
-    result["propagation_J"] = float(np.mean(jaccard))
-    result["propagation_J_se"] = _standard_error(jaccard)
-    for key, per_stage in (("attention_iou", attention_iou), ("attention_mass", attention_mass)):
-        result[key] = {stage: float(np.mean(values)) for stage, values in per_stage.items()}
-        result[f"{key}_se"] = {stage: _standard_error(values) for stage, values in per_stage.items()}
-    return result, examples
+    if settings.steps is not None:
+        return settings.steps, None
+    runs = len(VARIANTS) * settings.seeds
+    reserve = EVALUATION_SECONDS * (runs + settings.seeds)
+    affordable = int(max(0.0, seconds_left - reserve) / (STEP_OVERHEAD * estimate * runs))
+    if affordable >= DEFAULT_STEPS:
+        return DEFAULT_STEPS, None
+    steps = max(3, affordable)
+    return steps, (f"this machine affords {steps} of the default {DEFAULT_STEPS} steps per run within "
+                   f"{settings.minutes:g} minutes (an estimated {estimate:.3f} s per step): claims that need the "
+                   "full schedule may not show; give --minutes more, or run on a GPU")
 
 
 def run_demo(settings: DemoSettings) -> Dict[str, object]:
     """Run everything and write OUT/report.md, OUT/results.json and the PNGs; returns the results."""
+    from vito_fast.demo_eval import evaluate_run, evaluation_data, gaussian_attention_result, stages_of
     from vito_fast.synthetic.videos import SyntheticDataset, generate_dataset
     from vito_fast.train.config import load_config
     from vito_fast.train.loop import train
 
+    if settings.seeds < 1:
+        raise ValueError(f"demo: seeds must be at least 1, not {settings.seeds}")
     started = time.perf_counter()
     deadline = started + 60 * settings.minutes
     out = Path(settings.out_dir)
@@ -206,51 +167,51 @@ def run_demo(settings: DemoSettings) -> Dict[str, object]:
     if all(previous.get(key) == (list(value) if isinstance(value, tuple) else value) for key, value in wanted.items()):
         dataset = SyntheticDataset.open(data_root)
     else:
+        for stale in data_root.glob("cue_conflict_*.npz"):
+            stale.unlink()
         dataset = generate_dataset(data_root, **wanted, progress=settings.progress)
-    clips = {index: (dataset.load_frames(index), dataset.load_masks(index))
-             for index in evaluation_videos(len(dataset.videos), settings.eval_videos)}
     frames = load_manifest_frames(dataset.manifest_path, frames_per_clip=min(settings.eval_frames_per_clip,
                                                                              settings.num_frames),
                                   class_names=dataset.class_names)
-    # 2. Variants and the step budget.
+    data = evaluation_data(dataset, frames, eval_videos=settings.eval_videos, progress=settings.progress)
+    # 2. Variants and the step count.
     base = ["data.path=" + str(dataset.manifest_path), "train.image_every=0",
             f"train.progress={str(settings.progress).lower()}", *SHORT_RUN_OPTIMISER, *settings.overrides]
-    probe_config = load_config(preset="demo", overrides=base)
-    estimate = seconds_per_step(probe_config)
-    if settings.steps is None:
-        evaluation_reserve = 20.0 * (len(VARIANTS) + 1)
-        budget = max(0.0, deadline - time.perf_counter() - evaluation_reserve) / len(VARIANTS)
-        # data loading, evaluation and a busy machine add to the model-only estimate: measured on the
-        # 2-core CPU, 0.42-0.45 s a step per variant all included, 1.7-2.1x single estimates (then the
-        # fastest of two timings) of 0.21-0.25 s, 1.9x the median of six (0.23 s); 2.0x leaves a minute spare
-        steps = int(np.clip(budget / (2.0 * estimate), 3, settings.max_steps))
-    else:
-        steps = settings.steps
+    estimate = seconds_per_step(load_config(preset="demo", overrides=base))
+    steps, budget_note = choose_steps(settings, estimate, deadline - time.perf_counter())
     base += [f"train.steps={steps}", f"train.checkpoint_every={steps}", f"optim.warmup_steps={max(1, steps // 10)}"]
-    # 3. Pretraining, then evaluation of every variant.
-    results: Dict[str, Dict[str, object]] = {}
+    # 3. Per seed: the untrained floor, then pretraining and evaluation of every variant.
+    seeds: Dict[str, List[Dict[str, object]]] = {name: [] for name in ("random", *VARIANTS)}
     losses: Dict[str, List[float]] = {}
     examples = {}
-    random_config = load_config(preset="demo", overrides=base)
-    write_untrained_run(random_config, out / "runs" / "random")
-    results["random"], examples["random"] = evaluate_run(out / "runs" / "random", frames, clips, settings)
-    results["random"].update(steps=0, final_loss=None)
-    for name, overrides in VARIANTS.items():
-        config = load_config(preset="demo", overrides=base + overrides)
-        run_dir = out / "runs" / name
-        train_started = time.perf_counter()
-        outcome = train(config, run_dir)
-        losses[name] = outcome.losses
-        results[name], examples[name] = evaluate_run(run_dir, frames, clips, settings)
-        results[name].update(steps=outcome.step, final_loss=outcome.losses[-1] if outcome.losses else None,
-                             train_seconds=round(time.perf_counter() - train_started, 1))
-    masks = [instances > 0 for _, instances in clips.values()]
+    for seed_index in range(settings.seeds):
+        seeded = base + [f"train.seed={settings.seed + seed_index}"]
+        random_dir = out / "runs" / _run_name("random", seed_index)
+        write_untrained_run(load_config(preset="demo", overrides=seeded), random_dir)
+        result, pictures = evaluate_run(random_dir, data, seed=settings.seed)
+        result.update(steps=0, final_loss=None, run=str(random_dir))
+        seeds["random"].append(result)
+        examples.setdefault("random", pictures)
+        for name, overrides in VARIANTS.items():
+            run_dir = out / "runs" / _run_name(name, seed_index)
+            train_started = time.perf_counter()
+            outcome = train(load_config(preset="demo", overrides=seeded + overrides), run_dir)
+            train_seconds = time.perf_counter() - train_started
+            result, pictures = evaluate_run(run_dir, data, seed=settings.seed)
+            result.update(steps=outcome.step, final_loss=outcome.losses[-1] if outcome.losses else None,
+                          train_seconds=round(train_seconds, 1), run=str(run_dir))
+            seeds[name].append(result)
+            losses.setdefault(name, outcome.losses)
+            examples.setdefault(name, pictures)
+    masks = [instances > 0 for _, instances in data.clips.values()]
     gaussians = [centred_gaussian_attention(len(mask), 8, 8) for mask in masks]
     baseline = float(np.mean([attention_mask_iou(gaussian, mask) for gaussian, mask in zip(gaussians, masks)]))
     baseline_mass = float(np.mean([attention_mass_on_masks(gaussian, mask) for gaussian, mask in zip(gaussians, masks)]))
     summary = {"settings": dataclasses.asdict(settings), "steps": steps, "estimated_seconds_per_step": estimate,
-               "config_overrides": base[1:],
-               "variants": results,
+               "budget_note": budget_note, "config_overrides": base[1:],
+               "variants": {name: runs[0] for name, runs in seeds.items()},
+               "seeds": seeds, "num_classes": len(dataset.class_names),
+               "gaussian_attention": gaussian_attention_result(data.clips, stages_of(seeds["vito"][0:1])),
                "centred_gaussian_attention_iou": baseline, "centred_gaussian_attention_mass": baseline_mass,
                "object_area_fraction": float(np.mean([mask.mean() for mask in masks])), "losses": losses,
                "seconds": round(time.perf_counter() - started, 1)}

@@ -3,10 +3,13 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Dict, List
+from dataclasses import dataclass
+from typing import Callable, Dict, List, Optional
 
 import numpy as np
 
+from vito_fast.demo_eval import (accuracy_metric, clip_mean_metric, mean_corruption_error, paired_bootstrap, point,
+                                 retained_above_chance, shape_bias_metric, standard_error)
 from vito_fast.eval.plots import bar_chart, line_chart
 from vito_fast.eval.viz import attention_panel, save_png
 
@@ -32,36 +35,152 @@ def verdict(difference: float, standard_error: float) -> str:
     return "**not clearly** (within twice the noise)"
 
 
+@dataclass
+class Claim:
+    """One claim of the paper: ``better`` beats ``worse`` on ``metric`` (see vito_fast.demo_eval)."""
+
+    title: str
+    better: str
+    worse: str
+    metric: Callable  # (run result, weights) -> values; see demo_eval
+    label: str  # what the numbers are
+    units: str = "per_video"  # what the bootstrap resamples: videos, or the evaluation clips
+    lower_is_better: bool = False
+    metric_of_worse: Optional[Callable] = None  # when the two sides are scored differently
+    percent: bool = True
+
+
+def claims_of(summary: Dict, seed_index: int) -> List[Claim]:
+    """The claims, with metrics bound to seed ``seed_index``'s runs (mCE divides by that seed's random init)."""
+    seeds = summary["seeds"]
+    vito = seeds["vito"][seed_index]
+    found = [Claim("VITO beats random init (kNN)", "vito", "random", accuracy_metric("knn"), "kNN top-1"),
+             Claim("VITO beats random init (linear probe)", "vito", "random", accuracy_metric("linear"),
+                   "linear top-1"),
+             Claim("video pairs (Δt > 0) beat same-frame pairs (Δt = 0)", "vito", "dt0", accuracy_metric("knn"),
+                   "kNN top-1")]
+    if "robust_corrupted_correct" in vito.get("per_video", {}):
+        found.append(Claim("VITO is more robust to corruptions than same-frame pretraining", "vito", "dt0",
+                           mean_corruption_error(seeds["random"][seed_index]),
+                           "mCE (corruption error / random init's; lower is better)", lower_is_better=True,
+                           percent=False))
+    if "shape_decisions" in vito.get("per_video", {}):
+        found.append(Claim("VITO is more shape-biased than same-frame pretraining", "vito", "dt0", shape_bias_metric,
+                           "shape bias", percent=False))
+    if "knn_attention_correct" in vito.get("per_video", {}):
+        found.append(Claim("attention pooling beats average pooling (each model's own pooling)", "vito", "avgpool",
+                           accuracy_metric("knn_attention"), "kNN top-1, VITO attention-pooled vs average "
+                           "pooling", metric_of_worse=accuracy_metric("knn")))
+    found.append(Claim("attention pooling beats average pooling (both average-pooled at evaluation)", "vito",
+                       "avgpool", accuracy_metric("knn"), "kNN top-1"))
+    return found
+
+
+def _units(result: Dict, claim: Claim) -> int:
+    table = result[claim.units]
+    return len(next(iter(table.values())))
+
+
+def judge(summary: Dict, claim_index: int) -> Dict[str, object]:
+    """{better, worse, difference, error, verdict, seeds} of one claim: one seed, the error resamples
+    videos (paired bootstrap); several seeds, the error of the mean of per-seed differences."""
+    seeds = summary["seeds"]
+    count = len(seeds["vito"])
+    rows = []
+    for seed_index in range(count):
+        claim = claims_of(summary, seed_index)[claim_index]
+        better, worse = seeds[claim.better][seed_index], seeds[claim.worse][seed_index]
+        rows.append(paired_bootstrap(claim.metric, better, claim.metric_of_worse or claim.metric, worse,
+                                     _units(better, claim), seed=seed_index))
+    sign = -1.0 if claim.lower_is_better else 1.0
+    differences = [sign * (first - second) for first, second, _ in rows]
+    error = rows[0][2] if count == 1 else standard_error(differences)
+    return {"claim": claim, "better": float(np.mean([row[0] for row in rows])),
+            "worse": float(np.mean([row[1] for row in rows])), "difference": float(np.mean(differences)),
+            "error": error, "verdict": verdict(float(np.mean(differences)), error), "seeds": count}
+
+
+def _attention_claim(summary: Dict) -> Optional[str]:
+    """Whether the attention lies on the objects: the best stage's share vs a centred Gaussian."""
+    vito = summary["variants"]["vito"]
+    if not vito.get("attention_mass"):
+        return None
+    masses, errors = vito["attention_mass"], vito.get("attention_mass_se", {})
+    best_stage, best = max(masses.items(), key=lambda item: item[1])
+    baseline = summary.get("centred_gaussian_attention_mass", 0.0)
+    gaussian = summary.get("gaussian_attention")
+    if gaussian is not None and "per_clip" in vito:
+        metric = clip_mean_metric(f"attention_mass_{best_stage}")
+        _, baseline, error = paired_bootstrap(metric, vito, metric, gaussian, len(vito["per_clip"]["J"]))
+    else:
+        error = errors.get(best_stage, 0.0)
+    iou = vito["attention_iou"].get(best_stage, float("nan"))
+    return (f"- the attention maps follow the objects: {verdict(best - baseline, error)} ({best_stage}, the stage "
+            f"with the most: {100 * best:.0f}% of the attention on the objects (± {100 * error:.0f}, paired over "
+            f"the clips), which cover {100 * summary.get('object_area_fraction', float('nan')):.0f}% of the frames; "
+            f"a centred Gaussian puts {100 * baseline:.0f}% there, random init "
+            f"{100 * summary['variants']['random'].get('attention_mass', {}).get(best_stage, float('nan')):.0f}%. "
+            f"IoU of the half-mass region with the masks: {iou:.3f} vs "
+            f"{summary['centred_gaussian_attention_iou']:.3f} for the Gaussian)")
+
+
 def _claims(summary: Dict) -> List[str]:
     """One line per claim of the paper: whether this run shows it, beyond twice the standard error."""
-    variants, lines = summary["variants"], []
-
-    def compare(better: str, worse: str, metric: str, claim: str) -> None:
-        first, second = variants[better][metric], variants[worse][metric]
-        error = float(np.hypot(variants[better].get(f"{metric}_se", 0.0), variants[worse].get(f"{metric}_se", 0.0)))
-        lines.append(f"- {claim}: {verdict(first - second, error)} ({metric}: {TITLES[better]} {first:.3f} vs "
-                     f"{TITLES[worse]} {second:.3f}, difference {first - second:+.3f} ± {error:.3f})")
-
-    compare("vito", "random", "knn", "VITO beats random init (kNN)")
-    compare("vito", "random", "linear", "VITO beats random init (linear probe)")
-    compare("vito", "dt0", "knn", "video pairs (Δt > 0) beat same-frame pairs (Δt = 0)")
-    compare("vito", "avgpool", "knn", "attention pooling beats average pooling")
-    if variants["vito"].get("attention_mass"):
-        # judged on the share of attention on the objects; the IoU (which also asks the attention to
-        # cover the whole object) is reported beside it
-        masses, errors = variants["vito"]["attention_mass"], variants["vito"].get("attention_mass_se", {})
-        best_stage, best = max(masses.items(), key=lambda item: item[1])
-        baseline = summary.get("centred_gaussian_attention_mass", 0.0)
-        error = errors.get(best_stage, 0.0)
-        iou = variants["vito"]["attention_iou"].get(best_stage, float("nan"))
-        lines.append(f"- the attention maps follow the objects: {verdict(best - baseline, error)} ({best_stage}: "
-                     f"{100 * best:.0f}% ± {100 * error:.0f} of the attention on the objects, which cover "
-                     f"{100 * summary.get('object_area_fraction', float('nan')):.0f}% of the frames; a centred Gaussian "
-                     f"puts {100 * baseline:.0f}% there, random init "
-                     f"{100 * variants['random'].get('attention_mass', {}).get(best_stage, float('nan')):.0f}%. "
-                     f"IoU of the half-mass region with the masks: {iou:.3f} vs {summary['centred_gaussian_attention_iou']:.3f} "
-                     "for the Gaussian)")
+    lines = []
+    for index in range(len(claims_of(summary, 0))):
+        judged = judge(summary, index)
+        claim = judged["claim"]
+        show = (lambda value: f"{100 * value:.1f}%") if claim.percent else (lambda value: f"{value:.3f}")
+        scale = 100 if claim.percent else 1
+        unit = " points" if claim.percent else ""
+        across = (f"± over {judged['seeds']} seeds" if judged["seeds"] > 1 else "± paired bootstrap over videos"
+                  if claim.units == "per_video" else "± paired bootstrap over clips")
+        lines.append(f"- {claim.title}: {judged['verdict']} ({claim.label}: {TITLES[claim.better]} "
+                     f"{show(judged['better'])} vs {TITLES[claim.worse]} {show(judged['worse'])}, "
+                     f"{'improvement' if claim.lower_is_better else 'difference'} "
+                     f"{scale * judged['difference']:+.{1 if claim.percent else 3}f} ± "
+                     f"{scale * judged['error']:.{1 if claim.percent else 3}f}{unit}, {across})")
+    attention = _attention_claim(summary)
+    if attention:
+        lines.append(attention)
     return lines
+
+
+AT_CHANCE = 0.05  # clean accuracy within this of chance: "kept above chance" is not shown
+
+
+def _robustness_and_bias(summary: Dict, name: str) -> Dict[str, Optional[float]]:
+    """mCE, retained share above chance and shape bias of a variant's first seed (None where not measured)."""
+    result, random = summary["variants"][name], summary["variants"]["random"]
+    table = result.get("per_video", {})
+    if not table:
+        return {"mce": None, "retained": None, "shape_bias": None}
+    count = len(table["frames"])
+    figures = {"mce": None, "retained": None, "shape_bias": None}
+    if "robust_corrupted_correct" in table:
+        figures["mce"] = point(mean_corruption_error(random), result, count)
+        chance = 1.0 / summary.get("num_classes", 4)
+        clean = result["robustness"]["clean"]
+        if clean - chance >= AT_CHANCE:  # nothing to keep otherwise
+            figures["retained"] = point(retained_above_chance(summary.get("num_classes", 4)), result, count)
+    if "shape_decisions" in table:
+        figures["shape_bias"] = point(shape_bias_metric, result, count)
+    return figures
+
+
+def _severity_curves(summary: Dict, titles: Dict[str, str]) -> Dict[str, List[float]]:
+    """{variant: accuracy at severity 0 (clean) … 5, averaged over the corruptions}."""
+    curves = {}
+    for name, result in summary["variants"].items():
+        robustness = result.get("robustness")
+        if not robustness:
+            continue
+        by_corruption = robustness["by_corruption"]
+        levels = sorted({int(level) for entry in by_corruption.values() for level in entry})
+        curves[titles[name]] = [robustness["clean"]] + [
+            float(np.mean([entry[level if level in entry else str(level)] for entry in by_corruption.values()]))
+            for level in levels]
+    return curves
 
 
 def write_report(out: Path, summary: Dict, examples: Dict, class_names: List[str]) -> Path:
@@ -71,10 +190,16 @@ def write_report(out: Path, summary: Dict, examples: Dict, class_names: List[str
     titles = {name: TITLES.get(name, name) for name in variants}
     line_chart({titles[name]: curve for name, curve in summary["losses"].items()},
                "training loss (sum of the per-scale InfoNCE)", "step", out / "loss_curves.png")
+    curves = _severity_curves(summary, titles)
+    if curves:
+        line_chart(curves, "linear-probe accuracy vs corruption severity (mean of 5 corruptions)", "severity",
+                   out / "robustness.png")
     stages = sorted({stage for result in variants.values() for stage in result["attention_iou"]})
+    extra = {name: _robustness_and_bias(summary, name) for name in variants}
     groups = {"kNN": {titles[n]: r["knn"] for n, r in variants.items()},
               "linear": {titles[n]: r["linear"] for n, r in variants.items()},
-              "propagation J": {titles[n]: r["propagation_J"] for n, r in variants.items()}}
+              "propagation J": {titles[n]: r["propagation_J"] for n, r in variants.items()},
+              "shape bias": {titles[n]: extra[n]["shape_bias"] for n in variants}}
     for stage in stages:
         groups[f"attn on objects {stage}"] = {titles[n]: r.get("attention_mass", {}).get(stage)
                                               for n, r in variants.items()}
@@ -90,43 +215,63 @@ def write_report(out: Path, summary: Dict, examples: Dict, class_names: List[str
         pictures.append((name, path.name))
     (out / "results.json").write_text(json.dumps(summary, indent=2, default=float) + "\n")
 
+    seeds = len(summary.get("seeds", {}).get("vito", [None]))
     lines = ["# vito_fast demo", "",
              f"Built-in synthetic data: {len(class_names)} classes ({', '.join(class_names)}), "
              f"{summary['settings']['videos_per_class']} videos per class of {summary['settings']['num_frames']} "
-             f"frames. Each variant pretrained for {summary['steps']} steps of the `demo` preset "
-             f"(estimated {summary['estimated_seconds_per_step']:.2f} s per step); the whole demo took "
+             f"frames. Each variant pretrained for {summary['steps']} steps of the `demo` preset"
+             + (f", with {seeds} seeds (the table shows the first)" if seeds > 1 else "")
+             + f" (estimated {summary['estimated_seconds_per_step']:.2f} s per step, model only); the whole demo took "
              f"{summary['seconds']:.0f} s. Config overrides of every variant: "
-             + ", ".join(f"`{item}`" for item in summary.get("config_overrides", [])) + ".", "",
-             "| variant | steps | final loss | kNN top-1 | linear top-1 | propagation J | "
-             + " | ".join(f"attention on objects {stage}" for stage in stages) + " | "
-             + " | ".join(f"attention IoU {stage}" for stage in stages) + " |",
-             "|---|---|---|---|---|---|" + "---|" * (2 * len(stages))]
+             + ", ".join(f"`{item}`" for item in summary.get("config_overrides", [])) + ".", ""]
+    if summary.get("budget_note"):
+        lines += [f"**Note:** {summary['budget_note']}.", ""]
+    lines += ["| variant | steps | final loss | kNN top-1 | linear top-1 | kNN, attention-pooled | propagation J | "
+              "mCE | kept above chance | shape bias | "
+              + " | ".join(f"attention on objects {stage}" for stage in stages) + " | "
+              + " | ".join(f"attention IoU {stage}" for stage in stages) + " |",
+              "|---|---|---|---|---|---|---|---|---|---|" + "---|" * (2 * len(stages))]
     for name, result in variants.items():
+        figures = extra[name]
         lines.append(f"| {titles[name]} | {result.get('steps', 0)} | {_number(result.get('final_loss'))} | "
                      f"{_percent(result['knn'], result.get('knn_se'))} | {_percent(result['linear'], result.get('linear_se'))} | "
-                     f"{_number(result['propagation_J'])} | "
+                     f"{_percent(result.get('knn_attention'), result.get('knn_attention_se'))} | "
+                     f"{_number(result['propagation_J'])} | {_number(figures['mce'])} | "
+                     f"{_percent(figures['retained'])} | {_number(figures['shape_bias'])} | "
                      + " | ".join(_percent(result.get("attention_mass", {}).get(stage)) for stage in stages) + " | "
                      + " | ".join(_number(result["attention_iou"].get(stage)) for stage in stages) + " |")
-    lines.append(f"| centred Gaussian (attention baseline) | | | | | | "
+    lines.append("| centred Gaussian (attention baseline) | | | | | | | | | | "
                  + " | ".join(_percent(summary.get("centred_gaussian_attention_mass")) for _ in stages) + " | "
                  + " | ".join(_number(summary["centred_gaussian_attention_iou"]) for _ in stages) + " |")
-    lines += ["", "## Does it show the paper's claims?", "", *_claims(summary), "",
-              "Small, short runs on a CPU. ± is one standard error over clips (videos), the unit that is "
-              "sampled: a claim counts as shown only when the difference exceeds twice its standard error. "
-              "That error does not include the training run's own variation: runs of a few hundred steps "
-              "that differ only in their step count (the time budget sets it) differ by several points, "
-              "so compare more than one demo before trusting a small difference. "
-              f"kNN (k = 10, cosine) and the linear probe use the last stage's average-pooled features of "
-              f"{summary['settings'].get('eval_frames_per_clip', 4)} frames per video, cross-validated over 4 folds "
-              "of whole videos (every video tested once by a probe fitted on the others); "
-              "J propagates the first frame's object masks with layer-3 features. Attention on objects is the "
-              "share of each scale's attention (upsampled to the frame) that falls on the object masks; "
-              "attention IoU compares the masks with the pixels holding half of the attention, so a sharp "
-              "peak on an object scores high on the first and low on the second.", "",
-              "## Plots", "", "![training loss](loss_curves.png)", "", "![evaluations](evaluations.png)", ""]
+    lines += ["", "## Does it show the paper's claims?", "", *_claims(summary), "", METHODS.format(
+        frames=summary["settings"].get("eval_frames_per_clip", 8),
+        error=("the standard error of the mean of the per-seed differences" if seeds > 1 else
+               "a paired bootstrap over videos (2,000 resamples of the videos, the same for both sides)")),
+              "", "## Plots", "", "![training loss](loss_curves.png)", "", "![evaluations](evaluations.png)", ""]
+    if curves:
+        lines += ["![robustness](robustness.png)", ""]
     for name, file_name in pictures:
         lines += [f"Attention of *{TITLES.get(name, name)}* (rows: frames, then one row per scale):", "",
                   f"![attention {name}]({file_name})", ""]
     report = out / "report.md"
     report.write_text("\n".join(lines) + "\n")
     return report
+
+
+METHODS = (
+    "Small, short runs on a CPU. A claim counts as shown only when the difference exceeds twice its standard "
+    "error: here {error}. With one seed that error leaves out the training run's own variation "
+    "(`--seeds N` measures it). kNN (k = 10, cosine) and the linear probe use the last stage's features "
+    "of {frames} frames per video (average-pooled; \"attention-pooled\": the run's own attention pool), "
+    "cross-validated over 4 folds of whole videos (every video tested once by probes fitted on the others). "
+    "**Robustness:** each fold's linear probe, fitted on clean frames, classifies 2 frames per video under "
+    "Gaussian noise, Gaussian blur, JPEG, contrast and brightness at severities 1–5; mCE is ImageNet-C's "
+    "mean corruption error with the random-init model in AlexNet's place (Σ errors over severities / the "
+    "baseline's, averaged over corruptions: 1 = as bad as random features, lower is more robust), so a model "
+    "at chance cannot win by having nothing to lose; \"kept above chance\" is (corrupted − chance) / "
+    "(clean − chance), not shown (–) when clean accuracy is within 5 points of chance. **Shape bias:** the same probes "
+    "classify cue-conflict twins of every video (its main object wearing another class's texture, same "
+    "motion and masks): shape decisions / (shape + texture decisions). J propagates the first frame's object "
+    "masks with layer-3 features. Attention on objects is the share of each scale's attention (upsampled to "
+    "the frame) on the object masks; attention IoU compares the masks with the pixels holding half of the "
+    "attention, so a sharp peak on an object scores high on the first and low on the second.")
