@@ -191,3 +191,20 @@ def test_fast_camera_moves_the_background_between_frames():
     assert change > 2
     with pytest.raises(ValueError, match="camera_speed"):
         generate_dataset("unused", camera_speed=(2.0, 1.0), progress=False)
+
+
+def test_clutter_is_transient_and_leaves_the_rest_of_the_clip_alone():
+    """Transient clutter: in front, in a few frames only; the scene, the main object and its masks
+    elsewhere are those of the clip without it, and clutter pixels are not object pixels."""
+    plain = render_clip(np.random.default_rng(4), 1, 2, num_frames=16, size=(48, 48), num_classes=3)
+    cluttered = render_clip(np.random.default_rng(4), 1, 2, num_frames=16, size=(48, 48), num_classes=3, clutter=3,
+                            clutter_rng=np.random.default_rng(9))
+    changed = np.any(plain.frames != cluttered.frames, axis=-1)  # (T, H, W)
+    frames_with_clutter = changed.any(axis=(1, 2))
+    assert 0 < frames_with_clutter.sum() <= 3 * 4  # three objects, each in at most T/4 frames
+    assert not frames_with_clutter.all()  # it does not persist
+    assert np.array_equal(plain.centers, cluttered.centers)
+    assert np.array_equal(cluttered.instances[~changed], plain.instances[~changed])
+    assert np.all(cluttered.instances[changed] == 0) and np.all(cluttered.classes[changed] == 0)
+    with pytest.raises(ValueError, match="clutter"):
+        generate_dataset("unused", clutter=9, progress=False)

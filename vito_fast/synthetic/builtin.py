@@ -28,6 +28,7 @@ class BuiltinVideos:
     camera_speed: Tuple[float, float] = (1.5, 3.0)
     light_change: float = 0.4
     object_scale: float = 1.4  # objects fill more of the 64-px views
+    clutter: int = 0  # transient objects per video (see generate_dataset)
     seed: int = 0
 
     def generate_kwargs(self) -> Dict[str, object]:

@@ -141,7 +141,7 @@ def generate_dataset(out_dir: PathLike, *, num_classes: int = 4, videos_per_clas
                      fps: float = 12, size: Tuple[int, int] = (96, 96), seed: int = 0, codec: str = "vp9",
                      num_backgrounds: int = NUM_BACKGROUNDS, object_scale: float = 1.0,
                      camera_speed: Tuple[float, float] = CAMERA_SPEED, light_change: float = 0.0,
-                     progress: bool = True) -> SyntheticDataset:
+                     clutter: int = 0, progress: bool = True) -> SyntheticDataset:
     """Render, encode and index ``num_classes * videos_per_class`` videos under ``out_dir``.
 
     ``size`` is (height, width), both even. Videos are ordered class by class; video i of the
@@ -160,6 +160,10 @@ def generate_dataset(out_dir: PathLike, *, num_classes: int = 4, videos_per_clas
     channel of 1 ± light_change over a cycle of about one clip, the whole frame; 0: constant light).
     Frames far apart in time then differ in their background and colours but not in their objects'
     shape and texture, which is what pairs of frames Δt apart teach a model to rely on.
+
+    ``clutter``: transient objects per video (small objects of random classes that enter for 2 to
+    T/4 frames and move fast, drawn from the stream (seed, i, 2), so that the rest of the video is
+    the same as without them). What persists is the main object; pooling has something to choose.
     """
     height, width = size
     if height % 2 or width % 2 or height < 16 or width < 16:
@@ -169,6 +173,8 @@ def generate_dataset(out_dir: PathLike, *, num_classes: int = 4, videos_per_clas
     if num_backgrounds < 0 or not 0.25 <= object_scale <= 2.0:
         raise ValueError(f"generate_dataset: need num_backgrounds >= 0 and object_scale in [0.25, 2], "
                          f"got {num_backgrounds}, {object_scale}")
+    if not 0 <= clutter <= 8:
+        raise ValueError(f"generate_dataset: clutter must be in 0..8 transient objects per video, not {clutter}")
     if num_frames < 2 or videos_per_class < 1:
         raise ValueError("generate_dataset: need num_frames >= 2 and videos_per_class >= 1")
     if not 0 <= camera_speed[0] <= camera_speed[1] <= 8 or not 0 <= light_change <= 0.5:
@@ -192,7 +198,8 @@ def generate_dataset(out_dir: PathLike, *, num_classes: int = 4, videos_per_clas
             distractor = int((class_id + rng.integers(1, num_classes)) % num_classes)
         clip = render_clip(rng, class_id, distractor, num_frames=num_frames, size=size,
                            shared_background=shared_background(textures, seed, video_index), object_scale=object_scale,
-                           camera_speed=camera_speed, light_change=light_change)
+                           camera_speed=camera_speed, light_change=light_change, clutter=clutter,
+                           clutter_rng=np.random.default_rng([seed, video_index, 2]), num_classes=num_classes)
         name = f"{names[class_id]}_{number:03d}"
         video_path = root / "videos" / f"{name}{suffix}"
         mask_path = root / "masks" / f"{name}.npz"
@@ -209,7 +216,7 @@ def generate_dataset(out_dir: PathLike, *, num_classes: int = 4, videos_per_clas
         "settings": {"num_classes": num_classes, "videos_per_class": videos_per_class, "num_frames": num_frames,
                      "fps": fps, "size": list(size), "seed": seed, "codec": codec,
                      "num_backgrounds": num_backgrounds, "object_scale": object_scale,
-                     "camera_speed": list(camera_speed), "light_change": light_change},
+                     "camera_speed": list(camera_speed), "light_change": light_change, "clutter": clutter},
         "class_names": names,
         "videos": [{**asdict(video), "path": os.path.relpath(video.path, root),
                     "mask_path": os.path.relpath(video.mask_path, root)} for video in videos],
@@ -249,7 +256,9 @@ def render_cue_conflict(root: PathLike, video_index: int) -> Tuple[np.ndarray, i
     clip = render_clip(rng, class_id, distractor, num_frames=num_frames, size=size,
                        shared_background=shared_background(textures, seed, video_index),
                        object_scale=settings["object_scale"], camera_speed=tuple(settings["camera_speed"]),
-                       light_change=settings["light_change"], texture_class_id=texture_class)
+                       light_change=settings["light_change"], texture_class_id=texture_class,
+                       clutter=settings.get("clutter", 0), clutter_rng=np.random.default_rng([seed, video_index, 2]),
+                       num_classes=num_classes)
     with tempfile.TemporaryDirectory() as folder:
         path = encode_video(Path(folder) / f"conflict{VIDEO_ENCODERS[settings['codec']][3]}", clip.frames,
                             fps=settings["fps"], codec=settings["codec"])
@@ -288,7 +297,9 @@ def render_clip(rng: np.random.Generator, class_id: int, distractor_class_id: Op
                 num_frames: int, size: Tuple[int, int],
                 shared_background: Optional[Tuple[np.ndarray, np.random.Generator]] = None,
                 object_scale: float = 1.0, camera_speed: Tuple[float, float] = CAMERA_SPEED,
-                light_change: float = 0.0, texture_class_id: Optional[int] = None) -> RenderedClip:
+                light_change: float = 0.0, texture_class_id: Optional[int] = None,
+                clutter: int = 0, clutter_rng: Optional[np.random.Generator] = None,
+                num_classes: int = len(CLASS_DEFINITIONS)) -> RenderedClip:
     """Render one clip: the main object of ``class_id`` and an optional distractor, over a moving background.
 
     ``shared_background``: (a texture from ``_Background.texture``, a generator for where the camera
@@ -296,7 +307,9 @@ def render_clip(rng: np.random.Generator, class_id: int, distractor_class_id: Op
     objects are the same either way (``rng`` draws them in the same order). ``camera_speed`` and
     ``light_change``: see ``generate_dataset``. ``texture_class_id``: the main object wears that
     class's texture instead of its own (a cue-conflict clip: the random draws, so the motion, the
-    colours and the masks, are those of the ordinary clip).
+    colours and the masks, are those of the ordinary clip). ``clutter``: that many transient objects
+    of the first ``num_classes`` classes, drawn from ``clutter_rng`` (see ``generate_dataset``),
+    painted in front; the masks keep 0 there.
     """
     height, width = size
     short_side = min(height, width)
@@ -314,6 +327,8 @@ def render_clip(rng: np.random.Generator, class_id: int, distractor_class_id: Op
     # painting order: back to front
     order = [0, 1] if len(objects) == 1 or distractor_in_front else [1, 0]
     order = order[: len(objects)]
+    transients = [_TransientObject(clutter_rng, num_classes, short_side, height, width, num_frames, object_scale)
+                  for _ in range(clutter)]
     ys, xs = np.mgrid[0:height, 0:width].astype(np.float32) + 0.5
     frames = np.empty((num_frames, height, width, 3), np.uint8)
     instances = np.zeros((num_frames, height, width), np.uint8)
@@ -330,6 +345,12 @@ def render_clip(rng: np.random.Generator, class_id: int, distractor_class_id: Op
             classes[time][inside] = moving.class_id + 1
             centers[time, object_index] = moving.center(time)
             radii[time, object_index] = moving.radius(time)
+        for transient in transients:
+            if transient.visible(time):
+                inside, colours = transient.object.render(time, xs, ys)
+                image[inside] = colours[inside]
+                instances[time][inside] = 0
+                classes[time][inside] = 0
         frames[time] = np.clip(image * light[time] * 255.0 + 0.5, 0, 255).astype(np.uint8)
     return RenderedClip(frames, instances, classes, centers, radii)
 
@@ -447,6 +468,31 @@ class _MovingObject:
                           v * self.frequency + self.texture_phase)
         colours = self.dark + weight[..., None] * (self.light - self.dark)
         return inside, colours
+
+
+class _TransientObject:
+    """Clutter that does not persist: a small object of a random class, visible for a few frames.
+
+    It enters at a random frame, stays 2 to max(2, T/4) frames and moves fast (2-4 px a frame at
+    96 px), as passers-by, leaves or birds do in real footage: in a pair of frames Δt apart it is
+    usually in one frame only, while the main object is in both.
+    """
+
+    def __init__(self, rng: np.random.Generator, num_classes: int, short_side: int, height: int, width: int,
+                 num_frames: int, object_scale: float):
+        class_id = int(rng.integers(num_classes))
+        self.object = _MovingObject(rng, class_id, (0.09 * object_scale, 0.14 * object_scale), short_side, height,
+                                    width, num_frames)
+        speed = rng.uniform(2.0, 4.0) * short_side / 96
+        angle = rng.uniform(0, 2 * math.pi)
+        self.object.track = _bouncing_track(self.object.track[0], np.array([math.cos(angle), math.sin(angle)]) * speed,
+                                            self.object.bounds, num_frames)
+        length = int(rng.integers(2, max(2, num_frames // 4) + 1))
+        self.start = int(rng.integers(0, max(1, num_frames - length + 1)))
+        self.end = self.start + length
+
+    def visible(self, time: int) -> bool:
+        return self.start <= time < self.end
 
 
 def _palette_colour(palette: np.ndarray, unit: np.ndarray) -> np.ndarray:
