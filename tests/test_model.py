@@ -154,3 +154,31 @@ def test_global_batchnorm_is_batchnorm_in_one_process():
     view1, view2 = views()
     torch.testing.assert_close(converted(view1, view2)[0], reference(view1, view2)[0])
     torch.testing.assert_close(converted.online.trunk.bn1.running_var, reference.online.trunk.bn1.running_var)
+
+
+def test_entropy_floor_pushes_back_only_collapsed_attention():
+    """model.attention_entropy_floor: a loss of relu(floor · log(HW) − entropy) per map, zero for spread maps,
+    with a gradient into the pools when a map collapses; evaluation and floor 0 add nothing."""
+    import math
+
+    torch.manual_seed(0)
+    model = VITO("resnet18", pool_hidden=16, proj_hidden=32, proj_dim=16, pred_hidden=32, width=16,
+                 backend="torch", attention_entropy_floor=0.5)
+    views = torch.randn(2, 4, 3, 64, 64)
+    total, losses = model(views[0], views[1])
+    attention = [pool.attention for pool in model.online.pools]
+    # at initialisation the maps are nearly uniform: above half of the largest entropy, no extra loss
+    assert torch.allclose(total, sum(losses.values())) and float(model.attention_entropy_loss().detach()) == 0.0
+    with torch.no_grad():  # a pool whose logits single out one position
+        model.online.pools[0].w2.mul_(30.0)
+    total, losses = model(views[0], views[1])
+    flat = model.online.pools[0].attention.detach().flatten(1)
+    entropy = -(flat * flat.clamp_min(1e-12).log()).sum(1)
+    expected = torch.relu(0.5 * math.log(flat.shape[1]) - entropy).mean()
+    assert float(expected) > 0.05 and torch.allclose(total - sum(losses.values()), expected, atol=1e-5)
+    model.zero_grad()
+    model.attention_entropy_loss().backward()
+    assert model.online.pools[0].w2.grad.abs().sum() > 0
+    assert attention[0] is not None
+    with pytest.raises(ValueError, match="attention_entropy_floor"):
+        VITO("resnet18", attention_entropy_floor=1.0)

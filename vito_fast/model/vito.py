@@ -19,6 +19,7 @@ EMA step, so an eval-mode target is consistent with the weights it averages.
 from __future__ import annotations
 
 import copy
+import math
 from typing import Dict, List, Sequence, Tuple
 
 import torch
@@ -148,8 +149,11 @@ class VITO(nn.Module):
                  pool_hidden: int = 512, proj_hidden: int = 4096, proj_dim: int = 256,
                  pred_hidden: int = 4096, temperature: float = 0.1, backend: str = "auto",
                  gather_distributed: bool = True, pooling: str = "attention", width: int = 64,
-                 equal_batches: bool = False):
+                 equal_batches: bool = False, attention_entropy_floor: float = 0.0):
         super().__init__()
+        if not 0.0 <= attention_entropy_floor < 1.0:
+            raise ValueError(f"VITO: attention_entropy_floor must be in [0, 1), not {attention_entropy_floor}")
+        self.attention_entropy_floor = attention_entropy_floor
         self.online = Encoder(arch, stages, pool_hidden, proj_hidden, proj_dim, backend, pooling, width)
         self.predictors = nn.ModuleList(mlp(proj_dim, pred_hidden, proj_dim) for _ in self.online.pools)
         self.target = copy.deepcopy(self.online)
@@ -166,7 +170,8 @@ class VITO(nn.Module):
         size on every rank (``data.batch_size``), so the loss gathers keys without exchanging sizes."""
         return cls(config.arch, config.stages, config.pool_hidden, config.proj_hidden, config.proj_dim,
                    config.pred_hidden, config.temperature, config.backend, pooling=config.pooling,
-                   width=config.width, equal_batches=True)
+                   width=config.width, equal_batches=True,
+                   attention_entropy_floor=getattr(config, "attention_entropy_floor", 0.0))
 
     def forward(self, view1: torch.Tensor, view2: torch.Tensor) -> Tuple[torch.Tensor, Dict[str, torch.Tensor]]:
         """view1, view2 (B, 3, S, S) → (total loss, {stage: loss}); all float32 scalars."""
@@ -184,7 +189,26 @@ class VITO(nn.Module):
             q, k = q.float(), k.float()
             q1, q2, k1, k2 = q[:batch], q[batch:], k[:batch], k[batch:]
             losses[stage] = 0.5 * (self.criterion(q1, k2) + self.criterion(q2, k1))
-        return sum(losses.values()), losses
+        total = sum(losses.values())
+        if self.attention_entropy_floor > 0 and self.training:
+            total = total + self.attention_entropy_loss()
+        return total, losses
+
+    def attention_entropy_loss(self) -> torch.Tensor:
+        """Σ_stages mean over images of relu(floor · log(H·W) − entropy of the attention map) (nats).
+
+        Zero while every map is spread enough; it only pushes back maps that collapse towards one
+        peak. Average pools contribute nothing."""
+        total = torch.zeros((), device=self.online.trunk.conv1.weight.device)
+        for pool in self.online.pools:
+            attention = getattr(pool, "attention", None)
+            if attention is None:
+                continue
+            flat = attention.float().flatten(1)
+            entropy = -(flat * flat.clamp_min(1e-12).log()).sum(dim=1)
+            floor = self.attention_entropy_floor * math.log(flat.shape[1])
+            total = total + torch.relu(floor - entropy).mean()
+        return total
 
     def memory_format(self) -> torch.memory_format:
         """channels_last when the trunk's weights are (``model.to(memory_format=...)``), else contiguous."""

@@ -35,6 +35,7 @@ class AttentionPool2d(torch.nn.Module):
         self.w2 = torch.nn.Parameter(torch.empty(hidden_channels or in_channels))
         self.b2 = torch.nn.Parameter(torch.empty(()))
         self.last_attention: Optional[torch.Tensor] = None
+        self.attention: Optional[torch.Tensor] = None
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
@@ -51,6 +52,7 @@ class AttentionPool2d(torch.nn.Module):
         pooled, attn = attention_pool(h, cast(self.w1), cast(self.b1), cast(self.w2), cast(self.b2),
                                       backend=self.backend)
         self.last_attention = attn.detach()
+        self.attention = attn  # with its graph, for a loss on the attention (the model's entropy floor)
         return pooled
 
     def extra_repr(self) -> str:

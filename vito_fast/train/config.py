@@ -31,6 +31,9 @@ class ModelConfig:
     proj_dim: int = 256
     pred_hidden: int = 4096
     temperature: float = 0.1
+    # > 0: a loss keeps each attention map's entropy above this share of log(H·W) (0.5: spread over at
+    # least √(H·W) positions), so that the pools cannot collapse to one peak (see model.vito)
+    attention_entropy_floor: float = 0.0
     sync_bn: bool = True                         # batch statistics over all ranks when distributed
     backend: str = "auto"                        # ops: "auto" (fused on CUDA), "torch" (reference), "triton"
 
