@@ -208,3 +208,19 @@ def test_clutter_is_transient_and_leaves_the_rest_of_the_clip_alone():
     assert np.all(cluttered.instances[changed] == 0) and np.all(cluttered.classes[changed] == 0)
     with pytest.raises(ValueError, match="clutter"):
         generate_dataset("unused", clutter=9, progress=False)
+
+
+def test_focus_drift_blurs_some_frames_and_changes_nothing_else():
+    sharp = render_clip(np.random.default_rng(6), 0, None, num_frames=16, size=(48, 48))
+    drifting = render_clip(np.random.default_rng(6), 0, None, num_frames=16, size=(48, 48), focus_change=3.0,
+                           focus_rng=np.random.default_rng(1))
+    assert np.array_equal(sharp.instances, drifting.instances) and np.array_equal(sharp.centers, drifting.centers)
+
+    def detail(frame):  # mean absolute horizontal gradient: what a blur takes away
+        return np.abs(np.diff(frame.astype(float), axis=1)).mean()
+
+    ratios = np.array([detail(b) / detail(a) for a, b in zip(sharp.frames, drifting.frames)])
+    assert ratios.max() > 0.8 and ratios.min() < 0.6  # sharp frames and soft ones within one clip
+    assert np.all(np.abs(drifting.frames.astype(float).mean(axis=(1, 2)) - sharp.frames.mean(axis=(1, 2))) < 3)
+    with pytest.raises(ValueError, match="focus_change"):
+        generate_dataset("unused", focus_change=5.0, progress=False)

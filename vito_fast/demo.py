@@ -52,6 +52,7 @@ class DemoSettings:
     light_change: float = BuiltinVideos.light_change
     object_scale: float = BuiltinVideos.object_scale
     clutter: int = BuiltinVideos.clutter
+    focus_change: float = BuiltinVideos.focus_change
     eval_frames_per_clip: int = 8
     steps: Optional[int] = None  # pretraining steps per variant; None: DEFAULT_STEPS, fewer if over budget
     seeds: int = 1  # training seeds per variant; with 2 or more, claims take their error across seeds
@@ -65,7 +66,7 @@ class DemoSettings:
         return BuiltinVideos(videos_per_class=self.videos_per_class, num_frames=self.num_frames,
                              num_backgrounds=self.num_backgrounds, camera_speed=tuple(self.camera_speed),
                              light_change=self.light_change, object_scale=self.object_scale,
-                             clutter=self.clutter,
+                             clutter=self.clutter, focus_change=self.focus_change,
                              seed=self.seed).generate_kwargs()
 
 

@@ -37,6 +37,9 @@ def build_parser() -> argparse.ArgumentParser:
                         help="camera pan of the built-in videos, pixels per frame at 96 px (default 1.5 3)")
     parser.add_argument("--clutter", type=int, default=BuiltinVideos.clutter,
                         help=f"transient objects per built-in video (default {BuiltinVideos.clutter}; 0: none)")
+    parser.add_argument("--focus-change", type=float, default=BuiltinVideos.focus_change,
+                        help="blur of a drifting focus in the built-in videos, pixels at 96 px "
+                             f"(default {BuiltinVideos.focus_change:g}; 0: always sharp)")
     parser.add_argument("--eval-videos", type=int, default=16,
                         help="videos for propagation and the attention scores (default 16)")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
@@ -53,6 +56,7 @@ def main(argv: List[str]) -> int:
                             videos_per_class=args.videos_per_class, num_frames=args.num_frames,
                             num_backgrounds=args.num_backgrounds, light_change=args.light_change,
                             camera_speed=tuple(args.camera_speed), clutter=args.clutter,
+                            focus_change=args.focus_change,
                             eval_videos=args.eval_videos, overrides=list(args.overrides), progress=not args.quiet)
     try:
         summary = run_demo(settings)

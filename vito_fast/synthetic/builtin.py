@@ -29,6 +29,7 @@ class BuiltinVideos:
     light_change: float = 0.4
     object_scale: float = 1.4  # objects fill more of the 64-px views
     clutter: int = 0  # transient objects per video (see generate_dataset)
+    focus_change: float = 0.0  # blur of a drifting focus, pixels at 96 px (see generate_dataset)
     seed: int = 0
 
     def generate_kwargs(self) -> Dict[str, object]:

@@ -141,7 +141,7 @@ def generate_dataset(out_dir: PathLike, *, num_classes: int = 4, videos_per_clas
                      fps: float = 12, size: Tuple[int, int] = (96, 96), seed: int = 0, codec: str = "vp9",
                      num_backgrounds: int = NUM_BACKGROUNDS, object_scale: float = 1.0,
                      camera_speed: Tuple[float, float] = CAMERA_SPEED, light_change: float = 0.0,
-                     clutter: int = 0, progress: bool = True) -> SyntheticDataset:
+                     clutter: int = 0, focus_change: float = 0.0, progress: bool = True) -> SyntheticDataset:
     """Render, encode and index ``num_classes * videos_per_class`` videos under ``out_dir``.
 
     ``size`` is (height, width), both even. Videos are ordered class by class; video i of the
@@ -164,6 +164,9 @@ def generate_dataset(out_dir: PathLike, *, num_classes: int = 4, videos_per_clas
     ``clutter``: transient objects per video (small objects of random classes that enter for 2 to
     T/4 frames and move fast, drawn from the stream (seed, i, 2), so that the rest of the video is
     the same as without them). What persists is the main object; pooling has something to choose.
+    ``focus_change``: the focus drifts over each video, blurring frames by a Gaussian of 0 up to that
+    many pixels at 96 px (schedule from the stream (seed, i, 3)): fine texture comes and goes between
+    frames, outlines stay.
     """
     height, width = size
     if height % 2 or width % 2 or height < 16 or width < 16:
@@ -173,6 +176,8 @@ def generate_dataset(out_dir: PathLike, *, num_classes: int = 4, videos_per_clas
     if num_backgrounds < 0 or not 0.25 <= object_scale <= 2.0:
         raise ValueError(f"generate_dataset: need num_backgrounds >= 0 and object_scale in [0.25, 2], "
                          f"got {num_backgrounds}, {object_scale}")
+    if not 0 <= focus_change <= 4:
+        raise ValueError(f"generate_dataset: focus_change must be in [0, 4] pixels, not {focus_change}")
     if not 0 <= clutter <= 8:
         raise ValueError(f"generate_dataset: clutter must be in 0..8 transient objects per video, not {clutter}")
     if num_frames < 2 or videos_per_class < 1:
@@ -199,7 +204,8 @@ def generate_dataset(out_dir: PathLike, *, num_classes: int = 4, videos_per_clas
         clip = render_clip(rng, class_id, distractor, num_frames=num_frames, size=size,
                            shared_background=shared_background(textures, seed, video_index), object_scale=object_scale,
                            camera_speed=camera_speed, light_change=light_change, clutter=clutter,
-                           clutter_rng=np.random.default_rng([seed, video_index, 2]), num_classes=num_classes)
+                           clutter_rng=np.random.default_rng([seed, video_index, 2]), num_classes=num_classes,
+                           focus_change=focus_change, focus_rng=np.random.default_rng([seed, video_index, 3]))
         name = f"{names[class_id]}_{number:03d}"
         video_path = root / "videos" / f"{name}{suffix}"
         mask_path = root / "masks" / f"{name}.npz"
@@ -216,7 +222,8 @@ def generate_dataset(out_dir: PathLike, *, num_classes: int = 4, videos_per_clas
         "settings": {"num_classes": num_classes, "videos_per_class": videos_per_class, "num_frames": num_frames,
                      "fps": fps, "size": list(size), "seed": seed, "codec": codec,
                      "num_backgrounds": num_backgrounds, "object_scale": object_scale,
-                     "camera_speed": list(camera_speed), "light_change": light_change, "clutter": clutter},
+                     "camera_speed": list(camera_speed), "light_change": light_change, "clutter": clutter,
+                     "focus_change": focus_change},
         "class_names": names,
         "videos": [{**asdict(video), "path": os.path.relpath(video.path, root),
                     "mask_path": os.path.relpath(video.mask_path, root)} for video in videos],
@@ -258,7 +265,8 @@ def render_cue_conflict(root: PathLike, video_index: int) -> Tuple[np.ndarray, i
                        object_scale=settings["object_scale"], camera_speed=tuple(settings["camera_speed"]),
                        light_change=settings["light_change"], texture_class_id=texture_class,
                        clutter=settings.get("clutter", 0), clutter_rng=np.random.default_rng([seed, video_index, 2]),
-                       num_classes=num_classes)
+                       num_classes=num_classes, focus_change=settings.get("focus_change", 0.0),
+                       focus_rng=np.random.default_rng([seed, video_index, 3]))
     with tempfile.TemporaryDirectory() as folder:
         path = encode_video(Path(folder) / f"conflict{VIDEO_ENCODERS[settings['codec']][3]}", clip.frames,
                             fps=settings["fps"], codec=settings["codec"])
@@ -299,7 +307,8 @@ def render_clip(rng: np.random.Generator, class_id: int, distractor_class_id: Op
                 object_scale: float = 1.0, camera_speed: Tuple[float, float] = CAMERA_SPEED,
                 light_change: float = 0.0, texture_class_id: Optional[int] = None,
                 clutter: int = 0, clutter_rng: Optional[np.random.Generator] = None,
-                num_classes: int = len(CLASS_DEFINITIONS)) -> RenderedClip:
+                num_classes: int = len(CLASS_DEFINITIONS), focus_change: float = 0.0,
+                focus_rng: Optional[np.random.Generator] = None) -> RenderedClip:
     """Render one clip: the main object of ``class_id`` and an optional distractor, over a moving background.
 
     ``shared_background``: (a texture from ``_Background.texture``, a generator for where the camera
@@ -309,7 +318,9 @@ def render_clip(rng: np.random.Generator, class_id: int, distractor_class_id: Op
     class's texture instead of its own (a cue-conflict clip: the random draws, so the motion, the
     colours and the masks, are those of the ordinary clip). ``clutter``: that many transient objects
     of the first ``num_classes`` classes, drawn from ``clutter_rng`` (see ``generate_dataset``),
-    painted in front; the masks keep 0 there.
+    painted in front; the masks keep 0 there. ``focus_change``: the camera's focus drifts, blurring
+    whole frames by a Gaussian of up to that many pixels (at 96 px) on a schedule drawn from
+    ``focus_rng``; masks are those of the sharp scene.
     """
     height, width = size
     short_side = min(height, width)
@@ -324,6 +335,7 @@ def render_clip(rng: np.random.Generator, class_id: int, distractor_class_id: Op
                                      num_frames))
     distractor_in_front = bool(rng.random() < 0.5)
     light = _light_gains(rng, num_frames, light_change)
+    blur = _focus_blur(focus_rng, num_frames, focus_change * short_side / 96) if focus_change > 0 else None
     # painting order: back to front
     order = [0, 1] if len(objects) == 1 or distractor_in_front else [1, 0]
     order = order[: len(objects)]
@@ -351,8 +363,21 @@ def render_clip(rng: np.random.Generator, class_id: int, distractor_class_id: Op
                 image[inside] = colours[inside]
                 instances[time][inside] = 0
                 classes[time][inside] = 0
+        if blur is not None and blur[time] > 0.05:
+            from scipy.ndimage import gaussian_filter
+
+            image = gaussian_filter(image, sigma=(blur[time], blur[time], 0), mode="reflect")
         frames[time] = np.clip(image * light[time] * 255.0 + 0.5, 0, 255).astype(np.uint8)
     return RenderedClip(frames, instances, classes, centers, radii)
+
+
+def _focus_blur(rng: np.random.Generator, num_frames: int, amplitude: float) -> np.ndarray:
+    """(T,) Gaussian blur widths (pixels) of a focus that drifts: amplitude · (½ + ½ sin(2π t / period + phase)),
+    one cycle in about one to two clips, so that some frames are sharp and others soft."""
+    period = rng.uniform(1.0, 2.0) * num_frames
+    phase = rng.uniform(0, 2 * math.pi)
+    time = np.arange(num_frames, dtype=np.float64)
+    return amplitude * (0.5 + 0.5 * np.sin(2 * math.pi * time / period + phase))
 
 
 def _light_gains(rng: np.random.Generator, num_frames: int, amplitude: float) -> np.ndarray:
