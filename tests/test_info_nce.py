@@ -48,7 +48,7 @@ def _assert_close_to_ref64(ours, torch_same_dtype, ref64, dtype, what, floors):
 
 def _compare(kernel_device, n, m, d, *, dtype=torch.float32, temperature=0.1, symmetric=False,
              normalize=True, reduction="mean", random_labels=False, scale=1.0, block_sizes=None,
-             upstream_scale=1.0):
+             upstream_scale=1.0, deterministic=False):
     q, k = _inputs(n, m, d, scale=scale)
     labels = torch.randint(0, m, (n,)) if random_labels else None
     upstream = torch.randn(n if reduction == "none" else (), dtype=torch.float64) * upstream_scale
@@ -60,7 +60,7 @@ def _compare(kernel_device, n, m, d, *, dtype=torch.float32, temperature=0.1, sy
                                  temperature, upstream, **dev_options)
     ours = _loss_and_grads(info_nce, q.to(kernel_device, dtype), k.to(kernel_device, dtype),
                            temperature, upstream, backend="triton", block_sizes=block_sizes,
-                           **dev_options)
+                           deterministic=deterministic, **dev_options)
     assert ours[0].shape == ref64[0].shape and ours[0].dtype == torch.float32
     # Scale of the terms each result sums: the largest logit, times the upstream mass for dτ.
     q_hat, k_hat = (q / q.norm(dim=1, keepdim=True), k / k.norm(dim=1, keepdim=True)) if normalize else (q, k)
@@ -83,19 +83,24 @@ TRITON_CASES = [
     (67, 129, 3, False, True, "none", False, 0.05, (16, 64, 16)),
     (129, 129, 33, True, False, "sum", False, 0.1, (32, 32, 16)),
     (257, 257, 67, False, True, "mean", False, 0.1, None),
+    # N a multiple of 16: where deterministic=False takes the one-sweep backward (atomic dq).
+    (48, 67, 33, False, True, "mean", True, 0.1, None),
+    (64, 129, 40, False, True, "none", False, 0.07, (16, 32, 16)),
+    (80, 80, 67, False, False, "sum", True, 0.2, (32, 16, 16)),
     # The GPU's backward shape: 128 q rows × 64 k rows in both sweeps (gk: 64 own, 128 streamed).
     (133, 131, 40, False, True, "mean", True, 0.1, (128, 64, None)),
     (131, 131, 40, True, True, "none", False, 0.2, (128, 64, None)),
 ]
 
 
+@pytest.mark.parametrize("deterministic", [False, True], ids=["one_sweep", "deterministic"])
 @pytest.mark.parametrize("n,m,d,symmetric,normalize,reduction,random_labels,temperature,block_sizes",
                          TRITON_CASES)
 def test_triton_matches_float64_reference(kernel_device, n, m, d, symmetric, normalize, reduction,
-                                          random_labels, temperature, block_sizes):
+                                          random_labels, temperature, block_sizes, deterministic):
     _compare(kernel_device, n, m, d, temperature=temperature, symmetric=symmetric,
              normalize=normalize, reduction=reduction, random_labels=random_labels,
-             block_sizes=block_sizes)
+             block_sizes=block_sizes, deterministic=deterministic)
 
 
 @pytest.mark.parametrize("symmetric", [False, True])
@@ -106,10 +111,11 @@ def test_triton_large_norm_without_normalization(kernel_device, symmetric, block
              symmetric=symmetric, reduction="none", block_sizes=block_sizes)
 
 
-@pytest.mark.parametrize("symmetric,block_sizes", [(False, (16, 16, 16)), (True, None), (True, (16, 32, 16))])
-def test_triton_float16_low_precision_rule(kernel_device, symmetric, block_sizes):
+@pytest.mark.parametrize("symmetric,block_sizes,deterministic",
+                         [(False, (16, 16, 16), False), (True, None, True), (True, (16, 32, 16), False)])
+def test_triton_float16_low_precision_rule(kernel_device, symmetric, block_sizes, deterministic):
     _compare(kernel_device, 67, 67, 33, dtype=torch.float16, temperature=0.1, symmetric=symmetric,
-             block_sizes=block_sizes)
+             block_sizes=block_sizes, deterministic=deterministic)
 
 
 def test_triton_bfloat16_on_the_interpreter(kernel_device):
@@ -118,24 +124,23 @@ def test_triton_bfloat16_on_the_interpreter(kernel_device):
     _compare(kernel_device, 33, 67, 17, dtype=torch.bfloat16, temperature=0.1, random_labels=True)
 
 
-@pytest.mark.parametrize("symmetric", [False, True])
-def test_triton_float16_tiny_upstream_weights(kernel_device, symmetric):
-    """Per-row weights ~1e-9 (a mean over 64k rows times a small loss weight): dS·w would flush
-    to zero in fp16 inside the dot unless the launcher rescales it. The fp32 kernel output must
-    scale linearly with the weights."""
-    from vito_fast.kernels.info_nce import info_nce_bwd, info_nce_fwd
-
+@pytest.mark.parametrize("symmetric,reduction,deterministic",
+                         [(False, "sum", False), (True, "none", True), (False, "none", False)])
+def test_triton_float16_tiny_upstream_weights(kernel_device, symmetric, reduction, deterministic):
+    """Upstream gradients ~1e-6 (a mean over 64k rows times a small loss weight): dS (~1e-6) would
+    sink into fp16's subnormals inside the dot unless the kernels rescale it, while the fp16
+    gradients themselves (×1/τ = 1000) are normal. They must scale linearly with the upstream gradient
+    (per-row weights: the kernels find their max on the device)."""
     q, k = _inputs(67, 67, 17, dtype=torch.float16)
-    q, k = q.to(kernel_device), k.to(kernel_device)
-    scale = torch.tensor([10.0], device=kernel_device)
-    rows, cols = info_nce_fwd(q, k, None, None, scale, symmetric)
-    weight = torch.rand(67, device=kernel_device) + 0.5
-    unit = info_nce_bwd(q, k, None, None, scale, rows, cols, weight, weight if symmetric else None,
-                        True, True)
-    tiny = info_nce_bwd(q, k, None, None, scale, rows, cols, weight * 1e-9,
-                        weight * 1e-9 if symmetric else None, True, True)
-    for name, one, small in zip(("gq", "gk"), unit, tiny):
-        torch.testing.assert_close(small / 1e-9, one, rtol=1e-3, atol=1e-3 * one.abs().max().item(),
+    q, k = q.to(kernel_device).requires_grad_(), k.to(kernel_device).requires_grad_()
+    loss = info_nce(q, k, 0.001, symmetric=symmetric, normalize=False, reduction=reduction,
+                    backend="triton", deterministic=deterministic)
+    upstream = torch.rand(loss.shape, device=kernel_device) + 0.5
+    unit = torch.autograd.grad(loss, (q, k), upstream, retain_graph=True)
+    tiny = torch.autograd.grad(loss, (q, k), upstream * 1e-6)
+    for name, one, small in zip(("dq", "dk"), unit, tiny):
+        assert one.abs().max() > 0
+        torch.testing.assert_close(small.float() / 1e-6, one.float(), rtol=2e-3, atol=2e-3 * one.abs().max().item(),
                                    msg=lambda m: f"{name}: {m}")
 
 
@@ -197,7 +202,8 @@ def test_triton_path_never_allocates_n_by_m(kernel_device):
     assert torch.isfinite(q.grad).all() and torch.isfinite(k.grad).all()
 
 
-def test_triton_outputs_fully_written(kernel_device, monkeypatch):
+@pytest.mark.parametrize("deterministic", [False, True])
+def test_triton_outputs_fully_written(kernel_device, monkeypatch, deterministic):
     """Poison every buffer the launchers allocate: an unwritten element would surface as NaN."""
     import vito_fast.kernels.info_nce as kernels
 
@@ -209,16 +215,166 @@ def test_triton_outputs_fully_written(kernel_device, monkeypatch):
     monkeypatch.setattr(kernels.torch, "empty", poisoned_empty)
     q, k = _inputs(40, 40, 33, dtype=torch.float32)
     q, k = q.to(kernel_device), k.to(kernel_device)
-    scale = torch.tensor([10.0], device=kernel_device)
-    row, col = kernels.info_nce_fwd(q, k, None, None, scale, True, block_m=16, block_n=32, block_d=16)
-    for stats in (row, col):
-        assert torch.isfinite(stats.max).all() and torch.isfinite(stats.log_sum).all()
-    torch.testing.assert_close(row.lse(), torch.logsumexp(10.0 * q @ k.T, dim=1), atol=1e-4, rtol=1e-5)
-    torch.testing.assert_close(col.lse(), torch.logsumexp(10.0 * q @ k.T, dim=0), atol=1e-4, rtol=1e-5)
-    weight = torch.ones(40, device=kernel_device)
-    gq, gk = kernels.info_nce_bwd(q, k, None, None, scale, row, col, weight, weight, True, True,
-                                  block_m=16, block_n=32, block_d=16, block_dout=32)
-    assert torch.isfinite(gq).all() and torch.isfinite(gk).all()
+    blocks = dict(block_m=16, block_n=32, block_d=16)
+    per_row, state = kernels.info_nce_fwd(q, k, 0.1, symmetric=True, reduction="none",
+                                          deterministic=deterministic, **blocks)
+    logits = 10.0 * (q / q.norm(dim=1, keepdim=True)) @ (k / k.norm(dim=1, keepdim=True)).T
+    for stats in state:
+        assert torch.isfinite(stats).all()
+    lse2 = lambda m, s: (m.double() + s.double()) * math.log(2)  # noqa: E731
+    torch.testing.assert_close(lse2(state.row_max, state.row_log_sum), torch.logsumexp(logits, 1).double(), atol=1e-4, rtol=1e-5)
+    torch.testing.assert_close(lse2(state.col_max, state.col_log_sum), torch.logsumexp(logits, 0).double(), atol=1e-4, rtol=1e-5)
+    torch.testing.assert_close(per_row, info_nce_reference(q, k, 0.1, symmetric=True, reduction="none"))
+    upstream = torch.randn(40, device=kernel_device)
+    gq, gk, tau_partial = kernels.info_nce_bwd(q, k, state, upstream, reduction="none", deterministic=deterministic,
+                                               block_dout=32, **blocks)
+    assert torch.isfinite(gq).all() and torch.isfinite(gk).all() and torch.isfinite(tau_partial).all()
+
+
+# ---- launches and host synchronisation of a training step ----------------------------------
+
+# aten ops that launch no kernel on a GPU: allocations without a fill, views, metadata.
+_NO_KERNEL = {"empty", "empty_strided", "empty_like", "new_empty", "new_empty_strided", "view", "_unsafe_view",
+              "expand", "as_strided", "t", "transpose", "permute", "detach", "alias", "select", "slice",
+              "unsqueeze", "squeeze", "reshape", "_reshape_alias", "split", "split_with_sizes", "unbind",
+              "lift_fresh", "clone_if_view"}
+
+
+def _count_launches(monkeypatch, step):
+    """(launches, aten ops that launch, syncs, Triton kernels) of step(): every Triton launch plus every aten
+    op outside _NO_KERNEL (ops the interpreter itself runs inside a launch are not counted);
+    syncs = the aten ops that copy a device value to the host (.item(), bool(), int())."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    import vito_fast.kernels.info_nce as kernels
+
+    inside, triton_launches, ops = [False], [], []
+
+    class Counting:
+        def __init__(self, fn, name):
+            self.fn, self.name = fn, name
+
+        def __getitem__(self, grid):
+            def launch(*args, **kwargs):
+                triton_launches.append(self.name)
+                inside[0] = True
+                try:
+                    return self.fn[grid](*args, **kwargs)
+                finally:
+                    inside[0] = False
+            return launch
+
+    for name in [name for name in dir(kernels) if name.endswith("_kernel")]:
+        monkeypatch.setattr(kernels, name, Counting(getattr(kernels, name), name))
+
+    class CountOps(TorchDispatchMode):
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            if not inside[0] and func.__name__.split(".")[0] not in _NO_KERNEL:
+                ops.append(func.__name__)
+            return func(*args, **(kwargs or {}))
+
+    with CountOps():
+        step()
+    syncs = [op for op in ops if op.startswith(("_local_scalar_dense", "item"))]
+    return len(triton_launches) + len(ops), ops, syncs, triton_launches
+
+
+# (symmetric, k needs grad, labels given, reduction, deterministic, launches fwd+bwd). Before
+# issue 15 (a): 58 (55 PyTorch ops around 3 kernels), 46 with k frozen, 76 symmetric, 62 with
+# labels (and a host sync).
+LAUNCH_CASES = [
+    (False, True, False, "mean", True, 5),  # the default: prologue, sweep, torch mean | gq, gk sweeps
+    (False, True, False, "mean", False, 5),  # prologue, sweep | dq̂ zeroing, one sweep, dq kernel
+    (False, False, False, "mean", True, 4),  # VITO's target keys: prologue, sweep, mean | gq sweep
+    (False, False, False, "mean", False, 3),
+    (False, True, True, "none", False, 5),
+    (True, True, False, "sum", False, 5),  # prologue, sweep, column merge | gq, gk sweeps
+    (True, True, False, "mean", True, 6),
+]
+
+
+@pytest.mark.parametrize("symmetric,need_k,with_labels,reduction,deterministic,expected", LAUNCH_CASES)
+def test_triton_launches_and_no_host_sync(kernel_device, monkeypatch, symmetric, need_k, with_labels,
+                                          reduction, deterministic, expected):
+    """Forward + backward of the Triton path in ≤ 6 launches, none of them a host sync (labels
+    are checked in the kernels)."""
+    q, k = _inputs(48, 48, 16, dtype=torch.float32)  # N a multiple of 16: the one sweep runs
+    q, k = q.to(kernel_device).requires_grad_(), k.to(kernel_device).requires_grad_(need_k)
+    labels = torch.randint(0, 48, (48,), device=kernel_device) if with_labels else None
+    upstream = torch.ones(48 if reduction == "none" else (), device=kernel_device)
+
+    def step():
+        loss = info_nce(q, k, 0.1, labels=labels, symmetric=symmetric, reduction=reduction,
+                        backend="triton", deterministic=deterministic)
+        torch.autograd.grad(loss, (q, k) if need_k else (q,), upstream)
+
+    launches, ops, syncs, _ = _count_launches(monkeypatch, step)
+    assert not syncs, f"host syncs: {syncs}"
+    assert launches == expected <= 6, f"{launches} launches (aten: {ops})"
+
+
+def test_launch_count_sees_pytorch_ops(kernel_device, monkeypatch):
+    """The count is not blind: the eager reference's forward + backward makes far more launches."""
+    q, k = _inputs(40, 40, 16, dtype=torch.float32)
+    q, k = q.to(kernel_device).requires_grad_(), k.to(kernel_device).requires_grad_()
+    launches, ops, _, _ = _count_launches(
+        monkeypatch, lambda: torch.autograd.grad(info_nce_reference(q, k, 0.1), (q, k)))
+    assert launches > 10 and "mm.default" in ops
+
+
+@pytest.mark.parametrize("deterministic", [False, True])
+def test_triton_invalid_labels_give_nan_without_a_host_check(kernel_device, deterministic):
+    """Labels outside [0, M) on the Triton path: NaN in that row's loss, in the reduced loss and in
+    the gradients, no exception and no sync; the host check raises in debug mode."""
+    q, k = _inputs(17, 33, 8, dtype=torch.float32)
+    q, k = q.to(kernel_device).requires_grad_(), k.to(kernel_device).requires_grad_()
+    labels = torch.randint(0, 33, (17,), device=kernel_device)
+    labels[5] = 33
+    per_row = info_nce(q, k, 0.1, labels=labels, reduction="none", backend="triton", deterministic=deterministic)
+    assert torch.isnan(per_row[5]) and torch.isfinite(per_row[torch.arange(17) != 5]).all()
+    good = labels.clone()
+    good[5] = 0
+    torch.testing.assert_close(per_row[torch.arange(17) != 5],
+                               info_nce_reference(q, k, 0.1, labels=good, reduction="none")[torch.arange(17) != 5])
+    loss = info_nce(q, k, 0.1, labels=labels, backend="triton", deterministic=deterministic)
+    dq, dk = torch.autograd.grad(loss, (q, k))
+    assert torch.isnan(loss) and torch.isnan(dq[5]).all() and torch.isnan(dk).any()
+    labels[5] = -1
+    assert torch.isnan(info_nce(q, k, 0.1, labels=labels, reduction="none", backend="triton")[5])
+    with pytest.raises(ValueError, match=r"labels must lie in \[0, 33\)"):
+        info_nce(q, k, 0.1, labels=labels, backend="triton", debug=True)
+
+
+@pytest.mark.filterwarnings("ignore:invalid value:RuntimeWarning")  # the interpreter's numpy on NaN
+def test_triton_debug_env_checks_on_the_host(kernel_device, monkeypatch):
+    q, k = _inputs(5, 7, 3, dtype=torch.float32)
+    q, k = q.to(kernel_device), k.to(kernel_device)
+    monkeypatch.setenv("VITO_FAST_DEBUG", "1")
+    with pytest.raises(ValueError, match="labels must lie in"):
+        info_nce(q, k, 0.1, labels=torch.tensor([0, 1, 2, 3, 7], device=kernel_device), backend="triton")
+    with pytest.raises(ValueError, match="temperature must be > 0"):
+        info_nce(q, k, torch.tensor(0.0, device=kernel_device), backend="triton")
+    monkeypatch.setenv("VITO_FAST_DEBUG", "0")  # the device check: τ ≤ 0 as a tensor gives NaN
+    assert torch.isnan(info_nce(q, k, torch.tensor(-0.1, device=kernel_device), backend="triton"))
+
+
+def test_triton_one_sweep_matches_deterministic_and_deterministic_repeats(kernel_device, monkeypatch):
+    q, k = _inputs(64, 67, 24, dtype=torch.float32)
+    q, k = q.to(kernel_device).requires_grad_(), k.to(kernel_device).requires_grad_()
+    upstream = torch.randn(64, device=kernel_device)
+
+    def run(deterministic):
+        loss = info_nce(q, k, 0.1, reduction="none", backend="triton", deterministic=deterministic,
+                        block_sizes=(16, 16, None))
+        return [loss.detach()] + list(torch.autograd.grad(loss, (q, k), upstream))
+
+    first, again = run(True), run(True)
+    one_sweep = []
+    _, _, _, kernels = _count_launches(monkeypatch, lambda: one_sweep.extend(run(False)))
+    assert "_info_nce_dq_kernel" in kernels, kernels  # the atomic path ran
+    for exact, repeat, atomic in zip(first, again, one_sweep):
+        assert torch.equal(exact, repeat)
+        torch.testing.assert_close(atomic, exact, atol=1e-5, rtol=1e-5)
 
 
 # The sm_90 compiles of every launched variant (registers, spills, duplicated wgmma) are checked
@@ -417,3 +573,27 @@ def test_cuda_memory_is_linear():
         extra = torch.cuda.max_memory_allocated() - before
         assert torch.isfinite(loss) and torch.isfinite(q.grad).all() and torch.isfinite(k.grad).all()
         assert extra < 1.5e9, f"symmetric={symmetric}: extra memory {extra / 2**20:.0f} MiB"
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("deterministic", [False, True])
+def test_cuda_step_launches_and_never_syncs(deterministic):
+    """On the chip: forward + backward (bf16, 4k × 4k, k with gradient) under
+    torch.cuda.set_sync_debug_mode("error") (a host sync raises), ≤ 6 kernels in the profiler."""
+    q = torch.randn(4096, 256, device="cuda", dtype=torch.bfloat16, requires_grad=True)
+    k = torch.randn(4096, 256, device="cuda", dtype=torch.bfloat16, requires_grad=True)
+    labels = torch.randint(0, 4096, (4096,), device="cuda")
+    step = lambda: torch.autograd.grad(  # noqa: E731
+        info_nce(q, k, 0.1, labels=labels, deterministic=deterministic), (q, k))
+    step()  # compile the kernels outside the count
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA]) as profile:
+            step()
+            torch.cuda.set_sync_debug_mode(0)
+            torch.cuda.synchronize()
+    finally:
+        torch.cuda.set_sync_debug_mode(0)
+    kernels = [event for event in profile.events() if event.device_type == torch.autograd.DeviceType.CUDA]
+    assert 0 < len(kernels) <= 6, [event.name for event in kernels]

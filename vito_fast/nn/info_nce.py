@@ -5,7 +5,7 @@ from typing import Optional
 
 import torch
 
-from vito_fast.ops.info_nce import info_nce
+from vito_fast.ops.info_nce import DETERMINISTIC_DEFAULT, info_nce
 
 
 class InfoNCE(torch.nn.Module):
@@ -18,13 +18,14 @@ class InfoNCE(torch.nn.Module):
     averaging yields the gradient of the mean loss. Per-rank batch sizes may differ, at the cost of
     gathering them every call (a host synchronisation); ``equal_batches=True`` promises the same
     number of keys on every rank (a fixed per-rank batch, as in training) and skips it. Without an
-    initialised process group it is the plain single-process loss.
+    initialised process group it is the plain single-process loss. deterministic: see
+    ``vito_fast.info_nce`` (bitwise reproducible two-sweep backward, or one sweep with atomics).
     """
 
     def __init__(self, temperature: float = 0.1, symmetric: bool = False, normalize: bool = True,
                  reduction: str = "mean", gather_distributed: bool = False,
                  group: Optional["torch.distributed.ProcessGroup"] = None, backend: str = "auto",
-                 equal_batches: bool = False):
+                 equal_batches: bool = False, deterministic: bool = DETERMINISTIC_DEFAULT):
         super().__init__()
         if gather_distributed and symmetric:
             raise ValueError("InfoNCE: symmetric needs N == M, which gathered keys break; "
@@ -37,6 +38,7 @@ class InfoNCE(torch.nn.Module):
         self.group = group
         self.backend = backend
         self.equal_batches = equal_batches
+        self.deterministic = deterministic
 
     def forward(self, q: torch.Tensor, k: torch.Tensor, labels: Optional[torch.Tensor] = None) -> torch.Tensor:
         label_offset = 0
@@ -55,8 +57,8 @@ class InfoNCE(torch.nn.Module):
                 label_offset = offset  # no labels tensor: no range check, no host sync
         return info_nce(q, k, self.temperature, labels=labels, label_offset=label_offset,
                         symmetric=self.symmetric, normalize=self.normalize,
-                        reduction=self.reduction, backend=self.backend)
+                        reduction=self.reduction, backend=self.backend, deterministic=self.deterministic)
 
     def extra_repr(self) -> str:
         return (f"temperature={self.temperature}, symmetric={self.symmetric}, "
-                f"gather_distributed={self.gather_distributed}")
+                f"gather_distributed={self.gather_distributed}, deterministic={self.deterministic}")
