@@ -12,8 +12,9 @@ roofline_rows=None) -> str``.
 
 **Which variants.** The launchers in kernels/ run on meta tensors (no memory, no device) for every
 case in ``INFO_NCE_CASES`` / ``ATTENTION_POOL_CASES``, with the arguments vito_fast.ops gives them
-(normalize=True, q always needing a gradient); each ``kernel[grid](...)`` call is captured instead
-of launched. Triton's own binder turns those arguments into what a real launch specialises on:
+(InfoNCE: normalize=True, float τ, default labels, mean, q always needing a gradient; labels
+given as a tensor add a per-tile label load the report does not compile); each
+``kernel[grid](...)`` call is captured instead of launched. Triton's own binder turns those arguments into what a real launch specialises on:
 signature, constexprs (ints equal to 1 become constants) and divisibility hints (pointers and ints
 divisible by 16 get ``tt.divisibility = 16``; meta tensors sit at address 0, as fresh CUDA
 allocations are aligned). Identical specialisations are merged; each is compiled once with
@@ -33,19 +34,22 @@ the column shows ``fma.rn.f32`` instructions against M·N·K / threads.
 **Roofline** (a lower bound, not a prediction): time ≥ max(tensor FLOPs / 990 TFLOP/s, exp2 count
 / MUFU rate, HBM bytes / bandwidth). H100 SXM: 990 TFLOP/s dense bf16, 3.35 TB/s, 132 SMs × 16
 exp2/clk × 1.98 GHz = 4.18 T exp2/s; H200: the same chip with 4.8 TB/s. InfoNCE (bf16, D = 256,
-non-symmetric, q and k needing gradients, as bench_info_nce.py runs it): FLOPs as launched
-10·N·M·D (forward 2, each gradient sweep recomputes the logits: 4 + 4), beside the algorithmic
-floor 8·N·M·D (one backward sweep); exp2: N·M per kernel, 3·N·M; bytes: each kernel reads q and k
-once plus its O(N) vectors and writes its outputs (float32 gq / gk). "no overlap" = tensor time +
-exp time: the kernels' cost if the exps never overlap the wgmma (today each wgmma is waited for at
-once), still without memory stalls. Attention pooling (B = 512, bf16, fwd+bwd of pooled, as
-bench_attention_pool.py runs it): bytes and FLOPs = its ``compulsory_bytes`` / ``compulsory_flops``
+non-symmetric, q and k needing gradients, as bench_info_nce.py runs it), one row per backward:
+"two sweeps" (deterministic=True: forward 2·N·M·D, then a dq and a dk sweep that each recompute the
+logits, 4 + 4: 10·N·M·D; exp2 3·N·M) and "one sweep" (deterministic=False: a single backward sweep
+over k tiles, 6·N·M·D: 8·N·M·D; exp2 2·N·M; plus float32 atomic adds of dq̂, one N×D slab per
+BLOCK k rows owned: (M / 64)·N·D·4 bytes through L2, timed at an assumed 5.5 TB/s, unmeasured).
+HBM bytes: each kernel reads q and k once plus its O(N) vectors and writes its outputs (dq, dk in
+bf16; the one sweep's N×D float32 dq̂ zeroed, then read by the dq kernel). "no overlap" = tensor +
+exp (+ atomic) time: the kernels' cost if none of them overlapped, still without memory stalls.
+Attention pooling (B = 512, bf16, fwd+bwd of pooled, as bench_attention_pool.py runs it): bytes
+and FLOPs = its ``compulsory_bytes`` / ``compulsory_flops``
 (h read by the forward and by the backward, dh written once); "as launched" = ``attention_pool_kernels``:
 the kernels of one step (the pooling fwd and bwd; with a hidden layer also the cuBLAS z and dW1 GEMMs
 and the Triton dh GEMM), each tensor a kernel touches counted once as HBM traffic, each kernel at the
 larger of its tensor and HBM times, back to back; "HBM share" = compulsory bytes ÷ that time ÷
 bandwidth (the goal: ≥ 60 %), an upper bound: no kernel streams at 100 %. Neither models launch
-overheads, occupancy, nor the ~55 small PyTorch ops around the InfoNCE kernels. The measured
+overheads or occupancy (InfoNCE: at most 6 launches fwd+bwd, tests/test_info_nce.py). The measured
 anchors (SPEC.md) are H200 figures, so the ratios divide them by the H200 roofline.
 """
 from __future__ import annotations
@@ -82,18 +86,24 @@ INFO_NCE_COMPILE_MS = {16384: 2.5}
 ATTENTION_POOL_EAGER_MS = {(2048, 7, 7, 0): 0.92}
 
 GOAL_N = (4096, 16384, 65536)
+# The one-sweep InfoNCE backward: k rows owned per program (each adds an N×D float32 slab of dq̂
+# with atomics), and the rate assumed for those float32 reductions in L2 (H100: ~5.5 TB/s of L2
+# read bandwidth measured by chips-and-cheese; reductions are not faster). Not measured here.
+INFO_NCE_DK_ROWS = 64
+L2_ATOMIC_BYTES_PER_S = 5.5e12
 GOAL_D = 256
 GOAL_POOL_SHAPES = ((2048, 7, 7), (1024, 14, 14))
 GOAL_HIDDEN = (0, 512)
 GOAL_POOL_BATCH = 512
 
-# (dtype, N = M, D, symmetric, k needs a gradient): training is bf16, D = 256, non-symmetric, k
-# without gradient (EMA target); the benches add k with gradient, D = 128 and the three sizes;
-# fp16/fp32, symmetric, D = 512 (chunked D) and N = 4100 (not a multiple of 16, so N and M lose
-# their divisibility hint) are the API's other paths, launched by the CUDA tests.
+# (dtype, N = M, D, symmetric, k needs a gradient, deterministic): training is bf16, D = 256,
+# non-symmetric, k without gradient (EMA target); the benches add k with gradient (one backward
+# sweep, or two when deterministic), D = 128 and the three sizes; fp16/fp32, symmetric, D = 512
+# (chunked D) and N = 4100 (not a multiple of 16, so N and M lose their divisibility hint) are the
+# API's other paths, launched by the CUDA tests.
 INFO_NCE_SIZES = [(n, d) for n in GOAL_N for d in (128, 256)] + [(16384, 512), (4100, 256)]
-INFO_NCE_CASES = [(dtype, n, d, sym, need_k) for dtype in ("bf16", "fp16", "fp32") for n, d in INFO_NCE_SIZES
-                  for sym in (False, True) for need_k in (False, True)]
+INFO_NCE_CASES = [(dtype, n, d, sym, need_k, det) for dtype in ("bf16", "fp16", "fp32") for n, d in INFO_NCE_SIZES
+                  for sym in (False, True) for need_k in (False, True) for det in (False, True)]
 # (dtype, B, C, H, W, hidden, channels_last): training and the benches feed channels_last bf16.
 ATTENTION_POOL_CASES = [(dtype, GOAL_POOL_BATCH, c, hh, ww, hidden, channels_last)
                         for dtype in ("bf16", "fp16", "fp32") for c, hh, ww in GOAL_POOL_SHAPES
@@ -130,17 +140,16 @@ def _info_nce_launches(calls: list) -> None:
     from vito_fast.kernels import info_nce as kernels
 
     meta = dict(device="meta")
-    for dtype, n, d, symmetric, need_k in INFO_NCE_CASES:
+    for dtype, n, d, symmetric, need_k, deterministic in INFO_NCE_CASES:
         case = (f"info_nce {dtype} N=M={n} D={d}{' sym' if symmetric else ''}"
-                f"{' dk' if need_k else ''}")
+                f"{' dk' if need_k else ''}{' det' if deterministic else ''}")
         q = torch.empty(n, d, dtype=TORCH_DTYPES[dtype], **meta)
         k = torch.empty(n, d, dtype=TORCH_DTYPES[dtype], **meta)
-        inverse_norm, scale = torch.empty(n, **meta), torch.empty(1, **meta)  # normalize=True
-        weight = torch.empty(n, **meta)
         with _capture(kernels, calls, case):
-            row_stats, col_stats = kernels.info_nce_fwd(q, k, inverse_norm, inverse_norm, scale, symmetric)
-            kernels.info_nce_bwd(q, k, inverse_norm, inverse_norm, scale, row_stats, col_stats, weight,
-                                 weight if symmetric else None, True, need_k)
+            # As vito_fast.ops launches them: float τ, default labels, normalize, mean.
+            _, state = kernels.info_nce_fwd(q, k, 0.1, symmetric=symmetric, deterministic=deterministic)
+            kernels.info_nce_bwd(q, k, state, torch.empty((), **meta), need_q=True, need_k=need_k,
+                                 deterministic=deterministic)
 
 
 def _attention_pool_launches(calls: list) -> None:
@@ -191,6 +200,7 @@ def launched_variants() -> List[dict]:
 _WGMMA = re.compile(r"wgmma\.mma_async\.\S*?\.m(\d+)n(\d+)k(\d+)\.")
 _TT_DOT = re.compile(r"tt\.dot .*?: tensor<(\d+)x(\d+)x\w+.*?> \* tensor<(\d+)x(\d+)x\w+")
 _FMA = re.compile(r"\bfma\.rn\.f32\b")
+_ATOMIC = re.compile(r"\b(?:red|atom)\.global\.\S*?add\S*")
 # TTGIR: a Hopper dot (A: M×K, result M×N in an MMA layout) and the layouts' instruction shapes.
 _WG_DOT = re.compile(r"warp_group_dot .*?: (?:!ttg\.memdesc|tensor)<(\d+)x(\d+)x.*?"
                      r"-> tensor<(\d+)x(\d+)xf32, (#mma\d*)>")
@@ -238,16 +248,21 @@ def _describe(variant: dict) -> dict:
     fn, names = variant["fn"], variant["fn"].arg_names
     consts = {names[path[0]]: value for path, value in variant["constexprs"].items()}
     dtype = next(ty[1:] for name, ty in variant["signature"].items()
-                 if name in ("Q_ptr", "H_ptr", "GradZ_ptr"))
+                 if name in ("Q_ptr", "ColPartial_ptr", "H_ptr", "GradZ_ptr"))
     if fn.__name__.startswith("_info_nce"):
         op = "info_nce"
-        if fn.__name__ == "_info_nce_fwd_kernel":
-            part, tiles = "fwd", ("BLOCK_M", "BLOCK_N", "BLOCK_D")
-        else:
-            part, tiles = "gq" if consts["GRAD_Q"] else "gk", ("BLOCK_OWN", "BLOCK_OTHER", "BLOCK_D", "BLOCK_DOUT")
-        n_hinted = variant["attrs"].get((names.index("N"),)) or "N" in consts
-        flags = [flag for flag, on in (("sym", consts["SYMMETRIC"]), ("single-D", consts["SINGLE_D"]),
-                                       ("N%16≠0", not n_hinted)) if on]
+        part, tiles = {"_info_nce_prologue_kernel": ("prologue", ("BLOCK_R", "BLOCK_D")),
+                       "_info_nce_fwd_kernel": ("fwd", ("BLOCK_M", "BLOCK_N", "BLOCK_D")),
+                       "_info_nce_col_merge_kernel": ("merge", ("BLOCK_C",)),
+                       "_info_nce_dq_kernel": ("dq", ("BLOCK_R", "BLOCK_D"))}.get(fn.__name__, (None, None))
+        if fn.__name__ == "_info_nce_bwd_kernel":  # gq / gk sweeps, or the one-sweep dk + dq̂
+            part = "gq" if consts["GRAD_Q"] else "dk+dq" if consts["ATOMIC_DQ"] else "gk"
+            tiles = ("BLOCK_OWN", "BLOCK_OTHER", "BLOCK_D", "BLOCK_DOUT")
+        rows = "N" if "N" in names else "M"  # the merge kernel's rows are M = N columns
+        n_hinted = variant["attrs"].get((names.index(rows),)) or rows in consts
+        flags = [flag for flag, on in (("sym", consts.get("SYMMETRIC")), ("atomic-loss", consts.get("ATOMIC_LOSS")),
+                                       ("zero-loss", consts.get("ZERO_LOSS")),
+                                       ("single-D", consts.get("SINGLE_D")), ("N%16≠0", not n_hinted)) if on]
     else:
         op = "attention_pool"
         part = "fwd" if "fwd" in fn.__name__ else "bwd"
@@ -291,6 +306,7 @@ def compile_variant(variant: dict) -> dict:
                wgmma=len(wgmma_shapes), wgmma_expected=expected_wgmma(kernel.asm["ttgir"], warpgroups),
                dot_volume=dot_volume, wgmma_volume=wgmma_volume * warpgroups,
                fma=len(_FMA.findall(ptx)), fma_expected=0 if wgmma_shapes else dot_volume // threads,
+               atomics=len(_ATOMIC.findall(ptx)), atomic_kinds=sorted(set(_ATOMIC.findall(ptx))),
                tensor_cores=row["dtype"] != "fp32" and dot_volume > 0,
                cases=variant["cases"], compile_s=time.perf_counter() - start)
     return row
@@ -370,20 +386,28 @@ def roofline() -> List[dict]:
     """Lower-bound times (ms) of the goal shapes on H100 and H200, beside the measured anchors
     (one row per shape; "op" is "info_nce" or "attention_pool")."""
     rows = []
-    for n in GOAL_N:
-        launched, floor = 10 * n * n * GOAL_D, 8 * n * n * GOAL_D
-        qk = 2 * n * GOAL_D * 2
-        # fwd reads q, k, norms and writes 2 statistics; gq and gk each read q, k, 5 vectors of
-        # statistics, weights and norms and write a float32 (N, D) gradient.
-        hbm_bytes = (qk + 16 * n) + 2 * (qk + 20 * n + 4 * n * GOAL_D)
-        tensor_ms, exp_ms = launched / TENSOR_FLOPS * 1e3, 3 * n * n / EXP2_PER_S * 1e3
-        roof = {chip: max(tensor_ms, exp_ms, hbm_bytes / bw * 1e3) for chip, bw in HBM.items()}
+    for n, backward in ((n, backward) for n in GOAL_N for backward in ("two sweeps", "one sweep")):
+        one_sweep = backward == "one sweep"
+        launched, floor = (8 if one_sweep else 10) * n * n * GOAL_D, 8 * n * n * GOAL_D
+        qk, nd_bf16, nd_fp32 = 2 * n * GOAL_D * 2, n * GOAL_D * 2, n * GOAL_D * 4
+        # prologue reads q, k (and k[labels]) and writes 4 vectors; fwd reads q, k and its vectors.
+        hbm_bytes = (qk + nd_bf16 + 16 * n) + (qk + 24 * n)
+        if one_sweep:  # zero dq̂; sweep reads q, k, writes dk; dq kernel reads q, dq̂, writes dq
+            hbm_bytes += nd_fp32 + (qk + 24 * n + nd_bf16) + (nd_bf16 + nd_fp32 + nd_bf16)
+            atomic_bytes = math.ceil(n / INFO_NCE_DK_ROWS) * nd_fp32
+        else:  # gq and gk each read q, k and 6 vectors and write a bf16 gradient
+            hbm_bytes += 2 * (qk + 24 * n + nd_bf16)
+            atomic_bytes = 0
+        tensor_ms, exp_ms = launched / TENSOR_FLOPS * 1e3, (2 if one_sweep else 3) * n * n / EXP2_PER_S * 1e3
+        atomic_ms = atomic_bytes / L2_ATOMIC_BYTES_PER_S * 1e3
+        roof = {chip: max(tensor_ms, exp_ms, atomic_ms, hbm_bytes / bw * 1e3) for chip, bw in HBM.items()}
         eager, compiled = INFO_NCE_EAGER_MS.get(n), INFO_NCE_COMPILE_MS.get(n)
         goals = [eager / 3 if eager else None, compiled / 1.5 if compiled else None, 22.0 if n == 65536 else None]
         rows.append(dict(
-            op="info_nce", what=f"InfoNCE N=M={n // 1024}k D={GOAL_D} bf16 fwd+bwd", flops=launched,
-            floor_flops=floor, tensor_ms=tensor_ms, floor_ms=floor / TENSOR_FLOPS * 1e3, exp_ms=exp_ms,
-            bytes=hbm_bytes, H100_ms=roof["H100"], H200_ms=roof["H200"], no_overlap_ms=tensor_ms + exp_ms,
+            op="info_nce", what=f"InfoNCE N=M={n // 1024}k D={GOAL_D} bf16 fwd+bwd, {backward}", backward=backward,
+            flops=launched, floor_flops=floor, tensor_ms=tensor_ms, floor_ms=floor / TENSOR_FLOPS * 1e3,
+            exp_ms=exp_ms, atomic_bytes=atomic_bytes, atomic_ms=atomic_ms, bytes=hbm_bytes,
+            H100_ms=roof["H100"], H200_ms=roof["H200"], no_overlap_ms=tensor_ms + exp_ms + atomic_ms,
             eager_ms=eager, compile_ms=compiled, goal_ms=min((g for g in goals if g), default=None)))
     for channels, height, width in GOAL_POOL_SHAPES:
         for hidden in GOAL_HIDDEN:
@@ -435,11 +459,13 @@ def variant_table(rows: List[dict]) -> str:
 
 
 def roofline_tables(roofline_rows: List[dict]) -> str:
-    lines = ["| InfoNCE goal shape | tensor ms: launched 10·NMD (floor 8·NMD) | exp2 ms | HBM MB | "
-             "roofline H100 / H200 ms | no overlap ms | eager ms (H200) | compile ms (H200) | goal ms | "
-             "eager ÷ roofline | compile ÷ roofline |", "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    lines = ["| InfoNCE goal shape, backward | tensor ms as launched (floor 8·NMD) | exp2 ms | "
+             "dq̂ atomics MB / ms (L2) | HBM MB | roofline H100 / H200 ms | no overlap ms | eager ms (H200) | "
+             "compile ms (H200) | goal ms | eager ÷ roofline | compile ÷ roofline |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for row in (r for r in roofline_rows if r["op"] == "info_nce"):
         lines.append(f"| {row['what']} | {row['tensor_ms']:.3g} ({row['floor_ms']:.3g}) | {row['exp_ms']:.3g} | "
+                     f"{row['atomic_bytes'] / 1e6:.0f} / {row['atomic_ms']:.3g} | "
                      f"{row['bytes'] / 1e6:.0f} | {row['H100_ms']:.3g} / {row['H200_ms']:.3g} | "
                      f"{row['no_overlap_ms']:.3g} | {_ms(row['eager_ms'])} | {_ms(row['compile_ms'])} | "
                      f"{_ms(row['goal_ms'])} | {_ratio(row['eager_ms'], row['H200_ms'])} | "

@@ -42,14 +42,18 @@ def report():
 def test_report_covers_what_training_and_the_benches_launch(report):
     cases = {case for row in report for case in row["cases"]}
     for n in (4096, 16384, 65536):
-        # Training: k is the EMA target (no gradient); bench_info_nce: q and k need gradients.
-        assert f"info_nce bf16 N=M={n} D=256" in cases and f"info_nce bf16 N=M={n} D=256 dk" in cases
+        # Training: k is the EMA target (no gradient); bench_info_nce: q and k need gradients;
+        # deterministic (the default: two backward sweeps) or not (one sweep, atomic dq).
+        for grads in ("", " dk"):
+            for deterministic in ("", " det"):
+                assert f"info_nce bf16 N=M={n} D=256{grads}{deterministic}" in cases
     for shape in ("512×2048×7×7", "512×1024×14×14"):
         for hidden in (0, 512):
             assert f"attention_pool bf16 {shape} hidden={hidden}" in cases
     parts = {(row["op"], row["part"]) for row in report}
-    assert parts == {("info_nce", "fwd"), ("info_nce", "gq"), ("info_nce", "gk"),
-                     ("attention_pool", "fwd"), ("attention_pool", "bwd")}
+    assert {part for op, part in parts if op == "info_nce"} == {
+        "prologue", "fwd", "merge", "gq", "gk", "dk+dq", "dq"}
+    assert {part for op, part in parts if op == "attention_pool"} == {"fwd", "bwd"}
     assert len({row["variant"] for row in report}) == len(report), "two variants share a name"
 
 
@@ -91,7 +95,7 @@ default_tiles = kernels._default_tiles
 # The backward tiles before issue 15: 64 q rows × 64 k rows with 8 warps.
 kernels._default_tiles = lambda dtype, interpreter=None: default_tiles(dtype, interpreter)._replace(
     bwd_q_rows=64, bwd_k_rows=64)
-bench_compile.INFO_NCE_CASES = [("bf16", 16384, 256, False, True)]
+bench_compile.INFO_NCE_CASES = [("bf16", 16384, 256, False, True, True)]
 bench_compile.ATTENTION_POOL_CASES = []
 rows = [bench_compile.compile_variant(v) for v in bench_compile.launched_variants()]
 print(json.dumps([{k: row[k] for k in ("part", "wgmma", "wgmma_expected", "wgmma_volume", "dot_volume")}
@@ -101,15 +105,17 @@ print(json.dumps([{k: row[k] for k in ("part", "wgmma", "wgmma_expected", "wgmma
 
 def test_duplication_check_catches_the_old_backward_tiles():
     """The check above is not vacuous: 64×64 backward tiles with 8 warps put both warpgroups on
-    the same 64 logit rows (issue 15: 36 wgmma where 20 do)."""
+    the same 64 logit rows (issue 15: 36 wgmma where 20 did; with the chain rule's diagonal MMA in
+    the epilogue, 40 where 24 do)."""
     run = subprocess.run([sys.executable, "-c", _DUPLICATED, str(BENCH.parent)], env=_without_interpreter(),
                          capture_output=True, text=True, timeout=300)
     assert run.returncode == 0, run.stderr[-3000:]
     rows = {row["part"]: row for row in json.loads(run.stdout.strip().splitlines()[-1])}
     for part in ("gq", "gk"):
-        assert (rows[part]["wgmma"], rows[part]["wgmma_expected"]) == (36, 20)
-        # The 64×64×256 logit dot runs twice (once per warpgroup), the 64×256×64 gradient dot once.
-        assert 2 * rows[part]["wgmma_volume"] == 3 * rows[part]["dot_volume"]
+        assert (rows[part]["wgmma"], rows[part]["wgmma_expected"]) == (40, 24)
+        # The 64×64×256 logit dot runs twice (once per warpgroup), the 64×256×64 gradient dot
+        # and the 64×64×256 diagonal (chain rule) dot once each.
+        assert 3 * rows[part]["wgmma_volume"] == 4 * rows[part]["dot_volume"]
     assert rows["fwd"]["wgmma"] == rows["fwd"]["wgmma_expected"]
 
 
@@ -119,9 +125,13 @@ def test_markdown_has_a_row_per_variant_and_the_roofline(report):
     assert sum(line.startswith("| info_nce ") or line.startswith("| attention_pool ")
                for line in text.splitlines()) == len(report)
     roofline = {row["what"]: row for row in bench.roofline()}
-    info_16k = roofline["InfoNCE N=M=16k D=256 bf16 fwd+bwd"]
+    info_16k = roofline["InfoNCE N=M=16k D=256 bf16 fwd+bwd, two sweeps"]
     # 10·N·M·D FLOPs at 990 TFLOP/s: 0.69 ms, a lower bound far below the 4.8 ms eager anchor.
     assert info_16k["tensor_ms"] == pytest.approx(10 * 16384**2 * 256 / 990e12 * 1e3)
     assert info_16k["H100_ms"] >= info_16k["tensor_ms"] and info_16k["eager_ms"] == 4.8
+    one_sweep = roofline["InfoNCE N=M=16k D=256 bf16 fwd+bwd, one sweep"]
+    assert one_sweep["tensor_ms"] == pytest.approx(8 * 16384**2 * 256 / 990e12 * 1e3)
+    # Its dq̂ atomics: one N×D float32 slab per 64 k rows owned.
+    assert one_sweep["atomic_bytes"] == 16384 // 64 * 16384 * 256 * 4 and one_sweep["atomic_ms"] > 0
     pool = roofline["attention pool B=512 2048×7×7 hidden=0 bf16 fwd+bwd"]
     assert pool["H200_ms"] == pytest.approx(pool["bytes"] / 4.8e12 * 1e3) and pool["eager_ms"] == 0.92
