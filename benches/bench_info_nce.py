@@ -1,4 +1,5 @@
-"""InfoNCE: torch eager (the reference), torch.compile of it, ours (Triton) and Inf-CL if installed.
+"""InfoNCE: torch eager (the reference), torch.compile of it, ours (Triton: deterministic two-sweep
+backward, the default, and triton_one_sweep: deterministic=False) and Inf-CL if installed.
 
     pytest benches/bench_info_nce.py --benchmark-only --benchmark-columns=median,rounds
     python benches/bench_info_nce.py            # the same sweep as a Markdown table (GPU pass)
@@ -8,8 +9,9 @@ Shapes: N = M ∈ {4096, 16384, 65536}, D ∈ {128, 256}, q and k both requiring
 normalize=True, non-symmetric; modes fwd, bwd (backward of a retained graph) and full (both).
 FLOP count (the same for every provider, so TFLOP/s compare): fwd 2·N·M·D (the logits GEMM);
 bwd 6·N·M·D (one recompute of the logits + dq + dk GEMMs); full 8·N·M·D, the issue's floor.
-Ours actually runs 10·N·M·D in full (the dq and dk sweeps each recompute the logits); eager
-runs 6·N·M·D but stores the N×M logits and their softmax. extra_info: ms (median), TFLOP/s and
+Ours runs 10·N·M·D in full by default (the dq and dk sweeps each recompute the logits), 8·N·M·D
+with triton_one_sweep (dq by float32 atomics); eager runs 6·N·M·D but stores the N×M logits and
+their softmax. extra_info: ms (median), TFLOP/s and
 peak_extra_mb = peak memory above the inputs during one call (CUDA only).
 Without a GPU: N = 1024, D = 128 only, float32, and Triton is skipped (the interpreter is
 orders of magnitude slower than anything measured here). Env: VITO_BENCH_SIZES ("4096,16384"),
@@ -35,7 +37,7 @@ DTYPE = getattr(torch, os.environ.get("VITO_BENCH_DTYPE", "bfloat16" if CUDA els
 SIZES = [int(s) for s in os.environ.get("VITO_BENCH_SIZES", "4096,16384,65536" if CUDA else "1024").split(",")]
 DIMS = [int(s) for s in os.environ.get("VITO_BENCH_DIMS", "128,256" if CUDA else "128").split(",")]
 MODES = os.environ.get("VITO_BENCH_MODES", "fwd,bwd,full").split(",")
-PROVIDERS = os.environ.get("VITO_BENCH_PROVIDERS", "eager,compile,triton,inf_cl").split(",")
+PROVIDERS = os.environ.get("VITO_BENCH_PROVIDERS", "eager,compile,triton,triton_one_sweep,inf_cl").split(",")
 TEMPERATURE = 0.1
 # Eager at 64k needs ~50 GB (SPEC anchors): only where the card has room for it.
 EAGER_MAX_BYTES = 0.8 * torch.cuda.get_device_properties(0).total_memory if CUDA else 8e9
@@ -62,6 +64,8 @@ def _loss_fn(provider: str, shape_key: str) -> Callable:
         return _compiled[shape_key]
     if provider == "triton":
         return lambda q, k: info_nce(q, k, TEMPERATURE, backend="triton")
+    if provider == "triton_one_sweep":
+        return lambda q, k: info_nce(q, k, TEMPERATURE, backend="triton", deterministic=False)
     from inf_cl import cal_inf_loss  # raises ImportError when not installed
 
     # Inf-CL takes normalised features and the logit scale; its labels default to the diagonal.
@@ -70,7 +74,7 @@ def _loss_fn(provider: str, shape_key: str) -> Callable:
 
 def skip_reason(provider: str, n: int) -> str:
     """Why (provider, n) cannot run here, or "" when it can."""
-    if provider in ("triton", "inf_cl") and not CUDA:
+    if provider in ("triton", "triton_one_sweep", "inf_cl") and not CUDA:
         return f"{provider} needs a GPU (the Triton interpreter is not a benchmark)"
     if provider == "inf_cl":
         try:

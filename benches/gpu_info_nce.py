@@ -3,8 +3,9 @@
     python benches/gpu_info_nce.py        # logs to $OUT (or /tmp/gpu_info_nce_logs) and stdout
 
 1. tests/test_info_nce.py on the GPU (the CUDA-only bf16/fp16, 64k-memory tests included);
-2. the benchmark table at N = M ∈ {4096, 16384, 65536}, D = 256, modes full (all providers)
-   then fwd / bwd (eager and ours only: torch.compile's per-shape compilations cost minutes);
+2. the benchmark table at N = M ∈ {4096, 16384, 65536}, D = 256, modes full (all providers, ours
+   with two backward sweeps and with one) then fwd / bwd (eager and ours only: torch.compile's
+   per-shape compilations cost minutes);
 3. `--tune`: full-pass time of ours for a few tile shapes at 16k.
 Each step has its own time limit so that one hang cannot eat the lease.
 """
@@ -24,7 +25,7 @@ STEPS = [
      {"VITO_BENCH_SIZES": "4096,16384,65536", "VITO_BENCH_DIMS": "256", "VITO_BENCH_MODES": "full"}, 240),
     ("bench_fwd_bwd", [sys.executable, "benches/bench_info_nce.py"],
      {"VITO_BENCH_SIZES": "16384,65536", "VITO_BENCH_DIMS": "256", "VITO_BENCH_MODES": "fwd,bwd",
-      "VITO_BENCH_PROVIDERS": "eager,triton"}, 120),
+      "VITO_BENCH_PROVIDERS": "eager,triton,triton_one_sweep"}, 120),
     ("tune", [sys.executable, "benches/bench_info_nce.py", "--tune"], {}, 120),
 ]
 
