@@ -56,8 +56,8 @@ def evaluation_videos(num_videos: int, count: int) -> List[int]:
     return sorted({int(index) for index in np.linspace(0, num_videos - 1, min(count, num_videos)).round()})
 
 
-def evaluation_data(dataset, frames: LabelledImages, *, eval_videos: int, robust_frames_per_clip: int = 2,
-                    conflict_frames_per_clip: int = 2, progress: bool = False) -> EvaluationData:
+def evaluation_data(dataset, frames: LabelledImages, *, eval_videos: int, robust_frames_per_clip: int = 4,
+                    conflict_frames_per_clip: int = 4, progress: bool = False) -> EvaluationData:
     """The evaluation set of a built-in ``dataset`` (a ``SyntheticDataset``) and its probe ``frames``."""
     from tqdm import tqdm
 

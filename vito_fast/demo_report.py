@@ -154,9 +154,9 @@ def _robustness_and_bias(summary: Dict, name: str) -> Dict[str, Optional[float]]
     result, random = summary["variants"][name], summary["variants"]["random"]
     table = result.get("per_video", {})
     if not table:
-        return {"mce": None, "retained": None, "shape_bias": None}
+        return {"mce": None, "retained": None, "shape_bias": None, "cued": None}
     count = len(table["frames"])
-    figures = {"mce": None, "retained": None, "shape_bias": None}
+    figures = {"mce": None, "retained": None, "shape_bias": None, "cued": None}
     if "robust_corrupted_correct" in table:
         figures["mce"] = point(mean_corruption_error(random), result, count)
         chance = 1.0 / summary.get("num_classes", 4)
@@ -165,6 +165,8 @@ def _robustness_and_bias(summary: Dict, name: str) -> Dict[str, Optional[float]]
             figures["retained"] = point(retained_above_chance(summary.get("num_classes", 4)), result, count)
     if "shape_decisions" in table:
         figures["shape_bias"] = point(shape_bias_metric, result, count)
+        figures["cued"] = float((np.sum(table["shape_decisions"]) + np.sum(table["texture_decisions"]))
+                                / np.sum(table["conflict_frames"]))
     return figures
 
 
@@ -227,7 +229,7 @@ def write_report(out: Path, summary: Dict, examples: Dict, class_names: List[str
     if summary.get("budget_note"):
         lines += [f"**Note:** {summary['budget_note']}.", ""]
     lines += ["| variant | steps | final loss | kNN top-1 | linear top-1 | kNN, attention-pooled | propagation J | "
-              "mCE | kept above chance | shape bias | "
+              "mCE | kept above chance | shape bias (follows a cue) | "
               + " | ".join(f"attention on objects {stage}" for stage in stages) + " | "
               + " | ".join(f"attention IoU {stage}" for stage in stages) + " |",
               "|---|---|---|---|---|---|---|---|---|---|" + "---|" * (2 * len(stages))]
@@ -237,7 +239,8 @@ def write_report(out: Path, summary: Dict, examples: Dict, class_names: List[str
                      f"{_percent(result['knn'], result.get('knn_se'))} | {_percent(result['linear'], result.get('linear_se'))} | "
                      f"{_percent(result.get('knn_attention'), result.get('knn_attention_se'))} | "
                      f"{_number(result['propagation_J'])} | {_number(figures['mce'])} | "
-                     f"{_percent(figures['retained'])} | {_number(figures['shape_bias'])} | "
+                     f"{_percent(figures['retained'])} | {_number(figures['shape_bias'])}"
+                     + ("" if figures["cued"] is None else f" ({_percent(figures['cued'])})") + " | "
                      + " | ".join(_percent(result.get("attention_mass", {}).get(stage)) for stage in stages) + " | "
                      + " | ".join(_number(result["attention_iou"].get(stage)) for stage in stages) + " |")
     lines.append("| centred Gaussian (attention baseline) | | | | | | | | | | "
@@ -264,14 +267,16 @@ METHODS = (
     "(`--seeds N` measures it). kNN (k = 10, cosine) and the linear probe use the last stage's features "
     "of {frames} frames per video (average-pooled; \"attention-pooled\": the run's own attention pool), "
     "cross-validated over 4 folds of whole videos (every video tested once by probes fitted on the others). "
-    "**Robustness:** each fold's linear probe, fitted on clean frames, classifies 2 frames per video under "
+    "**Robustness:** each fold's linear probe, fitted on clean frames, classifies 4 frames per video under "
     "Gaussian noise, Gaussian blur, JPEG, contrast and brightness at severities 1–5; mCE is ImageNet-C's "
     "mean corruption error with the random-init model in AlexNet's place (Σ errors over severities / the "
     "baseline's, averaged over corruptions: 1 = as bad as random features, lower is more robust), so a model "
     "at chance cannot win by having nothing to lose; \"kept above chance\" is (corrupted − chance) / "
     "(clean − chance), not shown (–) when clean accuracy is within 5 points of chance. **Shape bias:** the same probes "
     "classify cue-conflict twins of every video (its main object wearing another class's texture, same "
-    "motion and masks): shape decisions / (shape + texture decisions). J propagates the first frame's object "
+    "motion and masks): shape decisions / (shape + texture decisions); in brackets the share of decisions "
+    "that follow either cue (a model at chance follows one in 2 of K and has a bias near 0.5 by luck). "
+    "J propagates the first frame's object "
     "masks with layer-3 features. Attention on objects is the share of each scale's attention (upsampled to "
     "the frame) on the object masks; attention IoU compares the masks with the pixels holding half of the "
     "attention, so a sharp peak on an object scores high on the first and low on the second.")
