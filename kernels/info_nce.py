@@ -8,17 +8,21 @@ per-column statistics are float32 vectors. With ``s_ij = scale · rq_i · rk_j �
     backward  dS_ij = w_i·softmax_j(s)_ij + v_j·softmax_i(s)_ij − g_i·[j = l_i]
               dq̂_i = Σ_j dS_ij·k̂_j·scale,  dq_i = rq_i·(dq̂_i − q̂_i·(q̂_i·dq̂_i))  (k alike)
 
-Launches, forward: a prologue (inverse norms, 1/τ, positive logits, label check), the sweep (row
-statistics, per-row loss, atomically summed loss), and when symmetric the column merge. Backward:
-either one sweep over k tiles (dk in registers, dq̂ added to a float32 buffer with atomics, then a
-small dq kernel for the chain rule), or (deterministic) a gq sweep and a gk sweep, each applying
-the normalisation chain rule in its epilogue with q̂·dq̂ = Σ_j dS_ij·s_ij read off the logit tiles.
+Launches, forward: a prologue (1/τ, inverse norms, positive logits, the label check), the sweep
+(row statistics, per-row loss, the loss summed with atomic adds unless deterministic, when torch
+sums it), and when symmetric the column merge. Backward, deterministic (the default): a gq and a
+gk sweep, each owning its output rows and applying the chain rule through the normalisation in its
+epilogue, with x̂·dx̂ = Σ dS·s read off the same tiles (or off gk's accumulator). Otherwise, where
+it compiles without spills (bf16, N % 16 = 0, not symmetric): one sweep over k tiles, dk in
+registers and dq̂ added to a float32 buffer with atomics, then a small dq kernel for dq's chain rule.
+No kernel reads a value back to the host.
 
 Every kernel works in base 2 (``exp2``/``log2``, one hardware instruction each): log2(e) is folded
 into the logit scale, and the statistics stay in base 2 as (max, log2-sum) pairs.
 Work: forward 2·N·M·D FLOPs; backward 6·N·M·D in one sweep, 8·N·M·D in two (each recomputes the
-logits). Extra memory: O(N + M) floats (+ 2·cdiv(N, BLOCK_M)·M column partials when symmetric,
-+ an N×D float32 dq̂ buffer in the one-sweep backward).
+logits; gk 6·N·M·D instead of 4 where it loops over D chunks, see info_nce_bwd). Extra
+memory: O(N + M) floats (+ 2·cdiv(N, BLOCK_M)·M column partials when symmetric, + an N×D float32
+dq̂ buffer in the one-sweep backward).
 """
 from __future__ import annotations
 
@@ -599,7 +603,7 @@ def _reduction_weight(reduction: str, n: int) -> float:
 def info_nce_fwd(
     q: torch.Tensor, k: torch.Tensor, temperature: Union[float, torch.Tensor], *,
     labels: Optional[torch.Tensor] = None, label_offset: int = 0, normalize: bool = True,
-    symmetric: bool = False, reduction: str = "mean", deterministic: bool = False,
+    symmetric: bool = False, reduction: str = "mean", deterministic: bool = True,
     block_m: Optional[int] = None, block_n: Optional[int] = None, block_d: Optional[int] = None,
 ) -> Tuple[torch.Tensor, ForwardState]:
     """The loss (float32 scalar, or (N,) when reduction="none") and the state for the backward.
@@ -677,7 +681,7 @@ def _one_sweep_fits(dtype: torch.dtype, n: int, symmetric: bool) -> bool:
 def info_nce_bwd(
     q: torch.Tensor, k: torch.Tensor, state: ForwardState, grad_loss: torch.Tensor, *,
     labels: Optional[torch.Tensor] = None, label_offset: int = 0, reduction: str = "mean",
-    need_q: bool = True, need_k: bool = True, deterministic: bool = False,
+    need_q: bool = True, need_k: bool = True, deterministic: bool = True,
     block_m: Optional[int] = None, block_n: Optional[int] = None, block_d: Optional[int] = None,
     block_dout: Optional[int] = None,
 ) -> Tuple[Optional[torch.Tensor], Optional[torch.Tensor], torch.Tensor]:
@@ -685,9 +689,9 @@ def info_nce_bwd(
     partials of Σ_ij dL/ds_ij·s_ij (so dL/dτ = −(1/τ)·their sum; empty when dq is not computed).
 
     grad_loss: the upstream gradient, float32, () or (N,) for reduction="none". When both
-    gradients are asked and not deterministic: one sweep over k tiles (dk in registers, dq̂ by
-    float32 atomic adds into an N×D buffer: zeroing, sweep, dq kernel); otherwise one sweep per
-    asked gradient, each owning its output rows (no atomics: bitwise reproducible).
+    gradients are asked, not deterministic and _one_sweep_fits: one sweep over k tiles (dk in
+    registers, dq̂ by float32 atomic adds into an N×D buffer: zeroing, sweep, dq kernel); otherwise
+    one sweep per asked gradient, each owning its output rows (no atomics: bitwise reproducible).
     """
     n, d = q.shape
     m = k.shape[0]
