@@ -124,7 +124,7 @@ def _attention_claim(summary: Dict) -> Optional[str]:
             f"{summary['centred_gaussian_attention_iou']:.3f} for the Gaussian)")
 
 
-def _claims(summary: Dict) -> List[str]:
+def claim_lines(summary: Dict) -> List[str]:
     """One line per claim of the paper: whether this run shows it, beyond twice the standard error."""
     lines = []
     for index in range(len(claims_of(summary, 0))):
@@ -246,7 +246,7 @@ def write_report(out: Path, summary: Dict, examples: Dict, class_names: List[str
     lines.append("| centred Gaussian (attention baseline) | | | | | | | | | | "
                  + " | ".join(_percent(summary.get("centred_gaussian_attention_mass")) for _ in stages) + " | "
                  + " | ".join(_number(summary["centred_gaussian_attention_iou"]) for _ in stages) + " |")
-    lines += ["", "## Does it show the paper's claims?", "", *_claims(summary), "", METHODS.format(
+    lines += ["", "## Does it show the paper's claims?", "", *claim_lines(summary), "", METHODS.format(
         frames=summary["settings"].get("eval_frames_per_clip", 8),
         error=("the standard error of the mean of the per-seed differences" if seeds > 1 else
                "a paired bootstrap over videos (2,000 resamples of the videos, the same for both sides)")),
