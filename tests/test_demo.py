@@ -128,3 +128,15 @@ def test_claims_take_their_error_across_seeds_when_there_are_several():
     assert judged["seeds"] == 3 and abs(judged["difference"] - np.mean(differences)) < 1e-12
     assert abs(judged["error"] - np.std(differences, ddof=1) / np.sqrt(3)) < 1e-12
     assert judged["verdict"] == "yes"
+
+
+def test_the_report_says_what_was_tried_for_each_claim_it_does_not_show():
+    from vito_fast.demo_report import TRIED, not_shown_notes
+
+    lines = ["- VITO beats random init (kNN): yes (...)",
+             "- VITO is more shape-biased than same-frame pretraining: **no** (the opposite, beyond the noise) (...)",
+             "- attention pooling beats average pooling (own pooling): **not clearly** (within twice the noise)",
+             "- attention pooling beats average pooling (both averaged): **not clearly** (within twice the noise)"]
+    notes = not_shown_notes(lines)
+    assert notes == ["- " + TRIED["VITO is more shape-biased"], "- " + TRIED["attention pooling beats"]]
+    assert not_shown_notes(lines[:1]) == []
