@@ -224,3 +224,17 @@ def test_focus_drift_blurs_some_frames_and_changes_nothing_else():
     assert np.all(np.abs(drifting.frames.astype(float).mean(axis=(1, 2)) - sharp.frames.mean(axis=(1, 2))) < 3)
     with pytest.raises(ValueError, match="focus_change"):
         generate_dataset("unused", focus_change=5.0, progress=False)
+
+
+def test_texture_fade_washes_out_the_main_object_texture_and_keeps_its_outline():
+    plain = render_clip(np.random.default_rng(8), 0, None, num_frames=16, size=(48, 48))
+    faded = render_clip(np.random.default_rng(8), 0, None, num_frames=16, size=(48, 48), texture_fade=0.9,
+                        fade_rng=np.random.default_rng(2))
+    assert np.array_equal(plain.instances, faded.instances)
+    background = plain.instances == 0
+    assert np.array_equal(plain.frames[background], faded.frames[background])
+    spread = [faded.frames[t][faded.instances[t] == 1].std(axis=0).mean() /
+              plain.frames[t][plain.instances[t] == 1].std(axis=0).mean() for t in range(16)]
+    assert min(spread) < 0.4 and max(spread) > 0.8  # washed out in some frames, crisp in others
+    with pytest.raises(ValueError, match="texture_fade"):
+        generate_dataset("unused", texture_fade=1.5, progress=False)

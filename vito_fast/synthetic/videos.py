@@ -141,7 +141,8 @@ def generate_dataset(out_dir: PathLike, *, num_classes: int = 4, videos_per_clas
                      fps: float = 12, size: Tuple[int, int] = (96, 96), seed: int = 0, codec: str = "vp9",
                      num_backgrounds: int = NUM_BACKGROUNDS, object_scale: float = 1.0,
                      camera_speed: Tuple[float, float] = CAMERA_SPEED, light_change: float = 0.0,
-                     clutter: int = 0, focus_change: float = 0.0, progress: bool = True) -> SyntheticDataset:
+                     clutter: int = 0, focus_change: float = 0.0, texture_fade: float = 0.0,
+                     progress: bool = True) -> SyntheticDataset:
     """Render, encode and index ``num_classes * videos_per_class`` videos under ``out_dir``.
 
     ``size`` is (height, width), both even. Videos are ordered class by class; video i of the
@@ -166,7 +167,8 @@ def generate_dataset(out_dir: PathLike, *, num_classes: int = 4, videos_per_clas
     the same as without them). What persists is the main object; pooling has something to choose.
     ``focus_change``: the focus drifts over each video, blurring frames by a Gaussian of 0 up to that
     many pixels at 96 px (schedule from the stream (seed, i, 3)): fine texture comes and goes between
-    frames, outlines stay.
+    frames, outlines stay. ``texture_fade``: the main object's texture contrast drops by up to that
+    share over each video (schedule from the stream (seed, i, 4)), its outline stays.
     """
     height, width = size
     if height % 2 or width % 2 or height < 16 or width < 16:
@@ -176,6 +178,8 @@ def generate_dataset(out_dir: PathLike, *, num_classes: int = 4, videos_per_clas
     if num_backgrounds < 0 or not 0.25 <= object_scale <= 2.0:
         raise ValueError(f"generate_dataset: need num_backgrounds >= 0 and object_scale in [0.25, 2], "
                          f"got {num_backgrounds}, {object_scale}")
+    if not 0 <= texture_fade <= 1:
+        raise ValueError(f"generate_dataset: texture_fade must be in [0, 1], not {texture_fade}")
     if not 0 <= focus_change <= 4:
         raise ValueError(f"generate_dataset: focus_change must be in [0, 4] pixels, not {focus_change}")
     if not 0 <= clutter <= 8:
@@ -205,7 +209,8 @@ def generate_dataset(out_dir: PathLike, *, num_classes: int = 4, videos_per_clas
                            shared_background=shared_background(textures, seed, video_index), object_scale=object_scale,
                            camera_speed=camera_speed, light_change=light_change, clutter=clutter,
                            clutter_rng=np.random.default_rng([seed, video_index, 2]), num_classes=num_classes,
-                           focus_change=focus_change, focus_rng=np.random.default_rng([seed, video_index, 3]))
+                           focus_change=focus_change, focus_rng=np.random.default_rng([seed, video_index, 3]),
+                           texture_fade=texture_fade, fade_rng=np.random.default_rng([seed, video_index, 4]))
         name = f"{names[class_id]}_{number:03d}"
         video_path = root / "videos" / f"{name}{suffix}"
         mask_path = root / "masks" / f"{name}.npz"
@@ -223,7 +228,7 @@ def generate_dataset(out_dir: PathLike, *, num_classes: int = 4, videos_per_clas
                      "fps": fps, "size": list(size), "seed": seed, "codec": codec,
                      "num_backgrounds": num_backgrounds, "object_scale": object_scale,
                      "camera_speed": list(camera_speed), "light_change": light_change, "clutter": clutter,
-                     "focus_change": focus_change},
+                     "focus_change": focus_change, "texture_fade": texture_fade},
         "class_names": names,
         "videos": [{**asdict(video), "path": os.path.relpath(video.path, root),
                     "mask_path": os.path.relpath(video.mask_path, root)} for video in videos],
@@ -266,7 +271,8 @@ def render_cue_conflict(root: PathLike, video_index: int) -> Tuple[np.ndarray, i
                        light_change=settings["light_change"], texture_class_id=texture_class,
                        clutter=settings.get("clutter", 0), clutter_rng=np.random.default_rng([seed, video_index, 2]),
                        num_classes=num_classes, focus_change=settings.get("focus_change", 0.0),
-                       focus_rng=np.random.default_rng([seed, video_index, 3]))
+                       focus_rng=np.random.default_rng([seed, video_index, 3]),
+                       texture_fade=settings.get("texture_fade", 0.0), fade_rng=np.random.default_rng([seed, video_index, 4]))
     with tempfile.TemporaryDirectory() as folder:
         path = encode_video(Path(folder) / f"conflict{VIDEO_ENCODERS[settings['codec']][3]}", clip.frames,
                             fps=settings["fps"], codec=settings["codec"])
@@ -308,7 +314,8 @@ def render_clip(rng: np.random.Generator, class_id: int, distractor_class_id: Op
                 light_change: float = 0.0, texture_class_id: Optional[int] = None,
                 clutter: int = 0, clutter_rng: Optional[np.random.Generator] = None,
                 num_classes: int = len(CLASS_DEFINITIONS), focus_change: float = 0.0,
-                focus_rng: Optional[np.random.Generator] = None) -> RenderedClip:
+                focus_rng: Optional[np.random.Generator] = None, texture_fade: float = 0.0,
+                fade_rng: Optional[np.random.Generator] = None) -> RenderedClip:
     """Render one clip: the main object of ``class_id`` and an optional distractor, over a moving background.
 
     ``shared_background``: (a texture from ``_Background.texture``, a generator for where the camera
@@ -320,7 +327,9 @@ def render_clip(rng: np.random.Generator, class_id: int, distractor_class_id: Op
     of the first ``num_classes`` classes, drawn from ``clutter_rng`` (see ``generate_dataset``),
     painted in front; the masks keep 0 there. ``focus_change``: the camera's focus drifts, blurring
     whole frames by a Gaussian of up to that many pixels (at 96 px) on a schedule drawn from
-    ``focus_rng``; masks are those of the sharp scene.
+    ``focus_rng``; masks are those of the sharp scene. ``texture_fade``: the main object's texture
+    contrast drops by up to that share and comes back over the clip (schedule from ``fade_rng``), as
+    shading and glare wash out surface detail while the outline stays.
     """
     height, width = size
     short_side = min(height, width)
@@ -330,6 +339,8 @@ def render_clip(rng: np.random.Generator, class_id: int, distractor_class_id: Op
     main_radii = (0.17 * object_scale, 0.24 * object_scale)
     distractor_radii = (0.11 * object_scale, 0.16 * object_scale)
     objects = [_MovingObject(rng, class_id, main_radii, short_side, height, width, num_frames, texture_class_id)]
+    if texture_fade > 0:
+        objects[0].texture_contrast = 1.0 - texture_fade * (1.0 - _focus_blur(fade_rng, num_frames, 1.0))
     if distractor_class_id is not None:
         objects.append(_MovingObject(rng, distractor_class_id, distractor_radii, short_side, height, width,
                                      num_frames))
@@ -474,6 +485,8 @@ class _MovingObject:
         self.track = _bouncing_track(start, np.array([math.cos(angle), math.sin(angle)]) * speed, self.bounds,
                                      num_frames)
 
+    texture_contrast: Optional[np.ndarray] = None  # (T,) in (0, 1]; None: full contrast
+
     def center(self, time: int) -> np.ndarray:
         return self.track[time]
 
@@ -491,6 +504,8 @@ class _MovingObject:
         inside = _shape_inside(self.shape, u, v)
         weight = _texture(self.texture, u * self.frequency + self.texture_phase,
                           v * self.frequency + self.texture_phase)
+        if self.texture_contrast is not None:  # shading that washes the texture out, towards its mean colour
+            weight = 0.5 + (weight - 0.5) * self.texture_contrast[time]
         colours = self.dark + weight[..., None] * (self.light - self.dark)
         return inside, colours
 
