@@ -1,4 +1,5 @@
-"""Built-in synthetic videos: textured objects of K classes, with masks and labels (``videos``), and the
+"""Built-in synthetic videos: textured objects of K classes, with masks and labels (``videos``; the
+frames are drawn by ``render``), and the
 settings of the built-in data set that ``vito-fast pretrain`` (without ``--data``) and ``vito-fast
 demo`` both use (``builtin``). May import: vito_fast.data (manifests) and the lower layers.
 """
