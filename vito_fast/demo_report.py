@@ -158,7 +158,9 @@ TRIED = {
         "Pretraining on these videos teaches texture: random init 0.43–0.50, trained models 0.15–0.30 in "
         "every run, while Δt = 0, which learns almost nothing, stays near 0.5 (decisions that follow neither "
         "cue). Tried: a drifting focus that blurs texture away between frames and keeps outlines "
-        "(`--focus-change 3`); at 600 steps the model did not learn (kNN 35%)."),
+        "(`--focus-change 3`), and a texture fade (the object's texture contrast drops by 50% or 90% and "
+        "returns, `generate_dataset(texture_fade=...)`): both made instances harder to tell apart and the "
+        "models learnt less (kNN 29–35%), without more shape."),
     "attention pooling beats": (
         "Tried: transient clutter in the videos (now the default, 3 objects each) and an entropy floor on "
         "the attention (`model.attention_entropy_floor`, now 0.5 in the demo preset), which spreads the "
