@@ -140,3 +140,16 @@ def test_the_report_says_what_was_tried_for_each_claim_it_does_not_show():
     notes = not_shown_notes(lines)
     assert notes == ["- " + TRIED["VITO is more shape-biased"], "- " + TRIED["attention pooling beats"]]
     assert not_shown_notes(lines[:1]) == []
+
+
+def test_the_schedule_is_fixed_unless_the_budget_cannot_hold_it():
+    from vito_fast.demo import DEFAULT_STEPS, DemoSettings, choose_steps
+
+    fast = 0.05  # seconds per model-only step, about this CPU's
+    assert choose_steps(DemoSettings(), fast, 14 * 60) == (DEFAULT_STEPS, None)
+    steps, note = choose_steps(DemoSettings(), 5 * fast, 14 * 60)  # a machine five times slower
+    assert 3 <= steps < DEFAULT_STEPS and str(steps) in note and "--minutes" in note
+    assert choose_steps(DemoSettings(steps=50), 100.0, 1.0) == (50, None)  # asked for: kept
+    # seeds share the budget, and the default budget grows with them (15 minutes a seed)
+    assert DemoSettings(seeds=3).budget_minutes() == 45 and DemoSettings(minutes=20, seeds=3).budget_minutes() == 20
+    assert choose_steps(DemoSettings(seeds=3), fast, 3 * 14 * 60) == (DEFAULT_STEPS, None)

@@ -1,6 +1,6 @@
 """`vito-fast demo`: built-in data → pretrain VITO and ablations → evaluate → Markdown report with plots.
 
-    vito-fast demo [--out vito-demo] [--minutes 15] [--seeds N]
+    vito-fast demo [--out vito-demo] [--seeds N] [--minutes M]
 
 Runs a fixed schedule (1200 steps per variant) that fits 15 minutes on a 2-core CPU, fewer steps
 only when the machine is too slow for the budget (the report says so), and uses a GPU when there is
@@ -20,8 +20,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="vito-fast demo",
                                      description="Generate the built-in videos, pretrain, evaluate and report.")
     parser.add_argument("--out", default="vito-demo", help="output folder (default vito-demo)")
-    parser.add_argument("--minutes", type=float, default=15.0,
-                        help="wall-clock budget (default 15): the default steps are cut only if they would overrun it")
+    parser.add_argument("--minutes", type=float, default=None,
+                        help="wall-clock budget (default 15 per seed): the default steps are cut only if they "
+                             "would overrun it")
     parser.add_argument("--steps", type=int, default=None,
                         help="pretraining steps per variant and seed (default 1200, fewer if over the budget)")
     parser.add_argument("--seeds", type=int, default=1,
