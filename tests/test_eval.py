@@ -206,6 +206,15 @@ def test_robustness_identity_severity_keeps_accuracy(probe):
     assert noise["relative_drop"] == pytest.approx((full["clean"] - noise["mean"]) / full["clean"]) and \
         noise["relative_drop"] > 0
     assert full["mean_corrupted"] == pytest.approx((noise["mean"] + full["corruptions"]["jpeg"]["mean"]) / 2)
+    chance = 1 / len(data.class_names)
+    assert full["kept_above_chance"] == pytest.approx((full["mean_corrupted"] - chance) / (full["clean"] - chance))
+
+
+def test_a_model_at_chance_has_nothing_to_lose():
+    from vito_fast.eval.robustness import kept_above_chance
+
+    assert kept_above_chance(0.26, 0.27, 4) is None  # the relative drop (-4%) would call it robust
+    assert kept_above_chance(0.60, 0.35, 4) == pytest.approx(0.10 / 0.35)
 
 
 # ----------------------------------------------------------------------------- attention maps

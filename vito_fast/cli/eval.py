@@ -265,6 +265,9 @@ def summary_rows(result: Dict) -> List[Tuple[str, str]]:
             rows.append((name, f"{100 * entry['mean']:.1f}%  (relative drop {100 * entry['relative_drop']:.1f}%)"))
         rows.append(("mean corrupted", f"{100 * result['mean_corrupted']:.1f}%  "
                                        f"(relative drop {100 * result['relative_drop']:.1f}%)"))
+        kept = result.get("kept_above_chance")
+        rows.append(("kept above chance", "n/a: clean accuracy within 5 points of chance, nothing to lose"
+                     if kept is None else f"{100 * kept:.1f}% of the accuracy above chance survives"))
     elif result["evaluation"] == "shape-bias":
         rows += [("cue-conflict frames", f"{result['decisions']} of {result['videos']} videos ({result['probe']} probe)"),
                  ("decisions", f"shape {100 * result['shape']:.1f}%, texture {100 * result['texture']:.1f}%, "

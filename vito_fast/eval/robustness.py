@@ -86,7 +86,7 @@ def robustness_evaluation(featurize: Callable[[np.ndarray], torch.Tensor], train
     ``lambda images: extract_features(encoder, images)``). Returns::
 
         {"probe": ..., "clean": acc, "corruptions": {name: {"severity": {1: acc, ...}, "mean": acc,
-         "relative_drop": ...}}, "mean_corrupted": acc, "relative_drop": ...}
+         "relative_drop": ...}}, "mean_corrupted": acc, "relative_drop": ..., "kept_above_chance": ...}
     """
     if probe not in ("linear", "knn"):
         raise ValueError(f"robustness_evaluation: probe must be 'linear' or 'knn', not {probe!r}")
@@ -116,7 +116,16 @@ def robustness_evaluation(featurize: Callable[[np.ndarray], torch.Tensor], train
     means = [entry["mean"] for entry in results["corruptions"].values()]
     results["mean_corrupted"] = float(np.mean(means)) if means else clean
     results["relative_drop"] = _relative_drop(clean, results["mean_corrupted"])
+    results["kept_above_chance"] = kept_above_chance(clean, results["mean_corrupted"], num_classes)
     return results
+
+
+def kept_above_chance(clean: float, corrupted: float, num_classes: int, *, margin: float = 0.05):
+    """(corrupted − chance) / (clean − chance): the share of the above-chance accuracy that survives the
+    corruptions; None when clean accuracy is within ``margin`` of chance (nothing to lose, so the relative
+    drop of such a model says nothing about its robustness)."""
+    chance = 1.0 / num_classes
+    return (corrupted - chance) / (clean - chance) if clean - chance >= margin else None
 
 
 def _relative_drop(clean: float, corrupted: float) -> float:
