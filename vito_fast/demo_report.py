@@ -101,7 +101,8 @@ def judge(summary: Dict, claim_index: int) -> Dict[str, object]:
 
 
 def _attention_claim(summary: Dict) -> Optional[str]:
-    """Whether the attention lies on the objects: the best stage's share vs a centred Gaussian."""
+    """Whether the attention lies on the objects: the first seed's best stage, its share against a centred
+    Gaussian's; the error pairs the clips (one seed) or spans the seeds' differences (several)."""
     vito = summary["variants"]["vito"]
     if not vito.get("attention_mass"):
         return None
@@ -109,15 +110,21 @@ def _attention_claim(summary: Dict) -> Optional[str]:
     best_stage, best = max(masses.items(), key=lambda item: item[1])
     baseline = summary.get("centred_gaussian_attention_mass", 0.0)
     gaussian = summary.get("gaussian_attention")
-    if gaussian is not None and "per_clip" in vito:
+    runs = summary.get("seeds", {}).get("vito", [vito])
+    across = "paired over the clips"
+    if len(runs) > 1:
+        shares = [run.get("attention_mass", {}).get(best_stage, float("nan")) for run in runs]
+        best, error = float(np.mean(shares)), standard_error([share - baseline for share in shares])
+        across = f"over {len(runs)} seeds"
+    elif gaussian is not None and "per_clip" in vito:
         metric = clip_mean_metric(f"attention_mass_{best_stage}")
         _, baseline, error = paired_bootstrap(metric, vito, metric, gaussian, len(vito["per_clip"]["J"]))
     else:
         error = errors.get(best_stage, 0.0)
-    iou = vito["attention_iou"].get(best_stage, float("nan"))
+    iou = float(np.mean([run.get("attention_iou", {}).get(best_stage, float("nan")) for run in runs]))
     return (f"- the attention maps follow the objects: {verdict(best - baseline, error)} ({best_stage}, the stage "
-            f"with the most: {100 * best:.0f}% of the attention on the objects (± {100 * error:.0f}, paired over "
-            f"the clips), which cover {100 * summary.get('object_area_fraction', float('nan')):.0f}% of the frames; "
+            f"with the most: {100 * best:.0f}% of the attention on the objects (± {100 * error:.0f}, {across}), "
+            f"which cover {100 * summary.get('object_area_fraction', float('nan')):.0f}% of the frames; "
             f"a centred Gaussian puts {100 * baseline:.0f}% there, random init "
             f"{100 * summary['variants']['random'].get('attention_mass', {}).get(best_stage, float('nan')):.0f}%. "
             f"IoU of the half-mass region with the masks: {iou:.3f} vs "
