@@ -62,7 +62,8 @@ def test_cross_validated_accuracy_tests_every_clip_and_reports_its_noise():
 
 def _run(correct, frames, **extra):
     """A run result holding only per-video counts (what the claim metrics read)."""
-    table = {"frames": list(map(float, frames)), "knn_correct": list(map(float, correct))}
+    table = {"frames": list(map(float, frames)), "knn_correct": list(map(float, correct)),
+             "linear_correct": list(map(float, correct))}
     table.update({key: [list(map(float, row)) if np.ndim(row) else float(row) for row in value]
                   for key, value in extra.items()})
     return {"per_video": table}
@@ -153,3 +154,22 @@ def test_the_schedule_is_fixed_unless_the_budget_cannot_hold_it():
     # seeds share the budget, and the default budget grows with them (15 minutes a seed)
     assert DemoSettings(seeds=3).budget_minutes() == 45 and DemoSettings(minutes=20, seeds=3).budget_minutes() == 20
     assert choose_steps(DemoSettings(seeds=3), fast, 3 * 14 * 60) == (DEFAULT_STEPS, None)
+
+
+def test_the_attention_claim_takes_its_error_across_seeds():
+    from vito_fast.demo_report import claim_lines
+
+    def run(mass):
+        return {"attention_mass": {"layer3": mass, "layer4": 0.1}, "attention_iou": {"layer3": 0.5, "layer4": 0.1}}
+
+    frames = np.full(8, 4.0)
+    seeds = {name: [_run(np.full(8, 2.0), frames) for _ in range(3)] for name in ("random", "dt0", "avgpool")}
+    seeds["vito"] = [dict(_run(np.full(8, 3.0), frames), **run(mass)) for mass in (0.40, 0.35, 0.38)]
+    summary = {"seeds": seeds, "variants": {"vito": seeds["vito"][0], "random": run(0.2)},
+               "centred_gaussian_attention_mass": 0.30, "centred_gaussian_attention_iou": 0.3,
+               "object_area_fraction": 0.2}
+    line = claim_lines(summary)[-1]
+    differences = np.array([0.10, 0.05, 0.08])
+    error = differences.std(ddof=1) / np.sqrt(3)
+    assert line.startswith("- the attention maps follow the objects: yes") and "over 3 seeds" in line
+    assert f"± {100 * error:.0f}," in line and "layer3" in line
