@@ -270,7 +270,7 @@ def write_report(out: Path, summary: Dict, examples: Dict, class_names: List[str
     lines = ["# vito_fast demo", "",
              f"Built-in synthetic data: {len(class_names)} classes ({', '.join(class_names)}), "
              f"{summary['settings']['videos_per_class']} videos per class of {summary['settings']['num_frames']} "
-             f"frames. Each variant pretrained for {summary['steps']} steps of the `demo` preset"
+             f"frames, {summary['settings'].get('clutter', 0)} transient objects in each. Each variant pretrained for {summary['steps']} steps of the `demo` preset"
              + (f", with {seeds} seeds (the table shows the first)" if seeds > 1 else "")
              + f" (estimated {summary['estimated_seconds_per_step']:.2f} s per step, model only); the whole demo took "
              f"{summary['seconds']:.0f} s. Config overrides of every variant: "
