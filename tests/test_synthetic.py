@@ -210,11 +210,16 @@ def test_clutter_is_transient_and_leaves_the_rest_of_the_clip_alone():
         generate_dataset("unused", clutter=9, progress=False)
 
 
+def _clip_and_changed_twin(seed: int, **changes):
+    """The same 16-frame clip rendered plainly and with ``changes``; both share the scene and its masks."""
+    plain = render_clip(np.random.default_rng(seed), 0, None, num_frames=16, size=(48, 48))
+    changed = render_clip(np.random.default_rng(seed), 0, None, num_frames=16, size=(48, 48), **changes)
+    assert np.array_equal(plain.instances, changed.instances) and np.array_equal(plain.centers, changed.centers)
+    return plain, changed
+
+
 def test_focus_drift_blurs_some_frames_and_changes_nothing_else():
-    sharp = render_clip(np.random.default_rng(6), 0, None, num_frames=16, size=(48, 48))
-    drifting = render_clip(np.random.default_rng(6), 0, None, num_frames=16, size=(48, 48), focus_change=3.0,
-                           focus_rng=np.random.default_rng(1))
-    assert np.array_equal(sharp.instances, drifting.instances) and np.array_equal(sharp.centers, drifting.centers)
+    sharp, drifting = _clip_and_changed_twin(6, focus_change=3.0, focus_rng=np.random.default_rng(1))
 
     def detail(frame):  # mean absolute horizontal gradient: what a blur takes away
         return np.abs(np.diff(frame.astype(float), axis=1)).mean()
@@ -227,10 +232,7 @@ def test_focus_drift_blurs_some_frames_and_changes_nothing_else():
 
 
 def test_texture_fade_washes_out_the_main_object_texture_and_keeps_its_outline():
-    plain = render_clip(np.random.default_rng(8), 0, None, num_frames=16, size=(48, 48))
-    faded = render_clip(np.random.default_rng(8), 0, None, num_frames=16, size=(48, 48), texture_fade=0.9,
-                        fade_rng=np.random.default_rng(2))
-    assert np.array_equal(plain.instances, faded.instances)
+    plain, faded = _clip_and_changed_twin(8, texture_fade=0.9, fade_rng=np.random.default_rng(2))
     background = plain.instances == 0
     assert np.array_equal(plain.frames[background], faded.frames[background])
     spread = [faded.frames[t][faded.instances[t] == 1].std(axis=0).mean() /
