@@ -91,7 +91,8 @@ def test_paired_bootstrap_gives_no_error_to_identical_runs_and_the_spread_of_a_r
 
 
 def test_corruption_error_is_relative_to_the_baseline_and_a_model_at_chance_cannot_win_it():
-    from vito_fast.demo_eval import mean_corruption_error, point, retained_above_chance, shape_bias_metric
+    from vito_fast.demo_eval import mean_corruption_error, point, shape_bias_metric
+    from vito_fast.demo_report import _robustness_and_bias
 
     videos, severities = 40, 5
     frames = np.full(videos, 2.0)
@@ -107,7 +108,11 @@ def test_corruption_error_is_relative_to_the_baseline_and_a_model_at_chance_cann
     expected = np.mean([(1 - c) / 0.75 for c in (0.4, 0.5, 0.55, 0.3, 0.35)])
     assert abs(point(mean_corruption_error(chance), good, videos) - expected) < 1e-12
     # at chance a model "loses nothing": its retained share is undefined, its mCE stays ~1
-    assert abs(point(retained_above_chance(4), good, videos) - (0.42 - 0.25) / (0.6 - 0.25)) < 1e-12
+    chance["robustness"], good["robustness"] = {"clean": 0.25, "corrupted": 0.25}, {"clean": 0.6, "corrupted": 0.42}
+    summary = {"variants": {"random": chance, "good": good}, "num_classes": 4}
+    assert abs(_robustness_and_bias(summary, "good")["retained"] - (0.42 - 0.25) / (0.6 - 0.25)) < 1e-12
+    assert abs(_robustness_and_bias(summary, "good")["mce"] - expected) < 1e-12
+    assert _robustness_and_bias(summary, "random")["retained"] is None
     shapes = _run(np.zeros(2), np.ones(2), shape_decisions=np.array([3.0, 1.0]),
                   texture_decisions=np.array([1.0, 1.0]))
     assert point(shape_bias_metric, shapes, 2) == 4 / 6

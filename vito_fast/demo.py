@@ -210,14 +210,15 @@ def run_demo(settings: DemoSettings) -> Dict[str, object]:
             losses.setdefault(name, outcome.losses)
             examples.setdefault(name, pictures)
     masks = [instances > 0 for _, instances in data.clips.values()]
-    gaussian = gaussian_attention_result(data.clips, ["frame"])["per_clip"]  # the same map at every stage
+    stages = stages_of(seeds["vito"][0:1]) or ["frame"]  # the Gaussian is the same map at every stage
+    gaussian = gaussian_attention_result(data.clips, stages)
     summary = {"settings": dataclasses.asdict(settings), "steps": steps, "estimated_seconds_per_step": estimate,
                "budget_note": budget_note, "config_overrides": base[1:],
                "variants": {name: runs[0] for name, runs in seeds.items()},
                "seeds": seeds, "num_classes": len(dataset.class_names),
-               "gaussian_attention": gaussian_attention_result(data.clips, stages_of(seeds["vito"][0:1])),
-               "centred_gaussian_attention_iou": float(np.mean(gaussian["attention_iou_frame"])),
-               "centred_gaussian_attention_mass": float(np.mean(gaussian["attention_mass_frame"])),
+               "gaussian_attention": gaussian,
+               "centred_gaussian_attention_iou": float(np.mean(gaussian["per_clip"][f"attention_iou_{stages[0]}"])),
+               "centred_gaussian_attention_mass": float(np.mean(gaussian["per_clip"][f"attention_mass_{stages[0]}"])),
                "object_area_fraction": float(np.mean([mask.mean() for mask in masks])), "losses": losses,
                "seconds": round(time.perf_counter() - started, 1)}
     from vito_fast.demo_report import write_report

@@ -116,13 +116,21 @@ def _per_video_sum(values: np.ndarray, groups: np.ndarray, videos: np.ndarray) -
     return totals
 
 
+def _probe_scores(features: torch.Tensor, labels: np.ndarray, groups: np.ndarray, videos: np.ndarray, probe: str,
+                  seed: int) -> Tuple[np.ndarray, Dict[int, object]]:
+    """(frames of each video that the cross-validated probe gets right (V,), {video: the linear probe that
+    did not see it})."""
+    predicted, probe_of_video = _fold_predictions(features, labels, groups, probe, seed)
+    return _per_video_sum((predicted == labels).astype(float), groups, videos), probe_of_video
+
+
 def cross_validated_accuracy(features: torch.Tensor, labels: np.ndarray, groups: np.ndarray, probe: str, *,
                              seed: int = 0) -> Tuple[float, float]:
     """(accuracy, its standard error over videos) of a kNN or linear probe, 4-fold over whole videos."""
-    predicted, _ = _fold_predictions(features, labels, groups, probe, seed)
-    correct = predicted == labels
-    per_video = np.array([correct[groups == group].mean() for group in np.unique(groups)])
-    return float(correct.mean()), standard_error(list(per_video))
+    videos = np.unique(groups)
+    correct, _ = _probe_scores(features, labels, groups, videos, probe, seed)
+    per_video = correct / _per_video_sum(np.ones(len(groups)), groups, videos)
+    return float(correct.sum() / len(labels)), standard_error(list(per_video))
 
 
 def _predict(probe_of_video: Dict[int, object], features: torch.Tensor, groups: np.ndarray) -> np.ndarray:
@@ -134,8 +142,7 @@ def _predict(probe_of_video: Dict[int, object], features: torch.Tensor, groups: 
     return predicted
 
 
-def evaluate_run(run_dir: Path, data: EvaluationData, *, seed: int = 0, attention_pooled: bool = True,
-                 robustness: bool = True) -> Tuple[Dict[str, object], Dict]:
+def evaluate_run(run_dir: Path, data: EvaluationData, *, seed: int = 0) -> Tuple[Dict[str, object], Dict]:
     """(scores of one run, {video: (frames, attention)} of 2 clips for the pictures); see the module doc."""
     from vito_fast.eval.encoder import load_encoder
     from vito_fast.eval.features import attention_of_frames
@@ -150,38 +157,36 @@ def evaluate_run(run_dir: Path, data: EvaluationData, *, seed: int = 0, attentio
     pools_by_attention = maps_encoder.run_config["model"].get("pooling", "attention") == "attention"
     probe_of_video = {}
     feature_sets = {"": features}
-    if pools_by_attention and attention_pooled:
+    if pools_by_attention:
         last_stage = encoder.stages[-1]
         pooled_encoder = load_encoder(run_dir, pooling="attention", stages=(last_stage,))
         feature_sets["_attention"] = extract_features(pooled_encoder, frames.images)
     for suffix, feature_set in feature_sets.items():
         for probe in ("knn", "linear"):
-            predicted, fitted = _fold_predictions(feature_set, frames.labels, frames.groups, probe, seed)
-            correct = _per_video_sum((predicted == frames.labels).astype(float), frames.groups, videos)
+            correct, fitted = _probe_scores(feature_set, frames.labels, frames.groups, videos, probe, seed)
             per_video[f"{probe}{suffix}_correct"] = correct
             result[f"{probe}{suffix}"] = float(correct.sum() / len(frames))
             result[f"{probe}{suffix}_se"] = standard_error(list(correct / per_video["frames"]))
             if probe == "linear" and not suffix:
                 probe_of_video = fitted
-    if robustness:
-        robust_groups = frames.groups[data.robust]
-        clean = _predict(probe_of_video, features[data.robust], robust_groups) == frames.labels[data.robust]
-        corrupted = np.zeros((len(data.robust), len(CORRUPTIONS)), np.float64)
-        accuracy_by_corruption = {}
-        for position, corruption in enumerate(CORRUPTIONS):
-            by_severity = {}
-            for severity in SEVERITIES:
-                images = corrupt(frames.images[data.robust], corruption, severity, seed=seed + severity)
-                hits = _predict(probe_of_video, featurize(images), robust_groups) == frames.labels[data.robust]
-                corrupted[:, position] += hits
-                by_severity[severity] = float(hits.mean())
-            accuracy_by_corruption[corruption] = by_severity
-        per_video["robust_frames"] = _per_video_sum(np.ones(len(data.robust)), robust_groups, videos)
-        per_video["robust_clean_correct"] = _per_video_sum(clean.astype(float), robust_groups, videos)
-        per_video["robust_corrupted_correct"] = _per_video_sum(corrupted, robust_groups, videos)  # (V, corruptions)
-        result["robustness"] = {"clean": float(clean.mean()), "by_corruption": accuracy_by_corruption,
-                                "corrupted": float(corrupted.sum() / (len(data.robust) * len(CORRUPTIONS)
-                                                                      * len(SEVERITIES)))}
+    robust_groups = frames.groups[data.robust]
+    clean = _predict(probe_of_video, features[data.robust], robust_groups) == frames.labels[data.robust]
+    corrupted = np.zeros((len(data.robust), len(CORRUPTIONS)), np.float64)
+    accuracy_by_corruption = {}
+    for position, corruption in enumerate(CORRUPTIONS):
+        by_severity = {}
+        for severity in SEVERITIES:
+            images = corrupt(frames.images[data.robust], corruption, severity, seed=seed + severity)
+            hits = _predict(probe_of_video, featurize(images), robust_groups) == frames.labels[data.robust]
+            corrupted[:, position] += hits
+            by_severity[severity] = float(hits.mean())
+        accuracy_by_corruption[corruption] = by_severity
+    per_video["robust_frames"] = _per_video_sum(np.ones(len(data.robust)), robust_groups, videos)
+    per_video["robust_clean_correct"] = _per_video_sum(clean.astype(float), robust_groups, videos)
+    per_video["robust_corrupted_correct"] = _per_video_sum(corrupted, robust_groups, videos)  # (V, corruptions)
+    result["robustness"] = {"clean": float(clean.mean()), "by_corruption": accuracy_by_corruption,
+                            "corrupted": float(corrupted.sum() / (len(data.robust) * len(CORRUPTIONS)
+                                                                  * len(SEVERITIES)))}
     if len(data.conflict_images):
         predicted = _predict(probe_of_video, featurize(data.conflict_images), data.conflict_groups)
         per_video["shape_decisions"] = _per_video_sum((predicted == data.conflict_shapes).astype(float),
@@ -248,20 +253,6 @@ def mean_corruption_error(baseline: Dict) -> Callable[[Dict, np.ndarray], np.nda
     return metric
 
 
-def retained_above_chance(num_classes: int) -> Callable[[Dict, np.ndarray], np.ndarray]:
-    """(corrupted accuracy − chance) / (clean accuracy − chance): the share of the above-chance
-    accuracy that survives the corruptions (undefined, and reported as such, when clean ≈ chance)."""
-    chance = 1.0 / num_classes
-
-    def metric(result: Dict, weights: np.ndarray) -> np.ndarray:
-        frames = _weighted(result, "robust_frames", weights)
-        clean = _weighted(result, "robust_clean_correct", weights) / frames
-        corrupted = 1.0 - corrupted_errors(result, weights).mean(axis=1)
-        with np.errstate(divide="ignore", invalid="ignore"):
-            return (corrupted - chance) / (clean - chance)
-    return metric
-
-
 def shape_bias_metric(result: Dict, weights: np.ndarray) -> np.ndarray:
     """Shape decisions / (shape + texture decisions) on the cue-conflict twins."""
     shape = _weighted(result, "shape_decisions", weights)
@@ -305,10 +296,11 @@ def gaussian_attention_result(clips: Dict[int, Tuple[np.ndarray, np.ndarray]], s
 
     masks = [instances > 0 for _, instances in clips.values()]
     gaussians = [centred_gaussian_attention(len(mask), 8, 8) for mask in masks]
+    mass = [attention_mass_on_masks(g, m) for g, m in zip(gaussians, masks)]
+    iou = [attention_mask_iou(g, m) for g, m in zip(gaussians, masks)]
     per_clip: Dict[str, List[float]] = {}
-    for stage in stages:
-        per_clip[f"attention_mass_{stage}"] = [attention_mass_on_masks(g, m) for g, m in zip(gaussians, masks)]
-        per_clip[f"attention_iou_{stage}"] = [attention_mask_iou(g, m) for g, m in zip(gaussians, masks)]
+    for stage in stages:  # the same scores under every stage's name
+        per_clip[f"attention_mass_{stage}"], per_clip[f"attention_iou_{stage}"] = mass, iou
     return {"per_clip": per_clip}
 
 

@@ -4,13 +4,14 @@ from __future__ import annotations
 import json
 from pathlib import Path
 from dataclasses import dataclass
-from typing import Callable, Dict, List, Optional
+from typing import Callable, Dict, List, Optional, Tuple
 
 import numpy as np
 
 from vito_fast.demo_eval import (accuracy_metric, clip_mean_metric, mean_corruption_error, paired_bootstrap, point,
-                                 retained_above_chance, shape_bias_metric, standard_error)
+                                 shape_bias_metric, standard_error)
 from vito_fast.eval.plots import bar_chart, line_chart
+from vito_fast.eval.robustness import kept_above_chance
 from vito_fast.eval.viz import attention_panel, save_png
 
 TITLES = {"random": "random init", "vito": "VITO", "avgpool": "VITO, average pooling", "dt0": "VITO, Δt = 0"}
@@ -44,7 +45,6 @@ class Claim:
     worse: str
     metric: Callable  # (run result, weights) -> values; see demo_eval
     label: str  # what the numbers are
-    units: str = "per_video"  # what the bootstrap resamples: videos, or the evaluation clips
     lower_is_better: bool = False
     metric_of_worse: Optional[Callable] = None  # when the two sides are scored differently
     percent: bool = True
@@ -76,11 +76,6 @@ def claims_of(summary: Dict, seed_index: int) -> List[Claim]:
     return found
 
 
-def _units(result: Dict, claim: Claim) -> int:
-    table = result[claim.units]
-    return len(next(iter(table.values())))
-
-
 def judge(summary: Dict, claim_index: int) -> Dict[str, object]:
     """{better, worse, difference, error, verdict, seeds} of one claim: one seed, the error resamples
     videos (paired bootstrap); several seeds, the error of the mean of per-seed differences."""
@@ -91,7 +86,7 @@ def judge(summary: Dict, claim_index: int) -> Dict[str, object]:
         claim = claims_of(summary, seed_index)[claim_index]
         better, worse = seeds[claim.better][seed_index], seeds[claim.worse][seed_index]
         rows.append(paired_bootstrap(claim.metric, better, claim.metric_of_worse or claim.metric, worse,
-                                     _units(better, claim), seed=seed_index))
+                                     len(better["per_video"]["frames"]), seed=seed_index))
     sign = -1.0 if claim.lower_is_better else 1.0
     differences = [sign * (first - second) for first, second, _ in rows]
     error = rows[0][2] if count == 1 else standard_error(differences)
@@ -106,21 +101,18 @@ def _attention_claim(summary: Dict) -> Optional[str]:
     vito = summary["variants"]["vito"]
     if not vito.get("attention_mass"):
         return None
-    masses, errors = vito["attention_mass"], vito.get("attention_mass_se", {})
-    best_stage, best = max(masses.items(), key=lambda item: item[1])
-    baseline = summary.get("centred_gaussian_attention_mass", 0.0)
-    gaussian = summary.get("gaussian_attention")
-    runs = summary.get("seeds", {}).get("vito", [vito])
-    across = "paired over the clips"
+    best_stage, best = max(vito["attention_mass"].items(), key=lambda item: item[1])
+    baseline = summary["centred_gaussian_attention_mass"]
+    runs = summary["seeds"]["vito"]
     if len(runs) > 1:
         shares = [run.get("attention_mass", {}).get(best_stage, float("nan")) for run in runs]
         best, error = float(np.mean(shares)), standard_error([share - baseline for share in shares])
         across = f"over {len(runs)} seeds"
-    elif gaussian is not None and "per_clip" in vito:
-        metric = clip_mean_metric(f"attention_mass_{best_stage}")
-        _, baseline, error = paired_bootstrap(metric, vito, metric, gaussian, len(vito["per_clip"]["J"]))
     else:
-        error = errors.get(best_stage, 0.0)
+        metric = clip_mean_metric(f"attention_mass_{best_stage}")
+        _, baseline, error = paired_bootstrap(metric, vito, metric, summary["gaussian_attention"],
+                                              len(vito["per_clip"]["J"]))
+        across = "paired over the clips"
     iou = float(np.mean([run.get("attention_iou", {}).get(best_stage, float("nan")) for run in runs]))
     return (f"- the attention maps follow the objects: {verdict(best - baseline, error)} ({best_stage}, the stage "
             f"with the most: {100 * best:.0f}% of the attention on the objects (± {100 * error:.0f}, {across}), "
@@ -140,8 +132,7 @@ def claim_lines(summary: Dict) -> List[str]:
         show = (lambda value: f"{100 * value:.1f}%") if claim.percent else (lambda value: f"{value:.3f}")
         scale = 100 if claim.percent else 1
         unit = " points" if claim.percent else ""
-        across = (f"± over {judged['seeds']} seeds" if judged["seeds"] > 1 else "± paired bootstrap over videos"
-                  if claim.units == "per_video" else "± paired bootstrap over clips")
+        across = f"± over {judged['seeds']} seeds" if judged["seeds"] > 1 else "± paired bootstrap over videos"
         lines.append(f"- {claim.title}: {judged['verdict']} ({claim.label}: {TITLES[claim.better]} "
                      f"{show(judged['better'])} vs {TITLES[claim.worse]} {show(judged['worse'])}, "
                      f"{'improvement' if claim.lower_is_better else 'difference'} "
@@ -181,12 +172,19 @@ TRIED = {
 }
 
 
+def claim_outcome(line: str) -> Tuple[str, str]:
+    """(title, "yes" | "no, the opposite" | "not clearly") of a line from ``claim_lines``."""
+    title, outcome = line[2:].split(": ", 1)
+    return title, ("yes" if outcome.startswith("yes") else "no, the opposite" if outcome.startswith("**no**")
+                   else "not clearly")
+
+
 def not_shown_notes(lines: List[str]) -> List[str]:
     """"What was tried" for each claim line whose verdict is not "yes"."""
     notes = []
     for line in lines:
-        title, outcome = line[2:].split(": ", 1)
-        if outcome.startswith("yes"):
+        title, outcome = claim_outcome(line)
+        if outcome == "yes":
             continue
         for start, note in TRIED.items():
             if title.startswith(start) and note not in notes:
@@ -195,25 +193,18 @@ def not_shown_notes(lines: List[str]) -> List[str]:
     return [f"- {note}" for note in notes]
 
 
-AT_CHANCE = 0.05  # clean accuracy within this of chance: "kept above chance" is not shown
-
-
 def _robustness_and_bias(summary: Dict, name: str) -> Dict[str, Optional[float]]:
     """mCE, retained share above chance and shape bias of a variant's first seed (None where not measured)."""
     result, random = summary["variants"][name], summary["variants"]["random"]
     table = result.get("per_video", {})
-    if not table:
-        return {"mce": None, "retained": None, "shape_bias": None, "cued": None}
-    count = len(table["frames"])
     figures = {"mce": None, "retained": None, "shape_bias": None, "cued": None}
     if "robust_corrupted_correct" in table:
-        figures["mce"] = point(mean_corruption_error(random), result, count)
-        chance = 1.0 / summary.get("num_classes", 4)
-        clean = result["robustness"]["clean"]
-        if clean - chance >= AT_CHANCE:  # nothing to keep otherwise
-            figures["retained"] = point(retained_above_chance(summary.get("num_classes", 4)), result, count)
+        figures["mce"] = point(mean_corruption_error(random), result, len(table["frames"]))
+        robustness = result["robustness"]
+        figures["retained"] = kept_above_chance(robustness["clean"], robustness["corrupted"],
+                                                summary.get("num_classes", 4))
     if "shape_decisions" in table:
-        figures["shape_bias"] = point(shape_bias_metric, result, count)
+        figures["shape_bias"] = point(shape_bias_metric, result, len(table["frames"]))
         figures["cued"] = float((np.sum(table["shape_decisions"]) + np.sum(table["texture_decisions"]))
                                 / np.sum(table["conflict_frames"]))
     return figures

@@ -64,7 +64,7 @@ def main(argv: List[str]) -> int:
     except (FileNotFoundError, ValueError, RuntimeError) as error:
         print(f"vito-fast demo: {error}", file=sys.stderr)
         return 1
-    from vito_fast.demo_report import claim_lines
+    from vito_fast.demo_report import claim_lines, claim_outcome
 
     print("vito-fast demo")
     print(f"  {'variant':<10} {'kNN':>7} {'linear':>7} {'J':>6}  attention on objects (IoU)")
@@ -76,11 +76,7 @@ def main(argv: List[str]) -> int:
     print(f"  centred Gaussian: {100 * summary['centred_gaussian_attention_mass']:.0f}% on objects "
           f"(IoU {summary['centred_gaussian_attention_iou']:.2f}); objects cover "
           f"{100 * summary['object_area_fraction']:.0f}% of the frames")
-    verdicts = []
-    for line in claim_lines(summary):
-        title, outcome = line[2:].split(": ", 1)
-        verdicts.append((title, "yes" if outcome.startswith("yes") else
-                         "no, the opposite" if outcome.startswith("**no**") else "not clearly"))
+    verdicts = [claim_outcome(line) for line in claim_lines(summary)]
     shown = sum(outcome == "yes" for _, outcome in verdicts)
     print(f"  claims shown beyond twice their standard error: {shown} of {len(verdicts)}")
     for title, outcome in verdicts:
