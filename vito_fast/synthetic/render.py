@@ -91,13 +91,13 @@ def render_clip(rng: np.random.Generator, class_id: int, distractor_class_id: Op
     distractor_radii = (0.11 * object_scale, 0.16 * object_scale)
     objects = [_MovingObject(rng, class_id, main_radii, short_side, height, width, num_frames, texture_class_id)]
     if texture_fade > 0:
-        objects[0].texture_contrast = 1.0 - texture_fade * (1.0 - _focus_blur(fade_rng, num_frames, 1.0))
+        objects[0].texture_contrast = 1.0 - texture_fade * (1.0 - _slow_cycle(fade_rng, num_frames, 1.0))
     if distractor_class_id is not None:
         objects.append(_MovingObject(rng, distractor_class_id, distractor_radii, short_side, height, width,
                                      num_frames))
     distractor_in_front = bool(rng.random() < 0.5)
     light = _light_gains(rng, num_frames, light_change)
-    blur = _focus_blur(focus_rng, num_frames, focus_change * short_side / 96) if focus_change > 0 else None
+    blur = _slow_cycle(focus_rng, num_frames, focus_change * short_side / 96) if focus_change > 0 else None
     # painting order: back to front
     order = [0, 1] if len(objects) == 1 or distractor_in_front else [1, 0]
     order = order[: len(objects)]
@@ -133,9 +133,9 @@ def render_clip(rng: np.random.Generator, class_id: int, distractor_class_id: Op
     return RenderedClip(frames, instances, classes, centers, radii)
 
 
-def _focus_blur(rng: np.random.Generator, num_frames: int, amplitude: float) -> np.ndarray:
-    """(T,) Gaussian blur widths (pixels) of a focus that drifts: amplitude · (½ + ½ sin(2π t / period + phase)),
-    one cycle in about one to two clips, so that some frames are sharp and others soft."""
+def _slow_cycle(rng: np.random.Generator, num_frames: int, amplitude: float) -> np.ndarray:
+    """(T,) amplitude · (½ + ½ sin(2π t / period + phase)), one cycle in about one to two clips: from 0 to
+    ``amplitude`` and back within a clip (the focus drift's blur widths, the texture fade's depth)."""
     period = rng.uniform(1.0, 2.0) * num_frames
     phase = rng.uniform(0, 2 * math.pi)
     time = np.arange(num_frames, dtype=np.float64)
