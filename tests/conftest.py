@@ -3,6 +3,11 @@
 On a machine without CUDA, Triton kernels run through Triton's CPU interpreter
 (``TRITON_INTERPRET=1``), so the kernels themselves are tested in CI. The variable must be set
 before ``triton`` is first imported, hence at the top of this file.
+
+The interpreter stands in for the GPU only in tests that ask for it through the ``kernel_device``
+fixture: elsewhere ``VITO_FAST_INTERPRET_CPU_TENSORS=0`` makes ``backend="triton"`` on CPU tensors
+raise, as it does on a GPU host, so a test that runs the kernels on the CPU because they happen to
+be interpreted here fails in CI instead of on the GPU. The variable reaches spawned workers too.
 """
 from __future__ import annotations
 
@@ -26,6 +31,7 @@ def _cuda_available() -> bool:
 CUDA = _cuda_available()
 if not CUDA:
     os.environ.setdefault("TRITON_INTERPRET", "1")
+    os.environ["VITO_FAST_INTERPRET_CPU_TENSORS"] = "0"  # granted per test by kernel_device
 
 import torch  # noqa: E402  (after TRITON_INTERPRET is set)
 
@@ -41,8 +47,15 @@ def pytest_collection_modifyitems(config, items):
 
 
 @pytest.fixture
-def kernel_device() -> str:
-    """The device on which Triton kernels run in this test session ("cuda" or "cpu")."""
+def kernel_device(monkeypatch) -> str:
+    """The device on which Triton kernels run in this test ("cuda", or "cpu" through Triton's
+    interpreter): a test that runs the kernels puts its tensors (and its training run) there."""
+    if not CUDA:
+        from vito_fast.kernels._utils import interpreting
+
+        if not interpreting():
+            pytest.skip("the Triton kernels need a CUDA device or TRITON_INTERPRET=1")
+        monkeypatch.setenv("VITO_FAST_INTERPRET_CPU_TENSORS", "1")
     return KERNEL_DEVICE
 
 

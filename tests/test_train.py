@@ -295,13 +295,14 @@ def test_two_process_gloo_run_equals_one_process_run(tmp_path):
     torch.testing.assert_close(ddp_trunk, single_trunk, rtol=1e-3, atol=1e-5)
 
 
-def test_fused_and_reference_ops_give_the_same_losses(tmp_path):
-    """backend=triton runs the Triton kernels (through TRITON_INTERPRET=1 on a CPU, see conftest)."""
-    from vito_fast.kernels._utils import interpreting
-
-    if not interpreting() and not torch.cuda.is_available():
-        pytest.skip("Triton kernels need a GPU or TRITON_INTERPRET=1")
-    steps = ["train.steps=2", "train.checkpoint_every=2", "train.image_every=0", "data.image_size=32"]
+def test_fused_and_reference_ops_give_the_same_losses(tmp_path, kernel_device, monkeypatch):
+    """backend=triton runs the Triton kernels on kernel_device (the GPU, or the CPU through Triton's
+    interpreter, see conftest); both runs in float32, so that only the ops differ."""
+    if kernel_device == "cuda":  # no bf16 autocast, no TF32 convolutions: float32 like the kernels
+        monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", False)
+        monkeypatch.setattr(torch.backends.cuda.matmul, "allow_tf32", False)
+    steps = ["train.steps=2", "train.checkpoint_every=2", "train.image_every=0", "data.image_size=32",
+             f"train.device={kernel_device}", "train.amp=false"]
     fused = train(tiny(*steps, "model.backend=triton"), tmp_path / "fused")
     reference = train(tiny(*steps, "model.backend=torch"), tmp_path / "reference")
     torch.testing.assert_close(fused.stage_losses, reference.stage_losses, rtol=1e-4, atol=1e-4)

@@ -1,6 +1,8 @@
 """The one rule that picks Triton or the PyTorch reference for every fused op."""
 from __future__ import annotations
 
+import os
+
 import torch
 
 BACKENDS = ("auto", "triton", "torch")
@@ -14,7 +16,9 @@ def use_triton(op: str, x: torch.Tensor, backend: str) -> bool:
 
     backend "auto": Triton for CUDA tensors of TRITON_DTYPES, the reference otherwise (float64, for
     gradcheck, stays on the reference); "torch": the reference; "triton": Triton, on CPU tensors
-    only under Triton's interpreter. Raises when "triton" is forced where it cannot run.
+    only under Triton's interpreter, and not where VITO_FAST_INTERPRET_CPU_TENSORS=0 (the tests set
+    it so that only a test that asks for the chip gets the interpreter, see tests/conftest.py).
+    Raises when "triton" is forced where it cannot run.
     """
     if backend == "torch" or (backend == "auto" and not (x.is_cuda and x.dtype in TRITON_DTYPES)):
         return False
@@ -27,4 +31,8 @@ def use_triton(op: str, x: torch.Tensor, backend: str) -> bool:
             raise RuntimeError(f"{op}: backend='triton' needs CUDA tensors, or TRITON_INTERPRET=1 set "
                                f"before triton is imported to run Triton's interpreter on CPU tensors; "
                                f"or use backend='auto'")
+        if os.environ.get("VITO_FAST_INTERPRET_CPU_TENSORS", "1") == "0":
+            raise RuntimeError(f"{op}: backend='triton' needs CUDA tensors: VITO_FAST_INTERPRET_CPU_TENSORS=0 "
+                               f"keeps Triton's interpreter off CPU tensors (in the tests, ask for the "
+                               f"kernel_device fixture and put the tensors on it); or use backend='auto'")
     return True
