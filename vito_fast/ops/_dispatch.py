@@ -11,6 +11,13 @@ BACKENDS = ("auto", "triton", "torch")
 TRITON_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 
 
+def auto_picks_triton(x: torch.Tensor) -> bool:
+    """backend="auto"'s choice: Triton for CUDA tensors of TRITON_DTYPES. The one seam through which
+    tests of the auto path (its first-use self-check, tests/test_verify.py) send CPU tensors to the
+    interpreter, by replacing this function."""
+    return x.is_cuda and x.dtype in TRITON_DTYPES
+
+
 def use_triton(op: str, x: torch.Tensor, backend: str) -> bool:
     """True when ``op`` should run its Triton kernels on input ``x``.
 
@@ -20,7 +27,7 @@ def use_triton(op: str, x: torch.Tensor, backend: str) -> bool:
     it so that only a test that asks for the chip gets the interpreter, see tests/conftest.py).
     Raises when "triton" is forced where it cannot run.
     """
-    if backend == "torch" or (backend == "auto" and not (x.is_cuda and x.dtype in TRITON_DTYPES)):
+    if backend == "torch" or (backend == "auto" and not auto_picks_triton(x)):
         return False
     if x.dtype not in TRITON_DTYPES:
         raise TypeError(f"{op}: the Triton backend takes {TRITON_DTYPES}, got {x.dtype}; use backend='torch'")

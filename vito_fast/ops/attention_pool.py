@@ -1,10 +1,12 @@
 """Attention pooling: input checks, the autograd Function around the Triton kernels, and dispatch."""
 from __future__ import annotations
 
+from functools import partial
 from typing import Optional, Tuple
 
 import torch
 
+from vito_fast.ops import self_check
 from vito_fast.ops._dispatch import BACKENDS, use_triton
 from vito_fast.reference.attention_pool import attention_pool_reference
 
@@ -112,7 +114,8 @@ def attention_pool(
     (hidden = 0) the logits are ``w2 · h + b2``. w1 (hidden, C), b1 (hidden,) or None, w2
     (hidden,) or (C,), b2 a scalar or None, all in h's dtype and on h's device. pooled has h's
     dtype (float32 accumulation). Both outputs are differentiable; b2's gradient is zero.
-    backend: "auto" (Triton for float32/16-bit CUDA tensors, the reference otherwise), "triton" (also on
+    backend: "auto" (Triton for float32/16-bit CUDA tensors once each kind of call passes its
+    first-use check, vito_fast/ops/self_check.py; the reference otherwise), "triton" (also on
     CPU tensors under TRITON_INTERPRET=1), "torch". h may be contiguous or channels_last (no copy).
     block_sizes (positions, channels, hidden) forces Triton tile sizes, for tests and tuning: the
     pooling kernels' position tile (they hold all channels), and the dh GEMM's row, channel and
@@ -125,6 +128,11 @@ def attention_pool(
     from vito_fast.kernels.attention_pool import MAX_WIDTH
 
     if backend == "auto" and max(h.shape[1], 0 if w1 is None else w1.shape[0]) > MAX_WIDTH:
+        return attention_pool_reference(h, w1, b1, w2, b2)
+    if backend == "auto" and not self_check.triton_trusted(
+            self_check.attention_pool_kind(h, w1, b1, w2, b2),
+            lambda kind: self_check.check_attention_pool(
+                kind, partial(attention_pool, backend="triton", block_sizes=block_sizes), h, w1, b1, w2, b2)):
         return attention_pool_reference(h, w1, b1, w2, b2)
     block_n, block_c, block_hid = block_sizes if block_sizes is not None else (None, None, None)
     blocks = dict(block_n=block_n, block_c=block_c, block_hid=block_hid)

@@ -2,10 +2,12 @@
 from __future__ import annotations
 
 import os
+from functools import partial
 from typing import Optional, Tuple, Union
 
 import torch
 
+from vito_fast.ops import self_check
 from vito_fast.ops._dispatch import BACKENDS, use_triton
 from vito_fast.reference.info_nce import info_nce_reference
 
@@ -134,7 +136,8 @@ def info_nce(
     ``info_nce(q, k) == cross_entropy(normalize(q) @ normalize(k).T / τ, labels)``, labels
     defaulting to label_offset + arange(N); symmetric=True (N == M) averages that with the k→q
     direction. temperature is a float or a 1-element tensor (it gets a gradient when it requires
-    grad). backend: "auto" (Triton for CUDA tensors, the PyTorch reference otherwise), "triton"
+    grad). backend: "auto" (Triton for CUDA tensors once each kind of call passes its first-use
+    check, vito_fast/ops/self_check.py; the PyTorch reference otherwise), "triton"
     (also on CPU tensors under TRITON_INTERPRET=1), "torch". The Triton path never forms the N×M
     logits and never synchronises with the host: labels outside [0, M) and a tensor τ ≤ 0 give a
     NaN loss (and NaN gradients) instead of an error, unless debug (default: VITO_FAST_DEBUG=1)
@@ -148,6 +151,13 @@ def info_nce(
     triton_path = isinstance(q, torch.Tensor) and backend in BACKENDS and use_triton("info_nce", q, backend)
     _check_inputs(q, k, temperature, labels, label_offset, symmetric, reduction, backend,
                   host_checks=not triton_path or debug_checks(debug))
+    if triton_path and backend == "auto":
+        triton_path = self_check.triton_trusted(
+            self_check.info_nce_kind(q, k, temperature, symmetric, deterministic),
+            lambda kind: self_check.check_info_nce(
+                kind, partial(info_nce, backend="triton", deterministic=deterministic, block_sizes=block_sizes),
+                q, k, temperature, labels=labels, label_offset=label_offset, symmetric=symmetric,
+                normalize=normalize, reduction=reduction))
     if not triton_path:
         return info_nce_reference(q, k, temperature, labels=labels, label_offset=label_offset,
                                   symmetric=symmetric, normalize=normalize, reduction=reduction)
