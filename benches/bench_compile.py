@@ -3,12 +3,20 @@ for Hopper on any machine (no GPU needed), beside a roofline of the goal shapes.
 
     python benches/bench_compile.py              # the Markdown tables
     python benches/bench_compile.py --json       # the variant rows as JSON
+    python benches/bench_compile.py --quick      # a few cases that launch every kernel part
+    python benches/bench_compile.py --triton-path /work/triton36   # compiled by another Triton
     vito-fast bench compile                      # the same report through pytest-benchmark
 
-From another script (e.g. a GPU pass): ``compile_report(workers=None) -> list[dict]`` (one row per
-variant: variant, registers, spill_bytes, smem_bytes, ctas_per_sm, wgmma, wgmma_expected, cases,
-...), ``roofline() -> list[dict]`` (one row per goal shape) and ``markdown(rows,
-roofline_rows=None) -> str``.
+From another script (e.g. a GPU pass): ``compile_report(workers=None, *, quick=False, cases=(),
+triton_path=None) -> list[dict]`` (one row per variant: variant, registers, spill_bytes,
+smem_bytes, ctas_per_sm, wgmma, wgmma_expected, cases, triton, ...), ``roofline() -> list[dict]``
+(one row per goal shape) and ``markdown(rows, roofline_rows=None) -> str``.
+
+**Which Triton.** The one this interpreter imports, or, with ``triton_path`` (``--triton-path
+DIR``), the one installed in DIR by ``pip install --no-deps --target DIR triton==X.Y.Z``: the
+report then runs in a child process with DIR first on PYTHONPATH, so both the launch
+specialisation and the compilation (and the bundled ptxas) are that Triton's. Each row names the
+Triton version that compiled it.
 
 **Which variants.** The launchers in kernels/ run on meta tensors (no memory, no device) for every
 case in ``INFO_NCE_CASES`` / ``ATTENTION_POOL_CASES``, with the arguments vito_fast.ops gives them
@@ -54,6 +62,7 @@ anchors (SPEC.md) are H200 figures, so the ratios divide them by the H200 roofli
 """
 from __future__ import annotations
 
+import argparse
 import contextlib
 import io
 import json
@@ -64,7 +73,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from typing import Dict, List, Optional
+from typing import Callable, Dict, List, Optional, Sequence
 
 import torch
 import triton
@@ -111,6 +120,42 @@ ATTENTION_POOL_CASES = [(dtype, GOAL_POOL_BATCH, c, hh, ww, hidden, channels_las
 TORCH_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
 
 
+def info_nce_case_name(dtype: str, n: int, d: int, symmetric: bool, need_k: bool, deterministic: bool) -> str:
+    return (f"info_nce {dtype} N=M={n} D={d}{' sym' if symmetric else ''}"
+            f"{' dk' if need_k else ''}{' det' if deterministic else ''}")
+
+
+def attention_pool_case_name(dtype: str, batch: int, channels: int, height: int, width: int, hidden: int,
+                             channels_last: bool) -> str:
+    return (f"attention_pool {dtype} {batch}×{channels}×{height}×{width} hidden={hidden}"
+            f"{'' if channels_last else ' NCHW'}")
+
+
+# --quick: cases that between them launch every kernel part (InfoNCE prologue, forward, column
+# merge, gq, gk with D resident and chunked, the one sweep's dk+dq and dq kernels; attention
+# pooling linear and MLP, channels_last and NCHW, and the dh GEMM) in each dtype's tile family,
+# with training's and the benches' bf16 shapes among them: 27 of the 150 variants.
+QUICK_CASES = (
+    "info_nce bf16 N=M=16384 D=256 det",  # training: k is the EMA target
+    "info_nce bf16 N=M=16384 D=256 dk",  # bench: one sweep (dk+dq, dq), atomic loss
+    "info_nce bf16 N=M=16384 D=256 sym dk det",  # column merge, gk on D chunks
+    "info_nce fp16 N=M=4096 D=128 dk det",
+    "info_nce fp32 N=M=4100 D=256 dk det",  # FMA dots, chunked D, N without a divisibility hint
+    "attention_pool bf16 512×2048×7×7 hidden=512",  # MLP and the dh GEMM, channels_last
+    "attention_pool bf16 512×1024×14×14 hidden=0 NCHW",
+    "attention_pool fp32 512×1024×14×14 hidden=512 NCHW",
+)
+
+
+def case_selector(quick: bool = False, patterns: Sequence[str] = ()) -> Callable[[str], bool]:
+    """Which launch cases a report compiles: all by default; with quick, QUICK_CASES; with
+    patterns (regular expressions searched in the case name), the matching ones too."""
+    compiled = [re.compile(pattern) for pattern in patterns]
+    if not quick and not compiled:
+        return lambda case: True
+    return lambda case: (quick and case in QUICK_CASES) or any(p.search(case) for p in compiled)
+
+
 # ---------------------------------------------------------------- capturing the launches
 
 class _Recorder:
@@ -136,13 +181,14 @@ def _capture(module, calls: list, case: str):
             setattr(module, name, fn)
 
 
-def _info_nce_launches(calls: list) -> None:
+def _info_nce_launches(calls: list, wanted: Callable[[str], bool]) -> None:
     from vito_fast.kernels import info_nce as kernels
 
     meta = dict(device="meta")
     for dtype, n, d, symmetric, need_k, deterministic in INFO_NCE_CASES:
-        case = (f"info_nce {dtype} N=M={n} D={d}{' sym' if symmetric else ''}"
-                f"{' dk' if need_k else ''}{' det' if deterministic else ''}")
+        case = info_nce_case_name(dtype, n, d, symmetric, need_k, deterministic)
+        if not wanted(case):
+            continue
         q = torch.empty(n, d, dtype=TORCH_DTYPES[dtype], **meta)
         k = torch.empty(n, d, dtype=TORCH_DTYPES[dtype], **meta)
         with _capture(kernels, calls, case):
@@ -152,12 +198,13 @@ def _info_nce_launches(calls: list) -> None:
                                  deterministic=deterministic)
 
 
-def _attention_pool_launches(calls: list) -> None:
+def _attention_pool_launches(calls: list, wanted: Callable[[str], bool]) -> None:
     from vito_fast.kernels import attention_pool as kernels
 
     for dtype, batch, channels, height, width, hidden, channels_last in ATTENTION_POOL_CASES:
-        case = (f"attention_pool {dtype} {batch}×{channels}×{height}×{width} hidden={hidden}"
-                f"{'' if channels_last else ' NCHW'}")
+        case = attention_pool_case_name(dtype, batch, channels, height, width, hidden, channels_last)
+        if not wanted(case):
+            continue
         like = dict(device="meta", dtype=TORCH_DTYPES[dtype])
         h = torch.empty(batch, channels, height, width, **like)
         if channels_last:
@@ -171,17 +218,19 @@ def _attention_pool_launches(calls: list) -> None:
             kernels.attention_pool_bwd(h, w1, w2, z, attn, pooled32, torch.empty(batch, channels, **like), None)
 
 
-def launched_variants() -> List[dict]:
-    """The distinct specialisations of every captured launch: kernel, signature, constexprs,
-    attributes and options as a real launch would compile them, with the cases that launch it."""
+def launched_variants(wanted: Optional[Callable[[str], bool]] = None) -> List[dict]:
+    """The distinct specialisations of every captured launch of the wanted cases: kernel,
+    signature, constexprs, attributes and options as a real launch would compile them, with the
+    cases that launch it."""
     from triton.backends.compiler import GPUTarget
     from triton.compiler import make_backend
     from triton.runtime.jit import create_function_from_signature
 
     backend = make_backend(GPUTarget("cuda", 90, 32))
+    wanted = case_selector() if wanted is None else wanted
     calls: list = []
-    _info_nce_launches(calls)
-    _attention_pool_launches(calls)
+    _info_nce_launches(calls, wanted)
+    _attention_pool_launches(calls, wanted)
     variants: Dict[str, dict] = {}
     for fn, case, _grid, args, kwargs in calls:
         binder = create_function_from_signature(fn.signature, fn.params, backend)
@@ -308,30 +357,37 @@ def compile_variant(variant: dict) -> dict:
                fma=len(_FMA.findall(ptx)), fma_expected=0 if wgmma_shapes else dot_volume // threads,
                atomics=len(_ATOMIC.findall(ptx)), atomic_kinds=sorted(set(_ATOMIC.findall(ptx))),
                tensor_cores=row["dtype"] != "fp32" and dot_volume > 0,
-               cases=variant["cases"], compile_s=time.perf_counter() - start)
+               cases=variant["cases"], triton=triton.__version__, compile_s=time.perf_counter() - start)
     return row
 
 
-def compile_report(workers: Optional[int] = None) -> List[dict]:
+def compile_report(workers: Optional[int] = None, *, quick: bool = False, cases: Sequence[str] = (),
+                   triton_path: Optional[str] = None) -> List[dict]:
     """One row per launched variant, sorted by op, part and dtype (see the module docstring).
+
+    quick: only QUICK_CASES; cases: regular expressions, the launch cases they match (added to
+    quick's). triton_path: a folder holding another Triton (``pip install --no-deps --target
+    DIR triton==X.Y.Z``) that compiles the report instead of the one imported here.
 
     workers > 1 (default: one per core, at most 8) compiles in that many processes: forked from
     this one, or fresh ones when this process has initialised CUDA (each taking every workers-th
     variant). Under TRITON_INTERPRET=1 the kernels are interpreter objects that cannot be
-    compiled: the report then runs in a child process without that variable.
+    compiled, and another Triton cannot be imported beside this one: the report then runs in a
+    child process (without that variable; with triton_path first on its PYTHONPATH).
     """
     workers = min(os.cpu_count() or 1, 8) if workers is None else workers
-    if os.environ.get("TRITON_INTERPRET", "0") not in ("", "0"):
-        rows = _run_children(["--json", "--workers", str(workers)], 1)
+    selection = (["--quick"] if quick else []) + [argument for pattern in cases for argument in ("--case", pattern)]
+    if triton_path is not None or os.environ.get("TRITON_INTERPRET", "0") not in ("", "0"):
+        rows = _run_children(["--json", "--workers", str(workers), *selection], 1, triton_path)
     elif workers <= 1:
-        rows = [compile_variant(variant) for variant in launched_variants()]
+        rows = [compile_variant(variant) for variant in launched_variants(case_selector(quick, cases))]
     elif torch.cuda.is_initialized():
-        rows = _run_children(["--json", "--shard"], workers)
+        rows = _run_children(["--json", *selection, "--shard"], workers)
     else:
         import multiprocessing
         from concurrent.futures import ProcessPoolExecutor
 
-        _VARIANTS[:] = launched_variants()  # the forked workers inherit them
+        _VARIANTS[:] = launched_variants(case_selector(quick, cases))  # the forked workers inherit them
         with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("fork")) as pool:
             rows = list(pool.map(_compile_nth, range(len(_VARIANTS))))
     return sorted(rows, key=lambda row: (row["op"], row["part"], row["dtype"], row["variant"]))
@@ -344,9 +400,22 @@ def _compile_nth(index: int) -> dict:
     return compile_variant(_VARIANTS[index])
 
 
-def _run_children(arguments: List[str], count: int) -> List[dict]:
-    """Rows printed by `count` children running this file (the i-th gets --shard i/count)."""
+def check_triton_path(triton_path: str) -> str:
+    """The absolute folder, or a ValueError that says how to install Triton there."""
+    folder = os.path.abspath(triton_path)
+    if not os.path.isfile(os.path.join(folder, "triton", "__init__.py")):
+        raise ValueError(f"bench_compile: {folder} holds no Triton (no triton/__init__.py); install one there "
+                         f"with `python -m pip install --no-deps --target {folder} triton==3.6.0` "
+                         f"(or the version to check)")
+    return folder
+
+
+def _run_children(arguments: List[str], count: int, triton_path: Optional[str] = None) -> List[dict]:
+    """Rows printed by `count` children running this file (the i-th gets --shard i/count), with
+    triton_path, when given, first on their PYTHONPATH."""
     env = {key: value for key, value in os.environ.items() if key != "TRITON_INTERPRET"}
+    if triton_path is not None:
+        env["PYTHONPATH"] = os.pathsep.join([check_triton_path(triton_path), *filter(None, [env.get("PYTHONPATH")])])
     shard = arguments[-1] == "--shard"
     children = [subprocess.Popen([sys.executable, os.path.abspath(__file__), *arguments]
                                  + ([f"{index}/{count}"] if shard else []), env=env,
@@ -497,16 +566,53 @@ def test_compile_report(benchmark):
     print("\n" + markdown(rows))
 
 
-if __name__ == "__main__":
-    if "--shard" in sys.argv:  # one compile process of compile_report()
-        shard, shards = map(int, sys.argv[sys.argv.index("--shard") + 1].split("/"))
-        print(json.dumps([compile_variant(variant) for variant in launched_variants()[shard::shards]]))
-        sys.exit()
-    workers = int(sys.argv[sys.argv.index("--workers") + 1]) if "--workers" in sys.argv else None
-    report = compile_report(workers)
-    if "--json" in sys.argv:
+def _arguments(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="bench_compile.py",
+        description="sm_90 compile report: compile every Triton kernel variant that vito_fast's training and "
+        "benches launch for Hopper (no GPU needed; Triton's bundled ptxas) and report registers, spills, "
+        "shared memory, CTAs per SM and wgmma counts against the count the tiles need, beside a roofline "
+        "of the goal shapes.")
+    parser.add_argument("--json", action="store_true", help="print the variant rows as JSON instead of Markdown")
+    parser.add_argument("--quick", action="store_true",
+                        help=f"only the {len(QUICK_CASES)} launch cases that cover every kernel part (QUICK_CASES)")
+    parser.add_argument("--case", action="append", default=[], metavar="REGEX",
+                        help="also (or, without --quick, only) the launch cases whose name matches, e.g. "
+                        "'info_nce bf16 N=M=4100 D=256 sym'; repeatable")
+    parser.add_argument("--triton-path", metavar="DIR",
+                        help="compile with the Triton installed in DIR (`python -m pip install --no-deps "
+                        "--target DIR triton==3.6.0`) instead of this interpreter's")
+    parser.add_argument("--workers", type=int, help="compile processes (default: one per core, at most 8)")
+    parser.add_argument("--shard", metavar="I/N", help=argparse.SUPPRESS)  # one compile process of compile_report()
+    return parser.parse_args(argv)
+
+
+def main(argv: Optional[Sequence[str]] = None) -> None:
+    args = _arguments(argv)
+    if args.shard:
+        shard, shards = map(int, args.shard.split("/"))
+        variants = launched_variants(case_selector(args.quick, args.case))[shard::shards]
+        print(json.dumps([compile_variant(variant) for variant in variants]))
+        return
+    if args.triton_path is not None:
+        try:
+            check_triton_path(args.triton_path)
+        except ValueError as error:
+            sys.exit(str(error))
+    start = time.perf_counter()
+    report = compile_report(args.workers, quick=args.quick, cases=args.case, triton_path=args.triton_path)
+    if args.json:
         print(json.dumps(report))
-    else:
-        print(f"sm_90 compile report, Triton {triton.__version__}, torch {torch.__version__}, "
-              f"{time.strftime('%Y-%m-%d')}, {len(report)} variants\n")
-        print(markdown(report))
+        return
+    versions = sorted({row["triton"] for row in report}) or [triton.__version__ if args.triton_path is None else "?"]
+    selection = " (--quick)" if args.quick else " (selected cases)" if args.case else ""
+    print(f"sm_90 compile report, Triton {', '.join(versions)}"
+          f"{f' from {os.path.abspath(args.triton_path)}' if args.triton_path else ''}, torch {torch.__version__}, "
+          f"{time.strftime('%Y-%m-%d')}, {len(report)} variants{selection}, "
+          f"{sum(bool(row['spill_bytes'] or row['spill_load_bytes']) for row in report)} spilling, "
+          f"{time.perf_counter() - start:.0f} s\n")
+    print(markdown(report))
+
+
+if __name__ == "__main__":
+    main()
