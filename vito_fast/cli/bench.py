@@ -2,11 +2,13 @@
 
 The suites live in the source tree, not in the installed package: this command finds them next to
 the package (an editable install or a checkout) or in ``--benches DIR``. ``vito-fast bench gpu
-ARGS`` runs the prepared GPU pass instead, ``benches/gpu_pass.py ARGS`` (``--dry-run`` on a CPU).
+ARGS`` runs the prepared GPU pass instead, ``benches/gpu_pass.py ARGS`` (``--dry-run`` on a CPU);
+``vito-fast bench verify`` checks every kind of Triton call against the reference on this machine.
 """
 from __future__ import annotations
 
 import argparse
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -27,7 +29,8 @@ def build_parser() -> argparse.ArgumentParser:
         prog="vito-fast bench",
         description="Run benchmark suites (pytest-benchmark). Extra pytest options go after `--`.",
         epilog="vito-fast bench gpu [--dry-run] --out DIR: the prepared GPU pass (benches/gpu_pass.py; "
-               "`vito-fast bench gpu --help`).",
+               "`vito-fast bench gpu --help`). vito-fast bench verify: check the Triton kernels against the "
+               "reference on this machine (`vito-fast bench verify --help`).",
     )
     parser.add_argument("names", nargs="*", help="suites to run, e.g. sampler info_nce (default: all)")
     parser.add_argument("--benches", type=Path, default=None, help="folder holding bench_*.py")
@@ -36,6 +39,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: List[str]) -> int:
+    if argv[:1] == ["verify"]:
+        return run_verify(argv[1:])
     gpu = _gpu_pass_arguments(argv)
     if gpu is not None:
         return run_gpu_pass(*gpu)
@@ -91,6 +96,47 @@ def run_gpu_pass(benches_dir: Optional[Path], args: List[str]) -> int:
     command = [sys.executable, str(script), *args]
     print("vito-fast bench:", " ".join(command), flush=True)
     return subprocess.call(command)
+
+
+def build_verify_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="vito-fast bench verify",
+        description="Run the first-use self-check of every kind of Triton call (op, dtype, the inputs "
+                    "that need gradients, variant) on this machine and print a Markdown table; exit 1 "
+                    "when any kind fails. Without a GPU it reruns itself with TRITON_INTERPRET=1 (Triton's "
+                    "interpreter, small shapes).",
+    )
+    parser.add_argument("--op", action="append", choices=["info_nce", "attention_pool"],
+                        help="check only this op (repeatable; default: both)")
+    parser.add_argument("--dtype", action="append", choices=["float32", "float16", "bfloat16"],
+                        help="check only this dtype (repeatable; default: all three)")
+    return parser
+
+
+def run_verify(argv: List[str]) -> int:
+    """``vito-fast bench verify``: vito_fast.ops.verify's table, in the interpreter on a CPU."""
+    args = build_verify_parser().parse_args(argv)
+    import torch
+
+    from vito_fast.ops import verify
+
+    if not torch.cuda.is_available() and not verify.interpreting():
+        # TRITON_INTERPRET is read when triton is imported: only a new process can switch it on.
+        print("vito-fast bench verify: no CUDA device; running the kernels in Triton's interpreter "
+              "(TRITON_INTERPRET=1, in a new process)", flush=True)
+        env = dict(os.environ, TRITON_INTERPRET="1", VITO_FAST_INTERPRET_CPU_TENSORS="1")
+        return subprocess.call([sys.executable, "-m", "vito_fast", "bench", "verify", *argv], env=env)
+    ops = tuple(args.op or verify.OPS)
+    dtypes = tuple(getattr(torch, name) for name in args.dtype or ("float32", "float16", "bfloat16"))
+    device = verify.default_device()
+    print(f"vito-fast bench verify: {device} ({torch.cuda.get_device_name() if device.type == 'cuda' else 'interpreter'}), "
+          f"torch {torch.__version__}, triton {verify.triton_version()}", flush=True)
+    results = verify.verify_every_kind(device, ops, dtypes)
+    print(verify.markdown_table(results))
+    failures = verify.failed(results)
+    print(f"\n{len(results) - len(failures)} of {len(results)} kinds passed or were skipped; "
+          f"{len(failures)} failed" + ("" if not failures else ": auto runs the reference for them"))
+    return 1 if failures else 0
 
 
 def _split_at_double_dash(argv: List[str]):
