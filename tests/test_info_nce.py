@@ -8,10 +8,11 @@ import pytest
 import torch
 
 from vito_fast.ops.info_nce import info_nce
+from vito_fast.ops.tolerance import INFO_NCE_ATOL
 from vito_fast.reference.info_nce import info_nce_reference
 
 # (dtype, relative atol) side by side: the error allowed on top of 2·err(torch same dtype).
-TOLERANCES = {torch.float32: 2e-5, torch.float16: 2e-3, torch.bfloat16: 1e-2}
+TOLERANCES = INFO_NCE_ATOL  # shared with the first-use self-check (vito_fast/ops/self_check.py)
 
 
 def _inputs(n, m, d, *, scale=1.0, dtype=torch.float64):
