@@ -59,6 +59,13 @@ def kernel_device(monkeypatch) -> str:
     return KERNEL_DEVICE
 
 
+@pytest.fixture(scope="session")
+def pyav():
+    """PyAV, for a test that writes or decodes videos; skipped where it is not installed (a GPU host
+    may lack it although the package requires it)."""
+    return pytest.importorskip("av", reason="PyAV is not installed: the test writes or decodes videos")
+
+
 @pytest.fixture
 def one_cpu_thread():
     """One intra-op thread for the test: the small CPU training steps run faster that way on a

@@ -4,12 +4,13 @@ from __future__ import annotations
 import json
 
 import numpy as np
-
+import pytest
 from PIL import Image
 
 from vito_fast.cli.main import main
 
 
+@pytest.mark.usefixtures("pyav")
 def test_demo_runs_end_to_end_and_writes_its_report(tmp_path, capsys):
     out = tmp_path / "demo"
     code = main(["demo", "--out", str(out), "--minutes", "1", "--videos-per-class", "2", "--num-frames", "8",

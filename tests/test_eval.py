@@ -321,6 +321,7 @@ def test_group_folds_test_every_group_once_and_never_split_one():
         group_folds(labels, groups, folds=1)
 
 
+@pytest.mark.usefixtures("pyav")
 def test_manifest_frames_from_synthetic_data(tmp_path):
     from vito_fast.synthetic import generate_dataset
 
@@ -361,6 +362,7 @@ def test_load_encoder_random_init_weights_file_and_run(tmp_path):
     assert isinstance(from_run, EvalEncoder)
 
 
+@pytest.mark.usefixtures("pyav")
 def test_eval_cli_knn_and_linear_write_json(tmp_path, capsys):
     from vito_fast.cli.main import main
     from vito_fast.synthetic import generate_dataset
@@ -378,6 +380,7 @@ def test_eval_cli_knn_and_linear_write_json(tmp_path, capsys):
         assert "accuracy" in capsys.readouterr().out
 
 
+@pytest.mark.usefixtures("pyav")
 def test_eval_cli_propagate_robustness_and_shape_bias(tmp_path, capsys):
     from vito_fast.cli.main import main
     from vito_fast.synthetic import generate_dataset
@@ -424,6 +427,7 @@ def write_tiny_run(run, *overrides: str) -> None:
                 "target": model.target.state_dict()}, run / "checkpoint.pt")
 
 
+@pytest.mark.usefixtures("pyav")
 def test_attention_encoder_from_run_and_viz_cli(tmp_path, capsys):
     from vito_fast.cli.main import main
     from vito_fast.synthetic import generate_dataset
@@ -496,6 +500,7 @@ def test_attention_mass_on_masks_known_answers():
 # ----------------------------------------------------------------------------- shape bias
 
 
+@pytest.mark.usefixtures("pyav")
 def test_cue_conflict_twin_differs_from_its_video_only_on_the_main_object(tmp_path):
     from vito_fast.synthetic import generate_dataset
     from vito_fast.synthetic.videos import CLASS_DEFINITIONS, render_cue_conflict

@@ -13,7 +13,6 @@ import sys
 import warnings
 from pathlib import Path
 
-import av
 import numpy as np
 import pytest
 import torch
@@ -23,7 +22,8 @@ from vito_fast.data.augment import IMAGENET_MEAN, IMAGENET_STD, LUMA, colour_mat
 from vito_fast.prepare.frame_store_write import extract_frames
 from vito_fast.data.manifest import ClipRecord, write_manifest
 
-pytest.importorskip("nvidia.dali")
+av = pytest.importorskip("av", reason="PyAV is not installed: the test clips are written with it")
+pytest.importorskip("nvidia.dali", reason="NVIDIA DALI is not installed: PairLoader decodes and augments with it")
 
 WIDTH, HEIGHT, FPS, NUM_FRAMES, NUM_CLIPS, SIZE = 64, 48, 10.0, 30, 8, 32
 NO_COLOUR = dict(jitter_probability=(0.0, 0.0), grayscale_probability=(0.0, 0.0),

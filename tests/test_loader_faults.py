@@ -25,7 +25,7 @@ from vito_fast.data.augment import IMAGENET_MEAN, IMAGENET_STD
 from vito_fast.prepare.scan import scan_videos
 from vito_fast.data.manifest import write_manifest
 
-pytest.importorskip("nvidia.dali")
+pytest.importorskip("nvidia.dali", reason="NVIDIA DALI is not installed: PairLoader decodes and augments with it")
 
 # whole frames (any aspect falls back to the full frame), no flips and no colour: the code survives
 WHOLE_FRAME = ViewConfig(crop_scale=(1.0, 1.0), crop_ratio=(0.1, 10.0), crop_attempts=1,

@@ -17,7 +17,7 @@ SMALL = dict(num_classes=3, videos_per_class=3, num_frames=12, fps=12, size=(64,
 
 
 @pytest.fixture(scope="module")
-def small_dataset(tmp_path_factory) -> SyntheticDataset:
+def small_dataset(tmp_path_factory, pyav) -> SyntheticDataset:
     return generate_dataset(tmp_path_factory.mktemp("synthetic") / "data", seed=3, **SMALL)
 
 
@@ -125,6 +125,7 @@ def test_decoded_video_matches_the_rendering(small_dataset):
     assert error.mean() < 8
 
 
+@pytest.mark.usefixtures("pyav")
 def test_same_seed_same_data_other_seed_other_data(tmp_path):
     settings = {**SMALL, "num_classes": 2, "videos_per_class": 1}
     again = generate_dataset(tmp_path / "again", seed=3, **settings)

@@ -309,7 +309,7 @@ def test_fused_and_reference_ops_give_the_same_losses(tmp_path, kernel_device, m
 
 
 def test_pretrain_on_videos_names_the_files_it_could_not_use(tmp_path, capsys):
-    pytest.importorskip("nvidia.dali")
+    pytest.importorskip("nvidia.dali", reason="NVIDIA DALI is not installed: the loader source needs it")
     from videos import write_truncated_copy, write_video
 
     from vito_fast.prepare.scan import scan_videos

@@ -20,7 +20,6 @@ import pickle
 from concurrent.futures import ThreadPoolExecutor
 from fractions import Fraction
 
-import av
 import numpy as np
 import pytest
 
@@ -31,6 +30,8 @@ from vito_fast.prepare.scan import scan_videos, split_into_clips
 from vito_fast.prepare.probe import VideoInfo, probe_video
 from vito_fast.data.video_source import VideoFrameReader
 from vito_fast.errors import VideoError
+
+av = pytest.importorskip("av", reason="PyAV is not installed: the reader decodes with it")
 
 NUM_FRAMES, GOP = 12, 5
 SUFFIX = {"h264": "mp4", "vp9": "webm"}
@@ -114,7 +115,7 @@ def test_padded_rows_come_back_dense_and_dali_takes_them(encode, width):
     assert not raw.flags["C_CONTIGUOUS"], "the bug this guards against no longer shows at this width"
     image = read_with_index(path, [0])[0]
     np.testing.assert_array_equal(image, raw)
-    dali = pytest.importorskip("nvidia.dali")
+    dali = pytest.importorskip("nvidia.dali", reason="NVIDIA DALI is not installed")
     from nvidia.dali import fn, types
 
     @dali.pipeline_def(batch_size=1, num_threads=1, device_id=None)

@@ -29,8 +29,10 @@ from fractions import Fraction
 from pathlib import Path
 from typing import Iterable, Optional, Sequence, Tuple, Union
 
-import av
 import numpy as np
+import pytest
+
+av = pytest.importorskip("av", reason="PyAV is not installed: the test videos are written with it")
 
 PathLike = Union[str, os.PathLike]
 
