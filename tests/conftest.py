@@ -42,7 +42,7 @@ KERNEL_DEVICE = "cuda" if CUDA else "cpu"
 def pytest_collection_modifyitems(config, items):
     skip_cuda = pytest.mark.skip(reason="needs a CUDA device")
     for item in items:
-        if "cuda" in item.keywords and not CUDA:
+        if item.get_closest_marker("cuda") is not None and not CUDA:  # the marker, not a name with "cuda"
             item.add_marker(skip_cuda)
 
 
