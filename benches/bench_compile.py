@@ -181,14 +181,12 @@ def _capture(module, calls: list, case: str):
             setattr(module, name, fn)
 
 
-def _info_nce_launches(calls: list, wanted: Callable[[str], bool]) -> None:
+def _info_nce_launches(calls: list) -> None:
     from vito_fast.kernels import info_nce as kernels
 
     meta = dict(device="meta")
     for dtype, n, d, symmetric, need_k, deterministic in INFO_NCE_CASES:
         case = info_nce_case_name(dtype, n, d, symmetric, need_k, deterministic)
-        if not wanted(case):
-            continue
         q = torch.empty(n, d, dtype=TORCH_DTYPES[dtype], **meta)
         k = torch.empty(n, d, dtype=TORCH_DTYPES[dtype], **meta)
         with _capture(kernels, calls, case):
@@ -198,13 +196,11 @@ def _info_nce_launches(calls: list, wanted: Callable[[str], bool]) -> None:
                                  deterministic=deterministic)
 
 
-def _attention_pool_launches(calls: list, wanted: Callable[[str], bool]) -> None:
+def _attention_pool_launches(calls: list) -> None:
     from vito_fast.kernels import attention_pool as kernels
 
     for dtype, batch, channels, height, width, hidden, channels_last in ATTENTION_POOL_CASES:
         case = attention_pool_case_name(dtype, batch, channels, height, width, hidden, channels_last)
-        if not wanted(case):
-            continue
         like = dict(device="meta", dtype=TORCH_DTYPES[dtype])
         h = torch.empty(batch, channels, height, width, **like)
         if channels_last:
@@ -229,10 +225,12 @@ def launched_variants(wanted: Optional[Callable[[str], bool]] = None) -> List[di
     backend = make_backend(GPUTarget("cuda", 90, 32))
     wanted = case_selector() if wanted is None else wanted
     calls: list = []
-    _info_nce_launches(calls, wanted)
-    _attention_pool_launches(calls, wanted)
+    _info_nce_launches(calls)  # every case on meta tensors: cheap, then filtered
+    _attention_pool_launches(calls)
     variants: Dict[str, dict] = {}
     for fn, case, _grid, args, kwargs in calls:
+        if not wanted(case):
+            continue
         binder = create_function_from_signature(fn.signature, fn.params, backend)
         bound, specialization, options = binder(*args, **kwargs)
         options, signature, constexprs, attrs = fn._pack_args(backend, kwargs, bound, specialization, options)
@@ -306,7 +304,7 @@ def _describe(variant: dict) -> dict:
                        "_info_nce_dq_kernel": ("dq", ("BLOCK_R", "BLOCK_D"))}.get(fn.__name__, (None, None))
         if fn.__name__ == "_info_nce_bwd_kernel":  # gq / gk sweeps, or the one-sweep dk + dq̂
             part = "gq" if consts["GRAD_Q"] else "dk+dq" if consts["ATOMIC_DQ"] else "gk"
-            tiles = ("BLOCK_OWN", "BLOCK_OTHER", "BLOCK_D", "BLOCK_DOUT")
+            tiles = ("BLOCK_OWN", "BLOCK_OTHER", "BLOCK_D", "BLOCK_DOUT") + (("BLOCK_DQ",) if consts["ATOMIC_DQ"] else ())
         rows = "N" if "N" in names else "M"  # the merge kernel's rows are M = N columns
         n_hinted = variant["attrs"].get((names.index(rows),)) or rows in consts
         flags = [flag for flag, on in (("sym", consts.get("SYMMETRIC")), ("atomic-loss", consts.get("ATOMIC_LOSS")),

@@ -555,23 +555,29 @@ class _Tiles(NamedTuple):
     bwd_dout: int  # output columns per program when D is chunked
     fwd_warps: int
     bwd_warps: int
-    dq_chunk: int = 64  # one-sweep backward: dq̂ columns per dot and atomic add
+    dq_chunk: int = 64  # one-sweep backward: dq̂ columns per dot and atomic add ...
     rows_small: int = 32  # prologue / dq kernel rows per program (and their D chunk below)
     d_small: int = 64
+    dq_chunk_wide: int = 16  # ... when more than 128 columns of D are resident
+    gq_stages: int = 2  # software-pipeline stages of the gq sweep ...
+    gk_stages: int = 1  # ... and of the gk and one-sweep dk+dq sweeps
 
 
 def _default_tiles(dtype: torch.dtype, interpreter: Optional[bool] = None) -> _Tiles:
     # The interpreter runs one numpy op per block: big blocks are much faster there.
     if interpreting() if interpreter is None else interpreter:
-        return _Tiles(128, 128, 128, 128, 128, 128, 128, 4, 4, 64, 128, 128)
-    # sm_90, read off ptxas and the PTX by benches/bench_compile.py (tests/test_compile_report.py).
-    # bf16/fp16, D = 256: fwd 128×64 with q resident. Backward: 128 q rows × 64 k rows in both
-    # sweeps, 8 warps: each of the two warpgroups owns 64 rows of the logit tile. 64×64 tiles with
-    # 8 warps put both warpgroups on the same 64 logit rows (36 wgmma where 20 do) and spill in
-    # the symmetric gk; 4 warps on 64×64 spill too. fp32 (IEEE products, no tensor cores) needs
-    # far smaller tiles: D = 256 resident spills kilobytes.
+        return _Tiles(128, 128, 128, 128, 128, 128, 128, 4, 4, 64, 128, 128, dq_chunk_wide=64)
+    # sm_90, read off ptxas and the PTX by benches/bench_compile.py (tests/test_compile_report.py),
+    # compiled by Triton 3.6 and 3.8. bf16/fp16, D = 256: fwd 128×64 with q resident. Backward:
+    # 128 q rows × 64 k rows in both sweeps, 8 warps: each of the two warpgroups owns 64 rows of
+    # the logit tile. 64×64 tiles with 8 warps put both warpgroups on the same 64 logit rows (36
+    # wgmma where 20 do) and spill in the symmetric gk; 4 warps on 64×64 spill too. The k-owning
+    # sweeps (their own tile is the logits' B operand) spill with 2 stages; the one sweep with D =
+    # 256 resident spills with 32-column dq̂ chunks (Triton 3.6). fp32 (IEEE products, no tensor
+    # cores) needs far smaller tiles (D = 256 resident spills kilobytes), and its gq sweep one
+    # stage (two: 255 registers, spilling on Triton 3.6; one: ~170), its gk sweep two.
     if dtype == torch.float32:
-        return _Tiles(64, 64, 32, 32, 64, 32, 128, 4, 8, 32)
+        return _Tiles(64, 64, 32, 32, 64, 32, 128, 4, 8, 32, gq_stages=1, gk_stages=2)
     return _Tiles(128, 64, 256, 64, 128, 64, 128, 8, 8, 32)
 
 
@@ -703,7 +709,7 @@ def info_nce_bwd(
     single_d = d <= block_d  # the same rule as the forward: identical logits tiles
     # Chunked D: each program column owns BLOCK_DOUT output columns (and recomputes the logits).
     block_dout = block_d if single_d else _block(block_dout, d, tiles.bwd_dout)
-    block_dq = min(tiles.dq_chunk, block_dout)
+    block_dq = min(tiles.dq_chunk if block_dout <= 128 else tiles.dq_chunk_wide, block_dout)
     q_rows, k_rows = _block(block_m, n, tiles.bwd_q_rows), _block(block_n, m, tiles.bwd_k_rows)
     grad_loss = grad_loss.reshape(-1)
     one_sweep = need_q and need_k and not deterministic and _one_sweep_fits(q.dtype, n, symmetric)
@@ -724,13 +730,14 @@ def info_nce_bwd(
         rows = n if grad_q else m
         block_own, block_other = (q_rows, k_rows) if grad_q else (k_rows, q_rows)
         sweep_single_d, sweep_block_d, dout = single_d, block_d, block_dout
-        if not grad_q and not one_sweep and single_d and (symmetric or n % 16) and d > tiles.d_chunk \
-                and not interpreting():
-            # The sm_90 gk sweep with D resident spills here (symmetric: both statistics' vectors;
-            # N not a multiple of 16: per-row masks). It loops over D chunks instead, each program
-            # column owning bwd_dout output columns, and recomputes the logits per column (gk:
-            # 6·N·M·D instead of 4 at D = 256). The logits stay the forward's bit for bit: the
-            # chunk loop issues the same k16 MMA steps on one accumulator, in the same order.
+        # The sm_90 sweeps with D resident spill here: gk when symmetric (both statistics'
+        # vectors) or N is not a multiple of 16 (per-row masks), gq when both (Triton 3.6: 80 B).
+        resident_spills = (symmetric and n % 16) if grad_q else (symmetric or n % 16)
+        if not one_sweep and single_d and resident_spills and d > tiles.d_chunk and not interpreting():
+            # They loop over D chunks instead, each program column owning bwd_dout output columns,
+            # and recompute the logits per column (6·N·M·D instead of 4 at D = 256). The logits
+            # stay the forward's bit for bit: the chunk loop issues the same k16 MMA steps on one
+            # accumulator, in the same order.
             sweep_single_d, sweep_block_d, dout = False, tiles.d_chunk, tiles.bwd_dout
         grads[0 if grad_q else 1] = grad = torch.empty((rows, d), device=q.device, dtype=q.dtype)
         _info_nce_bwd_kernel[(triton.cdiv(rows, block_own), triton.cdiv(d, dout))](
@@ -743,9 +750,7 @@ def info_nce_bwd(
             GRAD_Q=grad_q, ATOMIC_DQ=one_sweep and not grad_q, SINGLE_D=sweep_single_d,
             BLOCK_D=sweep_block_d, BLOCK_DOUT=dout,
             BLOCK_OWN=block_own, BLOCK_OTHER=block_other,
-            # The bf16/fp16 k-owning sweeps (their own tile is the logits' B operand) spill with 2
-            # stages; the fp32 ones (FMA) with 1.
-            num_stages=2 if grad_q or q.dtype == torch.float32 else 1, num_warps=tiles.bwd_warps, **common,
+            num_stages=tiles.gq_stages if grad_q else tiles.gk_stages, num_warps=tiles.bwd_warps, **common,
         )
     if one_sweep:
         grads[0] = torch.empty((n, d), device=q.device, dtype=q.dtype)
