@@ -12,8 +12,8 @@ draws its upstream gradient from its own generator (the caller's RNG stream is u
 
 It is skipped, leaving the kind unchecked, while torch.compile traces, while a CUDA graph is
 captured, and when the reference is not finite on the slice; it runs no collective, so ranks
-check independently. ``VITO_FAST_VERIFY=0`` turns it off. ``vito-fast bench verify``
-(vito_fast/ops/verify.py) checks every kind at once.
+check independently. ``VITO_FAST_VERIFY=0`` turns it off (for the kinds not judged yet).
+``vito-fast bench verify`` (vito_fast/ops/verify.py) checks every kind at once.
 """
 from __future__ import annotations
 
@@ -113,16 +113,12 @@ def forget_verdicts() -> None:
 def triton_trusted(kind: Kind, check: Callable[[Kind], CheckResult]) -> bool:
     """Whether ``backend="auto"`` may run kind's Triton kernels: its verdict, judged by
     ``check(kind)`` on the kind's first call (a failure warns once, RuntimeWarning)."""
-    if torch.compiler.is_compiling():  # tracing: no check, no host sync, only a known verdict
-        verdict = _VERDICTS.get(kind)
-        return verdict is None or verdict.ok
-    if not enabled():
-        return True
-    verdict = _VERDICTS.get(kind)
+    verdict = _VERDICTS.get(kind)  # all that a later call pays: no device work, no host sync
     if verdict is not None:
         return verdict.ok
-    if kind.device.type == "cuda" and torch.cuda.is_current_stream_capturing():
-        return True
+    if torch.compiler.is_compiling() or not enabled() or (
+            kind.device.type == "cuda" and torch.cuda.is_current_stream_capturing()):
+        return True  # unchecked: no check inside a traced or captured graph
     result = check(kind)
     if result.status == SKIPPED:
         return True
@@ -142,13 +138,17 @@ def failure_message(result: CheckResult) -> str:
 def _needing_grad(named: Sequence[Tuple[str, object]]) -> Tuple[str, ...]:
     if not torch.is_grad_enabled():
         return ()
-    return tuple(name for name, value in named if isinstance(value, torch.Tensor) and value.requires_grad)
+    return tuple([name for name, value in named if isinstance(value, torch.Tensor) and value.requires_grad])
+
+
+_INFO_NCE_VARIANTS = {(symmetric, deterministic): f"{'symmetric' if symmetric else 'one-way'}, "
+                                                  f"{'deterministic' if deterministic else 'atomic'}"
+                      for symmetric in (False, True) for deterministic in (False, True)}
 
 
 def info_nce_kind(q: torch.Tensor, k: torch.Tensor, temperature, symmetric: bool, deterministic: bool) -> Kind:
-    variant = f"{'symmetric' if symmetric else 'one-way'}, {'deterministic' if deterministic else 'atomic'}"
     grads = _needing_grad((("q", q), ("k", k), ("temperature", temperature)))
-    return Kind("info_nce", q.device, q.dtype, grads, variant)
+    return Kind("info_nce", q.device, q.dtype, grads, _INFO_NCE_VARIANTS[bool(symmetric), bool(deterministic)])
 
 
 def attention_pool_kind(h: torch.Tensor, w1, b1, w2, b2) -> Kind:

@@ -1,8 +1,9 @@
 """``vito-fast bench verify``: the first-use self-check (self_check.py) of every kind, at once.
 
-Each kind runs its check on synthetic inputs drawn from a fixed seed: InfoNCE at N = M = 1024,
-D = 256 on a GPU (the check takes a 112-row slice), attention pooling on ResNet-50's layer4 map;
-the interpreter gets small shapes. The kinds are made by the same functions that make the calls'.
+Each kind runs its check on synthetic inputs drawn from a fixed seed, on a GPU at training sizes:
+InfoNCE at N = M = 1024, D = 256 (the check takes 112 rows), attention pooling on ResNet-50's
+layer4 map, 4 × 2048 × 7 × 7 with hidden 512 (the check takes 2 images); the interpreter gets
+small shapes. The kinds are made by the same functions that make the calls'.
 """
 from __future__ import annotations
 
@@ -36,21 +37,21 @@ def interpreting() -> bool:
 
 
 def _info_nce_case(device: torch.device, dtype: torch.dtype, grads: Sequence[str], symmetric: bool,
-                   deterministic: bool) -> Tuple[Kind, Callable[[], CheckResult]]:
-    rows, dim = (1024, 256) if device.type == "cuda" else (48, 24)
+                   deterministic: bool, backend: str, full_size: bool) -> Tuple[Kind, Callable[[], CheckResult]]:
+    rows, dim = (1024, 256) if full_size else (48, 24)
     q, k = _randn(device, dtype, rows, dim), _randn(device, dtype, rows, dim, seed=1)
     q.requires_grad_("q" in grads)
     k.requires_grad_("k" in grads)
     temperature = torch.tensor(0.1, device=device, requires_grad=True) if "temperature" in grads else 0.1
     kind = self_check.info_nce_kind(q, k, temperature, symmetric, deterministic)
-    triton_run = partial(info_nce, backend="triton", deterministic=deterministic)
+    triton_run = partial(info_nce, backend=backend, deterministic=deterministic)
     return kind, partial(self_check.check_info_nce, kind, triton_run, q, k, temperature, labels=None,
                          label_offset=0, symmetric=symmetric, normalize=True, reduction="mean")
 
 
-def _attention_pool_case(device: torch.device, dtype: torch.dtype, mlp: bool,
-                         with_grads: bool) -> Tuple[Kind, Callable[[], CheckResult]]:
-    batch, channels, size, hidden = (4, 2048, (7, 7), 512) if device.type == "cuda" else (3, 24, (5, 7), 16)
+def _attention_pool_case(device: torch.device, dtype: torch.dtype, mlp: bool, with_grads: bool, backend: str,
+                         full_size: bool) -> Tuple[Kind, Callable[[], CheckResult]]:
+    batch, channels, size, hidden = (4, 2048, (7, 7), 512) if full_size else (3, 24, (5, 7), 16)
     h = _randn(device, dtype, batch, channels, *size).to(memory_format=torch.channels_last)
     w1 = _randn(device, dtype, hidden, channels, seed=1, scale=channels ** -0.5) if mlp else None
     b1 = _randn(device, dtype, hidden, seed=2, scale=0.5) if mlp else None
@@ -60,7 +61,7 @@ def _attention_pool_case(device: torch.device, dtype: torch.dtype, mlp: bool,
         if tensor is not None:
             tensor.requires_grad_(with_grads)
     kind = self_check.attention_pool_kind(h, w1, b1, w2, None)
-    triton_run = partial(attention_pool, backend="triton")
+    triton_run = partial(attention_pool, backend=backend)
     return kind, partial(self_check.check_attention_pool, kind, triton_run, h, w1, b1, w2, None)
 
 
@@ -69,18 +70,21 @@ def _randn(device: torch.device, dtype: torch.dtype, *shape: int, seed: int = 0,
     return (torch.randn(*shape, generator=generator) * scale).to(device, dtype)
 
 
-def every_case(device: torch.device, ops: Sequence[str] = OPS,
-               dtypes: Sequence[torch.dtype] = TRITON_DTYPES) -> List[Tuple[Kind, Callable[[], CheckResult]]]:
+def every_case(device: torch.device, ops: Sequence[str] = OPS, dtypes: Sequence[torch.dtype] = TRITON_DTYPES, *,
+               backend: str = "triton", full_size: Optional[bool] = None) -> List[Tuple[Kind, Callable[[], CheckResult]]]:
     """Every kind a caller can meet, with its check on synthetic inputs: each dtype; no gradients,
-    the training inputs' and also τ's (InfoNCE) or the weights' (attention pooling); each variant."""
+    the training inputs' and also τ's (InfoNCE) or the weights' (attention pooling); each variant.
+    backend: the path checked ("torch" stands the reference in for the kernels, to time the check's
+    own work where they cannot run); full_size (default: on a GPU) the shapes above, else small ones."""
+    full_size = device.type == "cuda" if full_size is None else full_size
     cases = []
     if "info_nce" in ops:
         for dtype, grads, symmetric, deterministic in itertools.product(
                 dtypes, ((), ("q", "k"), ("q", "k", "temperature")), (False, True), (True, False)):
-            cases.append(_info_nce_case(device, dtype, grads, symmetric, deterministic))
+            cases.append(_info_nce_case(device, dtype, grads, symmetric, deterministic, backend, full_size))
     if "attention_pool" in ops:
         for dtype, mlp, with_grads in itertools.product(dtypes, (False, True), (False, True)):
-            cases.append(_attention_pool_case(device, dtype, mlp, with_grads))
+            cases.append(_attention_pool_case(device, dtype, mlp, with_grads, backend, full_size))
     return cases
 
 
