@@ -1,44 +1,30 @@
-"""The GPU pass: one prepared command that measures every fast path on an H100/H200 (issue #16).
+"""The GPU pass: prepared commands that measure every fast path on an H100/H200 (issue #23).
 
-    python benches/gpu_pass.py --out DIR                # or: vito-fast bench gpu --out DIR
+    python benches/gpu_pass.py --plan --calls           # the device-tool calls, checked against the lease
+    python benches/gpu_pass.py --out DIR                # or: vito-fast bench gpu --out DIR (every planned step)
     python benches/gpu_pass.py --dry-run --out DIR      # toy sizes on the CPU, reference paths (CI runs it)
     python benches/gpu_pass.py --list                   # the steps, their groups and time limits
-    python benches/gpu_pass.py --out DIR --only loader  # steps or groups; --skip likewise; --budget SECONDS
+    python benches/gpu_pass.py --out DIR --only NAMES   # steps or groups; --skip likewise; --budget SECONDS
 
 Writes DIR/gpu_pass.json (every row, status and log tail), DIR/gpu_pass.md (the tables) and
 DIR/gpu_pass_logs.tar.gz, all three again after every step, so a pass cut short still reports.
 Each step (benches/gpu_pass_steps.py) runs in a process of its own (forked: the imports are paid
-once) with a time limit; a step past its limit is stopped with its process group and reported as
-``timeout`` with the rows it had measured, and the pass goes on. The whole pass stays within
-``--budget`` (420 s): a step that would start with less than 10 s left is skipped and named.
+once) and in a process group of its own, inside the pass's session: a step past its limit is
+stopped with every process of its group (pytest workers, decode processes) and reported as
+``timeout`` with the rows it had measured, and the pass goes on; a pass that is stopped stops its
+step's group first, and the device tool, which ends what a command leaves running in its session,
+ends them all. The whole pass stays within ``--budget``: a step that would start with less than
+10 s left is skipped and named.
 Every figure stands beside a baseline measured in the same run on the same card: eager PyTorch
-for the kernels (and the card's own copy bandwidth for GB/s), the CPU path for the frame store,
-the PyAV worker path for the video decoders, the eager step for training.
+and torch.compile for the kernels (and the card's copy bandwidth and matrix rate for the
+rooflines), the CPU path for the frame store, the PyAV worker path for video, the eager step for
+training.
 
-Optional parts are reported, never required: DALI (loader steps, the loader-fed training step),
-PyAV (the video corpus and its candidates), PyNvVideoCodec, Inf-CL, and torch.compile (Inductor
-on a GPU; ``backend="eager"`` in the dry run, where Inductor's C++ build would take minutes).
-
-On a lent GPU (device tool; the host has PyTorch, Triton and pytest, no DALI, no PyAV, no package
-index, and takes at most ~64 MiB per call). Here first: ``bash benches/gpu_pass.sh`` packs
-``.gpu/wheels.tar.part00..05`` with ../shared/offline-gpu/pack-wheels.sh (DALI, nvimgcodec,
-nvjpeg, and EXTRA_WHEELS="av==18.1.0 pynvvideocodec==2.2.4 inf-cl==1.2.1"), runs the dry run and
-prints these calls with the real part count. Then, back to back (the machine goes back 30 s after
-a call, and the parts staged on it with it), each call carrying ``.gpu/stage.sh``,
-``.gpu/install.sh``, ``.gpu/parts.sha256`` and its one part:
-
-1. part00, timeout_s=330: ``bash .gpu/stage.sh .gpu/wheels.tar.part00 && python3 -m pip install -q
-   --no-build-isolation --no-deps -e . && PYTHONUNBUFFERED=1 python3 benches/gpu_pass.py --out $OUT
-   --only tests_kernels,kernels,train_eager,train_compiled --budget 270`` (no optional part needed);
-2. part01 .. part04, timeout_s=60 each: ``bash .gpu/stage.sh .gpu/wheels.tar.partNN``;
-3. part05, timeout_s=270: ``bash .gpu/stage.sh .gpu/wheels.tar.part05 && source .gpu/install.sh .gpu
-   && (python3 -c 'import vito_fast._C' 2>/dev/null || python3 -m pip install -q --no-build-isolation
-   --no-deps -e .) && PYTHONUNBUFFERED=1 python3 benches/gpu_pass.py --out $OUT --skip
-   tests_kernels,kernels,train_eager,train_compiled --budget 210``;
-4. with the device time that status reports, rerun what timed out or was cut: ``... --only NAME``;
-   then give_back. The files of each call come back under its files_at: keep both reports.
-
-About 1.5 min to start, then 5.5 + 1 + 4.5 min of calls: ~12.5 of the 15 device minutes.
+Optional parts are reported, never required: DALI and PyAV (the loader steps; staged in parts by
+benches/gpu_stage.py), Inf-CL (a 15 kB wheel carried with the first call), PyNvVideoCodec, and
+torch.compile (Inductor on a GPU; ``backend="eager"`` in the dry run, where Inductor's C++ build
+would take minutes). The calls that run the pass on a lent GPU, their carries, budgets and the
+device time they assume: ``--plan`` (benches/gpu_plan.py; CI checks that the plan fits).
 """
 from __future__ import annotations
 
@@ -64,7 +50,7 @@ os.environ.setdefault("PYTORCH_NVML_BASED_CUDA_CHECK", "1")  # is_available() in
 import gpu_pass_steps as steps  # noqa: E402
 from gpu_pass_report import derive, goals, render_markdown  # noqa: E402,F401  (derive, goals: re-exported)
 
-BUDGET_S = 420
+BUDGET_S = 600  # every step; a planned call passes its own --budget
 MIN_START_S = 10  # a step is not started with less of the budget left
 
 
@@ -78,32 +64,37 @@ class Step:
     needs: tuple = ()
 
 
+# Limits are what a step may take on an H100/H200 host (16 cores), first compilations included;
+# benches/gpu_plan.py adds them up per call against the call's budget.
 STEPS: List[Step] = [
-    Step("device", "device", 60, "card, versions, optional parts; copy bandwidth, matrix rate", steps.device),
-    Step("tests_kernels", "tests", 75, "pytest -m cuda: kernel tests", steps.tests_kernels),
-    Step("tests_data_train", "tests", 75, "pytest -m cuda: loader tests; GPU training tests", steps.tests_data_train),
-    *[Step(f"info_nce_{label}", "kernels", 45, f"InfoNCE fwd+bwd N=M={label}: eager, ours, compile, Inf-CL",
-           partial(steps.info_nce, label=label)) for label in ("4k", "16k", "64k")],
-    *[Step(f"attention_pool_{label}", "kernels", 50, f"attention pooling fwd+bwd at {label}: eager, ours, compile",
-           partial(steps.attention_pool, label=label)) for label in ("7x7", "14x14")],
-    Step("compile_report", "kernels", 45, "bench_compile: sm_90 variants and roofline", steps.compile_report),
-    Step("frame_store", "loader", 40, "write a 256p JPEG frame store (PIL)", steps.frame_store),
-    Step("loader_store", "loader", 45, "PairLoader on the store: nvJPEG, then the CPU path", steps.loader_store,
+    Step("device", "device", 15, "card, versions, optional parts; copy bandwidth, matrix rate", steps.device),
+    Step("tests_kernels", "tests", 75, "kernel test files in full and the training tests that use the chip "
+         "(pytest -n)", steps.tests_kernels),
+    *[Step(f"info_nce_{label}", "kernels", limit, f"InfoNCE fwd+bwd N=M={label}: eager, ours, Inf-CL",
+           partial(steps.info_nce, label=label)) for label, limit in (("4k", 15), ("16k", 20), ("64k", 20))],
+    *[Step(f"attention_pool_{label}", "kernels", limit, f"attention pooling fwd+bwd at {label}: eager, ours",
+           partial(steps.attention_pool, label=label)) for label, limit in (("7x7", 15), ("14x14", 15))],
+    Step("train_eager", "train", 30, "ResNet-50 VITO step, eager, synthetic pairs",
+         partial(steps.train, provider="synthetic-eager")),
+    Step("compile_kernels", "kernels", 55, "torch.compile of the references, one shape per op "
+         "(InfoNCE 16k, attention pooling 7x7 MLP)", steps.compile_kernels),
+    Step("train_compiled", "train", 100, "the same step, torch.compile of the trunks",
+         partial(steps.train, provider="synthetic-compiled")),
+    Step("tests_loader", "tests", 40, "pytest -m cuda: loader tests (DALI, PyAV)", steps.tests_loader),
+    Step("frame_store", "loader", 15, "write a 256p JPEG frame store (PIL)", steps.frame_store),
+    Step("loader_store", "loader", 25, "PairLoader on the store: nvJPEG, then the CPU path", steps.loader_store,
          needs=("frame_store",)),
-    Step("video_corpus", "loader", 45, "write and scan 256p GOP-16 H.264 files (PyAV)", steps.video_corpus),
-    Step("video_pyav", "loader", 45, "PairLoader, PyAV decode workers", steps.video_pyav, needs=("video_corpus",)),
+    Step("train_loader", "train", 40, "the eager step fed by the frame-store loader",
+         partial(steps.train, provider="loader"), needs=("frame_store",)),
+    Step("video_corpus", "loader", 20, "write and scan 256p GOP-16 H.264 files (PyAV)", steps.video_corpus),
+    Step("video_pyav", "loader", 25, "PairLoader, PyAV decode workers", steps.video_pyav, needs=("video_corpus",)),
     Step("video_dali_reader", "loader", 40, "DALI fn.readers.video sequences", steps.video_dali_reader,
          needs=("video_corpus",)),
-    # The SPEC: on an H200 this did not finish in 150 s on GOP-16 files; a short limit, on purpose.
+    # SPEC: on an H200 this did not finish in 150 s on GOP-16 files; a short limit, on purpose.
     Step("video_dali_decoder", "loader", 25, "PairLoader, DALI fn.decoders.video", steps.video_dali_decoder,
          needs=("video_corpus",)),
     Step("video_pynvc", "loader", 30, "PyNvVideoCodec SimpleDecoder", steps.video_pynvc, needs=("video_corpus",)),
-    Step("train_eager", "train", 60, "ResNet-50 VITO step, eager, synthetic pairs",
-         partial(steps.train, provider="synthetic-eager")),
-    Step("train_compiled", "train", 150, "the same, torch.compile of the trunks",
-         partial(steps.train, provider="synthetic-compiled")),
-    Step("train_loader", "train", 120, "the same compiled, fed by the frame-store loader",
-         partial(steps.train, provider="loader-compiled"), needs=("frame_store",)),
+    Step("compile_report", "kernels", 45, "bench_compile: sm_90 variants and roofline", steps.compile_report),
 ]
 SLOW = Step("injected_slow", "test", 2, "test only: sleeps past its limit", steps.injected_slow)
 
@@ -133,10 +124,12 @@ def select(names: Optional[str], skip: Optional[str], inject_slow: bool) -> List
 
 
 def _child(step: Step, ctx: steps.Context, log_path: Optional[Path]) -> None:
-    """In the step's process: own process group, output to the log, the step, a status line.
-    ``log_path`` None: started by exec (--child), the parent already did both."""
+    """In the step's process: own process group (in the pass's session), output to the log, the
+    step, a status line. ``log_path`` None: started by exec (--child), the parent already did both."""
+    for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+        signal.signal(signum, signal.SIG_DFL)  # the pass's handlers are for the pass, not its steps
     if log_path is not None:
-        os.setsid()
+        os.setpgid(0, 0)
         descriptor = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
         os.dup2(descriptor, 1)
         os.dup2(descriptor, 2)
@@ -191,7 +184,7 @@ def run_step(step: Step, ctx_args: dict, limit: float) -> dict:
         command = [sys.executable, str(Path(__file__).resolve()), "--child", step.name, "--work", str(work)]
         command += ["--dry-run"] * ctx_args["dry_run"] + ["--inject-slow-step"] * (step is SLOW)
         with open(log_path, "w") as log:
-            pid = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, start_new_session=True).pid
+            pid = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, process_group=0).pid
     else:
         import torch
 
@@ -200,21 +193,28 @@ def run_step(step: Step, ctx_args: dict, limit: float) -> dict:
         pid = os.fork()
         if pid == 0:
             _child(step, ctx, log_path)
-    timed_out, wait_status = False, None
+        try:
+            os.setpgid(pid, pid)  # also here, so the group exists before the parent may signal it
+        except (PermissionError, ProcessLookupError):
+            pass  # the child got there first, or is gone already
+    _RUNNING.add(pid)
+    timed_out, wait_status, stopped, left = False, None, 0, 0
     try:
         while True:
             finished, wait_status = os.waitpid(pid, os.WNOHANG)
             if finished:
                 break
             if time.perf_counter() - started > limit:
-                timed_out = True
+                timed_out, stopped = True, len(group_members(pid))
                 wait_status = _stop_group(pid, grace=3.0)
                 if wait_status is None:
                     wait_status = os.waitpid(pid, 0)[1]
                 break
             time.sleep(0.05)
     finally:
-        _stop_group(pid, grace=0)  # what it left behind (decode processes, pytest) goes with it
+        left = len(group_members(pid))
+        _stop_group(pid, grace=0)  # what it left behind (decode processes, pytest workers) goes with it
+        _RUNNING.discard(pid)
     seconds = time.perf_counter() - started
     rows, status = [], None
     if rows_path.exists():
@@ -225,14 +225,34 @@ def run_step(step: Step, ctx_args: dict, limit: float) -> dict:
             else:
                 status = record
     if timed_out:
-        status = {"status": "timeout", "reason": f"ran past its {limit:.0f} s limit and was stopped"
-                                                 + (f"; {len(rows)} row(s) measured before" if rows else "")}
+        status = {"status": "timeout",
+                  "reason": f"ran past its {limit:.0f} s limit and was stopped with its process group "
+                            f"({stopped} process{'es' if stopped != 1 else ''})"
+                            + (f"; {len(rows)} row(s) measured before" if rows else "")}
     elif status is None:
         status = {"status": "failed",
                   "reason": f"the step's process ended without a report (wait status {wait_status})"}
+    if left and not timed_out:
+        status["left_behind"] = f"{left} process(es) of its group still ran when it ended; stopped"
+    status["survivors"] = len(group_members(pid))  # after SIGKILL: 0, or the report says so
     log_tail = log_path.read_text(errors="replace")[-4000:] if log_path.exists() else ""
     return {"name": step.name, "group": step.group, "limit_s": round(limit, 1), "seconds": round(seconds, 1),
             **status, "rows": rows, "log_tail": log_tail}
+
+
+def group_members(pgid: int) -> List[int]:
+    """The processes (zombies aside) of process group ``pgid``, read from /proc (Linux)."""
+    members = []
+    for entry in os.scandir("/proc"):
+        if not entry.name.isdigit():
+            continue
+        try:
+            fields = Path(entry.path, "stat").read_text().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            continue  # ended meanwhile
+        if fields[0] != "Z" and int(fields[2]) == pgid:  # state, ppid, pgrp
+            members.append(int(entry.name))
+    return members
 
 
 def _stop_group(pid: int, grace: float) -> Optional[int]:
@@ -253,7 +273,20 @@ def _stop_group(pid: int, grace: float) -> Optional[int]:
         os.killpg(pid, signal.SIGKILL)
     except (ProcessLookupError, PermissionError):
         pass
+    deadline = time.perf_counter() + 2.0  # SIGKILL is asynchronous: let the kernel finish the group
+    while group_members(pid) and time.perf_counter() < deadline:
+        time.sleep(0.02)
     return status
+
+
+_RUNNING: set = set()  # process groups of the steps running now (one at a time)
+
+
+def _stop_on_signal(signum, frame) -> None:
+    """The pass is being stopped (SIGTERM, SIGINT, SIGHUP): stop the running step's group first."""
+    for pid in list(_RUNNING):
+        _stop_group(pid, grace=1.0)
+    raise SystemExit(f"gpu_pass: stopped by signal {signum}; the running step was stopped with its group")
 
 
 # ----------------------------------------------------------------------------- the pass
@@ -287,6 +320,8 @@ def _fork_broke_cuda(record: dict) -> bool:
 
 
 def run_pass(args) -> dict:
+    for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+        signal.signal(signum, _stop_on_signal)
     work = Path(args.work or tempfile.mkdtemp(prefix="vito-gpu-pass-"))
     for folder in ("rows", "logs"):
         (work / folder).mkdir(parents=True, exist_ok=True)
@@ -327,19 +362,35 @@ def run_pass(args) -> dict:
     return report
 
 
+def print_plan(with_calls: bool) -> int:
+    import gpu_plan
+
+    record = gpu_plan.pack_record()
+    catalogue = {step.name: step.limit_s for step in STEPS}
+    table = gpu_plan.rows(gpu_plan.plan(record), record, catalogue, gpu_plan.tree_bytes())
+    print(gpu_plan.markdown(table, record, catalogue))
+    if with_calls:
+        print("\n" + gpu_plan.calls_text(table))
+    return 1 if gpu_plan.problems(table, catalogue) else 0
+
+
 def main(argv: Optional[List[str]] = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter,
-                                     epilog="\n".join(__doc__.splitlines()[2:7]))
+                                     epilog="\n".join(__doc__.splitlines()[2:8]))
     parser.add_argument("--out", default="gpu_pass_out", help="folder for gpu_pass.json/.md and the logs")
     parser.add_argument("--dry-run", action="store_true", help="toy sizes on the CPU, reference paths")
     parser.add_argument("--only", help="comma-separated steps or groups (tests, kernels, loader, train)")
     parser.add_argument("--skip", help="comma-separated steps or groups to leave out")
-    parser.add_argument("--budget", type=float, default=BUDGET_S, help="seconds for the whole pass (default 420)")
+    parser.add_argument("--budget", type=float, default=BUDGET_S, help="seconds for the whole pass (default 600)")
     parser.add_argument("--time-scale", type=float, default=1.0, help="multiply every step's time limit")
     parser.add_argument("--work", help="working folder (corpora, logs); default: a new temporary folder")
     parser.add_argument("--keep-work", action="store_true", help="keep the working folder")
     parser.add_argument("--list", action="store_true", help="list the steps and exit")
+    parser.add_argument("--plan", action="store_true",
+                        help="the device-tool calls as a table: carries, steps, limits, budgets, device time; "
+                             "exit 1 when the plan does not fit the lease")
+    parser.add_argument("--calls", action="store_true", help="with --plan: each call as the device tool takes it")
     parser.add_argument("--no-fork", action="store_true",
                         help="start each step by exec (a fresh interpreter) instead of fork; chosen "
                              "automatically when CUDA fails in a forked step")
@@ -352,6 +403,8 @@ def main(argv: Optional[List[str]] = None) -> int:
         step = next(step for step in select(None, None, args.inject_slow_step) if step.name == args.child)
         work = Path(args.work)
         _child(step, steps.Context(args.dry_run, work, work / "rows" / f"{step.name}.jsonl"), None)
+    if args.plan:
+        return print_plan(args.calls)
     if args.list:
         for step in select(args.only, args.skip, args.inject_slow_step):
             print(f"{step.name:20s} {step.group:8s} {step.limit_s:4.0f} s  {step.title}")

@@ -25,8 +25,13 @@ SECTIONS = [
       ("tflops", "TFLOP/s", ".1f"), ("note", "note", "")]),
     ("Attention pooling fwd+bwd (baselines: eager PyTorch; the card's copy bandwidth)", ("attention_pool_",),
      [("shape", "B×C×H×W", ""), ("hidden", "hidden", ""), ("provider", "provider", ""), ("status", "status", ""),
-      ("ms", "ms", ".3f"), ("x_eager", "× eager", ".2f"), ("gb_per_s", "GB/s", ".0f"),
-      ("pct_of_copy", "% of copy", ".0f"), ("pct_of_hbm", "% of HBM (nominal)", ".0f"), ("note", "note", "")]),
+      ("ms", "ms", ".3f"), ("x_eager", "× eager", ".2f"), ("x_compile", "× compile", ".2f"),
+      ("gb_per_s", "GB/s", ".0f"), ("pct_of_copy", "% of copy", ".0f"), ("pct_of_hbm", "% of HBM (nominal)", ".0f"),
+      ("tflops", "TFLOP/s", ".1f"), ("pct_of_roofline", "% of roofline", ".0f"), ("note", "note", "")]),
+    ("torch.compile of the references (one shape per op, compile time excluded from ms)", ("compile_kernels",),
+     [("op", "op", ""), ("N", "N = M", ""), ("shape", "B×C×H×W", ""), ("hidden", "hidden", ""),
+      ("status", "status", ""), ("ms", "ms", ".3f"), ("compile_s", "compile s", ".1f"), ("tflops", "TFLOP/s", ".1f"),
+      ("pct_of_roofline", "% of roofline", ".0f"), ("note", "note", "")]),
     ("Data written for the loader steps", ("frame_store", "video_corpus"), None),
     ("Loader, pairs/s (baselines: the frame store on the CPU; the PyAV worker path for video)",
      ("loader_store", "video_"), [("candidate", "candidate", ""), ("device", "device", ""), ("status", "status", ""),
@@ -47,17 +52,23 @@ def derive(report: dict) -> Dict[str, List[dict]]:
     def ok(row, key):
         return row.get("status", "ok") == "ok" and isinstance(row.get(key), (int, float)) and row[key] > 0
 
+    # torch.compile runs late in the pass (step compile_kernels), one shape per op.
+    compiled = {(r.get("N"), r.get("shape"), r.get("hidden")): r["ms"]
+                for r in rows.get("compile_kernels", []) if ok(r, "ms")}
     for name, step_rows in rows.items():
         if name.startswith("info_nce_"):
             base = {row["provider"]: row["ms"] for row in step_rows if ok(row, "ms")}
             for row in filter(lambda r: ok(r, "ms"), step_rows):
                 row["x_eager"] = base["eager"] / row["ms"] if "eager" in base else None
-                row["x_compile"] = base["torch.compile"] / row["ms"] if "torch.compile" in base else None
+                compile_ms = compiled.get((row["N"], None, None))
+                row["x_compile"] = compile_ms / row["ms"] if compile_ms else None
         elif name.startswith("attention_pool_"):
             base = {(r["shape"], r["hidden"]): r["ms"] for r in step_rows if r["provider"] == "eager" and ok(r, "ms")}
             for row in filter(lambda r: ok(r, "ms"), step_rows):
                 eager = base.get((row["shape"], row["hidden"]))
+                compile_ms = compiled.get((None, row["shape"], row["hidden"]))
                 row["x_eager"] = eager / row["ms"] if eager else None
+                row["x_compile"] = compile_ms / row["ms"] if compile_ms else None
     store_cpu = next((r["pairs_per_s"] for r in rows.get("loader_store", []) if r.get("device") == "cpu"), None)
     pyav = next((r["pairs_per_s"] for r in rows.get("video_pyav", []) if ok(r, "pairs_per_s")), None)
     for name in [n for n in rows if n == "loader_store" or n.startswith("video_")]:
@@ -72,7 +83,7 @@ def derive(report: dict) -> Dict[str, List[dict]]:
 
 
 def goals(rows: Dict[str, List[dict]]) -> List[tuple]:
-    """(goal, measured, met) for the figures issue #16 checks; None where not measured."""
+    """(goal, measured, met) for the figures the pass checks (issues #16, #23); None where not measured."""
     def pick(step, key, **match):
         return next((r.get(key) for r in rows.get(step, []) if all(r.get(k) == v for k, v in match.items())
                      and r.get("status", "ok") == "ok"), None)
@@ -81,8 +92,12 @@ def goals(rows: Dict[str, List[dict]]) -> List[tuple]:
         return (text, "not measured" if value is None else f"{value:.3g}{unit}",
                 None if value is None else bool(test(value)))
 
-    pools = [r.get("pct_of_hbm") for s in rows if s.startswith("attention_pool_") for r in rows[s]
-             if r.get("provider") == "ours" and r.get("pct_of_hbm") is not None]
+    ours_pools = [r for s in rows if s.startswith("attention_pool_") for r in rows[s]
+                  if r.get("provider") == "ours" and r.get("status", "ok") == "ok"]
+    # Linear pools only move bytes: judged on HBM. The MLP pools' GEMMs bound them on the tensor
+    # cores (benches/bench_compile.py: their HBM share cannot pass 28-38 %): judged on the roofline.
+    linear = [r["pct_of_hbm"] for r in ours_pools if r.get("hidden") == 0 and r.get("pct_of_hbm") is not None]
+    mlp = [r["pct_of_roofline"] for r in ours_pools if r.get("hidden") and r.get("pct_of_roofline") is not None]
     video = [r["pairs_per_s"] for s in rows if s.startswith("video_") and s != "video_corpus" for r in rows[s]
              if r.get("pairs_per_s")]
     wait = pick("train_loader", "data_wait_pct")
@@ -93,7 +108,10 @@ def goals(rows: Dict[str, List[dict]]) -> List[tuple]:
         judged("InfoNCE 64k: ours ≤ 22 ms", pick("info_nce_64k", "ms", provider="ours"), " ms", lambda v: v <= 22),
         judged("InfoNCE 64k: ours ≤ 1.5 GB extra", pick("info_nce_64k", "peak_extra_gb", provider="ours"), " GB",
                lambda v: v <= 1.5),
-        judged("attention pooling ≥ 60 % of HBM (worst shape)", min(pools) if pools else None, " %", lambda v: v >= 60),
+        judged("linear attention pooling ≥ 60 % of HBM (worst shape)", min(linear) if linear else None, " %",
+               lambda v: v >= 60),
+        judged("MLP attention pooling ≥ 50 % of its roofline (worst shape)", min(mlp) if mlp else None, " %",
+               lambda v: v >= 50),
         judged("frame store ≥ 5,000 pairs/s, every augmentation", pick("loader_store", "pairs_per_s", device="gpu"),
                " pairs/s", lambda v: v >= 5000),
         judged("direct video ≥ 2,500 pairs/s (best candidate)", max(video) if video else None, " pairs/s",
@@ -168,6 +186,16 @@ def _compile_section(rows: Dict[str, List[dict]], report: dict) -> List[str]:
     return lines + [f"\n{others} more variants (other dtypes and shapes) are in gpu_pass.json."]
 
 
+def local_roofline() -> List[dict]:
+    """The roofline rows of benches/bench_compile.py, computed here (arithmetic, no compilation) when
+    the pass did not run the compile report (CPU work, left out of the planned calls)."""
+    try:
+        import bench_compile
+    except Exception:  # no Triton here: the section says the report is not available
+        return []
+    return [{"kind": "roofline", **row} for row in bench_compile.roofline()]
+
+
 def render_markdown(report: dict, summary_only: bool = False) -> str:
     device = report.get("device") or {}
     title = "GPU pass (dry run: toy sizes on the CPU, reference paths)" if report["dry_run"] else "GPU pass"
@@ -176,7 +204,7 @@ def render_markdown(report: dict, summary_only: bool = False) -> str:
              f"{device.get('torch', '?')}, Triton {device.get('triton', '?')}, CUDA {device.get('cuda', '?')}; "
              f"budget {report['budget_s']:.0f} s, took {report.get('elapsed_s', 0):.0f} s.", ""]
     lines += _table([("name", "step", ""), ("status", "status", ""), ("seconds", "s", ""), ("limit_s", "limit s", ""),
-                     ("reason", "reason", "")], report["steps"])
+                     ("reason", "reason", ""), ("left_behind", "processes left behind", "")], report["steps"])
     optional = []
     for label, state in (device.get("optional") or {}).items():
         skipped = []
@@ -193,6 +221,8 @@ def render_markdown(report: dict, summary_only: bool = False) -> str:
     if summary_only:
         return "\n".join(lines)
     rows, claimed = derive(report), set()
+    if not rows.get("compile_report"):
+        rows["compile_report"] = local_roofline()
     for title, prefixes, columns in SECTIONS:
         names = [name for name in rows if name.startswith(prefixes) and name not in claimed and rows[name]]
         claimed.update(names)
@@ -201,6 +231,9 @@ def render_markdown(report: dict, summary_only: bool = False) -> str:
             record = next((r for r in report["steps"] if r["name"] == "compile_report"), None)
             lines += ["", f"## {title}", ""] + (_compile_section(rows, report) if section else [
                 f"Compile report not available: {record.get('reason') or record['status'] if record else 'not run'}."])
+            if section and record is None:
+                lines.append("Roofline computed when the report was written; the variants' registers and spills: "
+                             "`python benches/bench_compile.py --triton-path DIR` with the host's Triton.")
             continue
         if not section:
             continue
@@ -208,7 +241,7 @@ def render_markdown(report: dict, summary_only: bool = False) -> str:
             keys = list(dict.fromkeys(key for row in section for key in row))
             columns = [(key, key, "") for key in keys]
         lines += ["", f"## {title}", ""] + _table(columns, section)
-    lines += ["", "## Goals of issue #16", ""]
+    lines += ["", "## Goals", ""]
     if report["dry_run"]:
         lines.append("Not judged in a dry run (toy sizes on a CPU).")
     else:

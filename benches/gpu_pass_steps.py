@@ -9,6 +9,7 @@ bench_video_path, bench_train), not repeated here.
 from __future__ import annotations
 
 import importlib
+import importlib.util
 import json
 import math
 import os
@@ -281,30 +282,39 @@ def _pytest(ctx: Context, suite: str, args: Sequence[str]) -> int:
     return code
 
 
+KERNEL_TESTS = ("tests/test_info_nce.py", "tests/test_attention_pool.py", "tests/test_verify.py")
+# The training tests whose model runs on the chip (fused kernels, the demo's steps, a short overfit).
+TRAIN_TESTS = ("test_fused_and_reference_ops_give_the_same_losses",
+               "test_demo_steps_change_weights_and_export_loads_into_torchvision",
+               "test_loss_decreases_on_a_tiny_overfit_set")
+LOADER_TESTS = ("tests/test_loader.py", "tests/test_loader_faults.py", "tests/test_prepare.py")
+
+
+def _parallel() -> List[str]:
+    """pytest-xdist over the host's cores (two left for the main process and the GPU's driver)."""
+    if importlib.util.find_spec("xdist") is None:
+        return []
+    return ["-n", str(max(1, min(12, (os.cpu_count() or 1) - 2)))]
+
+
 def tests_kernels(ctx: Context) -> None:
-    """The CUDA-only kernel tests (bf16/fp16, benchmark shapes, 64k memory); skipped on a CPU."""
-    code = _pytest(ctx, "kernels", ["-m", "cuda", "tests/test_info_nce.py", "tests/test_attention_pool.py"])
+    """Every kernel test file in full on the chip (odd sizes, small tiles, bf16: CUDA-only tests too)
+    and the training tests whose model runs there; the dry run collects them only (CI runs them)."""
+    files = [name for name in KERNEL_TESTS if (ROOT / name).is_file()]
+    nodes = files + [f"tests/test_train.py::{name}" for name in TRAIN_TESTS]
+    code = _pytest(ctx, "kernels+train", nodes + (["--co"] if ctx.dry_run else _parallel()))
     if code not in (0, 5):
-        raise RuntimeError(f"kernel tests: pytest exit {code} (see the failures column)")
+        raise RuntimeError(f"kernel and training tests: pytest exit {code} (see the failures column)")
 
 
-TRAIN_TESTS = "fused_and_reference or demo_steps or loss_decreases or pretrain_on_videos"
-
-
-def tests_data_train(ctx: Context) -> None:
-    """CUDA-only loader and extraction tests (need DALI and PyAV), then training tests that use the GPU."""
-    codes = []
-    try:
-        require("DALI")
-        require("PyAV")
-        codes.append(_pytest(ctx, "loader", ["-m", "cuda", "--continue-on-collection-errors", "tests/test_loader.py",
-                                             "tests/test_loader_faults.py", "tests/test_prepare.py"]))
-    except Skip as reason:
-        ctx.row(suite="loader", failures=f"skipped: {reason}")
-    # Dry run: collected only (CI runs them in full on the CPU).
-    codes.append(_pytest(ctx, "train", ["tests/test_train.py", "-k", TRAIN_TESTS] + (["--co"] if ctx.dry_run else [])))
-    if any(code not in (0, 5) for code in codes):
-        raise RuntimeError(f"data/training tests: pytest exits {codes} (see the failures column)")
+def tests_loader(ctx: Context) -> None:
+    """The CUDA-only loader and extraction tests (they write their clips with PyAV and decode with DALI)."""
+    require("DALI")
+    require("PyAV")
+    code = _pytest(ctx, "loader", ["-m", "cuda", "--continue-on-collection-errors", *LOADER_TESTS]
+                   + (["--co"] if ctx.dry_run else []))
+    if code not in (0, 5):
+        raise RuntimeError(f"loader tests: pytest exit {code} (see the failures column)")
 
 
 # ----------------------------------------------------------------------------- 2. InfoNCE
@@ -320,7 +330,8 @@ def _inf_cl_loss(tau: float):
 
 
 def info_nce(ctx: Context, label: str) -> None:
-    """fwd+bwd of N = M, D, τ = 0.1: eager, ours, ours with k needing no grad, torch.compile, Inf-CL."""
+    """fwd+bwd of N = M, D, τ = 0.1: eager, ours, ours with k needing no grad, Inf-CL (torch.compile:
+    step compile_kernels, late in the pass, one shape)."""
     import torch
 
     import bench_info_nce as suite
@@ -331,7 +342,7 @@ def info_nce(ctx: Context, label: str) -> None:
     backend = "triton" if cuda else "auto"  # auto = the PyTorch reference on a CPU
     tau = suite.TEMPERATURE
     providers = [("eager", "eager", True), ("ours", "ours", True), ("ours, k without grad", "ours", False),
-                 ("torch.compile", "compile", True), ("Inf-CL", "inf_cl", True)]
+                 ("Inf-CL", "inf_cl", True)]
     for name, kind, k_grad in providers:
         reason = "" if kind == "ours" else suite.skip_reason(kind, n)
         if reason:
@@ -359,7 +370,8 @@ def info_nce(ctx: Context, label: str) -> None:
 
 
 def attention_pool(ctx: Context, label: str) -> None:
-    """fwd+bwd at B × (C, H, W), hidden 0 and 512: eager, ours, torch.compile; GB/s of compulsory traffic."""
+    """fwd+bwd at B × (C, H, W), hidden 0 and 512: eager, ours (torch.compile: step compile_kernels);
+    GB/s of compulsory traffic and the share of the roofline."""
     channels, height, width = ctx.sizes.pool_shapes[label]
     os.environ.update(VITO_BENCH_BATCH=str(ctx.sizes.pool_batch), VITO_BENCH_DTYPE=ctx.sizes.dtype)
     import torch
@@ -376,8 +388,8 @@ def attention_pool(ctx: Context, label: str) -> None:
         inputs = suite._inputs(channels, height, width, hidden)
         grad = torch.randn(batch, channels, device=dev, dtype=dtype)
         traffic = suite.compulsory_bytes("full", batch, channels, height * width, hidden, torch.finfo(dtype).bits // 8)
-        providers = [("eager", reference), ("ours", lambda *a: ours(*a, backend=backend)),
-                     ("torch.compile", torch.compile(reference, dynamic=False))]
+        flops = suite.compulsory_flops("full", batch, channels, height * width, hidden)
+        providers = [("eager", reference), ("ours", lambda *a: ours(*a, backend=backend))]
         for name, fn in providers:
             fields = dict(shape=f"{batch}x{channels}x{height}x{width}", hidden=hidden, provider=name)
             try:
@@ -385,12 +397,70 @@ def attention_pool(ctx: Context, label: str) -> None:
             except Exception as error:
                 ctx.row(**fields, status="failed", note=f"{type(error).__name__}: {str(error)[:150]}")
                 continue
-            gbps = traffic / (ms * 1e-3) / 1e9
-            ctx.row(**fields, status="ok", ms=ms, gb_per_s=gbps,
-                    pct_of_copy=100 * gbps / info["copy_gbps"] if info.get("copy_gbps") else None,
-                    pct_of_hbm=100 * gbps / info["hbm_nominal_gbps"] if info.get("hbm_nominal_gbps") else None)
+            ctx.row(**fields, status="ok", ms=ms, **pool_figures(info, ms, traffic, flops))
         del inputs, grad, providers
         _free(cuda)
+
+
+def pool_figures(info: dict, ms: float, traffic: int, flops: int) -> dict:
+    """GB/s of compulsory traffic and its share of the copy bandwidth and nominal HBM (the verdict
+    of the linear pools, which only move bytes), and the share of the roofline reached: the larger
+    of FLOPs at the measured matrix rate and bytes at the copy bandwidth, over ms (the verdict of
+    the MLP pools, whose GEMMs make them tensor-bound)."""
+    gbps = traffic / (ms * 1e-3) / 1e9
+    floors = [flops / (info["matmul_tflops"] * 1e12) if info.get("matmul_tflops") else 0.0,
+              traffic / (info["copy_gbps"] * 1e9) if info.get("copy_gbps") else 0.0]
+    return dict(gb_per_s=gbps, tflops=flops / (ms * 1e-3) / 1e12,
+                pct_of_copy=100 * gbps / info["copy_gbps"] if info.get("copy_gbps") else None,
+                pct_of_hbm=100 * gbps / info["hbm_nominal_gbps"] if info.get("hbm_nominal_gbps") else None,
+                pct_of_roofline=100 * max(floors) * 1e3 / ms if max(floors) > 0 else None)
+
+
+def compile_kernels(ctx: Context) -> None:
+    """torch.compile of the references, one shape per op (late in the pass: each compiles first):
+    InfoNCE at N = M = 16k, attention pooling at 7×7 with training's MLP (hidden 512)."""
+    os.environ.update(VITO_BENCH_BATCH=str(ctx.sizes.pool_batch), VITO_BENCH_DTYPE=ctx.sizes.dtype)
+    import torch
+
+    import bench_attention_pool as pool_suite
+    import bench_info_nce as suite
+    from vito_fast.reference.attention_pool import attention_pool_reference
+
+    cuda, dev = ctx.cuda, "cuda" if ctx.cuda else "cpu"
+    dtype = getattr(torch, ctx.sizes.dtype)
+    n, d = ctx.sizes.info_nce["16k"], ctx.sizes.info_nce_dim
+    reason = suite.skip_reason("compile", n)
+    if reason:
+        ctx.row(op="info_nce", N=n, D=d, provider="torch.compile", status="skipped", note=reason)
+    else:
+        q = torch.randn(n, d, device=dev, dtype=dtype, requires_grad=True)
+        k = torch.randn(n, d, device=dev, dtype=dtype, requires_grad=True)
+        fn = suite._loss_fn("compile", f"full-{n}-{d}")
+        started = time.perf_counter()
+        fn(q, k).backward()
+        _sync(cuda)
+        compile_s = time.perf_counter() - started
+        ms = time_ms(lambda: fn(q, k).backward(), cuda, [q, k])
+        ctx.row(op="info_nce", N=n, D=d, provider="torch.compile", status="ok", ms=ms, compile_s=compile_s,
+                tflops=suite.flops("full", n, n, d) / (ms * 1e-3) / 1e12)
+        del q, k, fn
+        _free(cuda)
+    channels, height, width = ctx.sizes.pool_shapes["7x7"]
+    hidden, batch = max(ctx.sizes.pool_hiddens), ctx.sizes.pool_batch
+    inputs = pool_suite._inputs(channels, height, width, hidden)
+    grad = torch.randn(batch, channels, device=dev, dtype=dtype)
+    fn = torch.compile(attention_pool_reference, dynamic=False)
+    started = time.perf_counter()
+    fn(*inputs)[0].backward(grad)
+    _sync(cuda)
+    compile_s = time.perf_counter() - started
+    ms = time_ms(lambda: fn(*inputs)[0].backward(grad), cuda, [t for t in inputs if t is not None])
+    size = torch.finfo(dtype).bits // 8
+    traffic = pool_suite.compulsory_bytes("full", batch, channels, height * width, hidden, size)
+    flops = pool_suite.compulsory_flops("full", batch, channels, height * width, hidden)
+    ctx.row(op="attention_pool", shape=f"{batch}x{channels}x{height}x{width}", hidden=hidden,
+            provider="torch.compile", status="ok", ms=ms, compile_s=compile_s,
+            **pool_figures(ctx.device_info(), ms, traffic, flops))
 
 
 # ----------------------------------------------------------------------------- 4. loader
@@ -649,6 +719,8 @@ def compile_report(ctx: Context) -> None:
 
 
 def injected_slow(ctx: Context) -> None:
-    """Test only (--inject-slow-step): overruns its limit, so the runner must stop it and go on."""
-    ctx.row(note="sleeping past the limit")
+    """Test only (--inject-slow-step): starts a child that sleeps, names both processes, and overruns
+    its limit, so the runner must stop it with its child and go on."""
+    child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(3600)"])
+    ctx.row(note="sleeping past the limit", pids=[os.getpid(), child.pid])
     time.sleep(3600)
