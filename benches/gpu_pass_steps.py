@@ -369,14 +369,25 @@ def info_nce(ctx: Context, label: str) -> None:
 # ----------------------------------------------------------------------------- 3. attention pooling
 
 
+def _pool_suite(ctx: Context):
+    """bench_attention_pool set to this pass's batch, dtype and device (it reads its environment
+    once, at import, and the pass's parent may have imported it already)."""
+    import torch
+
+    import bench_attention_pool as suite
+
+    suite.BATCH, suite.DTYPE = ctx.sizes.pool_batch, getattr(torch, ctx.sizes.dtype)
+    suite.DEVICE = "cuda" if ctx.cuda else "cpu"
+    return suite
+
+
 def attention_pool(ctx: Context, label: str) -> None:
     """fwd+bwd at B × (C, H, W), hidden 0 and 512: eager, ours (torch.compile: step compile_kernels);
     GB/s of compulsory traffic and the share of the roofline."""
     channels, height, width = ctx.sizes.pool_shapes[label]
-    os.environ.update(VITO_BENCH_BATCH=str(ctx.sizes.pool_batch), VITO_BENCH_DTYPE=ctx.sizes.dtype)
     import torch
 
-    import bench_attention_pool as suite
+    suite = _pool_suite(ctx)
     from vito_fast.ops.attention_pool import attention_pool as ours
     from vito_fast.reference.attention_pool import attention_pool_reference as reference
 
@@ -419,11 +430,11 @@ def pool_figures(info: dict, ms: float, traffic: int, flops: int) -> dict:
 def compile_kernels(ctx: Context) -> None:
     """torch.compile of the references, one shape per op (late in the pass: each compiles first):
     InfoNCE at N = M = 16k, attention pooling at 7×7 with training's MLP (hidden 512)."""
-    os.environ.update(VITO_BENCH_BATCH=str(ctx.sizes.pool_batch), VITO_BENCH_DTYPE=ctx.sizes.dtype)
     import torch
 
-    import bench_attention_pool as pool_suite
     import bench_info_nce as suite
+
+    pool_suite = _pool_suite(ctx)
     from vito_fast.reference.attention_pool import attention_pool_reference
 
     cuda, dev = ctx.cuda, "cuda" if ctx.cuda else "cpu"
