@@ -69,7 +69,9 @@ def test_later_call(benchmark):
 
 
 def main() -> None:
-    where = torch.cuda.get_device_name() if CUDA else "CPU, the reference standing in for the kernels"
+    if not CUDA:  # one intra-op thread: on a shared 2-core machine a second one mostly waits
+        torch.set_num_threads(1)
+    where = torch.cuda.get_device_name() if CUDA else "CPU, one thread, the reference standing in for the kernels"
     print(f"self-check cost per kind ({where}; median of 5 after a warm-up)\n")
     print("| kind | ms |\n|---|---:|")
     for kind, check in _cases():
