@@ -226,7 +226,8 @@ def _run_check(kind: Kind, body: Callable[[], Tuple[Comparison, Optional[Compari
         status, detail = SKIPPED, str(reason)
     except Exception as error:  # anything the Triton path raises means: do not trust it
         forward = backward = None
-        status, detail = ERROR, f"{type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}"
+        first_line = str(error).strip().split("\n")[0]
+        status, detail = ERROR, type(error).__name__ + (f": {first_line}" if first_line else "")
     return CheckResult(kind, status, forward, backward, (time.perf_counter() - start) * 1e3, detail)
 
 
