@@ -709,7 +709,6 @@ def info_nce_bwd(
     single_d = d <= block_d  # the same rule as the forward: identical logits tiles
     # Chunked D: each program column owns BLOCK_DOUT output columns (and recomputes the logits).
     block_dout = block_d if single_d else _block(block_dout, d, tiles.bwd_dout)
-    block_dq = min(tiles.dq_chunk if block_dout <= 128 else tiles.dq_chunk_wide, block_dout)
     q_rows, k_rows = _block(block_m, n, tiles.bwd_q_rows), _block(block_n, m, tiles.bwd_k_rows)
     grad_loss = grad_loss.reshape(-1)
     one_sweep = need_q and need_k and not deterministic and _one_sweep_fits(q.dtype, n, symmetric)
@@ -723,7 +722,7 @@ def info_nce_bwd(
         stride_q_row=q.stride(0), stride_q_col=q.stride(1), stride_k_row=k.stride(0), stride_k_col=k.stride(1),
         stride_acc_row=dq_acc.stride(0), stride_acc_col=dq_acc.stride(1),
         HAS_NORM=has_norm, SYMMETRIC=symmetric, GRAD_PER_ROW=reduction == "none",
-        HAS_LABELS=labels is not None, DOT_PRECISION=_dot_precision(q.dtype), BLOCK_DQ=block_dq,
+        HAS_LABELS=labels is not None, DOT_PRECISION=_dot_precision(q.dtype),
     )
     grads = [None, None]
     for grad_q in [flag for flag, needed in ((True, need_q and not one_sweep), (False, need_k)) if needed]:
@@ -749,6 +748,7 @@ def info_nce_bwd(
             stride_out_row=grad.stride(0), stride_out_col=grad.stride(1),
             GRAD_Q=grad_q, ATOMIC_DQ=one_sweep and not grad_q, SINGLE_D=sweep_single_d,
             BLOCK_D=sweep_block_d, BLOCK_DOUT=dout,
+            BLOCK_DQ=min(tiles.dq_chunk if dout <= 128 else tiles.dq_chunk_wide, dout),
             BLOCK_OWN=block_own, BLOCK_OTHER=block_other,
             num_stages=tiles.gq_stages if grad_q else tiles.gk_stages, num_warps=tiles.bwd_warps, **common,
         )
