@@ -64,6 +64,27 @@ def test_forward_loss_per_stage_and_target_gets_no_gradient():
     torch.testing.assert_close(maps["layer3"].sum((1, 2)), torch.ones(8))
 
 
+def test_info_nce_gets_the_heads_dtype_under_autocast(monkeypatch):
+    """Under bf16 autocast the loss takes bf16 queries and keys (the kernels' tensor-core path on a
+    GPU, float32 accumulation); without autocast float32. The loss itself is float32 either way."""
+    model = tiny_vito()
+    seen = []
+    forward = model.criterion.forward
+
+    def recording(q, k):
+        seen.append((q.dtype, k.dtype))
+        return forward(q, k)
+
+    monkeypatch.setattr(model.criterion, "forward", recording)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        loss, _ = model(*views())
+    assert loss.dtype == torch.float32 and torch.isfinite(loss)
+    assert seen and set(seen) == {(torch.bfloat16, torch.bfloat16)}
+    seen.clear()
+    model(*views())
+    assert set(seen) == {(torch.float32, torch.float32)}
+
+
 @pytest.mark.parametrize("memory_format", [torch.channels_last, torch.contiguous_format])
 def test_trunk_runs_in_the_memory_format_of_its_weights(memory_format):
     model = VITO("resnet18", pool_hidden=16, proj_hidden=32, proj_dim=16, pred_hidden=32).to(memory_format=memory_format)

@@ -186,7 +186,9 @@ class VITO(nn.Module):
         # Loss: each view's prediction against the other view's target key, both ways, per stage.
         losses = {}
         for stage, q, k in zip(self.stages, queries, keys):
-            q, k = q.float(), k.float()
+            # The heads' dtype goes to InfoNCE: bf16 under CUDA autocast (the kernels' tensor-core
+            # path, float32 accumulation and loss), float32 on the CPU.
+            k = k.to(q.dtype)
             q1, q2, k1, k2 = q[:batch], q[batch:], k[:batch], k[batch:]
             losses[stage] = 0.5 * (self.criterion(q1, k2) + self.criterion(q2, k1))
         total = sum(losses.values())
