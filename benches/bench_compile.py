@@ -603,7 +603,8 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
         print(json.dumps(report))
         return
     versions = sorted({row["triton"] for row in report}) or [triton.__version__ if args.triton_path is None else "?"]
-    selection = " (--quick)" if args.quick else " (selected cases)" if args.case else ""
+    selection = (" (--quick and --case)" if args.quick and args.case else " (--quick)" if args.quick
+                 else " (--case)" if args.case else "")
     print(f"sm_90 compile report, Triton {', '.join(versions)}"
           f"{f' from {os.path.abspath(args.triton_path)}' if args.triton_path else ''}, torch {torch.__version__}, "
           f"{time.strftime('%Y-%m-%d')}, {len(report)} variants{selection}, "
