@@ -1,0 +1,192 @@
+"""The GPU pass as device-tool calls: what each carries, runs and may cost, checked against the lease.
+
+    python benches/gpu_pass.py --plan            # the Markdown table and the checks (exit 1 if one fails)
+    python benches/gpu_pass.py --plan --calls    # the same, then each call as the device tool takes it
+
+A lent GPU comes for 15 minutes of device time in all: the machine's start, every call, and the idle
+gaps between calls count, and it goes back (with everything staged on it) 30 s after a call ends.
+So call 1 needs nothing staged and brings back the most (kernel tests in full, the kernels against
+eager PyTorch, torch.compile and Inf-CL, the ResNet-50 step eager and compiled); the parts of the
+optional packages (benches/gpu_stage.py) follow back to back in short calls; the last call unpacks
+them and measures the loader half. A plan that does not fit fails CI (tests/test_gpu_pass.py):
+a call whose steps' limits add up to more than its budget, a call that carries over 60 MiB, or a
+whole plan over 13 minutes (2 of the 15 left for one rerun).
+"""
+from __future__ import annotations
+
+import json
+import subprocess
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Dict, List, Optional, Sequence, Tuple
+
+ROOT = Path(__file__).resolve().parents[1]
+MIB = 2**20
+
+CARRY_LIMIT_MIB = 60
+PLAN_LIMIT_S = 13 * 60
+# What the lease costs besides the steps (device-tool README; the transfer rate is assumed).
+START_S = 90            # a fresh machine's start ("a minute or more")
+GAP_S = 20              # reading a reply and sending the next call; under the 30 s idle release
+TRANSFER_S_PER_MIB = 0.25
+TIMEOUT_MARGIN_S = 30   # timeout_s over setup + budget: the pass ends itself well inside the call
+BUILD_S = 30            # pip install -e . (the C++ sampler) on the host
+STAGE_S = 5             # copy one part out of the work tree
+INSTALL_S = 30          # check, join and unpack the parts (~600 MB through Python's lzma)
+
+PASS = "PYTHONUNBUFFERED=1 python3 benches/gpu_pass.py --out $OUT"
+BUILD = "python3 -m pip install -q --no-build-isolation --no-deps -e ."
+BUILD_IF_NEEDED = f"(python3 -c 'import vito_fast._C' 2>/dev/null || {BUILD})"
+SITE = "/tmp/site"
+
+
+@dataclass(frozen=True)
+class Call:
+    """One device-tool call: what it does before the pass (setup_s), the pass's steps and budget."""
+    title: str
+    steps: Tuple[str, ...] = ()
+    budget_s: int = 0
+    setup_s: int = STAGE_S
+    part: Optional[int] = None           # the staged part it carries (index into the pack record)
+    installs: bool = False               # unpacks every staged part into SITE before the pass
+    call_one_wheels: bool = False        # carries the small wheels (Inf-CL) and installs them first
+
+
+CALL_ONE = ("tests_kernels", "info_nce_4k", "info_nce_16k", "info_nce_64k", "attention_pool_7x7",
+            "attention_pool_14x14", "train_eager", "compile_kernels", "train_compiled")
+LAST = ("tests_loader", "frame_store", "loader_store", "train_loader")
+# In the catalogue (``--only NAME`` runs them), not in this plan, and why.
+LATER = {
+    "video_corpus": "with video_pyav: 45 s the plan does not have; issue #26 measures the host's decode paths, "
+                    "the PyAV workers as their baseline",
+    "video_pyav": "see video_corpus",
+    "video_dali_reader": "DALI's sequence reader was measured on an H200 (SPEC anchors); issue #26 compares decoders",
+    "video_dali_decoder": "failed or hung on an H200 (SPEC); issue #26 owns GPU decoding",
+    "video_pynvc": "PyNvVideoCodec (27 MB) would cost one more staging call; issue #26 owns GPU decoding",
+    "compile_report": "CPU work: `python benches/bench_compile.py --triton-path DIR` compiles with the host's Triton here",
+}
+
+
+def pack_record() -> dict:
+    """The parts of the last pack: .gpu/parts.json where this machine packed, else benches/gpu_stage.json."""
+    for path in (ROOT / ".gpu" / "parts.json", ROOT / "benches" / "gpu_stage.json"):
+        if path.is_file():
+            return json.loads(path.read_text())
+    raise FileNotFoundError("gpu_plan: no pack record (benches/gpu_stage.json); run `python benches/gpu_stage.py pack`")
+
+
+def plan(record: dict) -> List[Call]:
+    """Call 1, one staging call per part but the last, and the last call (last part, install, loader)."""
+    parts = len(record["parts"])
+    calls = [Call("kernels, kernel tests, ResNet-50 step (nothing staged)", CALL_ONE, budget_s=360, setup_s=BUILD_S,
+                  call_one_wheels=True)]
+    calls += [Call(f"stage part {index + 1} of {parts}", part=index) for index in range(parts - 1)]
+    calls.append(Call(f"stage part {parts} of {parts}, unpack, loader half", LAST, budget_s=140,
+                      setup_s=STAGE_S + INSTALL_S, part=parts - 1, installs=True))
+    return calls
+
+
+def tree_bytes(root: Path = ROOT) -> int:
+    """What travels with every call: tracked and untracked-not-ignored files of the checkout."""
+    listed = subprocess.run(["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"], cwd=root,
+                            capture_output=True, text=True, check=True).stdout.split("\0")
+    return sum((root / name).stat().st_size for name in listed if name and (root / name).is_file())
+
+
+def carry(call: Call, record: dict) -> List[str]:
+    paths = [".gpu/parts.json"] if call.part is not None else []
+    if call.part is not None:
+        paths.append(f".gpu/{record['parts'][call.part]['name']}")
+    if call.call_one_wheels:
+        paths.append(".gpu/call1")
+    return paths
+
+
+def carry_bytes(call: Call, record: dict, tree: int) -> int:
+    part = record["parts"][call.part]["bytes"] if call.part is not None else 0
+    return tree + part + (64 * 1024 if call.call_one_wheels else 0) + (4096 if call.part is not None else 0)
+
+
+def limits(steps: Sequence[str], catalogue: Dict[str, float]) -> float:
+    """Σ of the steps' time limits, with the device probe that every pass runs first."""
+    return catalogue["device"] + sum(catalogue[name] for name in steps)
+
+
+def command(call: Call, record: dict) -> str:
+    parts = []
+    if call.part is not None:
+        parts.append(f"python3 benches/gpu_stage.py stage .gpu/{record['parts'][call.part]['name']}")
+    if call.installs:
+        parts.append(f"python3 benches/gpu_stage.py install {SITE} --parts .gpu/parts.json")
+    if call.call_one_wheels:
+        parts.append(f"python3 -m pip install -q --no-index --no-deps --target {SITE} .gpu/call1/*.whl")
+    if call.steps:
+        build = BUILD if call.call_one_wheels else BUILD_IF_NEEDED
+        run = f"{build} && PYTHONPATH={SITE} {PASS} --only {','.join(call.steps)} --budget {call.budget_s}"
+        # Staging and install report in one line and never stop the pass: a step that needs what is
+        # missing says so in the report.
+        return "; ".join(parts + [run])
+    return " && ".join(parts)
+
+
+def rows(calls: List[Call], record: dict, catalogue: Dict[str, float], tree: int) -> List[dict]:
+    table = []
+    for number, call in enumerate(calls, 1):
+        carried = carry_bytes(call, record, tree)
+        assumed = call.setup_s + call.budget_s + TRANSFER_S_PER_MIB * carried / MIB
+        table.append({"call": number, "title": call.title, "carry_mib": carried / MIB,
+                      "steps": ", ".join(call.steps) or "–",
+                      "limits_s": limits(call.steps, catalogue) if call.steps else 0, "budget_s": call.budget_s,
+                      "assumed_s": assumed, "timeout_s": int(call.setup_s + call.budget_s + TIMEOUT_MARGIN_S),
+                      "carry": carry(call, record), "command": command(call, record)})
+    return table
+
+
+def total_s(table: List[dict]) -> float:
+    """The lease: the start, every call's assumed time, and the idle gaps between calls."""
+    return START_S + sum(row["assumed_s"] for row in table) + GAP_S * (len(table) - 1)
+
+
+def problems(table: List[dict], catalogue: Dict[str, float]) -> List[str]:
+    found = []
+    for row in table:
+        if row["limits_s"] > row["budget_s"]:
+            found.append(f"call {row['call']}: its steps' limits add up to {row['limits_s']:.0f} s, over its "
+                         f"budget of {row['budget_s']} s")
+        if row["carry_mib"] > CARRY_LIMIT_MIB:
+            found.append(f"call {row['call']} carries {row['carry_mib']:.1f} MiB, over {CARRY_LIMIT_MIB} MiB")
+    if total_s(table) > PLAN_LIMIT_S:
+        found.append(f"the plan takes {total_s(table):.0f} s of device time, over {PLAN_LIMIT_S} s")
+    planned = {step for row in table for step in row["steps"].split(", ")}
+    for name in catalogue:
+        if name not in planned and name not in LATER and name != "device":
+            found.append(f"step {name} is neither in a call nor in LATER (with the reason)")
+    return found
+
+
+def markdown(table: List[dict], record: dict, catalogue: Dict[str, float]) -> str:
+    lines = [f"GPU pass plan: {len(table)} calls; {len(record['parts'])} parts of "
+             f"{record['compressed_bytes'] / 2**20:.0f} MiB xz ({record['unpacked_bytes'] / 2**20:.0f} MiB unpacked, "
+             f"packed {record['date']}); each call also carries the working tree.", "",
+             "| call | what | carries MiB | steps (after `device`) | Σ step limits s | budget s | GPU time assumed s "
+             "| timeout_s |", "|---:|---|---:|---|---:|---:|---:|---:|"]
+    for row in table:
+        lines.append(f"| {row['call']} | {row['title']} | {row['carry_mib']:.1f} | {row['steps']} | "
+                     f"{row['limits_s']:.0f} | {row['budget_s']} | {row['assumed_s']:.0f} | {row['timeout_s']} |")
+    lines += ["", f"Whole plan: {START_S} s start + {sum(r['assumed_s'] for r in table):.0f} s of calls + "
+                  f"{len(table) - 1} × {GAP_S} s gaps = **{total_s(table):.0f} s** of {PLAN_LIMIT_S} s "
+                  f"({PLAN_LIMIT_S // 60} of the 15 device minutes; the rest is for one rerun)."]
+    lines += ["", "Not in this plan (`--only NAME` runs them): " + "; ".join(f"{k} ({v})" for k, v in LATER.items())]
+    found = problems(table, catalogue)
+    lines += ["", "Checks: " + ("all pass." if not found else "FAIL\n" + "\n".join(f"- {p}" for p in found))]
+    return "\n".join(lines)
+
+
+def calls_text(table: List[dict]) -> str:
+    """Each call as the device tool's run takes it, in order; then status and give_back."""
+    lines = ["Device-tool calls, back to back (the machine goes back 30 s after a call, and staged parts with it):"]
+    for row in table:
+        lines.append("run " + json.dumps({"timeout_s": row["timeout_s"], "command": row["command"],
+                                          **({"carry": row["carry"]} if row["carry"] else {})}))
+    lines.append("then: status; with what is left, rerun a step that timed out (`--only NAME`); give_back.")
+    return "\n".join(lines)
