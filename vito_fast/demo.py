@@ -109,14 +109,10 @@ def seconds_per_step(config) -> float:
 def write_untrained_run(config, run_dir: Path) -> None:
     """A step-0 checkpoint of the model as `train` initialises it (seed ``train.seed``)."""
     from vito_fast.model.vito import VITO
-    from vito_fast.train.config import to_dict
+    from vito_fast.train.checkpoint import save_model_checkpoint
 
     torch.manual_seed(config.train.seed)
-    model = VITO.from_config(config.model)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    torch.save({"format": 1, "step": 0, "config": to_dict(config),
-                "model": {key: value for key, value in model.state_dict().items() if not key.startswith("target.")},
-                "target": model.target.state_dict()}, run_dir / "checkpoint.pt")
+    save_model_checkpoint(run_dir, model=VITO.from_config(config.model), config=config)
 
 
 # The default schedule, the same on every machine (a CPU step of the demo preset: 0.13 s on the 2-core

@@ -21,8 +21,9 @@ from vito_fast.cli._args import EXIT_FAILURE
 
 def export_state(state: dict, fmt: str = "torchvision", encoder: str = "online") -> dict:
     """The weights to write, from a loaded checkpoint dict."""
-    source = ({k[len("online."):]: v for k, v in state["model"].items() if k.startswith("online.")}
-              if encoder == "online" else dict(state["target"]))
+    from vito_fast.train.run_folder import encoder_weights
+
+    source = encoder_weights(state, encoder)
     if fmt == "torchvision":
         return {k[len("trunk."):]: v for k, v in source.items() if k.startswith("trunk.")}
     return {"format": "vito-encoder", "config": state["config"], "step": state["step"], "encoder": source}

@@ -42,8 +42,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def resolve_config(args: argparse.Namespace):
     """preset / YAML / checkpoint's config, then the command line's overrides."""
-    from vito_fast.train.checkpoint import checkpoint_path
     from vito_fast.train.config import from_dict, load_config
+    from vito_fast.train.run_folder import RunFolder
 
     overrides = list(args.overrides)
     if args.data is not None:
@@ -51,17 +51,15 @@ def resolve_config(args: argparse.Namespace):
     if args.steps is not None:
         overrides.append(f"train.steps={args.steps}")
     if args.resume and args.preset is None and args.config is None:
-        import torch
-
-        saved = torch.load(checkpoint_path(args.resume), map_location="cpu", weights_only=True)["config"]
-        return load_config(base=from_dict(saved), overrides=overrides)
+        return load_config(base=from_dict(RunFolder.of(args.resume).saved_config()), overrides=overrides)
     return load_config(args.preset or "demo", args.config, overrides)
 
 
 def main(argv: Optional[List[str]] = None) -> int:
     args = build_parser().parse_args(list(sys.argv[1:] if argv is None else argv))
-    from vito_fast.train.checkpoint import ConfigMismatchError, checkpoint_path
+    from vito_fast.train.checkpoint import ConfigMismatchError
     from vito_fast.train.loop import NonFiniteLossError, train
+    from vito_fast.train.run_folder import RunFolder
 
     run_dir = args.out or args.resume
     if run_dir is None:
@@ -71,11 +69,11 @@ def main(argv: Optional[List[str]] = None) -> int:
         print(f"vito-fast pretrain: --resume {args.resume} and --out {args.out} differ; a run resumes in "
               f"its own directory", file=sys.stderr)
         return EXIT_USAGE
-    if args.resume and not checkpoint_path(run_dir).exists():
-        print(f"vito-fast pretrain: {checkpoint_path(run_dir)} does not exist; nothing to resume",
-              file=sys.stderr)
+    run = RunFolder.of(run_dir)
+    if args.resume and not run.has_checkpoint():
+        print(f"vito-fast pretrain: {run.checkpoint} does not exist; nothing to resume", file=sys.stderr)
         return EXIT_FAILURE
-    if not args.resume and checkpoint_path(run_dir).exists():
+    if not args.resume and run.has_checkpoint():
         print(f"vito-fast pretrain: {run_dir} already holds a checkpoint; continue it with --resume "
               f"{run_dir} or choose another --out", file=sys.stderr)
         return EXIT_USAGE

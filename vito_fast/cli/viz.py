@@ -49,14 +49,15 @@ def resize_frames(frames: np.ndarray, height: int) -> np.ndarray:
 
 def render_attention(args) -> Dict:
     from vito_fast.synthetic.videos import decode_video_frames
+    from vito_fast.train.run_folder import RunFolder
     from vito_fast.eval.encoder import load_encoder
     from vito_fast.eval.features import attention_of_frames
     from vito_fast.eval.viz import attention_overlay_frames, attention_panel, save_gif, save_png
 
     device = "cuda" if args.device == "auto" and torch.cuda.is_available() else \
         ("cpu" if args.device == "auto" else args.device)
-    if not (Path(args.run).is_dir() and (Path(args.run) / "checkpoint.pt").is_file()) and not Path(args.run).is_file():
-        raise FileNotFoundError(f"{args.run}: needs a run directory from `vito-fast pretrain` (with checkpoint.pt)")
+    if not Path(args.run).is_file():
+        RunFolder.of(args.run).require_checkpoint()  # names the run when it has none
     encoder = load_encoder(args.run, pooling="attention", device=device)
     image_size = args.image_size or int((encoder.run_config or {}).get("data", {}).get("image_size", 224))
     frames = decode_video_frames(args.video)

@@ -24,6 +24,7 @@ import torch
 from torch import nn
 
 from vito_fast.model.vito import STAGES, Trunk
+from vito_fast.train.run_folder import RunFolder, encoder_weights
 
 PathLike = Union[str, os.PathLike]
 
@@ -81,14 +82,14 @@ def load_encoder(source: Optional[PathLike] = None, *, random_init: bool = False
         torch.manual_seed(seed)
         return EvalEncoder(arch or "resnet18", stages or ("layer4",)).to(device).eval()
     path = Path(source)
-    checkpoint_file = path / "checkpoint.pt" if path.is_dir() else path
+    checkpoint_file = RunFolder(path).checkpoint if path.is_dir() else path
     if not checkpoint_file.is_file():
         raise FileNotFoundError(f"{source}: needs a run directory from `vito-fast pretrain` (with checkpoint.pt) "
                                 "or a weights file from `vito-fast export`")
     state = torch.load(checkpoint_file, map_location="cpu", weights_only=True)
     if isinstance(state, dict) and "model" in state and "config" in state:  # RUN/checkpoint.pt
-        online = {key[len("online."):]: value for key, value in state["model"].items() if key.startswith("online.")}
-        return _encoder_from_run(online, state["config"], str(checkpoint_file), arch, stages, pooling, device)
+        return _encoder_from_run(encoder_weights(state), state["config"], str(checkpoint_file), arch, stages,
+                                 pooling, device)
     if isinstance(state, dict) and state.get("format") == "vito-encoder":  # vito-fast export --format vito
         return _encoder_from_run(state["encoder"], state["config"], str(checkpoint_file), arch, stages, pooling,
                                  device)

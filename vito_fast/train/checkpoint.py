@@ -21,10 +21,9 @@ import numpy as np
 import torch
 
 from vito_fast.train.config import RESUME_FREE_KEYS, config_diff, flatten, to_dict
+from vito_fast.train.run_folder import PathLike, RunFolder
 
 FORMAT = 1
-FILENAME = "checkpoint.pt"
-PathLike = Union[str, os.PathLike]
 
 
 class ConfigMismatchError(ValueError):
@@ -32,8 +31,7 @@ class ConfigMismatchError(ValueError):
 
 
 def checkpoint_path(run_dir: PathLike) -> Path:
-    path = Path(run_dir)
-    return path if path.suffix == ".pt" else path / FILENAME
+    return RunFolder.of(run_dir).checkpoint
 
 
 def capture_rng() -> Dict[str, Any]:
@@ -67,19 +65,30 @@ def restore_rng(state: Dict[str, Any]) -> None:
 def save_checkpoint(run_dir: PathLike, *, step: int, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
                     scaler: Optional[torch.amp.GradScaler], loader_state: Dict[str, int], config) -> Path:
     """Write RUN/checkpoint.pt atomically (temp file + fsync + rename); returns its path."""
-    path = checkpoint_path(run_dir)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    state = {
-        "format": FORMAT,
-        "step": step,
-        "model": {k: v for k, v in model.state_dict().items() if not k.startswith("target.")},
-        "target": model.target.state_dict(),
+    return _write(checkpoint_path(run_dir), {
+        **_model_state(step, model, config),
         "optimizer": optimizer.state_dict(),
         "scaler": scaler.state_dict() if scaler is not None else {},
         "loader": dict(loader_state),
         "rng": capture_rng(),
-        "config": to_dict(config),
-    }
+    })
+
+
+def save_model_checkpoint(run_dir: PathLike, *, model: torch.nn.Module, config, step: int = 0) -> Path:
+    """A checkpoint of the model alone (no optimizer, loader or RNG state): what evaluation and
+    export read, for a run that is not to be resumed (the demo's untrained baseline)."""
+    return _write(checkpoint_path(run_dir), _model_state(step, model, config))
+
+
+def _model_state(step: int, model: torch.nn.Module, config) -> Dict[str, Any]:
+    return {"format": FORMAT, "step": step,
+            "model": {k: v for k, v in model.state_dict().items() if not k.startswith("target.")},
+            "target": model.target.state_dict(), "config": to_dict(config)}
+
+
+def _write(path: Path, state: Dict[str, Any]) -> Path:
+    """torch.save to a temporary file beside ``path``, fsync, rename over it."""
+    path.parent.mkdir(parents=True, exist_ok=True)
     handle, temporary = tempfile.mkstemp(prefix=".checkpoint-", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(handle, "wb") as stream:
@@ -105,7 +114,7 @@ def load_checkpoint(run_dir: PathLike, config=None, map_location: Union[str, tor
     path = checkpoint_path(run_dir)
     if not path.exists():
         raise FileNotFoundError(f"{path}: no checkpoint to resume from")
-    state = torch.load(path, map_location=map_location, weights_only=True)
+    state = RunFolder.of(run_dir).read(map_location)
     if state.get("format") != FORMAT:
         raise ValueError(f"{path}: checkpoint format {state.get('format')!r}, this version reads {FORMAT}")
     if config is not None:

@@ -13,6 +13,8 @@ from typing import Dict, List, Optional
 import torch
 import torch.nn.functional as F
 
+from vito_fast.train.run_folder import RunFolder
+
 IMAGENET_MEAN = torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1)
 IMAGENET_STD = torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1)
 
@@ -37,12 +39,13 @@ class Logger:
         self.bar = self.writer = self.metrics = None
         if not enabled:
             return
-        run_dir.mkdir(parents=True, exist_ok=True)
-        self.metrics = open(run_dir / "metrics.jsonl", "a")
+        run = RunFolder(Path(run_dir))
+        run.path.mkdir(parents=True, exist_ok=True)
+        self.metrics = open(run.metrics_file, "a")
         try:
             from torch.utils.tensorboard import SummaryWriter
 
-            self.writer = SummaryWriter(str(run_dir / "tensorboard"), purge_step=start_step or None)
+            self.writer = SummaryWriter(str(run.tensorboard_dir), purge_step=start_step or None)
         except ImportError:  # tensorboard is optional at run time
             self.writer = None
         if progress:

@@ -33,10 +33,11 @@ from vito_fast.model.sync_bn import convert_sync_batchnorm
 from vito_fast.model.vito import VITO
 from vito_fast.train import distributed
 from vito_fast.train.checkpoint import checkpoint_path, load_checkpoint, restore, save_checkpoint
-from vito_fast.train.config import Config, dump_yaml
+from vito_fast.train.config import Config
 from vito_fast.train.data import build_loader
 from vito_fast.train.lars import LARS, param_groups
 from vito_fast.train.logger import Logger
+from vito_fast.train.run_folder import RunFolder
 from vito_fast.train.schedules import ema_momentum, learning_rate, scaled_lr
 
 
@@ -117,8 +118,7 @@ def _train(config: Config, run_dir: Path, resume: bool, info: distributed.DistIn
             print(schedule_change(config, int(state["config"]["train"]["steps"]), step, info.world_size), flush=True)
     last_checkpoint = checkpoint_path(run_dir) if resume else None
     if info.is_main:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        (run_dir / "config.yaml").write_text(dump_yaml(config))
+        RunFolder(run_dir).write_config(config)
 
     if tc.compile:
         model.online.trunk.compile()
