@@ -203,3 +203,21 @@ def test_entropy_floor_pushes_back_only_collapsed_attention():
     assert attention[0] is not None
     with pytest.raises(ValueError, match="attention_entropy_floor"):
         VITO("resnet18", attention_entropy_floor=1.0)
+
+
+def test_model_config_builds_the_model_by_name():
+    """Each ModelConfig field is a VITO argument (or read by the training loop), passed by name."""
+    import dataclasses
+    import inspect
+
+    from vito_fast.model.config import TRAINING_FIELDS, ModelConfig
+
+    arguments = inspect.signature(VITO).parameters
+    for field in dataclasses.fields(ModelConfig):
+        assert field.name in arguments or field.name in TRAINING_FIELDS, field.name
+    config = ModelConfig(arch="resnet18", width=16, stages=("layer4",), pool_hidden=8, proj_hidden=24,
+                         proj_dim=12, pred_hidden=20, temperature=0.2, attention_entropy_floor=0.25)
+    model = VITO.from_config(config)
+    assert model.stages == ("layer4",) and model.online.trunk.conv1.out_channels == 16
+    assert model.online.projectors[0][-1].out_features == 12 and model.predictors[0][0].out_features == 20
+    assert model.criterion.temperature == 0.2 and model.attention_entropy_floor == 0.25

@@ -126,8 +126,7 @@ def _encoder_from_run(online: Dict[str, torch.Tensor], config: dict, source: str
         settings = from_dict(config).model
         if getattr(settings, "pooling", "attention") != "attention":
             raise ValueError(f"{source}: the run pools by {settings.pooling}, so it has no attention maps")
-        trained = Encoder(settings.arch, settings.stages, settings.pool_hidden, settings.proj_hidden,
-                          settings.proj_dim, settings.backend, width=settings.width)
+        trained = Encoder.from_config(settings)
         trained.load_state_dict(online)
         pools = nn.ModuleList(trained.pools[trained.trunk.stages.index(stage)] for stage in chosen_stages)
     else:

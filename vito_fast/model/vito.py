@@ -19,6 +19,8 @@ EMA step, so an eval-mode target is consistent with the weights it averages.
 from __future__ import annotations
 
 import copy
+import dataclasses
+import inspect
 import math
 from typing import Dict, List, Sequence, Tuple
 
@@ -26,6 +28,7 @@ import torch
 import torchvision
 from torch import nn
 
+from vito_fast.model.config import TRAINING_FIELDS, ModelConfig
 from vito_fast.nn.attention_pool import AttentionPool2d
 from vito_fast.nn.info_nce import InfoNCE
 
@@ -123,8 +126,20 @@ class AveragePool2d(nn.Module):
         return h.mean(dim=(2, 3))
 
 
+def model_arguments(builder, config: ModelConfig) -> Dict[str, object]:
+    """The fields of ``config`` that ``builder`` (VITO or Encoder) takes, by name; the training-only
+    fields (TRAINING_FIELDS) and those the builder does not take stay out."""
+    taken = inspect.signature(builder).parameters
+    return {f.name: getattr(config, f.name) for f in dataclasses.fields(config)
+            if f.name in taken and f.name not in TRAINING_FIELDS}
+
+
 class Encoder(nn.Module):
     """Trunk + one pool and one projector per tapped stage (the part the target copies)."""
+
+    @classmethod
+    def from_config(cls, config: ModelConfig) -> "Encoder":
+        return cls(**model_arguments(cls, config))
 
     def __init__(self, arch: str, stages: Sequence[str], pool_hidden: int, proj_hidden: int,
                  proj_dim: int, backend: str, pooling: str = "attention", width: int = 64):
@@ -165,13 +180,10 @@ class VITO(nn.Module):
                                  equal_batches=equal_batches)
 
     @classmethod
-    def from_config(cls, config) -> "VITO":
-        """config: ``vito_fast.train.config.ModelConfig``; the training loop's batches have the same
-        size on every rank (``data.batch_size``), so the loss gathers keys without exchanging sizes."""
-        return cls(config.arch, config.stages, config.pool_hidden, config.proj_hidden, config.proj_dim,
-                   config.pred_hidden, config.temperature, config.backend, pooling=config.pooling,
-                   width=config.width, equal_batches=True,
-                   attention_entropy_floor=getattr(config, "attention_entropy_floor", 0.0))
+    def from_config(cls, config: ModelConfig) -> "VITO":
+        """Every model field of ``config`` by name; the training loop's batches have the same size on
+        every rank (``data.batch_size``), so the loss gathers keys without exchanging sizes."""
+        return cls(**model_arguments(cls, config), equal_batches=True)
 
     def forward(self, view1: torch.Tensor, view2: torch.Tensor) -> Tuple[torch.Tensor, Dict[str, torch.Tensor]]:
         """view1, view2 (B, 3, S, S) → (total loss, {stage: loss}); all float32 scalars."""

@@ -18,24 +18,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 import yaml
 
 from vito_fast.data.sampler import ViewConfig
-
-
-@dataclass
-class ModelConfig:
-    arch: str = "resnet50"                       # any torchvision ResNet constructor name
-    width: int = 64                              # channels of the first stage (64: torchvision's; 32: 1/4 compute)
-    stages: Tuple[str, ...] = ("layer3", "layer4")  # trunk taps, one loss per tap
-    pooling: str = "attention"                   # "attention" (VITO) or "average" (the GAP ablation)
-    pool_hidden: int = 512                       # attention MLP width (0: linear logits)
-    proj_hidden: int = 4096
-    proj_dim: int = 256
-    pred_hidden: int = 4096
-    temperature: float = 0.1
-    # > 0: a loss keeps each attention map's entropy above this share of log(H·W) (0.5: spread over at
-    # least √(H·W) positions), so that the pools cannot collapse to one peak (see model.vito)
-    attention_entropy_floor: float = 0.0
-    sync_bn: bool = True                         # batch statistics over all ranks when distributed
-    backend: str = "auto"                        # ops: "auto" (fused on CUDA), "torch" (reference), "triton"
+from vito_fast.model.config import ModelConfig
 
 
 @dataclass
