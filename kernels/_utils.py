@@ -3,16 +3,7 @@ from __future__ import annotations
 
 import os
 
-import torch
 import triton
-import triton.language as tl
-
-# Triton dtype of each supported torch dtype (for kernels that pick an accumulation or cast).
-TORCH_TO_TRITON = {
-    torch.float32: tl.float32,
-    torch.float16: tl.float16,
-    torch.bfloat16: tl.bfloat16,
-}
 
 
 def interpreting() -> bool:

@@ -10,7 +10,7 @@
 - **shape bias**: the fold's linear probe classifies the videos' cue-conflict twins (the shape of
   one class wearing another's texture, ``eval.shape_bias``); decisions for the shape or the texture
   are counted.
-- **propagation J and attention on the objects** over the ``eval_videos`` clips, as before.
+- **propagation J and attention on the objects** over the ``eval_videos`` clips.
 
 Every score is kept as per-video counts (``result["per_video"]``, ``result["per_clip"]``) next to
 its total, because a claim compares two runs on the same videos: its standard error comes from

@@ -23,9 +23,6 @@ import torch
 
 from vito_fast.cli._args import EXIT_FAILURE, EXIT_OK
 from vito_fast.errors import VitoError
-EVALUATIONS = ("knn", "linear", "robustness", "propagate")
-
-
 def add_encoder_arguments(parser: argparse.ArgumentParser) -> None:
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument("--run", help="run directory of `vito-fast pretrain` (reads RUN/checkpoint.pt)")
