@@ -128,3 +128,19 @@ def test_arenas_of_dead_owners_are_deleted_and_live_ones_kept(monkeypatch):
         for path in (stale, alive):
             if os.path.exists(path):
                 os.unlink(path)
+
+
+def test_a_worker_that_cannot_start_says_why(tmp_path, monkeypatch):
+    # a file in the working directory named like a module the worker imports (this process has
+    # imported the real one already): the worker fails while starting, and the error shows its own
+    (tmp_path / "numpy.py").write_text('raise ImportError("this numpy.py shadows the real one")\n')
+    monkeypatch.chdir(tmp_path)
+    pool = DecodePool(1, timeout=1.0)
+    try:
+        with pytest.raises(RuntimeError) as caught:
+            pool.run([(file_job(tmp_path / "numpy.py"), None, 0)], None)
+    finally:
+        pool.close()
+    message = str(caught.value)
+    assert "decode worker" in message and "died while starting (exit code 1)" in message, message
+    assert "ImportError: this numpy.py shadows the real one" in message, message

@@ -5,9 +5,12 @@ hangs or dies as the end of the iteration (a loader-wide timeout, a pipeline err
 training run must replace that one sample, restart the worker and go on. So the pool is small and
 does exactly that:
 
-* ``DecodePool(workers)`` starts ``workers`` processes (spawned: the trainer holds CUDA and torch
-  threads). Each runs chunks of jobs (``sample_jobs``), answers once per chunk (the trainer's
-  process wakes up once for several samples), and shows the job it runs in shared memory.
+* ``DecodePool(workers)`` starts ``workers`` processes, each a fresh interpreter running
+  ``decode_worker`` (not forked: the trainer holds CUDA, DALI and torch threads; not
+  ``multiprocessing``'s spawn: it re-runs the trainer's main module, which fails in a script
+  without a main guard and in ``python -``). Each runs chunks of jobs (``sample_jobs``), answers
+  once per chunk (the trainer's process wakes up once for several samples), and shows the job it
+  runs in shared memory. A worker that dies while starting raises an error with its stderr.
 * ``run(tasks, arena)`` hands out chunks of tasks, two per worker, collects the answers, and
   returns one result per task: the arrays, or the error (VideoError/StoreError naming the file).
   A worker that stays on one sample for ``timeout`` seconds, or dies, is killed and restarted;
@@ -19,14 +22,20 @@ does exactly that:
 """
 from __future__ import annotations
 
+import atexit
+import ctypes
 import mmap
 import multiprocessing
 import os
+import signal
+import subprocess
+import sys
 import tempfile
 import time
+import weakref
 from collections import deque
 from multiprocessing.connection import wait as wait_for
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import IO, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -138,85 +147,112 @@ class Arena:
             pass
 
 
-# ----------------------------------------------------------------------------- the worker side
-
-
-def _place(arrays: Dict[str, np.ndarray], arena_path: Optional[str], offset: Optional[int], size: int, maps: dict):
-    """Write ``arrays`` at ``offset`` of the arena when they fit: [(name, offset, dtype, shape)]; else the arrays."""
-    total = sum(-(-array.nbytes // 64) * 64 for array in arrays.values())
-    if arena_path is None or offset is None or total > size:
-        return arrays
-    if arena_path not in maps:
-        if len(maps) >= 8:  # arenas the trainer replaced: unmap the oldest
-            maps.pop(next(iter(maps))).close()
-        with open(arena_path, "r+b") as handle:
-            maps[arena_path] = mmap.mmap(handle.fileno(), 0)
-    buffer, places = maps[arena_path], []
-    for name, array in arrays.items():
-        array = np.ascontiguousarray(array)
-        np.frombuffer(buffer, dtype=np.uint8, count=array.nbytes, offset=offset)[:] = array.reshape(-1).view(np.uint8)
-        places.append((name, offset, array.dtype.str, array.shape))
-        offset += -(-array.nbytes // 64) * 64
-    return places
-
-
-def _worker_main(connection, progress, max_open: int) -> None:
-    """Run chunks of (task id, job, arena path, offset, size) until told None; answer once per chunk.
-
-    ``progress.value`` is the task being run (shared memory): the parent reads it to tell which
-    sample a hung or dead worker was on, and that a slow chunk is still moving.
-    """
-    from vito_fast.data.sample_jobs import JobRunner
-
-    runner, maps = JobRunner(max_open), {}
-    connection.send("ready")
-    while True:
-        chunk = connection.recv()
-        if chunk is None:
-            return
-        answers = []
-        for task_id, job, arena_path, offset, size in chunk:
-            progress.value = task_id
-            try:
-                answers.append((task_id, "ok", _place(runner(job), arena_path, offset, size, maps)))
-            except Exception as error:  # one sample's failure: the parent replaces the sample
-                error = error if _picklable(error) else RuntimeError(f"{type(error).__name__}: {error}")
-                answers.append((task_id, "error", error))
-        progress.value = -1
-        connection.send(answers)  # one message per chunk: the trainer's process wakes once for several samples
-
-
-def _picklable(error: Exception) -> bool:
-    import pickle
-
-    try:
-        pickle.loads(pickle.dumps(error))
-        return True
-    except Exception:
-        return False
-
-
 # ----------------------------------------------------------------------------- the trainer side
 
 
+_live_workers: "weakref.WeakSet[_Worker]" = weakref.WeakSet()
+
+
+@atexit.register
+def _stop_live_workers() -> None:
+    """Kill the workers of pools nobody closed, as multiprocessing does with daemon processes."""
+    for worker in list(_live_workers):
+        worker.stop()
+
+
+def _worker_environment() -> Dict[str, str]:
+    """The trainer's environment, with its ``sys.path`` in front (a worker imports what the trainer
+    would, e.g. a checkout put on the path by hand), as spawned processes get it."""
+    paths = [entry for entry in sys.path if isinstance(entry, str) and entry]
+    inherited = os.environ.get("PYTHONPATH")
+    return dict(os.environ, PYTHONPATH=os.pathsep.join(paths + ([inherited] if inherited else [])))
+
+
+def _shared_int64() -> Tuple[mmap.mmap, int]:
+    """8 bytes of shared memory as (mapping, file descriptor to hand to the worker)."""
+    if hasattr(os, "memfd_create"):
+        handle = os.memfd_create("vito-decode-progress")
+    else:
+        with tempfile.TemporaryFile() as file:
+            handle = os.dup(file.fileno())
+    os.ftruncate(handle, 8)
+    return mmap.mmap(handle, 8), handle
+
+
+def _exit_reason(returncode: Optional[int]) -> str:
+    if returncode is not None and returncode < 0:
+        try:
+            return f"killed by {signal.Signals(-returncode).name}"
+        except ValueError:
+            return f"killed by signal {-returncode}"
+    return f"exit code {returncode}"
+
+
 class _Worker:
-    def __init__(self, context, max_open: int):
-        self.connection, child_end = context.Pipe()
-        self.progress = context.Value("q", -1, lock=False)  # the task the worker runs now (-1: none)
+    """One ``decode_worker`` process, its connection, and the task it runs (``progress.value``)."""
+
+    def __init__(self, max_open: int):
+        self.connection, child_end = multiprocessing.Pipe()
+        self._progress_map, progress_fd = _shared_int64()
+        self.progress = ctypes.c_int64.from_buffer(self._progress_map)  # the task it runs now (-1: none)
+        self.progress.value = -1
         self.seen_progress = -1
-        self.process = context.Process(target=_worker_main, args=(child_end, self.progress, max_open), daemon=True,
-                                       name="vito-decode-worker")
-        self.process.start()
-        child_end.close()
+        self.startup_log: Optional[IO[bytes]] = tempfile.TemporaryFile()  # its stderr until it is ready
+        try:
+            trainer_stderr = os.dup(2)
+        except OSError:  # no stderr (a detached process): the worker keeps writing to the log
+            trainer_stderr = -1
+        fds = [child_end.fileno(), progress_fd] + ([trainer_stderr] if trainer_stderr >= 0 else [])
+        try:
+            self.process = subprocess.Popen(
+                [sys.executable, "-m", "vito_fast.data.decode_worker", str(child_end.fileno()), str(progress_fd),
+                 str(trainer_stderr), str(max_open)],
+                pass_fds=fds, stdin=subprocess.DEVNULL, stderr=self.startup_log, env=_worker_environment())
+        finally:
+            child_end.close()
+            for handle in fds[1:]:
+                os.close(handle)
+        _live_workers.add(self)
         self.ready = False
         self.chunk: deque = deque()  # tasks sent and not answered, in order (at most two chunks)
         self.seen_since = float("inf")  # when the parent first saw progress == seen_progress
 
+    def set_ready(self) -> None:
+        self.ready = True
+        self.startup_log.close()
+        self.startup_log = None
+
+    def alive(self) -> bool:
+        return self.process.poll() is None
+
+    def startup_failure(self, what: str = "") -> str:
+        """Why the worker is not ready: ``what`` (default: its exit status) and the end of its stderr."""
+        if not what:
+            try:
+                self.process.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                pass
+            what = f"died while starting ({_exit_reason(self.process.returncode)})"
+        log = ""
+        if self.startup_log is not None:
+            self.startup_log.seek(0)
+            log = self.startup_log.read().decode("utf-8", "replace").strip()
+        lines = log.splitlines()[-25:] or ["(it printed nothing)"]
+        return (f"DecodePool: a decode worker ({sys.executable} -m vito_fast.data.decode_worker) {what}; "
+                "its stderr:\n" + "\n".join(lines))
+
     def stop(self) -> None:
-        if self.process.is_alive():
+        _live_workers.discard(self)
+        if self.process.poll() is None:
             self.process.kill()
-        self.process.join(timeout=5)
+        try:
+            self.process.wait(timeout=5)
+        except subprocess.TimeoutExpired:  # in uninterruptible sleep (a dead network mount): leave it
+            pass
         self.connection.close()
+        if self.startup_log is not None:
+            self.startup_log.close()
+            self.startup_log = None
 
 
 class DecodePool:
@@ -226,8 +262,7 @@ class DecodePool:
         if workers < 1:
             raise ValueError(f"DecodePool: workers must be >= 1, got {workers}")
         self.timeout, self.max_open, self.start_timeout = float(timeout), max_open, start_timeout
-        self._context = multiprocessing.get_context("spawn")
-        self._workers: List[_Worker] = [_Worker(self._context, max_open) for _ in range(workers)]
+        self._workers: List[_Worker] = [_Worker(max_open) for _ in range(workers)]
         self.restarts = 0
 
     def __len__(self) -> int:
@@ -240,13 +275,16 @@ class DecodePool:
             except OSError:
                 pass
         for worker in self._workers:
-            worker.process.join(timeout=2)
+            try:
+                worker.process.wait(timeout=2)
+            except subprocess.TimeoutExpired:
+                pass
             worker.stop()
         self._workers = []
 
     def _replace(self, index: int) -> None:
         self._workers[index].stop()
-        self._workers[index] = _Worker(self._context, self.max_open)
+        self._workers[index] = _Worker(self.max_open)
         self.restarts += 1
 
     def run(self, tasks: Sequence[Tuple[tuple, Optional[int], int]], arena: Optional[Arena]) -> List[object]:
@@ -284,18 +322,18 @@ class DecodePool:
             # wake at the first deadline, and often enough to see workers move on to their next sample
             wake = min([worker.seen_since + self.timeout for worker in busy if worker.ready]
                        + [now + min(1.0, self.timeout / 4), started + self.start_timeout])
-            ready = set(wait_for([w.connection for w in busy] + [w.process.sentinel for w in busy],
-                                 timeout=max(0.0, wake - now)))
+            # a worker that dies closes its end of the connection: the wait wakes for deaths too
+            wait_for([w.connection for w in busy], timeout=max(0.0, wake - now))
             for index, worker in enumerate(list(self._workers)):
                 if worker not in busy:
                     continue
-                failure = self._collect(worker, ready, results, done, arena)
+                failure = self._collect(worker, results, done, arena)
                 if (failure is None and worker.ready and worker.chunk and worker.progress.value == worker.seen_progress
                         and time.monotonic() > worker.seen_since + self.timeout):
                     failure = WorkerFailure(f"no answer in {self.timeout:g} s (sample_timeout); "
                                             "the decoder may hang on this file", timed_out=True)
                 if failure is None and not worker.ready and time.monotonic() > started + self.start_timeout:
-                    raise RuntimeError(f"DecodePool: a worker did not start in {self.start_timeout:g} s")
+                    raise RuntimeError(worker.startup_failure(f"did not start in {self.start_timeout:g} s"))
                 if failure is not None:
                     culprit = worker.progress.value
                     if culprit in worker.chunk:  # the sample it hung or died on; the others go elsewhere
@@ -304,28 +342,30 @@ class DecodePool:
                     if worker.chunk:
                         pending.extendleft(reversed(worker.chunk))
                     elif not worker.ready:
-                        raise RuntimeError(f"DecodePool: a worker died while starting ({failure})")
+                        raise RuntimeError(worker.startup_failure())
                     self._replace(index)
         return results
 
-    def _collect(self, worker: _Worker, ready: set, results: List[object], done: List[bool],
+    def _collect(self, worker: _Worker, results: List[object], done: List[bool],
                  arena: Optional[Arena]) -> Optional[WorkerFailure]:
         """Read every answer the worker has sent; a WorkerFailure when it died."""
         try:
             while worker.connection.poll():
                 message = worker.connection.recv()
                 if message == "ready":
-                    worker.ready = True
+                    worker.set_ready()
                     continue
                 for task, status, payload in message:
                     worker.chunk.remove(task)
                     if status == "ok" and isinstance(payload, list):
                         payload = {name: arena.view(offset, dtype, shape) for name, offset, dtype, shape in payload}
                     results[task], done[task] = payload, True
-        except (EOFError, OSError):
-            pass
-        if worker.process.sentinel in ready or not worker.process.is_alive():
-            worker.process.join(timeout=1)
-            return WorkerFailure(f"the decoding process died (exit code {worker.process.exitcode}) "
+        except (EOFError, OSError):  # its end closed: it has exited, or is exiting
+            try:
+                worker.process.wait(timeout=1)
+            except subprocess.TimeoutExpired:
+                pass
+        if not worker.alive():
+            return WorkerFailure(f"the decoding process died ({_exit_reason(worker.process.returncode)}) "
                                  "on this file", timed_out=False)
         return None

@@ -1,0 +1,102 @@
+"""The decode worker: a process of its own that runs sample jobs for ``decode_pool.DecodePool``.
+
+``DecodePool`` starts it as ``python -m vito_fast.data.decode_worker CONNECTION PROGRESS STDERR
+MAX_OPEN`` (four inherited file descriptors and a number), a fresh interpreter: it holds none of
+the trainer's CUDA, DALI or thread state (a fork would), and it never imports the trainer's main
+module (``multiprocessing``'s spawn and forkserver do, so a script without
+``if __name__ == "__main__":`` and code piped to ``python -`` could not start workers).
+
+* CONNECTION: a ``multiprocessing.connection.Connection`` (a socket) to the trainer: chunks of
+  jobs in, one list of answers per chunk out; ``None`` or the trainer's end closing stops it.
+* PROGRESS: 8 bytes of shared memory holding the task the worker runs now (-1: none); the trainer
+  reads it to tell which sample a hung or dead worker was on, and that a slow chunk moves on.
+* STDERR: the trainer's stderr (-1: none). Until the worker is ready its stderr is a file the
+  trainer reads when the worker dies while starting (so the error says why); then it is this one.
+"""
+from __future__ import annotations
+
+import ctypes
+import mmap
+import os
+import pickle
+import sys
+from multiprocessing.connection import Connection
+from typing import Dict, Optional
+
+import numpy as np
+
+__all__ = ["main", "serve"]
+
+
+def _place(arrays: Dict[str, np.ndarray], arena_path: Optional[str], offset: Optional[int], size: int, maps: dict):
+    """Write ``arrays`` at ``offset`` of the arena when they fit: [(name, offset, dtype, shape)]; else the arrays."""
+    total = sum(-(-array.nbytes // 64) * 64 for array in arrays.values())
+    if arena_path is None or offset is None or total > size:
+        return arrays
+    if arena_path not in maps:
+        if len(maps) >= 8:  # arenas the trainer replaced: unmap the oldest
+            maps.pop(next(iter(maps))).close()
+        with open(arena_path, "r+b") as handle:
+            maps[arena_path] = mmap.mmap(handle.fileno(), 0)
+    buffer, places = maps[arena_path], []
+    for name, array in arrays.items():
+        array = np.ascontiguousarray(array)
+        np.frombuffer(buffer, dtype=np.uint8, count=array.nbytes, offset=offset)[:] = array.reshape(-1).view(np.uint8)
+        places.append((name, offset, array.dtype.str, array.shape))
+        offset += -(-array.nbytes // 64) * 64
+    return places
+
+
+def _picklable(error: Exception) -> bool:
+    try:
+        pickle.loads(pickle.dumps(error))
+        return True
+    except Exception:
+        return False
+
+
+def serve(connection: Connection, progress: ctypes.c_int64, runner) -> None:
+    """Run chunks of (task id, job, arena path, offset, size) until told None; answer once per chunk."""
+    maps: dict = {}
+    while True:
+        try:
+            chunk = connection.recv()
+        except EOFError:  # the trainer has gone
+            return
+        if chunk is None:
+            return
+        answers = []
+        for task_id, job, arena_path, offset, size in chunk:
+            progress.value = task_id
+            try:
+                answers.append((task_id, "ok", _place(runner(job), arena_path, offset, size, maps)))
+            except Exception as error:  # one sample's failure: the trainer replaces the sample
+                error = error if _picklable(error) else RuntimeError(f"{type(error).__name__}: {error}")
+                answers.append((task_id, "error", error))
+        progress.value = -1
+        try:
+            connection.send(answers)  # one message per chunk: the trainer's process wakes once for several samples
+        except (BrokenPipeError, ConnectionResetError):
+            return
+
+
+def main(argv=None) -> None:
+    connection_fd, progress_fd, stderr_fd, max_open = (int(value) for value in (argv or sys.argv[1:]))
+    connection = Connection(connection_fd)
+    progress_map = mmap.mmap(progress_fd, 8)
+    os.close(progress_fd)
+    progress = ctypes.c_int64.from_buffer(progress_map)
+
+    from vito_fast.data.sample_jobs import JobRunner
+
+    runner = JobRunner(max_open)
+    if stderr_fd >= 0:  # started: from now on what the worker prints goes where the trainer's does
+        sys.stderr.flush()
+        os.dup2(stderr_fd, 2)
+        os.close(stderr_fd)
+    connection.send("ready")
+    serve(connection, progress, runner)
+
+
+if __name__ == "__main__":
+    main()
