@@ -268,6 +268,10 @@ class DecodePool:
     def __len__(self) -> int:
         return len(self._workers)
 
+    def worker_pids(self) -> List[int]:
+        """Process ids of the workers running now (a read-only view for tests and benches)."""
+        return [worker.process.pid for worker in self._workers]
+
     def close(self) -> None:
         for worker in self._workers:
             try:
