@@ -1,10 +1,12 @@
-"""The package as a new user runs it: plain scripts, without ``if __name__ == "__main__":``.
+"""The package as a new user runs it: plain scripts, and the commands pretrain says to run next.
 
-Each test writes a script and runs it in a fresh interpreter (a file, code piped to ``python -``,
-``python -c``), as a user would from a shell; what it checks is the exit status and what it prints.
+Each test runs a fresh interpreter as a user would from a shell (a script file without
+``if __name__ == "__main__":``, code piped to ``python -``, ``python -c``, ``vito-fast ...``);
+what it checks is the exit status and what it prints.
 """
 from __future__ import annotations
 
+import shlex
 import subprocess
 import sys
 from pathlib import Path
@@ -58,3 +60,49 @@ def test_a_script_without_main_guard_loads_videos_in_worker_processes(manifest, 
     assert "first batch (2, 3, 32, 32) restarts 0" in finished.stdout, finished.stdout + finished.stderr[-3000:]
     assert "Traceback" not in finished.stderr, finished.stderr[-3000:]
 
+
+
+TINY_RUN = ["data.image_size=32", "data.batch_size=2", "data.decode_workers=1", "model.pool_hidden=16",
+            "model.proj_hidden=32", "model.proj_dim=16", "model.pred_hidden=32", "optim.warmup_steps=1",
+            "train.progress=false", "train.device=cpu"]
+
+
+def test_the_next_steps_pretrain_prints_work_on_unlabelled_videos(manifest, tmp_path):
+    run = tmp_path / "run"
+    finished = run_python(["-m", "vito_fast", "pretrain", "--data", manifest, "--out", str(run), "--steps", "2",
+                           *TINY_RUN], tmp_path)
+    assert finished.returncode == 0, finished.stderr[-3000:]
+    printed = finished.stdout[finished.stdout.index("next:"):].splitlines()[1:]
+    commands = [line.split("  #")[0].strip() for line in printed if not line.strip().startswith("#")]
+    assert not any("eval knn" in command for command in commands), printed  # its clips have no labels
+    assert any(command.startswith("vito-fast viz attention") for command in commands), printed
+    assert any("eval knn" in line for line in printed if line.strip().startswith("#")), printed  # said how, not run
+    ran = []
+    for command in commands:
+        if command == "vito-fast demo":  # its own data, whatever the run's: minutes, tested in test_demo
+            continue
+        words = shlex.split(command)
+        assert words[0] == "vito-fast", command
+        done = run_python(["-m", "vito_fast", *words[1:]], tmp_path)
+        assert done.returncode == 0, f"{command}:\n{done.stderr[-3000:]}"
+        ran.append(words[1])
+    assert ran == ["viz", "export"], ran
+
+
+def test_the_next_steps_on_labelled_built_in_videos_score_them(tmp_path):
+    from vito_fast.cli.pretrain import next_steps
+    from vito_fast.data.manifest import ClipRecord
+    from vito_fast.train.config import load_config
+
+    data = tmp_path / "run" / "data"  # the built-in videos: labelled clips and a dataset.json
+    data.mkdir(parents=True)
+    (data / "dataset.json").write_text("{}")
+    write_manifest(data / "manifest.jsonl", [ClipRecord(str(data / f"{index}.webm"), 12, 10.0, 64, 48, "vp9", 1.2,
+                                                        label=f"class{index % 2}") for index in range(4)])
+    run = tmp_path / "run"
+    commands = next_steps(load_config("demo"), run, stopped_early=False)
+    assert f"vito-fast eval knn --run {run} --manifest {data / 'manifest.jsonl'}" in commands
+    assert f"vito-fast eval shape-bias --run {run} --synthetic {data}" in commands
+    assert f"vito-fast viz attention {run} {data / '0.webm'}" in commands and "# to score" not in commands
+    average = next_steps(load_config("demo", overrides=["model.pooling=average"]), run, stopped_early=False)
+    assert "viz attention" not in average and "eval knn" in average  # no attention maps to draw

@@ -11,7 +11,7 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
-from typing import List, Optional
+from typing import List, Optional, Tuple
 
 from vito_fast.cli._args import EXIT_FAILURE, EXIT_USAGE
 
@@ -104,7 +104,9 @@ def is_main_process() -> bool:
 
 
 def next_steps(config, run_dir: Path, stopped_early: bool) -> str:
-    """The commands that look at a run's result (printed when pretrain ends)."""
+    """The commands that look at a run's result (printed when pretrain ends), each one that works on
+    this run's data: attention pictures where the model pools by attention and there is a video,
+    kNN where every clip of the manifest has a label, shape bias on the built-in videos."""
     lines = ["next:"]
     if stopped_early:
         lines.append(f"  vito-fast pretrain --resume {run_dir}                      # continue to train.steps")
@@ -112,22 +114,31 @@ def next_steps(config, run_dir: Path, stopped_early: bool) -> str:
     if config.data.source == "loader":
         path = Path(config.data.path) if config.data.path else run_dir / "data" / "manifest.jsonl"
         manifest = path if path.is_file() else None
-    video = _first_video(manifest) if manifest is not None else None
-    if video is not None:
+    video, labelled = _first_video_and_labels(manifest) if manifest is not None else (None, False)
+    if video is not None and config.model.pooling == "attention":
         lines.append(f"  vito-fast viz attention {run_dir} {video} -o {run_dir / 'attention.png'}")
-    lines.append(f"  vito-fast eval knn --run {run_dir} --manifest {manifest or 'LABELLED_MANIFEST.jsonl'}")
+    if labelled:
+        lines.append(f"  vito-fast eval knn --run {run_dir} --manifest {manifest}")
+    if manifest is not None and (manifest.parent / "dataset.json").is_file():  # the built-in videos
+        lines.append(f"  vito-fast eval shape-bias --run {run_dir} --synthetic {manifest.parent}")
     lines.append(f"  vito-fast export {run_dir} -o {run_dir / 'encoder.pth'} --format torchvision")
     lines.append("  vito-fast demo                                              # VITO against baselines, with a report")
+    if not labelled:
+        lines.append(f"  # to score the features, with labelled frames of your own: vito-fast eval knn --run {run_dir} "
+                     "--manifest LABELLED.jsonl (a label per clip) or --images DIR (a folder per class)")
     return "\n".join(lines)
 
 
-def _first_video(manifest: Path):
+def _first_video_and_labels(manifest: Path) -> Tuple[Optional[str], bool]:
+    """(the first clip's path, whether every clip has a label); (None, False) when it cannot be read."""
     from vito_fast.data.manifest import iter_manifest
 
     try:
-        return next(iter(iter_manifest(manifest))).path
+        records = iter(iter_manifest(manifest))
+        first = next(records)
+        return first.path, first.label is not None and all(record.label is not None for record in records)
     except (StopIteration, OSError, ValueError):
-        return None
+        return None, False
 
 
 if __name__ == "__main__":  # pragma: no cover
