@@ -139,8 +139,7 @@ def test_pair_loader(benchmark, corpus, provider, device):
             torch.cuda.synchronize()
 
     def decode_workers():  # the loader's decoding processes count as its CPU too
-        pool = getattr(loader, "_pool", None)
-        return [worker.process.pid for worker in pool._workers] if pool is not None else []
+        return list(loader.host.decode_worker_pids)
 
     _timed_epochs(benchmark, epoch, len(loader) * BATCH, decode_workers)
     benchmark.extra_info.update(provider=provider, device=device, batch=BATCH, replaced=loader.stats.replaced,

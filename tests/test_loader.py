@@ -387,3 +387,21 @@ def test_seeded_batch_matches_its_pinned_checksum(sources, kind, workers):
     sums, squares = PINNED_VIEWS[kind]
     np.testing.assert_allclose([float(view.sum()) for view in views], sums, rtol=1e-5, atol=1e-2)
     np.testing.assert_allclose([float((view * view).sum()) for view in views], squares, rtol=1e-5, atol=1e-2)
+
+
+def test_a_loader_dropped_without_close_stops_its_threads(sources):
+    import gc
+    import threading
+    import time
+
+    loader = PairLoader(sources["video"], 2, device="cpu", seed=1,
+                        config=LoaderConfig(image_size=SIZE, dtype="float32", num_threads=2, decode_workers=1))
+    next(iter(loader))
+    assert loader.host.decode_worker_pids
+    del loader
+    gc.collect()  # the loader and its generator form a cycle
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and any(thread.name.startswith(("vito-dali", "vito-prepare"))
+                                              for thread in threading.enumerate()):
+        time.sleep(0.05)
+    assert not [thread.name for thread in threading.enumerate() if thread.name.startswith(("vito-dali", "vito-prepare"))]

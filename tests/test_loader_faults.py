@@ -65,9 +65,9 @@ def everyday(tmp_path_factory):
 def test_everyday_sizes_and_codecs_decode_in_workers(everyday):
     with PairLoader(everyday, 2, device="cpu", seed=0, config=CONFIG) as loader:
         batches = list(loader) + list(loader)  # the second epoch reuses the shared-memory arenas
-        assert len(batches) == 2 * len(EVERYDAY) // 2 and len(loader._arenas) < len(batches)
+        assert len(batches) == 2 * len(EVERYDAY) // 2 and loader.host.arena_count < len(batches)
         assert loader.stats.replaced == 0 and not loader.stats.failed_files, loader.stats.failed_files
-        assert loader._pool is not None and loader.stats.worker_restarts == 0  # decoded out of process
+        assert loader.host.decode_worker_pids and loader.stats.worker_restarts == 0  # decoded out of process
         for batch in batches:
             for view in (0, 1):
                 shown = shown_frames(batch[f"view{view + 1}"])
@@ -143,8 +143,8 @@ def test_worker_killed_mid_sample_is_restarted_and_the_sample_replaced(corpus):
     os.mkfifo(fifo)  # holds its worker until the test kills it
     config = dataclasses.replace(CONFIG, sample_timeout=60.0, prefetch=1)
     with PairLoader(corpus, 2, device="cpu", seed=5, config=config) as loader:
-        killer = threading.Timer(4.0, lambda: [os.kill(worker.process.pid, signal.SIGKILL)
-                                               for worker in loader._pool._workers])
+        killer = threading.Timer(4.0, lambda: [os.kill(pid, signal.SIGKILL)
+                                               for pid in loader.host.decode_worker_pids])
         killer.start()
         started = time.monotonic()
         with warnings.catch_warnings(record=True) as caught:
@@ -164,8 +164,8 @@ def test_idle_worker_killed_between_batches_loses_nothing(corpus):
         iterator = iter(loader)
         first = next(iterator)
         time.sleep(0.5)  # the host has prepared what it may; the worker waits for the next chunk
-        for worker in loader._pool._workers:
-            os.kill(worker.process.pid, signal.SIGKILL)
+        for pid in loader.host.decode_worker_pids:
+            os.kill(pid, signal.SIGKILL)
         rest = list(iterator)
         assert 1 + len(rest) == len(loader)
         assert not loader.stats.failed_files and loader.stats.replaced == 0
@@ -237,7 +237,7 @@ def test_shard_truncated_while_open_is_replaced_not_a_crash(corpus, tmp_path):
 def test_gpu_loader_pins_its_arenas_and_matches_the_cpu(everyday):
     with PairLoader(everyday, 4, device="gpu", seed=0, config=CONFIG) as gpu:
         gpu_batch = next(iter(gpu))
-        assert gpu._arenas and all(getattr(arena, "_pinned", None) is not None for arena in gpu._arenas)
+        assert gpu.host.arenas_pinned
     with PairLoader(everyday, 4, device="cpu", seed=0, config=CONFIG) as cpu:
         cpu_batch = next(iter(cpu))
     np.testing.assert_array_equal(gpu_batch["frame_indices"], cpu_batch["frame_indices"])

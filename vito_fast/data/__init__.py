@@ -1,8 +1,9 @@
 """Data: from a manifest or frame store to batches of augmented view pairs.
 
 Holds the view sampler (``sampler``, C++ with a NumPy reference), the manifest and frame-store
-formats and readers, the video frame reader, the sources, decode worker processes, the DALI graph
-and ``PairLoader``. May import vito_fast.errors, vito_fast._cpp and the other lower layers; never
+formats and readers, the video frame reader, and ``PairLoader`` in its parts (``loader``'s
+docstring names the file of each: order, source, host preparation, device stage, producer), with
+its settings in ``config`` and on-device synthetic pairs in ``synthetic_pairs``. May import vito_fast.errors, vito_fast._cpp and the other lower layers; never
 prepare, curate, synthetic, train, eval, demo or cli.
 """
 from vito_fast._lazy import lazy_exports
@@ -21,9 +22,13 @@ __getattr__, __dir__ = lazy_exports(
         "write_manifest": ".manifest",
         # frame store reader (the writer is vito_fast.prepare.frame_store_write)
         "FrameStore": ".frame_store",
-        # DALI loader of augmented frame pairs
-        "LoaderConfig": ".loader",
+        # DALI loader of augmented frame pairs, its settings and its parts' interfaces
+        "LoaderConfig": ".config",
+        "usable_cores": ".config",
+        "decode_workers": ".config",
         "PairLoader": ".loader",
-        "LoaderStats": ".loader",
+        "LoaderStats": ".stats",
+        "PairSource": ".pair_sources",
+        "DeviceStage": ".device_stage",
     },
 )

@@ -1,22 +1,58 @@
-"""Where the two frames of a sample come from: a frame store, or video files decoded per sample.
+"""The source part of a PairLoader: where the two frames of a sample come from.
 
-A source knows, per clip, what the sampler needs (``num_frames``, ``fps``, ``frame_hw``, label)
-and how to produce the DALI graph's inputs for two frame indices (``load``). ``load`` raises
-StoreError/VideoError naming the file when the data is unusable; ``verify`` decodes on the host
-to find which sample made a DALI batch fail (only called after a failure).
+``PairSource`` is what the loader needs of a source: per clip what the sampler needs
+(``num_frames``, ``fps``, ``frame_hw``), ``labels``/``classes``, a ``name`` for messages, and one
+read method, ``read(clips, frames, decoder)``, that each kind of source implements its own way:
+
+* ``FrameStoreSource`` (``input_kind="jpeg"``): reads the stored JPEGs itself, ``pread`` calls
+  spread over threads (cheaper than a round trip to a worker; the decoder goes unused);
+* ``VideoFileSource`` (``"frames"`` or ``"video"``): turns each sample into a decode job
+  (``sample_jobs``) and runs them through the ``decoder`` the host preparation hands it
+  (``host.SampleDecoder``: decode worker processes, or threads of this process).
+
+``read`` returns one entry per sample: the device stage's inputs (named arrays), or the
+StoreError/VideoError naming the file. ``verify`` decodes on the host to find which sample made a
+device batch fail (only called after a failure).
 """
 from __future__ import annotations
 
 import array
 import io
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence
+from typing import Dict, List, Optional, Protocol, Sequence, Union
 
 import numpy as np
 
 from vito_fast.errors import StoreError
 
-__all__ = ["FrameStoreSource", "VideoFileSource", "open_source"]
+__all__ = ["PairSource", "SampleDecoding", "FrameStoreSource", "VideoFileSource", "open_source"]
+
+SampleResult = Union[Dict[str, np.ndarray], Exception]
+
+
+class SampleDecoding(Protocol):
+    """How a source has its decode jobs run (given by the host preparation; see ``host.SampleDecoder``)."""
+
+    def decode(self, jobs: Sequence[tuple], nbytes: Sequence[int], largest: int) -> List[object]: ...
+
+
+class PairSource(Protocol):
+    """What PairLoader needs of a source of frame pairs (see the module docstring)."""
+
+    input_kind: str  # "jpeg", "frames" or "video": the device graph's inputs (pipeline.INPUT_KINDS)
+    num_frames: np.ndarray  # (N,) int64
+    fps: np.ndarray  # (N,) float64
+    frame_hw: np.ndarray  # (N, 2) int64: decoded frame height, width
+    labels: np.ndarray  # (N,) int64, -1 without a label
+    classes: List[str]
+
+    def __len__(self) -> int: ...
+
+    def name(self, clip: int) -> str: ...
+
+    def read(self, clips: np.ndarray, frames: np.ndarray, decoder: SampleDecoding) -> List[SampleResult]: ...
+
+    def verify(self, clip: int, frames: Sequence[int]) -> None: ...
 
 
 class FrameStoreSource:
@@ -79,6 +115,10 @@ class FrameStoreSource:
                     error = bad_jpeg
             results.append(error)
         return results
+
+    def read(self, clips: np.ndarray, frames: np.ndarray, decoder: SampleDecoding) -> List[SampleResult]:
+        """``load_many``: a frame store reads its JPEGs itself, without decode jobs."""
+        return self.load_many(clips, frames)
 
     def verify(self, clip: int, frames: Sequence[int]) -> None:
         from PIL import Image
@@ -153,6 +193,7 @@ class VideoFileSource:
                 lookup[seen] = sorted_ids[label]
         self.labels, self.classes = lookup[np.asarray(labels, dtype=np.int64)], names
         self._runner = JobRunner(max_open)  # its reader keeps per-thread files: safe to share
+        self._largest_sample: Optional[int] = None
 
     def __len__(self) -> int:
         return len(self.num_frames)
@@ -185,14 +226,27 @@ class VideoFileSource:
         height, width = self.frame_hw[clips, 0], self.frame_hw[clips, 1]
         return 2 * (-(-(height * width * 3) // 64) * 64)
 
+    @property
+    def largest_sample_nbytes(self) -> int:
+        """``sample_nbytes`` of the largest clip (sizes the shared memory of a batch)."""
+        if self._largest_sample is None:
+            self._largest_sample = int(self.sample_nbytes(np.arange(len(self))).max())
+        return self._largest_sample
+
+    def read(self, clips: np.ndarray, frames: np.ndarray, decoder: SampleDecoding) -> List[SampleResult]:
+        """One decode job per sample, run by ``decoder`` (decode workers or host threads)."""
+        jobs = [self.job(int(clip), frames[row]) for row, clip in enumerate(clips)]
+        return decoder.decode(jobs, self.sample_nbytes(clips), self.largest_sample_nbytes)
+
     def load(self, clip: int, frames: Sequence[int]) -> Dict[str, np.ndarray]:
+        """One sample's inputs, decoded in this process."""
         return self._runner(self.job(clip, frames))
 
     def verify(self, clip: int, frames: Sequence[int]) -> None:
         self._runner(self._frames_job(clip, frames))
 
 
-def open_source(source, video_decoder: str = "pyav", max_open: int = 16):
+def open_source(source, video_decoder: str = "pyav", max_open: int = 16) -> PairSource:
     """A frame store folder (or its index.json) -> FrameStoreSource; a manifest file -> VideoFileSource."""
     path = Path(source)
     if path.is_dir() or path.name == "index.json":

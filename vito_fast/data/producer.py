@@ -1,39 +1,54 @@
-"""The thread that keeps a PairLoader's batches coming: host preparation ahead, DALI fed while it runs.
+"""The producer of a PairLoader: the threads that keep batches coming, host work ahead of the device's.
 
-``Producer(loader, epoch, step)`` makes the batches of positions (epoch, step), (epoch, step + 1),
-..., on into the next epochs, and hands them over one at a time (``take``). Two threads:
+``Producer(host, stage, epoch, step, ...)`` makes the batches of positions (epoch, step),
+(epoch, step + 1), ..., on into the next epochs, and hands them over one at a time (``take``).
+Two threads:
 
-* "vito-prepare" reads and decodes batch k + prefetch + 1 (``loader._prepare``; decode workers);
-* "vito-dali" feeds DALI the batches the host has ready while DALI runs the ``prefetch`` it holds,
-  waits on the host only when DALI holds nothing, and hands each finished batch over in order.
+* "vito-prepare" runs ``host.prepare`` for batch k + depth + 1 (``HostPreparation``: reads,
+  decode workers);
+* "vito-dali" submits to the device stage (``DeviceStage``) the batches the host has ready while
+  the stage runs the ``depth`` it holds, waits on the host only when the stage holds nothing, and
+  hands each finished batch over in order.
 
-The threads hold the loader through a weak proxy: a loader dropped without ``close()`` is still
-collected, and its finalizer stops them.
+The threads hold the host preparation and the device stage, never the loader: a loader dropped
+without ``close()`` is still collected, and its finalizer stops them.
 """
 from __future__ import annotations
 
 import queue
 import threading
 import time
-import weakref
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
-from typing import Iterator, Tuple
+from typing import Dict, Iterator, Optional, Set, Tuple
 
-__all__ = ["Producer"]
+from vito_fast.data.device_stage import DeviceOutput, DeviceStage
+from vito_fast.data.host import HostPreparation
+from vito_fast.data.stats import LoaderStats
+
+__all__ = ["Producer", "Delivered"]
+
+# what take() gives: (batch dict, samples replaced, the stage's output for hand_over)
+Delivered = Tuple[Dict[str, object], int, DeviceOutput]
 
 
 class Producer:
-    """Batches of a loader from a position on; ``serves(epoch, step)`` says whether it is there."""
+    """Batches from a position on; ``serves(epoch, step)`` says whether it is there.
 
-    def __init__(self, loader, epoch: int, step: int):
-        self._steps_per_epoch = len(loader)
+    ``stats``: the loader's ``LoaderStats`` (this part counts ``host_wait_seconds``).
+    """
+
+    def __init__(self, host: HostPreparation, stage: DeviceStage, epoch: int, step: int, *,
+                 steps_per_epoch: int, stats: LoaderStats):
+        self._steps_per_epoch = steps_per_epoch
         self.next_position: Tuple[int, int] = (epoch, step)
         self._handoff: "queue.Queue" = queue.Queue(maxsize=1)
         self._stop = threading.Event()
-        self._preparer = ThreadPoolExecutor(1, thread_name_prefix="vito-prepare")
-        self._thread = threading.Thread(target=_produce, args=(weakref.proxy(loader), epoch, step, self._handoff,
-                                                               self._stop, self._preparer),
+        self._own_threads: Set[int] = set()
+        self._preparer = ThreadPoolExecutor(1, thread_name_prefix="vito-prepare",
+                                            initializer=lambda: self._own_threads.add(threading.get_ident()))
+        self._thread = threading.Thread(target=_produce, args=(host, stage, stats, epoch, step, steps_per_epoch,
+                                                               self._handoff, self._stop, self._preparer),
                                         name="vito-dali", daemon=True)
         self._thread.start()
         self._failed = False
@@ -42,7 +57,7 @@ class Producer:
         return not self._failed and self._thread.is_alive() and self.next_position == (epoch, step)
 
     def take(self):
-        """The next batch (batch dict, samples replaced, CUDA event or None), or the exception raised."""
+        """The next batch (a ``Delivered``), or the exception raised making it."""
         item = self._handoff.get()
         if isinstance(item, BaseException):
             self._failed = True
@@ -53,8 +68,7 @@ class Producer:
 
     def close(self) -> None:
         self._stop.set()
-        here = threading.current_thread()
-        if here is self._thread or here in getattr(self._preparer, "_threads", ()):
+        if threading.current_thread() is self._thread or threading.get_ident() in self._own_threads:
             return  # the loader was collected on one of our own threads: they stop by themselves
         while self._thread.is_alive():
             try:
@@ -80,47 +94,36 @@ def _put(handoff: "queue.Queue", item, stop: threading.Event) -> None:
             continue
 
 
-def _produce(loader, epoch: int, step: int, handoff: "queue.Queue", stop: threading.Event,
-             preparer: ThreadPoolExecutor) -> None:
-    positions = _positions(epoch, step, len(loader))
-    prefetch = loader.config.prefetch
+def _produce(host: HostPreparation, stage: DeviceStage, stats: LoaderStats, epoch: int, step: int, steps_per_epoch: int,
+             handoff: "queue.Queue", stop: threading.Event, preparer: ThreadPoolExecutor) -> None:
+    positions = _positions(epoch, step, steps_per_epoch)
+    depth = stage.depth
     prepared: deque = deque()
-    in_flight: deque = deque()
 
     def prepare_next():
-        prepared.append(preparer.submit(loader._prepare, *next(positions)))
+        prepared.append(preparer.submit(host.prepare, *next(positions)))
 
     try:
-        for _ in range(prefetch + 1):
+        for _ in range(depth + 1):
             prepare_next()
         while not stop.is_set():
-            # feed what the host has ready; wait for the host only when DALI holds nothing to give
-            # (or a new pipeline still needs its first `prefetch` batches)
-            while (len(in_flight) < prefetch and not stop.is_set()
-                   and (not in_flight or loader._needs_prefetch or prepared[0].done())):
+            # submit what the host has ready; wait for the host only when the stage holds nothing to
+            # give (or a new graph still needs its first `depth` batches)
+            while (stage.held() < depth and not stop.is_set()
+                   and (not stage.held() or stage.filling() or prepared[0].done())):
                 started = time.perf_counter()
                 batch = prepared.popleft().result()
-                loader.stats.host_wait_seconds += time.perf_counter() - started
+                stats.host_wait_seconds += time.perf_counter() - started
                 prepare_next()
-                loader._schedule(batch)
-                in_flight.append(batch)
+                stage.submit(batch)
             if stop.is_set():
                 break
-            if loader._copied is not None:
-                loader._copied.synchronize()  # outputs() hands DALI back the buffers we copied from
-            outputs = loader._take_outputs(in_flight)
-            batch = in_flight.popleft()
-            item = None if batch.padding else loader._deliver(batch, outputs)
-            loader._give_back_arena(batch)
-            if item is not None:
-                _put(handoff, item, stop)
-    except ReferenceError:  # the loader was collected: nobody waits for batches
-        return
+            output: Optional[DeviceOutput] = stage.take()
+            if output is not None:
+                views = {"view1": output.views[0], "view2": output.views[1]}
+                _put(handoff, ({**views, **host.describe(output.batch)}, output.batch.replaced, output), stop)
     except BaseException as error:  # shown to the consumer, in order
         _put(handoff, error, stop)
     finally:
         preparer.shutdown(wait=True, cancel_futures=True)
-        try:
-            loader._drain(in_flight)
-        except ReferenceError:
-            pass
+        stage.drain()

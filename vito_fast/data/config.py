@@ -1,0 +1,89 @@
+"""The loader's settings (``LoaderConfig``) and the one rule for its CPU resources.
+
+``usable_cores()`` is the one core counter of the package; ``decode_workers(requested)`` the one
+rule for how many decoding processes a rank starts. ``LoaderConfig`` is what ``PairLoader`` takes;
+``DataConfig`` (``data.*`` of a pretraining config) is built from the same fields and turned into
+a ``LoaderConfig`` by ``DataConfig.loader_config``.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from typing import Optional
+
+from vito_fast.data.sampler import ViewConfig
+
+__all__ = ["LoaderConfig", "usable_cores", "decode_workers"]
+
+
+def usable_cores() -> int:
+    """CPU cores this process may run on (its affinity mask, not the machine's count)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
+
+
+def decode_workers(requested: Optional[int]) -> int:
+    """Decoding processes for this rank: ``requested`` when given (0: threads of this process), else
+    this rank's share of the usable cores (torchrun's ``LOCAL_WORLD_SIZE`` ranks share the node) minus
+    one for the rank itself, at least one."""
+    if requested is not None:
+        return requested
+    ranks_on_node = max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
+    return max(1, usable_cores() // ranks_on_node - 1)
+
+
+@dataclass(frozen=True)
+class LoaderConfig:
+    """Settings of a PairLoader. ``dtype``: "bfloat16", "float16" or "float32" (bfloat16 leaves DALI
+    as float32 and is cast by torch on the output device). ``num_threads`` (None = usable cores):
+    DALI's threads. ``decode_workers``: processes that read and decode samples (None = this rank's
+    share of the usable cores - 1, at least 1, see ``decode_workers()``; 0 = threads of this process,
+    no timeout). ``sample_timeout``: seconds a worker may take for one sample before it is restarted
+    and the sample replaced. ``prefetch``: batches DALI holds (fed ahead of the one you get).
+    ``video_decoder``: "pyav" (seek-to-keyframe decoding in the workers) or "dali"
+    (``fn.decoders.video`` on the file's bytes). ``hw_decoder_load``: share of JPEGs sent to the
+    hardware JPEG engines (A100/H100/H200). ``device_id``: None = the CUDA device current when the
+    loader is made. ``max_replacements``: bad samples in a row before a position gives up."""
+
+    image_size: int = 224
+    dtype: str = "bfloat16"
+    views: ViewConfig = field(default_factory=ViewConfig)
+    num_threads: Optional[int] = None
+    decode_workers: Optional[int] = None
+    sample_timeout: float = 30.0
+    prefetch: int = 2
+    video_decoder: str = "pyav"
+    hw_decoder_load: float = 0.9
+    blur_kernel_at_224: int = 23
+    device_id: Optional[int] = None
+    max_open_videos: int = 16
+    max_replacements: int = 16
+
+    def __post_init__(self) -> None:
+        if self.dtype not in ("bfloat16", "float16", "float32"):
+            raise ValueError(f"LoaderConfig.dtype: must be 'bfloat16', 'float16' or 'float32', not {self.dtype!r}")
+        if self.video_decoder not in ("pyav", "dali"):
+            raise ValueError(f"LoaderConfig.video_decoder: must be 'pyav' or 'dali', not {self.video_decoder!r}")
+        if not isinstance(self.views, ViewConfig):
+            raise ValueError(f"LoaderConfig.views: must be a ViewConfig, got {type(self.views).__name__}")
+        for name in ("image_size", "prefetch", "blur_kernel_at_224", "max_open_videos", "max_replacements"):
+            if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
+                raise ValueError(f"LoaderConfig.{name}: must be an integer >= 1, got {getattr(self, name)!r}")
+        if self.num_threads is not None and (not isinstance(self.num_threads, int) or self.num_threads < 1):
+            raise ValueError(f"LoaderConfig.num_threads: must be None or an integer >= 1, got {self.num_threads!r}")
+        if self.decode_workers is not None and (not isinstance(self.decode_workers, int) or self.decode_workers < 0):
+            raise ValueError(f"LoaderConfig.decode_workers: must be None or an integer >= 0, got {self.decode_workers!r}")
+        if not self.sample_timeout > 0:
+            raise ValueError(f"LoaderConfig.sample_timeout: must be > 0 seconds, got {self.sample_timeout!r}")
+        if not 0.0 <= self.hw_decoder_load <= 1.0:
+            raise ValueError(f"LoaderConfig.hw_decoder_load: must lie in [0, 1], got {self.hw_decoder_load!r}")
+
+    def workers(self) -> int:
+        """Decoding processes this config starts (``decode_workers()`` of its setting)."""
+        return decode_workers(self.decode_workers)
+
+    def threads(self) -> int:
+        """DALI's threads, and the host's reading threads: ``num_threads`` or one per usable core."""
+        return self.num_threads or usable_cores()

@@ -1,0 +1,34 @@
+"""``LoaderStats``: what a PairLoader counts, one record its parts add to.
+
+The host preparation counts failed files, timeouts and worker restarts; the producer the time its
+device thread waited for the host; the loader the samples served and the consumer's waiting.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Dict
+
+__all__ = ["LoaderStats"]
+
+
+@dataclass
+class LoaderStats:
+    """samples: served so far; replaced: samples served from a replacement clip; failed_files: file
+    (or shard) name -> the first error seen for it; timeouts: samples given up after
+    ``sample_timeout``; worker_restarts: decode workers replaced (hung or died). wait_seconds: time
+    spent in ``next()`` waiting for a batch, out of elapsed_seconds since the first request;
+    host_wait_seconds: time the device stage's thread waited for the host to finish a batch."""
+
+    samples: int = 0
+    replaced: int = 0
+    failed_files: Dict[str, str] = field(default_factory=dict)
+    timeouts: int = 0
+    worker_restarts: int = 0
+    wait_seconds: float = 0.0
+    elapsed_seconds: float = 0.0
+    host_wait_seconds: float = 0.0
+
+    @property
+    def wait_share(self) -> float:
+        """Share of the consumer's time spent waiting for data."""
+        return self.wait_seconds / self.elapsed_seconds if self.elapsed_seconds > 0 else 0.0
