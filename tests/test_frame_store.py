@@ -107,7 +107,7 @@ def test_few_open_descriptors_and_a_forked_child_read_the_same_bytes(store_dir):
     with FrameStore(store_dir, threads=3, max_open_shards=1) as store:  # descriptors closed and reopened
         order = rng.permutation(len(pairs))
         assert store.read_frames([pairs[i] for i in order]) == [expected[i] for i in order]
-        assert len(store._files._open) <= 1 + store.threads
+        assert store.open_shards <= 1 + store.threads
         child = os.fork()  # the read threads of the parent do not exist in the child
         if child == 0:
             os._exit(0 if store.read_frames(pairs) == expected else 1)
@@ -143,7 +143,7 @@ def test_frame_store_source_arrays_and_loads(store_dir):
 def test_incomplete_jpeg_is_a_store_error(store_dir):
     store = FrameStore(store_dir)
     clip = len(store) - 1
-    offset, size = int(store._offsets[clip][1]), int(store._sizes[clip][1])
+    offset, size = int(store.frame_offsets(clip)[1]), int(store.frame_sizes(clip)[1])
     shard = store.shard_path(clip)
     with open(shard, "r+b") as handle:  # the bytes stay, the JPEG end marker goes
         handle.seek(offset + size - 2)
@@ -160,7 +160,7 @@ def test_truncated_shard_is_a_store_error_not_sigbus(store_dir):
     store = FrameStore(store_dir)
     clip = len(store) - 1
     shard = store.shard_path(clip)
-    cut = int(store._offsets[clip][-1]) + 10
+    cut = int(store.frame_offsets(clip)[-1]) + 10
     child = textwrap.dedent(f"""
         import os, sys
         from vito_fast.data import FrameStore
@@ -249,7 +249,7 @@ def test_index_files_are_checked_and_replaced_atomically(tmp_path):
     new_prefix = json.loads(first.read_text())["array_prefix"]
     assert new_prefix != prefix and not list(tmp_path.glob(prefix + "*"))
     store = FrameStore(tmp_path)
-    np.testing.assert_array_equal(store._sizes[5], arrays["frame_sizes"][35:42])
+    np.testing.assert_array_equal(store.frame_sizes(5), arrays["frame_sizes"][35:42])
     assert store.clip(12).source == "/data/videos/0000001.mp4" and store.clip(12).num_frames == 7
     (tmp_path / f"{new_prefix}.source_times.npy").unlink()
     with pytest.raises(StoreError, match="source_times.npy: cannot open"):

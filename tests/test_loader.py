@@ -295,7 +295,7 @@ def test_corrupt_jpeg_in_store_is_replaced_and_reported(sources, tmp_path):
     bad_clip = 2
     shard = store_dir / store.shards[store.clip(bad_clip).shard]["name"]
     data = bytearray(shard.read_bytes())
-    for offset in store._offsets[bad_clip]:  # keep the JPEG markers, break the headers after them
+    for offset in store.frame_offsets(bad_clip):  # keep the JPEG markers, break the headers after them
         data[int(offset) + 2: int(offset) + 120] = bytes(118)
     store.close()
     shard.write_bytes(bytes(data))

@@ -103,6 +103,11 @@ class _ShardFiles:
                     os.close(self._open.pop(other))
             return self._open[shard]
 
+    @property
+    def open_count(self) -> int:
+        """Descriptors open now."""
+        return len(self._open)
+
     def release(self, shard: int) -> None:
         with self._lock:
             self._users[shard] -= 1
@@ -175,6 +180,19 @@ class FrameStore:
 
     def shard_path(self, clip: int) -> Path:
         return self._files.paths[int(self.arrays["shard"][clip])]
+
+    def frame_offsets(self, clip: int) -> np.ndarray:
+        """(num_frames,) byte offsets of the clip's JPEGs in its shard (read-only)."""
+        return self._offsets[clip]
+
+    def frame_sizes(self, clip: int) -> np.ndarray:
+        """(num_frames,) byte sizes of the clip's JPEGs (read-only)."""
+        return self._sizes[clip]
+
+    @property
+    def open_shards(self) -> int:
+        """Shard descriptors open now (at most ``max_open_shards`` plus those in use)."""
+        return self._files.open_count
 
     def clip(self, clip: int) -> StoredClip:
         arrays, frames = self.arrays, slice(int(self._first[clip]), int(self._first[clip + 1]))
