@@ -23,6 +23,7 @@ __getattr__, __dir__ = lazy_exports(
         # frame store reader (the writer is vito_fast.prepare.frame_store_write)
         "FrameStore": ".frame_store",
         # DALI loader of augmented frame pairs, its settings and its parts' interfaces
+        "DataConfig": ".config",
         "LoaderConfig": ".config",
         "usable_cores": ".config",
         "decode_workers": ".config",
@@ -30,5 +31,7 @@ __getattr__, __dir__ = lazy_exports(
         "LoaderStats": ".stats",
         "PairSource": ".pair_sources",
         "DeviceStage": ".device_stage",
+        # random pairs made on the device (data.source: synthetic)
+        "SyntheticPairSource": ".synthetic_pairs",
     },
 )

@@ -1,9 +1,11 @@
-"""The loader's settings (``LoaderConfig``) and the one rule for its CPU resources.
+"""The data settings: ``DataConfig`` (what users set), ``LoaderConfig`` (what ``PairLoader`` takes),
+and the one rule for the loader's CPU resources.
 
-``usable_cores()`` is the one core counter of the package; ``decode_workers(requested)`` the one
-rule for how many decoding processes a rank starts. ``LoaderConfig`` is what ``PairLoader`` takes;
-``DataConfig`` (``data.*`` of a pretraining config) is built from the same fields and turned into
-a ``LoaderConfig`` by ``DataConfig.loader_config``.
+``DataConfig`` is ``data.*`` of a pretraining config (``vito_fast.train.config``): where the data
+is, the batch, the views and the loader's resources; ``DataConfig.loader_config`` turns it into
+the ``LoaderConfig`` of this rank. Both say "automatic" the same way, with None.
+``usable_cores()`` is the package's one core counter and ``decode_workers(requested)`` the one
+rule for how many decoding processes a rank starts.
 """
 from __future__ import annotations
 
@@ -13,7 +15,7 @@ from typing import Optional
 
 from vito_fast.data.sampler import ViewConfig
 
-__all__ = ["LoaderConfig", "usable_cores", "decode_workers"]
+__all__ = ["DataConfig", "LoaderConfig", "usable_cores", "decode_workers"]
 
 
 def usable_cores() -> int:
@@ -87,3 +89,41 @@ class LoaderConfig:
     def threads(self) -> int:
         """DALI's threads, and the host's reading threads: ``num_threads`` or one per usable core."""
         return self.num_threads or usable_cores()
+
+
+@dataclass
+class DataConfig:
+    """``data.*`` of a pretraining config; the loader's fields mean what they mean in ``LoaderConfig``
+    and default to its values (None: automatic; older configs wrote 0 and -1 for that, read as None)."""
+
+    source: str = "loader"                       # "loader" (PairLoader on `path`) or "synthetic"
+    path: str = ""                               # manifest (.jsonl) or frame store; "" = built-in videos
+    image_size: int = LoaderConfig.image_size
+    batch_size: int = 256                        # per rank; the global batch is batch_size × world size
+    seed: int = 0
+    synthetic_samples: int = 0                   # synthetic source: distinct pairs (0 = fresh every step)
+    steps_per_epoch: int = 0                     # synthetic source only (0: 1,000)
+    num_threads: Optional[int] = LoaderConfig.num_threads        # DALI's threads (None: one per usable core)
+    decode_workers: Optional[int] = LoaderConfig.decode_workers  # per rank (None: decode_workers(); 0: threads)
+    sample_timeout: float = LoaderConfig.sample_timeout          # seconds before a sample is given up and replaced
+    views: ViewConfig = field(default_factory=ViewConfig)
+
+    def __post_init__(self) -> None:
+        # older configs and checkpoints wrote "automatic" as num_threads 0 and decode_workers -1
+        if self.num_threads == 0:
+            self.num_threads = None
+        if self.decode_workers == -1:
+            self.decode_workers = None
+        if self.source not in ("loader", "synthetic"):
+            raise ValueError(f"data.source must be 'loader' or 'synthetic', got {self.source!r}")
+        if self.num_threads is not None and self.num_threads < 1:
+            raise ValueError(f"data.num_threads: must be null (one per usable core) or >= 1, got {self.num_threads}")
+        if self.decode_workers is not None and self.decode_workers < 0:
+            raise ValueError(f"data.decode_workers: must be null (this rank's share of the cores - 1), 0 (threads) "
+                             f"or a number of processes, got {self.decode_workers}")
+
+    def loader_config(self, *, dtype: str, device_id: Optional[int] = None) -> LoaderConfig:
+        """The ``LoaderConfig`` of these settings for output ``dtype`` on CUDA device ``device_id``."""
+        return LoaderConfig(image_size=self.image_size, views=self.views, dtype=dtype, num_threads=self.num_threads,
+                            decode_workers=decode_workers(self.decode_workers),
+                            sample_timeout=self.sample_timeout, device_id=device_id)

@@ -17,23 +17,8 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import yaml
 
-from vito_fast.data.sampler import ViewConfig
+from vito_fast.data.config import DataConfig
 from vito_fast.model.config import ModelConfig
-
-
-@dataclass
-class DataConfig:
-    source: str = "loader"                       # "loader" (PairLoader on `path`) or "synthetic"
-    path: str = ""                               # manifest (.jsonl) or frame store; "" = built-in demo set
-    image_size: int = 224
-    batch_size: int = 256                        # per rank; the global batch is batch_size × world size
-    seed: int = 0
-    synthetic_samples: int = 0                   # synthetic source: distinct pairs (0 = fresh every step)
-    steps_per_epoch: int = 0                     # synthetic source only (0: 1,000)
-    num_threads: int = 0                         # DALI's threads (0: one per usable core)
-    decode_workers: int = -1                     # decoding processes per rank (-1: cores / ranks on the node - 1; 0: threads)
-    sample_timeout: float = 30.0                 # seconds before a sample's decoder is restarted and the sample replaced
-    views: ViewConfig = field(default_factory=ViewConfig)
 
 
 @dataclass

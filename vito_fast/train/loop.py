@@ -20,7 +20,6 @@ between them.
 from __future__ import annotations
 
 import math
-import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -88,8 +87,9 @@ def cpu_compute_threads() -> int:
     On the shared 2-core machine of benches/RESULTS.md, two intra-op threads ran the demo step 6×
     slower than one (2.4 vs 15.7 pairs/s): each parallel region waits for a thread without a core.
     """
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    return max(1, cores // 2)
+    from vito_fast.data.config import usable_cores
+
+    return max(1, usable_cores() // 2)
 
 
 def _train(config: Config, run_dir: Path, resume: bool, info: distributed.DistInfo,
