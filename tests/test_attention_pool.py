@@ -354,8 +354,8 @@ def test_cuda_module_under_bf16_autocast():
     pool = AttentionPool2d(256, hidden_channels=64).cuda()
     h = torch.randn(8, 256, 7, 7, device="cuda").to(memory_format=torch.channels_last)
     with torch.autocast("cuda", dtype=torch.bfloat16):
-        pooled = pool(h.bfloat16())
-    assert pooled.dtype == torch.bfloat16 and pool.last_attention.dtype == torch.float32
+        pooled, attn = pool(h.bfloat16())
+    assert pooled.dtype == torch.bfloat16 and attn.dtype == torch.float32
     pooled.float().square().sum().backward()
     assert all(p.grad is not None and p.grad.dtype == torch.float32 for p in pool.parameters())
 
@@ -363,14 +363,13 @@ def test_cuda_module_under_bf16_autocast():
 # ---------------------------------------------------------------- module and input checks
 
 @pytest.mark.parametrize("hidden,backend", [(0, "torch"), (16, "torch"), (16, "triton")])
-def test_module_keeps_last_attention_and_gradients_flow(hidden, backend, kernel_device):
+def test_module_returns_the_attention_and_gradients_flow(hidden, backend, kernel_device):
     device = kernel_device if backend == "triton" else "cpu"
     pool = AttentionPool2d(65, hidden_channels=hidden, backend=backend).to(device)
     h = torch.randn(3, 65, 5, 9, device=device).to(memory_format=torch.channels_last).requires_grad_(True)
-    pooled = pool(h)
-    assert pooled.shape == (3, 65)
-    attn = pool.last_attention
-    assert attn.shape == (3, 5, 9) and not attn.requires_grad
+    pooled, attn = pool(h)
+    assert pooled.shape == (3, 65) and attn.shape == (3, 5, 9) and attn.dtype == torch.float32
+    assert attn.requires_grad and not any(isinstance(value, torch.Tensor) for value in vars(pool).values())
     torch.testing.assert_close(attn.sum((1, 2)), torch.ones(3, device=device))
     pooled.square().sum().backward()
     assert h.grad is not None and h.grad.abs().sum() > 0

@@ -4,7 +4,7 @@
 (B, 3, H, W) to the feature maps of the chosen stages, a list of (B, C_s, h_s, w_s). With
 ``pooling="attention"`` (runs only) it returns instead, per stage, the vector pooled by the run's
 learned attention pool, (B, C_s), and keeps the attention of the last batch in
-``last_attention`` ({stage: (B, h, w)}).
+``last_attention`` ({stage: (B, h, w)}, detached).
 
 Sources:
 - a run directory (``vito-fast pretrain --out RUN``): ``RUN/checkpoint.pt`` holds the config and
@@ -46,10 +46,9 @@ class EvalEncoder(Trunk):
         maps = super().forward(images)
         if self.pools is None:
             return maps
-        vectors = [pool(h) for pool, h in zip(self.pools, maps)]
-        self.last_attention = {stage: pool.last_attention for stage, pool in zip(self.stages, self.pools)
-                               if getattr(pool, "last_attention", None) is not None}
-        return vectors
+        pooled = [pool(h) for pool, h in zip(self.pools, maps)]  # (vector, attention) per stage
+        self.last_attention = {stage: attention.detach() for stage, (_, attention) in zip(self.stages, pooled)}
+        return [vector for vector, _ in pooled]
 
 
 def load_trunk_weights(encoder: EvalEncoder, state_dict: Dict[str, torch.Tensor], source: str) -> None:

@@ -1,7 +1,7 @@
 """Attention maps over frames: overlays, panels (PNG, GIF) and how well attention covers objects.
 
 Everything takes plain arrays, so it works with any model: frames (T, H, W, 3) uint8 and, per
-scale, attention (T, h, w) (``AttentionPool2d.last_attention``, a softmax over the h·w positions).
+scale, attention (T, h, w) (what ``AttentionPool2d`` returns, a softmax over the h·w positions).
 An overlay paints a heat colour map over the (partly transparent) frame. The colour says how much
 attention a pixel gets relative to uniform attention, on a log scale shared by every map::
 

@@ -22,7 +22,7 @@ import copy
 import dataclasses
 import inspect
 import math
-from typing import Dict, List, Sequence, Tuple
+from typing import Dict, List, NamedTuple, Sequence, Tuple
 
 import torch
 import torchvision
@@ -118,12 +118,10 @@ def mlp(in_dim: int, hidden: int, out_dim: int) -> nn.Sequential:
 
 
 class AveragePool2d(nn.Module):
-    """Global average pooling (B, C, H, W) → (B, C): the ablation of the attention pools."""
+    """Global average pooling (B, C, H, W) → ((B, C), None): the ablation of the attention pools."""
 
-    last_attention = None
-
-    def forward(self, h: torch.Tensor) -> torch.Tensor:
-        return h.mean(dim=(2, 3))
+    def forward(self, h: torch.Tensor) -> Tuple[torch.Tensor, None]:
+        return h.mean(dim=(2, 3)), None
 
 
 def model_arguments(builder, config: ModelConfig) -> Dict[str, object]:
@@ -132,6 +130,13 @@ def model_arguments(builder, config: ModelConfig) -> Dict[str, object]:
     taken = inspect.signature(builder).parameters
     return {f.name: getattr(config, f.name) for f in dataclasses.fields(config)
             if f.name in taken and f.name not in TRAINING_FIELDS}
+
+
+class EncoderOutput(NamedTuple):
+    """What ``Encoder`` returns, per tapped stage (in the trunk's order)."""
+
+    projections: List[torch.Tensor]      # (B, proj_dim)
+    attention: Dict[str, torch.Tensor]   # {stage: (B, H, W) float32, with its graph}; {} for average pools
 
 
 class Encoder(nn.Module):
@@ -152,9 +157,15 @@ class Encoder(nn.Module):
                                    else AveragePool2d() for c in widths)
         self.projectors = nn.ModuleList(mlp(c, proj_hidden, proj_dim) for c in widths)
 
-    def forward(self, x: torch.Tensor) -> List[torch.Tensor]:
-        """x (B, 3, S, S) → per stage a projection (B, proj_dim)."""
-        return [proj(pool(h)) for h, pool, proj in zip(self.trunk(x), self.pools, self.projectors)]
+    def forward(self, x: torch.Tensor) -> EncoderOutput:
+        """x (B, 3, S, S) → per stage a projection (B, proj_dim), and the attention pools' maps."""
+        projections, attention = [], {}
+        for stage, h, pool, proj in zip(self.trunk.stages, self.trunk(x), self.pools, self.projectors):
+            pooled, stage_attention = pool(h)
+            projections.append(proj(pooled))
+            if stage_attention is not None:
+                attention[stage] = stage_attention
+        return EncoderOutput(projections, attention)
 
 
 class VITO(nn.Module):
@@ -174,6 +185,7 @@ class VITO(nn.Module):
         self.target = copy.deepcopy(self.online)
         self.target.requires_grad_(False)
         self.stages = self.online.trunk.stages
+        self._attention_maps: Dict[str, torch.Tensor] = {}  # detached: for logging and pictures, not a loss
         # equal_batches: every rank brings the same number of pairs (training's fixed per-rank batch),
         # so the key gather needs no size exchange and no host synchronisation
         self.criterion = InfoNCE(temperature, gather_distributed=gather_distributed, backend=backend,
@@ -191,10 +203,11 @@ class VITO(nn.Module):
         # One trunk pass per branch (BN statistics span both views), in the trunk's memory format.
         views = torch.cat([view1, view2]).contiguous(memory_format=self.memory_format())
         # Online branch: trunk → pool → projector → predictor, per stage.
-        queries = [pred(z) for z, pred in zip(self.online(views), self.predictors)]
+        online = self.online(views)
+        queries = [pred(z) for z, pred in zip(online.projections, self.predictors)]
         # Target branch: the same without predictor, no graph.
         with torch.no_grad():
-            keys = [k.detach() for k in self.target(views)]
+            keys = [k.detach() for k in self.target(views).projections]
         # Loss: each view's prediction against the other view's target key, both ways, per stage.
         losses = {}
         for stage, q, k in zip(self.stages, queries, keys):
@@ -205,20 +218,21 @@ class VITO(nn.Module):
             losses[stage] = 0.5 * (self.criterion(q1, k2) + self.criterion(q2, k1))
         total = sum(losses.values())
         if self.attention_entropy_floor > 0 and self.training:
-            total = total + self.attention_entropy_loss()
+            total = total + self.attention_entropy_loss(online.attention)
+        self._attention_maps = {stage: maps.detach() for stage, maps in online.attention.items()}
         return total, losses
 
-    def attention_entropy_loss(self) -> torch.Tensor:
-        """Σ_stages mean over images of relu(floor · log(H·W) − entropy of the attention map) (nats).
+    def attention_entropy_loss(self, attention: Dict[str, torch.Tensor]) -> torch.Tensor:
+        """Σ_stages mean over images of relu(floor · log(H·W) − entropy of the attention map) (nats),
+        for ``attention`` {stage: (B, H, W)} as ``Encoder`` returns it.
 
         Zero while every map is spread enough; it only pushes back maps that collapse towards one
-        peak. Average pools contribute nothing."""
+        peak. Average pools (no maps) contribute nothing."""
         total = torch.zeros((), device=self.online.trunk.conv1.weight.device)
-        for pool in self.online.pools:
-            attention = getattr(pool, "attention", None)
-            if attention is None:
+        for stage in self.stages:
+            if stage not in attention:
                 continue
-            flat = attention.float().flatten(1)
+            flat = attention[stage].float().flatten(1)
             entropy = -(flat * flat.clamp_min(1e-12).log()).sum(dim=1)
             floor = self.attention_entropy_floor * math.log(flat.shape[1])
             total = total + torch.relu(floor - entropy).mean()
@@ -238,9 +252,9 @@ class VITO(nn.Module):
         torch._foreach_copy_(list(self.target.buffers()), list(self.online.buffers()))
 
     def attention_maps(self) -> Dict[str, torch.Tensor]:
-        """The online pools' attention of the last forward, per stage: (2B, H, W) float32 (views 1 then 2)."""
-        return {stage: pool.last_attention for stage, pool in zip(self.stages, self.online.pools)
-                if pool.last_attention is not None}
+        """The online pools' attention of the last forward, per stage: (2B, H, W) float32 (views 1 then 2),
+        detached; {} before the first forward and for average pools."""
+        return dict(self._attention_maps)
 
     def trunk_state_dict(self) -> Dict[str, torch.Tensor]:
         """The online trunk's weights under torchvision's names (what ``vito-fast export`` writes)."""

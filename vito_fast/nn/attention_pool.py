@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import math
-from typing import Optional
+from typing import Tuple
 
 import torch
 
@@ -10,12 +10,13 @@ from vito_fast.ops.attention_pool import attention_pool
 
 
 class AttentionPool2d(torch.nn.Module):
-    """pooled (B, C) = Σ_HW softmax_HW(MLP(h)) · h for h (B, C, H, W).
+    """(pooled, attention) for h (B, C, H, W): attention (B, H, W) = softmax_HW(MLP(h)), float32,
+    and pooled (B, C) = Σ_HW attention · h, in h's dtype; like ``vito_fast.attention_pool``.
 
     The MLP is two 1×1 convs C → hidden → 1 with a ReLU between (hidden_channels=0: one linear
-    layer C → 1), initialised like ``nn.Conv2d``. The attention map of the last call stays in
-    ``last_attention`` (B, H, W) float32, detached, for logging and visualisation. Parameters are
-    cast to h's dtype on the fly, so the module works under bf16 autocast with float32 weights.
+    layer C → 1), initialised like ``nn.Conv2d``. The attention comes back with its graph (a loss
+    on it trains the pool); the module keeps no state from a call. Parameters are cast to h's dtype
+    on the fly, so the module works under bf16 autocast with float32 weights.
     """
 
     def __init__(self, in_channels: int, hidden_channels: int = 512, backend: str = "auto"):
@@ -34,8 +35,6 @@ class AttentionPool2d(torch.nn.Module):
             self.register_parameter("b1", None)
         self.w2 = torch.nn.Parameter(torch.empty(hidden_channels or in_channels))
         self.b2 = torch.nn.Parameter(torch.empty(()))
-        self.last_attention: Optional[torch.Tensor] = None
-        self.attention: Optional[torch.Tensor] = None
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
@@ -47,13 +46,9 @@ class AttentionPool2d(torch.nn.Module):
             torch.nn.init.uniform_(weight, -bound, bound)
             torch.nn.init.uniform_(bias, -bound, bound)
 
-    def forward(self, h: torch.Tensor) -> torch.Tensor:
+    def forward(self, h: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
         cast = lambda p: None if p is None else p.to(h.dtype)  # noqa: E731
-        pooled, attn = attention_pool(h, cast(self.w1), cast(self.b1), cast(self.w2), cast(self.b2),
-                                      backend=self.backend)
-        self.last_attention = attn.detach()
-        self.attention = attn  # with its graph, for a loss on the attention (the model's entropy floor)
-        return pooled
+        return attention_pool(h, cast(self.w1), cast(self.b1), cast(self.w2), cast(self.b2), backend=self.backend)
 
     def extra_repr(self) -> str:
         return f"in_channels={self.in_channels}, hidden_channels={self.hidden_channels}"
