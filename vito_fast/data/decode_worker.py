@@ -3,8 +3,8 @@
 ``DecodePool`` starts it as ``python -m vito_fast.data.decode_worker CONNECTION PROGRESS STDERR
 MAX_OPEN`` (four inherited file descriptors and a number), a fresh interpreter: it holds none of
 the trainer's CUDA, DALI or thread state (a fork would), and it never imports the trainer's main
-module (``multiprocessing``'s spawn and forkserver do, so a script without
-``if __name__ == "__main__":`` and code piped to ``python -`` could not start workers).
+module (``multiprocessing``'s spawn and forkserver do: a script without
+``if __name__ == "__main__":`` would run again in every worker, and ``python -`` has no file to run).
 
 * CONNECTION: a ``multiprocessing.connection.Connection`` (a socket) to the trainer: chunks of
   jobs in, one list of answers per chunk out; ``None`` or the trainer's end closing stops it.
