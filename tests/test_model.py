@@ -73,7 +73,8 @@ def graph_attached_state(module: torch.nn.Module):
         for attribute, value in vars(sub).items():
             if attribute in ("_parameters", "_buffers", "_modules"):
                 continue
-            values = value.values() if isinstance(value, dict) else value if isinstance(value, (list, tuple)) else [value]
+            values = (value.values() if isinstance(value, dict) else value if isinstance(value, (list, tuple))
+                      else [value])
             if any(isinstance(item, torch.Tensor) and item.grad_fn is not None for item in values):
                 found.append((name, attribute))
     return found
