@@ -45,15 +45,9 @@ SHORT_RUN_OPTIMISER = ["optim.trust_coefficient=0.02", "optim.base_lr=4.0"]
 class DemoSettings:
     out_dir: str = "vito-demo"
     minutes: Optional[float] = None  # wall-clock budget for the whole demo; None: 15 per seed
-    # the built-in videos (vito_fast.synthetic.builtin holds the defaults and why they are so)
-    videos_per_class: int = BuiltinVideos.videos_per_class
-    num_frames: int = BuiltinVideos.num_frames
-    num_backgrounds: int = BuiltinVideos.num_backgrounds
-    camera_speed: Tuple[float, float] = BuiltinVideos.camera_speed
-    light_change: float = BuiltinVideos.light_change
-    object_scale: float = BuiltinVideos.object_scale
-    clutter: int = BuiltinVideos.clutter
-    focus_change: float = BuiltinVideos.focus_change
+    # the built-in videos (vito_fast.synthetic.builtin holds the values and why they are so); their
+    # seed is `seed` below
+    videos: BuiltinVideos = field(default_factory=BuiltinVideos)
     eval_frames_per_clip: int = 8
     steps: Optional[int] = None  # pretraining steps per variant; None: DEFAULT_STEPS, fewer if over budget
     seeds: int = 1  # training seeds per variant; with 2 or more, claims take their error across seeds
@@ -67,11 +61,13 @@ class DemoSettings:
 
     def data_settings(self) -> Dict[str, object]:
         """The ``generate_dataset`` keywords of the built-in videos (``dataset.json`` keeps them too)."""
-        return BuiltinVideos(videos_per_class=self.videos_per_class, num_frames=self.num_frames,
-                             num_backgrounds=self.num_backgrounds, camera_speed=tuple(self.camera_speed),
-                             light_change=self.light_change, object_scale=self.object_scale,
-                             clutter=self.clutter, focus_change=self.focus_change,
-                             seed=self.seed).generate_kwargs()
+        return dataclasses.replace(self.videos, seed=self.seed).generate_kwargs()
+
+    def record(self) -> Dict[str, object]:
+        """The settings as one flat dict (results.json's "settings": the videos' beside the demo's)."""
+        flat = dataclasses.asdict(self)
+        flat.update(flat.pop("videos"), seed=self.seed)
+        return flat
 
 
 # Config overrides of each trained variant (the random-init floor is not trained).
@@ -173,7 +169,7 @@ def run_demo(settings: DemoSettings) -> Dict[str, object]:
             stale.unlink()
         dataset = generate_dataset(data_root, **wanted, progress=settings.progress)
     frames = load_manifest_frames(dataset.manifest_path, frames_per_clip=min(settings.eval_frames_per_clip,
-                                                                             settings.num_frames),
+                                                                             settings.videos.num_frames),
                                   class_names=dataset.class_names)
     data = evaluation_data(dataset, frames, eval_videos=settings.eval_videos, progress=settings.progress)
     # 2. Variants and the step count.
@@ -208,7 +204,7 @@ def run_demo(settings: DemoSettings) -> Dict[str, object]:
     masks = [instances > 0 for _, instances in data.clips.values()]
     stages = stages_of(seeds["vito"][0:1]) or ["frame"]  # the Gaussian is the same map at every stage
     gaussian = gaussian_attention_result(data.clips, stages)
-    summary = {"settings": dataclasses.asdict(settings), "steps": steps, "estimated_seconds_per_step": estimate,
+    summary = {"settings": settings.record(), "steps": steps, "estimated_seconds_per_step": estimate,
                "budget_note": budget_note, "config_overrides": base[1:],
                "variants": {name: runs[0] for name, runs in seeds.items()},
                "seeds": seeds, "num_classes": len(dataset.class_names),

@@ -13,7 +13,7 @@ import argparse
 import sys
 from typing import List
 
-from vito_fast.synthetic.builtin import BuiltinVideos
+from vito_fast.synthetic.builtin import add_video_arguments, videos_from_arguments
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -28,19 +28,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--seeds", type=int, default=1,
                         help="train every variant with N seeds; claims then take their error across seeds "
                              "(default 1: a paired bootstrap over videos)")
-    parser.add_argument("--videos-per-class", type=int, default=24, help="built-in videos per class (default 24)")
-    parser.add_argument("--num-frames", type=int, default=16, help="frames per built-in video (default 16)")
-    parser.add_argument("--num-backgrounds", type=int, default=1,
-                        help="background textures shared by the built-in videos (default 1; 0: one per video)")
-    parser.add_argument("--light-change", type=float, default=0.4,
-                        help="how much the light's colour changes over a built-in video (default 0.4; 0: steady)")
-    parser.add_argument("--camera-speed", type=float, nargs=2, default=(1.5, 3.0), metavar=("LOW", "HIGH"),
-                        help="camera pan of the built-in videos, pixels per frame at 96 px (default 1.5 3)")
-    parser.add_argument("--clutter", type=int, default=BuiltinVideos.clutter,
-                        help=f"transient objects per built-in video (default {BuiltinVideos.clutter}; 0: none)")
-    parser.add_argument("--focus-change", type=float, default=BuiltinVideos.focus_change,
-                        help="blur of a drifting focus in the built-in videos, pixels at 96 px "
-                             f"(default {BuiltinVideos.focus_change:g}; 0: always sharp)")
+    add_video_arguments(parser)  # --videos-per-class, --num-frames, ... (synthetic.builtin.DEMO_OPTIONS)
     parser.add_argument("--eval-videos", type=int, default=16,
                         help="videos for propagation and the attention scores (default 16)")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
@@ -54,11 +42,8 @@ def main(argv: List[str]) -> int:
     from vito_fast.demo import DemoSettings, run_demo
 
     settings = DemoSettings(out_dir=args.out, minutes=args.minutes, steps=args.steps, seeds=args.seeds,
-                            videos_per_class=args.videos_per_class, num_frames=args.num_frames,
-                            num_backgrounds=args.num_backgrounds, light_change=args.light_change,
-                            camera_speed=tuple(args.camera_speed), clutter=args.clutter,
-                            focus_change=args.focus_change,
-                            eval_videos=args.eval_videos, overrides=list(args.overrides), progress=not args.quiet)
+                            videos=videos_from_arguments(args), eval_videos=args.eval_videos,
+                            overrides=list(args.overrides), progress=not args.quiet)
     try:
         summary = run_demo(settings)
     except (FileNotFoundError, ValueError, RuntimeError) as error:

@@ -9,6 +9,7 @@ __getattr__, __dir__ = lazy_exports(
     __name__,
     {
         "SyntheticDataset": ".videos",
+        "VideoSettings": ".videos",
         "generate_dataset": ".videos",
         "decode_video_frames": ".videos",
         "BuiltinVideos": ".builtin",

@@ -30,7 +30,7 @@ from __future__ import annotations
 
 import json
 import os
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields, replace
 from fractions import Fraction
 from pathlib import Path
 from typing import Dict, List, Optional, Tuple, Union
@@ -123,17 +123,12 @@ def class_names(num_classes: int) -> List[str]:
     return [f"{shape}-{texture}" for shape, texture in CLASS_DEFINITIONS[:num_classes]]
 
 
-def generate_dataset(out_dir: PathLike, *, num_classes: int = 4, videos_per_class: int = 8, num_frames: int = 48,
-                     fps: float = 12, size: Tuple[int, int] = (96, 96), seed: int = 0, codec: str = "vp9",
-                     num_backgrounds: int = NUM_BACKGROUNDS, object_scale: float = 1.0,
-                     camera_speed: Tuple[float, float] = CAMERA_SPEED, light_change: float = 0.0,
-                     clutter: int = 0, focus_change: float = 0.0, texture_fade: float = 0.0,
-                     progress: bool = True) -> SyntheticDataset:
-    """Render, encode and index ``num_classes * videos_per_class`` videos under ``out_dir``.
+@dataclass(frozen=True)
+class VideoSettings:
+    """Everything ``generate_dataset`` draws a data set with; ``dataset.json`` keeps it ("settings").
 
     ``size`` is (height, width), both even. Videos are ordered class by class; video i of the
     whole set is drawn from the random stream (seed, i), so it does not depend on the others.
-    Existing files of the same names are overwritten.
 
     ``num_backgrounds`` > 0: every video's camera pans over one of that many background textures
     (texture k drawn from the stream (seed, -1 - k) mod 2**32, the choice and the camera's start from
@@ -155,26 +150,79 @@ def generate_dataset(out_dir: PathLike, *, num_classes: int = 4, videos_per_clas
     many pixels at 96 px (schedule from the stream (seed, i, 3)): fine texture comes and goes between
     frames, outlines stay. ``texture_fade``: the main object's texture contrast drops by up to that
     share over each video (schedule from the stream (seed, i, 4)), its outline stays.
+
+    Each field's ``metadata["help"]`` is its one-line description (command-line help reads it).
     """
+
+    num_classes: int = field(default=4, metadata={"help": "classes (a shape with a texture family each)"})
+    videos_per_class: int = field(default=8, metadata={"help": "videos per class"})
+    num_frames: int = field(default=48, metadata={"help": "frames per video"})
+    fps: float = field(default=12, metadata={"help": "frames per second"})
+    size: Tuple[int, int] = field(default=(96, 96), metadata={"help": "frame height and width, both even"})
+    seed: int = field(default=0, metadata={"help": "everything is a pure function of it"})
+    codec: str = field(default="vp9", metadata={"help": f"one of {', '.join(sorted(VIDEO_ENCODERS))}"})
+    num_backgrounds: int = field(default=NUM_BACKGROUNDS,
+                                 metadata={"help": "background textures shared by the videos (0: one per video)"})
+    object_scale: float = field(default=1.0, metadata={"help": "multiplies the objects' radii (0.25 to 2)"})
+    camera_speed: Tuple[float, float] = field(default=CAMERA_SPEED,
+                                              metadata={"help": "camera pan, pixels per frame at 96 px (low, high)"})
+    light_change: float = field(default=0.0,
+                                metadata={"help": "how much the light's colour changes over a video (0: steady)"})
+    clutter: int = field(default=0, metadata={"help": "transient objects per video (0: none)"})
+    focus_change: float = field(default=0.0,
+                                metadata={"help": "blur of a drifting focus, pixels at 96 px (0: always sharp)"})
+    texture_fade: float = field(default=0.0,
+                                metadata={"help": "share of the main object's texture contrast that fades (0: none)"})
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "size", tuple(self.size))
+        object.__setattr__(self, "camera_speed", tuple(self.camera_speed))
+        class_names(self.num_classes)  # raises naming num_classes
+        height, width = self.size
+        if height % 2 or width % 2 or height < 16 or width < 16:
+            raise ValueError(f"generate_dataset: size must be even and at least 16x16, not {self.size}")
+        if self.codec not in VIDEO_ENCODERS:
+            raise ValueError(f"generate_dataset: codec must be one of {sorted(VIDEO_ENCODERS)}, not {self.codec!r}")
+        if self.num_backgrounds < 0 or not 0.25 <= self.object_scale <= 2.0:
+            raise ValueError(f"generate_dataset: need num_backgrounds >= 0 and object_scale in [0.25, 2], "
+                             f"got {self.num_backgrounds}, {self.object_scale}")
+        if not 0 <= self.texture_fade <= 1:
+            raise ValueError(f"generate_dataset: texture_fade must be in [0, 1], not {self.texture_fade}")
+        if not 0 <= self.focus_change <= 4:
+            raise ValueError(f"generate_dataset: focus_change must be in [0, 4] pixels, not {self.focus_change}")
+        if not 0 <= self.clutter <= 8:
+            raise ValueError(f"generate_dataset: clutter must be in 0..8 transient objects per video, "
+                             f"not {self.clutter}")
+        if self.num_frames < 2 or self.videos_per_class < 1:
+            raise ValueError("generate_dataset: need num_frames >= 2 and videos_per_class >= 1")
+        if not 0 <= self.camera_speed[0] <= self.camera_speed[1] <= 8 or not 0 <= self.light_change <= 0.5:
+            raise ValueError(f"generate_dataset: need 0 <= camera_speed low <= high <= 8 and light_change in "
+                             f"[0, 0.5], got {self.camera_speed}, {self.light_change}")
+
+    def to_json(self) -> Dict[str, object]:
+        """The settings as JSON values (tuples as lists), the form ``dataset.json`` keeps."""
+        return {name: list(value) if isinstance(value, tuple) else value for name, value in asdict(self).items()}
+
+    @classmethod
+    def from_json(cls, values: Dict[str, object]) -> "VideoSettings":
+        """Settings from ``dataset.json``; a setting an older data set does not name takes its default
+        (what the generator did before the setting existed)."""
+        known = {item.name for item in fields(cls)}
+        return cls(**{name: value for name, value in values.items() if name in known})
+
+
+def generate_dataset(out_dir: PathLike, settings: Optional[VideoSettings] = None, *, progress: bool = True,
+                     **options) -> SyntheticDataset:
+    """Render, encode and index ``num_classes * videos_per_class`` videos under ``out_dir``.
+
+    ``settings`` (default ``VideoSettings()``) with ``options`` (its fields by name) replaced: see
+    ``VideoSettings`` for what each does. Existing files of the same names are overwritten.
+    """
+    settings = replace(settings or VideoSettings(), **options)
+    num_classes, num_frames, size, seed, codec = (settings.num_classes, settings.num_frames, settings.size,
+                                                  settings.seed, settings.codec)
+    videos_per_class, fps, camera_speed = settings.videos_per_class, settings.fps, settings.camera_speed
     height, width = size
-    if height % 2 or width % 2 or height < 16 or width < 16:
-        raise ValueError(f"generate_dataset: size must be even and at least 16x16, not {size}")
-    if codec not in VIDEO_ENCODERS:
-        raise ValueError(f"generate_dataset: codec must be one of {sorted(VIDEO_ENCODERS)}, not {codec!r}")
-    if num_backgrounds < 0 or not 0.25 <= object_scale <= 2.0:
-        raise ValueError(f"generate_dataset: need num_backgrounds >= 0 and object_scale in [0.25, 2], "
-                         f"got {num_backgrounds}, {object_scale}")
-    if not 0 <= texture_fade <= 1:
-        raise ValueError(f"generate_dataset: texture_fade must be in [0, 1], not {texture_fade}")
-    if not 0 <= focus_change <= 4:
-        raise ValueError(f"generate_dataset: focus_change must be in [0, 4] pixels, not {focus_change}")
-    if not 0 <= clutter <= 8:
-        raise ValueError(f"generate_dataset: clutter must be in 0..8 transient objects per video, not {clutter}")
-    if num_frames < 2 or videos_per_class < 1:
-        raise ValueError("generate_dataset: need num_frames >= 2 and videos_per_class >= 1")
-    if not 0 <= camera_speed[0] <= camera_speed[1] <= 8 or not 0 <= light_change <= 0.5:
-        raise ValueError(f"generate_dataset: need 0 <= camera_speed low <= high <= 8 and light_change in [0, 0.5], "
-                         f"got {tuple(camera_speed)}, {light_change}")
     names = class_names(num_classes)
     root = Path(out_dir).resolve()
     (root / "videos").mkdir(parents=True, exist_ok=True)
@@ -184,19 +232,15 @@ def generate_dataset(out_dir: PathLike, *, num_classes: int = 4, videos_per_clas
 
     videos: List[SyntheticVideo] = []
     records: List[ClipRecord] = []
-    textures = background_textures(seed, num_backgrounds, size, num_frames, camera_speed[1])
+    textures = background_textures(seed, settings.num_backgrounds, size, num_frames, camera_speed[1])
     jobs = [(class_id, number) for class_id in range(num_classes) for number in range(videos_per_class)]
     for video_index, (class_id, number) in enumerate(tqdm(jobs, desc="synthetic", unit="video", disable=not progress)):
         rng = np.random.default_rng([seed, video_index])
         distractor = None
         if num_classes > 1 and rng.random() < DISTRACTOR_PROBABILITY:
             distractor = int((class_id + rng.integers(1, num_classes)) % num_classes)
-        clip = render_clip(rng, class_id, distractor, num_frames=num_frames, size=size,
-                           shared_background=shared_background(textures, seed, video_index), object_scale=object_scale,
-                           camera_speed=camera_speed, light_change=light_change, clutter=clutter,
-                           clutter_rng=np.random.default_rng([seed, video_index, 2]), num_classes=num_classes,
-                           focus_change=focus_change, focus_rng=np.random.default_rng([seed, video_index, 3]),
-                           texture_fade=texture_fade, fade_rng=np.random.default_rng([seed, video_index, 4]))
+        clip = render_clip(rng, class_id, distractor, shared_background=shared_background(textures, seed, video_index),
+                           **_clip_settings(settings, video_index))
         name = f"{names[class_id]}_{number:03d}"
         video_path = root / "videos" / f"{name}{suffix}"
         mask_path = root / "masks" / f"{name}.npz"
@@ -210,17 +254,23 @@ def generate_dataset(out_dir: PathLike, *, num_classes: int = 4, videos_per_clas
                                   label=names[class_id]))
     manifest_path = write_manifest(root / "manifest.jsonl", records)
     index = {
-        "settings": {"num_classes": num_classes, "videos_per_class": videos_per_class, "num_frames": num_frames,
-                     "fps": fps, "size": list(size), "seed": seed, "codec": codec,
-                     "num_backgrounds": num_backgrounds, "object_scale": object_scale,
-                     "camera_speed": list(camera_speed), "light_change": light_change, "clutter": clutter,
-                     "focus_change": focus_change, "texture_fade": texture_fade},
+        "settings": settings.to_json(),
         "class_names": names,
         "videos": [{**asdict(video), "path": os.path.relpath(video.path, root),
                     "mask_path": os.path.relpath(video.mask_path, root)} for video in videos],
     }
     (root / "dataset.json").write_text(json.dumps(index, indent=1) + "\n")
     return SyntheticDataset(root, manifest_path, names, videos)
+
+
+def _clip_settings(settings: VideoSettings, video_index: int) -> Dict[str, object]:
+    """``render_clip``'s keywords for video ``video_index``: the settings and the video's own streams."""
+    seed = settings.seed
+    return dict(num_frames=settings.num_frames, size=settings.size, object_scale=settings.object_scale,
+                camera_speed=settings.camera_speed, light_change=settings.light_change, num_classes=settings.num_classes,
+                clutter=settings.clutter, clutter_rng=np.random.default_rng([seed, video_index, 2]),
+                focus_change=settings.focus_change, focus_rng=np.random.default_rng([seed, video_index, 3]),
+                texture_fade=settings.texture_fade, fade_rng=np.random.default_rng([seed, video_index, 4]))
 
 
 def conflicting_texture(class_id: int, video_index: int, num_classes: int) -> int:
@@ -239,29 +289,23 @@ def render_cue_conflict(root: PathLike, video_index: int) -> Tuple[np.ndarray, i
 
     root = Path(root)
     index = json.loads((root / "dataset.json").read_text())
-    settings = index["settings"]
-    num_classes, seed = settings["num_classes"], settings["seed"]
+    settings = VideoSettings.from_json(index["settings"])
+    num_classes, seed = settings.num_classes, settings.seed
     if num_classes < 2:
         raise ValueError(f"render_cue_conflict: {root} has one class; a cue conflict needs two")
     class_id = index["videos"][video_index]["class_id"]
     texture_class = conflicting_texture(class_id, video_index, num_classes)
-    size, num_frames = tuple(settings["size"]), settings["num_frames"]
-    textures = background_textures(seed, settings["num_backgrounds"], size, num_frames, settings["camera_speed"][1])
+    textures = background_textures(seed, settings.num_backgrounds, settings.size, settings.num_frames,
+                                   settings.camera_speed[1])
     rng = np.random.default_rng([seed, video_index])
     distractor = None
     if rng.random() < DISTRACTOR_PROBABILITY:
         distractor = int((class_id + rng.integers(1, num_classes)) % num_classes)
-    clip = render_clip(rng, class_id, distractor, num_frames=num_frames, size=size,
-                       shared_background=shared_background(textures, seed, video_index),
-                       object_scale=settings["object_scale"], camera_speed=tuple(settings["camera_speed"]),
-                       light_change=settings["light_change"], texture_class_id=texture_class,
-                       clutter=settings.get("clutter", 0), clutter_rng=np.random.default_rng([seed, video_index, 2]),
-                       num_classes=num_classes, focus_change=settings.get("focus_change", 0.0),
-                       focus_rng=np.random.default_rng([seed, video_index, 3]),
-                       texture_fade=settings.get("texture_fade", 0.0), fade_rng=np.random.default_rng([seed, video_index, 4]))
+    clip = render_clip(rng, class_id, distractor, shared_background=shared_background(textures, seed, video_index),
+                       texture_class_id=texture_class, **_clip_settings(settings, video_index))
     with tempfile.TemporaryDirectory() as folder:
-        path = encode_video(Path(folder) / f"conflict{VIDEO_ENCODERS[settings['codec']][3]}", clip.frames,
-                            fps=settings["fps"], codec=settings["codec"])
+        path = encode_video(Path(folder) / f"conflict{VIDEO_ENCODERS[settings.codec][3]}", clip.frames,
+                            fps=settings.fps, codec=settings.codec)
         frames = decode_video_frames(path)
     return frames, class_id, texture_class
 
