@@ -405,3 +405,80 @@ def test_a_loader_dropped_without_close_stops_its_threads(sources):
                                               for thread in threading.enumerate()):
         time.sleep(0.05)
     assert not [thread.name for thread in threading.enumerate() if thread.name.startswith(("vito-dali", "vito-prepare"))]
+
+
+class RecordingStage:
+    """A DeviceStage without DALI: its views are the frame indices, so a test sees what it was fed."""
+
+    depth = 2
+
+    def __init__(self, host):
+        from collections import deque
+
+        self.host, self.in_flight, self.closed = host, deque(), False
+
+    def held(self) -> int:
+        return len(self.in_flight)
+
+    def filling(self) -> bool:
+        return False
+
+    def submit(self, batch) -> None:
+        assert all(sample is not None for sample in batch.inputs)  # the host read every sample
+        self.in_flight.append(batch)
+
+    def take(self):
+        from vito_fast.data.device_stage import DeviceOutput
+
+        batch = self.in_flight.popleft()
+        views = tuple(torch.from_numpy(batch.params.frame_indices[:, view].copy()) for view in (0, 1))
+        self.host.release(batch)
+        return DeviceOutput(batch, views)
+
+    def drain(self) -> None:
+        while self.in_flight:
+            self.host.release(self.in_flight.popleft())
+
+    def hand_over(self, output) -> None:
+        pass
+
+    def close(self) -> None:
+        self.closed = True
+
+
+@pytest.mark.parametrize("kind", ["store", "video"])
+def test_another_device_stage_plugs_into_the_same_host_and_producer(sources, kind):
+    """The seam the next backends use: host preparation and producer drive any DeviceStage."""
+    import inspect
+
+    from vito_fast.data.dali_stage import DaliStage
+    from vito_fast.data.device_stage import DeviceStage
+    from vito_fast.data.host import HostPreparation
+    from vito_fast.data.pair_sources import open_source
+    from vito_fast.data.producer import Producer
+    from vito_fast.data.sample_order import SampleOrder
+    from vito_fast.data.stats import LoaderStats
+
+    def parameters(cls, name):
+        return list(inspect.signature(getattr(cls, name)).parameters)
+
+    for name in ("held", "filling", "submit", "take", "drain", "hand_over", "close"):
+        assert parameters(DaliStage, name) == parameters(RecordingStage, name) == parameters(DeviceStage, name), name
+    config = LoaderConfig(image_size=SIZE, dtype="float32", num_threads=2, decode_workers=0)
+    with PairLoader(sources[kind], 2, device="cpu", seed=6, config=config) as loader:
+        expected = epoch_batches(loader)
+    source = open_source(sources[kind])
+    stats = LoaderStats()
+    host = HostPreparation(source, SampleOrder(len(source), 2, seed=6), config, seed=6, pinned=False, stats=stats)
+    stage = RecordingStage(host)
+    producer = Producer(host, stage, 0, 0, steps_per_epoch=len(expected), stats=stats)
+    try:
+        for step, reference in enumerate(expected):
+            batch, replaced, output = producer.take()
+            assert replaced == 0 and output.batch.step == step
+            for name in ("sample_ids", "frame_indices", "crops", "labels"):
+                np.testing.assert_array_equal(batch[name], reference[name])
+            np.testing.assert_array_equal(batch["view2"].numpy(), reference["frame_indices"][:, 1])
+    finally:
+        producer.close()
+        host.close()

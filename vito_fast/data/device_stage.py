@@ -8,7 +8,7 @@ PyTorch graph, GPU video decoders) implements the same methods and the producer 
 The producer calls, on its "vito-dali" thread: ``submit`` while ``held() < depth`` (and the host
 has a batch ready, or the stage holds nothing, or it is ``filling``), then ``take`` for the oldest
 batch; ``drain`` when an iteration stops early. The consumer's thread calls ``hand_over`` on each
-batch it receives. A stage asks the host preparation (``HostRepair``) to find and replace the
+batch it receives, and the loader ``close`` when it closes. A stage asks the host preparation (``HostRepair``) to find and replace the
 samples that made its graph fail, and to ``release`` a batch's host memory once its inputs are used.
 """
 from __future__ import annotations
@@ -70,4 +70,8 @@ class DeviceStage(Protocol):
 
     def hand_over(self, output: DeviceOutput) -> None:
         """On the consumer's thread: make the views safe to use there (its current CUDA stream)."""
+        ...
+
+    def close(self) -> None:
+        """Free what the stage holds on the device (after the producer has stopped)."""
         ...

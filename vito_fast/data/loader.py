@@ -15,6 +15,9 @@ device stage       ``device_stage.py``    ``DeviceStage``: the interface; ``Dali
 producer           ``producer.py``        ``Producer``: the threads that run host and stage
 =================  =====================  ==================================================
 
+``config.py`` holds the settings (``LoaderConfig``; ``DataConfig``, the ``data.*`` users set) and
+the worker rule; ``stats.py`` the counters (``LoaderStats``) the parts add to.
+
 A batch is a pure function of (seed, epoch, step, rank, world_size) and the data: which clip each
 sample shows is ``SampleOrder`` (a corpus smaller than a batch repeats its clips with new frames
 and views), and ``sample_view_params`` draws the two frames and both views from the sample's
@@ -48,6 +51,7 @@ import numpy as np
 
 from vito_fast.data.config import LoaderConfig, usable_cores
 from vito_fast.data.dali_stage import DaliStage
+from vito_fast.data.device_stage import DeviceStage
 from vito_fast.data.host import HostPreparation
 from vito_fast.data.producer import Producer
 from vito_fast.data.stats import LoaderStats
@@ -106,8 +110,8 @@ class PairLoader:
         self.stats = LoaderStats()
         self.host = HostPreparation(self.source, self.order, self.config, seed=self.seed, pinned=device == "gpu",
                                     stats=self.stats)
-        self.stage = DaliStage(self.source.input_kind, batch_size, self.config, device=device, device_id=device_id,
-                               host=self.host)
+        self.stage: DeviceStage = DaliStage(self.source.input_kind, batch_size, self.config, device=device,
+                                            device_id=device_id, host=self.host)
         self._active = None  # the generator of the current iteration
         self._producers: list = [None]  # the Producer of the current position (a slot shared with the finalizer)
         self._finalizer = weakref.finalize(self, _release, self._producers, self.host, self.stage)
@@ -192,7 +196,7 @@ class PairLoader:
             yield batch
 
 
-def _release(producers: list, host: HostPreparation, stage: DaliStage) -> None:
+def _release(producers: list, host: HostPreparation, stage: DeviceStage) -> None:
     """Free what a PairLoader holds outside Python's reach (also when it is garbage-collected)."""
     for producer in producers:
         if producer is not None:

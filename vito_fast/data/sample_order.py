@@ -1,4 +1,5 @@
-"""Which clip every sample of a rank shows: a pure function of (seed, epoch, step, rank, world size).
+"""The order part of a PairLoader: which clip every sample of a rank shows, a pure function of
+(seed, epoch, step, rank, world size).
 
 An epoch is a stream of clips: permutation 0 of the clips, then permutation 1, ... (``repeat`` r
 uses ``default_rng((seed, epoch, TAG, r))``; r = 0 keeps the seed of single-permutation epochs).
