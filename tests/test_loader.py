@@ -482,3 +482,18 @@ def test_another_device_stage_plugs_into_the_same_host_and_producer(sources, kin
     finally:
         producer.close()
         host.close()
+
+
+@pytest.mark.parametrize("kind", ["store", "video"])
+def test_both_sources_offer_what_pair_source_names(sources, kind):
+    import inspect
+
+    from vito_fast.data.pair_sources import PairSource, open_source
+
+    source = open_source(sources[kind])
+    for name in ("input_kind", "num_frames", "fps", "frame_hw", "labels", "classes"):
+        assert hasattr(source, name), name
+    for name in ("__len__", "name", "read", "verify"):
+        assert (list(inspect.signature(getattr(type(source), name)).parameters)
+                == list(inspect.signature(getattr(PairSource, name)).parameters)), name
+    assert len(source) == NUM_CLIPS and source.input_kind == {"store": "jpeg", "video": "frames"}[kind]
