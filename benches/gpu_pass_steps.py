@@ -576,10 +576,10 @@ def _video_loader(ctx: Context, decoder: str, candidate: str) -> None:
     require("DALI")
     require_file(ctx.manifest_repeat, "video_corpus")
     from vito_fast.data import LoaderConfig, PairLoader
-    from vito_fast.data.loader import usable_cores
+    from vito_fast.data.config import decode_workers
 
     sizes, device = ctx.sizes, "gpu" if ctx.cuda else "cpu"
-    workers = max(1, usable_cores() - 1) if ctx.cuda else 1
+    workers = decode_workers(None if ctx.cuda else 1)  # the loader's own rule on a GPU host
     config = LoaderConfig(image_size=sizes.image_size, dtype="bfloat16", decode_workers=workers,
                           video_decoder=decoder)
     with PairLoader(str(ctx.manifest_repeat), sizes.video_batch, device=device, seed=0, config=config) as loader:
