@@ -13,6 +13,7 @@ from typing import List, Tuple
 
 import numpy as np
 
+from vito_fast.data.config import usable_cores
 from vito_fast.data.manifest import ClipRecord
 from vito_fast.errors import VideoError
 
@@ -132,7 +133,7 @@ class DaliClipExtractor:
         from concurrent.futures import ThreadPoolExecutor
 
         # PIL releases the GIL while it encodes: JPEG encoding of a clip's frames runs on all cores
-        self.encoders = ThreadPoolExecutor(max_workers=os.cpu_count() or 1)
+        self.encoders = ThreadPoolExecutor(max_workers=usable_cores())
 
         @pipeline_def(batch_size=1, num_threads=num_threads, device_id=0 if device == "mixed" else None,
                       prefetch_queue_depth=1)

@@ -16,6 +16,7 @@ from typing import List, Optional, Sequence, Tuple, Union
 
 from vito_fast.prepare.clip_decode import DaliClipExtractor, ExtractedClip, clip_bounds, extract_clip_pyav
 from vito_fast.data.frame_store_index import arrays_from_clips, write_index, write_json_atomically
+from vito_fast.data.config import usable_cores
 from vito_fast.data.manifest import ClipRecord, read_manifest
 from vito_fast.errors import StoreError, VideoError
 
@@ -181,7 +182,7 @@ def _extract_in_order(records: Sequence[ClipRecord], fps, short_side, quality, d
             except VideoError as error:
                 yield error
         return
-    workers = (os.cpu_count() or 1) if workers is None else workers
+    workers = usable_cores() if workers is None else workers
     if workers <= 1:
         for record in records:
             yield _extract_or_error(record, fps, short_side, quality)

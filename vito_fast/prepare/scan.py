@@ -11,6 +11,7 @@ import os
 from pathlib import Path
 from typing import Iterable, List, Optional, Tuple, Union
 
+from vito_fast.data.config import usable_cores
 from vito_fast.data.manifest import ClipRecord
 from vito_fast.prepare.probe import RejectedVideo, VideoInfo, probe_videos
 
@@ -97,7 +98,7 @@ def scan_videos(paths: Iterable[PathLike], *, min_seconds: float = 1.0, clip_sec
     if decoder not in DECODABLE_CODECS:
         raise ValueError(f"scan_videos: decoder must be one of {sorted(DECODABLE_CODECS)}, not {decoder!r}")
     files = find_videos(paths)
-    workers = (os.cpu_count() or 1) if workers is None else workers
+    workers = usable_cores() if workers is None else workers
     results: List[Union[VideoInfo, RejectedVideo, None]] = [None] * len(files)
     from tqdm import tqdm
 

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import List, Optional, Sequence, Union
 
 from vito_fast.prepare.clip_decode import clip_bounds, output_size
+from vito_fast.data.config import usable_cores
 from vito_fast.data.manifest import ClipRecord, read_manifest, write_manifest
 from vito_fast.errors import VideoError
 
@@ -145,7 +146,7 @@ def transcode_clips(manifest: Union[PathLike, Sequence[ClipRecord]], out_dir: Pa
         _existing_output(record, output, codec, _even_output_size(record, short_side))
         for record, output in zip(records, outputs)]
     todo = [index for index, result in enumerate(results) if result is None]
-    workers = (os.cpu_count() or 1) if workers is None else workers
+    workers = usable_cores() if workers is None else workers
     from tqdm import tqdm
 
     with tqdm(total=len(records), initial=len(records) - len(todo), desc="transcode", unit="clip",
