@@ -26,6 +26,11 @@ def test_demo_runs_end_to_end_and_writes_its_report(tmp_path, capsys):
         assert set(variant["attention_iou"]) == {"layer3", "layer4"}
     assert results["variants"]["avgpool"]["steps"] == results["steps"]
     assert results["variants"]["avgpool"]["attention_iou"] == {}  # average pooling has no attention to score
+    # results.json keeps the keys readers know: absent where not measured (no attention pool, no training)
+    assert "knn_attention" in results["variants"]["vito"] and "knn_attention" not in results["variants"]["avgpool"]
+    assert "train_seconds" not in results["variants"]["random"] and results["variants"]["random"]["final_loss"] is None
+    assert set(results["variants"]["vito"]["per_video"]) >= {"frames", "knn_correct", "robust_corrupted_correct",
+                                                             "shape_decisions"}
     report = (out / "report.md").read_text()
     assert "| VITO |" in report and "| random init |" in report and "Does it show the paper's claims?" in report
     for picture in ("loss_curves.png", "evaluations.png", "attention_vito.png"):
@@ -36,19 +41,19 @@ def test_demo_runs_end_to_end_and_writes_its_report(tmp_path, capsys):
 
 
 def test_a_claim_counts_only_beyond_twice_its_standard_error():
-    from vito_fast.demo_report import verdict
+    from vito_fast.demo import Verdict
 
-    assert verdict(0.10, 0.04) == "yes"
-    assert verdict(0.07, 0.04).startswith("**not clearly**")
-    assert verdict(-0.07, 0.04).startswith("**not clearly**")
-    assert verdict(-0.10, 0.04).startswith("**no**")
+    assert Verdict.of(0.10, 0.04) is Verdict.SHOWN
+    assert Verdict.of(0.07, 0.04) is Verdict.NOT_CLEARLY
+    assert Verdict.of(-0.07, 0.04) is Verdict.NOT_CLEARLY
+    assert Verdict.of(-0.10, 0.04) is Verdict.OPPOSITE
+    assert Verdict.of(0.10, float("nan")) is Verdict.NOT_CLEARLY  # no error, no verdict either way
 
 
 def test_cross_validated_accuracy_tests_every_clip_and_reports_its_noise():
-    import numpy as np
     import torch
 
-    from vito_fast.demo_eval import cross_validated_accuracy
+    from vito_fast.demo.evaluate import cross_validated_accuracy
 
     groups = np.repeat(np.arange(12), 4)
     labels = groups % 3
@@ -61,17 +66,33 @@ def test_cross_validated_accuracy_tests_every_clip_and_reports_its_noise():
     assert 0.0 <= accuracy <= 0.7 and error > 0.02  # near chance (1/3), and clips disagree
 
 
-def _run(correct, frames, **extra):
-    """A run result holding only per-video counts (what the claim metrics read)."""
-    table = {"frames": list(map(float, frames)), "knn_correct": list(map(float, correct)),
-             "linear_correct": list(map(float, correct))}
-    table.update({key: [list(map(float, row)) if np.ndim(row) else float(row) for row in value]
-                  for key, value in extra.items()})
-    return {"per_video": table}
+def _run(correct, frames, **counts):
+    """A run result holding only per-video counts (what the claim metrics read); the totals are zeros."""
+    from vito_fast.demo.results import ClipScores, PerVideoCounts, VariantResult
+
+    listed = {key: np.asarray(value, np.float64).tolist() for key, value in counts.items()}
+    per_video = PerVideoCounts(frames=list(map(float, frames)),
+                               correct={"knn": list(map(float, correct)), "linear": list(map(float, correct))},
+                               **listed)
+    return VariantResult(knn=0.0, knn_se=0.0, linear=0.0, linear_se=0.0, propagation_J=0.0, propagation_J_se=0.0,
+                         per_video=per_video, per_clip=ClipScores(J=[0.0] * len(frames)))
+
+
+def _summary(seeds, **fields):
+    """A ``DemoSummary`` of ``seeds`` ({variant: [one result per seed]}); the rest neutral unless given."""
+    from vito_fast.demo import DemoSettings, DemoSummary
+    from vito_fast.demo.results import ClipScores, GaussianAttention
+
+    values = dict(settings=DemoSettings(), steps=0, estimated_seconds_per_step=0.0, budget_note=None,
+                  config_overrides=[], seeds=seeds, num_classes=4,
+                  gaussian_attention=GaussianAttention(ClipScores()), centred_gaussian_attention_iou=0.0,
+                  centred_gaussian_attention_mass=0.0, object_area_fraction=0.0, losses={}, seconds=0.0)
+    values.update(fields)
+    return DemoSummary(**values)
 
 
 def test_paired_bootstrap_gives_no_error_to_identical_runs_and_the_spread_of_a_real_difference():
-    from vito_fast.demo_eval import accuracy_metric, paired_bootstrap
+    from vito_fast.demo.metrics import accuracy_metric, paired_bootstrap
 
     rng = np.random.default_rng(0)
     frames = np.full(60, 8.0)
@@ -86,14 +107,14 @@ def test_paired_bootstrap_gives_no_error_to_identical_runs_and_the_spread_of_a_r
     # independent per-video noise: the paired error is about the standard error of the per-video differences
     other = _run(rng.integers(0, 9, size=60).astype(float), frames)
     a, b, error = paired_bootstrap(accuracy_metric("knn"), other, accuracy_metric("knn"), run, 60, draws=4000)
-    per_video = (np.asarray(other["per_video"]["knn_correct"]) - first) / 8
+    per_video = (np.asarray(other.per_video.correct["knn"]) - first) / 8
     expected = per_video.std(ddof=1) / np.sqrt(60)
     assert abs(error - expected) < 0.15 * expected
 
 
 def test_corruption_error_is_relative_to_the_baseline_and_a_model_at_chance_cannot_win_it():
-    from vito_fast.demo_eval import mean_corruption_error, point, shape_bias_metric
-    from vito_fast.demo_report import _robustness_and_bias
+    from vito_fast.demo.metrics import mean_corruption_error, point, robustness_figures, shape_bias_metric
+    from vito_fast.demo.results import RobustnessResult
 
     videos, severities = 40, 5
     frames = np.full(videos, 2.0)
@@ -109,18 +130,19 @@ def test_corruption_error_is_relative_to_the_baseline_and_a_model_at_chance_cann
     expected = np.mean([(1 - c) / 0.75 for c in (0.4, 0.5, 0.55, 0.3, 0.35)])
     assert abs(point(mean_corruption_error(chance), good, videos) - expected) < 1e-12
     # at chance a model "loses nothing": its retained share is undefined, its mCE stays ~1
-    chance["robustness"], good["robustness"] = {"clean": 0.25, "corrupted": 0.25}, {"clean": 0.6, "corrupted": 0.42}
-    summary = {"variants": {"random": chance, "good": good}, "num_classes": 4}
-    assert abs(_robustness_and_bias(summary, "good")["retained"] - (0.42 - 0.25) / (0.6 - 0.25)) < 1e-12
-    assert abs(_robustness_and_bias(summary, "good")["mce"] - expected) < 1e-12
-    assert _robustness_and_bias(summary, "random")["retained"] is None
-    shapes = _run(np.zeros(2), np.ones(2), shape_decisions=np.array([3.0, 1.0]),
-                  texture_decisions=np.array([1.0, 1.0]))
+    chance.robustness = RobustnessResult(clean=0.25, by_corruption={}, corrupted=0.25)
+    good.robustness = RobustnessResult(clean=0.6, by_corruption={}, corrupted=0.42)
+    figures = robustness_figures(good, chance, num_classes=4)
+    assert abs(figures.retained - (0.42 - 0.25) / (0.6 - 0.25)) < 1e-12 and abs(figures.mce - expected) < 1e-12
+    assert figures.shape_bias is None and figures.cued is None  # no cue-conflict twins were scored
+    assert robustness_figures(chance, chance, num_classes=4).retained is None
+    shapes = _run(np.zeros(2), np.ones(2), shape_decisions=[3.0, 1.0], texture_decisions=[1.0, 1.0])
     assert point(shape_bias_metric, shapes, 2) == 4 / 6
 
 
 def test_claims_take_their_error_across_seeds_when_there_are_several():
-    from vito_fast.demo_report import judge
+    from vito_fast.demo import Verdict
+    from vito_fast.demo.claims import judge
 
     frames = np.full(30, 4.0)
 
@@ -129,24 +151,32 @@ def test_claims_take_their_error_across_seeds_when_there_are_several():
                 "dt0": _run(np.full(30, 1.0), frames), "avgpool": _run(np.full(30, 2.0), frames)}
 
     runs = [seed_runs(value) for value in (3.0, 2.0, 4.0)]
-    summary = {"seeds": {name: [seed[name] for seed in runs] for name in runs[0]}}
+    summary = _summary({name: [seed[name] for seed in runs] for name in runs[0]})
     judged = judge(summary, 0)  # VITO beats random init (kNN)
     differences = [(3 - 1) / 4, (2 - 1) / 4, (4 - 1) / 4]
-    assert judged["seeds"] == 3 and abs(judged["difference"] - np.mean(differences)) < 1e-12
-    assert abs(judged["error"] - np.std(differences, ddof=1) / np.sqrt(3)) < 1e-12
-    assert judged["verdict"] == "yes"
+    assert judged.seeds == 3 and abs(judged.difference - np.mean(differences)) < 1e-12
+    assert abs(judged.error - np.std(differences, ddof=1) / np.sqrt(3)) < 1e-12
+    assert judged.verdict is Verdict.SHOWN and judged.title == "VITO beats random init (kNN)"
 
 
-def test_the_report_says_what_was_tried_for_each_claim_it_does_not_show():
-    from vito_fast.demo_report import TRIED, not_shown_notes
+def test_the_report_renders_each_verdict_and_points_to_the_runs_for_claims_it_does_not_show():
+    from vito_fast.demo.claims import JudgedClaim, judge_claims
+    from vito_fast.demo.report import TRIED_AT, claim_line, not_shown_line
 
-    lines = ["- VITO beats random init (kNN): yes (...)",
-             "- VITO is more shape-biased than same-frame pretraining: **no** (the opposite, beyond the noise) (...)",
-             "- attention pooling beats average pooling (own pooling): **not clearly** (within twice the noise)",
-             "- attention pooling beats average pooling (both averaged): **not clearly** (within twice the noise)"]
-    notes = not_shown_notes(lines)
-    assert notes == ["- " + TRIED["VITO is more shape-biased"], "- " + TRIED["attention pooling beats"]]
-    assert not_shown_notes(lines[:1]) == []
+    frames = np.full(20, 4.0)
+    seeds = {"vito": [_run(np.full(20, 3.0), frames)], "random": [_run(np.full(20, 1.0), frames)],
+             "dt0": [_run(np.full(20, 3.0), frames)], "avgpool": [_run(np.full(20, 4.0), frames)]}
+    judged = judge_claims(_summary(seeds))
+    assert [item.verdict.value for item in judged] == ["yes", "yes", "not clearly", "no, the opposite"]
+    line = claim_line(judged[0])
+    assert line.startswith("- VITO beats random init (kNN): yes (kNN top-1: VITO 75.0% vs random init 25.0%, ")
+    assert "difference +50.0 ± 0.0 points, ± paired bootstrap over videos)" in line
+    assert claim_line(judged[3]).startswith("- attention pooling beats average pooling (both average-pooled at "
+                                            "evaluation): **no** (the opposite, beyond the noise) (")
+    assert "**not clearly** (within twice the noise)" in claim_line(judged[2])
+    note = not_shown_line(judged)
+    assert judged[2].title in note and judged[3].title in note and judged[0].title not in note and TRIED_AT in note
+    assert not_shown_line(judged[:2]) is None and isinstance(judged[0], JudgedClaim)
 
 
 def test_the_schedule_is_fixed_unless_the_budget_cannot_hold_it():
@@ -163,19 +193,25 @@ def test_the_schedule_is_fixed_unless_the_budget_cannot_hold_it():
 
 
 def test_the_attention_claim_takes_its_error_across_seeds():
-    from vito_fast.demo_report import claim_lines
+    from vito_fast.demo import Verdict
+    from vito_fast.demo.claims import judge_attention
+    from vito_fast.demo.report import claim_line
 
-    def run(mass):
-        return {"attention_mass": {"layer3": mass, "layer4": 0.1}, "attention_iou": {"layer3": 0.5, "layer4": 0.1}}
+    def with_attention(run, mass):
+        run.attention_mass, run.attention_iou = {"layer3": mass, "layer4": 0.1}, {"layer3": 0.5, "layer4": 0.1}
+        return run
 
     frames = np.full(8, 4.0)
     seeds = {name: [_run(np.full(8, 2.0), frames) for _ in range(3)] for name in ("random", "dt0", "avgpool")}
-    seeds["vito"] = [dict(_run(np.full(8, 3.0), frames), **run(mass)) for mass in (0.40, 0.35, 0.38)]
-    summary = {"seeds": seeds, "variants": {"vito": seeds["vito"][0], "random": run(0.2)},
-               "centred_gaussian_attention_mass": 0.30, "centred_gaussian_attention_iou": 0.3,
-               "object_area_fraction": 0.2}
-    line = claim_lines(summary)[-1]
+    seeds["vito"] = [with_attention(_run(np.full(8, 3.0), frames), mass) for mass in (0.40, 0.35, 0.38)]
+    seeds["random"][0] = with_attention(seeds["random"][0], 0.2)
+    summary = _summary(seeds, centred_gaussian_attention_mass=0.30, centred_gaussian_attention_iou=0.3,
+                       object_area_fraction=0.2)
+    judged = judge_attention(summary)
     differences = np.array([0.10, 0.05, 0.08])
     error = differences.std(ddof=1) / np.sqrt(3)
+    assert judged.verdict is Verdict.SHOWN and judged.stage == "layer3" and judged.seeds == 3
+    assert abs(judged.error - error) < 1e-12 and judged.random_share == 0.2
+    line = claim_line(judged)
     assert line.startswith("- the attention maps follow the objects: yes") and "over 3 seeds" in line
     assert f"± {100 * error:.0f}," in line and "layer3" in line

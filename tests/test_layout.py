@@ -8,7 +8,7 @@ Layers, lowest first; a module may import its own layer and the ones below, neve
     3  model, data    the VITO model; sampling, sources, loading (manifest and store formats)
     4  prepare, curate, synthetic   making data: scans, frame stores, curation, built-in videos
     5  train, eval
-    6  demo, demo_eval, demo_report
+    6  demo           the built-in demo (a package: settings, evaluation, claims, report)
     7  cli, __main__, the package root (its lazy public API)
 
 ``kernels/`` is installed as ``vito_fast.kernels`` and must import torch and triton only.
@@ -26,7 +26,7 @@ PACKAGE, KERNELS = ROOT / "vito_fast", ROOT / "kernels"
 LAYERS = {
     "errors": 0, "version": 0, "_lazy": 0, "_cpp": 0, "_C": 0, "distributed": 0, "reference": 0, "kernels": 0,
     "ops": 1, "nn": 2, "model": 3, "data": 3, "prepare": 4, "curate": 4, "synthetic": 4,
-    "train": 5, "eval": 5, "demo": 6, "demo_eval": 6, "demo_report": 6, "cli": 7, "__main__": 7, "": 7,
+    "train": 5, "eval": 5, "demo": 6, "cli": 7, "__main__": 7, "": 7,
 }
 
 

@@ -49,22 +49,22 @@ def main(argv: List[str]) -> int:
     except (FileNotFoundError, ValueError, RuntimeError) as error:
         print(f"vito-fast demo: {error}", file=sys.stderr)
         return 1
-    from vito_fast.demo_report import claim_lines, claim_outcome
+    from vito_fast.demo.claims import Verdict, judge_claims
 
     print("vito-fast demo")
     print(f"  {'variant':<10} {'kNN':>7} {'linear':>7} {'J':>6}  attention on objects (IoU)")
-    for name, result in summary["variants"].items():
-        attention = ", ".join(f"{stage} {100 * mass:.0f}% ({result['attention_iou'][stage]:.2f})"
-                              for stage, mass in result.get("attention_mass", {}).items()) or "n/a (average pooling)"
-        print(f"  {name:<10} {100 * result['knn']:6.1f}% {100 * result['linear']:6.1f}% "
-              f"{result['propagation_J']:6.3f}  {attention}")
-    print(f"  centred Gaussian: {100 * summary['centred_gaussian_attention_mass']:.0f}% on objects "
-          f"(IoU {summary['centred_gaussian_attention_iou']:.2f}); objects cover "
-          f"{100 * summary['object_area_fraction']:.0f}% of the frames")
-    verdicts = [claim_outcome(line) for line in claim_lines(summary)]
-    shown = sum(outcome == "yes" for _, outcome in verdicts)
-    print(f"  claims shown beyond twice their standard error: {shown} of {len(verdicts)}")
-    for title, outcome in verdicts:
-        print(f"    {outcome:<16} {title}")
-    print(f"  report: {args.out}/report.md ({summary['seconds']:.0f} s)")
+    for name, result in summary.variants.items():
+        attention = ", ".join(f"{stage} {100 * mass:.0f}% ({result.attention_iou[stage]:.2f})"
+                              for stage, mass in result.attention_mass.items()) or "n/a (average pooling)"
+        print(f"  {name:<10} {100 * result.knn:6.1f}% {100 * result.linear:6.1f}% "
+              f"{result.propagation_J:6.3f}  {attention}")
+    print(f"  centred Gaussian: {100 * summary.centred_gaussian_attention_mass:.0f}% on objects "
+          f"(IoU {summary.centred_gaussian_attention_iou:.2f}); objects cover "
+          f"{100 * summary.object_area_fraction:.0f}% of the frames")
+    judged = judge_claims(summary)
+    shown = sum(item.verdict is Verdict.SHOWN for item in judged)
+    print(f"  claims shown beyond twice their standard error: {shown} of {len(judged)}")
+    for item in judged:
+        print(f"    {item.verdict.value:<16} {item.title}")
+    print(f"  report: {args.out}/report.md ({summary.seconds:.0f} s)")
     return 0
