@@ -427,6 +427,14 @@ def pool_figures(info: dict, ms: float, traffic: int, flops: int) -> dict:
                 pct_of_roofline=100 * max(floors) * 1e3 / ms if max(floors) > 0 else None)
 
 
+def _compiled_time(step: Callable[[], None], cuda: bool, grads) -> Tuple[float, float]:
+    """(seconds of the first call, which compiles; median ms of the compiled step after it)."""
+    started = time.perf_counter()
+    step()
+    _sync(cuda)
+    return time.perf_counter() - started, time_ms(step, cuda, grads)
+
+
 def compile_kernels(ctx: Context) -> None:
     """torch.compile of the references, one shape per op (late in the pass: each compiles first):
     InfoNCE at N = M = 16k, attention pooling at 7×7 with training's MLP (hidden 512)."""
@@ -447,11 +455,7 @@ def compile_kernels(ctx: Context) -> None:
         q = torch.randn(n, d, device=dev, dtype=dtype, requires_grad=True)
         k = torch.randn(n, d, device=dev, dtype=dtype, requires_grad=True)
         fn = suite._loss_fn("compile", f"full-{n}-{d}")
-        started = time.perf_counter()
-        fn(q, k).backward()
-        _sync(cuda)
-        compile_s = time.perf_counter() - started
-        ms = time_ms(lambda: fn(q, k).backward(), cuda, [q, k])
+        compile_s, ms = _compiled_time(lambda: fn(q, k).backward(), cuda, [q, k])
         ctx.row(op="info_nce", N=n, D=d, provider="torch.compile", status="ok", ms=ms, compile_s=compile_s,
                 tflops=suite.flops("full", n, n, d) / (ms * 1e-3) / 1e12)
         del q, k, fn
@@ -461,11 +465,7 @@ def compile_kernels(ctx: Context) -> None:
     inputs = pool_suite._inputs(channels, height, width, hidden)
     grad = torch.randn(batch, channels, device=dev, dtype=dtype)
     fn = torch.compile(attention_pool_reference, dynamic=False)
-    started = time.perf_counter()
-    fn(*inputs)[0].backward(grad)
-    _sync(cuda)
-    compile_s = time.perf_counter() - started
-    ms = time_ms(lambda: fn(*inputs)[0].backward(grad), cuda, [t for t in inputs if t is not None])
+    compile_s, ms = _compiled_time(lambda: fn(*inputs)[0].backward(grad), cuda, [t for t in inputs if t is not None])
     size = torch.finfo(dtype).bits // 8
     traffic = pool_suite.compulsory_bytes("full", batch, channels, height * width, hidden, size)
     flops = pool_suite.compulsory_flops("full", batch, channels, height * width, hidden)

@@ -93,18 +93,16 @@ def tree_bytes(root: Path = ROOT) -> int:
     return sum((root / name).stat().st_size for name in listed if name and (root / name).is_file())
 
 
-def carry(call: Call, record: dict) -> List[str]:
-    paths = [".gpu/parts.json"] if call.part is not None else []
+def carried(call: Call, record: dict) -> List[Tuple[str, int]]:
+    """(path, bytes) of what the call carries besides the tree: its part (the pack record's size) with
+    parts.json, or call 1's small wheels (sizes bounded from above: CI has no .gpu/)."""
+    paths = []
     if call.part is not None:
-        paths.append(f".gpu/{record['parts'][call.part]['name']}")
+        part = record["parts"][call.part]
+        paths += [(".gpu/parts.json", 4096), (f".gpu/{part['name']}", part["bytes"])]
     if call.call_one_wheels:
-        paths.append(".gpu/call1")
+        paths.append((".gpu/call1", 64 * 1024))
     return paths
-
-
-def carry_bytes(call: Call, record: dict, tree: int) -> int:
-    part = record["parts"][call.part]["bytes"] if call.part is not None else 0
-    return tree + part + (64 * 1024 if call.call_one_wheels else 0) + (4096 if call.part is not None else 0)
 
 
 def limits(steps: Sequence[str], catalogue: Dict[str, float]) -> float:
@@ -132,13 +130,13 @@ def command(call: Call, record: dict) -> str:
 def rows(calls: List[Call], record: dict, catalogue: Dict[str, float], tree: int) -> List[dict]:
     table = []
     for number, call in enumerate(calls, 1):
-        carried = carry_bytes(call, record, tree)
-        assumed = call.setup_s + call.budget_s + TRANSFER_S_PER_MIB * carried / MIB
-        table.append({"call": number, "title": call.title, "carry_mib": carried / MIB,
-                      "steps": ", ".join(call.steps) or "–",
+        paths = carried(call, record)
+        carry_bytes = tree + sum(size for _, size in paths)
+        assumed = call.setup_s + call.budget_s + TRANSFER_S_PER_MIB * carry_bytes / MIB
+        table.append({"call": number, "title": call.title, "carry_mib": carry_bytes / MIB, "steps": call.steps,
                       "limits_s": limits(call.steps, catalogue) if call.steps else 0, "budget_s": call.budget_s,
                       "assumed_s": assumed, "timeout_s": int(call.setup_s + call.budget_s + TIMEOUT_MARGIN_S),
-                      "carry": carry(call, record), "command": command(call, record)})
+                      "carry": [path for path, _ in paths], "command": command(call, record)})
     return table
 
 
@@ -157,7 +155,7 @@ def problems(table: List[dict], catalogue: Dict[str, float]) -> List[str]:
             found.append(f"call {row['call']} carries {row['carry_mib']:.1f} MiB, over {CARRY_LIMIT_MIB} MiB")
     if total_s(table) > PLAN_LIMIT_S:
         found.append(f"the plan takes {total_s(table):.0f} s of device time, over {PLAN_LIMIT_S} s")
-    planned = {step for row in table for step in row["steps"].split(", ")}
+    planned = {step for row in table for step in row["steps"]}
     for name in catalogue:
         if name not in planned and name not in LATER and name != "device":
             found.append(f"step {name} is neither in a call nor in LATER (with the reason)")
@@ -171,7 +169,7 @@ def markdown(table: List[dict], record: dict, catalogue: Dict[str, float]) -> st
              "| call | what | carries MiB | steps (after `device`) | Σ step limits s | budget s | GPU time assumed s "
              "| timeout_s |", "|---:|---|---:|---|---:|---:|---:|---:|"]
     for row in table:
-        lines.append(f"| {row['call']} | {row['title']} | {row['carry_mib']:.1f} | {row['steps']} | "
+        lines.append(f"| {row['call']} | {row['title']} | {row['carry_mib']:.1f} | {', '.join(row['steps']) or '–'} | "
                      f"{row['limits_s']:.0f} | {row['budget_s']} | {row['assumed_s']:.0f} | {row['timeout_s']} |")
     lines += ["", f"Whole plan: {START_S} s start + {sum(r['assumed_s'] for r in table):.0f} s of calls + "
                   f"{len(table) - 1} × {GAP_S} s gaps = **{total_s(table):.0f} s** of {PLAN_LIMIT_S} s "
