@@ -11,6 +11,7 @@ import shutil
 import subprocess
 import sys
 import warnings
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -23,12 +24,17 @@ from vito_fast.prepare.frame_store_write import extract_frames
 from vito_fast.data.manifest import ClipRecord, write_manifest
 
 av = pytest.importorskip("av", reason="PyAV is not installed: the test clips are written with it")
-pytest.importorskip("nvidia.dali", reason="NVIDIA DALI is not installed: PairLoader decodes and augments with it")
+try:
+    import nvidia.dali  # noqa: F401
+    HAVE_DALI = True
+except ImportError:
+    HAVE_DALI = False
+needs_dali = pytest.mark.skipif(not HAVE_DALI, reason="NVIDIA DALI is not installed: its backend cannot run")
 
 WIDTH, HEIGHT, FPS, NUM_FRAMES, NUM_CLIPS, SIZE = 64, 48, 10.0, 30, 8, 32
 NO_COLOUR = dict(jitter_probability=(0.0, 0.0), grayscale_probability=(0.0, 0.0),
                  blur_probability=(0.0, 0.0), solarize_probability=(0.0, 0.0))
-PLAIN = LoaderConfig(image_size=SIZE, dtype="float32", num_threads=2, views=ViewConfig(**NO_COLOUR))
+PLAIN = LoaderConfig(image_size=SIZE, dtype="float32", num_threads=2, views=ViewConfig(**NO_COLOUR), backend="dali")
 
 
 def write_xy_video(path: Path, num_frames: int = NUM_FRAMES) -> Path:
@@ -71,6 +77,14 @@ def sources(tmp_path_factory):
     return {"video": str(manifest), "store": str(folder / "store")}
 
 
+@pytest.fixture(params=["dali", "torch"])
+def backend(request) -> str:
+    """Each device stage in turn: the contract and the fault handling are the loader's, not DALI's."""
+    if request.param == "dali" and not HAVE_DALI:
+        pytest.skip("NVIDIA DALI is not installed")
+    return request.param
+
+
 def pixels(view: torch.Tensor) -> np.ndarray:
     """(B, 3, S, S) normalised view -> (B, S, S, 3) float64 on the 0..255 scale."""
     hwc = view.float().permute(0, 2, 3, 1).numpy().astype(np.float64)
@@ -82,8 +96,8 @@ def epoch_batches(loader):
 
 
 @pytest.mark.parametrize("kind", ["store", "video"])
-def test_each_view_is_the_requested_frame_crop_flip_and_resize(sources, kind):
-    loader = PairLoader(sources[kind], 4, device="cpu", seed=3, config=PLAIN)
+def test_each_view_is_the_requested_frame_crop_flip_and_resize(sources, kind, backend):
+    loader = PairLoader(sources[kind], 4, device="cpu", seed=3, config=replace(PLAIN, backend=backend))
     batches = epoch_batches(loader)
     assert len(batches) == len(loader) == 2
     flips_seen = set()
@@ -125,10 +139,10 @@ OP_CONFIGS = {
 
 
 @pytest.mark.parametrize("op", sorted(OP_CONFIGS))
-def test_colour_ops_match_the_numpy_reference(sources, op):
+def test_colour_ops_match_the_numpy_reference(sources, op, backend):
     views = ViewConfig(**{**NO_COLOUR, **OP_CONFIGS[op]})
-    config = LoaderConfig(image_size=SIZE, dtype="float32", num_threads=2, views=views)
-    plain = next(iter(PairLoader(sources["store"], 4, device="cpu", seed=5, config=PLAIN)))
+    config = LoaderConfig(image_size=SIZE, dtype="float32", num_threads=2, views=views, backend=backend)
+    plain = next(iter(PairLoader(sources["store"], 4, device="cpu", seed=5, config=replace(PLAIN, backend=backend))))
     augmented = next(iter(PairLoader(sources["store"], 4, device="cpu", seed=5, config=config)))
     np.testing.assert_array_equal(plain["crops"], augmented["crops"])  # same geometry, only the op differs
     params = sample_view_params(augmented["sample_ids"], NUM_FRAMES, FPS, (HEIGHT, WIDTH), seed=5, epoch=0,
@@ -206,8 +220,8 @@ def one_op(params, row: int, op: int):
 
 
 @pytest.mark.parametrize("dtype, torch_dtype", [("bfloat16", torch.bfloat16), ("float16", torch.float16)])
-def test_batch_contract_shapes_dtypes_channels_last(sources, dtype, torch_dtype):
-    config = LoaderConfig(image_size=SIZE, dtype=dtype, num_threads=2)
+def test_batch_contract_shapes_dtypes_channels_last(sources, dtype, torch_dtype, backend):
+    config = LoaderConfig(image_size=SIZE, dtype=dtype, num_threads=2, backend=backend)
     loader = PairLoader(sources["store"], 4, device="cpu", seed=1, config=config)
     batch = next(iter(loader))
     for name in ("view1", "view2"):
@@ -233,8 +247,8 @@ def assert_same_batches(first, second):
 
 
 @pytest.mark.parametrize("kind", ["store", "video"])
-def test_deterministic_and_resumes_at_start_step(sources, kind):
-    config = LoaderConfig(image_size=SIZE, dtype="float16", num_threads=2)
+def test_deterministic_and_resumes_at_start_step(sources, kind, backend):
+    config = LoaderConfig(image_size=SIZE, dtype="float16", num_threads=2, backend=backend)
     full = epoch_batches(PairLoader(sources[kind], 2, device="cpu", seed=9, epoch=1, config=config))
     assert len(full) == 4
     assert_same_batches(full, epoch_batches(PairLoader(sources[kind], 2, device="cpu", seed=9, epoch=1, config=config)))
@@ -255,8 +269,9 @@ def test_deterministic_and_resumes_at_start_step(sources, kind):
     assert not torch.equal(other["view1"], full[0]["view1"])
 
 
-def test_two_ranks_are_disjoint_and_cover_the_epoch(sources):
-    ranks = [PairLoader(sources["store"], 2, device="cpu", seed=4, epoch=2, rank=rank, world_size=2, config=PLAIN)
+def test_two_ranks_are_disjoint_and_cover_the_epoch(sources, backend):
+    config = replace(PLAIN, backend=backend)
+    ranks = [PairLoader(sources["store"], 2, device="cpu", seed=4, epoch=2, rank=rank, world_size=2, config=config)
              for rank in (0, 1)]
     assert len(ranks[0]) == len(ranks[1]) == 2
     seen = [np.concatenate([batch["sample_ids"] for batch in loader]) for loader in ranks]
@@ -264,14 +279,17 @@ def test_two_ranks_are_disjoint_and_cover_the_epoch(sources):
     assert not set(seen[0]) & set(seen[1])
     assert sorted(np.concatenate(seen)) == list(range(NUM_CLIPS))
     assert not np.array_equal(ranks[0].epoch_clips(2), ranks[0].epoch_clips(3))  # a new order per epoch
-    odd = PairLoader(sources["store"], 1, device="cpu", seed=4, rank=2, world_size=3, config=PLAIN)
+    odd = PairLoader(sources["store"], 1, device="cpu", seed=4, rank=2, world_size=3, config=config)
     assert len(odd) == NUM_CLIPS // 3  # the remainder is dropped, every rank equally long
 
 
-@pytest.mark.parametrize("decoder", ["pyav", "dali"])
-def test_corrupt_video_is_replaced_and_reported(tmp_path, decoder):
+@pytest.mark.parametrize("decoder, backend", [("pyav", "dali"), ("dali", "dali"), ("pyav", "torch")])
+def test_corrupt_video_is_replaced_and_reported(tmp_path, decoder, backend):
+    if backend == "dali" and not HAVE_DALI:
+        pytest.skip("NVIDIA DALI is not installed")
     manifest = write_clips(tmp_path, corrupt=5)
-    config = LoaderConfig(image_size=SIZE, dtype="float32", num_threads=2, views=PLAIN.views, video_decoder=decoder)
+    config = LoaderConfig(image_size=SIZE, dtype="float32", num_threads=2, views=PLAIN.views, video_decoder=decoder,
+                          backend=backend)
     loader = PairLoader(str(manifest), 4, device="cpu", seed=0, config=config)
     with pytest.warns(RuntimeWarning, match="clip5.webm"):
         batches = epoch_batches(loader)
@@ -288,7 +306,7 @@ def test_corrupt_video_is_replaced_and_reported(tmp_path, decoder):
         assert_same_batches(batches[1:], epoch_batches(resumed))
 
 
-def test_corrupt_jpeg_in_store_is_replaced_and_reported(sources, tmp_path):
+def test_corrupt_jpeg_in_store_is_replaced_and_reported(sources, tmp_path, backend):
     store_dir = tmp_path / "store"
     shutil.copytree(sources["store"], store_dir)
     store = FrameStore(store_dir)
@@ -299,7 +317,7 @@ def test_corrupt_jpeg_in_store_is_replaced_and_reported(sources, tmp_path):
         data[int(offset) + 2: int(offset) + 120] = bytes(118)
     store.close()
     shard.write_bytes(bytes(data))
-    loader = PairLoader(str(store_dir), 4, device="cpu", seed=0, config=PLAIN)
+    loader = PairLoader(str(store_dir), 4, device="cpu", seed=0, config=replace(PLAIN, backend=backend))
     with pytest.warns(RuntimeWarning, match="clip 2"):
         batches = epoch_batches(loader)
     served = np.concatenate([batch["sample_ids"] for batch in batches])
@@ -307,19 +325,20 @@ def test_corrupt_jpeg_in_store_is_replaced_and_reported(sources, tmp_path):
     assert len(loader.stats.failed_files) == 1 and loader.stats.replaced == 1
 
 
-def test_missing_store_shard_is_replaced_and_reported(sources, tmp_path):
+def test_missing_store_shard_is_replaced_and_reported(sources, tmp_path, backend):
     store_dir = tmp_path / "store"
     shutil.copytree(sources["store"], store_dir)
     with FrameStore(store_dir) as store:
         assert len(store.shards) == NUM_CLIPS
         missing = store_dir / store.shards[store.clip(6).shard]["name"]
     missing.unlink()
-    loader = PairLoader(str(store_dir), 4, device="cpu", seed=0, config=PLAIN)
+    loader = PairLoader(str(store_dir), 4, device="cpu", seed=0, config=replace(PLAIN, backend=backend))
     with pytest.warns(RuntimeWarning, match=missing.name):
         served = np.concatenate([batch["sample_ids"] for batch in loader])
     assert len(served) == NUM_CLIPS and 6 not in served and loader.stats.replaced == 1
 
 
+@needs_dali
 def test_dali_video_decoder_gives_the_same_frames(sources):
     config = LoaderConfig(image_size=SIZE, dtype="float32", num_threads=2, views=PLAIN.views, video_decoder="dali")
     dali = next(iter(PairLoader(sources["video"], 4, device="cpu", seed=2, config=config)))
@@ -334,12 +353,13 @@ def test_import_does_not_load_dali():
     subprocess.run([sys.executable, "-c", code], check=True)
 
 
+@needs_dali
 def test_missing_dali_fails_clearly(sources, monkeypatch):
     for name in [name for name in sys.modules if name.startswith("nvidia.dali")]:
         monkeypatch.setitem(sys.modules, name, None)  # None in sys.modules: "import" raises ImportError
     monkeypatch.setitem(sys.modules, "nvidia.dali", None)
-    with pytest.raises(ImportError, match="pip install nvidia-dali"):
-        PairLoader(sources["store"], 4, device="cpu", seed=0, config=PLAIN)
+    with pytest.raises(ImportError, match="pip install nvidia-dali"):  # asked for by name: no fallback
+        PairLoader(sources["store"], 4, device="cpu", seed=0, config=replace(PLAIN, backend="dali"))
 
 
 def test_gpu_without_cuda_fails_clearly(sources):
@@ -351,8 +371,8 @@ def test_gpu_without_cuda_fails_clearly(sources):
 
 @pytest.mark.cuda
 @pytest.mark.parametrize("kind", ["store", "video"])
-def test_gpu_views_match_the_cpu_views(sources, kind):
-    config = LoaderConfig(image_size=SIZE, dtype="bfloat16", num_threads=2)
+def test_gpu_views_match_the_cpu_views(sources, kind, backend):
+    config = LoaderConfig(image_size=SIZE, dtype="bfloat16", num_threads=2, backend=backend)
     gpu = next(iter(PairLoader(sources[kind], 4, device="gpu", seed=6, config=config)))
     cpu = next(iter(PairLoader(sources[kind], 4, device="cpu", seed=6, config=config)))
     for name in ("view1", "view2"):
@@ -372,11 +392,12 @@ PINNED_VIEWS = {"store": ((4723.98, 3612.368), (14151.001, 13345.878)),
                 "video": ((4726.279, 3614.168), (14154.606, 13342.737))}
 
 
+@needs_dali
 @pytest.mark.parametrize("kind,workers", [("store", 0), ("video", 0), ("video", 1)])
 def test_seeded_batch_matches_its_pinned_checksum(sources, kind, workers):
     import hashlib
 
-    config = LoaderConfig(image_size=SIZE, dtype="float32", num_threads=2, decode_workers=workers)
+    config = LoaderConfig(image_size=SIZE, dtype="float32", num_threads=2, decode_workers=workers, backend="dali")
     with PairLoader(sources[kind], 4, device="cpu", seed=11, epoch=1, config=config) as loader:
         batch = next(iter(loader))
     digest = hashlib.sha256()
@@ -389,13 +410,14 @@ def test_seeded_batch_matches_its_pinned_checksum(sources, kind, workers):
     np.testing.assert_allclose([float((view * view).sum()) for view in views], squares, rtol=1e-5, atol=1e-2)
 
 
-def test_a_loader_dropped_without_close_stops_its_threads(sources):
+def test_a_loader_dropped_without_close_stops_its_threads(sources, backend):
     import gc
     import threading
     import time
 
     loader = PairLoader(sources["video"], 2, device="cpu", seed=1,
-                        config=LoaderConfig(image_size=SIZE, dtype="float32", num_threads=2, decode_workers=1))
+                        config=LoaderConfig(image_size=SIZE, dtype="float32", num_threads=2, decode_workers=1,
+                                            backend=backend))
     next(iter(loader))
     assert loader.host.decode_worker_pids
     del loader
@@ -453,6 +475,7 @@ def test_another_device_stage_plugs_into_the_same_host_and_producer(sources, kin
 
     from vito_fast.data.dali_stage import DaliStage
     from vito_fast.data.device_stage import DeviceStage
+    from vito_fast.data.torch_stage import TorchStage
     from vito_fast.data.host import HostPreparation
     from vito_fast.data.pair_sources import open_source
     from vito_fast.data.producer import Producer
@@ -463,7 +486,8 @@ def test_another_device_stage_plugs_into_the_same_host_and_producer(sources, kin
         return list(inspect.signature(getattr(cls, name)).parameters)
 
     for name in ("held", "filling", "submit", "take", "drain", "hand_over", "close"):
-        assert parameters(DaliStage, name) == parameters(RecordingStage, name) == parameters(DeviceStage, name), name
+        assert (parameters(DaliStage, name) == parameters(TorchStage, name) == parameters(RecordingStage, name)
+                == parameters(DeviceStage, name)), name
     config = LoaderConfig(image_size=SIZE, dtype="float32", num_threads=2, decode_workers=0)
     with PairLoader(sources[kind], 2, device="cpu", seed=6, config=config) as loader:
         expected = epoch_batches(loader)

@@ -47,7 +47,9 @@ class LoaderConfig:
     ``video_decoder``: "pyav" (seek-to-keyframe decoding in the workers) or "dali"
     (``fn.decoders.video`` on the file's bytes). ``hw_decoder_load``: share of JPEGs sent to the
     hardware JPEG engines (A100/H100/H200). ``device_id``: None = the CUDA device current when the
-    loader is made. ``max_replacements``: bad samples in a row before a position gives up."""
+    loader is made. ``max_replacements``: bad samples in a row before a position gives up.
+    ``backend``: the device stage, "dali", "torch" (nvJPEG and batched PyTorch ops: no DALI needed)
+    or "auto" (DALI when it works on this machine, else torch; see ``backends``)."""
 
     image_size: int = 224
     dtype: str = "bfloat16"
@@ -62,12 +64,15 @@ class LoaderConfig:
     device_id: Optional[int] = None
     max_open_videos: int = 16
     max_replacements: int = 16
+    backend: str = "auto"
 
     def __post_init__(self) -> None:
         if self.dtype not in ("bfloat16", "float16", "float32"):
             raise ValueError(f"LoaderConfig.dtype: must be 'bfloat16', 'float16' or 'float32', not {self.dtype!r}")
         if self.video_decoder not in ("pyav", "dali"):
             raise ValueError(f"LoaderConfig.video_decoder: must be 'pyav' or 'dali', not {self.video_decoder!r}")
+        if self.backend not in ("auto", "dali", "torch"):
+            raise ValueError(f"LoaderConfig.backend: must be 'auto', 'dali' or 'torch', not {self.backend!r}")
         if not isinstance(self.views, ViewConfig):
             raise ValueError(f"LoaderConfig.views: must be a ViewConfig, got {type(self.views).__name__}")
         for name in ("image_size", "prefetch", "blur_kernel_at_224", "max_open_videos", "max_replacements"):
@@ -106,6 +111,7 @@ class DataConfig:
     num_threads: Optional[int] = LoaderConfig.num_threads        # DALI's threads (None: one per usable core)
     decode_workers: Optional[int] = LoaderConfig.decode_workers  # per rank (None: decode_workers(); 0: threads)
     sample_timeout: float = LoaderConfig.sample_timeout          # seconds before a sample is given up and replaced
+    backend: str = LoaderConfig.backend                          # "auto" (DALI if it works, else torch), "dali", "torch"
     views: ViewConfig = field(default_factory=ViewConfig)
 
     def __post_init__(self) -> None:
@@ -116,6 +122,8 @@ class DataConfig:
             self.decode_workers = None
         if self.source not in ("loader", "synthetic"):
             raise ValueError(f"data.source must be 'loader' or 'synthetic', got {self.source!r}")
+        if self.backend not in ("auto", "dali", "torch"):
+            raise ValueError(f"data.backend must be 'auto', 'dali' or 'torch', got {self.backend!r}")
         if self.num_threads is not None and self.num_threads < 1:
             raise ValueError(f"data.num_threads: must be null (one per usable core) or >= 1, got {self.num_threads}")
         if self.decode_workers is not None and self.decode_workers < 0:
@@ -126,4 +134,4 @@ class DataConfig:
         """The ``LoaderConfig`` of these settings for output ``dtype`` on CUDA device ``device_id``."""
         return LoaderConfig(image_size=self.image_size, views=self.views, dtype=dtype, num_threads=self.num_threads,
                             decode_workers=decode_workers(self.decode_workers),
-                            sample_timeout=self.sample_timeout, device_id=device_id)
+                            sample_timeout=self.sample_timeout, device_id=device_id, backend=self.backend)

@@ -17,7 +17,7 @@ import numpy as np
 
 from vito_fast.data.augment import view_blur_window
 from vito_fast.data.config import LoaderConfig
-from vito_fast.data.device_stage import DeviceOutput, HostRepair
+from vito_fast.data.device_stage import DeviceOutput, HostRepair, hand_over_on_current_stream
 from vito_fast.data.host import HostBatch
 
 __all__ = ["DaliStage"]
@@ -81,14 +81,7 @@ class DaliStage:
         self._in_flight.clear()
 
     def hand_over(self, output: DeviceOutput) -> None:
-        if output.ready is None:
-            return
-        import torch
-
-        current = torch.cuda.current_stream(torch.device("cuda", self.device_id))
-        current.wait_event(output.ready)
-        for view in output.views:
-            view.record_stream(current)
+        hand_over_on_current_stream(output, f"cuda:{self.device_id}")
 
     def close(self) -> None:
         """Drop the pipeline (DALI frees its buffers with it)."""

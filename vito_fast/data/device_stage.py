@@ -20,7 +20,7 @@ import numpy as np
 
 from vito_fast.data.host import HostBatch
 
-__all__ = ["DeviceOutput", "DeviceStage", "HostRepair"]
+__all__ = ["DeviceOutput", "DeviceStage", "HostRepair", "hand_over_on_current_stream"]
 
 
 @dataclass
@@ -75,3 +75,17 @@ class DeviceStage(Protocol):
     def close(self) -> None:
         """Free what the stage holds on the device (after the producer has stopped)."""
         ...
+
+
+def hand_over_on_current_stream(output: DeviceOutput, device) -> None:
+    """``DeviceStage.hand_over`` of a stage that writes its views on its own CUDA stream: the
+    consumer's current stream waits for ``output.ready``, and the views' memory stays theirs until
+    that stream is done with it (nothing to do on the CPU). ``device``: the views' torch device."""
+    if output.ready is None:
+        return
+    import torch
+
+    current = torch.cuda.current_stream(device)
+    current.wait_event(output.ready)
+    for view in output.views:
+        view.record_stream(current)

@@ -11,7 +11,9 @@ source             ``pair_sources.py``    ``PairSource``: clip metadata and ``re
 host preparation   ``host.py``            ``HostPreparation``: views drawn, samples read,
                                           bad ones replaced; decode workers, arenas
 device stage       ``device_stage.py``    ``DeviceStage``: the interface; ``DaliStage``
-                   ``dali_stage.py``      (the DALI graph of ``pipeline.py``) implements it
+                   ``dali_stage.py``      (the DALI graph of ``pipeline.py``) and ``TorchStage``
+                   ``torch_stage.py``     (nvJPEG + batched torch ops, ``torch_augment.py``)
+                   ``backends.py``        implement it; ``LoaderConfig.backend`` picks one
 producer           ``producer.py``        ``Producer``: the threads that run host and stage
 =================  =====================  ==================================================
 
@@ -29,8 +31,8 @@ Three stages run at once, each on its own thread, so none waits on another in th
 1. *host* ("vito-prepare"): the samples of batch k + 2 are read and decoded by ``decode_workers``
    processes (``DecodePool``: frames come back in shared memory), or by threads of this process
    with ``decode_workers=0``;
-2. *device* ("vito-dali"): batch k + 1 is fed while DALI runs the ``prefetch`` batches it holds
-   (``schedule_run``/``outputs``: feeding overlaps running);
+2. *device* ("vito-dali"): batch k + 1 is fed while the device stage runs the ``prefetch``
+   batches it holds (DALI: ``schedule_run``/``outputs``; torch: work queued on its CUDA stream);
 3. *you*: train on batch k. ``stats.wait_share`` is the share of your time spent waiting for data.
 
 A sample whose data cannot be used (unreadable, truncated, a decoder that fails, a worker that
@@ -50,7 +52,6 @@ from typing import Dict, Iterator, List, Optional
 import numpy as np
 
 from vito_fast.data.config import LoaderConfig, usable_cores
-from vito_fast.data.dali_stage import DaliStage
 from vito_fast.data.device_stage import DeviceStage
 from vito_fast.data.host import HostPreparation
 from vito_fast.data.producer import Producer
@@ -70,12 +71,13 @@ class PairLoader:
     ``labels`` (B,) int64 (-1 without a label), all NumPy. ``len()`` = steps per epoch. Iterating
     continues from the current position; once an epoch is exhausted the next ``iter()`` starts
     the next epoch (``set_epoch`` chooses one explicitly). ``close()`` (or ``with``) stops the workers.
+    ``backend``: the ``BackendChoice`` (which device stage makes the views, and why).
     """
 
     def __init__(self, source, batch_size: int, *, device: str = "gpu", seed: int, epoch: int = 0,
                  start_step: int = 0, rank: int = 0, world_size: int = 1, config: Optional[LoaderConfig] = None):
+        from vito_fast.data.backends import choose_backend, make_stage
         from vito_fast.data.pair_sources import open_source
-        from vito_fast.data.pipeline import import_dali
 
         self.config = LoaderConfig() if config is None else config
         if device not in ("gpu", "cpu"):
@@ -84,7 +86,6 @@ class PairLoader:
             raise ValueError(f"PairLoader: need 0 <= rank < world_size, got rank={rank!r}, world_size={world_size!r}")
         if not isinstance(batch_size, int) or batch_size < 1:
             raise ValueError(f"PairLoader: batch_size must be an integer >= 1, got {batch_size!r}")
-        import_dali()  # a missing DALI shows now, with how to install it, not at the first batch
         device_id = self.config.device_id
         if device == "gpu":
             _require_cuda()
@@ -95,6 +96,8 @@ class PairLoader:
         self.device, self.batch_size, self.seed = device, batch_size, int(seed)
         self.rank, self.world_size = rank, world_size
         self.source = open_source(source, self.config.video_decoder, self.config.max_open_videos)
+        input_kind = self.source.input_kind
+        self.backend = choose_backend(self.config.backend, input_kind, device, device_id)
         self.num_clips = len(self.source)
         if self.num_clips == 0:
             raise ValueError(f"PairLoader: {source}: holds no clips")
@@ -110,14 +113,14 @@ class PairLoader:
         self.stats = LoaderStats()
         self.host = HostPreparation(self.source, self.order, self.config, seed=self.seed, pinned=device == "gpu",
                                     stats=self.stats)
-        self.stage: DeviceStage = DaliStage(self.source.input_kind, batch_size, self.config, device=device,
-                                            device_id=device_id, host=self.host)
+        self.stage: DeviceStage = make_stage(self.backend, input_kind, batch_size, self.config, device=device,
+                                             device_id=device_id, host=self.host, announce=rank == 0)
         self._active = None  # the generator of the current iteration
         self._producers: list = [None]  # the Producer of the current position (a slot shared with the finalizer)
         self._finalizer = weakref.finalize(self, _release, self._producers, self.host, self.stage)
 
     def close(self) -> None:
-        """Stop the iteration, the decoding workers and threads; drop the DALI pipeline."""
+        """Stop the iteration, the decoding workers and threads; free what the device stage holds."""
         if self._active is not None:
             self._active.close()
             self._active = None
@@ -157,7 +160,7 @@ class PairLoader:
         return self.order.epoch(epoch)[0]
 
     def __iter__(self) -> Iterator[Dict[str, object]]:
-        if self._active is not None:  # one producer at a time: the DALI pipeline is not shareable
+        if self._active is not None:  # one producer at a time: the device stage is not shareable
             self._active.close()
         if self.step >= len(self):
             self.epoch, self.step = self.epoch + 1, 0
@@ -211,4 +214,4 @@ def _require_cuda() -> None:
 
     if not torch.cuda.is_available():
         raise RuntimeError("PairLoader(device='gpu') needs a CUDA GPU and none is visible; "
-                           "use device='cpu' (DALI's CPU decoders: JPEG frame stores, VP8/VP9/MJPEG videos)")
+                           "use device='cpu' (the same graph on the CPU: JPEG frame stores, videos PyAV decodes)")
