@@ -353,6 +353,66 @@ def test_import_does_not_load_dali():
     subprocess.run([sys.executable, "-c", code], check=True)
 
 
+HIDE_DALI = """
+import importlib.abc, sys
+
+
+class HideDali(importlib.abc.MetaPathFinder):  # a machine without DALI: importing it fails as if not installed
+    def find_spec(self, name, path=None, target=None):
+        if name == "nvidia.dali" or name.startswith("nvidia.dali."):
+            raise ModuleNotFoundError(f"No module named {name!r}")
+        return None
+
+
+sys.meta_path.insert(0, HideDali())
+"""
+
+
+def test_without_dali_the_torch_backend_loads_and_trains(sources, tmp_path):
+    """A machine without DALI: ``import vito_fast``, the loader on "auto" and a pretraining run all work
+    (torch backend, said once on stderr); asking for DALI by name fails with how to install it."""
+    code = HIDE_DALI + """
+import vito_fast, vito_fast.data
+from vito_fast.data import LoaderConfig, PairLoader
+
+store, video, run = sys.argv[1:4]
+config = LoaderConfig(image_size=32, dtype="float32", num_threads=2, decode_workers=0)
+for source in (store, video):
+    with PairLoader(source, 4, device="cpu", seed=0, config=config) as loader:
+        batch = next(iter(loader))
+        assert loader.backend.name == "torch" and "DALI is not installed" in loader.backend.reason, loader.backend
+        assert batch["view1"].shape == (4, 3, 32, 32) and batch["view2"].isfinite().all()
+for bad, expected in (({"backend": "dali"}, "pip install nvidia-dali"), ({"video_decoder": "dali"}, "needs DALI")):
+    try:
+        PairLoader(video, 4, device="cpu", seed=0, config=LoaderConfig(**bad))
+    except (ImportError, RuntimeError) as error:
+        assert expected in str(error), error
+    else:
+        raise AssertionError(f"{bad} without DALI did not fail")
+from vito_fast.cli import pretrain
+assert pretrain.main(["--preset", "demo", "--data", store, "--out", run, "--steps", "2", "data.image_size=32",
+                      "data.batch_size=4", "data.decode_workers=0", "model.pool_hidden=16", "model.proj_hidden=32",
+                      "model.proj_dim=16", "model.pred_hidden=32", "train.progress=false", "train.device=cpu"]) == 0
+assert not [name for name in sys.modules if name.startswith("nvidia.dali")]
+"""
+    result = subprocess.run([sys.executable, "-c", code, sources["store"], sources["video"], str(tmp_path / "run")],
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-4000:]
+    assert result.stderr.count("data backend auto -> torch: DALI is not installed") == 1, result.stderr[-2000:]
+    assert (tmp_path / "run").is_dir()
+
+
+@needs_dali
+def test_auto_picks_dali_where_it_works_and_says_so(sources):
+    with PairLoader(sources["store"], 4, device="cpu", seed=0, config=replace(PLAIN, backend="auto")) as loader:
+        assert loader.backend.name == "dali" and loader.backend.reason.startswith("DALI works"), loader.backend
+        assert "auto -> dali" in loader.backend.describe()
+    with PairLoader(sources["store"], 4, device="cpu", seed=0, config=replace(PLAIN, backend="torch")) as loader:
+        assert loader.backend.name == "torch" and loader.backend.reason == "asked for"
+    with pytest.raises(ValueError, match="backend"):
+        LoaderConfig(backend="opencv")
+
+
 @needs_dali
 def test_missing_dali_fails_clearly(sources, monkeypatch):
     for name in [name for name in sys.modules if name.startswith("nvidia.dali")]:

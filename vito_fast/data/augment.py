@@ -20,7 +20,11 @@ level, and a small sigma costs a few taps instead of 23; borders mirrored withou
 edge pixel) and solarize (x >= 128 -> 255 - x) follow, and
 finally ``(x / 255 - IMAGENET_MEAN) / IMAGENET_STD``.
 
-``reference_view`` applies all of it to a resized crop; the tests compare the DALI output with it.
+The crop and resize before all of it is DALI's antialiased linear resampling, ``reference_resize``:
+per axis a triangle filter of radius max(1, scale) source pixels around each output pixel's centre
+(``start + (i + 0.5) * scale``), taps beyond the frame clamped to its edge; the result is rounded to
+uint8 levels (DALI's resize outputs uint8). ``reference_view`` applies the rest to a resized crop;
+the tests compare both backends' outputs with them.
 """
 from __future__ import annotations
 
@@ -28,7 +32,7 @@ from __future__ import annotations
 import numpy as np
 
 __all__ = ["IMAGENET_MEAN", "IMAGENET_STD", "LUMA", "colour_matrices", "view_blur_window", "blur_window",
-           "reference_view", "SOLARIZE_THRESHOLD"]
+           "resize_weights", "reference_resize", "reference_view", "SOLARIZE_THRESHOLD"]
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -89,6 +93,31 @@ def blur_window(max_window: int, sigma):
     """The window used for ``sigma`` (a number or an array): the taps within 4 sigma, in [3, max_window]."""
     window = np.clip(2 * np.ceil(4.0 * np.asarray(sigma, dtype=np.float64)) + 1, 3, max_window).astype(np.int64)
     return int(window) if window.ndim == 0 else window
+
+
+def resize_weights(start: float, length: float, in_size: int, out_size: int) -> np.ndarray:
+    """(out_size, in_size) float64 resampling matrix of one axis: crop [start, start + length) of a
+    line of ``in_size`` pixels to ``out_size`` pixels (triangle filter, radius max(1, scale), edges clamped)."""
+    scale = length / out_size
+    support = max(scale, 1.0)
+    weights = np.zeros((out_size, in_size))
+    for out in range(out_size):
+        centre = start + (out + 0.5) * scale
+        taps = np.arange(int(np.floor(centre - support)) - 1, int(np.ceil(centre + support)) + 2)
+        tap_weights = np.maximum(0.0, 1.0 - np.abs(taps + 0.5 - centre) / support)
+        np.add.at(weights[out], np.clip(taps, 0, in_size - 1), tap_weights)
+        weights[out] /= weights[out].sum()
+    return weights
+
+
+def reference_resize(frame: np.ndarray, box, size: int) -> np.ndarray:
+    """(size, size, 3) float64 uint8 levels: crop ``box`` (top, left, height, width) of an (H, W, 3)
+    frame resized the way DALI's ``fn.resize(antialias=True, interp_type=INTERP_LINEAR)`` does."""
+    top, left, height, width = (float(value) for value in box)
+    rows = resize_weights(top, height, frame.shape[0], size)
+    columns = resize_weights(left, width, frame.shape[1], size)
+    resized = np.einsum("iy,yxc,jx->ijc", rows, np.asarray(frame, dtype=np.float64), columns)
+    return np.clip(np.round(resized), 0, 255)
 
 
 def _blur_axis(image: np.ndarray, sigma: float, window: int, axis: int) -> np.ndarray:
