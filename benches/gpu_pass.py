@@ -17,14 +17,18 @@ ends them all. The whole pass stays within ``--budget``: a step that would start
 10 s left is skipped and named.
 Every figure stands beside a baseline measured in the same run on the same card: eager PyTorch
 and torch.compile for the kernels (and the card's copy bandwidth and matrix rate for the
-rooflines), the CPU path for the frame store, the PyAV worker path for video, the eager step for
-training.
+rooflines), the PyAV worker path for video, the eager step for training. The frame store's two
+device stages, DALI's graph and the torch one (nvJPEG through torchvision, batched torch ops),
+stand side by side as torch ÷ DALI, for the loader alone and for the step it feeds, where both ran
+on the same card: in one report, or in the planned calls' reports joined by
+``python benches/gpu_pass_report.py OUT1/gpu_pass.json OUT4/gpu_pass.json --out DIR``.
 
-Optional parts are reported, never required: DALI and PyAV (the loader steps; staged in parts by
-benches/gpu_stage.py), Inf-CL (a 15 kB wheel carried with the first call), PyNvVideoCodec, and
-torch.compile (Inductor on a GPU; ``backend="eager"`` in the dry run, where Inductor's C++ build
-would take minutes). The calls that run the pass on a lent GPU, their carries, budgets and the
-device time they assume: ``--plan`` (benches/gpu_plan.py; CI checks that the plan fits).
+Optional parts are reported, never required: DALI and PyAV (the DALI and video loader steps; staged
+in parts by benches/gpu_stage.py; the torch-backend steps need neither), Inf-CL (a 15 kB wheel
+carried with the first call), PyNvVideoCodec, and torch.compile (Inductor on a GPU;
+``backend="eager"`` in the dry run, where Inductor's C++ build would take minutes). The calls that
+run the pass on a lent GPU, their carries, budgets and the device time they assume: ``--plan``
+(benches/gpu_plan.py; CI checks that the plan fits).
 """
 from __future__ import annotations
 
@@ -81,11 +85,20 @@ STEPS: List[Step] = [
     Step("train_compiled", "train", 100, "the same step, torch.compile of the trunks",
          partial(steps.train, provider="synthetic-compiled")),
     Step("tests_loader", "tests", 40, "pytest -m cuda: loader tests (DALI, PyAV)", steps.tests_loader),
-    Step("frame_store", "loader", 15, "write a 256p JPEG frame store (PIL)", steps.frame_store),
-    Step("loader_store", "loader", 25, "PairLoader on the store: nvJPEG, then the CPU path", steps.loader_store,
-         needs=("frame_store",)),
-    Step("train_loader", "train", 40, "the eager step fed by the frame-store loader",
-         partial(steps.train, provider="loader"), needs=("frame_store",)),
+    # 12288 JPEGs from 16 threads: 9 s on the shared 2-core CPU here, a few seconds on the host.
+    Step("frame_store", "loader", 8, "write a 256p JPEG frame store (PIL)", steps.frame_store),
+    # A store loader step: CUDA's start, the pipeline, 2 warm-up batches, ≤ 4 s timed, ≤ 3 s profiled.
+    Step("loader_store", "loader", 20, "PairLoader(backend=dali) on the store: nvJPEG; pairs/s, GPU ms per pair",
+         steps.loader_store, needs=("frame_store",)),
+    Step("loader_store_cpu", "loader", 15, "PairLoader(backend=dali) on the store, the host's cores",
+         steps.loader_store_cpu, needs=("frame_store",)),
+    Step("loader_store_torch", "loader", 15, "PairLoader(backend=torch) on the store: nvJPEG + batched torch ops; "
+         "pairs/s, GPU ms per pair", steps.loader_store_torch, needs=("frame_store",)),
+    # ResNet-50 at 224 px, 30 steps of 256 pairs, a checkpoint: ~20 s expected on an H100.
+    Step("train_loader", "train", 35, "the eager step fed by the frame-store loader, backend=dali",
+         partial(steps.train, provider="loader", backend="dali"), needs=("frame_store",)),
+    Step("train_loader_torch", "train", 35, "the eager step fed by the frame-store loader, backend=torch",
+         partial(steps.train, provider="loader", backend="torch"), needs=("frame_store",)),
     Step("video_corpus", "loader", 20, "write and scan 256p GOP-16 H.264 files (PyAV)", steps.video_corpus),
     Step("video_pyav", "loader", 25, "PairLoader, PyAV decode workers", steps.video_pyav, needs=("video_corpus",)),
     Step("video_dali_reader", "loader", 40, "DALI fn.readers.video sequences", steps.video_dali_reader,

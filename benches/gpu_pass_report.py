@@ -1,14 +1,18 @@
 """The GPU pass's report: rows per step with ratios to the same-run baselines, the goals, Markdown.
 
 Split from ``gpu_pass.py`` (which runs the steps); ``derive``, ``goals`` and ``render_markdown``
-take the pass's JSON report, so a report can be re-rendered without a GPU.
+take the pass's JSON report, so a report can be re-rendered without a GPU. The planned calls each
+write a report; ``combine`` (or ``python benches/gpu_pass_report.py A/gpu_pass.json B/gpu_pass.json
+--out DIR``) joins them, and a ratio between two steps is taken only where both ran on the same card.
 """
 from __future__ import annotations
 
+import argparse
+import json
 import re
 import sys
 from pathlib import Path
-from typing import Dict, List
+from typing import Dict, List, Sequence
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import gpu_pass_steps as steps  # noqa: E402
@@ -33,57 +37,118 @@ SECTIONS = [
       ("status", "status", ""), ("ms", "ms", ".3f"), ("compile_s", "compile s", ".1f"), ("tflops", "TFLOP/s", ".1f"),
       ("pct_of_roofline", "% of roofline", ".0f"), ("note", "note", "")]),
     ("Data written for the loader steps", ("frame_store", "video_corpus"), None),
-    ("Loader, pairs/s (baselines: the frame store on the CPU; the PyAV worker path for video)",
+    ("Loader, pairs/s (frame store: torch ÷ DALI on the same card, × the CPU path where it ran; video: × the "
+     "PyAV worker path)",
      ("loader_store", "video_"), [("candidate", "candidate", ""), ("device", "device", ""), ("status", "status", ""),
-                                  ("pairs_per_s", "pairs/s", ".0f"), ("x_baseline", "× baseline", ".2f"),
-                                  ("batch", "batch", ""), ("includes", "includes", ""), ("note", "note", "")]),
-    ("Training step (baseline: the eager step)", ("train_",),
-     [("provider", "provider", ""), ("arch", "arch", ""), ("size", "px", ""), ("batch", "pairs/step", ""),
-      ("pairs_per_s", "pairs/s", ".0f"), ("x_eager", "× eager", ".2f"), ("data_wait_pct", "data wait %", ".1f"),
-      ("peak_gb", "peak GB", ".1f")]),
+                                  ("pairs_per_s", "pairs/s", ".0f"), ("x_dali", "torch ÷ DALI", ".2f"),
+                                  ("x_baseline", "× baseline", ".2f"), ("gpu_ms_per_pair", "GPU ms/pair", ".3f"),
+                                  ("gpu_busy_pct", "GPU busy %", ".0f"), ("batch", "batch", ""),
+                                  ("includes", "includes", ""), ("note", "note", "")]),
+    ("Training step (baselines: the eager step; the DALI-fed step for the torch-fed one, on the same card)",
+     ("train_",),
+     [("provider", "provider", ""), ("backend", "backend", ""), ("arch", "arch", ""), ("size", "px", ""),
+      ("batch", "pairs/step", ""), ("pairs_per_s", "pairs/s", ".0f"), ("x_eager", "× eager", ".2f"),
+      ("x_dali", "torch ÷ DALI", ".2f"), ("data_wait_pct", "data wait %", ".1f"), ("peak_gb", "peak GB", ".1f")]),
     ("sm_90 compile report beside the measured times", ("compile_report",), None),
 ]
 
 
+def card(device: dict) -> str:
+    """What tells one card from another: its UUID, else its name."""
+    return device.get("uuid") or device.get("name") or "?"
+
+
+def combine(reports: Sequence[dict]) -> dict:
+    """The reports of several passes (the planned calls') as one: their steps in order, each tagged
+    with the card it ran on; a step name met again is renamed "<name>@<n>" (n: its report's place,
+    from 1). Ratios between two steps (``derive``) are taken only where both ran on the same card."""
+    steps_seen, steps_joined, cards = set(), [], []
+    for place, report in enumerate(reports, 1):
+        device = report.get("device") or {}
+        cards.append({"report": place, "card": card(device), "name": device.get("name", "device not probed")})
+        for record in report["steps"]:
+            name = record["name"] if record["name"] not in steps_seen else f"{record['name']}@{place}"
+            steps_seen.add(record["name"])
+            steps_joined.append(dict(record, name=name, card=card(device)))
+    device = dict(reports[0].get("device") or {})
+    optional = {}
+    for report in reports:  # a part that any of the passes had counts as used
+        for label, state in ((report.get("device") or {}).get("optional") or {}).items():
+            if label not in optional or (state.get("available") and not optional[label].get("available")):
+                optional[label] = state
+    device["optional"] = optional
+    return {"command": " + ".join(f"`{report['command']}`" for report in reports), "joined": len(reports),
+            "dry_run": any(report["dry_run"] for report in reports), "date": reports[0]["date"],
+            "budget_s": sum(report["budget_s"] for report in reports),
+            "elapsed_s": sum(report.get("elapsed_s", 0) for report in reports), "device": device, "cards": cards,
+            "steps": steps_joined}
+
+
 def derive(report: dict) -> Dict[str, List[dict]]:
-    """Rows per step, with the ratios to the baselines measured in the same run."""
+    """Rows per step, with the ratios to the baselines measured in the same run on the same card."""
     rows = {record["name"]: [dict(row) for row in record.get("rows", [])] for record in report["steps"]}
+    cards = {record["name"]: record.get("card") for record in report["steps"]}  # None: one report, one card
 
     def ok(row, key):
         return row.get("status", "ok") == "ok" and isinstance(row.get(key), (int, float)) and row[key] > 0
 
+    def first(step, key, **match):
+        """``key`` of the first ok row of ``step`` that matches, with the card it ran on."""
+        value = next((r[key] for r in rows.get(step, [])
+                      if ok(r, key) and all(r.get(k) == v for k, v in match.items())), None)
+        return value, cards.get(step)
+
+    def ratio(value, base):
+        """value ÷ base where the base was measured on the value's card, else None."""
+        (number, value_card), (denominator, base_card) = value, base
+        return number / denominator if number and denominator and value_card == base_card else None
+
     # torch.compile runs late in the pass (step compile_kernels), one shape per op.
     compiled = {(r.get("N"), r.get("shape"), r.get("hidden")): r["ms"]
                 for r in rows.get("compile_kernels", []) if ok(r, "ms")}
+    compile_card = cards.get("compile_kernels")
     for name, step_rows in rows.items():
         if name.startswith("info_nce_"):
             base = {row["provider"]: row["ms"] for row in step_rows if ok(row, "ms")}
             for row in filter(lambda r: ok(r, "ms"), step_rows):
                 row["x_eager"] = base["eager"] / row["ms"] if "eager" in base else None
                 compile_ms = compiled.get((row["N"], None, None))
-                row["x_compile"] = compile_ms / row["ms"] if compile_ms else None
+                row["x_compile"] = ratio((compile_ms, compile_card), (row["ms"], cards[name]))
         elif name.startswith("attention_pool_"):
             base = {(r["shape"], r["hidden"]): r["ms"] for r in step_rows if r["provider"] == "eager" and ok(r, "ms")}
             for row in filter(lambda r: ok(r, "ms"), step_rows):
                 eager = base.get((row["shape"], row["hidden"]))
                 compile_ms = compiled.get((None, row["shape"], row["hidden"]))
                 row["x_eager"] = eager / row["ms"] if eager else None
-                row["x_compile"] = compile_ms / row["ms"] if compile_ms else None
-    store_cpu = next((r["pairs_per_s"] for r in rows.get("loader_store", []) if r.get("device") == "cpu"), None)
-    pyav = next((r["pairs_per_s"] for r in rows.get("video_pyav", []) if ok(r, "pairs_per_s")), None)
-    for name in [n for n in rows if n == "loader_store" or n.startswith("video_")]:
-        base = store_cpu if name == "loader_store" else pyav
+                row["x_compile"] = ratio((compile_ms, compile_card), (row["ms"], cards[name]))
+    # The frame store's CPU path: DALI on the host's cores (step loader_store_cpu; loader_store's own
+    # CPU row in older reports).
+    store_cpu = first("loader_store_cpu" if "loader_store_cpu" in rows else "loader_store", "pairs_per_s",
+                      device="cpu")
+    pyav = first("video_pyav", "pairs_per_s")
+    for name in [n for n in rows if n.startswith(("loader_store", "video_"))]:
+        base = store_cpu if name.startswith("loader_store") else pyav
         for row in filter(lambda r: ok(r, "pairs_per_s"), rows[name]):
-            row["x_baseline"] = row["pairs_per_s"] / base if base else None
-    eager = next((r["pairs_per_s"] for r in rows.get("train_eager", []) if ok(r, "pairs_per_s")), None)
+            row["x_baseline"] = ratio((row["pairs_per_s"], cards[name]), base)
+    for torch_step, dali_step, match in (("loader_store_torch", "loader_store", "device"),
+                                         ("train_loader_torch", "train_loader", None)):
+        for row in filter(lambda r: ok(r, "pairs_per_s"), rows.get(torch_step, [])):
+            dali = first(dali_step, "pairs_per_s", **({match: row.get(match)} if match else {}))
+            row["x_dali"] = ratio((row["pairs_per_s"], cards[torch_step]), dali)
+    eager = first("train_eager", "pairs_per_s")
     for name in [n for n in rows if n.startswith("train_")]:
         for row in filter(lambda r: ok(r, "pairs_per_s"), rows[name]):
-            row["x_eager"] = row["pairs_per_s"] / eager if eager else None
+            row["x_eager"] = ratio((row["pairs_per_s"], cards[name]), eager)
     return rows
 
 
+STORE_GOAL = 5000  # pairs/s per GPU, every augmentation (issues #16, #25)
+BACKEND_STEPS = (("DALI", "loader_store", "train_loader"), ("torch", "loader_store_torch", "train_loader_torch"))
+
+
 def goals(rows: Dict[str, List[dict]]) -> List[tuple]:
-    """(goal, measured, met) for the figures the pass checks (issues #16, #23); None where not measured."""
+    """(goal, measured, met) for the figures the pass checks (issues #16, #23, #25); None where not
+    measured. The frame store and training from it: one verdict per device stage (DALI, torch)."""
     def pick(step, key, **match):
         return next((r.get(key) for r in rows.get(step, []) if all(r.get(k) == v for k, v in match.items())
                      and r.get("status", "ok") == "ok"), None)
@@ -100,8 +165,7 @@ def goals(rows: Dict[str, List[dict]]) -> List[tuple]:
     mlp = [r["pct_of_roofline"] for r in ours_pools if r.get("hidden") and r.get("pct_of_roofline") is not None]
     video = [r["pairs_per_s"] for s in rows if s.startswith("video_") and s != "video_corpus" for r in rows[s]
              if r.get("pairs_per_s")]
-    wait = pick("train_loader", "data_wait_pct")
-    return [
+    verdicts = [
         judged("InfoNCE 16k: ours ≥ 3× eager", pick("info_nce_16k", "x_eager", provider="ours"), "×", lambda v: v >= 3),
         judged("InfoNCE 16k: ours ≥ 1.5× torch.compile", pick("info_nce_16k", "x_compile", provider="ours"), "×",
                lambda v: v >= 1.5),
@@ -112,14 +176,18 @@ def goals(rows: Dict[str, List[dict]]) -> List[tuple]:
                lambda v: v >= 60),
         judged("MLP attention pooling ≥ 50 % of its roofline (worst shape)", min(mlp) if mlp else None, " %",
                lambda v: v >= 50),
-        judged("frame store ≥ 5,000 pairs/s, every augmentation", pick("loader_store", "pairs_per_s", device="gpu"),
-               " pairs/s", lambda v: v >= 5000),
-        judged("direct video ≥ 2,500 pairs/s (best candidate)", max(video) if video else None, " pairs/s",
-               lambda v: v >= 2500),
-        judged("training from real data ≥ 2,500 pairs/s", pick("train_loader", "pairs_per_s"), " pairs/s",
-               lambda v: v >= 2500),
-        judged("training from real data: data wait ≤ 5 %", wait, " %", lambda v: v <= 5),
     ]
+    verdicts += [judged(f"frame store ≥ 5,000 pairs/s, every augmentation ({label})",
+                        pick(store, "pairs_per_s", device="gpu"), " pairs/s", lambda v: v >= STORE_GOAL)
+                 for label, store, _ in BACKEND_STEPS]
+    verdicts.append(judged("direct video ≥ 2,500 pairs/s (best candidate)", max(video) if video else None,
+                           " pairs/s", lambda v: v >= 2500))
+    for label, _, train in BACKEND_STEPS:
+        verdicts += [judged(f"training from real data ≥ 2,500 pairs/s ({label})", pick(train, "pairs_per_s"),
+                            " pairs/s", lambda v: v >= 2500),
+                     judged(f"training from real data: data wait ≤ 5 % ({label})", pick(train, "data_wait_pct"), " %",
+                            lambda v: v <= 5)]
+    return verdicts
 
 
 def _cell(value, fmt: str = "") -> str:
@@ -203,6 +271,12 @@ def render_markdown(report: dict, summary_only: bool = False) -> str:
              f"{report['date']}; `{report['command']}`; Python {device.get('python', '?')}, torch "
              f"{device.get('torch', '?')}, Triton {device.get('triton', '?')}, CUDA {device.get('cuda', '?')}; "
              f"budget {report['budget_s']:.0f} s, took {report.get('elapsed_s', 0):.0f} s.", ""]
+    if report.get("cards"):
+        distinct = {entry["card"] for entry in report["cards"]}
+        lines += [f"{report['joined']} reports joined, on {len(distinct)} card{'s' * (len(distinct) > 1)}: "
+                  + "; ".join(f"report {entry['report']}: {entry['name']} ({entry['card']})"
+                              for entry in report["cards"])
+                  + (". Ratios only between steps on the same card." if len(distinct) > 1 else "."), ""]
     lines += _table([("name", "step", ""), ("status", "status", ""), ("seconds", "s", ""), ("limit_s", "limit s", ""),
                      ("reason", "reason", ""), ("left_behind", "processes left behind", "")], report["steps"])
     optional = []
@@ -251,3 +325,19 @@ def render_markdown(report: dict, summary_only: bool = False) -> str:
     return "\n".join(lines) + "\n"
 
 
+def main(argv=None) -> int:
+    """Join the planned calls' reports: gpu_pass.json and gpu_pass.md of them all in ``--out``."""
+    parser = argparse.ArgumentParser(description=main.__doc__)
+    parser.add_argument("reports", nargs="+", type=Path, help="gpu_pass.json of each call, in call order")
+    parser.add_argument("--out", type=Path, required=True, help="folder for the joined gpu_pass.json and .md")
+    args = parser.parse_args(argv)
+    joined = combine([json.loads(path.read_text()) for path in args.reports])
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "gpu_pass.json").write_text(json.dumps(joined, indent=1))
+    (args.out / "gpu_pass.md").write_text(render_markdown(joined))
+    print(f"gpu_pass_report: joined {len(args.reports)} reports into {args.out / 'gpu_pass.md'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -17,6 +17,7 @@ import re
 import subprocess
 import sys
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Dict, List, Optional, Sequence, Tuple
@@ -186,10 +187,12 @@ def _forever(loader):
         yield from loader
 
 
-def loader_pairs_per_s(loader, batches: int, cuda: bool, warmup: int = 2, max_seconds: float = 6.0) -> float:
+def loader_pairs_per_s(loader, batches: int, cuda: bool, warmup: int = 2, max_seconds: float = 6.0,
+                       stream=None) -> float:
     """Pairs/s over ``batches`` batches (fewer once ``max_seconds`` have passed, at least 2) after
-    ``warmup`` batches (pipeline build, workers, file opening)."""
-    stream = _forever(loader)
+    ``warmup`` batches (pipeline build, workers, file opening); ``stream``: batches of ``loader``
+    to go on taking afterwards (``_forever(loader)``), else a new one."""
+    stream = _forever(loader) if stream is None else stream
     for _ in range(warmup):
         next(stream)
     _sync(cuda)
@@ -200,6 +203,56 @@ def loader_pairs_per_s(loader, batches: int, cuda: bool, warmup: int = 2, max_se
             break
     _sync(cuda)
     return pairs / (time.perf_counter() - started)
+
+
+# CUPTI activities that occupy the GPU's SMs and copy engines. The hardware JPEG decoder (NVJPG
+# engines of an A100/H100, which torchvision's decode_jpeg and DALI's hw_decoder_load both use) is
+# neither: its own time does not appear, the SM work around it (colour conversion, copies) does.
+GPU_WORK = ("kernel", "gpu_memcpy", "gpu_memset")
+
+
+def busy_us(spans: Sequence[Tuple[float, float]]) -> Tuple[float, float]:
+    """(Σ of the spans' lengths, length of their union) of (start, end) intervals: the work summed
+    over every stream, and the time anything ran."""
+    total = union = 0.0
+    reach = -math.inf
+    for start, end in sorted(spans):
+        total += end - start
+        union += max(0.0, end - max(start, reach))
+        reach = max(reach, end)
+    return total, union
+
+
+def loader_gpu_time(stream, batches: int, cuda: bool,
+                    max_seconds: float = 3.0) -> Tuple[Optional[float], Optional[float]]:
+    """(GPU ms per pair, GPU busy % of the wall time) while the loader runs alone and warm, over
+    ``batches`` batches taken from ``stream`` (fewer once ``max_seconds`` have passed, at least 2).
+
+    The profiler's CUPTI trace records every kernel, copy and memset of the process (nvJPEG's, DALI's
+    and the stage's, on whatever stream or thread; see ``GPU_WORK``). GPU ms per pair: their
+    durations summed, over the pairs taken (what the loader takes from a training step's GPU). Busy
+    %: the union of those intervals over the window's wall time (near 100 %: the GPU bounds the
+    loader; less: the host does). The trace costs some speed, so the window's pairs/s is not
+    reported. (None, None) on a CPU, where the same window runs with a CPU-only trace."""
+    from torch.profiler import ProfilerActivity, profile
+
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])
+    _sync(cuda)
+    with profile(activities=activities) as trace:
+        started, pairs, taken = time.perf_counter(), 0, 0
+        while taken < batches and (taken < 2 or time.perf_counter() - started < max_seconds):
+            pairs += len(next(stream)["sample_ids"])
+            taken += 1
+        _sync(cuda)
+        window_us = (time.perf_counter() - started) * 1e6
+    if not cuda:
+        return None, None
+    spans = [(event.time_range.start, event.time_range.end) for event in trace.events()
+             if getattr(event, "activity_type", None) in GPU_WORK]
+    if not spans:
+        raise RuntimeError("the profiler recorded no GPU activity (is CUPTI available?)")
+    total, union = busy_us(spans)
+    return total / 1e3 / pairs, 100 * min(1.0, union / window_us)
 
 
 def random_pairs(records, count: int, seed: int) -> List[Tuple[object, List[int]]]:
@@ -242,7 +295,7 @@ def device(ctx: Context) -> None:
     if ctx.cuda:
         props = torch.cuda.get_device_properties(0)
         info.update(name=props.name, memory_gb=round(props.total_memory / 1e9, 1), sms=props.multi_processor_count,
-                    capability=f"{props.major}.{props.minor}",
+                    capability=f"{props.major}.{props.minor}", uuid=str(getattr(props, "uuid", "")) or None,
                     hbm_nominal_gbps=next((gbps for key, gbps in HBM_GBPS if key in props.name), None))
     else:
         info.update(name=f"CPU, {os.cpu_count()} cores (dry run)", hbm_nominal_gbps=None)
@@ -527,21 +580,50 @@ def frame_store(ctx: Context) -> None:
             seconds=round(time.perf_counter() - started, 1))
 
 
-def loader_store(ctx: Context) -> None:
-    """PairLoader on the frame store with every augmentation: nvJPEG on the GPU, then the CPU path."""
-    require("DALI")
+STORE_DECODERS = {("dali", "gpu"): "DALI: nvJPEG (mixed, hw_decoder_load=0.9)",
+                  ("dali", "cpu"): "DALI: libjpeg-turbo (CPU)",
+                  ("torch", "gpu"): "torch: torchvision decode_jpeg (nvJPEG, hardware decoder), batched ops",
+                  ("torch", "cpu"): "torch: torchvision decode_jpeg (libjpeg), batched ops"}
+
+
+def _store_loader(ctx: Context, backend: str, device: str) -> None:
+    """PairLoader(backend=...) on the frame store with every augmentation: pairs/s (warm-up, then at
+    most 4 s) and, on a GPU, the GPU time per pair in a profiled window after it (``loader_gpu_time``)."""
     require_file(ctx.store / "index.json", "frame_store")
     from vito_fast.data import LoaderConfig, PairLoader
 
-    sizes = ctx.sizes
-    config = LoaderConfig(image_size=sizes.image_size, dtype="bfloat16", hw_decoder_load=0.9)
-    for device in (["gpu", "cpu"] if ctx.cuda else ["cpu"]):
-        batches = sizes.loader_batches if device == "gpu" else max(2, sizes.loader_batches // 2)
-        with PairLoader(str(ctx.store), sizes.loader_batch, device=device, seed=0, config=config) as loader:
-            rate = loader_pairs_per_s(loader, batches, device == "gpu")
-        decoder = "nvJPEG (mixed, hw_decoder_load=0.9)" if device == "gpu" else "libjpeg-turbo (DALI CPU)"
-        ctx.row(candidate=f"frame store, {decoder}", device=device, status="ok", pairs_per_s=rate,
-                batch=sizes.loader_batch, includes=f"read + decode + every augmentation, {sizes.image_size} px")
+    sizes, on_gpu = ctx.sizes, device == "gpu"
+    config = LoaderConfig(image_size=sizes.image_size, dtype="bfloat16", hw_decoder_load=0.9, backend=backend)
+    batches = sizes.loader_batches if on_gpu else max(2, sizes.loader_batches // 2)
+    note = "" if on_gpu else "GPU time: none on a CPU"
+    with PairLoader(str(ctx.store), sizes.loader_batch, device=device, seed=0, config=config) as loader:
+        stream = _forever(loader)
+        rate = loader_pairs_per_s(loader, batches, on_gpu, max_seconds=4.0, stream=stream)
+        try:
+            gpu_ms, busy = loader_gpu_time(stream, batches // 2 if on_gpu else 2, on_gpu)
+        except Exception as error:  # the profiler, not the loader: keep the pairs/s
+            gpu_ms, busy, note = None, None, f"GPU time not measured: {type(error).__name__}: {str(error)[:120]}"
+    ctx.row(candidate=f"frame store, {STORE_DECODERS[backend, device]}", backend=backend, device=device,
+            status="ok", pairs_per_s=rate, gpu_ms_per_pair=gpu_ms, gpu_busy_pct=busy, batch=sizes.loader_batch,
+            includes=f"read + decode + every augmentation, {sizes.image_size} px", note=note)
+
+
+def loader_store(ctx: Context) -> None:
+    """DALI's graph on the frame store: nvJPEG (hardware decoder first) on the GPU; the dry run's CPU."""
+    require("DALI")
+    _store_loader(ctx, "dali", "gpu" if ctx.cuda else "cpu")
+
+
+def loader_store_cpu(ctx: Context) -> None:
+    """DALI's graph on the frame store on the host's cores (libjpeg-turbo): the CPU path."""
+    require("DALI")
+    _store_loader(ctx, "dali", "cpu")
+
+
+def loader_store_torch(ctx: Context) -> None:
+    """The torch stage on the frame store: one batched nvJPEG decode_jpeg, then batched torch ops
+    (needs nothing but torch and torchvision)."""
+    _store_loader(ctx, "torch", "gpu" if ctx.cuda else "cpu")
 
 
 def video_corpus(ctx: Context) -> None:
@@ -686,20 +768,44 @@ def video_pynvc(ctx: Context) -> None:
 # ----------------------------------------------------------------------------- 5. training
 
 
-def train(ctx: Context, provider: str) -> None:
-    """bench_train.measure: the whole VITO step as the loop runs it (synthetic pairs, or the frame store)."""
+@contextmanager
+def _data_backend(backend: Optional[str]):
+    """bench_train.measure makes its config from overrides of its own; inside this block (in the
+    step's own process) every load_config also sets ``data.backend=<backend>``."""
+    if backend is None:
+        yield
+        return
+    import vito_fast.train.config as train_config
+
+    load_config = train_config.load_config
+
+    def with_backend(*args, overrides=(), **options):
+        return load_config(*args, overrides=[*overrides, f"data.backend={backend}"], **options)
+
+    train_config.load_config = with_backend
+    try:
+        yield
+    finally:
+        train_config.load_config = load_config
+
+
+def train(ctx: Context, provider: str, backend: Optional[str] = None) -> None:
+    """bench_train.measure: the whole VITO step as the loop runs it (synthetic pairs, or the frame
+    store through the PairLoader with ``backend``: "dali" or "torch")."""
     import bench_train
 
     sizes, data = ctx.sizes, None
     if provider.startswith("loader"):
-        require("DALI")
+        if backend == "dali":
+            require("DALI")
         require_file(ctx.store / "index.json", "frame_store")
         data = str(ctx.store)
-    result = bench_train.measure(provider, sizes.train_arch, sizes.train_size, sizes.train_batch, sizes.train_steps,
-                                 sizes.train_window, data)
-    ctx.row(provider=provider, arch=sizes.train_arch, size=sizes.train_size, batch=sizes.train_batch,
-            status="ok", pairs_per_s=result["pairs_per_s"], data_wait_pct=100 * result["data_wait"],
-            peak_gb=result["peak_gb"])
+    with _data_backend(backend):
+        result = bench_train.measure(provider, sizes.train_arch, sizes.train_size, sizes.train_batch,
+                                     sizes.train_steps, sizes.train_window, data)
+    ctx.row(provider=provider, **({"backend": backend} if backend else {}), arch=sizes.train_arch,
+            size=sizes.train_size, batch=sizes.train_batch, status="ok", pairs_per_s=result["pairs_per_s"],
+            data_wait_pct=100 * result["data_wait"], peak_gb=result["peak_gb"])
 
 
 # ----------------------------------------------------------------------------- 6. compile report

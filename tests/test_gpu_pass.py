@@ -19,7 +19,8 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 BENCHES = ROOT / "benches"
 ALWAYS_OK = ["device", "tests_kernels", "info_nce_4k", "info_nce_16k", "info_nce_64k", "attention_pool_7x7",
-             "attention_pool_14x14", "train_eager", "compile_kernels", "train_compiled", "frame_store"]
+             "attention_pool_14x14", "train_eager", "compile_kernels", "train_compiled", "frame_store",
+             "loader_store_torch", "train_loader_torch"]  # the torch backend needs nothing optional
 
 
 def _load_gpu_pass():
@@ -131,8 +132,18 @@ def test_dry_run_measures_every_provider_and_names_what_it_skipped(dry_run):
     assert steps["train_compiled"]["rows"][0]["pairs_per_s"] > 0
     assert steps["video_pynvc"]["status"] == "skipped"  # needs a GPU (or, without PyAV, the video corpus)
     assert "GPU" in steps["video_pynvc"]["reason"] or "needs step video_corpus" in steps["video_pynvc"]["reason"]
-    for name, part in [("loader_store", "nvidia.dali"), ("video_corpus", "av"), ("train_loader", "nvidia.dali")]:
+    for name, part in [("loader_store", "nvidia.dali"), ("loader_store_cpu", "nvidia.dali"), ("video_corpus", "av"),
+                       ("train_loader", "nvidia.dali")]:
         assert steps[name]["status"] == ("ok" if _importable(part) else "skipped"), (name, steps[name].get("reason"))
+    (store,) = steps["loader_store_torch"]["rows"]  # the torch stage on the CPU: no GPU time, said so
+    assert store["backend"] == "torch" and store["pairs_per_s"] > 0 and "decode_jpeg" in store["candidate"]
+    assert store["gpu_ms_per_pair"] is None and "none on a CPU" in store["note"]
+    (step,) = steps["train_loader_torch"]["rows"]
+    assert step["backend"] == "torch" and step["pairs_per_s"] > 0
+    if _importable("nvidia.dali"):
+        assert [row["backend"] for row in steps["loader_store"]["rows"] + steps["train_loader"]["rows"]] == ["dali"] * 2
+        derived = _load_gpu_pass().derive(report)  # one report, one card: torch ÷ DALI is taken
+        assert derived["loader_store_torch"][0]["x_dali"] > 0 and derived["train_loader_torch"][0]["x_dali"] > 0
     if _importable("nvidia.dali") and _importable("av"):
         for name in ("video_pyav", "video_dali_reader", "video_dali_decoder"):
             assert steps[name]["status"] == "ok", (name, steps[name].get("reason"), steps[name].get("log_tail"))
@@ -179,11 +190,18 @@ def _made_up_gpu_report() -> dict:
             step("compile_kernels", dict(op="info_nce", N=16384, D=256, provider="torch.compile", status="ok", ms=2.5),
                  dict(op="attention_pool", shape="512x2048x7x7", hidden=512, provider="torch.compile", status="ok",
                       ms=1.5)),
-            step("loader_store", dict(candidate="store gpu", device="gpu", status="ok", pairs_per_s=6000.0),
-                 dict(candidate="store cpu", device="cpu", status="ok", pairs_per_s=1500.0)),
+            step("loader_store", dict(candidate="store gpu", backend="dali", device="gpu", status="ok",
+                                      pairs_per_s=6000.0, gpu_ms_per_pair=0.05)),
+            step("loader_store_cpu", dict(candidate="store cpu", backend="dali", device="cpu", status="ok",
+                                          pairs_per_s=1500.0)),
+            step("loader_store_torch", dict(candidate="store torch", backend="torch", device="gpu", status="ok",
+                                            pairs_per_s=4500.0, gpu_ms_per_pair=0.08, gpu_busy_pct=40.0)),
             step("video_pyav", dict(candidate="pyav", device="gpu", status="ok", pairs_per_s=1000.0)),
             step("video_pynvc", dict(candidate="nvc", device="gpu", status="ok", pairs_per_s=3000.0)),
-            step("train_loader", dict(provider="loader", status="ok", pairs_per_s=2600.0, data_wait_pct=7.0)),
+            step("train_loader", dict(provider="loader", backend="dali", status="ok", pairs_per_s=2600.0,
+                                      data_wait_pct=7.0)),
+            step("train_loader_torch", dict(provider="loader", backend="torch", status="ok", pairs_per_s=1300.0,
+                                            data_wait_pct=40.0)),
             step("compile_report",
                  dict(kind="roofline", what="InfoNCE N=M=16k D=256 bf16 fwd+bwd", H100_ms=0.7, H200_ms=0.6),
                  dict(kind="variant", variant="info_nce fwd bf16 single-D", registers=200, wgmma=16,
@@ -200,6 +218,9 @@ def test_report_ratios_goals_and_compile_variants_beside_the_measured_times():
     ours = next(row for row in rows["info_nce_16k"] if row["provider"] == "ours")
     assert ours["x_eager"] == pytest.approx(4.0) and ours["x_compile"] == pytest.approx(2.5 / 1.2)
     assert rows["loader_store"][0]["x_baseline"] == pytest.approx(4.0)  # against the CPU path
+    assert rows["loader_store_torch"][0]["x_dali"] == pytest.approx(0.75)  # torch ÷ DALI, same card
+    assert rows["train_loader_torch"][0]["x_dali"] == pytest.approx(0.5)
+    assert "x_dali" not in rows["loader_store"][0]
     assert rows["video_pynvc"][0]["x_baseline"] == pytest.approx(3.0)  # against the PyAV workers
     verdicts = {goal: met for goal, _, met in gpu_pass.goals(rows)}
     assert verdicts["InfoNCE 16k: ours ≥ 3× eager"] and verdicts["InfoNCE 16k: ours ≥ 1.5× torch.compile"]
@@ -208,12 +229,66 @@ def test_report_ratios_goals_and_compile_variants_beside_the_measured_times():
     mlp = next(row for row in rows["attention_pool_7x7"] if row["hidden"] == 512)
     assert mlp["x_compile"] == pytest.approx(1.5)  # torch.compile, measured late in compile_kernels
     assert verdicts["direct video ≥ 2,500 pairs/s (best candidate)"]
-    assert verdicts["training from real data: data wait ≤ 5 %"] is False
+    assert verdicts["frame store ≥ 5,000 pairs/s, every augmentation (DALI)"]  # one verdict per device stage
+    assert verdicts["frame store ≥ 5,000 pairs/s, every augmentation (torch)"] is False
+    assert verdicts["training from real data ≥ 2,500 pairs/s (DALI)"]
+    assert verdicts["training from real data ≥ 2,500 pairs/s (torch)"] is False
+    assert verdicts["training from real data: data wait ≤ 5 % (DALI)"] is False
     markdown = gpu_pass.render_markdown(report)
     assert "| InfoNCE N=M=16k D=256 bf16 fwd+bwd | – | 0.7 | 0.6 | 1.200 | 2.00 |" in markdown  # ÷ H200 roofline
     assert "N=M=16384 D=256 dk: 1.200 ms" in markdown and "info_nce fwd fp16" not in markdown
-    assert "| training from real data: data wait ≤ 5 % | 7 % | NO |" in markdown
+    assert "| training from real data: data wait ≤ 5 % (DALI) | 7 % | NO |" in markdown
+    assert "| frame store ≥ 5,000 pairs/s, every augmentation (torch) | 4.5e+03 pairs/s | NO |" in markdown
+    assert "| store torch | gpu | ok | 4500 | 0.75 | 3.00 | 0.080 | 40 |" in markdown
     assert "| DALI | skipped: nvidia.dali not importable | train_eager |" in markdown
+
+
+def test_joined_reports_take_torch_over_dali_only_on_the_same_card(tmp_path):
+    """The plan's call 1 measures the torch stage, its last call DALI's: joined, the two compare
+    where both ran on one card, and nowhere else."""
+    _load_gpu_pass()
+    import gpu_pass_report
+
+    report, device = _made_up_gpu_report(), {"name": "NVIDIA H200", "uuid": "GPU-aaaa", "optional": {}}
+    probe = {"name": "device", "group": "device", "status": "ok", "rows": []}
+    eager = {"name": "train_eager", "group": "train", "status": "ok",
+             "rows": [dict(provider="synthetic-eager", status="ok", pairs_per_s=2600.0)]}
+    dali_steps = {"loader_store", "loader_store_cpu", "train_loader"}
+    call_one = dict(report, device=device, steps=[probe, eager] + [
+        s for s in report["steps"] if s["name"] not in dali_steps | {"train_eager"}])
+    last = dict(report, device=device, steps=[probe] + [s for s in report["steps"] if s["name"] in dali_steps])
+    joined = gpu_pass_report.combine([call_one, last])
+    assert [s["name"] for s in joined["steps"]].count("device@2") == 1  # a name met again is renamed
+    rows = gpu_pass_report.derive(joined)
+    assert rows["loader_store_torch"][0]["x_dali"] == pytest.approx(0.75)
+    assert rows["train_loader"][0]["x_eager"] == pytest.approx(1.0)  # call 1's eager step, the same card
+    other = dict(last, device=dict(device, uuid="GPU-bbbb", name="NVIDIA H100 80GB HBM3"))
+    rows = gpu_pass_report.derive(gpu_pass_report.combine([call_one, other]))
+    assert rows["loader_store_torch"][0]["x_dali"] is None and rows["train_loader"][0]["x_eager"] is None
+    assert rows["loader_store"][0]["x_baseline"] == pytest.approx(4.0)  # within the last call: one card
+    verdicts = {goal: met for goal, _, met in gpu_pass_report.goals(rows)}  # absolute: judged on any card
+    assert verdicts["frame store ≥ 5,000 pairs/s, every augmentation (DALI)"]
+    assert verdicts["frame store ≥ 5,000 pairs/s, every augmentation (torch)"] is False
+    paths = []
+    for name, part in (("call1", call_one), ("call4", other)):
+        (tmp_path / name).mkdir()
+        paths.append(tmp_path / name / "gpu_pass.json")
+        paths[-1].write_text(json.dumps(part))
+    run = subprocess.run([sys.executable, str(BENCHES / "gpu_pass_report.py"), *map(str, paths), "--out",
+                          str(tmp_path / "joined")], cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert run.returncode == 0, run.stdout + run.stderr
+    markdown = (tmp_path / "joined" / "gpu_pass.md").read_text()
+    assert "2 reports joined, on 2 cards" in markdown and "Ratios only between steps on the same card" in markdown
+    joined = json.loads((tmp_path / "joined" / "gpu_pass.json").read_text())
+    assert {step["card"] for step in joined["steps"]} == {"GPU-aaaa", "GPU-bbbb"}
+
+
+def test_busy_time_sums_the_work_and_merges_the_overlaps():
+    _load_gpu_pass()
+    import gpu_pass_steps
+
+    assert gpu_pass_steps.busy_us([(0, 10), (5, 20), (30, 35), (31, 32)]) == (31.0, 25.0)
+    assert gpu_pass_steps.busy_us([]) == (0.0, 0.0)
 
 
 def test_bench_gpu_runs_the_pass_with_the_remaining_arguments(monkeypatch, tmp_path):
@@ -261,10 +336,12 @@ def test_the_plan_fits_the_lease():
     for name in ("tests_kernels", "info_nce_16k", "info_nce_64k", "attention_pool_7x7", "train_eager",
                  "compile_kernels", "train_compiled"):
         assert name in first["steps"], name
-    assert first["steps"].index("compile_kernels") > first["steps"].index("attention_pool_14x14")  # compiles late
+    assert first["steps"].index("compile_kernels") > first["steps"].index("attention_pool_7x7")  # compiles late
     assert "inf" in first["command"] and first["carry"] == [".gpu/call1"]  # Inf-CL rides along
+    for name in ("frame_store", "loader_store_torch", "train_loader_torch"):  # the torch stage: nothing staged
+        assert name in first["steps"], name
     assert all(row["steps"] == () and len([p for p in row["carry"] if ".part" in p]) == 1 for row in staging)
-    assert "install" in last["command"] and "loader_store" in last["steps"]
+    assert "install" in last["command"] and {"loader_store", "train_loader"} <= set(last["steps"])
     for row in table:
         assert len(row["command"]) <= 2000 and row["timeout_s"] <= 600
         assert row["limits_s"] <= row["budget_s"] and row["carry_mib"] <= gpu_plan.CARRY_LIMIT_MIB
