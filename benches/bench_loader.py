@@ -6,16 +6,21 @@ Corpus (generated once per session, not timed): VIDEOS VP9/WebM files at 320x256
 SECONDS long, GOP 16 (what ``vito-fast prepare --transcode vp9`` writes), a panning noise texture;
 the manifest lists each file REPEAT times (clips = VIDEOS * REPEAT); a frame store of the same
 clips at 8 fps. Every provider makes batches of BATCH pairs at 224x224 with all of the paper's
-augmentations (default ViewConfig), bfloat16, Δt uniform in [0, 2.5] s. Providers:
-  store[cpu|gpu]        PairLoader on the frame store (DALI JPEG decoder: CPU / mixed nvJPEG)
-  video-pyav[cpu|gpu]   PairLoader on the videos, host PyAV seek-to-keyframe decoding
-  video-dali[cpu|gpu]   PairLoader on the videos, fn.decoders.video(frames=[t, t + d]) on the bytes
-  baseline[cpu]         torch DataLoader (WORKERS workers): PyAV seek + decode of the two frames,
-                        torchvision.transforms.v2 on uint8 tensors, per sample
+augmentations (default ViewConfig), bfloat16, Δt uniform in [0, 2.5] s. Providers (PairLoader's
+device stage named by LoaderConfig(backend=...): "dali" = DALI's graph, "torch" = torchvision's
+decode_jpeg and batched torch ops; DALI providers are skipped where DALI does not import):
+  store-dali[cpu|gpu]         PairLoader on the frame store, DALI JPEG decoder (CPU / mixed nvJPEG)
+  store-torch[cpu|gpu]        PairLoader on the frame store, torchvision decode_jpeg (CPU / nvJPEG)
+  video-pyav-dali[cpu|gpu]    PairLoader on the videos, host PyAV seek-to-keyframe decoding, DALI views
+  video-pyav-torch[cpu|gpu]   the same frames, torch views
+  video-dali[cpu|gpu]         PairLoader on the videos, fn.decoders.video(frames=[t, t + d]) on the
+                              bytes (DALI backend only)
+  baseline[cpu]               torch DataLoader (WORKERS workers): PyAV seek + decode of the two frames,
+                              torchvision.transforms.v2 on uint8 tensors, per sample
 One round = one epoch of the loader after a warm-up epoch (pipeline build and file opening are not
-timed). extra_info: pairs_per_s (fastest epoch), cpu_ms_per_pair (this process and the DataLoader
-workers or the PairLoader's decode processes: a figure that other load on a shared machine does not change
-much), load_average.
+timed). extra_info: pairs_per_s (fastest epoch), cpu_ms_per_pair (this process, its threads included,
+and the DataLoader workers or the PairLoader's decode processes: a figure that other load on a shared
+machine does not change much), load_average, and for PairLoader backend (the device stage that ran).
 Env: VITO_BENCH_VIDEOS (8), VITO_BENCH_SECONDS (6), VITO_BENCH_REPEAT (8), VITO_BENCH_BATCH (32),
 VITO_BENCH_WORKERS (CPU count).
 """
@@ -118,17 +123,36 @@ def _timed_epochs(benchmark, make_epoch, pairs_per_epoch: int, worker_pids=lambd
     return rate
 
 
+# provider -> (source, video decoder, backend)
+LOADER_PROVIDERS = {
+    "store-dali": ("store", "pyav", "dali"),
+    "store-torch": ("store", "pyav", "torch"),
+    "video-pyav-dali": ("video", "pyav", "dali"),
+    "video-pyav-torch": ("video", "pyav", "torch"),
+    "video-dali": ("video", "dali", "dali"),  # DALI decodes the file's bytes: no torch counterpart
+}
+
+
+def _dali_import_problem() -> Optional[str]:
+    try:
+        import nvidia.dali  # noqa: F401
+    except ImportError as error:
+        return f"DALI is not installed ({error})"
+    return None
+
+
 @pytest.mark.parametrize("device", ["cpu", pytest.param("gpu", marks=pytest.mark.cuda)])
-@pytest.mark.parametrize("provider", ["store", "video-pyav", "video-dali"])
+@pytest.mark.parametrize("provider", list(LOADER_PROVIDERS))
 def test_pair_loader(benchmark, corpus, provider, device):
     if device == "gpu" and not _cuda():
         pytest.skip("needs a CUDA device")
+    source_kind, decoder, backend = LOADER_PROVIDERS[provider]
+    if backend == "dali" and _dali_import_problem():
+        pytest.skip(f"{provider}: {_dali_import_problem()}")
     from vito_fast.data import LoaderConfig, PairLoader
 
-    decoder = "dali" if provider == "video-dali" else "pyav"
-    config = LoaderConfig(image_size=SIZE, dtype="bfloat16", video_decoder=decoder)
-    source = corpus["store" if provider == "store" else "video"]
-    loader = PairLoader(source, BATCH, device=device, seed=0, config=config)
+    config = LoaderConfig(image_size=SIZE, dtype="bfloat16", video_decoder=decoder, backend=backend)
+    loader = PairLoader(corpus[source_kind], BATCH, device=device, seed=0, config=config)
 
     def epoch():  # the next epoch, as training goes on (the loader prepares it during this one)
         for batch in loader:
@@ -142,13 +166,13 @@ def test_pair_loader(benchmark, corpus, provider, device):
         return list(loader.host.decode_worker_pids)
 
     _timed_epochs(benchmark, epoch, len(loader) * BATCH, decode_workers)
-    benchmark.extra_info.update(provider=provider, device=device, batch=BATCH, replaced=loader.stats.replaced,
-                                wait_share=round(loader.stats.wait_share, 3))
+    benchmark.extra_info.update(provider=provider, device=device, backend=loader.backend.name, batch=BATCH,
+                                replaced=loader.stats.replaced, wait_share=round(loader.stats.wait_share, 3))
     loader.close()
 
 
 @pytest.mark.cuda
-@pytest.mark.parametrize("provider", ["store", "video-pyav"])
+@pytest.mark.parametrize("provider", ["store-dali", "store-torch", "video-pyav-dali", "video-pyav-torch"])
 def test_gpu_time_taken_from_training(benchmark, corpus, provider):
     """How much the loader slows a GPU-bound stand-in for the training step (bf16 matmuls, ~50 ms).
 
@@ -156,6 +180,9 @@ def test_gpu_time_taken_from_training(benchmark, corpus, provider):
     """
     if not _cuda():
         pytest.skip("needs a CUDA device")
+    source_kind, decoder, backend = LOADER_PROVIDERS[provider]
+    if backend == "dali" and _dali_import_problem():
+        pytest.skip(f"{provider}: {_dali_import_problem()}")
     import torch
 
     from vito_fast.data import LoaderConfig, PairLoader
@@ -167,8 +194,8 @@ def test_gpu_time_taken_from_training(benchmark, corpus, provider):
         for _ in range(45):  # ~1 PFLOP-ish / s class GPUs: tens of ms
             torch.mm(activations, weights)
 
-    loader = PairLoader(corpus["store" if provider == "store" else "video"], BATCH, device="gpu", seed=0,
-                        config=LoaderConfig(image_size=SIZE))
+    loader = PairLoader(corpus[source_kind], BATCH, device="gpu", seed=0,
+                        config=LoaderConfig(image_size=SIZE, video_decoder=decoder, backend=backend))
 
     def timed(steps, with_loader):
         batches = iter(loader)
@@ -187,7 +214,7 @@ def test_gpu_time_taken_from_training(benchmark, corpus, provider):
     timed(3, True)
     alone = timed(10, False)
     together = benchmark.pedantic(lambda: timed(10, True), rounds=3, iterations=1)
-    benchmark.extra_info.update(provider=provider, step_ms_alone=round(alone, 2),
+    benchmark.extra_info.update(provider=provider, backend=loader.backend.name, step_ms_alone=round(alone, 2),
                                 step_ms_with_loader=round(together, 2), slowdown=round(together / alone - 1.0, 3))
     print(f"\n{benchmark.name}: step {alone:.1f} ms alone, {together:.1f} ms with the loader")
 
@@ -271,7 +298,23 @@ class _PyAVPairs:
 def test_baseline_pyav_torchvision(benchmark, corpus):
     import torch
 
-    torch.set_num_threads(1)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # process-wide: given back below, for whatever runs after it
+    try:
+        _time_baseline(benchmark, corpus)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _time_baseline(benchmark, corpus) -> None:
+    import gc
+
+    import torch
+
+    # PyAV frames left in reference cycles by the providers before this one hold swscale contexts with
+    # slice threads; a forked worker that collects them waits forever on threads it does not have
+    # (or segfaults), so they are freed here, in the process that owns the threads, before the fork
+    gc.collect()
     dataset = _PyAVPairs(corpus["records"])
     loader = torch.utils.data.DataLoader(dataset, batch_size=BATCH, shuffle=True, num_workers=WORKERS,
                                          drop_last=True, persistent_workers=True, prefetch_factor=2)
