@@ -568,6 +568,42 @@ def test_another_device_stage_plugs_into_the_same_host_and_producer(sources, kin
         host.close()
 
 
+def test_a_collected_loader_never_waits_on_the_collecting_thread(sources):
+    """The garbage collector may run a loader's finalizer on any thread, one that holds a lock the
+    producer needs to stop (a ThreadPoolExecutor's global lock did): closing without waiting returns
+    at once, and the producer's thread frees the rest as it ends."""
+    import threading
+    import time
+
+    from vito_fast.data.host import HostPreparation
+    from vito_fast.data.pair_sources import open_source
+    from vito_fast.data.producer import Producer
+    from vito_fast.data.sample_order import SampleOrder
+    from vito_fast.data.stats import LoaderStats
+
+    release = threading.Event()
+
+    class BlockedStage(RecordingStage):
+        def submit(self, batch) -> None:
+            release.wait(30)  # the producer's thread is stuck until the test lets it go
+            super().submit(batch)
+
+    config = LoaderConfig(image_size=SIZE, dtype="float32", num_threads=2, decode_workers=0)
+    source, stats = open_source(sources["store"]), LoaderStats()
+    host = HostPreparation(source, SampleOrder(len(source), 2, seed=1), config, seed=1, pinned=False, stats=stats)
+    producer = Producer(host, BlockedStage(host), 0, 0, steps_per_epoch=4, stats=stats)
+    freed = threading.Event()
+    started = time.monotonic()
+    producer.close(wait=False, then=freed.set)
+    assert time.monotonic() - started < 1.0 and not freed.is_set()
+    release.set()
+    assert freed.wait(10), "the producer's thread did not free the loader as it ended"
+    host.close()
+    late = threading.Event()
+    producer.close(wait=False, then=late.set)  # after the thread ended: runs at once
+    assert late.is_set()
+
+
 @pytest.mark.parametrize("kind", ["store", "video"])
 def test_both_sources_offer_what_pair_source_names(sources, kind):
     import inspect

@@ -44,6 +44,7 @@ are a pure function of the position and the data.
 """
 from __future__ import annotations
 
+import atexit
 import time
 import warnings
 import weakref
@@ -117,14 +118,18 @@ class PairLoader:
                                              device_id=device_id, host=self.host, announce=rank == 0)
         self._active = None  # the generator of the current iteration
         self._producers: list = [None]  # the Producer of the current position (a slot shared with the finalizer)
-        self._finalizer = weakref.finalize(self, _release, self._producers, self.host, self.stage)
+        # collected without close(): release without waiting (see Producer.close); open at exit: close()
+        self._finalizer = weakref.finalize(self, _release, self._producers, self.host, self.stage, False)
+        self._finalizer.atexit = False
+        _open_loaders.add(self)
 
     def close(self) -> None:
         """Stop the iteration, the decoding workers and threads; free what the device stage holds."""
         if self._active is not None:
             self._active.close()
             self._active = None
-        self._finalizer()
+        if self._finalizer.detach() is not None:
+            _release(self._producers, self.host, self.stage, True)
 
     def __enter__(self) -> "PairLoader":
         return self
@@ -199,14 +204,30 @@ class PairLoader:
             yield batch
 
 
-def _release(producers: list, host: HostPreparation, stage: DeviceStage) -> None:
-    """Free what a PairLoader holds outside Python's reach (also when it is garbage-collected)."""
-    for producer in producers:
-        if producer is not None:
-            producer.close()
-    producers[:] = [None]
-    stage.close()
-    host.close()
+_open_loaders: "weakref.WeakSet[PairLoader]" = weakref.WeakSet()
+
+
+@atexit.register
+def _close_open_loaders() -> None:
+    """At exit (the main thread, no lock held): close the loaders still open, waiting for their threads."""
+    for loader in list(_open_loaders):
+        loader.close()
+
+
+def _release(producers: list, host: HostPreparation, stage: DeviceStage, wait: bool) -> None:
+    """Free what a PairLoader holds outside Python's reach: on ``close()`` (``wait``), or when it is
+    garbage-collected (the producer's thread frees the rest as it stops: the collector may run on a
+    thread that holds a lock the producer needs to stop, so it must not wait for it)."""
+    producer, producers[:] = producers[0], [None]
+
+    def free() -> None:
+        stage.close()
+        host.close()
+
+    if producer is None:
+        free()
+    else:
+        producer.close(wait=wait, then=free)
 
 
 def _require_cuda() -> None:

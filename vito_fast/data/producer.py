@@ -20,7 +20,7 @@ import threading
 import time
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
-from typing import Dict, Iterator, Optional, Set, Tuple
+from typing import Callable, Dict, Iterator, List, Optional, Set, Tuple
 
 from vito_fast.data.device_stage import DeviceOutput, DeviceStage
 from vito_fast.data.host import HostPreparation
@@ -47,8 +47,10 @@ class Producer:
         self._own_threads: Set[int] = set()
         self._preparer = ThreadPoolExecutor(1, thread_name_prefix="vito-prepare",
                                             initializer=lambda: self._own_threads.add(threading.get_ident()))
+        self._on_exit = _ExitHook()
         self._thread = threading.Thread(target=_produce, args=(host, stage, stats, epoch, step, steps_per_epoch,
-                                                               self._handoff, self._stop, self._preparer),
+                                                               self._handoff, self._stop, self._preparer,
+                                                               self._on_exit),
                                         name="vito-dali", daemon=True)
         self._thread.start()
         self._failed = False
@@ -66,16 +68,46 @@ class Producer:
         self.next_position = (epoch, step + 1) if step + 1 < self._steps_per_epoch else (epoch + 1, 0)
         return item
 
-    def close(self) -> None:
+    def close(self, wait: bool = True, then: Optional[Callable[[], None]] = None) -> None:
+        """Stop the threads; ``then`` runs once they have stopped. ``wait=False`` (a loader collected by
+        the garbage collector, which may run on any thread, one holding a lock these threads need)
+        returns at once and leaves ``then`` to the producer's thread as it ends."""
         self._stop.set()
-        if threading.current_thread() is self._thread or threading.get_ident() in self._own_threads:
-            return  # the loader was collected on one of our own threads: they stop by themselves
+        if not wait or threading.current_thread() is self._thread or threading.get_ident() in self._own_threads:
+            if then is not None:
+                self._on_exit.add(then)
+            return
         while self._thread.is_alive():
             try:
                 self._handoff.get(timeout=0.05)  # unblock a hand-over in progress
             except queue.Empty:
                 pass
         self._thread.join()
+        if then is not None:
+            then()
+
+
+class _ExitHook:
+    """Callbacks the producer's thread runs as it ends; one added after that runs at once."""
+
+    def __init__(self):
+        self._lock = threading.Lock()
+        self._callbacks: List[Callable[[], None]] = []
+        self._ended = False
+
+    def add(self, callback: Callable[[], None]) -> None:
+        with self._lock:
+            if not self._ended:
+                self._callbacks.append(callback)
+                return
+        callback()
+
+    def run(self) -> None:
+        with self._lock:
+            self._ended = True
+            callbacks, self._callbacks = self._callbacks, []
+        for callback in callbacks:
+            callback()
 
 
 def _positions(epoch: int, step: int, steps_per_epoch: int) -> Iterator[Tuple[int, int]]:
@@ -95,7 +127,7 @@ def _put(handoff: "queue.Queue", item, stop: threading.Event) -> None:
 
 
 def _produce(host: HostPreparation, stage: DeviceStage, stats: LoaderStats, epoch: int, step: int, steps_per_epoch: int,
-             handoff: "queue.Queue", stop: threading.Event, preparer: ThreadPoolExecutor) -> None:
+             handoff: "queue.Queue", stop: threading.Event, preparer: ThreadPoolExecutor, on_exit: _ExitHook) -> None:
     positions = _positions(epoch, step, steps_per_epoch)
     depth = stage.depth
     prepared: deque = deque()
@@ -127,3 +159,4 @@ def _produce(host: HostPreparation, stage: DeviceStage, stats: LoaderStats, epoc
     finally:
         preparer.shutdown(wait=True, cancel_futures=True)
         stage.drain()
+        on_exit.run()

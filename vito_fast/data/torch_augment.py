@@ -30,7 +30,7 @@ import torch.nn.functional as F
 
 from vito_fast.data.augment import IMAGENET_MEAN, IMAGENET_STD, SOLARIZE_THRESHOLD, blur_window, colour_matrices
 
-__all__ = ["ViewTensors", "view_tensors", "resize_taps", "resize_matrices", "pad_frames", "augment_views"]
+__all__ = ["ViewTensors", "view_tensors", "to_device", "resize_taps", "resize_matrices", "pad_frames", "augment_views"]
 
 _RESIZE_CHUNK_BYTES = 1 << 30  # padded frames converted for the resize at once (bounds the memory of big videos)
 
@@ -78,10 +78,18 @@ def view_tensors(params, view: int, size: int, max_window: int, device: torch.de
         "blur_taps": _gaussian_taps(sigmas[blurred], max_window),
         "solarize": params.solarize[:, view].astype(bool),
     }
-    non_blocking = device.type == "cuda"
     largest_scale = float(host["boxes"][:, 2:].max(initial=1.0)) / size
-    return ViewTensors(**{name: torch.from_numpy(np.ascontiguousarray(value)).to(device, non_blocking=non_blocking)
-                          for name, value in host.items()}, resize_taps=resize_taps(largest_scale))
+    return ViewTensors(**{name: to_device(value, device) for name, value in host.items()},
+                       resize_taps=resize_taps(largest_scale))
+
+
+def to_device(array: np.ndarray, device: torch.device) -> torch.Tensor:
+    """A host array on ``device``; to a GPU through page-locked memory, so the copy is queued, not
+    waited for (a copy from pageable memory would wait for the work already queued on the stream)."""
+    tensor = torch.from_numpy(np.ascontiguousarray(array))
+    if device.type != "cuda":
+        return tensor
+    return tensor.pin_memory().to(device, non_blocking=True)
 
 
 def resize_taps(scale: float) -> int:
@@ -91,7 +99,7 @@ def resize_taps(scale: float) -> int:
 
 def resize_matrices(starts: torch.Tensor, lengths: torch.Tensor, in_sizes: torch.Tensor, out_size: int,
                     padded_size: int, taps: int, flips: Optional[torch.Tensor] = None) -> torch.Tensor:
-    """(N, out_size, padded_size) float32 resampling matrices of one axis.
+    """(N, out_size, padded_size) float32 resampling matrices of one axis (weights computed in float64).
 
     Row i of sample n maps a frame line of ``in_sizes[n]`` pixels (zero-padded to ``padded_size``)
     to output pixel i of the crop [starts[n], starts[n] + lengths[n]): triangle weights of radius
@@ -107,13 +115,13 @@ def resize_matrices(starts: torch.Tensor, lengths: torch.Tensor, in_sizes: torch
     first = torch.floor(centres - support - 0.5) + 1.0
     index = first + torch.arange(taps, device=device, dtype=torch.float64)  # (N, S, taps) source pixels
     weights = (1.0 - (index + 0.5 - centres).abs() / support).clamp(min=0.0)
-    weights = weights / weights.sum(dim=2, keepdim=True)
+    weights = (weights / weights.sum(dim=2, keepdim=True)).float()
     index = torch.minimum(index.clamp(min=0.0).long(), (in_sizes - 1)[:, None, None])
-    matrices = torch.zeros(len(starts), out_size, padded_size, device=device, dtype=torch.float64)
+    matrices = torch.zeros(len(starts), out_size, padded_size, device=device, dtype=torch.float32)
     matrices.scatter_add_(2, index, weights)
     if flips is not None:
         matrices = torch.where(flips[:, None, None], matrices.flip(1), matrices)
-    return matrices.float()
+    return matrices
 
 
 def pad_frames(frames: Sequence[torch.Tensor]) -> torch.Tensor:
@@ -130,18 +138,22 @@ def pad_frames(frames: Sequence[torch.Tensor]) -> torch.Tensor:
 
 def _crop_resize(frames: torch.Tensor, frame_hw: torch.Tensor, tensors: ViewTensors, size: int) -> torch.Tensor:
     """(N, 3, S, S) float32 on the 0..255 scale, rounded to uint8 levels like DALI's uint8 resize."""
-    count, _, height, width = frames.shape
-    boxes = tensors.boxes
-    taps = tensors.resize_taps
-    rows = resize_matrices(boxes[:, 0], boxes[:, 2], frame_hw[:, 0], size, height, taps)
-    columns = resize_matrices(boxes[:, 1], boxes[:, 3], frame_hw[:, 1], size, width, taps, tensors.flips)
+    count, channels, height, width = frames.shape
+    boxes, taps = tensors.boxes, tensors.resize_taps
     dtype = torch.float16 if frames.is_cuda else torch.float32  # uint8 levels are exact in float16
-    chunk = max(1, _RESIZE_CHUNK_BYTES // max(1, 3 * height * width * dtype.itemsize))
+    chunk = max(1, _RESIZE_CHUNK_BYTES // max(1, channels * height * width * dtype.itemsize))
     resized = []
     for start in range(0, count, chunk):  # chunks of frames bound the memory of big videos; one for a store
         part = slice(start, start + chunk)
-        across = frames[part].to(dtype) @ columns[part].to(dtype).transpose(1, 2)[:, None]  # (n, 3, H, S)
-        resized.append((rows[part].to(dtype)[:, None] @ across).float())  # (n, 3, S, S)
+        rows = resize_matrices(boxes[part, 0], boxes[part, 2], frame_hw[part, 0], size, height, taps).to(dtype)
+        columns = resize_matrices(boxes[part, 1], boxes[part, 3], frame_hw[part, 1], size, width, taps,
+                                  tensors.flips[part]).to(dtype)
+        rows_count = rows.shape[0]
+        # two plain batched matmuls (no broadcast copies): along x, channels stacked as rows; then along y
+        across = frames[part].to(dtype).reshape(rows_count, channels * height, width) @ columns.transpose(1, 2)
+        across = across.reshape(rows_count, channels, height, size).transpose(1, 2)
+        down = rows @ across.reshape(rows_count, height, channels * size)  # (n, S, 3 * S)
+        resized.append(down.reshape(rows_count, size, channels, size).permute(0, 2, 1, 3).float())
     images = resized[0] if len(resized) == 1 else torch.cat(resized)
     return images.round_().clamp_(0.0, 255.0)
 

@@ -25,7 +25,7 @@ from vito_fast.data.augment import view_blur_window
 from vito_fast.data.config import LoaderConfig
 from vito_fast.data.device_stage import DeviceOutput, HostRepair, hand_over_on_current_stream
 from vito_fast.data.host import HostBatch
-from vito_fast.data.torch_augment import augment_views, pad_frames, view_tensors
+from vito_fast.data.torch_augment import augment_views, pad_frames, to_device, view_tensors
 
 __all__ = ["TorchStage", "TORCH_INPUT_KINDS"]
 
@@ -132,6 +132,6 @@ class TorchStage:
             frames = pad_frames([torch.from_numpy(array).to(self.device, non_blocking=non_blocking).permute(2, 0, 1)
                                  for array in arrays])
             inputs_read = self._stream.record_event() if self._stream is not None else None
-        frame_hw = torch.tensor([array.shape[:2] for array in arrays] if self.input_kind == "frames"
-                                else [frame.shape[1:] for frame in decoded], dtype=torch.int64)
-        return frames, frame_hw.to(self.device, non_blocking=True), inputs_read
+        frame_hw = np.array([array.shape[:2] for array in arrays] if self.input_kind == "frames"
+                            else [tuple(frame.shape[1:]) for frame in decoded], dtype=np.int64)
+        return frames, to_device(frame_hw, self.device), inputs_read
