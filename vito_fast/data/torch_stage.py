@@ -16,7 +16,8 @@ from __future__ import annotations
 
 import warnings
 from collections import deque
-from typing import Optional
+from concurrent.futures import ThreadPoolExecutor
+from typing import List, Optional
 
 import numpy as np
 import torch
@@ -54,6 +55,8 @@ class TorchStage:
         self._max_window = view_blur_window(config.image_size, config.blur_kernel_at_224)
         self._stream = torch.cuda.Stream(self.device) if self.device.type == "cuda" else None
         self._in_flight: deque = deque()  # (batch, views, inputs read event, views ready event), in order
+        # on the CPU, JPEGs decode on these threads (decode_jpeg releases the GIL); a GPU decodes a batch at once
+        self._decoders = ThreadPoolExecutor(config.threads(), thread_name_prefix="vito-jpeg") if device != "gpu" else None
 
     def held(self) -> int:
         return len(self._in_flight)
@@ -89,6 +92,8 @@ class TorchStage:
 
     def close(self) -> None:
         self._in_flight.clear()
+        if self._decoders is not None:
+            self._decoders.shutdown(wait=False)
 
     # ------------------------------------------------------------------ the graph
 
@@ -123,8 +128,9 @@ class TorchStage:
             from torchvision.io import ImageReadMode, decode_jpeg
 
             encoded = torch.from_numpy(np.concatenate(arrays))  # one copy: the JPEGs are read-only bytes
-            lengths = [len(array) for array in arrays]
-            decoded = decode_jpeg(list(torch.split(encoded, lengths)), mode=ImageReadMode.RGB, device=self.device)
+            jpegs = list(torch.split(encoded, [len(array) for array in arrays]))
+            decoded = self._decode_jpegs(jpegs, lambda part: decode_jpeg(part, mode=ImageReadMode.RGB,
+                                                                         device=self.device))
             frames = pad_frames(decoded)
             inputs_read = None
         else:
@@ -135,3 +141,12 @@ class TorchStage:
         frame_hw = np.array([array.shape[:2] for array in arrays] if self.input_kind == "frames"
                             else [tuple(frame.shape[1:]) for frame in decoded], dtype=np.int64)
         return frames, to_device(frame_hw, self.device), inputs_read
+
+    def _decode_jpegs(self, jpegs: List[torch.Tensor], decode) -> List[torch.Tensor]:
+        """``decode`` (a list of JPEGs -> their frames) in one call on a GPU, in slices over threads on the CPU."""
+        if self._decoders is None:
+            return decode(jpegs)
+        slices = max(1, min(len(jpegs), self.config.threads()))
+        bounds = np.linspace(0, len(jpegs), slices + 1).astype(int)
+        parts = self._decoders.map(decode, [jpegs[start:end] for start, end in zip(bounds[:-1], bounds[1:])])
+        return [frame for part in parts for frame in part]
