@@ -25,7 +25,7 @@ import os
 import platform
 import tempfile
 from pathlib import Path
-from typing import Dict, List, Optional
+from typing import Dict, List, Optional, Sequence
 
 import torch
 
@@ -41,8 +41,10 @@ DEFAULTS = dict(
 
 
 def measure(provider: str, arch: str, size: int, batch: int, steps: int, window: int,
-            data: Optional[str] = None) -> Dict[str, float]:
-    """Run `steps` training steps; pairs/s and data-wait share over all windows but the first."""
+            data: Optional[str] = None, extra_overrides: Sequence[str] = ()) -> Dict[str, float]:
+    """Run `steps` training steps; pairs/s and data-wait share over all windows but the first.
+
+    extra_overrides: config overrides after this bench's own (e.g. "data.backend=torch")."""
     from vito_fast.train.config import load_config
     from vito_fast.train.loop import train
 
@@ -56,6 +58,7 @@ def measure(provider: str, arch: str, size: int, batch: int, steps: int, window:
         overrides += ["data.source=loader", f"data.path={data or ''}"]
     if provider.endswith("compiled"):
         overrides.append("train.compile=true")
+    overrides += list(extra_overrides)
     config = load_config("resnet50" if CUDA else "demo", overrides=overrides)
     if CUDA:
         torch.cuda.reset_peak_memory_stats()

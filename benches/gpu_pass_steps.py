@@ -17,7 +17,6 @@ import re
 import subprocess
 import sys
 import time
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Dict, List, Optional, Sequence, Tuple
@@ -768,27 +767,6 @@ def video_pynvc(ctx: Context) -> None:
 # ----------------------------------------------------------------------------- 5. training
 
 
-@contextmanager
-def _data_backend(backend: Optional[str]):
-    """bench_train.measure makes its config from overrides of its own; inside this block (in the
-    step's own process) every load_config also sets ``data.backend=<backend>``."""
-    if backend is None:
-        yield
-        return
-    import vito_fast.train.config as train_config
-
-    load_config = train_config.load_config
-
-    def with_backend(*args, overrides=(), **options):
-        return load_config(*args, overrides=[*overrides, f"data.backend={backend}"], **options)
-
-    train_config.load_config = with_backend
-    try:
-        yield
-    finally:
-        train_config.load_config = load_config
-
-
 def train(ctx: Context, provider: str, backend: Optional[str] = None) -> None:
     """bench_train.measure: the whole VITO step as the loop runs it (synthetic pairs, or the frame
     store through the PairLoader with ``backend``: "dali" or "torch")."""
@@ -800,9 +778,8 @@ def train(ctx: Context, provider: str, backend: Optional[str] = None) -> None:
             require("DALI")
         require_file(ctx.store / "index.json", "frame_store")
         data = str(ctx.store)
-    with _data_backend(backend):
-        result = bench_train.measure(provider, sizes.train_arch, sizes.train_size, sizes.train_batch,
-                                     sizes.train_steps, sizes.train_window, data)
+    result = bench_train.measure(provider, sizes.train_arch, sizes.train_size, sizes.train_batch, sizes.train_steps,
+                                 sizes.train_window, data, [f"data.backend={backend}"] if backend else [])
     ctx.row(provider=provider, **({"backend": backend} if backend else {}), arch=sizes.train_arch,
             size=sizes.train_size, batch=sizes.train_batch, status="ok", pairs_per_s=result["pairs_per_s"],
             data_wait_pct=100 * result["data_wait"], peak_gb=result["peak_gb"])
