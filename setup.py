@@ -55,11 +55,21 @@ def make_c_extension() -> Pybind11Extension:
     )
 
 
+# DALI, the default augmentation engine, is CUDA-version specific and 200 MB: VITO_FAST_DALI=cuda120
+# picks the CUDA 12 build, VITO_FAST_DALI=none installs without it (the loader then runs its torch
+# backend: data.backend=auto falls back to it, and only torch and torchvision are needed).
+DALI_BUILDS = ("cuda130", "cuda120", "none")
+DALI_BUILD = os.environ.get("VITO_FAST_DALI", "cuda130")
+if DALI_BUILD not in DALI_BUILDS:
+    raise SystemExit(f"vito_fast: VITO_FAST_DALI must be one of {DALI_BUILDS}, not {DALI_BUILD!r}")
+DALI_REQUIREMENTS = [] if DALI_BUILD == "none" else [
+    f"nvidia-dali-{DALI_BUILD}; platform_system == 'Linux' and platform_machine == 'x86_64'"]
+
 RUNTIME_REQUIREMENTS = [
     "torch>=2.4",
     "torchvision>=0.19",
     "triton>=3.0; platform_system == 'Linux'",
-    "nvidia-dali-cuda130; platform_system == 'Linux' and platform_machine == 'x86_64'",
+    *DALI_REQUIREMENTS,
     "numpy>=1.24",
     "scipy>=1.10",
     "pillow>=9",

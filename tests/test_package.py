@@ -1,8 +1,10 @@
 """The package imports everywhere, and the command line behaves."""
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -79,3 +81,42 @@ def test_bench_lists_the_suites_and_rejects_unknown_ones(capsys):
     assert sorted(p.stem for p in benches_dir.glob("bench_*.py")) == [f"bench_{n}" for n in listed]
     assert main(["bench", "no_such_suite"]) == 2
     assert "no suite named no_such_suite" in capsys.readouterr().err
+
+
+SETUP_REQUIREMENTS = """
+import runpy, sys, types
+
+captured = {}
+setuptools = types.ModuleType("setuptools")
+setuptools.setup = lambda **options: captured.update(options)
+setuptools.find_packages = lambda **options: []
+helpers = types.ModuleType("pybind11.setup_helpers")
+helpers.Pybind11Extension = lambda *args, **options: None
+helpers.build_ext = object
+sys.modules.update({"setuptools": setuptools, "pybind11": types.ModuleType("pybind11"),
+                    "pybind11.setup_helpers": helpers})
+runpy.run_path(sys.argv[1], run_name="__main__")
+print("\\n".join(captured["install_requires"]))
+"""
+
+
+@pytest.mark.parametrize("build, expected", [(None, "nvidia-dali-cuda130"), ("cuda120", "nvidia-dali-cuda120"),
+                                             ("none", None)])
+def test_setup_installs_dali_unless_told_not_to(build, expected):
+    """setup.py's requirements (setuptools and pybind11 stubbed): DALI by default, the CUDA 12 build
+    or none at all with VITO_FAST_DALI; torch and torchvision always."""
+    env = {key: value for key, value in os.environ.items() if key != "VITO_FAST_DALI"}
+    if build is not None:
+        env["VITO_FAST_DALI"] = build
+    setup_py = Path(__file__).resolve().parents[1] / "setup.py"
+    result = subprocess.run([sys.executable, "-c", SETUP_REQUIREMENTS, str(setup_py)], capture_output=True, text=True,
+                            env=env, cwd=setup_py.parent, timeout=60)
+    assert result.returncode == 0, result.stderr
+    requirements = result.stdout.split()
+    dali = [line for line in result.stdout.splitlines() if line.startswith("nvidia-dali")]
+    assert dali == ([] if expected is None else [f"{expected}; platform_system == 'Linux' and platform_machine == 'x86_64'"])
+    assert any(item.startswith("torch>=") for item in requirements)
+    assert any(item.startswith("torchvision>=") for item in requirements)
+    bad = subprocess.run([sys.executable, "-c", SETUP_REQUIREMENTS, str(setup_py)], capture_output=True, text=True,
+                         env={**env, "VITO_FAST_DALI": "cuda11"}, cwd=setup_py.parent, timeout=60)
+    assert bad.returncode != 0 and "VITO_FAST_DALI must be one of" in bad.stderr
