@@ -16,8 +16,10 @@ Ry (N, S, H) and Rx (N, S, W) hold DALI's antialiased linear resampling: a trian
 radius max(1, scale) source pixels around each output pixel's centre, taps beyond the frame
 clamped to its edge (that is, folded onto the edge pixel), so the padding is never read. A
 flip reverses Rx's rows: colour, blur (a symmetric kernel with mirrored borders) and solarize
-commute with it, so flipping the resize is flipping the view. On a GPU the resize runs in
-float16 (uint8 levels and the weights' 11 bits: well under a level of error) on tensor cores.
+commute with it, so flipping the resize is flipping the view. The resize runs in float32 on either
+device (a frame store's 256p frames: about 0.5 GFLOP a pair, a few per cent of an H100's float32
+rate at 5,000 pairs/s; float16 would round the rows between the two matmuls by up to 1/16 of a
+level and move many more pixels to the next uint8 level than DALI does).
 """
 from __future__ import annotations
 
@@ -140,20 +142,19 @@ def _crop_resize(frames: torch.Tensor, frame_hw: torch.Tensor, tensors: ViewTens
     """(N, 3, S, S) float32 on the 0..255 scale, rounded to uint8 levels like DALI's uint8 resize."""
     count, channels, height, width = frames.shape
     boxes, taps = tensors.boxes, tensors.resize_taps
-    dtype = torch.float16 if frames.is_cuda else torch.float32  # uint8 levels are exact in float16
-    chunk = max(1, _RESIZE_CHUNK_BYTES // max(1, channels * height * width * dtype.itemsize))
+    chunk = max(1, _RESIZE_CHUNK_BYTES // max(1, channels * height * width * 4))  # float32 frames
     resized = []
     for start in range(0, count, chunk):  # chunks of frames bound the memory of big videos; one for a store
         part = slice(start, start + chunk)
-        rows = resize_matrices(boxes[part, 0], boxes[part, 2], frame_hw[part, 0], size, height, taps).to(dtype)
+        rows = resize_matrices(boxes[part, 0], boxes[part, 2], frame_hw[part, 0], size, height, taps)
         columns = resize_matrices(boxes[part, 1], boxes[part, 3], frame_hw[part, 1], size, width, taps,
-                                  tensors.flips[part]).to(dtype)
+                                  tensors.flips[part])
         rows_count = rows.shape[0]
         # two plain batched matmuls (no broadcast copies): along x, channels stacked as rows; then along y
-        across = frames[part].to(dtype).reshape(rows_count, channels * height, width) @ columns.transpose(1, 2)
+        across = frames[part].float().reshape(rows_count, channels * height, width) @ columns.transpose(1, 2)
         across = across.reshape(rows_count, channels, height, size).transpose(1, 2)
         down = rows @ across.reshape(rows_count, height, channels * size)  # (n, S, 3 * S)
-        resized.append(down.reshape(rows_count, size, channels, size).permute(0, 2, 1, 3).float())
+        resized.append(down.reshape(rows_count, size, channels, size).permute(0, 2, 1, 3))
     images = resized[0] if len(resized) == 1 else torch.cat(resized)
     return images.round_().clamp_(0.0, 255.0)
 
