@@ -60,7 +60,7 @@ class Config:
 # Keys that may differ between a checkpoint and the run resuming it (train.steps: extending a run;
 # the schedules follow the new total from the resumed step on, and the loop says where they differ).
 RESUME_FREE_KEYS = frozenset({
-    "data.path", "data.num_threads", "data.decode_workers", "data.sample_timeout",
+    "data.path", "data.num_threads", "data.decode_workers", "data.sample_timeout", "data.backend",
     "train.steps", "train.stop_after", "train.checkpoint_every", "train.log_every", "train.image_every",
     "train.compile", "train.progress", "train.device", "train.cpu_threads",
 })
