@@ -3,7 +3,8 @@
 The suites live in the source tree, not in the installed package: this command finds them next to
 the package (an editable install or a checkout) or in ``--benches DIR``. ``vito-fast bench gpu
 ARGS`` runs the prepared GPU pass instead, ``benches/gpu_pass.py ARGS`` (``--dry-run`` on a CPU);
-``vito-fast bench verify`` checks every kind of Triton call against the reference on this machine.
+``vito-fast bench verify`` checks every kind of Triton call against the reference on this machine;
+``vito-fast bench decoders MANIFEST`` runs the video decoders' trial and prints the table.
 """
 from __future__ import annotations
 
@@ -30,7 +31,8 @@ def build_parser() -> argparse.ArgumentParser:
         description="Run benchmark suites (pytest-benchmark). Extra pytest options go after `--`.",
         epilog="vito-fast bench gpu [--dry-run] --out DIR: the prepared GPU pass (benches/gpu_pass.py; "
                "`vito-fast bench gpu --help`). vito-fast bench verify: check the Triton kernels against the "
-               "reference on this machine (`vito-fast bench verify --help`).",
+               "reference on this machine (`vito-fast bench verify --help`). vito-fast bench decoders MANIFEST: "
+               "which video decoder is correct and fastest here (`vito-fast bench decoders --help`).",
     )
     parser.add_argument("names", nargs="*", help="suites to run, e.g. sampler info_nce (default: all)")
     parser.add_argument("--benches", type=Path, default=None, help="folder holding bench_*.py")
@@ -41,6 +43,8 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: List[str]) -> int:
     if argv[:1] == ["verify"]:
         return run_verify(argv[1:])
+    if argv[:1] == ["decoders"]:
+        return run_decoders(argv[1:])
     gpu = _gpu_pass_arguments(argv)
     if gpu is not None:
         return run_gpu_pass(*gpu)
@@ -137,6 +141,53 @@ def run_verify(argv: List[str]) -> int:
     print(f"\n{len(results) - len(failures)} of {len(results)} kinds passed or were skipped; "
           f"{len(failures)} failed" + ("" if not failures else ": auto runs the reference for them"))
     return 1 if failures else 0
+
+
+def build_decoders_parser() -> argparse.ArgumentParser:
+    from vito_fast.data.decoder_choice import DEFAULT_CANDIDATES, MIN_PSNR_DB
+
+    parser = argparse.ArgumentParser(
+        prog="vito-fast bench decoders",
+        description=f"Each video decoder decodes the same frame pairs of the manifest's most common codec and "
+                    f"size, in a process of its own; it counts if its frames are PyAV's (PSNR >= {MIN_PSNR_DB:g} dB) "
+                    f"and it answers in time. Prints the table and the choice, and keeps it in the cache that "
+                    f"PairLoader(video_decoder='auto') reads.",
+    )
+    parser.add_argument("manifest", help="a manifest (.jsonl) written by `vito-fast prepare scan`")
+    parser.add_argument("--device", choices=["cpu", "gpu"], default=None,
+                        help="where the decoders may run (default: gpu when CUDA is available)")
+    parser.add_argument("--decoders", nargs="+", default=None,
+                        help=f"candidates (default cpu: {' '.join(DEFAULT_CANDIDATES['cpu'])}; "
+                             f"gpu: {' '.join(DEFAULT_CANDIDATES['gpu'])}); 'package.module:Class' names others")
+    parser.add_argument("--samples", type=int, default=12, help="frame pairs per decoder (default 12)")
+    parser.add_argument("--timeout", type=float, default=30.0, help="seconds a decoder may take (default 30)")
+    parser.add_argument("--refresh", action="store_true", help="measure again even when the cache has an answer")
+    return parser
+
+
+def run_decoders(argv: List[str]) -> int:
+    """``vito-fast bench decoders``: decoder_choice's table for a manifest."""
+    args = build_decoders_parser().parse_args(argv)
+    from itertools import islice
+
+    from vito_fast.data.decoder_choice import choose_decoder
+    from vito_fast.data.manifest import iter_manifest
+
+    device = args.device
+    if device is None:
+        import torch
+
+        device = "gpu" if torch.cuda.is_available() else "cpu"
+    try:
+        records = list(islice(iter_manifest(args.manifest), 10_000))
+        choice = choose_decoder(records, device=device, candidates=args.decoders, samples=args.samples,
+                                timeout=args.timeout, refresh=args.refresh)
+    except (OSError, ValueError, RuntimeError) as error:
+        print(f"vito-fast bench decoders: {error}", file=sys.stderr)
+        return 1
+    print(choice.table())
+    print(f"\n{choice.describe()}")
+    return 0
 
 
 def _split_at_double_dash(argv: List[str]):

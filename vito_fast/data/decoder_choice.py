@@ -1,0 +1,246 @@
+"""Which video decoder a run uses: chosen by measurement, after verification, and remembered.
+
+``choose_decoder(records)`` takes the manifest's most common (codec, size class), and each candidate
+decoder (``video_decoders``) decodes the same first samples of those clips in a process of its own
+(``python -m vito_fast.data.decoder_trial``): a decoder that hangs is killed at ``timeout``, one that
+crashes takes only its own process down. A decoder counts only if every frame it returned is PyAV's
+frame (PSNR ≥ ``MIN_PSNR_DB`` against PyAV's RGB: colour conversions may differ, the frame may not)
+and it answered in time; the fastest such decoder wins. Fastest for the loader, which runs host
+decoders on every usable core and a GPU decoder as one stream: ``DecoderTrial.loader_rate`` is
+min(pairs/s × streams, cores × 1000 / CPU ms per pair), streams = the usable cores for a host
+decoder, 1 for a GPU one. The table (pairs/s, CPU-ms per pair,
+verified or why not) comes with the choice, which a small JSON cache keeps, keyed by machine, GPU,
+the decoders' versions, codec and size class, so the next run starts at once.
+``vito-fast bench decoders MANIFEST`` prints the table.
+"""
+from __future__ import annotations
+
+import json
+import os
+import platform
+import subprocess
+import sys
+import time
+from collections import Counter
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Dict, List, Optional, Sequence
+
+from vito_fast.data.video_decoders import FrameRequest
+
+__all__ = ["MIN_PSNR_DB", "DecoderTrial", "DecoderChoice", "size_class", "trial_requests", "run_trial",
+           "choose_decoder", "default_cache_path", "DEFAULT_CANDIDATES"]
+
+MIN_PSNR_DB = 35.0
+DEFAULT_CANDIDATES = {"cpu": ("pyav", "dali", "torchcodec"), "gpu": ("pyav", "nvc", "dali", "torchcodec")}
+_VERSIONED = ("av", "nvidia-dali-cuda130", "nvidia-dali-cuda120", "pynvvideocodec", "torchcodec", "torch")
+
+
+@dataclass
+class DecoderTrial:
+    """One decoder's run on the trial samples. ``status``: "verified", "unavailable", "wrong frames",
+    "failed", "timed out" or "crashed"; ``reason`` says why when not verified."""
+
+    decoder: str
+    status: str
+    reason: str = ""
+    pairs_per_s: Optional[float] = None
+    cpu_ms_per_pair: Optional[float] = None
+    gpu_ms_per_pair: Optional[float] = None
+    min_psnr_db: Optional[float] = None
+    first_sample_seconds: Optional[float] = None  # the first sample, the decoder's set-up included
+    loader_rate: Optional[float] = None  # pairs/s the loader could get from it here (module docstring)
+
+    @property
+    def verified(self) -> bool:
+        return self.status == "verified"
+
+    def rate_for_loader(self, device: str, cores: int) -> Optional[float]:
+        """min(pairs/s × streams, cores × 1000 / CPU ms per pair); streams: ``cores`` on the host, 1 on a GPU."""
+        if self.pairs_per_s is None or not self.cpu_ms_per_pair:
+            return self.pairs_per_s
+        streams = cores if device == "cpu" else 1
+        return min(self.pairs_per_s * streams, cores * 1000.0 / self.cpu_ms_per_pair)
+
+
+@dataclass
+class DecoderChoice:
+    """The decoder chosen for ``codec`` at ``size`` on ``device``, with every trial behind it."""
+
+    decoder: str
+    codec: str
+    size: str
+    device: str
+    trials: List[DecoderTrial] = field(default_factory=list)
+    cached: bool = False
+    seconds: float = 0.0  # what choosing cost this time (0 from the cache)
+
+    def describe(self) -> str:
+        verified = [trial.decoder for trial in self.trials if trial.verified]
+        source = "from the cache" if self.cached else f"measured in {self.seconds:.1f} s"
+        return (f"video decoder for {self.codec} {self.size} on {self.device}: {self.decoder} "
+                f"({source}; verified: {', '.join(verified)})")
+
+    def table(self) -> str:
+        lines = ["| decoder | status | pairs/s, one stream | CPU ms/pair | loader pairs/s here | GPU ms/pair "
+                 "| min PSNR vs PyAV dB | first sample s | why not |",
+                 "|---|---|---:|---:|---:|---:|---:|---:|---|"]
+        for trial in self.trials:
+            cells = [_number(trial.pairs_per_s, 1), _number(trial.cpu_ms_per_pair, 2), _number(trial.loader_rate, 0),
+                     _number(trial.gpu_ms_per_pair, 2), _number(trial.min_psnr_db, 1),
+                     _number(trial.first_sample_seconds, 2)]
+            name = f"**{trial.decoder}**" if trial.decoder == self.decoder else trial.decoder
+            lines.append(f"| {name} | {trial.status} | " + " | ".join(cells) + f" | {trial.reason} |")
+        return "\n".join(lines)
+
+    def to_json(self) -> dict:
+        return {"decoder": self.decoder, "codec": self.codec, "size": self.size, "device": self.device,
+                "trials": [asdict(trial) for trial in self.trials], "date": time.strftime("%Y-%m-%d %H:%M")}
+
+    @classmethod
+    def from_json(cls, record: dict) -> "DecoderChoice":
+        return cls(record["decoder"], record["codec"], record["size"], record["device"],
+                   [DecoderTrial(**trial) for trial in record["trials"]], cached=True)
+
+
+def _number(value: Optional[float], digits: int) -> str:
+    if value is None:
+        return "–"
+    return "∞" if value == float("inf") else f"{value:.{digits}f}"
+
+
+def size_class(height: int, width: int) -> str:
+    """The size class a choice holds for, by the short side: 256p-like, 480p, 720p, 1080p, larger."""
+    short = min(int(height), int(width))
+    for limit, name in ((288, "≤288p"), (480, "≤480p"), (720, "≤720p"), (1080, "≤1080p")):
+        if short <= limit:
+            return name
+    return ">1080p"
+
+
+def trial_requests(records: Sequence, samples: int) -> List[FrameRequest]:
+    """``samples`` frame pairs from ``records`` (``ClipRecord``s) in turn, the same for every decoder: pair j
+    takes the frames at (1 + j mod 3) / 8 and (5 + j mod 3) / 8 of its clip (far apart, so neither
+    decodes on from the other; a clip seen again gives other frames)."""
+    records = list(records)
+    requests = []
+    for sample in range(samples):
+        record = records[sample % len(records)]
+        first = 0 if record.clip_start is None else int(-(-record.clip_start * record.fps // 1))
+        count = max(1, int(record.num_frames))
+        shift = sample % 3
+        frames = (first + (1 + shift) * count // 8, first + min(count - 1, (5 + shift) * count // 8))
+        index = {}
+        if record.keyframes is not None and record.keyframe_pts is not None:
+            index = {"keyframes": tuple(record.keyframes), "keyframe_pts": tuple(record.keyframe_pts)}
+        requests.append(FrameRequest(record.path, frames, record.codec, int(record.height), int(record.width),
+                                     **index))
+    return requests
+
+
+def run_trial(decoder: str, device: str, requests: Sequence[FrameRequest], timeout: float) -> DecoderTrial:
+    """``decoder`` on ``requests`` in a process of its own (see ``decoder_trial``), killed after ``timeout`` s."""
+    job = json.dumps({"decoder": decoder, "device": device, "requests": [request.to_json() for request in requests],
+                      "min_psnr_db": MIN_PSNR_DB})
+    try:
+        result = subprocess.run([sys.executable, "-m", "vito_fast.data.decoder_trial"], input=job, text=True,
+                                capture_output=True, timeout=timeout)
+    except subprocess.TimeoutExpired:
+        return DecoderTrial(decoder, "timed out", f"no answer within {timeout:g} s")
+    if result.returncode < 0:
+        return DecoderTrial(decoder, "crashed", f"its process died of signal {-result.returncode}")
+    lines = [line for line in result.stdout.splitlines() if line.startswith("{")]
+    if result.returncode != 0 or not lines:
+        last = (result.stderr.strip().splitlines() or [f"exit status {result.returncode}"])[-1]
+        return DecoderTrial(decoder, "failed", last[:300])
+    return DecoderTrial(**json.loads(lines[-1]))
+
+
+def default_cache_path() -> Path:
+    """``$VITO_FAST_CACHE_DIR`` (or ``$XDG_CACHE_HOME/vito_fast``, ``~/.cache/vito_fast``)/video_decoders.json."""
+    folder = os.environ.get("VITO_FAST_CACHE_DIR") or os.path.join(
+        os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "vito_fast")
+    return Path(folder) / "video_decoders.json"
+
+
+def _versions() -> str:
+    from importlib import metadata
+
+    found = []
+    for name in _VERSIONED:
+        try:
+            found.append(f"{name}={metadata.version(name)}")
+        except metadata.PackageNotFoundError:
+            pass
+    return ",".join(found)
+
+
+def _machine(device: str) -> str:
+    gpu = ""
+    if device == "gpu":
+        import torch
+
+        if torch.cuda.is_available():
+            gpu = f"{torch.cuda.get_device_name(0)} (CUDA {torch.version.cuda})"
+    return f"{platform.node()}|{platform.machine()}|{gpu}"
+
+
+def choose_decoder(records: Sequence, *, device: str = "cpu", candidates: Optional[Sequence[str]] = None,
+                   samples: int = 12, timeout: float = 30.0, cache_path: Optional[Path] = None,
+                   refresh: bool = False) -> DecoderChoice:
+    """The fastest verified decoder for the manifest's most common (codec, size class); see the module doc.
+
+    records: the manifest's ``ClipRecord``s. cache_path: None = ``default_cache_path()``; a missing
+    or unreadable cache is rebuilt. refresh: measure again even when the cache holds an answer.
+    """
+    if not records:
+        raise ValueError("choose_decoder: the manifest has no clips")
+    candidates = tuple(candidates or DEFAULT_CANDIDATES[device])
+    if "pyav" not in candidates:
+        candidates = ("pyav",) + candidates  # the reference is always measured beside the others
+    groups = Counter((record.codec, size_class(record.height, record.width)) for record in records)
+    (codec, size), _ = groups.most_common(1)[0]
+    group = [record for record in records if (record.codec, size_class(record.height, record.width)) == (codec, size)]
+    cache_path = default_cache_path() if cache_path is None else Path(cache_path)
+    key = "|".join([_machine(device), device, codec, size, ",".join(candidates), _versions()])
+    cache = _read_cache(cache_path)
+    if key in cache and not refresh:
+        return DecoderChoice.from_json(cache[key])
+    started = time.perf_counter()
+    requests = trial_requests(group, samples)
+    trials = [run_trial(name, device, requests, timeout) for name in candidates]
+    from vito_fast.data.config import usable_cores
+
+    for trial in trials:
+        trial.loader_rate = trial.rate_for_loader("gpu" if _on_gpu(trial.decoder, device) else "cpu", usable_cores())
+    verified = [trial for trial in trials if trial.verified]
+    if not verified:
+        reasons = "; ".join(f"{trial.decoder}: {trial.status} ({trial.reason})" for trial in trials)
+        raise RuntimeError(f"no video decoder decodes {codec} {size} correctly on this machine: {reasons}")
+    best = max(verified, key=lambda trial: trial.loader_rate or 0.0)
+    choice = DecoderChoice(best.decoder, codec, size, device, trials, seconds=time.perf_counter() - started)
+    cache[key] = choice.to_json()
+    _write_cache(cache_path, cache)
+    return choice
+
+
+def _on_gpu(decoder: str, device: str) -> bool:
+    """Whether ``decoder`` decodes on the GPU when the run's device is ``device`` (PyAV never does)."""
+    return device == "gpu" and decoder != "pyav"
+
+
+def _read_cache(path: Path) -> Dict[str, dict]:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+
+
+def _write_cache(path: Path, cache: Dict[str, dict]) -> None:
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        temporary.write_text(json.dumps(cache, indent=1, allow_nan=True))
+        os.replace(temporary, path)
+    except OSError:
+        pass  # a cache that cannot be written only costs the next run its measurement

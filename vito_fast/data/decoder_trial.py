@@ -1,0 +1,90 @@
+"""One decoder's trial, in a process of its own: ``python -m vito_fast.data.decoder_trial`` < job.json.
+
+The job (from ``decoder_choice.run_trial``): {"decoder", "device", "requests": [FrameRequest as
+JSON], "min_psnr_db"}. The process decodes every request with the decoder (the first one timed
+apart: it includes the decoder's set-up), then the same frames with PyAV, and prints one JSON line,
+a ``DecoderTrial``: "unavailable" with the decoder's own reason, "failed" with its error, "wrong
+frames" naming the first frame that differs from PyAV's, or "verified" with its figures. A decoder
+that hangs or crashes never prints: its parent names it.
+"""
+from __future__ import annotations
+
+import json
+import math
+import sys
+import time
+
+import numpy as np
+
+from vito_fast.data.video_decoders import FrameRequest, host_frames, make_decoder
+
+
+def psnr_db(frame: np.ndarray, reference: np.ndarray) -> float:
+    """PSNR of ``frame`` against ``reference`` (uint8 RGB), in dB; infinite when they are equal."""
+    error = np.mean((frame.astype(np.float64) - reference.astype(np.float64)) ** 2)
+    return math.inf if error == 0 else 10.0 * math.log10(255.0 ** 2 / error)
+
+
+def _synchronize(device: str) -> None:
+    if device == "gpu":
+        import torch
+
+        torch.cuda.synchronize()
+
+
+def run(job: dict) -> dict:
+    name, device = job["decoder"], job["device"]
+    requests = [FrameRequest.from_json(record) for record in job["requests"]]
+    result = {"decoder": name, "status": "verified"}
+    try:
+        decoder = make_decoder(name, device)
+    except ValueError as error:
+        return {**result, "status": "unavailable", "reason": str(error)}
+    for codec in sorted({request.codec for request in requests}):
+        reason = decoder.unavailable(codec)
+        if reason:
+            return {**result, "status": "unavailable", "reason": reason}
+    try:
+        started = time.perf_counter()
+        first = decoder.decode(requests[0])
+        _synchronize(device)
+        result["first_sample_seconds"] = time.perf_counter() - started
+        timed = requests[1:] or requests
+        wall, cpu = time.perf_counter(), time.process_time()
+        outputs = [decoder.decode(request) for request in timed]
+        _synchronize(device)
+        wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
+    except Exception as error:  # the decoder's own failure: named, never raised
+        first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        return {**result, "status": "failed", "reason": f"{type(error).__name__}: {first_line}"[:300]}
+    result.update(pairs_per_s=len(timed) / max(wall, 1e-9), cpu_ms_per_pair=1e3 * cpu / len(timed))
+    checked = [(requests[0], first)] + (list(zip(requests[1:], outputs)) if len(requests) > 1 else [])
+    reference = make_decoder("pyav")
+    worst = math.inf
+    for request, frames in checked:
+        expected = reference.decode(request)
+        frames = host_frames(frames)
+        if len(frames) != len(expected):
+            return {**result, "status": "wrong frames",
+                    "reason": f"{request.path}: {len(frames)} frames for {len(expected)} requested"}
+        for number, frame, truth in zip(request.frames, frames, expected):
+            if frame.shape != truth.shape:
+                return {**result, "status": "wrong frames", "reason": f"{request.path}: frame {number} is "
+                        f"{frame.shape[1]}x{frame.shape[0]}, PyAV's {truth.shape[1]}x{truth.shape[0]}"}
+            quality = psnr_db(frame, truth)
+            worst = min(worst, quality)
+            if quality < job["min_psnr_db"]:
+                return {**result, "status": "wrong frames", "min_psnr_db": quality,
+                        "reason": f"{request.path}: frame {number} is not PyAV's (PSNR {quality:.1f} dB "
+                                  f"< {job['min_psnr_db']:g})"}
+    result["min_psnr_db"] = worst
+    return result
+
+
+def main() -> int:
+    print(json.dumps(run(json.loads(sys.stdin.read())), allow_nan=True), flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

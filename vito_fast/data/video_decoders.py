@@ -1,0 +1,284 @@
+"""Video decoders behind one contract, each able to say why it cannot run here.
+
+The contract (``VideoDecoder.decode``): for a ``FrameRequest`` (a file, frame numbers, its keyframe
+index), the frames as dense (H, W, 3) uint8 RGB as players show them; frame k is the k-th frame
+shown, whatever the size, pixel format, rotation or frame rate. A GPU decoder may return CUDA
+tensors (H, W, 3) uint8 instead of NumPy arrays.
+
+===========  ========  ===============================================================
+name         device    what decodes
+===========  ========  ===============================================================
+pyav         cpu       FFmpeg through PyAV, from the keyframe before each frame (``VideoFrameReader``)
+dali         cpu, gpu  DALI's ``fn.decoders.video`` on the file's bytes (CPU: VP8, VP9, MJPEG; GPU: NVDEC)
+nvc          gpu       PyNvVideoCodec's ``SimpleDecoder`` (NVDEC), one decoder reused across files
+torchcodec   cpu, gpu  torchcodec's ``VideoDecoder`` (needs FFmpeg's shared libraries)
+===========  ========  ===============================================================
+
+``make_decoder(name, device)`` builds one; ``decoder.unavailable(codec)`` is None when it can
+decode ``codec`` on this machine, else one line saying why not (not installed, no GPU, no FFmpeg,
+a codec this decoder or device does not take). A name "package.module:Class" names a decoder
+defined elsewhere (a plugin; the tests' broken decoders). Whether a decoder that says it can
+actually meets the contract is for ``decoder_choice`` to find out, against PyAV.
+"""
+from __future__ import annotations
+
+import importlib
+import threading
+from dataclasses import dataclass
+from typing import List, Optional, Protocol, Sequence, Tuple
+
+import numpy as np
+
+from vito_fast.errors import VideoError
+
+__all__ = ["FrameRequest", "VideoDecoder", "DECODERS", "make_decoder", "PyAVDecoder", "DaliDecoder", "NvcDecoder",
+           "TorchCodecDecoder"]
+
+DALI_CPU_CODECS = ("vp8", "vp9", "mjpeg")
+NVDEC_CODECS = ("h264", "hevc", "vp8", "vp9", "av1", "mpeg1video", "mpeg2video", "mpeg4", "vc1", "mjpeg")
+
+
+@dataclass(frozen=True)
+class FrameRequest:
+    """Frames ``frames`` (frame numbers of the file, display order) of ``path``; ``codec`` and
+    ``height``/``width`` as the manifest has them; ``keyframes``/``keyframe_pts`` its keyframe index
+    (None: a decoder that needs it demuxes the file)."""
+
+    path: str
+    frames: Tuple[int, ...]
+    codec: str
+    height: int
+    width: int
+    keyframes: Optional[Tuple[int, ...]] = None
+    keyframe_pts: Optional[Tuple[int, ...]] = None
+
+    def to_json(self) -> dict:
+        return {name: list(value) if isinstance(value, tuple) else value for name, value in self.__dict__.items()}
+
+    @classmethod
+    def from_json(cls, record: dict) -> "FrameRequest":
+        values = dict(record)
+        for name in ("frames", "keyframes", "keyframe_pts"):
+            if values.get(name) is not None:
+                values[name] = tuple(int(item) for item in values[name])
+        return cls(**values)
+
+
+class VideoDecoder(Protocol):
+    """What every decoder offers (see the module docstring)."""
+
+    name: str
+    device: str  # "cpu" or "gpu"
+
+    def unavailable(self, codec: str) -> Optional[str]: ...
+
+    def decode(self, request: FrameRequest) -> List[object]: ...
+
+    def close(self) -> None: ...
+
+
+def _cuda_problem() -> Optional[str]:
+    try:
+        import torch
+    except ImportError:
+        return "torch is not installed"
+    return None if torch.cuda.is_available() else "no CUDA GPU is visible"
+
+
+class PyAVDecoder:
+    """The host decoder every other one is checked against (``video_source.VideoFrameReader``)."""
+
+    name, device = "pyav", "cpu"
+
+    def __init__(self, device: str = "cpu", max_open: int = 16):
+        self._max_open = max_open
+        self._reader = None
+
+    def unavailable(self, codec: str) -> Optional[str]:
+        try:
+            import av  # noqa: F401
+        except ImportError:
+            return "PyAV is not installed (pip install av)"
+        return None
+
+    def decode(self, request: FrameRequest) -> List[np.ndarray]:
+        if self._reader is None:
+            from vito_fast.data.video_source import VideoFrameReader
+
+            self._reader = VideoFrameReader(self._max_open)
+        return self._reader.read(request.path, 0.0, list(request.frames), request.keyframes, request.keyframe_pts)
+
+    def close(self) -> None:
+        if self._reader is not None:
+            self._reader.close()
+
+
+class DaliDecoder:
+    """``fn.decoders.video(frames=...)`` on the whole file's bytes, one pipeline reused; "cpu" or "gpu"
+    (the mixed backend: NVDEC). Rotation and variable frame rates are not corrected here: the choice's
+    check against PyAV rejects it for files where that matters."""
+
+    name = "dali"
+
+    def __init__(self, device: str = "cpu"):
+        if device not in ("cpu", "gpu"):
+            raise ValueError(f"DaliDecoder: device must be 'cpu' or 'gpu', not {device!r}")
+        self.device = device
+        self._pipeline = None
+
+    def unavailable(self, codec: str) -> Optional[str]:
+        try:
+            import nvidia.dali  # noqa: F401
+        except ImportError:
+            return "NVIDIA DALI is not installed (pip install nvidia-dali-cuda130)"
+        if self.device == "cpu" and codec not in DALI_CPU_CODECS:
+            return f"DALI's CPU video decoder takes {', '.join(DALI_CPU_CODECS)}, not {codec}"
+        if self.device == "gpu":
+            return _cuda_problem() or (None if codec in NVDEC_CODECS else f"NVDEC does not decode {codec}")
+        return None
+
+    def _build(self):
+        from nvidia.dali import fn, pipeline_def, types
+
+        on_gpu = self.device == "gpu"
+
+        @pipeline_def(batch_size=1, num_threads=1, device_id=0 if on_gpu else None, prefetch_queue_depth=1,
+                      exec_dynamic=True)
+        def frames():
+            encoded = fn.external_source(name="encoded", dtype=types.UINT8)
+            numbers = fn.external_source(name="frames", dtype=types.INT32)
+            return fn.decoders.video(encoded, frames=numbers, device="mixed" if on_gpu else "cpu")
+
+        pipeline = frames()
+        pipeline.build()
+        return pipeline
+
+    def decode(self, request: FrameRequest) -> List[object]:
+        if self._pipeline is None:
+            self._pipeline = self._build()
+        try:
+            data = np.fromfile(request.path, dtype=np.uint8)
+        except OSError as error:
+            raise VideoError(f"{request.path}: cannot read it: {error}") from None
+        self._pipeline.feed_input("encoded", [data])
+        self._pipeline.feed_input("frames", [np.asarray(request.frames, dtype=np.int32)])
+        try:
+            (decoded,) = self._pipeline.run()
+        except Exception as error:
+            self._pipeline = None  # a failed DALI pipeline is not usable again
+            raise VideoError(f"{request.path}: DALI could not decode frames {list(request.frames)}: "
+                             f"{str(error).strip().splitlines()[0] if str(error).strip() else error!r}") from None
+        if self.device == "gpu":
+            import torch
+
+            from nvidia.dali.plugin.pytorch import feed_ndarray
+
+            tensor = decoded.as_tensor()
+            out = torch.empty(tuple(tensor.shape()), dtype=torch.uint8, device="cuda")
+            feed_ndarray(tensor, out)
+            return list(out[0])
+        return list(np.array(decoded.as_tensor())[0])
+
+    def close(self) -> None:
+        self._pipeline = None
+
+
+class NvcDecoder:
+    """PyNvVideoCodec 2.x: one ``SimpleDecoder`` per thread, moved from file to file with
+    ``reconfigure_decoder`` (creating an NVDEC session per clip would dominate the cost), frames by
+    ``get_batch_frames_by_index`` as RGB on the GPU."""
+
+    name, device = "nvc", "gpu"
+
+    def __init__(self, device: str = "gpu"):
+        self._local = threading.local()
+
+    def unavailable(self, codec: str) -> Optional[str]:
+        try:
+            import PyNvVideoCodec  # noqa: F401
+        except ImportError:
+            return "PyNvVideoCodec is not installed (pip install pynvvideocodec)"
+        return _cuda_problem() or (None if codec in NVDEC_CODECS else f"NVDEC does not decode {codec}")
+
+    def decode(self, request: FrameRequest) -> List[object]:
+        import PyNvVideoCodec as nvc
+        import torch
+
+        decoder = getattr(self._local, "decoder", None)
+        try:
+            if decoder is None:
+                decoder = self._local.decoder = nvc.SimpleDecoder(
+                    request.path, gpu_id=0, use_device_memory=True, output_color_type=nvc.OutputColorType.RGB)
+            else:
+                decoder.reconfigure_decoder(request.path)
+            frames = decoder.get_batch_frames_by_index(list(request.frames))
+        except Exception as error:
+            self._local.decoder = None
+            raise VideoError(f"{request.path}: PyNvVideoCodec could not decode frames {list(request.frames)}: "
+                             f"{error}") from None
+        return [torch.from_dlpack(frame).reshape(request.height, request.width, 3) for frame in frames]
+
+    def close(self) -> None:
+        self._local = threading.local()
+
+
+class TorchCodecDecoder:
+    """torchcodec's ``VideoDecoder`` in exact seek mode: ``get_frames_at(indices)`` counts frames in
+    presentation order, as the contract does; "cpu" or "gpu" (NVDEC through FFmpeg)."""
+
+    name = "torchcodec"
+
+    def __init__(self, device: str = "cpu"):
+        self.device = device
+
+    def unavailable(self, codec: str) -> Optional[str]:
+        try:
+            from torchcodec.decoders import VideoDecoder  # noqa: F401  (loads FFmpeg's libraries)
+        except ImportError as error:
+            return "torchcodec is not installed (pip install torchcodec)" if "torchcodec" in str(error) \
+                else f"torchcodec cannot load FFmpeg's libraries: {str(error).splitlines()[0]}"
+        except Exception as error:  # torchcodec raises RuntimeError when no FFmpeg it supports is found
+            return f"torchcodec cannot load FFmpeg's libraries: {str(error).strip().splitlines()[0]}"
+        return _cuda_problem() if self.device == "gpu" else None
+
+    def decode(self, request: FrameRequest) -> List[object]:
+        from torchcodec.decoders import VideoDecoder
+
+        try:
+            decoder = VideoDecoder(request.path, device="cuda" if self.device == "gpu" else "cpu", seek_mode="exact")
+            batch = decoder.get_frames_at(indices=list(request.frames)).data  # (N, C, H, W) uint8
+        except Exception as error:
+            raise VideoError(f"{request.path}: torchcodec could not decode frames {list(request.frames)}: "
+                             f"{error}") from None
+        frames = [frame.permute(1, 2, 0).contiguous() for frame in batch]
+        return frames if self.device == "gpu" else [frame.numpy() for frame in frames]
+
+    def close(self) -> None:
+        pass
+
+
+DECODERS = {"pyav": PyAVDecoder, "dali": DaliDecoder, "nvc": NvcDecoder, "torchcodec": TorchCodecDecoder}
+
+
+def make_decoder(name: str, device: str = "cpu") -> VideoDecoder:
+    """The decoder called ``name`` (a key of ``DECODERS``, or "package.module:Class") for ``device``."""
+    if name in DECODERS:
+        return DECODERS[name](device=device)
+    if ":" not in name:
+        raise ValueError(f"video decoder {name!r}: not one of {sorted(DECODERS)} nor 'package.module:Class'")
+    module_name, _, attribute = name.partition(":")
+    try:
+        factory = getattr(importlib.import_module(module_name), attribute)
+    except (ImportError, AttributeError) as error:
+        raise ValueError(f"video decoder {name!r}: cannot load it: {error}") from None
+    return factory(device=device)
+
+
+def host_frames(frames: Sequence[object]) -> List[np.ndarray]:
+    """Decoded frames as host NumPy arrays (GPU decoders' CUDA tensors copied back)."""
+    out = []
+    for frame in frames:
+        if hasattr(frame, "detach"):
+            frame = frame.detach().cpu().numpy()
+        out.append(np.ascontiguousarray(frame))
+    return out
