@@ -1,0 +1,39 @@
+"""Decoders broken on purpose, for the decoder choice's tests (named "broken_decoders:Class").
+
+They load in the trial's own process (tests/ on its PYTHONPATH) and break the way real decoders do:
+one frame off, a hang, a crash of the whole process.
+"""
+from __future__ import annotations
+
+import dataclasses
+import os
+import time
+
+from vito_fast.data.video_decoders import FrameRequest, PyAVDecoder
+
+
+class OffByOne(PyAVDecoder):
+    """Returns the frame after each one asked for (a frame-counting bug)."""
+
+    name = "off_by_one"
+
+    def decode(self, request: FrameRequest):
+        return super().decode(dataclasses.replace(request, frames=tuple(frame + 1 for frame in request.frames)))
+
+
+class Hangs(PyAVDecoder):
+    """Never answers (a decoder stuck in a driver call)."""
+
+    name = "hangs"
+
+    def decode(self, request: FrameRequest):
+        time.sleep(3600)
+
+
+class Crashes(PyAVDecoder):
+    """Takes its process down (a segfault in native code)."""
+
+    name = "crashes"
+
+    def decode(self, request: FrameRequest):
+        os.abort()
