@@ -157,3 +157,25 @@ def test_bench_decoders_prints_the_table(clips, trial_env, tmp_path, capsys):
     out = capsys.readouterr().out
     assert "| **pyav** | verified |" in out and "video decoder for vp9 ≤288p on cpu: pyav" in out
     assert main(["bench", "decoders", str(tmp_path / "missing.jsonl")]) == 1
+
+
+def test_the_loader_decodes_with_the_verified_choice(clips, trial_env, tmp_path, capfd):
+    from vito_fast.data import LoaderConfig, PairLoader
+    from vito_fast.data.manifest import write_manifest
+
+    manifest = write_manifest(tmp_path / "manifest.jsonl", clips["plain"] * 2)
+    config = LoaderConfig(image_size=32, dtype="float32", num_threads=2, decode_workers=0, video_decoder="auto")
+    with PairLoader(str(manifest), 2, device="cpu", seed=0, config=config) as loader:
+        batch = next(iter(loader))
+        choice = loader.decoder_choice
+        if have_dali():
+            assert choice is not None and {trial.decoder for trial in choice.trials} == {"pyav", "dali"}
+            assert loader.source.input_kind == {"pyav": "frames", "dali": "video"}[choice.decoder]
+            assert "video decoder for vp9" in capfd.readouterr().err
+        else:
+            assert choice is None and loader.source.input_kind == "frames"
+        assert batch["view1"].shape == (2, 3, 32, 32)
+    torch_config = LoaderConfig(image_size=32, dtype="float32", num_threads=2, decode_workers=0,
+                                video_decoder="auto", backend="torch")
+    with PairLoader(str(manifest), 2, device="cpu", seed=0, config=torch_config) as loader:
+        assert loader.decoder_choice is None and loader.source.input_kind == "frames"  # PyAV: nothing to try

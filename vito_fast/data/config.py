@@ -44,8 +44,9 @@ class LoaderConfig:
     share of the usable cores - 1, at least 1, see ``decode_workers()``; 0 = threads of this process,
     no timeout). ``sample_timeout``: seconds a worker may take for one sample before it is restarted
     and the sample replaced. ``prefetch``: batches DALI holds (fed ahead of the one you get).
-    ``video_decoder``: "pyav" (seek-to-keyframe decoding in the workers) or "dali"
-    (``fn.decoders.video`` on the file's bytes). ``hw_decoder_load``: share of JPEGs sent to the
+    ``video_decoder``: "pyav" (seek-to-keyframe decoding in the workers), "dali"
+    (``fn.decoders.video`` on the file's bytes) or "auto" (the one that decodes the manifest's first
+    samples as PyAV does, fastest; measured once per machine and cached: ``decoder_choice``). ``hw_decoder_load``: share of JPEGs sent to the
     hardware JPEG engines (A100/H100/H200). ``device_id``: None = the CUDA device current when the
     loader is made. ``max_replacements``: bad samples in a row before a position gives up.
     ``backend``: the device stage, "dali", "torch" (nvJPEG and batched PyTorch ops: no DALI needed)
@@ -69,8 +70,8 @@ class LoaderConfig:
     def __post_init__(self) -> None:
         if self.dtype not in ("bfloat16", "float16", "float32"):
             raise ValueError(f"LoaderConfig.dtype: must be 'bfloat16', 'float16' or 'float32', not {self.dtype!r}")
-        if self.video_decoder not in ("pyav", "dali"):
-            raise ValueError(f"LoaderConfig.video_decoder: must be 'pyav' or 'dali', not {self.video_decoder!r}")
+        if self.video_decoder not in ("pyav", "dali", "auto"):
+            raise ValueError(f"LoaderConfig.video_decoder: must be 'pyav', 'dali' or 'auto', not {self.video_decoder!r}")
         if self.backend not in ("auto", "dali", "torch"):
             raise ValueError(f"LoaderConfig.backend: must be 'auto', 'dali' or 'torch', not {self.backend!r}")
         if not isinstance(self.views, ViewConfig):
@@ -112,6 +113,7 @@ class DataConfig:
     decode_workers: Optional[int] = LoaderConfig.decode_workers  # per rank (None: decode_workers(); 0: threads)
     sample_timeout: float = LoaderConfig.sample_timeout          # seconds before a sample is given up and replaced
     backend: str = LoaderConfig.backend                          # "auto" (DALI if it works, else torch), "dali", "torch"
+    video_decoder: str = LoaderConfig.video_decoder              # "pyav", "dali" or "auto" (verified, fastest)
     views: ViewConfig = field(default_factory=ViewConfig)
 
     def __post_init__(self) -> None:
@@ -124,6 +126,8 @@ class DataConfig:
             raise ValueError(f"data.source must be 'loader' or 'synthetic', got {self.source!r}")
         if self.backend not in ("auto", "dali", "torch"):
             raise ValueError(f"data.backend must be 'auto', 'dali' or 'torch', got {self.backend!r}")
+        if self.video_decoder not in ("pyav", "dali", "auto"):
+            raise ValueError(f"data.video_decoder must be 'pyav', 'dali' or 'auto', got {self.video_decoder!r}")
         if self.num_threads is not None and self.num_threads < 1:
             raise ValueError(f"data.num_threads: must be null (one per usable core) or >= 1, got {self.num_threads}")
         if self.decode_workers is not None and self.decode_workers < 0:
@@ -134,4 +138,5 @@ class DataConfig:
         """The ``LoaderConfig`` of these settings for output ``dtype`` on CUDA device ``device_id``."""
         return LoaderConfig(image_size=self.image_size, views=self.views, dtype=dtype, num_threads=self.num_threads,
                             decode_workers=decode_workers(self.decode_workers),
-                            sample_timeout=self.sample_timeout, device_id=device_id, backend=self.backend)
+                            sample_timeout=self.sample_timeout, device_id=device_id, backend=self.backend,
+                            video_decoder=self.video_decoder)

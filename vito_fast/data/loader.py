@@ -45,6 +45,7 @@ are a pure function of the position and the data.
 from __future__ import annotations
 
 import atexit
+import sys
 import time
 import warnings
 import weakref
@@ -72,7 +73,8 @@ class PairLoader:
     ``labels`` (B,) int64 (-1 without a label), all NumPy. ``len()`` = steps per epoch. Iterating
     continues from the current position; once an epoch is exhausted the next ``iter()`` starts
     the next epoch (``set_epoch`` chooses one explicitly). ``close()`` (or ``with``) stops the workers.
-    ``backend``: the ``BackendChoice`` (which device stage makes the views, and why).
+    ``backend``: the ``BackendChoice`` (which device stage makes the views, and why);
+    ``decoder_choice``: with ``video_decoder="auto"`` on videos, the ``DecoderChoice`` (None otherwise).
     """
 
     def __init__(self, source, batch_size: int, *, device: str = "gpu", seed: int, epoch: int = 0,
@@ -96,7 +98,11 @@ class PairLoader:
                 device_id = torch.cuda.current_device()
         self.device, self.batch_size, self.seed = device, batch_size, int(seed)
         self.rank, self.world_size = rank, world_size
-        self.source = open_source(source, self.config.video_decoder, self.config.max_open_videos)
+        video_decoder, self.decoder_choice = self.config.video_decoder, None
+        if video_decoder == "auto":
+            video_decoder, self.decoder_choice = _choose_video_decoder(source, self.config, device, device_id,
+                                                                       announce=rank == 0)
+        self.source = open_source(source, video_decoder, self.config.max_open_videos)
         input_kind = self.source.input_kind
         self.backend = choose_backend(self.config.backend, input_kind, device, device_id)
         self.num_clips = len(self.source)
@@ -228,6 +234,34 @@ def _release(producers: list, host: HostPreparation, stage: DeviceStage, wait: b
         free()
     else:
         producer.close(wait=wait, then=free)
+
+
+def _choose_video_decoder(source, config: LoaderConfig, device: str, device_id: Optional[int], *, announce: bool):
+    """("pyav" or "dali", the DecoderChoice or None) for ``video_decoder="auto"``: the decoders this
+    loader can run (DALI's only where its backend can), tried on the manifest's first clips."""
+    from itertools import islice
+    from pathlib import Path
+
+    from vito_fast.data.backends import dali_problem
+    from vito_fast.data.decoder_choice import choose_decoder
+    from vito_fast.data.manifest import iter_manifest
+
+    path = Path(source)
+    if path.is_dir() or path.name == "index.json" or not path.is_file():
+        return "pyav", None  # a frame store decodes JPEGs; a missing file is open_source's to report
+    candidates = ["pyav"]
+    if config.backend != "torch" and dali_problem(device, device_id) is None:
+        candidates.append("dali")
+    if len(candidates) == 1:
+        return "pyav", None
+    try:
+        choice = choose_decoder(list(islice(iter_manifest(path), 10_000)), device=device, candidates=candidates)
+    except (RuntimeError, ValueError) as error:  # no decoder verified on the first clips: PyAV, which replaces
+        warnings.warn(f"PairLoader: {path}: {error}; decoding with PyAV", RuntimeWarning, stacklevel=3)
+        return "pyav", None
+    if announce:
+        print(f"vito_fast: {choice.describe()}", file=sys.stderr)
+    return choice.decoder, choice
 
 
 def _require_cuda() -> None:
