@@ -449,3 +449,31 @@ def test_cli_rejects_bad_arguments_and_missing_files(tmp_path, capsys):
     assert cli_main(["prepare", "scan", str(tmp_path), "-o", str(tmp_path / "m.jsonl"), "--no-progress",
                      "--workers", "0"]) == 1  # nothing usable
     assert "no usable video" in capsys.readouterr().err
+
+
+def test_scan_names_clips_far_from_random_access_and_the_nvdec_preset_fixes_them(tmp_path, capsys):
+    import av
+    from videos import write_video
+
+    from vito_fast.prepare.scan import frames_per_random_frame
+
+    (tmp_path / "videos").mkdir()
+    write_video(tmp_path / "videos" / "short_gop.webm", codec="vp9", width=64, height=48, fps=25, num_frames=40, gop=10)
+    write_video(tmp_path / "videos" / "long_gop.webm", codec="vp9", width=64, height=48, fps=25, num_frames=48, gop=48)
+    manifest = tmp_path / "manifest.jsonl"
+    assert cli_main(["prepare", "scan", str(tmp_path / "videos"), "-o", str(manifest), "--workers", "0",
+                     "--no-progress", "--min-seconds", "0.5"]) == 0
+    summary = capsys.readouterr().out
+    costs = {Path(record.path).name: frames_per_random_frame(record) for record in read_manifest(manifest)}
+    assert costs == {"short_gop.webm": 5.5, "long_gop.webm": 24.5}  # frames 1..10 per GOP of 10; 1..48
+    assert "clips above 16" in summary and "1 of 2 clips have keyframes far apart" in summary
+    assert "--preset nvdec" in summary
+    assert cli_main(["prepare", "transcode", str(manifest), "-o", str(tmp_path / "nvdec"), "--preset", "nvdec",
+                     "--short-side", "48", "--workers", "1", "--no-progress"]) == 0
+    assert "to h264, a keyframe every 16 frames" in capsys.readouterr().out
+    transcoded = read_manifest(tmp_path / "nvdec" / "manifest.jsonl")
+    assert {record.codec for record in transcoded} == {"h264"}
+    for record in transcoded:
+        assert np.all(np.diff(record.keyframes) == 16) and frames_per_random_frame(record) <= 8.5
+        with av.open(record.path) as container:  # no B-frames: frames come out in the order they are stored
+            assert container.streams.video[0].codec_context.has_b_frames == 0

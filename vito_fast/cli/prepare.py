@@ -2,7 +2,7 @@
 
     vito-fast prepare scan PATH... -o manifest.jsonl [--min-seconds S] [--clip-seconds S] [--workers N]
     vito-fast prepare frames manifest.jsonl -o STORE/ [--fps 8] [--short-side 256] [--quality 90] [--device cpu|gpu]
-    vito-fast prepare transcode manifest.jsonl -o DIR/ [--codec vp9|h264] [--short-side 256] [--gop N]
+    vito-fast prepare transcode manifest.jsonl -o DIR/ [--preset nvdec|cpu] [--codec vp9|h264] [--short-side 256] [--gop N]
     vito-fast prepare upgrade-store STORE/      # rewrite a version-1 frame store index as version 2
 """
 from __future__ import annotations
@@ -61,9 +61,13 @@ def build_parser() -> argparse.ArgumentParser:
     transcode = commands.add_parser("transcode", help="re-encode clips for fast random access")
     transcode.add_argument("manifest")
     transcode.add_argument("-o", "--output", required=True, help="output folder (gets its own manifest.jsonl)")
-    transcode.add_argument("--codec", choices=("vp9", "h264"), default="vp9")
+    transcode.add_argument("--preset", choices=("nvdec", "cpu"), default=None,
+                           help="clips made for random access: nvdec = H.264, GOP 16, no B-frames (GPU decoding); "
+                                "cpu = VP9, GOP 16 (DALI's CPU decoder); --codec and --gop override it")
+    transcode.add_argument("--codec", choices=("vp9", "h264"), default=None, help="default vp9 (or the preset's)")
     transcode.add_argument("--short-side", type=positive_int, default=256)
-    transcode.add_argument("--gop", type=positive_int, default=16, help="frames between keyframes (default 16)")
+    transcode.add_argument("--gop", type=positive_int, default=None,
+                           help="frames between keyframes (default 16, or the preset's)")
     transcode.add_argument("--crf", type=int, default=None, help="quality (lower is better; default per codec)")
     transcode.add_argument("--workers", type=int, default=None, help="encoding processes (default: CPU count)")
     transcode.add_argument("--no-progress", action="store_true")
@@ -76,7 +80,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 def format_summary(records, rejected) -> str:
     """The table printed at the end of a scan: usable clips, rejected files by reason, hours."""
+    import numpy as np
+
     from vito_fast.prepare.probe import REJECTION_REASONS
+    from vito_fast.prepare.scan import frames_per_random_frame
+    from vito_fast.prepare.transcode import SLOW_RANDOM_ACCESS
 
     videos = len({record.path for record in records})
     hours = sum(record.duration for record in records) / 3600
@@ -86,10 +94,21 @@ def format_summary(records, rejected) -> str:
     for reason in REJECTION_REASONS:
         if counts[reason]:
             rows.append((f"  {reason}", str(counts[reason])))
+    costs = [cost for cost in map(frames_per_random_frame, records) if cost is not None]
+    slow = [cost for cost in costs if cost > SLOW_RANDOM_ACCESS]
+    if costs:
+        rows.append(("frames decoded per random frame", f"{np.mean(costs):.1f}"))
+        rows.append((f"  clips above {SLOW_RANDOM_ACCESS:g}", str(len(slow))))
     width = max(len(name) for name, _ in rows)
     lines = [f"{name:<{width}}  {value:>10}" for name, value in rows]
     rule = "-" * len(lines[0])
-    return "\n".join([rule, *lines, rule])
+    summary = [rule, *lines, rule]
+    if slow:
+        summary.append(f"{len(slow)} of {len(costs)} clips have keyframes far apart: showing one random frame decodes "
+                       f"{np.mean(slow):.0f} frames on average, on any decoder. `vito-fast prepare transcode MANIFEST "
+                       f"-o DIR --preset nvdec` (GPU decoding) or `--preset cpu` rewrites them with a keyframe every "
+                       f"16 frames.")
+    return "\n".join(summary)
 
 
 def run_scan(args) -> int:
@@ -138,12 +157,15 @@ def run_frames(args) -> int:
 
 def run_transcode(args) -> int:
     from vito_fast.data.manifest import read_manifest
-    from vito_fast.prepare.transcode import transcode_clips
+    from vito_fast.prepare.transcode import PRESETS, transcode_clips
 
+    preset = PRESETS.get(args.preset, {"codec": "vp9", "gop": 16})
+    codec, gop = args.codec or preset["codec"], args.gop or preset["gop"]
     records = read_manifest(args.manifest)
-    outputs = transcode_clips(records, args.output, codec=args.codec, short_side=args.short_side, gop=args.gop,
+    outputs = transcode_clips(records, args.output, codec=codec, short_side=args.short_side, gop=gop,
                               crf=args.crf, workers=args.workers, progress=not args.no_progress)
-    print(f"transcoded {len(outputs)} of {len(records)} clips to {args.codec}: {Path(args.output) / 'manifest.jsonl'}")
+    print(f"transcoded {len(outputs)} of {len(records)} clips to {codec}, a keyframe every {gop} frames: "
+          f"{Path(args.output) / 'manifest.jsonl'}")
     return EXIT_OK if len(outputs) == len(records) else EXIT_FAILURE
 
 

@@ -11,6 +11,8 @@ import os
 from pathlib import Path
 from typing import Iterable, List, Optional, Tuple, Union
 
+import numpy as np
+
 from vito_fast.data.config import usable_cores
 from vito_fast.data.manifest import ClipRecord
 from vito_fast.prepare.probe import RejectedVideo, VideoInfo, probe_videos
@@ -83,6 +85,20 @@ def _keyframes_of_clip(info: VideoInfo, first: int, stop: int) -> Tuple[Optional
     begin = max(0, bisect.bisect_right(info.keyframes, first) - 1)  # the keyframe at or before the first frame
     end = bisect.bisect_left(info.keyframes, stop, lo=begin)
     return info.keyframes[begin:end], info.keyframe_pts[begin:end]
+
+
+def frames_per_random_frame(record) -> Optional[float]:
+    """Frames a decoder decodes, on average, to show one random frame of the clip: from the keyframe at
+    or before it, itself included (1.0: every frame a keyframe; about (GOP + 1) / 2 with evenly spaced
+    keyframes). None without a keyframe index (manifests written before it)."""
+    if record.keyframes is None or not record.keyframes or record.num_frames < 1:
+        return None
+    first = 0 if record.clip_start is None else int(np.ceil(record.clip_start * record.fps - 1e-6))
+    frames = np.arange(first, first + int(record.num_frames))
+    keyframes = np.asarray(sorted(record.keyframes), dtype=np.int64)
+    at = np.searchsorted(keyframes, frames, side="right") - 1
+    start = np.where(at >= 0, keyframes[np.maximum(at, 0)], 0)  # before any keyframe: from the file's start
+    return float(np.mean(frames - start + 1))
 
 
 def scan_videos(paths: Iterable[PathLike], *, min_seconds: float = 1.0, clip_seconds: Optional[float] = None,

@@ -29,6 +29,13 @@ CODECS = {
 }
 DEFAULT_CRF = {"vp9": 32, "h264": 23}
 
+# Clips made for random access (``--preset``): a keyframe every 16 frames (a random frame costs ~8.5
+# decoded frames on any decoder) and no B-frames. "nvdec": H.264 4:2:0 8-bit, which every NVDEC
+# generation decodes; "cpu": VP9, which DALI's CPU video decoder reads (H.264 it cannot).
+PRESETS = {"nvdec": {"codec": "h264", "gop": 16}, "cpu": {"codec": "vp9", "gop": 16}}
+# A clip whose random frame costs more than this many decoded frames is named by the scan's summary.
+SLOW_RANDOM_ACCESS = 16.0
+
 
 def _even_output_size(record: ClipRecord, short_side: int):
     width, height = output_size(record.width, record.height, short_side)
@@ -39,6 +46,7 @@ def transcode_clip(record: ClipRecord, output: PathLike, *, codec: str = "vp9", 
                    gop: int = 16, crf: Optional[int] = None) -> ClipRecord:
     """Encode one clip into ``output`` (via ``output.tmp`` + rename) and return its record."""
     import av
+    from av.video.frame import PictureType
     from av.video.reformatter import VideoReformatter
 
     reformatter = VideoReformatter()  # reuses its scaler between frames
@@ -73,6 +81,7 @@ def transcode_clip(record: ClipRecord, output: PathLike, *, codec: str = "vp9", 
                     break
                 resized = _shown_frame(reformatter, frame, width, height)
                 resized.pts, resized.time_base = written, 1 / rate
+                resized.pict_type = PictureType.NONE  # the source's I-frames would force keyframes off the GOP
                 target.mux(stream.encode(resized))
                 written += 1
             target.mux(stream.encode(None))
