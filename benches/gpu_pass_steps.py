@@ -335,11 +335,14 @@ def _pytest(ctx: Context, suite: str, args: Sequence[str]) -> int:
     return code
 
 
-KERNEL_TESTS = ("tests/test_info_nce.py", "tests/test_attention_pool.py", "tests/test_verify.py")
+# (test_torch_augment: the torch device stage's graph on the chip; it needs nothing staged either)
+KERNEL_TESTS = ("tests/test_info_nce.py", "tests/test_attention_pool.py", "tests/test_verify.py",
+                "tests/test_torch_augment.py")
 # The training test whose model runs on the chip (fused kernels against the reference ops); the
 # other training tests pin the CPU (CI runs them).
 TRAIN_TESTS = ("test_fused_and_reference_ops_give_the_same_losses",)
-LOADER_TESTS = ("tests/test_loader.py", "tests/test_loader_faults.py", "tests/test_prepare.py")
+LOADER_TESTS = ("tests/test_loader.py", "tests/test_loader_faults.py", "tests/test_prepare.py",
+                "tests/test_video_decoders.py")
 
 
 def _parallel() -> List[str]:

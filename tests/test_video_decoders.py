@@ -179,3 +179,33 @@ def test_the_loader_decodes_with_the_verified_choice(clips, trial_env, tmp_path,
                                 video_decoder="auto", backend="torch")
     with PairLoader(str(manifest), 2, device="cpu", seed=0, config=torch_config) as loader:
         assert loader.decoder_choice is None and loader.source.input_kind == "frames"  # PyAV: nothing to try
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("name", ["dali", "nvc", "torchcodec"])
+@pytest.mark.parametrize("codec", ["vp9", "h264"])
+def test_gpu_decoders_meet_the_contract(tmp_path, name, codec):
+    """NVDEC through DALI, PyNvVideoCodec and torchcodec: the frames PyAV gives, on the GPU (the GPU pass
+    runs these; a decoder this machine lacks is skipped with its one-line reason)."""
+    import torch
+
+    from vito_fast.data.decoder_trial import psnr_db
+    from vito_fast.data.video_decoders import host_frames
+
+    decoder = make_decoder(name, "gpu")
+    reason = decoder.unavailable(codec)
+    if reason:
+        pytest.skip(f"{name}: {reason}")
+    (tmp_path / "clips").mkdir()
+    for index, (width, height) in enumerate(SIZES[:2]):
+        write_video(tmp_path / "clips" / f"clip{index}.{'webm' if codec == 'vp9' else 'mp4'}", codec=codec,
+                    width=width, height=height, fps=25, num_frames=40, gop=10)
+    records, _ = scan_videos([str(tmp_path / "clips")], workers=0, progress=False)
+    reference = make_decoder("pyav")
+    for record in records:
+        request = request_of(record, [3, 29])
+        frames = decoder.decode(request)
+        assert all(isinstance(frame, torch.Tensor) and frame.is_cuda for frame in frames)  # stays on the GPU
+        for number, frame, truth in zip(request.frames, host_frames(frames), reference.decode(request)):
+            assert frame.shape == truth.shape and decode_frame_number(frame) == number
+            assert psnr_db(frame, truth) >= 35, (name, record.path, number)
