@@ -209,3 +209,39 @@ def test_gpu_decoders_meet_the_contract(tmp_path, name, codec):
         for number, frame, truth in zip(request.frames, host_frames(frames), reference.decode(request)):
             assert frame.shape == truth.shape and decode_frame_number(frame) == number
             assert psnr_db(frame, truth) >= 35, (name, record.path, number)
+
+
+@pytest.mark.skipif(not have_dali(), reason="DALI is not installed")
+def test_a_video_decoder_that_fails_where_pyav_decodes_does_not_end_the_run(tmp_path):
+    """DALI's CPU decoder cannot decode H.264: the loader names the failure once, counts it, and goes on
+    with PyAV from the same step, serving the same samples as a PyAV loader."""
+    import warnings
+
+    import torch
+
+    from vito_fast.data import LoaderConfig, PairLoader
+    from vito_fast.data.manifest import write_manifest
+
+    (tmp_path / "clips").mkdir()
+    for index in range(4):
+        write_video(tmp_path / "clips" / f"clip{index}.mp4", codec="h264", width=64, height=48, fps=25,
+                    num_frames=30, gop=10)
+    records, _ = scan_videos([str(tmp_path / "clips")], workers=0, progress=False)
+    manifest = write_manifest(tmp_path / "manifest.jsonl", records * 2)
+    settings = dict(image_size=32, dtype="float32", num_threads=2, decode_workers=0, backend="dali")
+    with PairLoader(str(manifest), 2, device="cpu", seed=3, config=LoaderConfig(**settings)) as reference:
+        expected = list(reference)
+    with PairLoader(str(manifest), 2, device="cpu", seed=3,
+                    config=LoaderConfig(**settings, video_decoder="dali")) as loader:
+        with pytest.warns(RuntimeWarning, match="DALI's video decoder failed on frames PyAV decodes"):
+            batches = list(loader)
+        assert loader.stats.decoder_fallbacks == 1 and loader.source.input_kind == "frames"
+        assert not loader.stats.failed_files  # the files are fine: nothing was replaced
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")  # the next epoch runs on PyAV without a new warning
+            next(iter(loader))
+    assert len(batches) == len(expected) == len(loader)
+    for got, want in zip(batches, expected):
+        np.testing.assert_array_equal(got["sample_ids"], want["sample_ids"])
+        np.testing.assert_array_equal(got["frame_indices"], want["frame_indices"])
+        assert torch.equal(got["view1"], want["view1"]) and torch.equal(got["view2"], want["view2"])

@@ -11,3 +11,7 @@ class VideoError(VitoError):
 
 class StoreError(VitoError):
     """A frame store is missing, incomplete or does not match its index."""
+
+
+class DecoderFailure(VitoError):
+    """A video decoder failed on frames that PyAV decodes: the decoder is at fault, not the file."""

@@ -19,6 +19,7 @@ from vito_fast.data.augment import view_blur_window
 from vito_fast.data.config import LoaderConfig
 from vito_fast.data.device_stage import DeviceOutput, HostRepair, hand_over_on_current_stream
 from vito_fast.data.host import HostBatch
+from vito_fast.errors import DecoderFailure
 
 __all__ = ["DaliStage"]
 
@@ -136,10 +137,13 @@ class DaliStage:
                 outputs = self._pipeline.outputs()
                 self._scheduled -= 1
                 return outputs
-            except Exception:
+            except Exception as error:
                 self._pipeline = None
                 bad = {id(batch): self._host.find_bad(batch) for batch in in_flight if not batch.padding}
                 if not any(rows.size for rows in bad.values()):
+                    if self.input_kind == "video":  # PyAV decodes every sample: DALI's video decoder is at fault
+                        raise DecoderFailure(f"DALI's video decoder failed on frames PyAV decodes: "
+                                             f"{_first_line(error)}") from error
                     raise
                 for batch in in_flight:
                     if not batch.padding and bad[id(batch)].size:
@@ -168,3 +172,8 @@ class DaliStage:
             feed_ndarray(output.as_tensor(), hwc, cuda_stream=self._stream)
             views = hwc.permute(0, 3, 1, 2)  # NHWC storage seen as NCHW: channels_last without a copy
             return views.to(torch.bfloat16) if self.config.dtype == "bfloat16" else views
+
+
+def _first_line(error: BaseException) -> str:
+    text = str(error).strip()
+    return text.splitlines()[0] if text else type(error).__name__

@@ -58,6 +58,7 @@ from vito_fast.data.device_stage import DeviceStage
 from vito_fast.data.host import HostPreparation
 from vito_fast.data.producer import Producer
 from vito_fast.data.stats import LoaderStats
+from vito_fast.errors import DecoderFailure
 from vito_fast.data.sample_order import SampleOrder
 
 __all__ = ["LoaderConfig", "LoaderStats", "PairLoader", "usable_cores"]
@@ -102,6 +103,7 @@ class PairLoader:
         if video_decoder == "auto":
             video_decoder, self.decoder_choice = _choose_video_decoder(source, self.config, device, device_id,
                                                                        announce=rank == 0)
+        self._source_path, self._device_id = source, device_id
         self.source = open_source(source, video_decoder, self.config.max_open_videos)
         input_kind = self.source.input_kind
         self.backend = choose_backend(self.config.backend, input_kind, device, device_id)
@@ -193,6 +195,12 @@ class PairLoader:
             asked = time.perf_counter()
             started = asked if started is None else started
             item = producer.take()
+            while isinstance(item, DecoderFailure) and self.source.input_kind == "video":
+                producer.close()  # DALI's video decoder failed where PyAV decodes: PyAV from here on
+                self._fall_back_to_pyav(item, epoch, step)
+                producer = self._producers[0] = Producer(self.host, self.stage, epoch, step,
+                                                         steps_per_epoch=len(self), stats=self.stats)
+                item = producer.take()
             now = time.perf_counter()
             self.stats.wait_seconds += now - asked
             self.stats.elapsed_seconds += now - started
@@ -208,6 +216,27 @@ class PairLoader:
             self.stats.samples += self.batch_size
             self.stats.replaced += replaced
             yield batch
+
+
+    def _fall_back_to_pyav(self, failure: DecoderFailure, epoch: int, step: int) -> None:
+        """Replace the source, host preparation and device stage with PyAV's ("frames") from (epoch, step) on:
+        the same samples, frames and views (a pure function of the position), decoded by PyAV."""
+        from vito_fast.data.backends import choose_backend, make_stage
+        from vito_fast.data.pair_sources import open_source
+
+        warnings.warn(f"PairLoader: {failure}; decoding with PyAV from epoch {epoch} step {step} on",
+                      RuntimeWarning, stacklevel=3)
+        self.stats.decoder_fallbacks += 1
+        self._finalizer.detach()
+        _release([None], self.host, self.stage, True)
+        self.source = open_source(self._source_path, "pyav", self.config.max_open_videos)
+        self.backend = choose_backend(self.config.backend, "frames", self.device, self._device_id)
+        self.host = HostPreparation(self.source, self.order, self.config, seed=self.seed, pinned=self.device == "gpu",
+                                    stats=self.stats)
+        self.stage = make_stage(self.backend, "frames", self.batch_size, self.config, device=self.device,
+                                device_id=self._device_id, host=self.host, announce=self.rank == 0)
+        self._finalizer = weakref.finalize(self, _release, self._producers, self.host, self.stage, False)
+        self._finalizer.atexit = False
 
 
 _open_loaders: "weakref.WeakSet[PairLoader]" = weakref.WeakSet()

@@ -17,7 +17,8 @@ class LoaderStats:
     (or shard) name -> the first error seen for it; timeouts: samples given up after
     ``sample_timeout``; worker_restarts: decode workers replaced (hung or died). wait_seconds: time
     spent in ``next()`` waiting for a batch, out of elapsed_seconds since the first request;
-    host_wait_seconds: time the device stage's thread waited for the host to finish a batch."""
+    host_wait_seconds: time the device stage's thread waited for the host to finish a batch;
+    decoder_fallbacks: times the loader left a video decoder that failed on frames PyAV decodes."""
 
     samples: int = 0
     replaced: int = 0
@@ -27,6 +28,7 @@ class LoaderStats:
     wait_seconds: float = 0.0
     elapsed_seconds: float = 0.0
     host_wait_seconds: float = 0.0
+    decoder_fallbacks: int = 0
 
     @property
     def wait_share(self) -> float:
