@@ -149,7 +149,7 @@ def build_decoders_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="vito-fast bench decoders",
         description=f"Each video decoder decodes the same frame pairs of the manifest's most common codec and "
-                    f"size, in a process of its own; it counts if its frames are PyAV's (PSNR >= {MIN_PSNR_DB:g} dB) "
+                    f"size, in a process of its own; it counts if its frames are PyAV's (luma PSNR >= {MIN_PSNR_DB:g} dB) "
                     f"and it answers in time. Prints the table and the choice, and keeps it in the cache that "
                     f"PairLoader(video_decoder='auto') reads.",
     )

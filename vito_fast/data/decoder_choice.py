@@ -4,7 +4,7 @@
 decoder (``video_decoders``) decodes the same first samples of those clips in a process of its own
 (``python -m vito_fast.data.decoder_trial``): a decoder that hangs is killed at ``timeout``, one that
 crashes takes only its own process down. A decoder counts only if every frame it returned is PyAV's
-frame (PSNR ≥ ``MIN_PSNR_DB`` against PyAV's RGB: colour conversions may differ, the frame may not)
+frame (luma PSNR ≥ ``MIN_PSNR_DB`` against PyAV's: colour conversions may differ, the frame may not)
 and it answered in time; the fastest such decoder wins. Fastest for the loader, which runs host
 decoders on every usable core and a GPU decoder as one stream: ``DecoderTrial.loader_rate`` is
 min(pairs/s × streams, cores × 1000 / CPU ms per pair), streams = the usable cores for a host
@@ -83,7 +83,7 @@ class DecoderChoice:
 
     def table(self) -> str:
         lines = ["| decoder | status | pairs/s, one stream | CPU ms/pair | loader pairs/s here | GPU ms/pair "
-                 "| min PSNR vs PyAV dB | first sample s | why not |",
+                 "| min luma PSNR vs PyAV dB | first sample s | why not |",
                  "|---|---|---:|---:|---:|---:|---:|---:|---|"]
         for trial in self.trials:
             cells = [_number(trial.pairs_per_s, 1), _number(trial.cpu_ms_per_pair, 2), _number(trial.loader_rate, 0),
