@@ -37,3 +37,14 @@ class Crashes(PyAVDecoder):
 
     def decode(self, request: FrameRequest):
         os.abort()
+
+
+class Fails(PyAVDecoder):
+    """Raises on every file (a GPU decoder that cannot open what PyAV decodes)."""
+
+    name = "fails"
+
+    def decode(self, request: FrameRequest):
+        from vito_fast.errors import VideoError
+
+        raise VideoError(f"{request.path}: this decoder fails on purpose")

@@ -245,3 +245,50 @@ def test_a_video_decoder_that_fails_where_pyav_decodes_does_not_end_the_run(tmp_
         np.testing.assert_array_equal(got["sample_ids"], want["sample_ids"])
         np.testing.assert_array_equal(got["frame_indices"], want["frame_indices"])
         assert torch.equal(got["view1"], want["view1"]) and torch.equal(got["view2"], want["view2"])
+
+
+@pytest.mark.parametrize("decoder", ["vito_fast.data.video_decoders:PyAVDecoder", "broken_decoders:Fails"])
+def test_a_decoder_of_the_device_stage_feeds_the_same_graph(clips, tmp_path, decoder):
+    """A decoder that runs in the torch stage (as NVDEC decoders do, on the GPU) gets one FrameRequest per
+    sample and gives the views the host's PyAV workers give; one that fails where PyAV decodes hands
+    over to PyAV from that step."""
+    import warnings
+
+    import torch
+
+    from vito_fast.data import LoaderConfig, PairLoader
+    from vito_fast.data.manifest import write_manifest
+
+    manifest = write_manifest(tmp_path / "manifest.jsonl", clips["plain"] * 2)
+    settings = dict(image_size=32, dtype="float32", num_threads=2, decode_workers=0, backend="auto")
+    with PairLoader(str(manifest), 2, device="cpu", seed=5, config=LoaderConfig(**settings)) as reference:
+        expected = list(reference)
+    with PairLoader(str(manifest), 2, device="cpu", seed=5,
+                    config=LoaderConfig(**settings, video_decoder=decoder)) as loader:
+        assert loader.backend.name == "torch" and "torch stage" in loader.backend.reason
+        if decoder.endswith("Fails"):
+            with pytest.warns(RuntimeWarning, match="failed on frames PyAV decodes"):
+                batches = list(loader)
+            assert loader.stats.decoder_fallbacks == 1 and loader.source.input_kind == "frames"
+        else:
+            with warnings.catch_warnings():
+                warnings.simplefilter("error", RuntimeWarning)
+                batches = list(loader)
+            assert loader.source.input_kind == "requests" and loader.stats.decoder_fallbacks == 0
+    assert len(batches) == len(expected)
+    for got, want in zip(batches, expected):
+        np.testing.assert_array_equal(got["frame_indices"], want["frame_indices"])
+        for name in ("view1", "view2"):  # PyAV's frames through the torch graph, against DALI's or torch's graph
+            assert (got[name] - want[name]).abs().max() < 0.02, name
+
+
+def test_a_decoder_of_the_device_stage_that_cannot_run_here_is_named_at_once(clips, tmp_path):
+    from vito_fast.data import LoaderConfig, PairLoader
+    from vito_fast.data.manifest import write_manifest
+
+    manifest = write_manifest(tmp_path / "manifest.jsonl", clips["plain"])
+    with pytest.raises(RuntimeError, match="video_decoder='nvc' cannot decode vp9 here: "):
+        PairLoader(str(manifest), 2, device="cpu", seed=0, config=LoaderConfig(video_decoder="nvc"))
+    with pytest.raises(ValueError, match="backend 'dali' cannot take frames"):
+        PairLoader(str(manifest), 2, device="cpu", seed=0,
+                   config=LoaderConfig(video_decoder="vito_fast.data.video_decoders:PyAVDecoder", backend="dali"))

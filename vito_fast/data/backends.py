@@ -81,6 +81,11 @@ def choose_backend(requested: str, input_kind: str, device: str, device_id: Opti
 
     if requested not in BACKENDS:
         raise ValueError(f"data backend: must be one of {BACKENDS}, not {requested!r}")
+    if input_kind == "requests":  # the video decoder runs in the torch stage (GPU frames stay on the GPU)
+        if requested == "dali":
+            raise ValueError("data backend 'dali' cannot take frames a video decoder makes on the device "
+                             "(nvc, torchcodec): use backend 'torch' or 'auto', or video_decoder 'pyav' or 'dali'")
+        return BackendChoice("torch", requested, "its video decoder hands frames to the torch stage")
     if requested == "dali":
         from vito_fast.data.pipeline import import_dali
 

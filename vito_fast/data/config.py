@@ -15,7 +15,9 @@ from typing import Optional
 
 from vito_fast.data.sampler import ViewConfig
 
-__all__ = ["DataConfig", "LoaderConfig", "usable_cores", "decode_workers"]
+__all__ = ["DataConfig", "LoaderConfig", "usable_cores", "decode_workers", "VIDEO_DECODERS"]
+
+VIDEO_DECODERS = ("pyav", "dali", "nvc", "torchcodec", "auto")  # video_decoders.DECODERS and "auto"
 
 
 def usable_cores() -> int:
@@ -45,8 +47,9 @@ class LoaderConfig:
     no timeout). ``sample_timeout``: seconds a worker may take for one sample before it is restarted
     and the sample replaced. ``prefetch``: batches DALI holds (fed ahead of the one you get).
     ``video_decoder``: "pyav" (seek-to-keyframe decoding in the workers), "dali"
-    (``fn.decoders.video`` on the file's bytes) or "auto" (the one that decodes the manifest's first
-    samples as PyAV does, fastest; measured once per machine and cached: ``decoder_choice``). ``hw_decoder_load``: share of JPEGs sent to the
+    (``fn.decoders.video`` on the file's bytes), "nvc" or "torchcodec" (decoded in the torch device
+    stage: NVDEC frames stay on the GPU) or "auto" (the one that decodes the manifest's first samples
+    as PyAV does, fastest; measured once per machine and cached: ``decoder_choice``). ``hw_decoder_load``: share of JPEGs sent to the
     hardware JPEG engines (A100/H100/H200). ``device_id``: None = the CUDA device current when the
     loader is made. ``max_replacements``: bad samples in a row before a position gives up.
     ``backend``: the device stage, "dali", "torch" (nvJPEG and batched PyTorch ops: no DALI needed)
@@ -70,8 +73,9 @@ class LoaderConfig:
     def __post_init__(self) -> None:
         if self.dtype not in ("bfloat16", "float16", "float32"):
             raise ValueError(f"LoaderConfig.dtype: must be 'bfloat16', 'float16' or 'float32', not {self.dtype!r}")
-        if self.video_decoder not in ("pyav", "dali", "auto"):
-            raise ValueError(f"LoaderConfig.video_decoder: must be 'pyav', 'dali' or 'auto', not {self.video_decoder!r}")
+        if self.video_decoder not in VIDEO_DECODERS and ":" not in self.video_decoder:
+            raise ValueError(f"LoaderConfig.video_decoder: must be one of {VIDEO_DECODERS} or 'package.module:Class', "
+                             f"not {self.video_decoder!r}")
         if self.backend not in ("auto", "dali", "torch"):
             raise ValueError(f"LoaderConfig.backend: must be 'auto', 'dali' or 'torch', not {self.backend!r}")
         if not isinstance(self.views, ViewConfig):
@@ -113,7 +117,7 @@ class DataConfig:
     decode_workers: Optional[int] = LoaderConfig.decode_workers  # per rank (None: decode_workers(); 0: threads)
     sample_timeout: float = LoaderConfig.sample_timeout          # seconds before a sample is given up and replaced
     backend: str = LoaderConfig.backend                          # "auto" (DALI if it works, else torch), "dali", "torch"
-    video_decoder: str = LoaderConfig.video_decoder              # "pyav", "dali" or "auto" (verified, fastest)
+    video_decoder: str = LoaderConfig.video_decoder              # "pyav", "dali", "nvc", "torchcodec", "auto"
     views: ViewConfig = field(default_factory=ViewConfig)
 
     def __post_init__(self) -> None:
@@ -126,8 +130,8 @@ class DataConfig:
             raise ValueError(f"data.source must be 'loader' or 'synthetic', got {self.source!r}")
         if self.backend not in ("auto", "dali", "torch"):
             raise ValueError(f"data.backend must be 'auto', 'dali' or 'torch', got {self.backend!r}")
-        if self.video_decoder not in ("pyav", "dali", "auto"):
-            raise ValueError(f"data.video_decoder must be 'pyav', 'dali' or 'auto', got {self.video_decoder!r}")
+        if self.video_decoder not in VIDEO_DECODERS and ":" not in self.video_decoder:
+            raise ValueError(f"data.video_decoder must be one of {VIDEO_DECODERS}, got {self.video_decoder!r}")
         if self.num_threads is not None and self.num_threads < 1:
             raise ValueError(f"data.num_threads: must be null (one per usable core) or >= 1, got {self.num_threads}")
         if self.decode_workers is not None and self.decode_workers < 0:

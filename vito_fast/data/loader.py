@@ -105,6 +105,13 @@ class PairLoader:
                                                                        announce=rank == 0)
         self._source_path, self._device_id = source, device_id
         self.source = open_source(source, video_decoder, self.config.max_open_videos)
+        if self.source.input_kind == "requests":  # a decoder of the device stage: can it run here at all?
+            from vito_fast.data.video_decoders import make_decoder
+
+            for codec in self.source.codecs:
+                reason = make_decoder(video_decoder, device).unavailable(codec)
+                if reason:
+                    raise RuntimeError(f"PairLoader: video_decoder={video_decoder!r} cannot decode {codec} here: {reason}")
         input_kind = self.source.input_kind
         self.backend = choose_backend(self.config.backend, input_kind, device, device_id)
         self.num_clips = len(self.source)
@@ -195,8 +202,8 @@ class PairLoader:
             asked = time.perf_counter()
             started = asked if started is None else started
             item = producer.take()
-            while isinstance(item, DecoderFailure) and self.source.input_kind == "video":
-                producer.close()  # DALI's video decoder failed where PyAV decodes: PyAV from here on
+            while isinstance(item, DecoderFailure) and self.source.input_kind in ("video", "requests"):
+                producer.close()  # the device's video decoder failed where PyAV decodes: PyAV from here on
                 self._fall_back_to_pyav(item, epoch, step)
                 producer = self._producers[0] = Producer(self.host, self.stage, epoch, step,
                                                          steps_per_epoch=len(self), stats=self.stats)
@@ -266,25 +273,32 @@ def _release(producers: list, host: HostPreparation, stage: DeviceStage, wait: b
 
 
 def _choose_video_decoder(source, config: LoaderConfig, device: str, device_id: Optional[int], *, announce: bool):
-    """("pyav" or "dali", the DecoderChoice or None) for ``video_decoder="auto"``: the decoders this
-    loader can run (DALI's only where its backend can), tried on the manifest's first clips."""
+    """(a decoder name, the DecoderChoice or None) for ``video_decoder="auto"``: the decoders this loader
+    can run (DALI's where its backend can; the device stage's, nvc and torchcodec, where the torch
+    backend can), tried on the manifest's first clips."""
     from itertools import islice
     from pathlib import Path
 
     from vito_fast.data.backends import dali_problem
     from vito_fast.data.decoder_choice import choose_decoder
     from vito_fast.data.manifest import iter_manifest
+    from vito_fast.data.video_decoders import make_decoder
 
     path = Path(source)
     if path.is_dir() or path.name == "index.json" or not path.is_file():
         return "pyav", None  # a frame store decodes JPEGs; a missing file is open_source's to report
+    records = list(islice(iter_manifest(path), 10_000))
+    codecs = {record.codec for record in records}
     candidates = ["pyav"]
     if config.backend != "torch" and dali_problem(device, device_id) is None:
         candidates.append("dali")
+    if config.backend != "dali":  # decoders of the torch stage that load here (the trial checks the rest)
+        candidates += [name for name in (("nvc", "torchcodec") if device == "gpu" else ("torchcodec",))
+                       if all(make_decoder(name, device).unavailable(codec) is None for codec in codecs)]
     if len(candidates) == 1:
         return "pyav", None
     try:
-        choice = choose_decoder(list(islice(iter_manifest(path), 10_000)), device=device, candidates=candidates)
+        choice = choose_decoder(records, device=device, candidates=candidates)
     except (RuntimeError, ValueError) as error:  # no decoder verified on the first clips: PyAV, which replaces
         warnings.warn(f"PairLoader: {path}: {error}; decoding with PyAV", RuntimeWarning, stacklevel=3)
         return "pyav", None

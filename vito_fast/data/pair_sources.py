@@ -138,8 +138,11 @@ class VideoFileSource:
     decoder "pyav": the two frames are decoded on the host (``VideoFrameReader``: seek to the
     keyframe at or before each, from the keyframe index the scan recorded) and fed raw
     (``input_kind="frames"``); "dali": the file's bytes and the two frame numbers go to
-    ``fn.decoders.video`` (``input_kind="video"``; CPU: VP8/VP9/MJPEG only). ``job`` describes a
-    sample for a decode worker (``sample_jobs``); ``load`` runs the same job in this process.
+    ``fn.decoders.video`` (``input_kind="video"``; CPU: VP8/VP9/MJPEG only); any other decoder of
+    ``video_decoders`` ("nvc", "torchcodec", "package.module:Class") decodes in the torch device stage,
+    which gets one ``FrameRequest`` per sample (``input_kind="requests"``: GPU-decoded frames stay on
+    the GPU). ``job`` describes a sample for a decode worker (``sample_jobs``); ``load`` runs the
+    same job in this process.
 
     The manifest is held as arrays (paths once per file, keyframe indices concatenated), not as
     records: a million clips take a few hundred MB per rank, not gigabytes.
@@ -149,14 +152,20 @@ class VideoFileSource:
         from vito_fast.data.manifest import iter_manifest
         from vito_fast.data.sample_jobs import JobRunner
 
-        if decoder not in ("pyav", "dali"):
-            raise ValueError(f"VideoFileSource: decoder must be 'pyav' or 'dali', not {decoder!r}")
-        self.input_kind = "frames" if decoder == "pyav" else "video"
+        from vito_fast.data.video_decoders import DECODERS
+
+        if decoder not in DECODERS and ":" not in decoder:
+            raise ValueError(f"VideoFileSource: decoder must be one of {sorted(DECODERS)} or 'package.module:Class', "
+                             f"not {decoder!r}")
+        self.input_kind = {"pyav": "frames", "dali": "video"}.get(decoder, "requests")
+        self.decoder = decoder
         self.paths: List[str] = []
         path_ids: Dict[str, int] = {}
         # typed arrays while reading: a list of a million Python numbers would outweigh the result
         columns = {name: array.array("d" if name == "fps" else "q")
-                   for name in ("path", "num_frames", "fps", "height", "width", "first", "indexed", "keyframe_count")}
+                   for name in ("path", "num_frames", "fps", "height", "width", "first", "indexed", "keyframe_count",
+                                "codec")}
+        codec_ids: Dict[str, int] = {}
         label_ids: Dict[Optional[str], int] = {}
         labels, keyframes, keyframe_pts = array.array("q"), array.array("q"), array.array("q")
         for record in iter_manifest(manifest):
@@ -169,7 +178,8 @@ class VideoFileSource:
             for name, value in (("path", path_ids[record.path]), ("num_frames", record.num_frames),
                                 ("fps", record.fps), ("height", record.height), ("width", record.width),
                                 ("first", first), ("indexed", indexed),
-                                ("keyframe_count", len(record.keyframes) if indexed else 0)):
+                                ("keyframe_count", len(record.keyframes) if indexed else 0),
+                                ("codec", codec_ids.setdefault(record.codec, len(codec_ids)))):
                 columns[name].append(value)
             labels.append(label_ids.setdefault(None if record.label is None else str(record.label), len(label_ids)))
             if indexed:
@@ -185,6 +195,8 @@ class VideoFileSource:
         self._keyframe_start = np.concatenate([[0], np.cumsum(columns["keyframe_count"], dtype=np.int64)])
         self._keyframes = np.asarray(keyframes, dtype=np.int64)
         self._keyframe_pts = np.asarray(keyframe_pts, dtype=np.int64)
+        self.codecs = list(codec_ids)  # FFmpeg's names, in the order first seen
+        self._codec_id = np.asarray(columns["codec"], dtype=np.int64)
         names = sorted(label for label in label_ids if label is not None)
         sorted_ids = {name: index for index, name in enumerate(names)}
         lookup = np.full(max(len(label_ids), 1), -1, dtype=np.int64)  # first-seen id -> sorted class id (-1: none)
@@ -204,14 +216,27 @@ class VideoFileSource:
     def _file_frames(self, clip: int, frames: Sequence[int]) -> List[int]:
         return [int(self.first_frame[clip] + frame) for frame in frames]
 
+    def _keyframe_index(self, clip: int) -> Dict[str, List[int]]:
+        """{"keyframes", "keyframe_pts"} of the clip from the scan, or {} (the decoder demuxes the file)."""
+        if not self._indexed[clip]:
+            return {}
+        span = slice(self._keyframe_start[clip], self._keyframe_start[clip + 1])
+        return {"keyframes": self._keyframes[span].tolist(), "keyframe_pts": self._keyframe_pts[span].tolist()}
+
     def _frames_job(self, clip: int, frames: Sequence[int]) -> tuple:
-        index = {}
-        if self._indexed[clip]:
-            span = slice(self._keyframe_start[clip], self._keyframe_start[clip + 1])
-            index = {"keyframes": self._keyframes[span].tolist(), "keyframe_pts": self._keyframe_pts[span].tolist()}
+        index = self._keyframe_index(clip)
         height, width = self.frame_hw[clip]
         return ("video_frames", self.name(clip), float(self.fps[clip]), self._file_frames(clip, frames), index,
                 (int(height), int(width)))
+
+    def request(self, clip: int, frames: Sequence[int]):
+        """The ``FrameRequest`` of this sample, for a decoder of the device stage."""
+        from vito_fast.data.video_decoders import FrameRequest
+
+        index = {name: tuple(values) for name, values in self._keyframe_index(clip).items()}
+        height, width = self.frame_hw[clip]
+        return FrameRequest(self.name(clip), tuple(self._file_frames(clip, frames)),
+                            self.codecs[self._codec_id[clip]], int(height), int(width), **index)
 
     def job(self, clip: int, frames: Sequence[int]) -> tuple:
         """What a decode worker runs for this sample (see ``sample_jobs``)."""
@@ -234,7 +259,10 @@ class VideoFileSource:
         return self._largest_sample
 
     def read(self, clips: np.ndarray, frames: np.ndarray, decoder: SampleDecoding) -> List[SampleResult]:
-        """One decode job per sample, run by ``decoder`` (decode workers or host threads)."""
+        """One decode job per sample, run by ``decoder`` (decode workers or host threads); for a decoder of
+        the device stage, the samples' ``FrameRequest``s (nothing decodes on the host)."""
+        if self.input_kind == "requests":
+            return [{"request": self.request(int(clip), frames[row])} for row, clip in enumerate(clips)]
         jobs = [self.job(int(clip), frames[row]) for row, clip in enumerate(clips)]
         return decoder.decode(jobs, self.sample_nbytes(clips), self.largest_sample_nbytes)
 

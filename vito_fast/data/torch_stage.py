@@ -9,8 +9,14 @@ the same contract as ``DaliStage`` (the same parameters, the same per-sample mat
 work is queued on the stage's own CUDA stream, ``depth`` batches ahead; on the CPU it runs when
 a batch is submitted.
 
+Videos whose decoder runs here (``input_kind="requests"``: "nvc", "torchcodec", ...) arrive as one
+``FrameRequest`` per sample; the stage's decoder decodes them on the device (NVDEC frames never leave
+the GPU) before the same graph.
+
 A batch whose frames do not decode is traced to its samples by the host preparation
-(``find_bad``), which replaces them; the batch is then run again.
+(``find_bad``: PyAV on the host), which replaces them; the batch is then run again. When PyAV
+decodes every sample, the stage's video decoder is at fault: ``DecoderFailure``, and the loader
+goes on with PyAV.
 """
 from __future__ import annotations
 
@@ -27,10 +33,11 @@ from vito_fast.data.config import LoaderConfig
 from vito_fast.data.device_stage import DeviceOutput, HostRepair, hand_over_on_current_stream
 from vito_fast.data.host import HostBatch
 from vito_fast.data.torch_augment import augment_views, pad_frames, to_device, view_tensors
+from vito_fast.errors import DecoderFailure, VideoError
 
 __all__ = ["TorchStage", "TORCH_INPUT_KINDS"]
 
-TORCH_INPUT_KINDS = ("jpeg", "frames")  # "video" (a whole file's bytes) needs DALI's video decoder
+TORCH_INPUT_KINDS = ("jpeg", "frames", "requests")  # "video" (a whole file's bytes) needs DALI's video decoder
 _DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}
 # torchvision >= 0.29 warns on every decode_jpeg call that TorchCodec will take image decoding over;
 # the call works, and a warning per batch would bury the ones that matter
@@ -57,6 +64,11 @@ class TorchStage:
         self._in_flight: deque = deque()  # (batch, views, inputs read event, views ready event), in order
         # on the CPU, JPEGs decode on these threads (decode_jpeg releases the GIL); a GPU decodes a batch at once
         self._decoders = ThreadPoolExecutor(config.threads(), thread_name_prefix="vito-jpeg") if device != "gpu" else None
+        self._video_decoder = None
+        if input_kind == "requests":
+            from vito_fast.data.video_decoders import make_decoder
+
+            self._video_decoder = make_decoder(config.video_decoder, device)
 
     def held(self) -> int:
         return len(self._in_flight)
@@ -92,6 +104,8 @@ class TorchStage:
 
     def close(self) -> None:
         self._in_flight.clear()
+        if self._video_decoder is not None:
+            self._video_decoder.close()
         if self._decoders is not None:
             self._decoders.shutdown(wait=False)
 
@@ -102,9 +116,12 @@ class TorchStage:
         while True:
             try:
                 return self._run(batch)
-            except RuntimeError:
+            except (RuntimeError, VideoError) as error:
                 bad = self._host.find_bad(batch)
                 if not bad.size:
+                    if self.input_kind == "requests":
+                        raise DecoderFailure(f"video decoder {self.config.video_decoder} failed on frames PyAV "
+                                             f"decodes: {error}") from error
                     raise
                 self._host.replace(batch, bad)
 
@@ -122,6 +139,8 @@ class TorchStage:
     def _frames(self, batch: HostBatch):
         """(2B, 3, H, W) uint8 frames on the device (view 0's then view 1's), their (2B, 2) sizes, and
         an event after which the host inputs are no longer read (None when they were read at once)."""
+        if self.input_kind == "requests":
+            return self._decoded_frames(batch)
         names = ("image0", "image1")
         arrays = [sample[name] for name in names for sample in batch.inputs]
         if self.input_kind == "jpeg":
@@ -141,6 +160,14 @@ class TorchStage:
         frame_hw = np.array([array.shape[:2] for array in arrays] if self.input_kind == "frames"
                             else [tuple(frame.shape[1:]) for frame in decoded], dtype=np.int64)
         return frames, to_device(frame_hw, self.device), inputs_read
+
+    def _decoded_frames(self, batch: HostBatch):
+        """``_frames`` of a batch of FrameRequests: each sample's two frames from the stage's decoder."""
+        pairs = [self._video_decoder.decode(sample["request"]) for sample in batch.inputs]
+        frames = [torch.as_tensor(pair[view]).to(self.device, non_blocking=True).permute(2, 0, 1)
+                  for view in (0, 1) for pair in pairs]
+        frame_hw = np.array([tuple(frame.shape[1:]) for frame in frames], dtype=np.int64)
+        return pad_frames(frames), to_device(frame_hw, self.device), None
 
     def _decode_jpegs(self, jpegs: List[torch.Tensor], decode) -> List[torch.Tensor]:
         """``decode`` (a list of JPEGs -> their frames) in one call on a GPU, in slices over threads on the CPU."""
