@@ -32,15 +32,16 @@ def have_dali() -> bool:
 
 @pytest.fixture(scope="module")
 def clips(tmp_path_factory):
-    """VP9 clips at everyday sizes (GOP 10) and one stored sideways with a 90° display matrix."""
+    """VP9 clips at everyday sizes (GOP 10), and three stored sideways with display matrices."""
     folder = tmp_path_factory.mktemp("decoders")
     for index, (width, height) in enumerate(SIZES):
         (folder / "plain").mkdir(exist_ok=True)
         write_video(folder / "plain" / f"clip{index}.webm",
                     codec="vp9", width=width, height=height, fps=25, num_frames=40, gop=10)
     (folder / "rotated").mkdir()
-    write_video(folder / "rotated" / "sideways.mp4", codec="vp9", width=64, height=48, fps=25, num_frames=30,
-                gop=10, rotation=90)
+    for name, rotation, mirror in (("left", 90, False), ("right", 270, False), ("mirrored", 90, True)):
+        write_video(folder / "rotated" / f"{name}.mp4", codec="vp9", width=64, height=48, fps=25, num_frames=30,
+                    gop=10, rotation=rotation, mirror=mirror)
     plain, _ = scan_videos([str(folder / "plain")], workers=0, progress=False)
     rotated, _ = scan_videos([str(folder / "rotated")], workers=0, progress=False)
     return {"plain": plain, "rotated": rotated}
@@ -123,12 +124,44 @@ def test_the_choice_rejects_decoders_broken_on_purpose_and_names_them(clips, tri
 
 
 @pytest.mark.skipif(not have_dali(), reason="DALI is not installed")
-def test_a_decoder_that_ignores_rotation_is_rejected(clips, trial_env):
-    choice = choose_decoder(clips["rotated"], candidates=["pyav", "dali"], samples=2, timeout=60,
-                            cache_path=trial_env)
+def test_dali_turns_frames_as_players_show_them_and_the_check_catches_a_decoder_that_does_not(clips, trial_env):
+    """fn.decoders.video ignores the display matrix; the scan records it and DALI's graph applies it:
+    verified against PyAV on clips turned by 90 and 270 degrees, one mirrored. Without the record (a
+    manifest written before it) the frames come out as stored, and the trial rejects them."""
+    import dataclasses
+
+    records = clips["rotated"]
+    assert sorted(tuple(record.orientation) for record in records) == sorted(
+        [(True, False, True), (True, True, False), (True, True, True)])  # 90°, 270°, 90° mirrored
+    choice = choose_decoder(records, candidates=["pyav", "dali"], samples=6, timeout=60, cache_path=trial_env)
+    dali = next(trial for trial in choice.trials if trial.decoder == "dali")
+    assert dali.verified and dali.min_psnr_db >= 35, dali
+    unturned = [dataclasses.replace(record, orientation=None) for record in records]
+    choice = choose_decoder(unturned, candidates=["pyav", "dali"], samples=2, timeout=60, cache_path=trial_env,
+                            refresh=True)
     dali = next(trial for trial in choice.trials if trial.decoder == "dali")
     assert dali.status == "wrong frames" and "PyAV's 48x64" in dali.reason, dali
     assert choice.decoder == "pyav"
+
+
+@pytest.mark.skipif(not have_dali(), reason="DALI is not installed")
+def test_the_loaders_dali_video_path_shows_turned_clips_as_pyav_does(clips, tmp_path):
+    import torch
+
+    from vito_fast.data import LoaderConfig, PairLoader
+    from vito_fast.data.manifest import write_manifest
+
+    manifest = write_manifest(tmp_path / "manifest.jsonl", clips["rotated"] * 2)
+    settings = dict(image_size=32, dtype="float32", num_threads=2, decode_workers=0, backend="dali")
+    batches = {}
+    for decoder in ("pyav", "dali"):
+        with PairLoader(str(manifest), 3, device="cpu", seed=2, config=LoaderConfig(**settings, video_decoder=decoder)) as loader:
+            batches[decoder] = list(loader)
+    for pyav, dali in zip(batches["pyav"], batches["dali"]):
+        np.testing.assert_array_equal(pyav["crops"], dali["crops"])
+        for name in ("view1", "view2"):
+            # the same frames (measured: 6e-5 apart on average; with the orientation left out, 1.9)
+            assert (pyav[name] - dali[name]).abs().mean() < 0.01, name
 
 
 def test_the_choice_is_cached_and_cheap_at_start(clips, trial_env):

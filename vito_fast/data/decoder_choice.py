@@ -133,8 +133,9 @@ def trial_requests(records: Sequence, samples: int) -> List[FrameRequest]:
         index = {}
         if record.keyframes is not None and record.keyframe_pts is not None:
             index = {"keyframes": tuple(record.keyframes), "keyframe_pts": tuple(record.keyframe_pts)}
+        orientation = tuple(bool(turn) for turn in record.orientation) if record.orientation else (False,) * 3
         requests.append(FrameRequest(record.path, frames, record.codec, int(record.height), int(record.width),
-                                     **index))
+                                     **index, orientation=orientation))
     return requests
 
 

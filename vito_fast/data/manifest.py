@@ -33,6 +33,11 @@ class ClipRecord:
     ``keyframes``/``keyframe_pts``: the keyframes' frame numbers in the file (display order) and
     their pts, for ``VideoFrameReader.read``; a clip holds the keyframes from the one at or before
     its first frame to its end. None in manifests written before the index (the reader demuxes).
+
+    ``orientation``: [transpose, flip_rows, flip_columns] that turn a decoded (coded) frame into what
+    players show (the stream's display matrix, ``video_source.display_orientation``); None when
+    frames are shown as stored, or in manifests written before it. Decoders that do not read the
+    display matrix themselves (DALI's) apply it from here.
     """
 
     path: str
@@ -47,6 +52,7 @@ class ClipRecord:
     clip_end: Optional[float] = None
     keyframes: Optional[List[int]] = None
     keyframe_pts: Optional[List[int]] = None
+    orientation: Optional[List[bool]] = None
 
     def to_json(self) -> str:
         """One JSON line (without the newline); None fields are left out."""

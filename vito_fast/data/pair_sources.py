@@ -19,7 +19,7 @@ from __future__ import annotations
 import array
 import io
 from pathlib import Path
-from typing import Dict, List, Optional, Protocol, Sequence, Union
+from typing import Dict, List, Optional, Protocol, Sequence, Tuple, Union
 
 import numpy as np
 
@@ -164,7 +164,7 @@ class VideoFileSource:
         # typed arrays while reading: a list of a million Python numbers would outweigh the result
         columns = {name: array.array("d" if name == "fps" else "q")
                    for name in ("path", "num_frames", "fps", "height", "width", "first", "indexed", "keyframe_count",
-                                "codec")}
+                                "codec", "orientation")}
         codec_ids: Dict[str, int] = {}
         label_ids: Dict[Optional[str], int] = {}
         labels, keyframes, keyframe_pts = array.array("q"), array.array("q"), array.array("q")
@@ -179,7 +179,9 @@ class VideoFileSource:
                                 ("fps", record.fps), ("height", record.height), ("width", record.width),
                                 ("first", first), ("indexed", indexed),
                                 ("keyframe_count", len(record.keyframes) if indexed else 0),
-                                ("codec", codec_ids.setdefault(record.codec, len(codec_ids)))):
+                                ("codec", codec_ids.setdefault(record.codec, len(codec_ids))),
+                                ("orientation", sum(bit << index for index, bit in
+                                                    enumerate(record.orientation or ())))):
                 columns[name].append(value)
             labels.append(label_ids.setdefault(None if record.label is None else str(record.label), len(label_ids)))
             if indexed:
@@ -197,6 +199,7 @@ class VideoFileSource:
         self._keyframe_pts = np.asarray(keyframe_pts, dtype=np.int64)
         self.codecs = list(codec_ids)  # FFmpeg's names, in the order first seen
         self._codec_id = np.asarray(columns["codec"], dtype=np.int64)
+        self._orientation = np.asarray(columns["orientation"], dtype=np.int64)  # bits: transpose, flip rows, columns
         names = sorted(label for label in label_ids if label is not None)
         sorted_ids = {name: index for index, name in enumerate(names)}
         lookup = np.full(max(len(label_ids), 1), -1, dtype=np.int64)  # first-seen id -> sorted class id (-1: none)
@@ -229,6 +232,11 @@ class VideoFileSource:
         return ("video_frames", self.name(clip), float(self.fps[clip]), self._file_frames(clip, frames), index,
                 (int(height), int(width)))
 
+    def orientation(self, clip: int) -> Tuple[bool, bool, bool]:
+        """(transpose, flip_rows, flip_columns) from decoded to shown frames (the manifest's display matrix)."""
+        bits = int(self._orientation[clip])
+        return bool(bits & 1), bool(bits & 2), bool(bits & 4)
+
     def request(self, clip: int, frames: Sequence[int]):
         """The ``FrameRequest`` of this sample, for a decoder of the device stage."""
         from vito_fast.data.video_decoders import FrameRequest
@@ -236,13 +244,14 @@ class VideoFileSource:
         index = {name: tuple(values) for name, values in self._keyframe_index(clip).items()}
         height, width = self.frame_hw[clip]
         return FrameRequest(self.name(clip), tuple(self._file_frames(clip, frames)),
-                            self.codecs[self._codec_id[clip]], int(height), int(width), **index)
+                            self.codecs[self._codec_id[clip]], int(height), int(width), **index,
+                            orientation=self.orientation(clip))
 
     def job(self, clip: int, frames: Sequence[int]) -> tuple:
         """What a decode worker runs for this sample (see ``sample_jobs``)."""
         if self.input_kind == "frames":
             return self._frames_job(clip, frames)
-        return ("file_bytes", self.name(clip), self._file_frames(clip, frames))
+        return ("file_bytes", self.name(clip), self._file_frames(clip, frames), self.orientation(clip))
 
     def sample_nbytes(self, clips: np.ndarray) -> np.ndarray:
         """(len(clips),) bytes one sample's inputs take (0: unknown before reading, the file's bytes)."""

@@ -24,7 +24,7 @@ import numpy as np
 from vito_fast.data.augment import (IMAGENET_MEAN, IMAGENET_STD, SOLARIZE_THRESHOLD, blur_window,
                                     colour_matrices)
 
-__all__ = ["import_dali", "build_pair_pipeline", "view_arguments", "feed_pipeline", "INPUT_KINDS"]
+__all__ = ["import_dali", "build_pair_pipeline", "decode_video_pair", "view_arguments", "feed_pipeline", "INPUT_KINDS"]
 
 # what the graph receives per sample: encoded JPEG frames, raw RGB frames, or a video file's bytes
 INPUT_KINDS = ("jpeg", "frames", "video")
@@ -50,7 +50,8 @@ def build_pair_pipeline(input_kind: str, *, batch_size: int, image_size: int, de
 
     input_kind: "jpeg" (inputs ``image0``/``image1``: encoded JPEG bytes), "frames" (``image0``/
     ``image1``: HWC uint8 RGB frames) or "video" (``encoded``: a whole video file's bytes, ``frames``:
-    (2,) int32 frame numbers in view order, decoded by ``fn.decoders.video``). Per view v also
+    (2,) int32 frame numbers in view order, decoded by ``fn.decoders.video``; ``transpose``,
+    ``flip_rows``, ``flip_columns``: () bool, the display orientation, see :func:`decode_video_pair`). Per view v also
     ``roi_start{v}``/``roi_end{v}`` (2,) float (y, x), ``colour{v}`` (3, 4) float, ``blur{v}`` () bool,
     ``sigma{v}`` () float, ``window{v}`` () int32, ``solarize{v}`` () bool, ``mirror{v}`` () int32
     (see :func:`view_arguments`).
@@ -69,10 +70,7 @@ def build_pair_pipeline(input_kind: str, *, batch_size: int, image_size: int, de
                   prefetch_queue_depth=prefetch, exec_dynamic=True, enable_conditionals=True)
     def pair_pipeline():
         if input_kind == "video":
-            encoded = fn.external_source(name="encoded", dtype=types.UINT8, no_copy=False)
-            frame_numbers = fn.external_source(name="frames", dtype=types.INT32)
-            video = fn.decoders.video(encoded, frames=frame_numbers, device="mixed" if on_gpu else "cpu")
-            frames = [video[0], video[1]]
+            frames = decode_video_pair(fn, types, on_gpu)
         elif input_kind == "jpeg":
             # no_copy: the loader keeps every fed array alive and unchanged until its batch's outputs are taken
             encoded = [fn.external_source(name=f"image{v}", dtype=types.UINT8, no_copy=True) for v in (0, 1)]
@@ -87,6 +85,28 @@ def build_pair_pipeline(input_kind: str, *, batch_size: int, image_size: int, de
     pipeline = pair_pipeline()
     pipeline.build()
     return pipeline
+
+
+def decode_video_pair(fn, types, on_gpu: bool) -> List:
+    """The two frames of each sample from its video file's bytes, as players show them.
+
+    External inputs: ``encoded`` (the file's bytes), ``frames`` (2,) int32, and ``transpose``,
+    ``flip_rows``, ``flip_columns`` () bool (the clip's display orientation, from the manifest:
+    ``fn.decoders.video`` does not read the display matrix). Needs ``enable_conditionals``.
+    """
+    encoded = fn.external_source(name="encoded", dtype=types.UINT8, no_copy=False)
+    frame_numbers = fn.external_source(name="frames", dtype=types.INT32)
+    transpose, flip_rows, flip_columns = (fn.external_source(name=name, dtype=types.BOOL)
+                                          for name in ("transpose", "flip_rows", "flip_columns"))
+    video = fn.decoders.video(encoded, frames=frame_numbers, device="mixed" if on_gpu else "cpu")
+    shown = []
+    for frame in (video[0], video[1]):
+        if transpose:  # a quarter turn: rows become columns (then the flips finish the turn)
+            frame = fn.transpose(frame, perm=[1, 0, 2], transpose_layout=False)  # still called HWC
+        frame = fn.flip(frame, horizontal=fn.cast(flip_columns, dtype=types.INT32),
+                        vertical=fn.cast(flip_rows, dtype=types.INT32))
+        shown.append(frame)
+    return shown
 
 
 def _augment(fn, types, frame, view: int, image_size: int, dtype, on_gpu: bool):

@@ -6,8 +6,9 @@ Kinds of job, each a tuple whose first item names it::
 
     ("video_frames", path, fps, file_frames, reader_options, (height, width))
         -> image0, image1: (H, W, 3) uint8 RGB, display orientation, dense
-    ("file_bytes", path, file_frames)
-        -> encoded: the file's bytes (uint8), frames: (2,) int32 (for fn.decoders.video)
+    ("file_bytes", path, file_frames[, orientation])
+        -> encoded: the file's bytes (uint8), frames: (2,) int32 (for fn.decoders.video), and
+           transpose, flip_rows, flip_columns: () bool, the display orientation DALI's graph applies
 
 Errors are VideoError naming the file. Frame stores need no job: their reads are ``pread`` calls
 that the loader makes itself (``FrameStoreSource.load_many``), cheaper than a round trip to a worker.
@@ -20,7 +21,9 @@ import numpy as np
 
 from vito_fast.errors import VideoError
 
-__all__ = ["JobRunner"]
+__all__ = ["JobRunner", "ORIENTATION_INPUTS"]
+
+ORIENTATION_INPUTS = ("transpose", "flip_rows", "flip_columns")  # a clip's display orientation, in this order
 
 
 class JobRunner:
@@ -52,9 +55,10 @@ class JobRunner:
         return {"image0": images[0], "image1": images[1]}  # dense: the reader's contract (DALI needs it)
 
     @staticmethod
-    def _file_bytes(path: str, file_frames) -> Dict[str, np.ndarray]:
+    def _file_bytes(path: str, file_frames, orientation=(False, False, False)) -> Dict[str, np.ndarray]:
         try:
             data = np.fromfile(path, dtype=np.uint8)
         except OSError as error:
             raise VideoError(f"{path}: cannot read it: {error}") from None
-        return {"encoded": data, "frames": np.asarray(file_frames, dtype=np.int32)}
+        turns = {name: np.array(bool(value)) for name, value in zip(ORIENTATION_INPUTS, orientation)}
+        return {"encoded": data, "frames": np.asarray(file_frames, dtype=np.int32), **turns}

@@ -51,6 +51,7 @@ class FrameRequest:
     width: int
     keyframes: Optional[Tuple[int, ...]] = None
     keyframe_pts: Optional[Tuple[int, ...]] = None
+    orientation: Tuple[bool, bool, bool] = (False, False, False)  # transpose, flip rows, flip columns
 
     def to_json(self) -> dict:
         return {name: list(value) if isinstance(value, tuple) else value for name, value in self.__dict__.items()}
@@ -61,6 +62,8 @@ class FrameRequest:
         for name in ("frames", "keyframes", "keyframe_pts"):
             if values.get(name) is not None:
                 values[name] = tuple(int(item) for item in values[name])
+        if values.get("orientation") is not None:
+            values["orientation"] = tuple(bool(item) for item in values["orientation"])
         return cls(**values)
 
 
@@ -114,9 +117,9 @@ class PyAVDecoder:
 
 
 class DaliDecoder:
-    """``fn.decoders.video(frames=...)`` on the whole file's bytes, one pipeline reused; "cpu" or "gpu"
-    (the mixed backend: NVDEC). Rotation and variable frame rates are not corrected here: the choice's
-    check against PyAV rejects it for files where that matters."""
+    """``fn.decoders.video(frames=...)`` on the whole file's bytes, turned to the display orientation the
+    scan recorded, one pipeline reused; "cpu" or "gpu" (the mixed backend: NVDEC). The same graph
+    pieces as the loader's DALI video path (``pipeline.decode_video_pair``), so its trial speaks for it."""
 
     name = "dali"
 
@@ -138,16 +141,17 @@ class DaliDecoder:
         return None
 
     def _build(self):
-        from nvidia.dali import fn, pipeline_def, types
+        from nvidia.dali import pipeline_def
 
+        from vito_fast.data.pipeline import decode_video_pair, import_dali
+
+        fn, _, types = import_dali()
         on_gpu = self.device == "gpu"
 
         @pipeline_def(batch_size=1, num_threads=1, device_id=0 if on_gpu else None, prefetch_queue_depth=1,
-                      exec_dynamic=True)
+                      exec_dynamic=True, enable_conditionals=True)
         def frames():
-            encoded = fn.external_source(name="encoded", dtype=types.UINT8)
-            numbers = fn.external_source(name="frames", dtype=types.INT32)
-            return fn.decoders.video(encoded, frames=numbers, device="mixed" if on_gpu else "cpu")
+            return tuple(decode_video_pair(fn, types, on_gpu))
 
         pipeline = frames()
         pipeline.build()
@@ -160,10 +164,16 @@ class DaliDecoder:
             data = np.fromfile(request.path, dtype=np.uint8)
         except OSError as error:
             raise VideoError(f"{request.path}: cannot read it: {error}") from None
+        from vito_fast.data.sample_jobs import ORIENTATION_INPUTS
+
+        if len(request.frames) != 2:
+            raise ValueError(f"DaliDecoder: decodes pairs of frames, not {len(request.frames)}")
         self._pipeline.feed_input("encoded", [data])
         self._pipeline.feed_input("frames", [np.asarray(request.frames, dtype=np.int32)])
+        for name, value in zip(ORIENTATION_INPUTS, request.orientation):
+            self._pipeline.feed_input(name, [np.array(bool(value))])
         try:
-            (decoded,) = self._pipeline.run()
+            decoded = self._pipeline.run()
         except Exception as error:
             self._pipeline = None  # a failed DALI pipeline is not usable again
             raise VideoError(f"{request.path}: DALI could not decode frames {list(request.frames)}: "
@@ -173,11 +183,14 @@ class DaliDecoder:
 
             from nvidia.dali.plugin.pytorch import feed_ndarray
 
-            tensor = decoded.as_tensor()
-            out = torch.empty(tuple(tensor.shape()), dtype=torch.uint8, device="cuda")
-            feed_ndarray(tensor, out)
-            return list(out[0])
-        return list(np.array(decoded.as_tensor())[0])
+            frames = []
+            for output in decoded:
+                tensor = output.as_tensor()
+                out = torch.empty(tuple(tensor.shape()), dtype=torch.uint8, device="cuda")
+                feed_ndarray(tensor, out)
+                frames.append(out[0])
+            return frames
+        return [np.ascontiguousarray(np.array(output.as_tensor())[0]) for output in decoded]
 
     def close(self) -> None:
         self._pipeline = None

@@ -67,6 +67,7 @@ class VideoInfo:
     variable_frame_rate: bool
     keyframes: Optional[List[int]] = None
     keyframe_pts: Optional[List[int]] = None
+    orientation: Optional[List[bool]] = None  # [transpose, flip_rows, flip_columns]; None: shown as stored
 
 
 # ----------------------------------------------------------------------------- probing one file
@@ -151,11 +152,12 @@ def probe_video(path: str, decode_check: str = "tail") -> Union[VideoInfo, Rejec
             problem = problem or _decode_check(container, stream, timestamps, keyframe_times, decode_check)
             if problem:
                 return RejectedVideo(path, "truncated", problem)
-        if first is not None and display_orientation(first)[0]:
+        orientation = list(display_orientation(first)) if first is not None else [False, False, False]
+        if orientation[0]:
             width, height = height, width  # a quarter turn
         keyframes, keyframe_pts = keyframe_index(timestamps, keyframe_times)
         return VideoInfo(path, codec, width, height, fps, num_frames, duration, variable_frame_rate,
-                         keyframes, keyframe_pts)
+                         keyframes, keyframe_pts, orientation if any(orientation) else None)
 
 
 def _declared_media_shortfall(container, stream, packets: int, stream_ends: dict, fps: float) -> Optional[str]:
