@@ -477,3 +477,48 @@ def test_scan_names_clips_far_from_random_access_and_the_nvdec_preset_fixes_them
         assert np.all(np.diff(record.keyframes) == 16) and frames_per_random_frame(record) <= 8.5
         with av.open(record.path) as container:  # no B-frames: frames come out in the order they are stored
             assert container.streams.video[0].codec_context.has_b_frames == 0
+
+
+def test_scan_in_parts_and_merge_write_exactly_what_one_scan_writes(corpus, tmp_path, capsys):
+    """Parts I/N are contiguous blocks of the sorted files; the merge joins them in order. Different
+    settings, another file list, a missing or doubled part are refused by name."""
+    import shutil
+
+    common = ["--clip-seconds", "1", "--workers", "0", "--no-progress"]
+    assert cli_main(["prepare", "scan", str(corpus), "-o", str(tmp_path / "whole.jsonl"), *common]) == 0
+    whole = (tmp_path / "whole.jsonl").read_bytes()
+    whole_rejected = (tmp_path / "whole.rejected.jsonl").read_bytes()
+    assert whole and whole_rejected
+    for count in (2, 3):
+        parts = [tmp_path / f"part{index}of{count}.jsonl" for index in range(count)]
+        for index, part in reversed(list(enumerate(parts))):  # the order parts run in does not matter
+            assert cli_main(["prepare", "scan", str(corpus), "-o", str(part), "--part", f"{index}/{count}", *common]) == 0
+        assert 0 < len(parts[0].read_bytes()) < len(whole)
+        merged = tmp_path / f"merged{count}.jsonl"
+        assert cli_main(["prepare", "merge", *map(str, reversed(parts)), "-o", str(merged)]) == 0
+        assert merged.read_bytes() == whole
+        assert (tmp_path / f"merged{count}.rejected.jsonl").read_bytes() == whole_rejected
+    capsys.readouterr()
+    parts = [tmp_path / f"part{index}of2.jsonl" for index in range(2)]
+    assert cli_main(["prepare", "merge", str(parts[0]), "-o", str(tmp_path / "m.jsonl")]) == 1
+    assert "parts 1/2 are missing" in capsys.readouterr().err
+    assert cli_main(["prepare", "merge", str(parts[0]), str(parts[0]), str(parts[1]), "-o", str(tmp_path / "m.jsonl")]) == 1
+    assert "given twice" in capsys.readouterr().err
+    other = tmp_path / "other1of2.jsonl"
+    assert cli_main(["prepare", "scan", str(corpus), "-o", str(other), "--part", "1/2", "--clip-seconds", "2",
+                     "--workers", "0", "--no-progress"]) == 0
+    capsys.readouterr()
+    assert cli_main(["prepare", "merge", str(parts[0]), str(other), "-o", str(tmp_path / "m.jsonl")]) == 1
+    assert "differ in the scan settings" in capsys.readouterr().err
+    moved = tmp_path / "moved"
+    shutil.copytree(corpus, moved)
+    (moved / "extra.webm").write_bytes((corpus / "vp9_25fps.webm").read_bytes())
+    extra = tmp_path / "extra1of2.jsonl"
+    assert cli_main(["prepare", "scan", str(moved), "-o", str(extra), "--part", "1/2", *common]) == 0
+    capsys.readouterr()
+    assert cli_main(["prepare", "merge", str(parts[0]), str(extra), "-o", str(tmp_path / "m.jsonl")]) == 1
+    assert "differ in the list of files" in capsys.readouterr().err
+    assert cli_main(["prepare", "merge", str(tmp_path / "whole.jsonl"), "-o", str(tmp_path / "m.jsonl")]) == 1
+    assert "not written by `prepare scan --part I/N`" in capsys.readouterr().err
+    assert cli_main(["prepare", "scan", str(corpus), "-o", str(tmp_path / "x.jsonl"), "--part", "2/2"]) == 1
+    assert "need 0 <= I < N" in capsys.readouterr().err

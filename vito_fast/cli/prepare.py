@@ -1,6 +1,7 @@
 """`vito-fast prepare`: from a folder of videos to a manifest, a JPEG frame store, or transcoded clips.
 
-    vito-fast prepare scan PATH... -o manifest.jsonl [--min-seconds S] [--clip-seconds S] [--workers N]
+    vito-fast prepare scan PATH... -o manifest.jsonl [--min-seconds S] [--clip-seconds S] [--workers N] [--part I/N]
+    vito-fast prepare merge part0.jsonl part1.jsonl ... -o manifest.jsonl   # the parts of `scan --part I/N`
     vito-fast prepare frames manifest.jsonl -o STORE/ [--fps 8] [--short-side 256] [--quality 90] [--device cpu|gpu]
     vito-fast prepare transcode manifest.jsonl -o DIR/ [--preset nvdec|cpu] [--codec vp9|h264] [--short-side 256] [--gop N]
     vito-fast prepare upgrade-store STORE/      # rewrite a version-1 frame store index as version 2
@@ -43,7 +44,14 @@ def build_parser() -> argparse.ArgumentParser:
                       help="reject codecs this decoder cannot read (dali-cpu: VP8/VP9/MJPEG only)")
     scan.add_argument("--allow-vfr", action="store_true", help="keep variable-frame-rate videos")
     scan.add_argument("--label", default=None, help="label stored in every record")
+    scan.add_argument("--part", default=None, metavar="I/N",
+                      help="probe only part I of N (0-based) of the files, for `prepare merge` (Slurm: "
+                           "$SLURM_ARRAY_TASK_ID/$SLURM_ARRAY_TASK_COUNT)")
     scan.add_argument("--no-progress", action="store_true")
+
+    merge = commands.add_parser("merge", help="join the manifests of `prepare scan --part I/N` into what one scan writes")
+    merge.add_argument("parts", nargs="+", metavar="PART", help="the parts' manifests, in any order")
+    merge.add_argument("-o", "--output", required=True, help="manifest to write (and <name>.rejected.jsonl)")
 
     frames = commands.add_parser("frames", help="extract JPEG frames into tar shards plus an index")
     frames.add_argument("manifest")
@@ -114,7 +122,8 @@ def format_summary(records, rejected) -> str:
 def run_scan(args) -> int:
     from vito_fast.curate.selection import expand_curated_lists
     from vito_fast.data.manifest import rejected_manifest_path, write_manifest
-    from vito_fast.prepare.scan import scan_videos
+    from vito_fast.prepare.parts import parse_part, write_part_record
+    from vito_fast.prepare.scan import find_videos, scan_videos
     from vito_fast.prepare.probe import RejectedVideo
 
     missing = [path for path in args.paths if not Path(path).exists()]
@@ -122,19 +131,27 @@ def run_scan(args) -> int:
         print(f"vito-fast prepare scan: no such file or folder: {', '.join(missing)}", file=sys.stderr)
         return EXIT_USAGE
     paths, curated_labels, listed_missing = expand_curated_lists(args.paths)
+    part = None if args.part is None else parse_part(args.part)
     records, rejected = scan_videos(paths, min_seconds=args.min_seconds, clip_seconds=args.clip_seconds or None,
                                     workers=args.workers, progress=not args.no_progress, timeout=args.timeout,
                                     decode_check=args.decode_check, decoder=args.decoder,
-                                    reject_variable_frame_rate=not args.allow_vfr, label=args.label)
-    rejected += [RejectedVideo(path, "unreadable", "listed in a curated list but not found") for path in listed_missing]
+                                    reject_variable_frame_rate=not args.allow_vfr, label=args.label, part=part)
+    if part is None or part.index == part.count - 1:  # the whole scan reports them after every file
+        rejected += [RejectedVideo(path, "unreadable", "listed in a curated list but not found")
+                     for path in listed_missing]
     if args.label is None:
         for record in records:
             record.label = curated_labels.get(record.path, record.label)
     manifest = write_manifest(args.output, records)
     rejected_path = write_manifest(rejected_manifest_path(args.output), rejected)
+    if part is not None:
+        settings = {name: getattr(args, name) for name in ("min_seconds", "clip_seconds", "decode_check", "decoder",
+                                                           "allow_vfr", "label")}
+        write_part_record(manifest, part, settings, find_videos(paths) + sorted(listed_missing))
+        print(f"part {part} of the files")
     print(format_summary(records, rejected))
     print(f"manifest: {manifest} ({len(records)} clips); rejected: {rejected_path} ({len(rejected)} files)")
-    if not records:
+    if not records and part is None:  # a part may hold only bad files: the merge decides
         print("vito-fast prepare scan: no usable video found", file=sys.stderr)
         return EXIT_FAILURE
     return EXIT_OK
@@ -169,6 +186,14 @@ def run_transcode(args) -> int:
     return EXIT_OK if len(outputs) == len(records) else EXIT_FAILURE
 
 
+def run_merge(args) -> int:
+    from vito_fast.prepare.parts import merge_parts
+
+    manifest, rejected, clips, rejected_count = merge_parts(args.parts, args.output)
+    print(f"merged {len(args.parts)} parts: {manifest} ({clips} clips); rejected: {rejected} ({rejected_count} files)")
+    return EXIT_OK
+
+
 def run_upgrade_store(args) -> int:
     from vito_fast.data.frame_store import FrameStore, upgrade_store
 
@@ -190,7 +215,7 @@ def main(argv: Sequence[str]) -> int:
         args = parser.parse_args(list(argv))
     except SystemExit as exit_request:  # argparse exits on --help (0) and on errors (2)
         return int(exit_request.code or 0)
-    step = {"scan": run_scan, "frames": run_frames, "transcode": run_transcode,
+    step = {"scan": run_scan, "frames": run_frames, "transcode": run_transcode, "merge": run_merge,
             "upgrade-store": run_upgrade_store}[args.step]
     try:
         return step(args)

@@ -1,0 +1,117 @@
+"""Preparation across machines: ``prepare scan --part I/N`` on each, then ``prepare merge``.
+
+A part takes the I-th of N contiguous blocks of the files a whole scan would probe, in the same
+(sorted) order, so its manifest is a contiguous piece of the whole one, and the merge, which joins
+the parts in part order, writes exactly what one run writes. Beside its manifest each part writes
+``<manifest>.part.json``: its number, the count, the settings that change what a scan writes and a
+digest of the whole file list; the merge refuses parts made with other settings, over other files,
+a part missing or given twice. Any scheduler runs the parts: a Slurm array
+(``--part $SLURM_ARRAY_TASK_ID/$SLURM_ARRAY_TASK_COUNT``), a Kubernetes indexed job
+(``$JOB_COMPLETION_INDEX``), a loop over hosts.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Dict, List, Sequence, Tuple, Union
+
+__all__ = ["Part", "parse_part", "part_files", "part_record_path", "write_part_record", "merge_parts"]
+
+PathLike = Union[str, os.PathLike]
+
+
+@dataclass(frozen=True)
+class Part:
+    """Part ``index`` of ``count`` (0 <= index < count)."""
+
+    index: int
+    count: int
+
+    def __str__(self) -> str:
+        return f"{self.index}/{self.count}"
+
+
+def parse_part(text: str) -> Part:
+    """"I/N" -> Part(I, N); ValueError naming the text otherwise."""
+    try:
+        index, count = (int(value) for value in str(text).split("/"))
+    except ValueError:
+        raise ValueError(f"--part {text!r}: expected I/N, e.g. 0/4 (part 0 of 4)") from None
+    if not 0 <= index < count:
+        raise ValueError(f"--part {text!r}: need 0 <= I < N")
+    return Part(index, count)
+
+
+def part_files(files: Sequence[str], part: Part) -> List[str]:
+    """The ``part``'s contiguous block of ``files`` (sizes differ by at most one)."""
+    start, stop = (len(files) * index // part.count for index in (part.index, part.index + 1))
+    return list(files[start:stop])
+
+
+def files_digest(files: Sequence[str]) -> str:
+    return hashlib.sha256("\n".join(files).encode()).hexdigest()[:16]
+
+
+def part_record_path(manifest: PathLike) -> Path:
+    """``manifest.jsonl`` -> ``manifest.jsonl.part.json``."""
+    manifest = Path(manifest)
+    return manifest.with_name(manifest.name + ".part.json")
+
+
+def write_part_record(manifest: PathLike, part: Part, settings: Dict[str, object], files: Sequence[str]) -> Path:
+    """Write the part's record beside its manifest (what ``merge_parts`` checks)."""
+    record = {"part": part.index, "parts": part.count, "settings": settings, "files": len(files),
+              "files_digest": files_digest(files)}
+    path = part_record_path(manifest)
+    temporary = path.with_name(f".{path.name}.tmp")
+    temporary.write_text(json.dumps(record, indent=1, sort_keys=True))
+    os.replace(temporary, path)
+    return path
+
+
+def merge_parts(manifests: Sequence[PathLike], output: PathLike) -> Tuple[Path, Path, int, int]:
+    """Join the parts' manifests and rejected lists in part order into ``output`` and its rejected list.
+
+    Returns (manifest, rejected list, clips, rejected files). ValueError naming what does not fit:
+    a manifest without its part record, parts of different scans (count, settings or file list), a
+    part missing or given twice.
+    """
+    from vito_fast.data.manifest import iter_manifest, rejected_manifest_path, write_manifest
+    from vito_fast.prepare.probe import RejectedVideo
+
+    records = []  # (manifest, its part record), as given: the same part twice is an error, not one part
+    for manifest in map(Path, manifests):
+        try:
+            records.append((manifest, json.loads(part_record_path(manifest).read_text())))
+        except FileNotFoundError:
+            raise ValueError(f"{manifest}: no {part_record_path(manifest).name} beside it: "
+                             f"not written by `prepare scan --part I/N`") from None
+    first_manifest, first = records[0]
+    for manifest, record in records:
+        for key, name in (("parts", "the part count"), ("settings", "the scan settings"),
+                          ("files_digest", "the list of files")):
+            if record[key] != first[key]:
+                raise ValueError(f"{manifest} and {first_manifest} differ in {name} "
+                                 f"({record[key]!r} vs {first[key]!r}): parts of different scans")
+    by_index: Dict[int, Path] = {}
+    for manifest, record in records:
+        if record["part"] in by_index:
+            raise ValueError(f"part {record['part']}/{record['parts']} given twice: {by_index[record['part']]} "
+                             f"and {manifest}")
+        by_index[record["part"]] = manifest
+    missing = sorted(set(range(first["parts"])) - set(by_index))
+    if missing:
+        count = first["parts"]
+        raise ValueError(f"parts {', '.join(f'{index}/{count}' for index in missing)} are missing")
+    ordered = [by_index[index] for index in range(first["parts"])]
+    clips = [record for manifest in ordered for record in iter_manifest(manifest)]
+    rejected = []
+    for manifest in ordered:
+        rejected_path = rejected_manifest_path(manifest)
+        if rejected_path.is_file():
+            rejected += [RejectedVideo.from_json(line) for line in rejected_path.read_text().splitlines() if line]
+    merged = write_manifest(output, clips)
+    return merged, write_manifest(rejected_manifest_path(output), rejected), len(clips), len(rejected)
