@@ -522,3 +522,47 @@ def test_scan_in_parts_and_merge_write_exactly_what_one_scan_writes(corpus, tmp_
     assert "not written by `prepare scan --part I/N`" in capsys.readouterr().err
     assert cli_main(["prepare", "scan", str(corpus), "-o", str(tmp_path / "x.jsonl"), "--part", "2/2"]) == 1
     assert "need 0 <= I < N" in capsys.readouterr().err
+
+
+def test_frames_in_parts_and_merge_give_the_clips_and_frames_of_one_extraction(manifest, tmp_path, capsys):
+    """Each part extracts a contiguous block of the manifest's clips into a store of its own; the merge
+    links their shards into one store: the same clips, frames (the same JPEG bytes) and labels as one
+    extraction, shards split at the parts' boundaries."""
+    from vito_fast.data.frame_store_index import clip_documents, read_index
+
+    path = write_manifest(tmp_path / "manifest.jsonl", manifest)
+    common = ["--fps", "4", "--short-side", "32", "--workers", "1", "--no-progress"]
+    assert cli_main(["prepare", "frames", str(path), "-o", str(tmp_path / "whole"), *common]) == 0
+    for index in (1, 0):
+        assert cli_main(["prepare", "frames", str(path), "-o", str(tmp_path / f"part{index}"), "--part", f"{index}/2",
+                         *common]) == 0
+    assert cli_main(["prepare", "merge", str(tmp_path / "part1"), str(tmp_path / "part0"), "-o",
+                     str(tmp_path / "merged")]) == 0
+    assert f"({len(manifest)} clips" in capsys.readouterr().out
+    whole, merged = FrameStore(tmp_path / "whole"), FrameStore(tmp_path / "merged")
+    merged.validate()
+    assert len(whole) == len(merged) == len(manifest) and whole.label_names == merged.label_names
+    assert len(merged.shards) == 2  # one per part here: shards never span the parts' boundary
+    for clip in range(len(whole)):
+        assert whole.source(clip) == merged.source(clip)
+        count = len(whole.frame_offsets(clip))
+        assert count == len(merged.frame_offsets(clip)) > 0
+        for frame in range(count):
+            assert whole.frame_bytes(clip, frame) == merged.frame_bytes(clip, frame)
+    documents = {name: clip_documents(read_index(tmp_path / name).arrays, read_index(tmp_path / name).header["labels"])
+                 for name in ("whole", "merged")}
+    for one, other in zip(documents["whole"], documents["merged"]):
+        assert {key: value for key, value in one.items() if key not in ("shard", "frame_offsets")} == \
+            {key: value for key, value in other.items() if key not in ("shard", "frame_offsets")}
+    whole.close()
+    merged.close()
+    capsys.readouterr()
+    assert cli_main(["prepare", "merge", str(tmp_path / "part0"), "-o", str(tmp_path / "m")]) == 1
+    assert "parts 1/2 are missing" in capsys.readouterr().err
+    assert cli_main(["prepare", "merge", str(tmp_path / "whole"), "-o", str(tmp_path / "m")]) == 1
+    assert "not written by `prepare frames --part I/N`" in capsys.readouterr().err
+    assert cli_main(["prepare", "frames", str(path), "-o", str(tmp_path / "other1"), "--part", "1/2", "--fps", "2",
+                     "--short-side", "32", "--workers", "1", "--no-progress"]) == 0
+    capsys.readouterr()
+    assert cli_main(["prepare", "merge", str(tmp_path / "part0"), str(tmp_path / "other1"), "-o", str(tmp_path / "m")]) == 1
+    assert "parts of different extractions" in capsys.readouterr().err

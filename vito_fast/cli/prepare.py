@@ -49,9 +49,11 @@ def build_parser() -> argparse.ArgumentParser:
                            "$SLURM_ARRAY_TASK_ID/$SLURM_ARRAY_TASK_COUNT)")
     scan.add_argument("--no-progress", action="store_true")
 
-    merge = commands.add_parser("merge", help="join the manifests of `prepare scan --part I/N` into what one scan writes")
-    merge.add_argument("parts", nargs="+", metavar="PART", help="the parts' manifests, in any order")
-    merge.add_argument("-o", "--output", required=True, help="manifest to write (and <name>.rejected.jsonl)")
+    merge = commands.add_parser("merge", help="join the manifests of `prepare scan --part I/N` (or the stores of "
+                                "`prepare frames --part I/N`) into what one run writes")
+    merge.add_argument("parts", nargs="+", metavar="PART", help="the parts' manifests, or store folders, in any order")
+    merge.add_argument("-o", "--output", required=True,
+                       help="manifest to write (and <name>.rejected.jsonl), or store folder")
 
     frames = commands.add_parser("frames", help="extract JPEG frames into tar shards plus an index")
     frames.add_argument("manifest")
@@ -63,6 +65,9 @@ def build_parser() -> argparse.ArgumentParser:
     frames.add_argument("--device", choices=("cpu", "gpu", "dali-cpu"), default="cpu",
                         help="cpu: PyAV; gpu: DALI + NVDEC; dali-cpu: DALI's CPU decoder (VP8/VP9/MJPEG)")
     frames.add_argument("--shard-mb", type=positive_int, default=512, help="close a shard past this size (MiB)")
+    frames.add_argument("--part", default=None, metavar="I/N",
+                        help="extract only part I of N (0-based) of the manifest's clips into this store, "
+                             "for `prepare merge`")
     frames.add_argument("--workers", type=int, default=None, help="decoding processes (default: CPU count)")
     frames.add_argument("--no-progress", action="store_true")
 
@@ -161,9 +166,12 @@ def run_frames(args) -> int:
     from vito_fast.data.frame_store import FrameStore
     from vito_fast.prepare.frame_store_write import extract_frames
 
+    from vito_fast.prepare.parts import parse_part
+
+    part = None if args.part is None else parse_part(args.part)
     index = extract_frames(args.manifest, args.output, fps=args.fps, short_side=args.short_side,
                            quality=args.quality, device=args.device, shard_bytes=args.shard_mb << 20,
-                           workers=args.workers, progress=not args.no_progress)
+                           workers=args.workers, progress=not args.no_progress, part=part)
     with FrameStore(index) as store:
         frames, skipped = int(store.header["num_frames"]), store.skipped
         print(f"frame store: {index} ({len(store)} clips, {frames} frames, {len(store.shards)} shards)")
@@ -187,8 +195,16 @@ def run_transcode(args) -> int:
 
 
 def run_merge(args) -> int:
-    from vito_fast.prepare.parts import merge_parts
+    from vito_fast.prepare.parts import merge_parts, merge_stores
 
+    stores = [Path(part).is_dir() or Path(part).name == "index.json" for part in args.parts]
+    if all(stores):
+        index, clips, frames = merge_stores(args.parts, args.output)
+        print(f"merged {len(args.parts)} store parts: {index} ({clips} clips, {frames} frames)")
+        return EXIT_OK
+    if any(stores):
+        raise ValueError("merge: give either manifests (from `prepare scan --part`) or store folders "
+                         "(from `prepare frames --part`), not both")
     manifest, rejected, clips, rejected_count = merge_parts(args.parts, args.output)
     print(f"merged {len(args.parts)} parts: {manifest} ({clips} clips); rejected: {rejected} ({rejected_count} files)")
     return EXIT_OK

@@ -89,14 +89,16 @@ def _finished_shards(folder: Path, digest: str) -> List[dict]:
 
 def extract_frames(manifest: Union[PathLike, Sequence[ClipRecord]], out_dir: PathLike, *, fps: float = 8,
                    short_side: int = 256, quality: int = 90, device: str = "cpu", shard_bytes: int = 512 << 20,
-                   workers: Optional[int] = None, progress: bool = True) -> Path:
+                   workers: Optional[int] = None, progress: bool = True, part=None) -> Path:
     """Extract every clip of a manifest into a frame store in ``out_dir``; returns the index path.
 
     ``device="cpu"`` decodes with PyAV in ``workers`` processes (default: CPU count; 1 = in this
     process), ``"gpu"`` with DALI's NVDEC decoder, ``"dali-cpu"`` with DALI's CPU decoder (VP8,
     VP9 and MJPEG only; the same code path as "gpu", so it is what CPU tests exercise). A shard is
     closed once it holds ``shard_bytes`` (clips never span shards). Finished shards of an earlier
-    interrupted run with the same manifest and settings are kept.
+    interrupted run with the same manifest and settings are kept. ``part`` (a ``parts.Part``):
+    extract only that contiguous block of the manifest's clips (they keep their manifest index), for
+    ``prepare merge`` to join the parts' stores.
     """
     records = read_manifest(manifest) if isinstance(manifest, (str, os.PathLike)) else list(manifest)
     if device not in ("cpu", "gpu", "dali-cpu"):
@@ -104,16 +106,19 @@ def extract_frames(manifest: Union[PathLike, Sequence[ClipRecord]], out_dir: Pat
     folder = Path(out_dir)
     folder.mkdir(parents=True, exist_ok=True)
     settings = {"fps": fps, "short_side": short_side, "quality": quality, "device": device}
-    digest = _settings_digest(records, settings)
+    digest = _settings_digest(records, settings)  # of the whole manifest: the parts of one extraction share it
+    start, stop = 0, len(records)
+    if part is not None:
+        start, stop = (len(records) * index // part.count for index in (part.index, part.index + 1))
     sidecars = _finished_shards(folder, digest)
-    next_clip = sidecars[-1]["end_clip"] if sidecars else 0
+    next_clip = sidecars[-1]["end_clip"] if sidecars else start
     for stale in folder.glob("*.tmp"):
         stale.unlink()
 
     from tqdm import tqdm
 
-    remaining = records[next_clip:]
-    bar = tqdm(total=len(records), initial=next_clip, desc="frames", unit="clip", disable=not progress)
+    remaining = records[next_clip:stop]
+    bar = tqdm(total=stop - start, initial=next_clip - start, desc="frames", unit="clip", disable=not progress)
     writer: Optional[ShardWriter] = None
     results = _extract_in_order(remaining, fps, short_side, quality, device, workers)
     try:
@@ -130,7 +135,7 @@ def extract_frames(manifest: Union[PathLike, Sequence[ClipRecord]], out_dir: Pat
                 frames_done += len(result.jpegs)
             bar.update(1)
             bar.set_postfix(frames_per_s=f"{frames_done / max(bar.format_dict['elapsed'], 1e-9):.0f}")
-            if writer.bytes_written >= shard_bytes or manifest_index == len(records) - 1:
+            if writer.bytes_written >= shard_bytes or manifest_index == stop - 1:
                 sidecar = {"settings_digest": digest, "name": writer.name, "bytes": writer.finish(),
                            "first_clip": first_clip, "end_clip": manifest_index + 1, "clips": clips,
                            "skipped": skipped}
@@ -148,6 +153,9 @@ def extract_frames(manifest: Union[PathLike, Sequence[ClipRecord]], out_dir: Pat
     header = {**settings, "settings_digest": digest,
               "shards": [{"name": s["name"], "bytes": s["bytes"]} for s in sidecars],
               "skipped": [entry for s in sidecars for entry in s["skipped"]]}
+    if part is not None:
+        header["part"] = {"index": part.index, "count": part.count, "first_clip": start, "end_clip": stop,
+                          "manifest_clips": len(records)}
     return write_index(folder, header, arrays, labels)
 
 

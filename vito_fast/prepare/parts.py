@@ -1,4 +1,4 @@
-"""Preparation across machines: ``prepare scan --part I/N`` on each, then ``prepare merge``.
+"""Preparation across machines: ``prepare scan|frames --part I/N`` on each, then ``prepare merge``.
 
 A part takes the I-th of N contiguous blocks of the files a whole scan would probe, in the same
 (sorted) order, so its manifest is a contiguous piece of the whole one, and the merge, which joins
@@ -7,7 +7,8 @@ the parts in part order, writes exactly what one run writes. Beside its manifest
 digest of the whole file list; the merge refuses parts made with other settings, over other files,
 a part missing or given twice. Any scheduler runs the parts: a Slurm array
 (``--part $SLURM_ARRAY_TASK_ID/$SLURM_ARRAY_TASK_COUNT``), a Kubernetes indexed job
-(``$JOB_COMPLETION_INDEX``), a loop over hosts.
+(``$JOB_COMPLETION_INDEX``), a loop over hosts. ``prepare frames --part I/N`` extracts the I-th block
+of a manifest's clips into a store of its own; ``merge_stores`` joins those stores.
 """
 from __future__ import annotations
 
@@ -18,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Dict, List, Sequence, Tuple, Union
 
-__all__ = ["Part", "parse_part", "part_files", "part_record_path", "write_part_record", "merge_parts"]
+__all__ = ["Part", "parse_part", "part_files", "part_record_path", "write_part_record", "merge_parts", "merge_stores"]
 
 PathLike = Union[str, os.PathLike]
 
@@ -115,3 +116,63 @@ def merge_parts(manifests: Sequence[PathLike], output: PathLike) -> Tuple[Path, 
             rejected += [RejectedVideo.from_json(line) for line in rejected_path.read_text().splitlines() if line]
     merged = write_manifest(output, clips)
     return merged, write_manifest(rejected_manifest_path(output), rejected), len(clips), len(rejected)
+
+
+def merge_stores(stores: Sequence[PathLike], output: PathLike) -> Tuple[Path, int, int]:
+    """Join frame stores written by ``prepare frames --part I/N`` into one store in ``output``.
+
+    The shards are hard-linked (copied across file systems) under the names one extraction gives
+    them, in part order, and one index lists every clip: the same clips, frames (the very JPEG
+    bytes) and labels as one extraction, its shards split at the parts' boundaries. Returns (index,
+    clips, frames). ValueError naming what does not fit: a store that is not a part, parts of another
+    manifest or settings, a part missing or given twice.
+    """
+    import shutil
+
+    from vito_fast.data.frame_store_index import arrays_from_clips, clip_documents, read_index, write_index
+
+    parts = []
+    for store in map(Path, stores):
+        index = read_index(store)
+        part = index.header.get("part")
+        if part is None:
+            raise ValueError(f"{store}: not written by `prepare frames --part I/N`")
+        parts.append((store, index, part))
+    first_store, first, first_part = parts[0]
+    for store, index, part in parts:
+        if index.header["settings_digest"] != first.header["settings_digest"] or part["count"] != first_part["count"]:
+            raise ValueError(f"{store} and {first_store} are parts of different extractions (another manifest, "
+                             f"other settings or another part count)")
+    by_index: Dict[int, tuple] = {}
+    for entry in parts:
+        if entry[2]["index"] in by_index:
+            raise ValueError(f"part {entry[2]['index']}/{entry[2]['count']} given twice: {by_index[entry[2]['index']][0]} "
+                             f"and {entry[0]}")
+        by_index[entry[2]["index"]] = entry
+    count = first_part["count"]
+    missing = sorted(set(range(count)) - set(by_index))
+    if missing:
+        raise ValueError(f"parts {', '.join(f'{index}/{count}' for index in missing)} are missing")
+    output = Path(output)
+    output.mkdir(parents=True, exist_ok=True)
+    clips, shards, skipped = [], [], []
+    for position in range(count):
+        store, index, _ = by_index[position]
+        folder = index.path.parent
+        for clip in clip_documents(index.arrays, index.header["labels"]):
+            clips.append({**clip, "shard": clip["shard"] + len(shards)})
+        for shard in index.header["shards"]:
+            name = f"shard-{len(shards):05d}.tar"
+            target = output / name
+            if target.exists():
+                target.unlink()
+            try:
+                os.link(folder / shard["name"], target)
+            except OSError:
+                shutil.copyfile(folder / shard["name"], target)
+            shards.append({"name": name, "bytes": shard["bytes"]})
+        skipped += index.header.get("skipped", [])
+    arrays, labels = arrays_from_clips(clips)
+    settings = {key: first.header[key] for key in ("fps", "short_side", "quality", "device", "settings_digest")}
+    path = write_index(output, {**settings, "shards": shards, "skipped": skipped}, arrays, labels)
+    return path, len(clips), int(len(arrays["frame_offsets"]))
