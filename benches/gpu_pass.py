@@ -107,6 +107,8 @@ STEPS: List[Step] = [
     Step("video_dali_decoder", "loader", 25, "PairLoader, DALI fn.decoders.video", steps.video_dali_decoder,
          needs=("video_corpus",)),
     Step("video_pynvc", "loader", 30, "PyNvVideoCodec SimpleDecoder", steps.video_pynvc, needs=("video_corpus",)),
+    Step("decoders", "loader", 60, "every video decoder's trial against PyAV and the choice (issue 26)",
+         steps.decoders, needs=("video_corpus",)),
     Step("compile_report", "kernels", 45, "bench_compile: sm_90 variants and roofline", steps.compile_report),
 ]
 SLOW = Step("injected_slow", "test", 2, "test only: sleeps past its limit", steps.injected_slow)

@@ -767,6 +767,23 @@ def video_pynvc(ctx: Context) -> None:
                 includes=f"decode only, RGB {shape} on the GPU; Δt uniform 0-2.5 s")
 
 
+def decoders(ctx: Context) -> None:
+    """vito_fast.data.decoder_choice on the corpus: every decoder's trial (verified against PyAV or why
+    not; pairs/s, CPU ms per pair) and the choice, as `vito-fast bench decoders` prints it."""
+    require("PyAV")
+    require_file(ctx.manifest, "video_corpus")
+    from vito_fast.data.decoder_choice import choose_decoder
+    from vito_fast.data.manifest import read_manifest
+
+    device = "gpu" if ctx.cuda else "cpu"
+    choice = choose_decoder(read_manifest(ctx.manifest), device=device, samples=ctx.sizes.video_batch,
+                            timeout=60, cache_path=ctx.work / "video_decoders.json", refresh=True)
+    for trial in choice.trials:
+        ctx.row(candidate=f"{trial.decoder} ({choice.codec} {choice.size})", device=device, status=trial.status,
+                pairs_per_s=trial.pairs_per_s, cpu_ms_per_pair=trial.cpu_ms_per_pair, min_luma_psnr_db=trial.min_psnr_db,
+                chosen=trial.decoder == choice.decoder, note=trial.reason)
+
+
 # ----------------------------------------------------------------------------- 5. training
 
 

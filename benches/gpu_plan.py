@@ -69,6 +69,8 @@ LATER = {
     "video_dali_reader": "DALI's sequence reader was measured on an H200 (SPEC anchors); issue #26 compares decoders",
     "video_dali_decoder": "failed or hung on an H200 (SPEC); issue #26 owns GPU decoding",
     "video_pynvc": "PyNvVideoCodec (27 MB) would cost one more staging call; issue #26 owns GPU decoding",
+    "decoders": "with video_corpus: 80 s the plan does not have; issue #26's decoder trials (DALI NVDEC, "
+                "PyNvVideoCodec, torchcodec against PyAV)",
     "compile_report": "CPU work: `python benches/bench_compile.py --triton-path DIR` compiles with the host's Triton here",
 }
 

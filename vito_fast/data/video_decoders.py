@@ -229,10 +229,20 @@ class NvcDecoder:
             self._local.decoder = None
             raise VideoError(f"{request.path}: PyNvVideoCodec could not decode frames {list(request.frames)}: "
                              f"{error}") from None
-        return [torch.from_dlpack(frame).reshape(request.height, request.width, 3) for frame in frames]
+        return [_cuda_tensor(frame).reshape(request.height, request.width, 3) for frame in frames]
 
     def close(self) -> None:
         self._local = threading.local()
+
+
+def _cuda_tensor(frame):
+    """A PyNvVideoCodec frame as a CUDA tensor: DLPack, or else the CUDA array interface (versions differ)."""
+    import torch
+
+    try:
+        return torch.from_dlpack(frame)
+    except (TypeError, AttributeError, RuntimeError):
+        return torch.as_tensor(frame, device="cuda")
 
 
 class TorchCodecDecoder:
