@@ -79,7 +79,9 @@ RUNTIME_REQUIREMENTS = [
     "pyyaml>=6",
 ]
 
-TEST_REQUIREMENTS = ["pytest>=7", "pytest-benchmark>=4", "hypothesis>=6"]
+# Data on object storage or web servers (vito_fast.data.remote): fsspec, and its package per protocol.
+REMOTE_REQUIREMENTS = ["fsspec>=2023.1", "aiohttp>=3.8"]
+TEST_REQUIREMENTS = ["pytest>=7", "pytest-benchmark>=4", "hypothesis>=6", *REMOTE_REQUIREMENTS]
 
 setup(
     name="vito_fast",
@@ -94,7 +96,8 @@ setup(
     ext_modules=[make_c_extension()],
     cmdclass={"build_ext": build_ext},
     install_requires=RUNTIME_REQUIREMENTS,
-    extras_require={"test": TEST_REQUIREMENTS},
+    extras_require={"test": TEST_REQUIREMENTS, "remote": REMOTE_REQUIREMENTS,
+                    "s3": [*REMOTE_REQUIREMENTS, "s3fs"], "gcs": [*REMOTE_REQUIREMENTS, "gcsfs"]},
     entry_points={"console_scripts": ["vito-fast = vito_fast.cli.main:main"]},
     zip_safe=False,
 )

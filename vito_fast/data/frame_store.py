@@ -133,6 +133,12 @@ class FrameStore:
     def __init__(self, path: PathLike, *, threads: int = 4, max_open_shards: int = 256):
         index = read_index(path)
         self.path, self.version, self.header, self.arrays = index.path.parent, index.version, index.header, index.arrays
+        self.url = self.header.get("url")  # a store on object storage (``remote.is_url``): ranged reads
+        self._remote = None
+        if self.url is not None:
+            from vito_fast.data.remote import RemoteFiles
+
+            self._remote = RemoteFiles(self.url)
         self.fps, self.short_side, self.quality = self.header["fps"], self.header["short_side"], self.header["quality"]
         self.shards: List[dict] = self.header["shards"]
         self.skipped: List[dict] = self.header.get("skipped", [])
@@ -178,8 +184,14 @@ class FrameStore:
     def source(self, clip: int) -> str:
         return source_path(self.arrays, clip)
 
-    def shard_path(self, clip: int) -> Path:
+    def shard_path(self, clip: int):
+        """The clip's shard: a Path, or the shard's URL for a store on object storage."""
+        if self.url is not None:
+            return self._shard_url(int(self.arrays["shard"][clip]))
         return self._files.paths[int(self.arrays["shard"][clip])]
+
+    def _shard_url(self, shard: int) -> str:
+        return f"{self.url}/{self.shards[shard]['name']}"
 
     def frame_offsets(self, clip: int) -> np.ndarray:
         """(num_frames,) byte offsets of the clip's JPEGs in its shard (read-only)."""
@@ -223,6 +235,14 @@ class FrameStore:
     def _read_requests(self, requests: Sequence[tuple]) -> List[Union[bytes, StoreError]]:
         """Read (clip, frame, shard, offset, size) requests in order, holding each shard's descriptor once."""
         out: List[Union[bytes, StoreError]] = []
+        if self._remote is not None:  # ranged reads, each retried; one failing frame is its error
+            for clip, frame, shard, offset, size in requests:
+                try:
+                    out.append(self._remote.read_range(self._shard_url(shard), offset, size,
+                                                       f"{self._shard_url(shard)}: clip {clip} frame {frame}"))
+                except StoreError as error:
+                    out.append(error)
+            return out
         held: Dict[int, int] = {}
         try:
             for clip, frame, shard, offset, size in requests:
@@ -287,6 +307,8 @@ class FrameStore:
 
     def validate(self, check_jpeg: bool = True) -> None:
         """Check every shard against the index: size, tar headers, JPEG markers; StoreError names the shard."""
+        if self.url is not None:
+            raise StoreError(f"{self.url}: validate a store where it was written, before it is uploaded")
         for shard in self.shards:
             shard_path = self.path / shard["name"]
             if not shard_path.is_file():

@@ -182,7 +182,13 @@ def _convert_version_1(index_path: Path, document: dict) -> StoreIndex:
 
 
 def read_index(path: os.PathLike) -> StoreIndex:
-    """Open the index of a store folder (or its ``index.json``); StoreError names what is wrong."""
+    """Open the index of a store folder (or its ``index.json``); StoreError names what is wrong.
+
+    A URL (``remote.is_url``) is read once, whole, into memory (``path`` then keeps the URL's text)."""
+    from vito_fast.data.remote import is_url
+
+    if is_url(path):
+        return _read_remote_index(str(path))
     path = Path(path)
     index_path = path / INDEX_NAME if path.is_dir() else path
     if not index_path.is_file():
@@ -198,6 +204,27 @@ def read_index(path: os.PathLike) -> StoreIndex:
     if version == 1:
         return _convert_version_1(index_path, header)
     return StoreIndex(index_path, version, header, _load_arrays(index_path, header))
+
+
+def _read_remote_index(url: str) -> StoreIndex:
+    import io
+
+    from vito_fast.data.remote import RemoteFiles, join_url
+
+    base = url[: -len(INDEX_NAME)].rstrip("/") if url.endswith(INDEX_NAME) else url.rstrip("/")
+    files = RemoteFiles(base)
+    index_url = join_url(base, INDEX_NAME)
+    try:
+        header = json.loads(files.cat(index_url))
+    except ValueError as error:
+        raise StoreError(f"{index_url}: unreadable frame store index: {error}") from None
+    if not isinstance(header, dict) or header.get("format") != FORMAT_NAME or header.get("version") != FORMAT_VERSION:
+        raise StoreError(f"{index_url}: not a {FORMAT_NAME} index of version {FORMAT_VERSION} "
+                         f"(`vito-fast prepare upgrade-store` upgrades a version 1 store before it is uploaded)")
+    arrays = {name: np.load(io.BytesIO(files.cat(join_url(base, f"{header['array_prefix']}.{name}.npy"))),
+                            allow_pickle=False)
+              for name in ARRAY_DTYPES}
+    return StoreIndex(Path(INDEX_NAME), FORMAT_VERSION, {**header, "url": base}, arrays)
 
 
 def source_path(arrays: Dict[str, np.ndarray], clip: int) -> str:

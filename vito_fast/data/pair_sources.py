@@ -284,7 +284,15 @@ class VideoFileSource:
 
 
 def open_source(source, video_decoder: str = "pyav", max_open: int = 16) -> PairSource:
-    """A frame store folder (or its index.json) -> FrameStoreSource; a manifest file -> VideoFileSource."""
+    """A frame store folder (or its index.json) -> FrameStoreSource; a manifest file -> VideoFileSource.
+    A store may be a URL (``https://``, ``s3://``, ...: its index read once, frames by ranged reads)."""
+    from vito_fast.data.remote import is_url
+
+    if is_url(source):
+        if str(source).endswith(".jsonl"):
+            raise ValueError(f"{source}: manifests on object storage are not read yet; copy the manifest here "
+                             f"(its videos may stay local) or use a frame store URL")
+        return FrameStoreSource(str(source))
     path = Path(source)
     if path.is_dir() or path.name == "index.json":
         return FrameStoreSource(path)

@@ -1,0 +1,66 @@
+"""Data on the network (vito_fast.data.remote): a frame store read over HTTP from a loopback server
+with Range support gives what the same store gives on disk; failures are retried, then the sample
+is replaced and the object named."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+pytest.importorskip("fsspec", reason="fsspec is not installed: pip install 'vito_fast[remote]'")
+pytest.importorskip("aiohttp", reason="aiohttp is not installed: pip install 'vito_fast[remote]'")
+from range_server import RangeServer  # noqa: E402
+from videos import write_video  # noqa: E402
+
+from vito_fast.data import FrameStore, LoaderConfig, PairLoader  # noqa: E402
+from vito_fast.data.manifest import write_manifest  # noqa: E402
+from vito_fast.prepare import extract_frames, scan_videos  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("remote")
+    (folder / "videos").mkdir()
+    for index in range(6):
+        write_video(folder / "videos" / f"clip{index}.webm", codec="vp9", width=64, height=48, fps=10,
+                    num_frames=20, gop=5)
+    records, _ = scan_videos([str(folder / "videos")], workers=0, progress=False, min_seconds=0.5)
+    for index, record in enumerate(records):
+        record.label = f"class{index % 2}"
+    manifest = write_manifest(folder / "manifest.jsonl", records)
+    extract_frames(manifest, folder / "served" / "store", fps=10, short_side=48, quality=90, workers=1,
+                   progress=False, shard_bytes=20_000)
+    return folder / "served"
+
+
+def test_a_store_over_http_reads_what_the_disk_holds(store):
+    with RangeServer(store) as server:
+        local, remote = FrameStore(store / "store"), FrameStore(server.url + "/store")
+        assert len(remote) == len(local) and remote.label_names == local.label_names
+        assert len(remote.shards) > 1
+        pairs = [(clip, frame) for clip in range(len(local)) for frame in (0, local.num_frames(clip) - 1)]
+        assert remote.read_frames(pairs) == local.read_frames(pairs)
+        ranged = [header for path, header in server.requests if path.endswith(".tar")]
+        assert ranged and all(header.startswith("bytes=") for header in ranged)  # never a whole shard
+        with pytest.raises(Exception, match="validate a store where it was written"):
+            remote.validate()
+
+
+def test_the_loader_over_http_gives_the_local_batches_and_survives_failures(store):
+    config = LoaderConfig(image_size=32, dtype="float32", num_threads=2, backend="torch")
+    with PairLoader(str(store / "store"), 3, device="cpu", seed=4, config=config) as loader:
+        expected = list(loader)
+    with RangeServer(store) as server:
+        with PairLoader(server.url + "/store", 3, device="cpu", seed=4, config=config) as loader:
+            server.fail_next("shard-00000.tar", 2, status=503)  # retried: the batch is the same
+            batches = list(loader)
+            assert loader.stats.replaced == 0 and not loader.stats.failed_files
+        for got, want in zip(batches, expected):
+            np.testing.assert_array_equal(got["sample_ids"], want["sample_ids"])
+            assert torch.equal(got["view1"], want["view1"]) and torch.equal(got["view2"], want["view2"])
+        with PairLoader(server.url + "/store", 3, device="cpu", seed=4, config=config) as loader:
+            server.fail_next("shard-00000.tar", 10_000, status=500)  # keeps failing: replaced and named
+            with pytest.warns(RuntimeWarning, match="shard-00000.tar"):
+                batches = list(loader)
+            assert loader.stats.replaced > 0 and any("shard-00000.tar" in name for name in loader.stats.failed_files)
+        assert len(batches) == len(expected)
