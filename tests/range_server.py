@@ -2,7 +2,7 @@
 
     with RangeServer(folder) as server:     # serves folder's files at server.url + "/name"
         server.fail_next(path_suffix, count, status=500)   # the next COUNT requests for it answer 5xx
-        server.requests                      # [(path, range header)] seen so far
+        server.requests                      # [(method, path, range header)] seen so far
 
 Implements what object stores and CDNs do for reads: GET and HEAD, ``Range: bytes=a-b`` answered
 with 206 and Content-Range, Content-Length always.
@@ -19,7 +19,7 @@ from typing import Dict, List, Tuple
 class RangeServer:
     def __init__(self, folder):
         self.folder = Path(folder)
-        self.requests: List[Tuple[str, str]] = []
+        self.requests: List[Tuple[str, str, str]] = []
         self._failures: Dict[str, List[int]] = {}
         self._lock = threading.Lock()
         server = self
@@ -37,7 +37,7 @@ class RangeServer:
             def _answer(self, body: bool):
                 path = self.path.split("?", 1)[0]
                 with server._lock:
-                    server.requests.append((path, self.headers.get("Range", "")))
+                    server.requests.append((self.command, path, self.headers.get("Range", "")))
                     for suffix, plan in server._failures.items():
                         if path.endswith(suffix) and plan[0] > 0:
                             plan[0] -= 1

@@ -40,7 +40,7 @@ def test_a_store_over_http_reads_what_the_disk_holds(store):
         assert len(remote.shards) > 1
         pairs = [(clip, frame) for clip in range(len(local)) for frame in (0, local.num_frames(clip) - 1)]
         assert remote.read_frames(pairs) == local.read_frames(pairs)
-        ranged = [header for path, header in server.requests if path.endswith(".tar")]
+        ranged = [header for method, path, header in server.requests if method == "GET" and path.endswith(".tar")]
         assert ranged and all(header.startswith("bytes=") for header in ranged)  # never a whole shard
         with pytest.raises(Exception, match="validate a store where it was written"):
             remote.validate()
@@ -64,3 +64,30 @@ def test_the_loader_over_http_gives_the_local_batches_and_survives_failures(stor
                 batches = list(loader)
             assert loader.stats.replaced > 0 and any("shard-00000.tar" in name for name in loader.stats.failed_files)
         assert len(batches) == len(expected)
+
+
+@pytest.mark.parametrize("workers", [0, 1])
+def test_videos_over_http_decode_to_the_local_batches(store, tmp_path, workers):
+    """A manifest may name videos by URL (mixed with local paths): PyAV reads them through fsspec's
+    ranged reads, from the keyframe before each frame; the batches are those of the local files."""
+    import dataclasses
+
+    from vito_fast.data.manifest import read_manifest
+
+    videos = store.parent / "videos"
+    local = read_manifest(store.parent / "manifest.jsonl")
+    config = LoaderConfig(image_size=32, dtype="float32", num_threads=2, decode_workers=workers, backend="torch")
+    with PairLoader(str(store.parent / "manifest.jsonl"), 3, device="cpu", seed=8, config=config) as loader:
+        expected = list(loader)
+    with RangeServer(videos.parent) as server:
+        mixed = [dataclasses.replace(record, path=f"{server.url}/videos/{record.path.rsplit('/', 1)[1]}")
+                 if index % 2 == 0 else record for index, record in enumerate(local)]
+        manifest = write_manifest(tmp_path / "mixed.jsonl", mixed)
+        with PairLoader(str(manifest), 3, device="cpu", seed=8, config=config) as loader:
+            batches = list(loader)
+            assert not loader.stats.failed_files
+        requested = [header for method, path, header in server.requests if method == "GET" and path.endswith(".webm")]
+    assert requested and all(header.startswith("bytes=") for header in requested)  # ranged reads, never whole
+    for got, want in zip(batches, expected):
+        np.testing.assert_array_equal(got["frame_indices"], want["frame_indices"])
+        assert torch.equal(got["view1"], want["view1"]) and torch.equal(got["view2"], want["view2"])

@@ -110,7 +110,7 @@ def iter_manifest(path: PathLike) -> Iterator[ClipRecord]:
                 record = ClipRecord.from_json(line)
             except (ValueError, TypeError) as error:
                 raise VideoError(f"{path}:{number}: not a manifest line ({error})") from None
-            if not os.path.isabs(record.path):
+            if not os.path.isabs(record.path) and "://" not in record.path:  # URLs stay as written
                 record.path = str(path.parent / record.path)
             yield record
 

@@ -14,7 +14,11 @@ from typing import Optional
 
 from vito_fast.errors import StoreError
 
-__all__ = ["is_url", "RemoteFiles", "join_url"]
+__all__ = ["is_url", "RemoteFiles", "join_url", "open_remote"]
+
+# A video read from the network: fsspec's read-ahead cache in blocks of this size. A sample seeks to
+# the keyframe before its frame and decodes a GOP: a few blocks, not the whole object.
+VIDEO_BLOCK_BYTES = 1 << 20
 
 # protocol -> (the package fsspec needs for it, the extra of vito_fast that installs it)
 PROTOCOL_PACKAGES = {"http": ("aiohttp", "remote"), "https": ("aiohttp", "remote"), "s3": ("s3fs", "s3"),
@@ -76,6 +80,17 @@ class RemoteFiles:
         if len(data) != size:
             raise StoreError(f"{what or url}: only {len(data)} of {size} bytes at offset {offset}; truncated")
         return data
+
+
+def open_remote(url: str, block_size: int = VIDEO_BLOCK_BYTES):
+    """A seekable binary file object of ``url`` (fsspec, ranged reads in ``block_size`` blocks), for PyAV."""
+    files = RemoteFiles(url)
+    try:
+        return files.fs.open(url, "rb", block_size=block_size, cache_type="readahead")
+    except FileNotFoundError:
+        from vito_fast.errors import VideoError
+
+        raise VideoError(f"{url}: not found") from None
 
 
 def _aiohttp_timeout(seconds: float):

@@ -125,8 +125,11 @@ class _OpenVideo:
     def __init__(self, path: str, fps: Optional[float] = None):
         import av
 
+        from vito_fast.data.remote import is_url, open_remote
+
         self.path = path
-        self.container = av.open(path, "r", metadata_errors="ignore")
+        self._remote = open_remote(path) if is_url(path) else None  # ranged reads through fsspec
+        self.container = av.open(self._remote if self._remote is not None else path, "r", metadata_errors="ignore")
         if not self.container.streams.video:
             self.container.close()
             raise VideoError("no video stream")
@@ -147,6 +150,8 @@ class _OpenVideo:
 
     def close(self) -> None:
         self.container.close()
+        if self._remote is not None:
+            self._remote.close()
 
     def _start_at(self, number: int, pts: Optional[int]) -> None:
         """Decode from the keyframe (frame number, pts), or from the file's start when pts is None."""
