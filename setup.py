@@ -81,7 +81,9 @@ RUNTIME_REQUIREMENTS = [
 
 # Data on object storage or web servers (vito_fast.data.remote): fsspec, and its package per protocol.
 REMOTE_REQUIREMENTS = ["fsspec>=2023.1", "aiohttp>=3.8"]
-TEST_REQUIREMENTS = ["pytest>=7", "pytest-benchmark>=4", "hypothesis>=6", *REMOTE_REQUIREMENTS]
+# the tests start a real S3-protocol server on loopback (moto's server mode) and read it with s3fs
+TEST_REQUIREMENTS = ["pytest>=7", "pytest-benchmark>=4", "hypothesis>=6", *REMOTE_REQUIREMENTS, "s3fs",
+                     "moto[server]>=5"]
 
 setup(
     name="vito_fast",

@@ -91,3 +91,48 @@ def test_videos_over_http_decode_to_the_local_batches(store, tmp_path, workers):
     for got, want in zip(batches, expected):
         np.testing.assert_array_equal(got["frame_indices"], want["frame_indices"])
         assert torch.equal(got["view1"], want["view1"]) and torch.equal(got["view2"], want["view2"])
+
+
+@pytest.fixture
+def s3_bucket(monkeypatch):
+    """A real S3-protocol endpoint on loopback (moto's server mode), credentials and endpoint the standard way."""
+    pytest.importorskip("s3fs", reason="s3fs is not installed: pip install 'vito_fast[s3]'")
+    server_module = pytest.importorskip("moto.server", reason="moto is not installed: pip install 'moto[server]'")
+    server = server_module.ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    for name, value in (("AWS_ACCESS_KEY_ID", "test"), ("AWS_SECRET_ACCESS_KEY", "test"),
+                        ("AWS_DEFAULT_REGION", "us-east-1"), ("AWS_ENDPOINT_URL", f"http://{host}:{port}")):
+        monkeypatch.setenv(name, value)
+    import s3fs
+
+    s3fs.S3FileSystem.clear_instance_cache()
+    fs = s3fs.S3FileSystem()
+    fs.mkdir("corpus")
+    yield fs
+    s3fs.S3FileSystem.clear_instance_cache()
+    server.stop()
+
+
+def test_a_store_and_videos_in_an_s3_bucket_give_the_local_batches(store, s3_bucket, tmp_path):
+    import dataclasses
+
+    from vito_fast.data.manifest import read_manifest
+
+    s3_bucket.put(str(store / "store"), "corpus/store", recursive=True)
+    s3_bucket.put(str(store.parent / "videos"), "corpus/videos", recursive=True)
+    config = LoaderConfig(image_size=32, dtype="float32", num_threads=2, decode_workers=1, backend="torch")
+    for source, remote_source in (
+            (str(store / "store"), "s3://corpus/store"),
+            (str(store.parent / "manifest.jsonl"), str(write_manifest(tmp_path / "s3.jsonl", [
+                dataclasses.replace(record, path=f"s3://corpus/videos/{record.path.rsplit('/', 1)[1]}")
+                for record in read_manifest(store.parent / "manifest.jsonl")])))):
+        with PairLoader(source, 3, device="cpu", seed=2, config=config) as loader:
+            expected = list(loader)
+        with PairLoader(remote_source, 3, device="cpu", seed=2, config=config) as loader:
+            batches = list(loader)
+            assert not loader.stats.failed_files, loader.stats.failed_files
+        assert len(batches) == len(expected)
+        for got, want in zip(batches, expected):
+            np.testing.assert_array_equal(got["sample_ids"], want["sample_ids"])
+            assert torch.equal(got["view1"], want["view1"]) and torch.equal(got["view2"], want["view2"])
