@@ -53,7 +53,9 @@ class LoaderConfig:
     hardware JPEG engines (A100/H100/H200). ``device_id``: None = the CUDA device current when the
     loader is made. ``max_replacements``: bad samples in a row before a position gives up.
     ``backend``: the device stage, "dali", "torch" (nvJPEG and batched PyTorch ops: no DALI needed)
-    or "auto" (DALI when it works on this machine, else torch; see ``backends``)."""
+    or "auto" (DALI when it works on this machine, else torch; see ``backends``). ``cache_dir``: a
+    local folder for the blocks of a frame store on object storage (``remote.BlockCache``, at most
+    ``cache_gb``, least recently used out first), so later epochs read from disk; None: no cache."""
 
     image_size: int = 224
     dtype: str = "bfloat16"
@@ -69,6 +71,8 @@ class LoaderConfig:
     max_open_videos: int = 16
     max_replacements: int = 16
     backend: str = "auto"
+    cache_dir: Optional[str] = None
+    cache_gb: float = 50.0
 
     def __post_init__(self) -> None:
         if self.dtype not in ("bfloat16", "float16", "float32"):
@@ -89,6 +93,8 @@ class LoaderConfig:
             raise ValueError(f"LoaderConfig.decode_workers: must be None or an integer >= 0, got {self.decode_workers!r}")
         if not self.sample_timeout > 0:
             raise ValueError(f"LoaderConfig.sample_timeout: must be > 0 seconds, got {self.sample_timeout!r}")
+        if not self.cache_gb > 0:
+            raise ValueError(f"LoaderConfig.cache_gb: must be > 0, got {self.cache_gb!r}")
         if not 0.0 <= self.hw_decoder_load <= 1.0:
             raise ValueError(f"LoaderConfig.hw_decoder_load: must lie in [0, 1], got {self.hw_decoder_load!r}")
 
@@ -118,6 +124,8 @@ class DataConfig:
     sample_timeout: float = LoaderConfig.sample_timeout          # seconds before a sample is given up and replaced
     backend: str = LoaderConfig.backend                          # "auto" (DALI if it works, else torch), "dali", "torch"
     video_decoder: str = LoaderConfig.video_decoder              # "pyav", "dali", "nvc", "torchcodec", "auto"
+    cache_dir: Optional[str] = LoaderConfig.cache_dir            # local cache of a remote frame store's blocks
+    cache_gb: float = LoaderConfig.cache_gb                      # its size limit
     views: ViewConfig = field(default_factory=ViewConfig)
 
     def __post_init__(self) -> None:
@@ -143,4 +151,4 @@ class DataConfig:
         return LoaderConfig(image_size=self.image_size, views=self.views, dtype=dtype, num_threads=self.num_threads,
                             decode_workers=decode_workers(self.decode_workers),
                             sample_timeout=self.sample_timeout, device_id=device_id, backend=self.backend,
-                            video_decoder=self.video_decoder)
+                            video_decoder=self.video_decoder, cache_dir=self.cache_dir, cache_gb=self.cache_gb)

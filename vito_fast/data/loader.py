@@ -104,7 +104,7 @@ class PairLoader:
             video_decoder, self.decoder_choice = _choose_video_decoder(source, self.config, device, device_id,
                                                                        announce=rank == 0)
         self._source_path, self._device_id = source, device_id
-        self.source = open_source(source, video_decoder, self.config.max_open_videos)
+        self.source = open_source(source, video_decoder, self.config.max_open_videos, _block_cache(self.config))
         if self.source.input_kind == "requests":  # a decoder of the device stage: can it run here at all?
             from vito_fast.data.video_decoders import make_decoder
 
@@ -305,6 +305,15 @@ def _choose_video_decoder(source, config: LoaderConfig, device: str, device_id: 
     if announce:
         print(f"vito_fast: {choice.describe()}", file=sys.stderr)
     return choice.decoder, choice
+
+
+def _block_cache(config: LoaderConfig):
+    """The ``remote.BlockCache`` of ``config.cache_dir`` (None without one)."""
+    if config.cache_dir is None:
+        return None
+    from vito_fast.data.remote import BlockCache
+
+    return BlockCache(config.cache_dir, int(config.cache_gb * (1 << 30)))
 
 
 def _require_cuda() -> None:

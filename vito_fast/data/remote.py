@@ -5,16 +5,22 @@ paths stay local). ``RemoteFiles(url)`` reads whole small objects (``cat``) and 
 big ones (``read_range``) through fsspec, each request with a timeout and retries with backoff; a
 read that keeps failing raises ``StoreError`` naming the object. Credentials and endpoints come
 the standard way (``AWS_ENDPOINT_URL``, ``AWS_PROFILE``, ...: fsspec's own). A protocol whose
-package is missing says which extra installs it.
+package is missing says which extra installs it. ``BlockCache`` keeps the blocks ranged reads
+touched on a local disk, least recently used out first past a size limit, so a second epoch reads
+from disk.
 """
 from __future__ import annotations
 
+import hashlib
+import os
+import threading
 import time
+from pathlib import Path
 from typing import Optional
 
 from vito_fast.errors import StoreError
 
-__all__ = ["is_url", "RemoteFiles", "join_url", "open_remote"]
+__all__ = ["is_url", "RemoteFiles", "BlockCache", "join_url", "open_remote"]
 
 # A video read from the network: fsspec's read-ahead cache in blocks of this size. A sample seeks to
 # the keyframe before its frame and decodes a GOP: a few blocks, not the whole object.
@@ -41,8 +47,10 @@ class RemoteFiles:
     ``timeout``: seconds per request; ``retries``: attempts after the first, ``backoff`` s doubling.
     """
 
-    def __init__(self, url: str, *, timeout: float = 30.0, retries: int = 3, backoff: float = 0.2):
+    def __init__(self, url: str, *, timeout: float = 30.0, retries: int = 3, backoff: float = 0.2,
+                 cache: Optional["BlockCache"] = None):
         self.url, self.timeout, self.retries, self.backoff = url, timeout, retries, backoff
+        self.cache = cache
         try:
             import fsspec
         except ImportError:
@@ -76,10 +84,97 @@ class RemoteFiles:
         return self._attempt(url, lambda: self.fs.cat_file(url))
 
     def read_range(self, url: str, offset: int, size: int, what: Optional[str] = None) -> bytes:
-        data = self._attempt(what or url, lambda: self.fs.cat_file(url, start=offset, end=offset + size))
+        if self.cache is not None:
+            data = self.cache.read(url, offset, size, lambda start, end: self._attempt(
+                what or url, lambda: self.fs.cat_file(url, start=start, end=end)))
+        else:
+            data = self._attempt(what or url, lambda: self.fs.cat_file(url, start=offset, end=offset + size))
         if len(data) != size:
             raise StoreError(f"{what or url}: only {len(data)} of {size} bytes at offset {offset}; truncated")
         return data
+
+
+class BlockCache:
+    """Blocks of remote objects on a local disk: ``folder/<digest of the URL>/<block number>``.
+
+    ``read(url, offset, size, fetch)`` assembles the range from ``block_bytes`` blocks, fetching the
+    missing ones with ``fetch(start, end)`` (one request for the run from the first missing block to
+    the last; the object's last block may be short) and writing each under a temporary name, then
+    renaming it. Past ``max_bytes`` the least recently used blocks are deleted. Safe across threads
+    and processes that share the folder (a block is whole or absent)."""
+
+    def __init__(self, folder, max_bytes: int, block_bytes: int = 1 << 20):
+        if max_bytes < block_bytes:
+            raise ValueError(f"BlockCache: max_bytes {max_bytes} is below one block ({block_bytes})")
+        self.folder, self.max_bytes, self.block_bytes = Path(folder), int(max_bytes), int(block_bytes)
+        self.folder.mkdir(parents=True, exist_ok=True)
+        self._lock = threading.Lock()
+        self._written = 0  # bytes written since the last eviction pass
+        self.hits = self.misses = 0
+
+    def _block_path(self, url: str, block: int) -> Path:
+        return self.folder / hashlib.sha256(url.encode()).hexdigest()[:24] / f"{block:09d}"
+
+    def read(self, url: str, offset: int, size: int, fetch) -> bytes:
+        first, last = offset // self.block_bytes, (offset + size - 1) // self.block_bytes
+        blocks, missing = {}, []
+        for block in range(first, last + 1):
+            path = self._block_path(url, block)
+            try:
+                blocks[block] = path.read_bytes()
+                os.utime(path)  # recently used
+                self.hits += 1
+            except FileNotFoundError:
+                missing.append(block)
+        if missing:
+            self.misses += len(missing)
+            start = missing[0] * self.block_bytes
+            data = fetch(start, (missing[-1] + 1) * self.block_bytes)  # shorter where the object ends
+            for block in range(missing[0], missing[-1] + 1):
+                piece = data[(block - missing[0]) * self.block_bytes:(block - missing[0] + 1) * self.block_bytes]
+                if block in missing:
+                    self._store(self._block_path(url, block), piece)
+                blocks[block] = piece
+        joined = b"".join(blocks[block] for block in range(first, last + 1))
+        skip = offset - first * self.block_bytes
+        return joined[skip:skip + size]
+
+    def _store(self, path: Path, data: bytes) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        temporary = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
+        temporary.write_bytes(data)
+        os.replace(temporary, path)
+        with self._lock:
+            self._written += len(data)
+            if self._written < self.max_bytes // 8:
+                return
+            self._written = 0
+        self.evict()
+
+    def evict(self) -> None:
+        """Delete the least recently used blocks until the cache holds at most ``max_bytes``."""
+        entries = []
+        for path in self.folder.glob("*/*"):
+            try:
+                stat = path.stat()
+            except FileNotFoundError:
+                continue
+            if not path.name.startswith("."):
+                entries.append((stat.st_mtime, stat.st_size, path))
+        total = sum(size for _, size, _ in entries)
+        for _, size, path in sorted(entries, key=lambda entry: entry[0]):
+            if total <= self.max_bytes:
+                break
+            try:
+                path.unlink()
+                total -= size
+            except FileNotFoundError:
+                pass
+
+    @property
+    def size_bytes(self) -> int:
+        """Bytes the cache holds now."""
+        return sum(path.stat().st_size for path in self.folder.glob("*/*") if not path.name.startswith("."))
 
 
 def open_remote(url: str, block_size: int = VIDEO_BLOCK_BYTES):
