@@ -3,6 +3,8 @@ with Range support gives what the same store gives on disk; failures are retried
 is replaced and the object named."""
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -107,6 +109,10 @@ def s3_bucket(monkeypatch):
     import s3fs
 
     s3fs.S3FileSystem.clear_instance_cache()
+    import urllib.request
+
+    # moto keeps its buckets in the process: start each test from none
+    urllib.request.urlopen(urllib.request.Request(f"http://{host}:{port}/moto-api/reset", method="POST"))
     fs = s3fs.S3FileSystem()
     fs.mkdir("corpus")
     yield fs
@@ -164,3 +170,26 @@ def test_block_cache_serves_later_epochs_from_disk_and_stays_under_its_limit(sto
         assert 0 < small.size_bytes <= 3 * 4096
     with pytest.raises(ValueError, match="below one block"):
         BlockCache(tmp_path / "tiny", max_bytes=10, block_bytes=4096)
+
+
+def test_prepare_scan_lists_and_probes_a_bucket(store, s3_bucket, tmp_path):
+    """`prepare scan s3://bucket/videos/` lists the prefix (sorted) and probes each object: the same
+    records as the local scan but for the paths, keyframe index included."""
+    import dataclasses
+
+    from vito_fast.cli.main import main as cli_main
+    from vito_fast.data.manifest import read_manifest
+    from vito_fast.prepare.scan import scan_videos
+
+    s3_bucket.put(str(store.parent / "videos"), "corpus/videos", recursive=True)
+    local, _ = scan_videos([str(store.parent / "videos")], workers=0, progress=False, min_seconds=0.5)
+    remote, rejected = scan_videos(["s3://corpus/videos/"], workers=1, progress=False, min_seconds=0.5)
+    assert not rejected and len(remote) == len(local) > 0
+    for one, other in zip(local, remote):
+        assert other.path == f"s3://corpus/videos/{Path(one.path).name}"
+        assert dataclasses.replace(other, path=one.path) == one
+    with pytest.raises(FileNotFoundError, match="s3://corpus/elsewhere/"):
+        scan_videos(["s3://corpus/elsewhere/"], workers=0, progress=False)
+    assert cli_main(["prepare", "scan", "s3://corpus/videos/", "-o", str(tmp_path / "m.jsonl"), "--workers", "0",
+                     "--min-seconds", "0.5", "--no-progress"]) == 0
+    assert [record.path for record in read_manifest(tmp_path / "m.jsonl")] == [record.path for record in remote]

@@ -131,7 +131,9 @@ def run_scan(args) -> int:
     from vito_fast.prepare.scan import find_videos, scan_videos
     from vito_fast.prepare.probe import RejectedVideo
 
-    missing = [path for path in args.paths if not Path(path).exists()]
+    from vito_fast.data.remote import is_url
+
+    missing = [path for path in args.paths if not is_url(path) and not Path(path).exists()]
     if missing:
         print(f"vito-fast prepare scan: no such file or folder: {', '.join(missing)}", file=sys.stderr)
         return EXIT_USAGE

@@ -85,14 +85,35 @@ def probe_video(path: str, decode_check: str = "tail") -> Union[VideoInfo, Rejec
     """
     import av  # PyAV is a hard dependency, imported here to keep the module light for pickling
 
+    from vito_fast.data.remote import is_url, open_remote
+
+    remote, source = is_url(path), None
+    if remote:
+        try:
+            source = open_remote(path)
+        except Exception as error:  # not found, no access, network: the object is unusable here
+            return RejectedVideo(path, "unreadable", f"cannot open it: {error}")
+        try:
+            if source.size == 0:
+                return RejectedVideo(path, "unreadable", "empty object (0 bytes)")
+            return _probe_container(path, decode_check, source)
+        finally:
+            source.close()
     if not os.path.isfile(path):
         return RejectedVideo(path, "unreadable", "not a regular file")
     if os.path.getsize(path) == 0:
         return RejectedVideo(path, "unreadable", "empty file (0 bytes)")
+    return _probe_container(path, decode_check, None)
+
+
+def _probe_container(path: str, decode_check: str, source) -> Union[VideoInfo, RejectedVideo]:
+    """``probe_video`` once the file is there: ``source`` a remote file object, or None for ``path`` on disk."""
+    import av
+
     try:
-        container = av.open(path, "r", metadata_errors="ignore")
+        container = av.open(path if source is None else source, "r", metadata_errors="ignore")
     except Exception as error:  # FFmpeg errors, but also anything odd from a broken file
-        if _iso_media_truncated(path):
+        if source is None and _iso_media_truncated(path):
             return RejectedVideo(path, "truncated", f"a box runs past the end of the file ({error})")
         return RejectedVideo(path, "unreadable", f"FFmpeg cannot open it: {error}")
     with container:

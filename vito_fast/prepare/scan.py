@@ -36,10 +36,25 @@ DECODABLE_CODECS = {
 def find_videos(paths: Iterable[PathLike]) -> List[str]:
     """Expand folders (recursively, files with a video suffix) and keep named files as they are.
 
+    A URL prefix (``s3://bucket/videos/``, ...) is listed the same way through fsspec, sorted.
     Raises FileNotFoundError naming the first path that does not exist.
     """
+    from vito_fast.data.remote import RemoteFiles, is_url
+
     found: List[str] = []
-    for path in map(Path, paths):
+    for path in paths:
+        if is_url(path):
+            fs = RemoteFiles(str(path)).fs
+            if fs.isfile(str(path)):
+                found.append(str(path))
+                continue
+            names = sorted(fs.find(str(path)))
+            if not names and not fs.exists(str(path)):
+                raise FileNotFoundError(f"{path}: no such object or prefix")
+            found.extend(fs.unstrip_protocol(name) for name in names
+                         if Path(name).suffix.lower() in VIDEO_SUFFIXES)
+            continue
+        path = Path(path)
         if path.is_dir():
             found.extend(str(file.resolve()) for file in sorted(path.rglob("*"))
                          if file.is_file() and file.suffix.lower() in VIDEO_SUFFIXES)
