@@ -768,11 +768,11 @@ def video_pynvc(ctx: Context) -> None:
 
 
 def decoders(ctx: Context) -> None:
-    """vito_fast.data.decoder_choice on the corpus: every decoder's trial (verified against PyAV or why
+    """vito_fast.decoders.choice on the corpus: every decoder's trial (verified against PyAV or why
     not; pairs/s, CPU ms per pair) and the choice, as `vito-fast bench decoders` prints it."""
     require("PyAV")
     require_file(ctx.manifest, "video_corpus")
-    from vito_fast.data.decoder_choice import choose_decoder
+    from vito_fast.decoders.choice import choose_decoder
     from vito_fast.data.manifest import read_manifest
 
     device = "gpu" if ctx.cuda else "cpu"

@@ -9,7 +9,7 @@ import dataclasses
 import os
 import time
 
-from vito_fast.data.video_decoders import FrameRequest, PyAVDecoder
+from vito_fast.decoders.video_decoders import FrameRequest, PyAVDecoder
 
 
 class OffByOne(PyAVDecoder):

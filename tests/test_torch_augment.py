@@ -69,9 +69,12 @@ def torch_views(frames, frame_hw, params, view: int, size: int, device: str, dty
 
 def level_bound(params, view: int, levels: float) -> np.ndarray:
     """(N, 1, 1, 1) largest error a change of ``levels`` in a resized value can become: the colour
-    matrix scales it by at most its largest absolute row sum; blur averages and solarize mirrors it."""
+    matrix scales it by at most its largest absolute row sum g; blur averages it; solarize mirrors
+    it, and where the two sides fall either side of its threshold (x < 128 <= x + g) the outputs are
+    x and 255 - x - g: one more level apart."""
     gain = np.abs(colour_matrices(params, view)[:, :, :3]).sum(axis=2).max(axis=1)
-    return (levels * np.maximum(gain, 1.0) + 1e-3)[:, None, None, None]
+    threshold_jump = params.solarize[:, view].astype(bool)
+    return (levels * np.maximum(gain, 1.0) + threshold_jump + 1e-3)[:, None, None, None]
 
 
 def reference_views(frames, params, view: int, size: int) -> np.ndarray:

@@ -1,5 +1,5 @@
-"""Video decoders behind one contract (vito_fast.data.video_decoders) and the choice among them
-(vito_fast.data.decoder_choice): every decoder that runs here against PyAV on everyday clips, the
+"""Video decoders behind one contract (vito_fast.decoders.video_decoders) and the choice among them
+(vito_fast.decoders.choice): every decoder that runs here against PyAV on everyday clips, the
 one-line reasons of the ones that cannot, decoders broken on purpose (a frame off, a hang, a crash)
 rejected and named, the cache, the choice's cost at start, and the command line.
 """
@@ -14,8 +14,8 @@ import numpy as np
 import pytest
 
 from videos import decode_frame_number, write_video
-from vito_fast.data.decoder_choice import choose_decoder, size_class
-from vito_fast.data.video_decoders import FrameRequest, make_decoder
+from vito_fast.decoders.choice import choose_decoder, size_class
+from vito_fast.decoders.video_decoders import FrameRequest, make_decoder
 from vito_fast.prepare.scan import scan_videos
 
 TESTS = Path(__file__).resolve().parent
@@ -222,8 +222,8 @@ def test_gpu_decoders_meet_the_contract(tmp_path, name, codec):
     runs these; a decoder this machine lacks is skipped with its one-line reason)."""
     import torch
 
-    from vito_fast.data.decoder_trial import psnr_db
-    from vito_fast.data.video_decoders import host_frames
+    from vito_fast.decoders.trial import psnr_db
+    from vito_fast.decoders.video_decoders import host_frames
 
     decoder = make_decoder(name, "gpu")
     reason = decoder.unavailable(codec)
@@ -280,7 +280,7 @@ def test_a_video_decoder_that_fails_where_pyav_decodes_does_not_end_the_run(tmp_
         assert torch.equal(got["view1"], want["view1"]) and torch.equal(got["view2"], want["view2"])
 
 
-@pytest.mark.parametrize("decoder", ["vito_fast.data.video_decoders:PyAVDecoder", "broken_decoders:Fails"])
+@pytest.mark.parametrize("decoder", ["vito_fast.decoders.video_decoders:PyAVDecoder", "broken_decoders:Fails"])
 def test_a_decoder_of_the_device_stage_feeds_the_same_graph(clips, tmp_path, decoder):
     """A decoder that runs in the torch stage (as NVDEC decoders do, on the GPU) gets one FrameRequest per
     sample and gives the views the host's PyAV workers give; one that fails where PyAV decodes hands
@@ -324,4 +324,4 @@ def test_a_decoder_of_the_device_stage_that_cannot_run_here_is_named_at_once(cli
         PairLoader(str(manifest), 2, device="cpu", seed=0, config=LoaderConfig(video_decoder="nvc"))
     with pytest.raises(ValueError, match="backend 'dali' cannot take frames"):
         PairLoader(str(manifest), 2, device="cpu", seed=0,
-                   config=LoaderConfig(video_decoder="vito_fast.data.video_decoders:PyAVDecoder", backend="dali"))
+                   config=LoaderConfig(video_decoder="vito_fast.decoders.video_decoders:PyAVDecoder", backend="dali"))

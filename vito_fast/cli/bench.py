@@ -144,7 +144,7 @@ def run_verify(argv: List[str]) -> int:
 
 
 def build_decoders_parser() -> argparse.ArgumentParser:
-    from vito_fast.data.decoder_choice import DEFAULT_CANDIDATES, MIN_PSNR_DB
+    from vito_fast.decoders.choice import DEFAULT_CANDIDATES, MIN_PSNR_DB
 
     parser = argparse.ArgumentParser(
         prog="vito-fast bench decoders",
@@ -166,11 +166,11 @@ def build_decoders_parser() -> argparse.ArgumentParser:
 
 
 def run_decoders(argv: List[str]) -> int:
-    """``vito-fast bench decoders``: decoder_choice's table for a manifest."""
+    """``vito-fast bench decoders``: decoders.choice's table for a manifest."""
     args = build_decoders_parser().parse_args(argv)
     from itertools import islice
 
-    from vito_fast.data.decoder_choice import choose_decoder
+    from vito_fast.decoders.choice import choose_decoder
     from vito_fast.data.manifest import iter_manifest
 
     device = args.device

@@ -49,7 +49,7 @@ class LoaderConfig:
     ``video_decoder``: "pyav" (seek-to-keyframe decoding in the workers), "dali"
     (``fn.decoders.video`` on the file's bytes), "nvc" or "torchcodec" (decoded in the torch device
     stage: NVDEC frames stay on the GPU) or "auto" (the one that decodes the manifest's first samples
-    as PyAV does, fastest; measured once per machine and cached: ``decoder_choice``). ``hw_decoder_load``: share of JPEGs sent to the
+    as PyAV does, fastest; measured once per machine and cached: ``decoders.choice``). ``hw_decoder_load``: share of JPEGs sent to the
     hardware JPEG engines (A100/H100/H200). ``device_id``: None = the CUDA device current when the
     loader is made. ``max_replacements``: bad samples in a row before a position gives up.
     ``backend``: the device stage, "dali", "torch" (nvJPEG and batched PyTorch ops: no DALI needed)

@@ -75,7 +75,7 @@ class PairLoader:
     continues from the current position; once an epoch is exhausted the next ``iter()`` starts
     the next epoch (``set_epoch`` chooses one explicitly). ``close()`` (or ``with``) stops the workers.
     ``backend``: the ``BackendChoice`` (which device stage makes the views, and why);
-    ``decoder_choice``: with ``video_decoder="auto"`` on videos, the ``DecoderChoice`` (None otherwise).
+    ``decoders.choice``: with ``video_decoder="auto"`` on videos, the ``DecoderChoice`` (None otherwise).
     """
 
     def __init__(self, source, batch_size: int, *, device: str = "gpu", seed: int, epoch: int = 0,
@@ -106,7 +106,7 @@ class PairLoader:
         self._source_path, self._device_id = source, device_id
         self.source = open_source(source, video_decoder, self.config.max_open_videos, _block_cache(self.config))
         if self.source.input_kind == "requests":  # a decoder of the device stage: can it run here at all?
-            from vito_fast.data.video_decoders import make_decoder
+            from vito_fast.decoders.video_decoders import make_decoder
 
             for codec in self.source.codecs:
                 reason = make_decoder(video_decoder, device).unavailable(codec)
@@ -280,9 +280,9 @@ def _choose_video_decoder(source, config: LoaderConfig, device: str, device_id: 
     from pathlib import Path
 
     from vito_fast.data.backends import dali_problem
-    from vito_fast.data.decoder_choice import choose_decoder
+    from vito_fast.decoders.choice import choose_decoder
     from vito_fast.data.manifest import iter_manifest
-    from vito_fast.data.video_decoders import make_decoder
+    from vito_fast.decoders.video_decoders import make_decoder
 
     path = Path(source)
     if path.is_dir() or path.name == "index.json" or not path.is_file():

@@ -152,7 +152,7 @@ class VideoFileSource:
         from vito_fast.data.manifest import iter_manifest
         from vito_fast.data.sample_jobs import JobRunner
 
-        from vito_fast.data.video_decoders import DECODERS
+        from vito_fast.decoders.video_decoders import DECODERS
 
         if decoder not in DECODERS and ":" not in decoder:
             raise ValueError(f"VideoFileSource: decoder must be one of {sorted(DECODERS)} or 'package.module:Class', "
@@ -239,7 +239,7 @@ class VideoFileSource:
 
     def request(self, clip: int, frames: Sequence[int]):
         """The ``FrameRequest`` of this sample, for a decoder of the device stage."""
-        from vito_fast.data.video_decoders import FrameRequest
+        from vito_fast.decoders.video_decoders import FrameRequest
 
         index = {name: tuple(values) for name, values in self._keyframe_index(clip).items()}
         height, width = self.frame_hw[clip]

@@ -66,7 +66,7 @@ class TorchStage:
         self._decoders = ThreadPoolExecutor(config.threads(), thread_name_prefix="vito-jpeg") if device != "gpu" else None
         self._video_decoder = None
         if input_kind == "requests":
-            from vito_fast.data.video_decoders import make_decoder
+            from vito_fast.decoders.video_decoders import make_decoder
 
             self._video_decoder = make_decoder(config.video_decoder, device)
 

@@ -2,7 +2,7 @@
 
 ``choose_decoder(records)`` takes the manifest's most common (codec, size class), and each candidate
 decoder (``video_decoders``) decodes the same first samples of those clips in a process of its own
-(``python -m vito_fast.data.decoder_trial``): a decoder that hangs is killed at ``timeout``, one that
+(``python -m vito_fast.decoders.trial``): a decoder that hangs is killed at ``timeout``, one that
 crashes takes only its own process down. A decoder counts only if every frame it returned is PyAV's
 frame (luma PSNR ≥ ``MIN_PSNR_DB`` against PyAV's: colour conversions may differ, the frame may not)
 and it answered in time; the fastest such decoder wins. Fastest for the loader, which runs host
@@ -26,7 +26,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence
 
-from vito_fast.data.video_decoders import FrameRequest
+from vito_fast.decoders.video_decoders import FrameRequest
 
 __all__ = ["MIN_PSNR_DB", "DecoderTrial", "DecoderChoice", "size_class", "trial_requests", "run_trial",
            "choose_decoder", "default_cache_path", "DEFAULT_CANDIDATES"]
@@ -140,11 +140,11 @@ def trial_requests(records: Sequence, samples: int) -> List[FrameRequest]:
 
 
 def run_trial(decoder: str, device: str, requests: Sequence[FrameRequest], timeout: float) -> DecoderTrial:
-    """``decoder`` on ``requests`` in a process of its own (see ``decoder_trial``), killed after ``timeout`` s."""
+    """``decoder`` on ``requests`` in a process of its own (see ``decoders.trial``), killed after ``timeout`` s."""
     job = json.dumps({"decoder": decoder, "device": device, "requests": [request.to_json() for request in requests],
                       "min_psnr_db": MIN_PSNR_DB})
     try:
-        result = subprocess.run([sys.executable, "-m", "vito_fast.data.decoder_trial"], input=job, text=True,
+        result = subprocess.run([sys.executable, "-m", "vito_fast.decoders.trial"], input=job, text=True,
                                 capture_output=True, timeout=timeout)
     except subprocess.TimeoutExpired:
         return DecoderTrial(decoder, "timed out", f"no answer within {timeout:g} s")

@@ -18,7 +18,7 @@ torchcodec   cpu, gpu  torchcodec's ``VideoDecoder`` (needs FFmpeg's shared libr
 decode ``codec`` on this machine, else one line saying why not (not installed, no GPU, no FFmpeg,
 a codec this decoder or device does not take). A name "package.module:Class" names a decoder
 defined elsewhere (a plugin; the tests' broken decoders). Whether a decoder that says it can
-actually meets the contract is for ``decoder_choice`` to find out, against PyAV.
+actually meets the contract is for ``decoders.choice`` to find out, against PyAV.
 """
 from __future__ import annotations
 

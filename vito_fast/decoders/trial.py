@@ -1,6 +1,6 @@
-"""One decoder's trial, in a process of its own: ``python -m vito_fast.data.decoder_trial`` < job.json.
+"""One decoder's trial, in a process of its own: ``python -m vito_fast.decoders.trial`` < job.json.
 
-The job (from ``decoder_choice.run_trial``): {"decoder", "device", "requests": [FrameRequest as
+The job (from ``choice.run_trial``): {"decoder", "device", "requests": [FrameRequest as
 JSON], "min_psnr_db"}. The process decodes every request with the decoder (the first one timed
 apart: it includes the decoder's set-up), then the same frames with PyAV, and prints one JSON line,
 a ``DecoderTrial``: "unavailable" with the decoder's own reason, "failed" with its error, "wrong
@@ -16,7 +16,7 @@ import time
 
 import numpy as np
 
-from vito_fast.data.video_decoders import FrameRequest, host_frames, make_decoder
+from vito_fast.decoders.video_decoders import FrameRequest, host_frames, make_decoder
 
 
 LUMA = np.array([0.299, 0.587, 0.114])
