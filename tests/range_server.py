@@ -11,14 +11,15 @@ from __future__ import annotations
 
 import os
 import threading
+import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Dict, List, Tuple
 
 
 class RangeServer:
-    def __init__(self, folder):
-        self.folder = Path(folder)
+    def __init__(self, folder, latency: float = 0.0):
+        self.folder, self.latency = Path(folder), float(latency)  # latency: seconds added to every answer
         self.requests: List[Tuple[str, str, str]] = []
         self._failures: Dict[str, List[int]] = {}
         self._lock = threading.Lock()
@@ -35,6 +36,8 @@ class RangeServer:
                 self._answer(body=True)
 
             def _answer(self, body: bool):
+                if server.latency:
+                    time.sleep(server.latency)
                 path = self.path.split("?", 1)[0]
                 with server._lock:
                     server.requests.append((self.command, path, self.headers.get("Range", "")))
@@ -70,7 +73,10 @@ class RangeServer:
                         handle.seek(start)
                         self.wfile.write(handle.read(end - start + 1))
 
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        class Server(ThreadingHTTPServer):
+            request_queue_size = 256  # many ranged reads in flight at once (the default backlog of 5 drops them)
+
+        self._server = Server(("127.0.0.1", 0), Handler)
         self._server.daemon_threads = True
         self.url = f"http://127.0.0.1:{self._server.server_address[1]}"
         self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)

@@ -235,14 +235,10 @@ class FrameStore:
     def _read_requests(self, requests: Sequence[tuple]) -> List[Union[bytes, StoreError]]:
         """Read (clip, frame, shard, offset, size) requests in order, holding each shard's descriptor once."""
         out: List[Union[bytes, StoreError]] = []
-        if self._remote is not None:  # ranged reads, each retried; one failing frame is its error
-            for clip, frame, shard, offset, size in requests:
-                try:
-                    out.append(self._remote.read_range(self._shard_url(shard), offset, size,
-                                                       f"{self._shard_url(shard)}: clip {clip} frame {frame}"))
-                except StoreError as error:
-                    out.append(error)
-            return out
+        if self._remote is not None:  # ranged reads all in flight at once, each retried; a failing frame is its error
+            return self._remote.read_ranges(
+                [(self._shard_url(shard), offset, size) for _, _, shard, offset, size in requests],
+                [f"{self._shard_url(shard)}: clip {clip} frame {frame}" for clip, frame, shard, _, _ in requests])
         held: Dict[int, int] = {}
         try:
             for clip, frame, shard, offset, size in requests:

@@ -292,7 +292,7 @@ def open_source(source, video_decoder: str = "pyav", max_open: int = 16, cache=N
         if str(source).endswith(".jsonl"):
             raise ValueError(f"{source}: manifests on object storage are not read yet; copy the manifest here "
                              f"(its videos may stay local) or use a frame store URL")
-        return FrameStoreSource(str(source), cache=cache)
+        return FrameStoreSource(str(source), cache=cache)  # its reads go out together (RemoteFiles.read_ranges)
     path = Path(source)
     if path.is_dir() or path.name == "index.json":
         return FrameStoreSource(path)

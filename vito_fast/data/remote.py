@@ -83,6 +83,30 @@ class RemoteFiles:
     def cat(self, url: str) -> bytes:
         return self._attempt(url, lambda: self.fs.cat_file(url))
 
+    def read_ranges(self, requests, what=None) -> list:
+        """``read_range`` of many (url, offset, size) at once: without a cache, one ``cat_ranges`` call that
+        keeps every request in flight together (latency paid once, not per frame); a request that fails
+        there is retried alone. Returns bytes or the StoreError per request, in order."""
+        requests = list(requests)
+        what = what or [url for url, _, _ in requests]
+        results: list = [None] * len(requests)
+        if self.cache is None and len(requests) > 1:
+            try:
+                fetched = self.fs.cat_ranges([url for url, _, _ in requests], [offset for _, offset, _ in requests],
+                                             [offset + size for _, offset, size in requests], on_error="return")
+            except Exception:  # the batch call itself failed: each request on its own below
+                fetched = [None] * len(requests)
+            for index, ((_, _, size), data) in enumerate(zip(requests, fetched)):
+                if isinstance(data, bytes) and len(data) == size:
+                    results[index] = data
+        for index, (url, offset, size) in enumerate(requests):
+            if results[index] is None:
+                try:
+                    results[index] = self.read_range(url, offset, size, what[index])
+                except StoreError as error:
+                    results[index] = error
+        return results
+
     def read_range(self, url: str, offset: int, size: int, what: Optional[str] = None) -> bytes:
         if self.cache is not None:
             data = self.cache.read(url, offset, size, lambda start, end: self._attempt(
