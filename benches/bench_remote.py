@@ -18,28 +18,16 @@ from pathlib import Path
 
 import pytest
 
-from bench_loader import BATCH, FPS, HEIGHT, REPEAT, SECONDS, VIDEOS, WIDTH, write_textured_video
+from bench_loader import BATCH, corpus  # noqa: F401  (corpus: the loader bench's fixture, shared)
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 from range_server import RangeServer  # noqa: E402
 
 
 @pytest.fixture(scope="session")
-def store(tmp_path_factory):
-    from vito_fast.data.manifest import ClipRecord, write_manifest
-    from vito_fast.prepare.frame_store_write import extract_frames
-
-    folder = tmp_path_factory.mktemp("remote_corpus")
-    records = []
-    for index in range(VIDEOS):
-        path = folder / f"video{index}.webm"
-        write_textured_video(path, index)
-        records.append(ClipRecord(str(path), int(SECONDS * FPS), float(FPS), WIDTH, HEIGHT, "vp9", SECONDS,
-                                  label=f"class{index % 4}"))
-    manifest = write_manifest(folder / "manifest.jsonl", records * REPEAT)
-    extract_frames(manifest, folder / "served" / "store", fps=8, short_side=256, quality=90, workers=1,
-                   progress=False)
-    return folder / "served"
+def store(corpus):
+    """The folder holding the loader bench's frame store (served as ``/store``)."""
+    return Path(corpus["store"]).parent
 
 
 @pytest.mark.parametrize("provider", ["local", "http-0", "http-20", "http-50"])
