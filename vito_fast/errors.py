@@ -13,5 +13,11 @@ class StoreError(VitoError):
     """A frame store is missing, incomplete or does not match its index."""
 
 
+def first_line(error: BaseException) -> str:
+    """The first line of ``error``'s message (its type's name when the message is empty): for one-line reports."""
+    text = str(error).strip()
+    return text.splitlines()[0] if text else type(error).__name__
+
+
 class DecoderFailure(VitoError):
     """A video decoder failed on frames that PyAV decodes: the decoder is at fault, not the file."""

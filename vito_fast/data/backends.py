@@ -71,8 +71,9 @@ def _probe_dali(device: str, device_id: Optional[int]) -> Optional[str]:
         del pipeline
         return None
     except Exception as error:  # any failure of DALI here means: do not rely on it on this machine
-        first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-        return f"DALI is installed but failed on {device}: {first_line}"
+        from vito_fast.errors import first_line
+
+        return f"DALI is installed but failed on {device}: {first_line(error)}"
 
 
 def choose_backend(requested: str, input_kind: str, device: str, device_id: Optional[int] = None) -> BackendChoice:

@@ -19,7 +19,7 @@ from vito_fast.data.augment import view_blur_window
 from vito_fast.data.config import LoaderConfig
 from vito_fast.data.device_stage import DeviceOutput, HostRepair, hand_over_on_current_stream
 from vito_fast.data.host import HostBatch
-from vito_fast.errors import DecoderFailure
+from vito_fast.errors import DecoderFailure, first_line
 
 __all__ = ["DaliStage"]
 
@@ -143,7 +143,7 @@ class DaliStage:
                 if not any(rows.size for rows in bad.values()):
                     if self.input_kind == "video":  # PyAV decodes every sample: DALI's video decoder is at fault
                         raise DecoderFailure(f"DALI's video decoder failed on frames PyAV decodes: "
-                                             f"{_first_line(error)}") from error
+                                             f"{first_line(error)}") from error
                     raise
                 for batch in in_flight:
                     if not batch.padding and bad[id(batch)].size:
@@ -172,8 +172,3 @@ class DaliStage:
             feed_ndarray(output.as_tensor(), hwc, cuda_stream=self._stream)
             views = hwc.permute(0, 3, 1, 2)  # NHWC storage seen as NCHW: channels_last without a copy
             return views.to(torch.bfloat16) if self.config.dtype == "bfloat16" else views
-
-
-def _first_line(error: BaseException) -> str:
-    text = str(error).strip()
-    return text.splitlines()[0] if text else type(error).__name__

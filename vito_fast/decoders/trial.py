@@ -17,6 +17,7 @@ import time
 import numpy as np
 
 from vito_fast.decoders.video_decoders import FrameRequest, host_frames, make_decoder
+from vito_fast.errors import first_line
 
 
 LUMA = np.array([0.299, 0.587, 0.114])
@@ -62,8 +63,7 @@ def run(job: dict) -> dict:
         _synchronize(device)
         wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
     except Exception as error:  # the decoder's own failure: named, never raised
-        first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-        return {**result, "status": "failed", "reason": f"{type(error).__name__}: {first_line}"[:300]}
+        return {**result, "status": "failed", "reason": f"{type(error).__name__}: {first_line(error)}"[:300]}
     result.update(pairs_per_s=len(timed) / max(wall, 1e-9), cpu_ms_per_pair=1e3 * cpu / len(timed))
     checked = [(requests[0], first)] + (list(zip(requests[1:], outputs)) if len(requests) > 1 else [])
     reference = make_decoder("pyav")

@@ -29,7 +29,7 @@ from typing import List, Optional, Protocol, Sequence, Tuple
 
 import numpy as np
 
-from vito_fast.errors import VideoError
+from vito_fast.errors import VideoError, first_line
 
 __all__ = ["FrameRequest", "VideoDecoder", "DECODERS", "make_decoder", "PyAVDecoder", "DaliDecoder", "NvcDecoder",
            "TorchCodecDecoder"]
@@ -88,6 +88,11 @@ def _cuda_problem() -> Optional[str]:
     return None if torch.cuda.is_available() else "no CUDA GPU is visible"
 
 
+def _nvdec_problem(codec: str) -> Optional[str]:
+    """Why NVDEC cannot decode ``codec`` here (no GPU, a codec it does not take), or None."""
+    return _cuda_problem() or (None if codec in NVDEC_CODECS else f"NVDEC does not decode {codec}")
+
+
 class PyAVDecoder:
     """The host decoder every other one is checked against (``video_source.VideoFrameReader``)."""
 
@@ -137,7 +142,7 @@ class DaliDecoder:
         if self.device == "cpu" and codec not in DALI_CPU_CODECS:
             return f"DALI's CPU video decoder takes {', '.join(DALI_CPU_CODECS)}, not {codec}"
         if self.device == "gpu":
-            return _cuda_problem() or (None if codec in NVDEC_CODECS else f"NVDEC does not decode {codec}")
+            return _nvdec_problem(codec)
         return None
 
     def _build(self):
@@ -177,7 +182,7 @@ class DaliDecoder:
         except Exception as error:
             self._pipeline = None  # a failed DALI pipeline is not usable again
             raise VideoError(f"{request.path}: DALI could not decode frames {list(request.frames)}: "
-                             f"{str(error).strip().splitlines()[0] if str(error).strip() else error!r}") from None
+                             f"{first_line(error)}") from None
         if self.device == "gpu":
             import torch
 
@@ -211,7 +216,7 @@ class NvcDecoder:
             import PyNvVideoCodec  # noqa: F401
         except ImportError:
             return "PyNvVideoCodec is not installed (pip install pynvvideocodec)"
-        return _cuda_problem() or (None if codec in NVDEC_CODECS else f"NVDEC does not decode {codec}")
+        return _nvdec_problem(codec)
 
     def decode(self, request: FrameRequest) -> List[object]:
         import PyNvVideoCodec as nvc
@@ -259,9 +264,9 @@ class TorchCodecDecoder:
             from torchcodec.decoders import VideoDecoder  # noqa: F401  (loads FFmpeg's libraries)
         except ImportError as error:
             return "torchcodec is not installed (pip install torchcodec)" if "torchcodec" in str(error) \
-                else f"torchcodec cannot load FFmpeg's libraries: {str(error).splitlines()[0]}"
+                else f"torchcodec cannot load FFmpeg's libraries: {first_line(error)}"
         except Exception as error:  # torchcodec raises RuntimeError when no FFmpeg it supports is found
-            return f"torchcodec cannot load FFmpeg's libraries: {str(error).strip().splitlines()[0]}"
+            return f"torchcodec cannot load FFmpeg's libraries: {first_line(error)}"
         return _cuda_problem() if self.device == "gpu" else None
 
     def decode(self, request: FrameRequest) -> List[object]:
