@@ -139,10 +139,12 @@ def run_scan(args) -> int:
         return EXIT_USAGE
     paths, curated_labels, listed_missing = expand_curated_lists(args.paths)
     part = None if args.part is None else parse_part(args.part)
+    files = find_videos(paths)  # listed once: the part record digests the whole list
     records, rejected = scan_videos(paths, min_seconds=args.min_seconds, clip_seconds=args.clip_seconds or None,
                                     workers=args.workers, progress=not args.no_progress, timeout=args.timeout,
                                     decode_check=args.decode_check, decoder=args.decoder,
-                                    reject_variable_frame_rate=not args.allow_vfr, label=args.label, part=part)
+                                    reject_variable_frame_rate=not args.allow_vfr, label=args.label, part=part,
+                                    files=files)
     if part is None or part.index == part.count - 1:  # the whole scan reports them after every file
         rejected += [RejectedVideo(path, "unreadable", "listed in a curated list but not found")
                      for path in listed_missing]
@@ -154,7 +156,7 @@ def run_scan(args) -> int:
     if part is not None:
         settings = {name: getattr(args, name) for name in ("min_seconds", "clip_seconds", "decode_check", "decoder",
                                                            "allow_vfr", "label")}
-        write_part_record(manifest, part, settings, find_videos(paths) + sorted(listed_missing))
+        write_part_record(manifest, part, settings, files + sorted(listed_missing))
         print(f"part {part} of the files")
     print(format_summary(records, rejected))
     print(f"manifest: {manifest} ({len(records)} clips); rejected: {rejected_path} ({len(rejected)} files)")

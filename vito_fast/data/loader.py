@@ -80,9 +80,6 @@ class PairLoader:
 
     def __init__(self, source, batch_size: int, *, device: str = "gpu", seed: int, epoch: int = 0,
                  start_step: int = 0, rank: int = 0, world_size: int = 1, config: Optional[LoaderConfig] = None):
-        from vito_fast.data.backends import choose_backend, make_stage
-        from vito_fast.data.pair_sources import open_source
-
         self.config = LoaderConfig() if config is None else config
         if device not in ("gpu", "cpu"):
             raise ValueError(f"PairLoader: device must be 'gpu' or 'cpu', not {device!r}")
@@ -104,16 +101,7 @@ class PairLoader:
             video_decoder, self.decoder_choice = _choose_video_decoder(source, self.config, device, device_id,
                                                                        announce=rank == 0)
         self._source_path, self._device_id = source, device_id
-        self.source = open_source(source, video_decoder, self.config.max_open_videos, _block_cache(self.config))
-        if self.source.input_kind == "requests":  # a decoder of the device stage: can it run here at all?
-            from vito_fast.decoders.video_decoders import make_decoder
-
-            for codec in self.source.codecs:
-                reason = make_decoder(video_decoder, device).unavailable(codec)
-                if reason:
-                    raise RuntimeError(f"PairLoader: video_decoder={video_decoder!r} cannot decode {codec} here: {reason}")
-        input_kind = self.source.input_kind
-        self.backend = choose_backend(self.config.backend, input_kind, device, device_id)
+        self._open_source(video_decoder)
         self.num_clips = len(self.source)
         if self.num_clips == 0:
             raise ValueError(f"PairLoader: {source}: holds no clips")
@@ -127,16 +115,39 @@ class PairLoader:
         if not 0 <= self.step <= len(self):
             raise ValueError(f"PairLoader: start_step {start_step} outside [0, {len(self)}]")
         self.stats = LoaderStats()
-        self.host = HostPreparation(self.source, self.order, self.config, seed=self.seed, pinned=device == "gpu",
-                                    stats=self.stats)
-        self.stage: DeviceStage = make_stage(self.backend, input_kind, batch_size, self.config, device=device,
-                                             device_id=device_id, host=self.host, announce=rank == 0)
         self._active = None  # the generator of the current iteration
         self._producers: list = [None]  # the Producer of the current position (a slot shared with the finalizer)
+        self._start_parts()
+        _open_loaders.add(self)
+
+    def _open_source(self, video_decoder: str) -> None:
+        """``source`` (decoded by ``video_decoder``) and the ``backend`` that takes its inputs."""
+        from vito_fast.data.backends import choose_backend
+        from vito_fast.data.pair_sources import open_source
+
+        self.source = open_source(self._source_path, video_decoder, self.config.max_open_videos,
+                                  _block_cache(self.config))
+        if self.source.input_kind == "requests":  # a decoder of the device stage: can it run here at all?
+            from vito_fast.decoders.video_decoders import make_decoder
+
+            for codec in self.source.codecs:
+                reason = make_decoder(video_decoder, self.device).unavailable(codec)
+                if reason:
+                    raise RuntimeError(f"PairLoader: video_decoder={video_decoder!r} cannot decode {codec} here: {reason}")
+        self.backend = choose_backend(self.config.backend, self.source.input_kind, self.device, self._device_id)
+
+    def _start_parts(self) -> None:
+        """The host preparation and device stage of the source, and the finalizer that frees them."""
+        from vito_fast.data.backends import make_stage
+
+        self.host = HostPreparation(self.source, self.order, self.config, seed=self.seed, pinned=self.device == "gpu",
+                                    stats=self.stats)
+        self.stage: DeviceStage = make_stage(self.backend, self.source.input_kind, self.batch_size, self.config,
+                                             device=self.device, device_id=self._device_id, host=self.host,
+                                             announce=self.rank == 0)
         # collected without close(): release without waiting (see Producer.close); open at exit: close()
         self._finalizer = weakref.finalize(self, _release, self._producers, self.host, self.stage, False)
         self._finalizer.atexit = False
-        _open_loaders.add(self)
 
     def close(self) -> None:
         """Stop the iteration, the decoding workers and threads; free what the device stage holds."""
@@ -224,26 +235,16 @@ class PairLoader:
             self.stats.replaced += replaced
             yield batch
 
-
     def _fall_back_to_pyav(self, failure: DecoderFailure, epoch: int, step: int) -> None:
         """Replace the source, host preparation and device stage with PyAV's ("frames") from (epoch, step) on:
         the same samples, frames and views (a pure function of the position), decoded by PyAV."""
-        from vito_fast.data.backends import choose_backend, make_stage
-        from vito_fast.data.pair_sources import open_source
-
         warnings.warn(f"PairLoader: {failure}; decoding with PyAV from epoch {epoch} step {step} on",
                       RuntimeWarning, stacklevel=3)
         self.stats.decoder_fallbacks += 1
         self._finalizer.detach()
         _release([None], self.host, self.stage, True)
-        self.source = open_source(self._source_path, "pyav", self.config.max_open_videos)
-        self.backend = choose_backend(self.config.backend, "frames", self.device, self._device_id)
-        self.host = HostPreparation(self.source, self.order, self.config, seed=self.seed, pinned=self.device == "gpu",
-                                    stats=self.stats)
-        self.stage = make_stage(self.backend, "frames", self.batch_size, self.config, device=self.device,
-                                device_id=self._device_id, host=self.host, announce=self.rank == 0)
-        self._finalizer = weakref.finalize(self, _release, self._producers, self.host, self.stage, False)
-        self._finalizer.atexit = False
+        self._open_source("pyav")
+        self._start_parts()
 
 
 _open_loaders: "weakref.WeakSet[PairLoader]" = weakref.WeakSet()

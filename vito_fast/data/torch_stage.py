@@ -139,35 +139,27 @@ class TorchStage:
     def _frames(self, batch: HostBatch):
         """(2B, 3, H, W) uint8 frames on the device (view 0's then view 1's), their (2B, 2) sizes, and
         an event after which the host inputs are no longer read (None when they were read at once)."""
-        if self.input_kind == "requests":
-            return self._decoded_frames(batch)
-        names = ("image0", "image1")
-        arrays = [sample[name] for name in names for sample in batch.inputs]
-        if self.input_kind == "jpeg":
-            from torchvision.io import ImageReadMode, decode_jpeg
-
-            encoded = torch.from_numpy(np.concatenate(arrays))  # one copy: the JPEGs are read-only bytes
-            jpegs = list(torch.split(encoded, [len(array) for array in arrays]))
-            decoded = self._decode_jpegs(jpegs, lambda part: decode_jpeg(part, mode=ImageReadMode.RGB,
-                                                                         device=self.device))
-            frames = pad_frames(decoded)
-            inputs_read = None
+        inputs_read = None
+        if self.input_kind == "requests":  # each sample's two frames from the stage's decoder
+            pairs = [self._video_decoder.decode(sample["request"]) for sample in batch.inputs]
+            frames = [torch.as_tensor(pair[view]).to(self.device, non_blocking=True).permute(2, 0, 1)
+                      for view in (0, 1) for pair in pairs]
         else:
-            non_blocking = self.device.type == "cuda"  # the decode workers' arenas are page-locked
-            frames = pad_frames([torch.from_numpy(array).to(self.device, non_blocking=non_blocking).permute(2, 0, 1)
-                                 for array in arrays])
-            inputs_read = self._stream.record_event() if self._stream is not None else None
-        frame_hw = np.array([array.shape[:2] for array in arrays] if self.input_kind == "frames"
-                            else [tuple(frame.shape[1:]) for frame in decoded], dtype=np.int64)
-        return frames, to_device(frame_hw, self.device), inputs_read
+            arrays = [sample[name] for name in ("image0", "image1") for sample in batch.inputs]
+            if self.input_kind == "jpeg":
+                from torchvision.io import ImageReadMode, decode_jpeg
 
-    def _decoded_frames(self, batch: HostBatch):
-        """``_frames`` of a batch of FrameRequests: each sample's two frames from the stage's decoder."""
-        pairs = [self._video_decoder.decode(sample["request"]) for sample in batch.inputs]
-        frames = [torch.as_tensor(pair[view]).to(self.device, non_blocking=True).permute(2, 0, 1)
-                  for view in (0, 1) for pair in pairs]
+                encoded = torch.from_numpy(np.concatenate(arrays))  # one copy: the JPEGs are read-only bytes
+                jpegs = list(torch.split(encoded, [len(array) for array in arrays]))
+                frames = self._decode_jpegs(jpegs, lambda part: decode_jpeg(part, mode=ImageReadMode.RGB,
+                                                                            device=self.device))
+            else:
+                non_blocking = self.device.type == "cuda"  # the decode workers' arenas are page-locked
+                frames = [torch.from_numpy(array).to(self.device, non_blocking=non_blocking).permute(2, 0, 1)
+                          for array in arrays]
+                inputs_read = self._stream.record_event() if self._stream is not None else None
         frame_hw = np.array([tuple(frame.shape[1:]) for frame in frames], dtype=np.int64)
-        return pad_frames(frames), to_device(frame_hw, self.device), None
+        return pad_frames(frames), to_device(frame_hw, self.device), inputs_read
 
     def _decode_jpegs(self, jpegs: List[torch.Tensor], decode) -> List[torch.Tensor]:
         """``decode`` (a list of JPEGs -> their frames) in one call on a GPU, in slices over threads on the CPU."""

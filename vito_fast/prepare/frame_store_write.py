@@ -109,7 +109,9 @@ def extract_frames(manifest: Union[PathLike, Sequence[ClipRecord]], out_dir: Pat
     digest = _settings_digest(records, settings)  # of the whole manifest: the parts of one extraction share it
     start, stop = 0, len(records)
     if part is not None:
-        start, stop = (len(records) * index // part.count for index in (part.index, part.index + 1))
+        from vito_fast.prepare.parts import part_bounds
+
+        start, stop = part_bounds(len(records), part)
     sidecars = _finished_shards(folder, digest)
     next_clip = sidecars[-1]["end_clip"] if sidecars else start
     for stale in folder.glob("*.tmp"):

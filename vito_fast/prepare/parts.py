@@ -46,10 +46,30 @@ def parse_part(text: str) -> Part:
     return Part(index, count)
 
 
+def part_bounds(count: int, part: Part) -> Tuple[int, int]:
+    """[start, stop) of the ``part``'s contiguous block of ``count`` items (sizes differ by at most one)."""
+    return count * part.index // part.count, count * (part.index + 1) // part.count
+
+
 def part_files(files: Sequence[str], part: Part) -> List[str]:
-    """The ``part``'s contiguous block of ``files`` (sizes differ by at most one)."""
-    start, stop = (len(files) * index // part.count for index in (part.index, part.index + 1))
+    """The ``part``'s contiguous block of ``files``."""
+    start, stop = part_bounds(len(files), part)
     return list(files[start:stop])
+
+
+def _in_part_order(parts: Sequence[Tuple[Path, int, int]]) -> List[Path]:
+    """(where, part index, part count) of each part given -> where, in part order; ValueError for a part
+    given twice or missing. Whether the parts belong together is the caller's to check first."""
+    by_index: Dict[int, Path] = {}
+    for where, index, count in parts:
+        if index in by_index:
+            raise ValueError(f"part {index}/{count} given twice: {by_index[index]} and {where}")
+        by_index[index] = where
+    count = parts[0][2]
+    missing = sorted(set(range(count)) - set(by_index))
+    if missing:
+        raise ValueError(f"parts {', '.join(f'{index}/{count}' for index in missing)} are missing")
+    return [by_index[index] for index in range(count)]
 
 
 def files_digest(files: Sequence[str]) -> str:
@@ -97,17 +117,7 @@ def merge_parts(manifests: Sequence[PathLike], output: PathLike) -> Tuple[Path, 
             if record[key] != first[key]:
                 raise ValueError(f"{manifest} and {first_manifest} differ in {name} "
                                  f"({record[key]!r} vs {first[key]!r}): parts of different scans")
-    by_index: Dict[int, Path] = {}
-    for manifest, record in records:
-        if record["part"] in by_index:
-            raise ValueError(f"part {record['part']}/{record['parts']} given twice: {by_index[record['part']]} "
-                             f"and {manifest}")
-        by_index[record["part"]] = manifest
-    missing = sorted(set(range(first["parts"])) - set(by_index))
-    if missing:
-        count = first["parts"]
-        raise ValueError(f"parts {', '.join(f'{index}/{count}' for index in missing)} are missing")
-    ordered = [by_index[index] for index in range(first["parts"])]
+    ordered = _in_part_order([(manifest, record["part"], record["parts"]) for manifest, record in records])
     clips = [record for manifest in ordered for record in iter_manifest(manifest)]
     rejected = []
     for manifest in ordered:
@@ -143,21 +153,13 @@ def merge_stores(stores: Sequence[PathLike], output: PathLike) -> Tuple[Path, in
         if index.header["settings_digest"] != first.header["settings_digest"] or part["count"] != first_part["count"]:
             raise ValueError(f"{store} and {first_store} are parts of different extractions (another manifest, "
                              f"other settings or another part count)")
-    by_index: Dict[int, tuple] = {}
-    for entry in parts:
-        if entry[2]["index"] in by_index:
-            raise ValueError(f"part {entry[2]['index']}/{entry[2]['count']} given twice: {by_index[entry[2]['index']][0]} "
-                             f"and {entry[0]}")
-        by_index[entry[2]["index"]] = entry
-    count = first_part["count"]
-    missing = sorted(set(range(count)) - set(by_index))
-    if missing:
-        raise ValueError(f"parts {', '.join(f'{index}/{count}' for index in missing)} are missing")
+    ordered = _in_part_order([(store, part["index"], part["count"]) for store, _, part in parts])
+    index_of = {store: index for store, index, _ in parts}
     output = Path(output)
     output.mkdir(parents=True, exist_ok=True)
     clips, shards, skipped = [], [], []
-    for position in range(count):
-        store, index, _ = by_index[position]
+    for store in ordered:
+        index = index_of[store]
         folder = index.path.parent
         for clip in clip_documents(index.arrays, index.header["labels"]):
             clips.append({**clip, "shard": clip["shard"] + len(shards)})

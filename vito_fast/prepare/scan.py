@@ -9,7 +9,7 @@ import bisect
 import math
 import os
 from pathlib import Path
-from typing import Iterable, List, Optional, Tuple, Union
+from typing import Iterable, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
@@ -120,17 +120,19 @@ def frames_per_random_frame(record) -> Optional[float]:
 def scan_videos(paths: Iterable[PathLike], *, min_seconds: float = 1.0, clip_seconds: Optional[float] = None,
                 workers: Optional[int] = None, progress: bool = True, timeout: float = 60.0,
                 decode_check: str = "tail", decoder: str = "pyav", reject_variable_frame_rate: bool = True,
-                label: Optional[str] = None, part=None) -> Tuple[List[ClipRecord], List[RejectedVideo]]:
+                label: Optional[str] = None, part=None,
+                files: Optional[Sequence[str]] = None) -> Tuple[List[ClipRecord], List[RejectedVideo]]:
     """Probe every video under ``paths`` and return (usable clip records, rejected files), in path order.
 
     ``decoder`` ("pyav", "dali-cpu", "dali-gpu") rejects codecs that decoder cannot read;
     ``workers`` defaults to the CPU count (0 probes in this process, without timeout). Workers are
     spawned, so a script that calls this needs the usual ``if __name__ == "__main__":`` guard.
     ``part`` (a ``parts.Part``): probe only that contiguous block of the files (``prepare merge``).
+    ``files``: ``find_videos(paths)`` when the caller has listed them already (a bucket is listed once).
     """
     if decoder not in DECODABLE_CODECS:
         raise ValueError(f"scan_videos: decoder must be one of {sorted(DECODABLE_CODECS)}, not {decoder!r}")
-    files = find_videos(paths)
+    files = find_videos(paths) if files is None else list(files)
     if part is not None:
         from vito_fast.prepare.parts import part_files
 
