@@ -25,8 +25,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     scan = commands.add_parser("scan", help="probe videos and write a manifest of usable clips")
     scan.add_argument("paths", nargs="+", metavar="PATH",
-                      help="video files or folders (searched recursively), or curated lists from `vito-fast curate` "
-                           "(*.jsonl): their videos, each clip labelled with its class")
+                      help="video files or folders (searched recursively), URLs or prefixes (s3://, gs://, https://), "
+                           "WebDataset tar shards (shards/{00000..00099}.tar: their video members, read in place), or "
+                           "curated lists from `vito-fast curate` (*.jsonl): their videos, each clip labelled with its class")
     scan.add_argument("-o", "--output", required=True, help="manifest to write (JSON lines); "
                       "rejected files go to <name>.rejected.jsonl next to it")
     scan.add_argument("--min-seconds", type=non_negative_float, default=1.0,
@@ -44,6 +45,9 @@ def build_parser() -> argparse.ArgumentParser:
                       help="reject codecs this decoder cannot read (dali-cpu: VP8/VP9/MJPEG only)")
     scan.add_argument("--allow-vfr", action="store_true", help="keep variable-frame-rate videos")
     scan.add_argument("--label", default=None, help="label stored in every record")
+    scan.add_argument("--label-field", default=None, metavar="FIELD",
+                      help="videos in tar shards: the label is this field of the sample's JSON (e.g. a class column "
+                           "video2dataset kept with --save_additional_columns)")
     scan.add_argument("--part", default=None, metavar="I/N",
                       help="probe only part I of N (0-based) of the files, for `prepare merge` (Slurm: "
                            "$SLURM_ARRAY_TASK_ID/$SLURM_ARRAY_TASK_COUNT)")
@@ -132,8 +136,10 @@ def run_scan(args) -> int:
     from vito_fast.prepare.probe import RejectedVideo
 
     from vito_fast.data.remote import is_url
+    from vito_fast.data.shards import expand_shards
 
-    missing = [path for path in args.paths if not is_url(path) and not Path(path).exists()]
+    missing = [path for pattern in args.paths for path in expand_shards(pattern)
+               if not is_url(path) and not Path(path).exists()]
     if missing:
         print(f"vito-fast prepare scan: no such file or folder: {', '.join(missing)}", file=sys.stderr)
         return EXIT_USAGE
@@ -144,7 +150,7 @@ def run_scan(args) -> int:
                                     workers=args.workers, progress=not args.no_progress, timeout=args.timeout,
                                     decode_check=args.decode_check, decoder=args.decoder,
                                     reject_variable_frame_rate=not args.allow_vfr, label=args.label, part=part,
-                                    files=files)
+                                    files=files, label_field=args.label_field)
     if part is None or part.index == part.count - 1:  # the whole scan reports them after every file
         rejected += [RejectedVideo(path, "unreadable", "listed in a curated list but not found")
                      for path in listed_missing]
@@ -155,7 +161,7 @@ def run_scan(args) -> int:
     rejected_path = write_manifest(rejected_manifest_path(args.output), rejected)
     if part is not None:
         settings = {name: getattr(args, name) for name in ("min_seconds", "clip_seconds", "decode_check", "decoder",
-                                                           "allow_vfr", "label")}
+                                                           "allow_vfr", "label", "label_field")}
         write_part_record(manifest, part, settings, files + sorted(listed_missing))
         print(f"part {part} of the files")
     print(format_summary(records, rejected))

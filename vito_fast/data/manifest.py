@@ -38,6 +38,9 @@ class ClipRecord:
     players show (the stream's display matrix, ``video_source.display_orientation``); None when
     frames are shown as stored, or in manifests written before it. Decoders that do not read the
     display matrix themselves (DALI's) apply it from here.
+
+    ``path`` may be a URL, or a member of a tar shard (``shards.member_path``: ``TAR#MEMBER@OFFSET+SIZE``);
+    ``caption``: the text that came with the video (a shard's ``.txt``/JSON caption), kept for curation.
     """
 
     path: str
@@ -53,6 +56,7 @@ class ClipRecord:
     keyframes: Optional[List[int]] = None
     keyframe_pts: Optional[List[int]] = None
     orientation: Optional[List[bool]] = None
+    caption: Optional[str] = None
 
     def to_json(self) -> str:
         """One JSON line (without the newline); None fields are left out."""

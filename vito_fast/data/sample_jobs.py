@@ -19,7 +19,7 @@ from typing import Dict, Tuple
 
 import numpy as np
 
-from vito_fast.errors import StoreError, VideoError
+from vito_fast.errors import VideoError
 
 __all__ = ["JobRunner", "ORIENTATION_INPUTS"]
 
@@ -56,12 +56,8 @@ class JobRunner:
 
     @staticmethod
     def _file_bytes(path: str, file_frames, orientation=(False, False, False)) -> Dict[str, np.ndarray]:
-        from vito_fast.data.remote import RemoteFiles, is_url
+        from vito_fast.data.shards import read_video_bytes
 
-        try:
-            data = (np.frombuffer(RemoteFiles(path).cat(path), dtype=np.uint8) if is_url(path)
-                    else np.fromfile(path, dtype=np.uint8))
-        except (OSError, StoreError) as error:
-            raise VideoError(f"{path}: cannot read it: {error}") from None
+        data = np.frombuffer(read_video_bytes(path), dtype=np.uint8)  # a file, URL or member of a tar shard
         turns = {name: np.array(bool(value)) for name, value in zip(ORIENTATION_INPUTS, orientation)}
         return {"encoded": data, "frames": np.asarray(file_frames, dtype=np.int32), **turns}

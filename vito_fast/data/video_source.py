@@ -125,13 +125,19 @@ class _OpenVideo:
     def __init__(self, path: str, fps: Optional[float] = None):
         import av
 
-        from vito_fast.data.remote import is_url, open_remote
+        from vito_fast.data.shards import open_video
 
         self.path = path
-        self._remote = open_remote(path) if is_url(path) else None  # ranged reads through fsspec
-        self.container = av.open(self._remote if self._remote is not None else path, "r", metadata_errors="ignore")
+        # a file on disk by its path; a URL or a member of a tar shard as a file object of ranged reads
+        self._source = open_video(path)
+        try:
+            self.container = av.open(self._source, "r", metadata_errors="ignore")
+        except BaseException:
+            if not isinstance(self._source, str):
+                self._source.close()
+            raise
         if not self.container.streams.video:
-            self.container.close()
+            self.close()
             raise VideoError("no video stream")
         self.stream = self.container.streams.video[0]
         self.stream.thread_type = "NONE"  # parallelism comes from decoding many files at once
@@ -150,8 +156,8 @@ class _OpenVideo:
 
     def close(self) -> None:
         self.container.close()
-        if self._remote is not None:
-            self._remote.close()
+        if not isinstance(self._source, str):
+            self._source.close()
 
     def _start_at(self, number: int, pts: Optional[int]) -> None:
         """Decode from the keyframe (frame number, pts), or from the file's start when pts is None."""
@@ -159,7 +165,9 @@ class _OpenVideo:
             import av
 
             self.container.close()  # reopening is the one start that works for every container
-            self.container = av.open(self.path, "r", metadata_errors="ignore")
+            if not isinstance(self._source, str):
+                self._source.seek(0)
+            self.container = av.open(self._source, "r", metadata_errors="ignore")
             self.stream = self.container.streams.video[0]
             self.stream.thread_type = "NONE"
         else:

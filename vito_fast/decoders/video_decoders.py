@@ -165,10 +165,9 @@ class DaliDecoder:
     def decode(self, request: FrameRequest) -> List[object]:
         if self._pipeline is None:
             self._pipeline = self._build()
-        try:
-            data = np.fromfile(request.path, dtype=np.uint8)
-        except OSError as error:
-            raise VideoError(f"{request.path}: cannot read it: {error}") from None
+        from vito_fast.data.shards import read_video_bytes
+
+        data = np.frombuffer(read_video_bytes(request.path), dtype=np.uint8)  # a file, URL or tar member
         from vito_fast.data.sample_jobs import ORIENTATION_INPUTS
 
         if len(request.frames) != 2:
@@ -222,6 +221,12 @@ class NvcDecoder:
         import PyNvVideoCodec as nvc
         import torch
 
+        from vito_fast.data.remote import is_url
+        from vito_fast.data.shards import parse_member
+
+        if is_url(request.path) or parse_member(request.path) is not None:
+            raise VideoError(f"{request.path}: PyNvVideoCodec opens files on disk only, not URLs or members of tar "
+                             f"shards; PyAV or DALI read those")
         decoder = getattr(self._local, "decoder", None)
         try:
             if decoder is None:
@@ -272,12 +277,18 @@ class TorchCodecDecoder:
     def decode(self, request: FrameRequest) -> List[object]:
         from torchcodec.decoders import VideoDecoder
 
+        from vito_fast.data.shards import open_video
+
+        source = open_video(request.path)  # a path on disk, or a file object of ranged reads
         try:
-            decoder = VideoDecoder(request.path, device="cuda" if self.device == "gpu" else "cpu", seek_mode="exact")
+            decoder = VideoDecoder(source, device="cuda" if self.device == "gpu" else "cpu", seek_mode="exact")
             batch = decoder.get_frames_at(indices=list(request.frames)).data  # (N, C, H, W) uint8
         except Exception as error:
             raise VideoError(f"{request.path}: torchcodec could not decode frames {list(request.frames)}: "
                              f"{error}") from None
+        finally:
+            if not isinstance(source, str):
+                source.close()
         frames = [frame.permute(1, 2, 0).contiguous() for frame in batch]
         return frames if self.device == "gpu" else [frame.numpy() for frame in frames]
 

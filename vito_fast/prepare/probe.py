@@ -85,17 +85,28 @@ def probe_video(path: str, decode_check: str = "tail") -> Union[VideoInfo, Rejec
     """
     import av  # PyAV is a hard dependency, imported here to keep the module light for pickling
 
-    from vito_fast.data.remote import is_url, open_remote
+    from vito_fast.data.remote import is_url
+    from vito_fast.data.shards import TruncatedMember, index_tar, is_shard, open_video, parse_member
 
-    remote, source = is_url(path), None
-    if remote:
+    if is_shard(path):  # a shard that could not be listed (the scan lists readable ones into their members)
         try:
-            source = open_remote(path)
+            index_tar(path)
+            return RejectedVideo(path, "unreadable", "a tar shard, not a video")
+        except VideoError as error:
+            return RejectedVideo(path, "unreadable", str(error).removeprefix(f"{path}: "))
+    if is_url(path) or parse_member(path) is not None:  # an object, or a member of a tar shard: ranged reads
+        try:
+            source = open_video(path)
+        except VideoError as error:
+            reason = "truncated" if isinstance(error, TruncatedMember) else "unreadable"
+            return RejectedVideo(path, reason, str(error).removeprefix(f"{path}: "))
         except Exception as error:  # not found, no access, network: the object is unusable here
             return RejectedVideo(path, "unreadable", f"cannot open it: {error}")
         try:
-            if source.size == 0:
+            source.seek(0, 2)
+            if source.tell() == 0:
                 return RejectedVideo(path, "unreadable", "empty object (0 bytes)")
+            source.seek(0)
             return _probe_container(path, decode_check, source)
         finally:
             source.close()

@@ -15,6 +15,7 @@ import numpy as np
 
 from vito_fast.data.config import usable_cores
 from vito_fast.data.manifest import ClipRecord
+from vito_fast.errors import VideoError
 from vito_fast.prepare.probe import RejectedVideo, VideoInfo, probe_videos
 
 PathLike = Union[str, os.PathLike]
@@ -36,33 +37,68 @@ DECODABLE_CODECS = {
 def find_videos(paths: Iterable[PathLike]) -> List[str]:
     """Expand folders (recursively, files with a video suffix) and keep named files as they are.
 
-    A URL prefix (``s3://bucket/videos/``, ...) is listed the same way through fsspec, sorted.
-    Raises FileNotFoundError naming the first path that does not exist.
+    A URL prefix (``s3://bucket/videos/``, ...) is listed the same way through fsspec, sorted. A tar
+    shard (``.tar``, named or found in a folder; WebDataset's ``shards/{00000..00099}.tar`` expands)
+    gives its video members, in tar order, as ``shards.member_path`` strings: read by range, never
+    extracted. Raises FileNotFoundError naming the first path that does not exist.
     """
     from vito_fast.data.remote import RemoteFiles, is_url
+    from vito_fast.data.shards import expand_shards, is_shard
 
     found: List[str] = []
-    for path in paths:
-        if is_url(path):
-            fs = RemoteFiles(str(path)).fs
-            if fs.isfile(str(path)):
-                found.append(str(path))
+    for pattern in paths:
+        for path in expand_shards(str(pattern)):
+            if is_url(path):
+                if is_shard(path) or Path(path).suffix.lower() in VIDEO_SUFFIXES:
+                    found.append(path)  # an object by name: its probe reports it if missing (an HTTP
+                    continue            # existence check would GET the whole object)
+                fs = RemoteFiles(str(path)).fs
+                if fs.isfile(str(path)):
+                    found.append(str(path))
+                    continue
+                names = sorted(fs.find(str(path)))
+                if not names and not fs.exists(str(path)):
+                    raise FileNotFoundError(f"{path}: no such object or prefix")
+                found.extend(fs.unstrip_protocol(name) for name in names
+                             if Path(name).suffix.lower() in VIDEO_SUFFIXES or is_shard(name))
                 continue
-            names = sorted(fs.find(str(path)))
-            if not names and not fs.exists(str(path)):
-                raise FileNotFoundError(f"{path}: no such object or prefix")
-            found.extend(fs.unstrip_protocol(name) for name in names
-                         if Path(name).suffix.lower() in VIDEO_SUFFIXES)
+            path = Path(path)
+            if path.is_dir():
+                found.extend(str(file.resolve()) for file in sorted(path.rglob("*"))
+                             if file.is_file() and (file.suffix.lower() in VIDEO_SUFFIXES or is_shard(file)))
+            elif path.exists():
+                found.append(str(path.resolve()))
+            else:
+                raise FileNotFoundError(f"{path}: no such file or folder")
+    return _members_of_shards(found)
+
+
+def _members_of_shards(files: List[str]) -> List[str]:
+    """``files`` with every tar shard replaced by its video members (shards indexed on threads: a remote
+    shard's headers are a few ranged reads each, so many shards are listed at once)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from vito_fast.data.shards import index_tar, is_shard
+
+    shards = [file for file in files if is_shard(file)]
+    if not shards:
+        return files
+    def listed(shard: str):
+        try:
+            return index_tar(shard)
+        except VideoError:  # kept as it is: its probe reports why (one bad shard never stops a scan)
+            return None
+
+    with ThreadPoolExecutor(max_workers=min(16, len(shards))) as pool:
+        indexes = dict(zip(shards, pool.map(listed, shards)))
+    expanded: List[str] = []
+    for file in files:
+        if not is_shard(file) or indexes[file] is None:
+            expanded.append(file)
             continue
-        path = Path(path)
-        if path.is_dir():
-            found.extend(str(file.resolve()) for file in sorted(path.rglob("*"))
-                         if file.is_file() and file.suffix.lower() in VIDEO_SUFFIXES)
-        elif path.exists():
-            found.append(str(path.resolve()))
-        else:
-            raise FileNotFoundError(f"{path}: no such file or folder")
-    return found
+        expanded.extend(member.path for member in indexes[file].members
+                        if Path(member.name).suffix.lower() in VIDEO_SUFFIXES)
+    return expanded
 
 
 def split_into_clips(info: VideoInfo, clip_seconds: Optional[float], min_seconds: float,
@@ -120,8 +156,8 @@ def frames_per_random_frame(record) -> Optional[float]:
 def scan_videos(paths: Iterable[PathLike], *, min_seconds: float = 1.0, clip_seconds: Optional[float] = None,
                 workers: Optional[int] = None, progress: bool = True, timeout: float = 60.0,
                 decode_check: str = "tail", decoder: str = "pyav", reject_variable_frame_rate: bool = True,
-                label: Optional[str] = None, part=None,
-                files: Optional[Sequence[str]] = None) -> Tuple[List[ClipRecord], List[RejectedVideo]]:
+                label: Optional[str] = None, part=None, files: Optional[Sequence[str]] = None,
+                label_field: Optional[str] = None) -> Tuple[List[ClipRecord], List[RejectedVideo]]:
     """Probe every video under ``paths`` and return (usable clip records, rejected files), in path order.
 
     ``decoder`` ("pyav", "dali-cpu", "dali-gpu") rejects codecs that decoder cannot read;
@@ -129,6 +165,8 @@ def scan_videos(paths: Iterable[PathLike], *, min_seconds: float = 1.0, clip_sec
     spawned, so a script that calls this needs the usual ``if __name__ == "__main__":`` guard.
     ``part`` (a ``parts.Part``): probe only that contiguous block of the files (``prepare merge``).
     ``files``: ``find_videos(paths)`` when the caller has listed them already (a bucket is listed once).
+    A video inside a tar shard takes its sample's caption (the ``.txt`` member, else the JSON's
+    "caption") and, with ``label_field``, its label from that field of the sample's JSON.
     """
     if decoder not in DECODABLE_CODECS:
         raise ValueError(f"scan_videos: decoder must be one of {sorted(DECODABLE_CODECS)}, not {decoder!r}")
@@ -163,6 +201,30 @@ def scan_videos(paths: Iterable[PathLike], *, min_seconds: float = 1.0, clip_sec
                                           f"{result.duration:.2f} s is shorter than {min_seconds:g} s"))
         else:
             records.extend(split_into_clips(result, clip_seconds, min_seconds, label))
+    _add_shard_metadata(records, label_field)
     return records, rejected
+
+
+def _add_shard_metadata(records: List[ClipRecord], label_field: Optional[str]) -> None:
+    """Caption and label of the clips of videos inside tar shards, from their samples' ``.txt``/``.json``."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from vito_fast.data.shards import index_tar, parse_member, read_sample_metadata
+
+    members = {record.path: parse_member(record.path) for record in records}
+    members = {path: member for path, member in members.items() if member is not None}
+    if not members:
+        return
+
+    def metadata(member):
+        return read_sample_metadata(member, index_tar(member.tar))
+
+    with ThreadPoolExecutor(max_workers=min(16, len(members))) as pool:
+        found = dict(zip(members, pool.map(metadata, members.values())))
+    for record in records:
+        if record.path in found:
+            fields, record.caption = found[record.path]
+            if label_field is not None and fields.get(label_field) is not None:
+                record.label = str(fields[label_field])
 
 

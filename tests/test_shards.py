@@ -1,0 +1,169 @@
+"""Videos inside WebDataset / video2dataset tar shards (vito_fast.data.shards): scanned and read by range
+without extracting, on disk and over HTTP, giving the same clips, samples and views as the same videos
+as files; a truncated shard is reported, never fatal."""
+from __future__ import annotations
+
+import dataclasses
+import io
+import json
+import tarfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from videos import write_video
+
+from vito_fast.data import LoaderConfig, PairLoader
+from vito_fast.data.manifest import read_manifest, write_manifest
+from vito_fast.data.shards import (TarMember, expand_shards, index_tar, member_path, parse_member,
+                                   read_video_bytes, sample_key)
+from vito_fast.prepare import scan_videos
+
+CLIPS = 6
+
+
+def write_shard(path: Path, videos, captions=None) -> Path:
+    """A video2dataset-style shard: per sample KEY.webm, KEY.json (caption, label, url), KEY.txt."""
+    with tarfile.open(path, "w") as archive:
+        for video in videos:
+            key = video.stem
+            fields = {"key": key, "url": f"https://example.org/{video.name}", "caption": f"json caption {key}",
+                      "label": f"class{int(key[-1]) % 2}", "status": "success"}
+            members = [(f"{key}.json", json.dumps(fields).encode()), (f"{key}.webm", video.read_bytes())]
+            if captions:
+                members.append((f"{key}.txt", f"a clip called {key}\n".encode()))
+            for name, data in members:
+                info = tarfile.TarInfo(name)
+                info.size = len(data)
+                archive.addfile(info, io.BytesIO(data))
+    return path
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("shards")
+    (folder / "videos").mkdir()
+    (folder / "shards").mkdir()
+    videos = [write_video(folder / "videos" / f"clip{index}.webm", codec="vp9", width=64, height=48, fps=10,
+                          num_frames=20, gop=5) for index in range(CLIPS)]
+    write_shard(folder / "shards" / "00000.tar", videos[:3], captions=True)
+    write_shard(folder / "shards" / "00001.tar", videos[3:])
+    return folder
+
+
+def scan(paths, **options):
+    return scan_videos([str(path) for path in paths], workers=0, progress=False, min_seconds=0.5, **options)
+
+
+def batches_of(manifest, decode_workers=0):
+    config = LoaderConfig(image_size=32, dtype="float32", num_threads=2, decode_workers=decode_workers,
+                          backend="torch")
+    with PairLoader(str(manifest), 3, device="cpu", seed=5, config=config) as loader:
+        batches = list(loader)
+        return batches, loader.stats
+
+
+def assert_same_batches(got, want):
+    assert len(got) == len(want)
+    for one, other in zip(got, want):
+        np.testing.assert_array_equal(one["sample_ids"], other["sample_ids"])
+        np.testing.assert_array_equal(one["frame_indices"], other["frame_indices"])
+        assert torch.equal(one["view1"], other["view1"]) and torch.equal(one["view2"], other["view2"])
+
+
+def test_member_paths_braces_and_keys():
+    path = member_path("s3://bucket/shards/00007.tar", "sub/000123.mp4", 1536, 2097152)
+    assert path == "s3://bucket/shards/00007.tar#sub/000123.mp4@1536+2097152"
+    assert parse_member(path) == TarMember("s3://bucket/shards/00007.tar", "sub/000123.mp4", 1536, 2097152)
+    assert parse_member("/data/clip.mp4") is None and parse_member("https://host/a.mp4#t=3") is None
+    assert expand_shards("s/{000..002}.tar") == ["s/000.tar", "s/001.tar", "s/002.tar"]
+    assert expand_shards("s/{8..10}-{0..1}.tar") == ["s/8-0.tar", "s/8-1.tar", "s/9-0.tar", "s/9-1.tar",
+                                                     "s/10-0.tar", "s/10-1.tar"]
+    assert expand_shards("plain.tar") == ["plain.tar"]
+    with pytest.raises(ValueError, match="backwards"):
+        expand_shards("s/{3..1}.tar")
+    assert sample_key("a/b/000123.seg.mp4") == "a/b/000123" and sample_key("x.json") == "x"
+
+
+def test_a_shard_is_indexed_from_its_headers_and_members_read_by_range(corpus):
+    index = index_tar(str(corpus / "shards" / "00000.tar"))
+    assert not index.truncated
+    assert [member.name for member in index.members] == [f"clip{i}.{kind}" for i in range(3)
+                                                         for kind in ("json", "webm", "txt")]
+    for member in index.members:
+        if member.name.endswith(".webm"):
+            assert read_video_bytes(member.path) == (corpus / "videos" / member.name).read_bytes()
+    assert set(index.samples()["clip1"]) == {"json", "webm", "txt"}
+
+
+def test_scanning_shards_gives_the_clips_of_the_files_with_their_captions_and_labels(corpus, tmp_path):
+    files, rejected_files = scan([corpus / "videos"])
+    members, rejected = scan([str(corpus / "shards" / "{00000..00001}.tar")], label_field="label")
+    assert not rejected and not rejected_files and len(members) == len(files) == CLIPS
+    for record, file in zip(members, files):
+        member = parse_member(record.path)
+        assert member is not None and Path(member.name).name == Path(file.path).name  # in name order
+        assert dataclasses.replace(record, path=file.path, caption=None, label=None) == file
+    assert [record.caption for record in members[:3]] == [f"a clip called clip{i}" for i in range(3)]  # the .txt
+    assert [record.caption for record in members[3:]] == [f"json caption clip{i}" for i in range(3, 6)]
+    assert [record.label for record in members] == [f"class{i % 2}" for i in range(CLIPS)]
+    # a folder of shards is found like a folder of videos; the records survive the manifest round trip
+    from_folder, _ = scan([corpus / "shards"])
+    assert [record.path for record in from_folder] == [record.path for record in members]
+    manifest = write_manifest(tmp_path / "m.jsonl", members)
+    assert read_manifest(manifest) == members
+
+
+@pytest.mark.parametrize("decode_workers", [0, 1])
+def test_the_loader_reads_shards_as_it_reads_the_files(corpus, tmp_path, decode_workers):
+    files, _ = scan([corpus / "videos"])
+    members, _ = scan([corpus / "shards"])
+    want, _ = batches_of(write_manifest(tmp_path / "files.jsonl", files), decode_workers)
+    got, stats = batches_of(write_manifest(tmp_path / "members.jsonl", members), decode_workers)
+    assert not stats.failed_files and stats.replaced == 0
+    assert_same_batches(got, want)
+
+
+def test_shards_over_http_are_scanned_and_read_by_range(corpus, tmp_path):
+    pytest.importorskip("aiohttp", reason="aiohttp is not installed: pip install 'vito_fast[remote]'")
+    from range_server import RangeServer
+
+    files, _ = scan([corpus / "videos"])
+    want, _ = batches_of(write_manifest(tmp_path / "files.jsonl", files))
+    with RangeServer(corpus) as server:
+        members, rejected = scan([server.url + "/shards/{00000..00001}.tar"])
+        assert not rejected and len(members) == CLIPS
+        assert all(record.path.startswith(server.url + "/shards/0000") for record in members)
+        shard_reads = [header for method, path, header in server.requests if method == "GET" and path.endswith(".tar")]
+        assert shard_reads and all(header.startswith("bytes=") for header in shard_reads)  # never a whole shard
+        server.requests.clear()
+        got, stats = batches_of(write_manifest(tmp_path / "http.jsonl", members), decode_workers=1)
+        assert not stats.failed_files
+        assert all(header.startswith("bytes=") for method, path, header in server.requests if method == "GET")
+    assert_same_batches(got, want)
+
+
+def test_a_truncated_shard_is_reported_at_scan_and_replaced_while_training(corpus, tmp_path):
+    shard = tmp_path / "00001.tar"
+    shard.write_bytes((corpus / "shards" / "00001.tar").read_bytes())
+    members, _ = scan([corpus / "shards" / "00000.tar", shard])
+    last = parse_member(members[-1].path)
+    # cut the shard inside its last video, as a failed upload leaves it
+    with open(shard, "r+b") as handle:
+        handle.truncate(last.offset + last.size // 2)
+    index_tar.cache_clear()
+    records, rejected = scan([corpus / "shards" / "00000.tar", shard])
+    assert len(records) == CLIPS - 1
+    assert [(entry.path, entry.reason) for entry in rejected] == [(last.path, "truncated")]
+    assert "truncated shard" in rejected[0].detail
+    # the manifest written before the cut: the epoch ends, the member is named and its samples replaced
+    with pytest.warns(RuntimeWarning, match="00001.tar#clip5.webm"):
+        batches, stats = batches_of(write_manifest(tmp_path / "before.jsonl", members))
+    assert len(batches) == CLIPS // 3 and stats.replaced > 0
+    assert any("clip5.webm" in name for name in stats.failed_files)
+    # a file that is no tar at all is one rejected input, not a failed scan
+    junk = tmp_path / "junk.tar"
+    junk.write_bytes(b"not a tar" * 100)
+    records, rejected = scan([corpus / "shards" / "00000.tar", junk])
+    assert len(records) == 3 and [(entry.path, entry.reason) for entry in rejected] == [(str(junk), "unreadable")]
