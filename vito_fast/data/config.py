@@ -55,7 +55,10 @@ class LoaderConfig:
     ``backend``: the device stage, "dali", "torch" (nvJPEG and batched PyTorch ops: no DALI needed)
     or "auto" (DALI when it works on this machine, else torch; see ``backends``). ``cache_dir``: a
     local folder for the blocks of a frame store on object storage (``remote.BlockCache``, at most
-    ``cache_gb``, least recently used out first), so later epochs read from disk; None: no cache."""
+    ``cache_gb``, least recently used out first), so later epochs read from disk; None: no cache.
+    ``remote_timeout``: seconds a read of a frame store on object storage may go without a byte before
+    it is tried again, ``remote_retries`` times, then its sample is replaced (None: the environment's
+    ``VITO_FAST_REMOTE_TIMEOUT``/``_RETRIES``, else 30 s and 3; videos by URL take the environment's)."""
 
     image_size: int = 224
     dtype: str = "bfloat16"
@@ -73,6 +76,8 @@ class LoaderConfig:
     backend: str = "auto"
     cache_dir: Optional[str] = None
     cache_gb: float = 50.0
+    remote_timeout: Optional[float] = None
+    remote_retries: Optional[int] = None
 
     def __post_init__(self) -> None:
         if self.dtype not in ("bfloat16", "float16", "float32"):
@@ -95,12 +100,26 @@ class LoaderConfig:
             raise ValueError(f"LoaderConfig.sample_timeout: must be > 0 seconds, got {self.sample_timeout!r}")
         if not self.cache_gb > 0:
             raise ValueError(f"LoaderConfig.cache_gb: must be > 0, got {self.cache_gb!r}")
+        if self.remote_timeout is not None and not self.remote_timeout > 0:
+            raise ValueError(f"LoaderConfig.remote_timeout: must be None or > 0 seconds, got {self.remote_timeout!r}")
+        if self.remote_retries is not None and (not isinstance(self.remote_retries, int) or self.remote_retries < 0):
+            raise ValueError(f"LoaderConfig.remote_retries: must be None or an integer >= 0, got {self.remote_retries!r}")
         if not 0.0 <= self.hw_decoder_load <= 1.0:
             raise ValueError(f"LoaderConfig.hw_decoder_load: must lie in [0, 1], got {self.hw_decoder_load!r}")
 
     def workers(self) -> int:
         """Decoding processes this config starts (``decode_workers()`` of its setting)."""
         return decode_workers(self.decode_workers)
+
+    def remote_settings(self):
+        """The ``remote.RemoteSettings`` of ``remote_timeout`` and ``remote_retries`` (the environment's where None)."""
+        import dataclasses
+
+        from vito_fast.data.remote import RemoteSettings
+
+        settings = RemoteSettings.from_environment()
+        return dataclasses.replace(settings, **{name: value for name, value in (
+            ("timeout", self.remote_timeout), ("retries", self.remote_retries)) if value is not None})
 
     def threads(self) -> int:
         """DALI's threads, and the host's reading threads: ``num_threads`` or one per usable core."""

@@ -130,7 +130,8 @@ class FrameStore:
     (converted in memory, with a warning that names the upgrade command).
     """
 
-    def __init__(self, path: PathLike, *, threads: int = 4, max_open_shards: int = 256, cache=None):
+    def __init__(self, path: PathLike, *, threads: int = 4, max_open_shards: int = 256, cache=None,
+                 remote_settings=None):
         index = read_index(path)
         self.path, self.version, self.header, self.arrays = index.path.parent, index.version, index.header, index.arrays
         self.url = self.header.get("url")  # a store on object storage (``remote.is_url``): ranged reads
@@ -138,7 +139,8 @@ class FrameStore:
         if self.url is not None:
             from vito_fast.data.remote import RemoteFiles
 
-            self._remote = RemoteFiles(self.url, cache=cache)  # cache: a remote.BlockCache, or None
+            # cache: a remote.BlockCache, or None; remote_settings: a remote.RemoteSettings (None: the environment's)
+            self._remote = RemoteFiles(self.url, remote_settings, cache=cache)
         self.fps, self.short_side, self.quality = self.header["fps"], self.header["short_side"], self.header["quality"]
         self.shards: List[dict] = self.header["shards"]
         self.skipped: List[dict] = self.header.get("skipped", [])

@@ -126,7 +126,7 @@ class PairLoader:
         from vito_fast.data.pair_sources import open_source
 
         self.source = open_source(self._source_path, video_decoder, self.config.max_open_videos,
-                                  _block_cache(self.config))
+                                  _block_cache(self.config), self.config.remote_settings())
         if self.source.input_kind == "requests":  # a decoder of the device stage: can it run here at all?
             from vito_fast.decoders.video_decoders import make_decoder
 

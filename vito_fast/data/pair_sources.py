@@ -64,10 +64,10 @@ class FrameStoreSource:
 
     input_kind = "jpeg"
 
-    def __init__(self, path, threads: int = 4, cache=None):
+    def __init__(self, path, threads: int = 4, cache=None, remote_settings=None):
         from vito_fast.data.frame_store import FrameStore
 
-        self.store = FrameStore(path, threads=threads, cache=cache)
+        self.store = FrameStore(path, threads=threads, cache=cache, remote_settings=remote_settings)
         arrays = self.store.arrays
         self.num_frames = np.diff(arrays["first_frame"]).astype(np.int64)
         self.fps = np.full(len(self.num_frames), float(self.store.fps))
@@ -283,16 +283,19 @@ class VideoFileSource:
         self._runner(self._frames_job(clip, frames))
 
 
-def open_source(source, video_decoder: str = "pyav", max_open: int = 16, cache=None) -> PairSource:
+def open_source(source, video_decoder: str = "pyav", max_open: int = 16, cache=None,
+                remote_settings=None) -> PairSource:
     """A frame store folder (or its index.json) -> FrameStoreSource; a manifest file -> VideoFileSource.
-    A store may be a URL (``https://``, ``s3://``, ...: its index read once, frames by ranged reads)."""
+    A store may be a URL (``https://``, ``s3://``, ...: its index read once, frames by ranged reads
+    with ``remote_settings``' timeout and retries, a ``remote.RemoteSettings``)."""
     from vito_fast.data.remote import is_url
 
     if is_url(source):
         if str(source).endswith(".jsonl"):
             raise ValueError(f"{source}: manifests on object storage are not read yet; copy the manifest here "
                              f"(its videos may stay local) or use a frame store URL")
-        return FrameStoreSource(str(source), cache=cache)  # its reads go out together (RemoteFiles.read_ranges)
+        # its reads go out together (RemoteFiles.read_ranges)
+        return FrameStoreSource(str(source), cache=cache, remote_settings=remote_settings)
     path = Path(source)
     if path.is_dir() or path.name == "index.json":
         return FrameStoreSource(path)

@@ -3,7 +3,12 @@
 ``is_url(path)`` says whether a path names a remote object ("scheme://..."; ``file://`` and plain
 paths stay local). ``RemoteFiles(url)`` reads whole small objects (``cat``) and byte ranges of
 big ones (``read_range``) through fsspec, each request with a timeout and retries with backoff; a
-read that keeps failing raises ``StoreError`` naming the object. Credentials and endpoints come
+read that keeps failing raises ``StoreError`` naming the object. ``RemoteSettings`` holds the
+timeout and retries; without one, ``RemoteSettings.from_environment()`` (``VITO_FAST_REMOTE_TIMEOUT``
+seconds, ``VITO_FAST_REMOTE_RETRIES``: decode worker processes inherit them). The timeout bounds
+each wait for bytes (connecting, the answer, every read of the body), not a whole transfer, and
+the protocol's own retries are turned off so that a stalled server costs ``timeout × (retries + 1)``
+plus the backoff, never more. Credentials and endpoints come
 the standard way (``AWS_ENDPOINT_URL``, ``AWS_PROFILE``, ...: fsspec's own). A protocol whose
 package is missing says which extra installs it. ``BlockCache`` keeps the blocks ranged reads
 touched on a local disk, least recently used out first past a size limit, so a second epoch reads
@@ -15,12 +20,13 @@ import hashlib
 import os
 import threading
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
 from vito_fast.errors import StoreError
 
-__all__ = ["is_url", "RemoteFiles", "BlockCache", "join_url", "open_remote"]
+__all__ = ["is_url", "RemoteFiles", "RemoteSettings", "BlockCache", "join_url", "open_remote"]
 
 # A video read from the network: fsspec's read-ahead cache in blocks of this size. A sample seeks to
 # the keyframe before its frame and decodes a GOP: a few blocks, not the whole object.
@@ -41,42 +47,62 @@ def join_url(base: str, name: str) -> str:
     return base.rstrip("/") + "/" + name
 
 
+@dataclass(frozen=True)
+class RemoteSettings:
+    """How requests to object storage behave: ``timeout`` seconds without a byte before a request is
+    given up, ``retries`` attempts after the first, ``backoff`` seconds before the first retry, doubling."""
+
+    timeout: float = 30.0
+    retries: int = 3
+    backoff: float = 0.2
+
+    def __post_init__(self) -> None:
+        if not self.timeout > 0 or not (isinstance(self.retries, int) and self.retries >= 0) or self.backoff < 0:
+            raise ValueError(f"RemoteSettings: need timeout > 0, retries >= 0 and backoff >= 0, got {self}")
+
+    @classmethod
+    def from_environment(cls) -> "RemoteSettings":
+        """``VITO_FAST_REMOTE_TIMEOUT`` and ``VITO_FAST_REMOTE_RETRIES`` where set, else the defaults."""
+        timeout = os.environ.get("VITO_FAST_REMOTE_TIMEOUT")
+        retries = os.environ.get("VITO_FAST_REMOTE_RETRIES")
+        return cls(timeout=cls.timeout if timeout is None else float(timeout),
+                   retries=cls.retries if retries is None else int(retries))
+
+
 class RemoteFiles:
     """Reads under one URL prefix through fsspec: ``cat(url)`` whole, ``read_range(url, offset, size)``.
 
-    ``timeout``: seconds per request; ``retries``: attempts after the first, ``backoff`` s doubling.
+    ``settings``: the timeout and retries (None: ``RemoteSettings.from_environment()``); ``cache``:
+    a ``BlockCache`` that ranged reads go through.
     """
 
-    def __init__(self, url: str, *, timeout: float = 30.0, retries: int = 3, backoff: float = 0.2,
-                 cache: Optional["BlockCache"] = None):
-        self.url, self.timeout, self.retries, self.backoff = url, timeout, retries, backoff
-        self.cache = cache
+    def __init__(self, url: str, settings: Optional[RemoteSettings] = None, *, cache: Optional["BlockCache"] = None):
+        settings = RemoteSettings.from_environment() if settings is None else settings
+        self.url, self.settings, self.cache = url, settings, cache
         try:
             import fsspec
         except ImportError:
             raise ImportError(f"{url}: reading remote data needs fsspec: pip install 'vito_fast[remote]'") from None
         protocol = url.split("://", 1)[0]
-        options = {}
-        if protocol in ("http", "https"):
-            options = {"client_kwargs": {"timeout": _aiohttp_timeout(timeout)}}
         try:
-            self.fs = fsspec.filesystem(protocol, **options)
+            self.fs = fsspec.filesystem(protocol, **_filesystem_options(protocol, settings.timeout))
+            if protocol in ("s3", "s3a"):  # s3fs tries each call 5 times on top of botocore: once here
+                self.fs.retries = 1
         except ImportError as error:
             package, extra = PROTOCOL_PACKAGES.get(protocol, (str(error), "remote"))
             raise ImportError(f"{url}: the {protocol}:// protocol needs {package}: "
                               f"pip install 'vito_fast[{extra}]'") from None
 
     def _attempt(self, what: str, read):
-        delay = self.backoff
-        for attempt in range(self.retries + 1):
+        delay, retries = self.settings.backoff, self.settings.retries
+        for attempt in range(retries + 1):
             try:
                 return read()
-            except FileNotFoundError:
-                raise StoreError(f"{what}: not found") from None
             except Exception as error:  # network errors of every protocol: retried, then named
-                if attempt == self.retries:
-                    raise StoreError(f"{what}: failed {self.retries + 1} times, last: "
-                                     f"{type(error).__name__}: {str(error).strip()[:200]}") from None
+                if _not_found(error):
+                    raise StoreError(f"{what}: not found") from None
+                if attempt == retries:
+                    raise _failed(what, retries, error) from None
                 time.sleep(delay)
                 delay *= 2
 
@@ -84,28 +110,49 @@ class RemoteFiles:
         return self._attempt(url, lambda: self.fs.cat_file(url))
 
     def read_ranges(self, requests, what=None) -> list:
-        """``read_range`` of many (url, offset, size) at once: without a cache, one ``cat_ranges`` call that
-        keeps every request in flight together (latency paid once, not per frame); a request that fails
-        there is retried alone. Returns bytes or the StoreError per request, in order."""
+        """``read_range`` of many (url, offset, size) at once: without a cache, fsspec's ``cat_ranges``
+        keeps every request in flight together (latency paid once, not per frame), and the ones that
+        failed go out again together after the backoff (a stalled object costs ``timeout`` per attempt,
+        not per frame). Returns bytes or the StoreError per request, in order."""
         requests = list(requests)
         what = what or [url for url, _, _ in requests]
+        if self.cache is not None:
+            return [self._read_or_error(url, offset, size, name) for (url, offset, size), name in zip(requests, what)]
         results: list = [None] * len(requests)
-        if self.cache is None and len(requests) > 1:
+        pending, errors = list(range(len(requests))), {}
+        delay = self.settings.backoff
+        for attempt in range(self.settings.retries + 1):
+            if attempt:
+                time.sleep(delay)
+                delay *= 2
             try:
-                fetched = self.fs.cat_ranges([url for url, _, _ in requests], [offset for _, offset, _ in requests],
-                                             [offset + size for _, offset, size in requests], on_error="return")
-            except Exception:  # the batch call itself failed: each request on its own below
-                fetched = [None] * len(requests)
-            for index, ((_, _, size), data) in enumerate(zip(requests, fetched)):
+                fetched = self.fs.cat_ranges([requests[index][0] for index in pending],
+                                             [requests[index][1] for index in pending],
+                                             [requests[index][1] + requests[index][2] for index in pending],
+                                             on_error="return")
+            except Exception as error:  # the batch call itself failed: every one of them again
+                fetched = [error] * len(pending)
+            for index, data in zip(pending, fetched):
+                size = requests[index][2]
                 if isinstance(data, bytes) and len(data) == size:
                     results[index] = data
-        for index, (url, offset, size) in enumerate(requests):
-            if results[index] is None:
-                try:
-                    results[index] = self.read_range(url, offset, size, what[index])
-                except StoreError as error:
-                    results[index] = error
+                elif isinstance(data, BaseException) and _not_found(data):
+                    results[index] = StoreError(f"{what[index]}: not found")
+                else:
+                    errors[index] = data if isinstance(data, BaseException) else OSError(
+                        f"only {len(data)} of {size} bytes at offset {requests[index][1]}; truncated")
+            pending = [index for index in pending if results[index] is None]
+            if not pending:
+                break
+        for index in pending:
+            results[index] = _failed(what[index], self.settings.retries, errors[index])
         return results
+
+    def _read_or_error(self, url: str, offset: int, size: int, what: str):
+        try:
+            return self.read_range(url, offset, size, what)
+        except StoreError as error:
+            return error
 
     def read_range(self, url: str, offset: int, size: int, what: Optional[str] = None) -> bytes:
         if self.cache is not None:
@@ -201,15 +248,51 @@ class BlockCache:
         return sum(path.stat().st_size for path in self.folder.glob("*/*") if not path.name.startswith("."))
 
 
-def open_remote(url: str, block_size: int = VIDEO_BLOCK_BYTES):
-    """A seekable binary file object of ``url`` (fsspec, ranged reads in ``block_size`` blocks), for PyAV."""
-    files = RemoteFiles(url)
-    try:
-        return files.fs.open(url, "rb", block_size=block_size, cache_type="readahead")
-    except FileNotFoundError:
-        from vito_fast.errors import VideoError
+def open_remote(url: str, block_size: int = VIDEO_BLOCK_BYTES, settings: Optional[RemoteSettings] = None):
+    """A seekable binary file object of ``url`` (fsspec, ranged reads in ``block_size`` blocks), for PyAV.
 
-        raise VideoError(f"{url}: not found") from None
+    Opening and every block read take ``settings``' timeout and retries, as ``RemoteFiles`` does; a
+    block that keeps failing raises ``StoreError`` from ``read`` (PyAV's error then names it).
+    VideoError names the URL when it cannot be opened."""
+    from vito_fast.errors import VideoError
+
+    files = RemoteFiles(url, settings)
+    try:
+        file = files._attempt(url, lambda: files.fs.open(url, "rb", block_size=block_size, cache_type="readahead"))
+    except StoreError as error:
+        raise VideoError(str(error)) from None
+    cache = getattr(file, "cache", None)
+    if cache is not None:  # a file of known size: its block reads go through the retries
+        fetch = cache.fetcher
+
+        def fetch_whole(start: int, end: int) -> bytes:
+            data = fetch(start, end)
+            if len(data) != min(end, file.size) - start:
+                raise OSError(f"{len(data)} of {min(end, file.size) - start} bytes at offset {start}; truncated")
+            return data
+
+        cache.fetcher = lambda start, end: files._attempt(f"{url}: bytes {start}..{end}",
+                                                          lambda: fetch_whole(start, end))
+    return file
+
+
+def _not_found(error: BaseException) -> bool:
+    """The object is not there (fsspec's FileNotFoundError, or aiohttp's 404 for a range of an object deleted)."""
+    return isinstance(error, FileNotFoundError) or getattr(error, "status", None) == 404
+
+
+def _failed(what: str, retries: int, error: BaseException) -> StoreError:
+    return StoreError(f"{what}: failed {retries + 1} times, last: {type(error).__name__}: {str(error).strip()[:200]}")
+
+
+def _filesystem_options(protocol: str, timeout: float) -> dict:
+    """fsspec options that bound each wait for bytes by ``timeout`` s and leave retrying to ``RemoteFiles``."""
+    if protocol in ("http", "https"):
+        return {"client_kwargs": {"timeout": _aiohttp_timeout(timeout)}}
+    if protocol in ("s3", "s3a"):
+        return {"config_kwargs": {"connect_timeout": timeout, "read_timeout": timeout,
+                                  "retries": {"total_max_attempts": 1}}}
+    return {}
 
 
 def _aiohttp_timeout(seconds: float):
@@ -217,4 +300,5 @@ def _aiohttp_timeout(seconds: float):
         import aiohttp
     except ImportError:
         raise ImportError("http(s):// needs aiohttp: pip install 'vito_fast[remote]'") from None
-    return aiohttp.ClientTimeout(total=seconds)
+    # no total: a big object that keeps arriving is not cut off; a server that stops sending is
+    return aiohttp.ClientTimeout(total=None, sock_connect=seconds, sock_read=seconds)
