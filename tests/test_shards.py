@@ -20,6 +20,15 @@ from vito_fast.data.shards import (TarMember, expand_shards, index_tar, member_p
                                    read_video_bytes, sample_key)
 from vito_fast.prepare import scan_videos
 
+try:  # the loopback S3 server of the remote tests
+    from test_remote import s3_bucket  # noqa: F401
+except pytest.skip.Exception as missing:  # fsspec or aiohttp is not installed
+    reason = str(missing)
+
+    @pytest.fixture
+    def s3_bucket():
+        pytest.skip(reason)
+
 CLIPS = 6
 
 
@@ -167,3 +176,19 @@ def test_a_truncated_shard_is_reported_at_scan_and_replaced_while_training(corpu
     junk.write_bytes(b"not a tar" * 100)
     records, rejected = scan([corpus / "shards" / "00000.tar", junk])
     assert len(records) == 3 and [(entry.path, entry.reason) for entry in rejected] == [(str(junk), "unreadable")]
+
+
+def test_a_manifest_and_shards_in_an_s3_bucket_give_the_local_batches(corpus, s3_bucket, tmp_path):
+    """Everything in the bucket: shards scanned there, the manifest stored beside them with paths relative
+    to it, and the loader given only the manifest's URL: the batches of the same videos as local files."""
+    files, _ = scan([corpus / "videos"])
+    want, _ = batches_of(write_manifest(tmp_path / "files.jsonl", files))
+    s3_bucket.put(str(corpus / "shards"), "corpus/data/shards", recursive=True)
+    members, rejected = scan(["s3://corpus/data/shards/{00000..00001}.tar"])
+    assert not rejected and len(members) == CLIPS
+    relative = [dataclasses.replace(record, path=record.path.removeprefix("s3://corpus/data/")) for record in members]
+    s3_bucket.put(str(write_manifest(tmp_path / "manifest.jsonl", relative)), "corpus/data/manifest.jsonl")
+    assert read_manifest("s3://corpus/data/manifest.jsonl") == members
+    got, stats = batches_of("s3://corpus/data/manifest.jsonl", decode_workers=1)
+    assert not stats.failed_files
+    assert_same_batches(got, want)

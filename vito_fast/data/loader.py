@@ -285,10 +285,16 @@ def _choose_video_decoder(source, config: LoaderConfig, device: str, device_id: 
     from vito_fast.data.manifest import iter_manifest
     from vito_fast.decoders.video_decoders import make_decoder
 
-    path = Path(source)
-    if path.is_dir() or path.name == "index.json" or not path.is_file():
-        return "pyav", None  # a frame store decodes JPEGs; a missing file is open_source's to report
-    records = list(islice(iter_manifest(path), 10_000))
+    from vito_fast.data.remote import is_url
+
+    if is_url(source):
+        if not str(source).endswith(".jsonl"):
+            return "pyav", None  # a frame store on object storage decodes JPEGs
+    else:
+        path = Path(source)
+        if path.is_dir() or path.name == "index.json" or not path.is_file():
+            return "pyav", None  # a frame store decodes JPEGs; a missing file is open_source's to report
+    records = list(islice(iter_manifest(source), 10_000))
     codecs = {record.codec for record in records}
     candidates = ["pyav"]
     if config.backend != "torch" and dali_problem(device, device_id) is None:

@@ -102,20 +102,40 @@ def read_manifest(path: PathLike) -> List[ClipRecord]:
 
 
 def iter_manifest(path: PathLike) -> Iterator[ClipRecord]:
-    """``read_manifest`` one record at a time (a million-clip manifest never sits in memory as records)."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: no such manifest")
-    with open(path, encoding="utf-8") as handle:
+    """``read_manifest`` one record at a time (a million-clip manifest never sits in memory as records).
+
+    ``path`` may be a URL (``s3://bucket/corpus/manifest.jsonl``): streamed through fsspec, and its
+    relative video paths taken relative to the manifest's URL prefix."""
+    from vito_fast.data.remote import RemoteFiles, is_url, join_url
+
+    if is_url(path):
+        text, base = str(path), str(path).rsplit("/", 1)[0]
+
+        def resolve(video: str) -> str:
+            return join_url(base, video)
+        try:
+            handle = RemoteFiles(text).fs.open(text, "rt", encoding="utf-8")
+        except FileNotFoundError:
+            raise FileNotFoundError(f"{text}: no such manifest") from None
+    else:
+        path = Path(path)
+        if not path.is_file():
+            raise FileNotFoundError(f"{path}: no such manifest")
+        text, folder = str(path), path.parent
+
+        def resolve(video: str) -> str:
+            return str(folder / video)
+        handle = open(path, encoding="utf-8")
+    with handle:
         for number, line in enumerate(handle, start=1):
             if not line.strip():
                 continue
             try:
                 record = ClipRecord.from_json(line)
             except (ValueError, TypeError) as error:
-                raise VideoError(f"{path}:{number}: not a manifest line ({error})") from None
+                raise VideoError(f"{text}:{number}: not a manifest line ({error})") from None
             if not os.path.isabs(record.path) and "://" not in record.path:  # URLs stay as written
-                record.path = str(path.parent / record.path)
+                record.path = resolve(record.path)
             yield record
 
 

@@ -291,9 +291,8 @@ def open_source(source, video_decoder: str = "pyav", max_open: int = 16, cache=N
     from vito_fast.data.remote import is_url
 
     if is_url(source):
-        if str(source).endswith(".jsonl"):
-            raise ValueError(f"{source}: manifests on object storage are not read yet; copy the manifest here "
-                             f"(its videos may stay local) or use a frame store URL")
+        if str(source).endswith(".jsonl"):  # a manifest on object storage, streamed once
+            return VideoFileSource(str(source), video_decoder, max_open)
         # its reads go out together (RemoteFiles.read_ranges)
         return FrameStoreSource(str(source), cache=cache, remote_settings=remote_settings)
     path = Path(source)
