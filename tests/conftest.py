@@ -38,6 +38,13 @@ import torch  # noqa: E402  (after TRITON_INTERPRET is set)
 # Where the Triton kernels run in these tests: the GPU when there is one, else the interpreter.
 KERNEL_DEVICE = "cuda" if CUDA else "cpu"
 
+try:  # DALI's CPU pipelines run here too; a machine without DALI skips the tests of its backend
+    import nvidia.dali  # noqa: F401
+    HAVE_DALI = True
+except ImportError:
+    HAVE_DALI = False
+needs_dali = pytest.mark.skipif(not HAVE_DALI, reason="NVIDIA DALI is not installed: its backend cannot run")
+
 
 def pytest_collection_modifyitems(config, items):
     skip_cuda = pytest.mark.skip(reason="needs a CUDA device")

@@ -24,12 +24,7 @@ from vito_fast.prepare.frame_store_write import extract_frames
 from vito_fast.data.manifest import ClipRecord, write_manifest
 
 av = pytest.importorskip("av", reason="PyAV is not installed: the test clips are written with it")
-try:
-    import nvidia.dali  # noqa: F401
-    HAVE_DALI = True
-except ImportError:
-    HAVE_DALI = False
-needs_dali = pytest.mark.skipif(not HAVE_DALI, reason="NVIDIA DALI is not installed: its backend cannot run")
+from conftest import HAVE_DALI, needs_dali  # noqa: E402
 
 WIDTH, HEIGHT, FPS, NUM_FRAMES, NUM_CLIPS, SIZE = 64, 48, 10.0, 30, 8, 32
 NO_COLOUR = dict(jitter_probability=(0.0, 0.0), grayscale_probability=(0.0, 0.0),

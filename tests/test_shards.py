@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import needs_dali
 from videos import write_video
 
 from vito_fast.data import LoaderConfig, PairLoader
@@ -65,9 +66,9 @@ def scan(paths, **options):
     return scan_videos([str(path) for path in paths], workers=0, progress=False, min_seconds=0.5, **options)
 
 
-def batches_of(manifest, decode_workers=0):
+def batches_of(manifest, decode_workers=0, decoder="pyav"):
     config = LoaderConfig(image_size=32, dtype="float32", num_threads=2, decode_workers=decode_workers,
-                          backend="torch")
+                          backend="dali" if decoder == "dali" else "torch", video_decoder=decoder)
     with PairLoader(str(manifest), 3, device="cpu", seed=5, config=config) as loader:
         batches = list(loader)
         return batches, loader.stats
@@ -124,12 +125,14 @@ def test_scanning_shards_gives_the_clips_of_the_files_with_their_captions_and_la
     assert read_manifest(manifest) == members
 
 
-@pytest.mark.parametrize("decode_workers", [0, 1])
-def test_the_loader_reads_shards_as_it_reads_the_files(corpus, tmp_path, decode_workers):
+@pytest.mark.parametrize("decoder,decode_workers", [("pyav", 0), ("pyav", 1),
+                                                    pytest.param("dali", 0, marks=needs_dali)])
+def test_the_loader_reads_shards_as_it_reads_the_files(corpus, tmp_path, decoder, decode_workers):
+    """PyAV reads a member through a window of ranged reads; DALI gets its bytes by one ranged read."""
     files, _ = scan([corpus / "videos"])
     members, _ = scan([corpus / "shards"])
-    want, _ = batches_of(write_manifest(tmp_path / "files.jsonl", files), decode_workers)
-    got, stats = batches_of(write_manifest(tmp_path / "members.jsonl", members), decode_workers)
+    want, _ = batches_of(write_manifest(tmp_path / "files.jsonl", files), decode_workers, decoder)
+    got, stats = batches_of(write_manifest(tmp_path / "members.jsonl", members), decode_workers, decoder)
     assert not stats.failed_files and stats.replaced == 0
     assert_same_batches(got, want)
 
