@@ -195,3 +195,36 @@ def test_a_manifest_and_shards_in_an_s3_bucket_give_the_local_batches(corpus, s3
     got, stats = batches_of("s3://corpus/data/manifest.jsonl", decode_workers=1)
     assert not stats.failed_files
     assert_same_batches(got, want)
+
+
+def test_prepare_in_parts_and_frame_stores_from_shards(corpus, tmp_path):
+    """`prepare scan SHARDS --part I/2` twice and `prepare merge` write what one scan writes; `prepare
+    frames` on the members' manifest stores the frames the files give."""
+    from vito_fast.cli.main import main as cli_main
+    from vito_fast.data import FrameStore
+    from vito_fast.prepare import extract_frames
+
+    pattern = str(corpus / "shards" / "{00000..00001}.tar")
+    common = ["--workers", "0", "--min-seconds", "0.5", "--no-progress", "--label-field", "label"]
+    assert cli_main(["prepare", "scan", pattern, "-o", str(tmp_path / "whole.jsonl"), *common]) == 0
+    for index in range(2):
+        assert cli_main(["prepare", "scan", pattern, "-o", str(tmp_path / f"part{index}.jsonl"),
+                         "--part", f"{index}/2", *common]) == 0
+    assert cli_main(["prepare", "merge", str(tmp_path / "part1.jsonl"), str(tmp_path / "part0.jsonl"),
+                     "-o", str(tmp_path / "merged.jsonl")]) == 0
+    assert (tmp_path / "merged.jsonl").read_bytes() == (tmp_path / "whole.jsonl").read_bytes()
+    files, _ = scan([corpus / "videos"])
+    stores = {}
+    for name, manifest in (("files", write_manifest(tmp_path / "files.jsonl", files)),
+                           ("members", tmp_path / "whole.jsonl")):
+        extract_frames(manifest, tmp_path / name, fps=10, short_side=48, quality=90, workers=1, progress=False)
+        stores[name] = FrameStore(tmp_path / name)
+    pairs = [(clip, frame) for clip in range(CLIPS) for frame in (0, 7, stores["files"].num_frames(clip) - 1)]
+    assert stores["members"].read_frames(pairs) == stores["files"].read_frames(pairs)
+    # `prepare transcode` rewrites members into files named after the members
+    from vito_fast.prepare.transcode import transcode_clips
+
+    outputs = transcode_clips(read_manifest(tmp_path / "whole.jsonl")[:2], tmp_path / "vp9", codec="vp9", short_side=48,
+                              gop=4, workers=0, progress=False)
+    assert [Path(record.path).name for record in outputs] == ["000000-clip0.webm", "000001-clip1.webm"]
+    assert [record.num_frames for record in outputs] == [record.num_frames for record in files[:2]]

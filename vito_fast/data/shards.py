@@ -16,6 +16,7 @@ reading its headers (a remote shard through read-ahead blocks: a few requests, n
 """
 from __future__ import annotations
 
+import contextlib
 import functools
 import io
 import itertools
@@ -27,7 +28,8 @@ from typing import Dict, List, Optional, Tuple, Union
 
 from vito_fast.errors import StoreError, VideoError
 
-__all__ = ["TruncatedMember", "TarMember", "member_path", "parse_member", "open_video", "read_video_bytes", "index_tar",
+__all__ = ["TruncatedMember", "TarMember", "member_path", "parse_member", "open_video", "open_container",
+           "read_video_bytes", "video_stem", "index_tar",
            "expand_shards", "is_shard", "sample_key", "ShardIndex"]
 
 _MEMBER = re.compile(r"(?P<tar>.+?\.tar)#(?P<name>.+)@(?P<offset>\d+)\+(?P<size>\d+)")
@@ -65,6 +67,13 @@ def parse_member(path) -> Optional[TarMember]:
     if match is None:
         return None
     return TarMember(match["tar"], match["name"], int(match["offset"]), int(match["size"]))
+
+
+def video_stem(path) -> str:
+    """The video's name without folder and suffix: a member's own (``000123`` of ``...tar#000123.mp4@...``)."""
+    member = parse_member(path)
+    name = member.name if member is not None else str(path)
+    return name.rstrip("/").rsplit("/", 1)[-1].rsplit(".", 1)[0]
 
 
 def is_shard(path) -> bool:
@@ -166,6 +175,20 @@ def open_video(path: str) -> Union[str, io.RawIOBase]:
         raise TruncatedMember(f"{path}: the tar ends {member.offset + member.size - available} bytes inside this "
                          f"member (a truncated shard)")
     return _Window(file, member.offset, member.size, path)
+
+
+@contextlib.contextmanager
+def open_container(path: str):
+    """``with open_container(path) as container``: PyAV's container of a file, URL or tar member."""
+    import av
+
+    source = open_video(path)
+    try:
+        with av.open(source, "r", metadata_errors="ignore") as container:
+            yield container
+    finally:
+        if not isinstance(source, str):
+            source.close()
 
 
 def _size_of(file) -> Optional[int]:

@@ -120,14 +120,15 @@ def _decode_spaced_frames(path: str, count: int, start: Optional[float], end: Op
     Decodes sequentially and converts only the chosen frames; a clip that holds fewer frames than
     ``num_frames`` gives its last frame in place of the missing ones.
     """
-    import av
 
     wanted = np.linspace(0, max(num_frames - 1, 0), count).round().astype(int) if count > 1 else \
         np.array([max(num_frames - 1, 0) // 2])
     wanted_set = set(wanted.tolist())
     chosen: dict = {}
     last_frame = None
-    with av.open(path) as container:
+    from vito_fast.data.shards import open_container
+
+    with open_container(path) as container:
         position = 0
         for frame in container.decode(container.streams.video[0]):
             time = frame.time if frame.time is not None else 0.0

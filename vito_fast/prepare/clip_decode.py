@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import io
 import math
-import os
 from dataclasses import dataclass
 from typing import List, Tuple
 
@@ -15,6 +14,7 @@ import numpy as np
 
 from vito_fast.data.config import usable_cores
 from vito_fast.data.manifest import ClipRecord
+from vito_fast.data.shards import open_container
 from vito_fast.errors import VideoError
 
 
@@ -61,7 +61,6 @@ def _encode_jpeg(rgb: np.ndarray, quality: int) -> bytes:
 
 def extract_clip_pyav(record: ClipRecord, fps: float, short_side: int, quality: int) -> ExtractedClip:
     """Decode one clip with PyAV on the CPU and JPEG-encode the frames on screen at the sample times."""
-    import av
     from av.video.reformatter import VideoReformatter
 
     from vito_fast.data.video_source import display_orientation, upright
@@ -71,7 +70,7 @@ def extract_clip_pyav(record: ClipRecord, fps: float, short_side: int, quality: 
     width, height = output_size(record.width, record.height, short_side)
     jpegs, times, numbers = [], [], []
     try:
-        with av.open(record.path, "r", metadata_errors="ignore") as container:
+        with open_container(record.path) as container:
             stream = container.streams.video[0]
             stream.thread_type = "AUTO"
             time_base = stream.time_base

@@ -18,6 +18,7 @@ from typing import List, Optional, Sequence, Union
 from vito_fast.prepare.clip_decode import clip_bounds, output_size
 from vito_fast.data.config import usable_cores
 from vito_fast.data.manifest import ClipRecord, read_manifest, write_manifest
+from vito_fast.data.shards import open_container, video_stem
 from vito_fast.errors import VideoError
 
 PathLike = Union[str, os.PathLike]
@@ -61,7 +62,7 @@ def transcode_clip(record: ClipRecord, output: PathLike, *, codec: str = "vp9", 
         options["x264-params"] = f"keyint={gop}:min-keyint={gop}:scenecut=0"
     written = 0
     try:
-        with av.open(record.path, "r", metadata_errors="ignore") as source, \
+        with open_container(record.path) as source, \
                 av.open(str(temporary), "w", format=suffix.lstrip("."),
                         options={"movflags": "+faststart"} if suffix == ".mp4" else {}) as target:
             video = source.streams.video[0]
@@ -150,7 +151,7 @@ def transcode_clips(manifest: Union[PathLike, Sequence[ClipRecord]], out_dir: Pa
     records = read_manifest(manifest) if isinstance(manifest, (str, os.PathLike)) else list(manifest)
     folder = Path(out_dir)
     folder.mkdir(parents=True, exist_ok=True)
-    outputs = [folder / f"{index:06d}-{Path(record.path).stem}{CODECS[codec][0]}" for index, record in enumerate(records)]
+    outputs = [folder / f"{index:06d}-{video_stem(record.path)}{CODECS[codec][0]}" for index, record in enumerate(records)]
     results: List[Union[ClipRecord, VideoError, None]] = [
         _existing_output(record, output, codec, _even_output_size(record, short_side))
         for record, output in zip(records, outputs)]
