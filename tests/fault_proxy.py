@@ -11,6 +11,9 @@
         proxy.latency = 0.05                            # seconds before each request goes upstream
         proxy.requests, proxy.bytes_sent                # [(method, path, range)] and body bytes sent so far
 
+``GET /__fault_proxy__/stats`` answers {"requests": n, "bytes_sent": b} as JSON (not counted), for a
+proxy in another process (``benches/remote_servers.py``).
+
 It parses each request of a keep-alive connection (request line, headers, a Content-Length body:
 reads send none), forwards it upstream over a connection of its own and sends the answer back with
 its Content-Length, so faults hit one request, not a connection's worth. COUNT may be large: a
@@ -19,6 +22,7 @@ fault that never stops. Stalls end early when the proxy closes.
 from __future__ import annotations
 
 import http.client
+import json
 import socket
 import socketserver
 import struct
@@ -26,6 +30,7 @@ import threading
 from typing import Callable, Dict, List, Tuple
 from urllib.parse import urlsplit
 
+STATS_PATH = "/__fault_proxy__/stats"
 FAULTS = ("reset", "reset_mid", "status", "stall", "stall_mid", "truncate")
 _HOP_HEADERS = {"connection", "keep-alive", "transfer-encoding", "content-length"}
 
@@ -116,6 +121,12 @@ class FaultProxy:
                     return
                 method, target, headers, body = request
                 path = urlsplit(target).path
+                if path == STATS_PATH:
+                    with self._lock:
+                        answer = json.dumps({"requests": len(self.requests), "bytes_sent": self.bytes_sent}).encode()
+                    client.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: "
+                                   + str(len(answer)).encode() + b"\r\n\r\n" + answer)
+                    continue
                 range_header = next((value for name, value in headers if name.lower() == "range"), "")
                 with self._lock:
                     self.requests.append((method, path, range_header))

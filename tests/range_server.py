@@ -61,6 +61,12 @@ class RangeServer:
                     first, _, last = spec[len("bytes="):].partition("-")
                     start = int(first) if first else max(0, size - int(last))
                     end = min(int(last), size - 1) if (first and last) else end
+                    if start >= size:  # a range past the end (of a truncated object): 416, as object stores answer
+                        self.send_response(416)
+                        self.send_header("Content-Range", f"bytes */{size}")
+                        self.send_header("Content-Length", "0")
+                        self.end_headers()
+                        return
                     self.send_response(206)
                     self.send_header("Content-Range", f"bytes {start}-{end}/{size}")
                 else:
