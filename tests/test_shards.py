@@ -104,7 +104,7 @@ def test_a_shard_is_indexed_from_its_headers_and_members_read_by_range(corpus):
     for member in index.members:
         if member.name.endswith(".webm"):
             assert read_video_bytes(member.path) == (corpus / "videos" / member.name).read_bytes()
-    assert set(index.samples()["clip1"]) == {"json", "webm", "txt"}
+    assert set(index.samples["clip1"]) == {"json", "webm", "txt"}
 
 
 def test_scanning_shards_gives_the_clips_of_the_files_with_their_captions_and_labels(corpus, tmp_path):
@@ -213,6 +213,9 @@ def test_prepare_in_parts_and_frame_stores_from_shards(corpus, tmp_path):
     assert cli_main(["prepare", "merge", str(tmp_path / "part1.jsonl"), str(tmp_path / "part0.jsonl"),
                      "-o", str(tmp_path / "merged.jsonl")]) == 0
     assert (tmp_path / "merged.jsonl").read_bytes() == (tmp_path / "whole.jsonl").read_bytes()
+    # a part takes whole shards: it lists and probes only its own
+    assert {parse_member(record.path).tar for record in read_manifest(tmp_path / "part0.jsonl")} == {
+        str(corpus / "shards" / "00000.tar")}
     files, _ = scan([corpus / "videos"])
     stores = {}
     for name, manifest in (("files", write_manifest(tmp_path / "files.jsonl", files)),

@@ -145,7 +145,7 @@ def run_scan(args) -> int:
         return EXIT_USAGE
     paths, curated_labels, listed_missing = expand_curated_lists(args.paths)
     part = None if args.part is None else parse_part(args.part)
-    files = find_videos(paths)  # listed once: the part record digests the whole list
+    files = find_videos(paths, members=False)  # listed once: the part record digests the whole list
     records, rejected = scan_videos(paths, min_seconds=args.min_seconds, clip_seconds=args.clip_seconds or None,
                                     workers=args.workers, progress=not args.no_progress, timeout=args.timeout,
                                     decode_check=args.decode_check, decoder=args.decoder,

@@ -23,7 +23,7 @@ import itertools
 import json
 import re
 import tarfile
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Dict, List, Optional, Tuple, Union
 
 from vito_fast.errors import StoreError, VideoError
@@ -36,6 +36,8 @@ _MEMBER = re.compile(r"(?P<tar>.+?\.tar)#(?P<name>.+)@(?P<offset>\d+)\+(?P<size>
 _BRACES = re.compile(r"\{(\d+)\.\.(\d+)\}")
 # read-ahead while reading headers: the small members of a sample (json, txt) share one block
 _INDEX_BLOCK_BYTES = 1 << 20
+# metadata members kept with the index (WebDataset's captions, JSON fields and class numbers)
+_TEXT_SUFFIXES, _TEXT_BYTES = (".json", ".txt", ".cls"), 1 << 20
 
 
 class TruncatedMember(VideoError):
@@ -233,12 +235,15 @@ def read_video_bytes(path: str) -> bytes:
 
 @dataclass
 class ShardIndex:
-    """A shard's members in tar order; ``truncated``: the tar ends inside the last member listed."""
+    """A shard's members in tar order; ``texts``: the bytes of its metadata members (``.json``, ``.txt``,
+    ``.cls``), read with the headers they sit beside; ``truncated``: the tar ends inside the last member."""
 
     tar: str
     members: List[TarMember]
+    texts: Dict[str, bytes] = field(default_factory=dict)
     truncated: bool = False
 
+    @functools.cached_property
     def samples(self) -> Dict[str, Dict[str, TarMember]]:
         """key → {extension ("mp4", "json", ...) → member}, keys in tar order."""
         grouped: Dict[str, Dict[str, TarMember]] = {}
@@ -264,6 +269,7 @@ def index_tar(tar: str) -> ShardIndex:
 
     file = open_remote(tar, block_size=_INDEX_BLOCK_BYTES) if is_url(tar) else _open_bytes(tar)
     members: List[TarMember] = []
+    texts: Dict[str, bytes] = {}
     truncated = False
     try:
         size = _size_of(file)
@@ -284,28 +290,30 @@ def index_tar(tar: str) -> ShardIndex:
                 if size is not None and info.offset_data + info.size > size:
                     truncated = True
                     break
+                if info.name.lower().endswith(_TEXT_SUFFIXES) and info.size <= _TEXT_BYTES:
+                    texts[info.name] = archive.extractfile(info).read()  # in the read-ahead block already
     finally:
         file.close()
-    return ShardIndex(tar, members, truncated)
+    return ShardIndex(tar, members, texts, truncated)
 
 
 def read_sample_metadata(video: TarMember, index: ShardIndex) -> Tuple[dict, Optional[str]]:
     """The JSON fields and the caption (the ``.txt`` member, else the JSON's "caption") of a video's sample."""
-    sample = index.samples().get(sample_key(video.name), {})
-    fields: dict = {}
-    caption = None
-    if "json" in sample:
+    sample = index.samples.get(sample_key(video.name), {})
+
+    def text(extension: str) -> Optional[str]:
+        member = sample.get(extension)
         try:
-            fields = json.loads(read_video_bytes(sample["json"].path).decode("utf-8"))
-        except (VideoError, UnicodeDecodeError, json.JSONDecodeError):
-            fields = {}  # metadata is optional: a sample without readable JSON keeps its video
-        if not isinstance(fields, dict):
-            fields = {}
-    if "txt" in sample:
-        try:
-            caption = read_video_bytes(sample["txt"].path).decode("utf-8").strip() or None
-        except (VideoError, UnicodeDecodeError):
-            caption = None
+            return None if member is None else index.texts[member.name].decode("utf-8")
+        except (KeyError, UnicodeDecodeError):
+            return None  # metadata is optional: a sample without it keeps its video
+
+    try:
+        fields = json.loads(text("json") or "{}")
+    except json.JSONDecodeError:
+        fields = {}
+    fields = fields if isinstance(fields, dict) else {}
+    caption = (text("txt") or "").strip() or None
     if caption is None and isinstance(fields.get("caption"), str):
         caption = fields["caption"].strip() or None
     return fields, caption

@@ -34,13 +34,15 @@ DECODABLE_CODECS = {
 # ----------------------------------------------------------------------------- scanning
 
 
-def find_videos(paths: Iterable[PathLike]) -> List[str]:
+def find_videos(paths: Iterable[PathLike], members: bool = True) -> List[str]:
     """Expand folders (recursively, files with a video suffix) and keep named files as they are.
 
     A URL prefix (``s3://bucket/videos/``, ...) is listed the same way through fsspec, sorted. A tar
     shard (``.tar``, named or found in a folder; WebDataset's ``shards/{00000..00099}.tar`` expands)
     gives its video members, in tar order, as ``shards.member_path`` strings: read by range, never
-    extracted. Raises FileNotFoundError naming the first path that does not exist.
+    extracted (``members=False``: the shards themselves, which ``scan_videos`` splits into parts
+    whole, so that a part lists only its own shards). Raises FileNotFoundError naming the first
+    path that does not exist.
     """
     from vito_fast.data.remote import RemoteFiles, is_url
     from vito_fast.data.shards import expand_shards, is_shard
@@ -70,7 +72,7 @@ def find_videos(paths: Iterable[PathLike]) -> List[str]:
                 found.append(str(path.resolve()))
             else:
                 raise FileNotFoundError(f"{path}: no such file or folder")
-    return _members_of_shards(found)
+    return _members_of_shards(found) if members else found
 
 
 def _members_of_shards(files: List[str]) -> List[str]:
@@ -164,17 +166,19 @@ def scan_videos(paths: Iterable[PathLike], *, min_seconds: float = 1.0, clip_sec
     ``workers`` defaults to the CPU count (0 probes in this process, without timeout). Workers are
     spawned, so a script that calls this needs the usual ``if __name__ == "__main__":`` guard.
     ``part`` (a ``parts.Part``): probe only that contiguous block of the files (``prepare merge``).
-    ``files``: ``find_videos(paths)`` when the caller has listed them already (a bucket is listed once).
+    ``files``: ``find_videos(paths, members=False)`` when the caller has listed them already (a bucket is
+    listed once); a tar shard among them stands for its video members.
     A video inside a tar shard takes its sample's caption (the ``.txt`` member, else the JSON's
     "caption") and, with ``label_field``, its label from that field of the sample's JSON.
     """
     if decoder not in DECODABLE_CODECS:
         raise ValueError(f"scan_videos: decoder must be one of {sorted(DECODABLE_CODECS)}, not {decoder!r}")
-    files = find_videos(paths) if files is None else list(files)
+    files = find_videos(paths, members=False) if files is None else list(files)
     if part is not None:
         from vito_fast.prepare.parts import part_files
 
         files = part_files(files, part)
+    files = _members_of_shards(files)
     workers = usable_cores() if workers is None else workers
     results: List[Union[VideoInfo, RejectedVideo, None]] = [None] * len(files)
     from tqdm import tqdm
@@ -207,24 +211,14 @@ def scan_videos(paths: Iterable[PathLike], *, min_seconds: float = 1.0, clip_sec
 
 def _add_shard_metadata(records: List[ClipRecord], label_field: Optional[str]) -> None:
     """Caption and label of the clips of videos inside tar shards, from their samples' ``.txt``/``.json``."""
-    from concurrent.futures import ThreadPoolExecutor
-
     from vito_fast.data.shards import index_tar, parse_member, read_sample_metadata
 
-    members = {record.path: parse_member(record.path) for record in records}
-    members = {path: member for path, member in members.items() if member is not None}
-    if not members:
-        return
-
-    def metadata(member):
-        return read_sample_metadata(member, index_tar(member.tar))
-
-    with ThreadPoolExecutor(max_workers=min(16, len(members))) as pool:
-        found = dict(zip(members, pool.map(metadata, members.values())))
     for record in records:
-        if record.path in found:
-            fields, record.caption = found[record.path]
-            if label_field is not None and fields.get(label_field) is not None:
-                record.label = str(fields[label_field])
+        member = parse_member(record.path)
+        if member is None:
+            continue
+        fields, record.caption = read_sample_metadata(member, index_tar(member.tar))  # listed by the scan: cached
+        if label_field is not None and fields.get(label_field) is not None:
+            record.label = str(fields[label_field])
 
 
