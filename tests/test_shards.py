@@ -231,3 +231,29 @@ def test_prepare_in_parts_and_frame_stores_from_shards(corpus, tmp_path):
                               gop=4, workers=0, progress=False)
     assert [Path(record.path).name for record in outputs] == ["000000-clip0.webm", "000001-clip1.webm"]
     assert [record.num_frames for record in outputs] == [record.num_frames for record in files[:2]]
+
+
+def test_unequal_shards_give_ranks_equal_shares_and_a_mid_epoch_resume_resumes(corpus, tmp_path):
+    """The complaints about shard loaders: ranks with unequal shards (DDP hangs) and resumes that restart
+    the epoch. Shards of 1 and 5 videos over 2 ranks: each rank gets the same number of batches, the
+    ranks' samples never overlap, and a loader restored from the state after its first batch gives the rest."""
+    videos = sorted((corpus / "videos").glob("*.webm"))
+    write_shard(tmp_path / "a.tar", videos[:1])
+    write_shard(tmp_path / "b.tar", videos[1:])
+    members, _ = scan([tmp_path / "a.tar", tmp_path / "b.tar"])
+    manifest = write_manifest(tmp_path / "members.jsonl", members)
+    config = LoaderConfig(image_size=32, dtype="float32", num_threads=2, backend="torch")
+    ranks = []
+    for rank in range(2):
+        with PairLoader(str(manifest), 1, device="cpu", seed=3, rank=rank, world_size=2, config=config) as loader:
+            ranks.append(list(loader))
+    assert len(ranks[0]) == len(ranks[1]) == CLIPS // 2
+    seen = [int(batch["sample_ids"][0]) for batches in ranks for batch in batches]
+    assert len(set(seen)) == len(seen)
+    with PairLoader(str(manifest), 1, device="cpu", seed=3, rank=1, world_size=2, config=config) as loader:
+        iterator = iter(loader)
+        next(iterator)
+        state = loader.state_dict()
+    with PairLoader(str(manifest), 1, device="cpu", seed=3, rank=1, world_size=2, config=config) as resumed:
+        resumed.load_state_dict(state)
+        assert_same_batches(list(resumed), ranks[1][1:])
