@@ -98,7 +98,7 @@ def evaluate_run(run_dir: Path, data: EvaluationData, *, seed: int = 0) -> Tuple
 
     The result's ``steps``, ``final_loss``, ``train_seconds`` and ``run`` are the caller's to fill in.
     """
-    from vito_fast.eval.encoder import load_encoder
+    from vito_fast.eval.encoder import load_encoder, stage_order
     from vito_fast.eval.features import attention_of_frames
 
     frames, videos = data.frames, data.videos
@@ -106,7 +106,9 @@ def evaluate_run(run_dir: Path, data: EvaluationData, *, seed: int = 0) -> Tuple
     featurize = lambda images: extract_features(encoder, images)  # noqa: E731
     features = featurize(frames.images)
     frames_per_video = _per_video_sum(np.ones(len(frames)), frames.groups, videos)
-    maps_encoder = load_encoder(run_dir, stages=("layer3",))
+    # propagation on the first tapped stage's maps: layer3 of the ResNets, the earlier block of a ViT
+    first_stage = stage_order(encoder.run_config["model"]["stages"])[0]
+    maps_encoder = load_encoder(run_dir, stages=(first_stage,))
     pools_by_attention = maps_encoder.run_config["model"].get("pooling", "attention") == "attention"
     feature_sets = {"": features}
     if pools_by_attention:

@@ -138,6 +138,6 @@ METHODS = (
     "motion and masks): shape decisions / (shape + texture decisions); in brackets the share of decisions "
     "that follow either cue (a model at chance follows one in 2 of K and has a bias near 0.5 by luck). "
     "J propagates the first frame's object "
-    "masks with layer-3 features. Attention on objects is the share of each scale's attention (upsampled to "
+    "masks with the first tapped stage's features (layer 3; a ViT's earlier block). Attention on objects is the share of each scale's attention (upsampled to "
     "the frame) on the object masks; attention IoU compares the masks with the pixels holding half of the "
     "attention, so a sharp peak on an object scores high on the first and low on the second.")

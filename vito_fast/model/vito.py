@@ -1,8 +1,12 @@
-"""The VITO model: ResNet trunk tapped at several stages, attention pools, heads and an EMA target.
+"""The VITO model: a trunk tapped at several stages, attention pools, heads and an EMA target.
 
     online:  view → Trunk → per stage s: AttentionPool2d_s → projector_s → predictor_s → q_s
     target:  view → Trunk → per stage s: AttentionPool2d_s → projector_s              → k_s   (EMA, no grad)
     loss   = Σ_s ½ [ InfoNCE(q_s(view 1), k_s(view 2)) + InfoNCE(q_s(view 2), k_s(view 1)) ]
+
+The trunk is a torchvision ResNet (``Trunk``, stages layer1 … layer4) or a timm Vision Transformer
+(``vito_fast.model.vit.ViTTrunk``, stages block1 … blockN: depths instead of resolutions), chosen by
+``arch`` (``make_trunk``); both hand the pools (B, C, H, W) maps.
 
 Keys are gathered over all ranks when distributed (negatives = the global batch). The trunks run
 in the memory format of their weights (``model.to(memory_format=torch.channels_last)``: the loop
@@ -14,7 +18,8 @@ trunk as one batch of 2B (one launch per layer instead of two), so the statistic
 as in SimCLR; with ``sync_bn`` and several ranks they span the global batch
 (``convert_sync_batchnorm``). The target's parameters are an EMA of the online ones; its buffers
 (running mean/var, which only eval-mode use reads) are *copied* from the online network at each
-EMA step, so an eval-mode target is consistent with the weights it averages.
+EMA step, so an eval-mode target is consistent with the weights it averages. ViT trunks normalise
+with LayerNorm: there, batch statistics live in the heads' BatchNorm1d only (as in MoCo v3).
 """
 from __future__ import annotations
 
@@ -22,13 +27,14 @@ import copy
 import dataclasses
 import inspect
 import math
-from typing import Dict, List, NamedTuple, Sequence, Tuple
+from typing import Dict, List, NamedTuple, Optional, Sequence, Tuple
 
 import torch
 import torchvision
 from torch import nn
 
-from vito_fast.model.config import TRAINING_FIELDS, ModelConfig
+from vito_fast.model.config import TRAINING_FIELDS, ModelConfig, ViTConfig
+from vito_fast.model.vit import ViTTrunk, is_vit_arch
 from vito_fast.nn.attention_pool import AttentionPool2d
 from vito_fast.nn.info_nce import InfoNCE
 
@@ -101,6 +107,15 @@ class Trunk(nn.Module):
         block = getattr(self, stage)[-1]
         return (block.bn3 if hasattr(block, "bn3") else block.bn2).num_features
 
+    def input_memory_format(self) -> torch.memory_format:
+        """channels_last when the trunk's weights are (``model.to(memory_format=...)``), else contiguous."""
+        weight = self.conv1.weight
+        return torch.channels_last if weight.is_contiguous(memory_format=torch.channels_last) else torch.contiguous_format
+
+    def attention_on_grid(self, attention: torch.Tensor, image_hw) -> torch.Tensor:
+        """A pool's attention (B, H, W) as a map over the stage's grid: itself, for a ResNet."""
+        return attention
+
     def forward(self, x: torch.Tensor) -> List[torch.Tensor]:
         x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
         taps = []
@@ -109,6 +124,15 @@ class Trunk(nn.Module):
             if name in self.stages:
                 taps.append(x)
         return taps
+
+
+def make_trunk(arch: str, stages: Sequence[str], width: int = 64, vit: Optional[ViTConfig] = None) -> nn.Module:
+    """``Trunk`` for a torchvision ResNet, ``ViTTrunk`` for a timm ViT (``vit`` its settings)."""
+    if not is_vit_arch(arch):
+        return Trunk(arch, stages, width)
+    if width != 64:
+        raise ValueError(f"Trunk: model.width applies to ResNets; {arch}'s width is model.vit.embed_dim")
+    return ViTTrunk(arch, stages, vit or ViTConfig())
 
 
 def mlp(in_dim: int, hidden: int, out_dim: int) -> nn.Sequential:
@@ -147,11 +171,12 @@ class Encoder(nn.Module):
         return cls(**model_arguments(cls, config))
 
     def __init__(self, arch: str, stages: Sequence[str], pool_hidden: int, proj_hidden: int,
-                 proj_dim: int, backend: str, pooling: str = "attention", width: int = 64):
+                 proj_dim: int, backend: str, pooling: str = "attention", width: int = 64,
+                 vit: Optional[ViTConfig] = None):
         super().__init__()
         if pooling not in ("attention", "average"):
             raise ValueError(f"Encoder: pooling must be 'attention' or 'average', got {pooling!r}")
-        self.trunk = Trunk(arch, stages, width)
+        self.trunk = make_trunk(arch, stages, width, vit)
         widths = [self.trunk.channels(s) for s in self.trunk.stages]
         self.pools = nn.ModuleList(AttentionPool2d(c, pool_hidden, backend=backend) if pooling == "attention"
                                    else AveragePool2d() for c in widths)
@@ -164,7 +189,7 @@ class Encoder(nn.Module):
             pooled, stage_attention = pool(h)
             projections.append(proj(pooled))
             if stage_attention is not None:
-                attention[stage] = stage_attention
+                attention[stage] = self.trunk.attention_on_grid(stage_attention, x.shape[-2:])
         return EncoderOutput(projections, attention)
 
 
@@ -175,12 +200,13 @@ class VITO(nn.Module):
                  pool_hidden: int = 512, proj_hidden: int = 4096, proj_dim: int = 256,
                  pred_hidden: int = 4096, temperature: float = 0.1, backend: str = "auto",
                  gather_distributed: bool = True, pooling: str = "attention", width: int = 64,
-                 equal_batches: bool = False, attention_entropy_floor: float = 0.0):
+                 equal_batches: bool = False, attention_entropy_floor: float = 0.0,
+                 vit: Optional[ViTConfig] = None):
         super().__init__()
         if not 0.0 <= attention_entropy_floor < 1.0:
             raise ValueError(f"VITO: attention_entropy_floor must be in [0, 1), not {attention_entropy_floor}")
         self.attention_entropy_floor = attention_entropy_floor
-        self.online = Encoder(arch, stages, pool_hidden, proj_hidden, proj_dim, backend, pooling, width)
+        self.online = Encoder(arch, stages, pool_hidden, proj_hidden, proj_dim, backend, pooling, width, vit)
         self.predictors = nn.ModuleList(mlp(proj_dim, pred_hidden, proj_dim) for _ in self.online.pools)
         self.target = copy.deepcopy(self.online)
         self.target.requires_grad_(False)
@@ -228,7 +254,7 @@ class VITO(nn.Module):
 
         Zero while every map is spread enough; it only pushes back maps that collapse towards one
         peak. Average pools (no maps) contribute nothing."""
-        total = torch.zeros((), device=self.online.trunk.conv1.weight.device)
+        total = torch.zeros((), device=self.online.projectors[0][0].weight.device)
         for stage in self.stages:
             if stage not in attention:
                 continue
@@ -240,8 +266,7 @@ class VITO(nn.Module):
 
     def memory_format(self) -> torch.memory_format:
         """channels_last when the trunk's weights are (``model.to(memory_format=...)``), else contiguous."""
-        weight = self.online.trunk.conv1.weight
-        return torch.channels_last if weight.is_contiguous(memory_format=torch.channels_last) else torch.contiguous_format
+        return self.online.trunk.input_memory_format()
 
     @torch.no_grad()
     def update_target(self, momentum: float) -> None:
@@ -257,5 +282,5 @@ class VITO(nn.Module):
         return dict(self._attention_maps)
 
     def trunk_state_dict(self) -> Dict[str, torch.Tensor]:
-        """The online trunk's weights under torchvision's names (what ``vito-fast export`` writes)."""
+        """The online trunk's weights under torchvision's names (a ViT's under ``vit.`` + timm's)."""
         return {k: v.detach().clone() for k, v in self.online.trunk.state_dict().items()}

@@ -1,13 +1,13 @@
 """The pretraining loop. ``train(config, run_dir)`` reads top to bottom like the step it runs.
 
 Setup: process group and device → model (seeded, channels_last on GPU, global BN when distributed) →
-LARS → checkpoint restore (``resume=True``) → optional ``torch.compile`` of the trunks → DDP →
-loader positioned at the restored step. Then, per step:
+optimiser (LARS, or AdamW for the ViT presets) → checkpoint restore (``resume=True``) → optional
+``torch.compile`` of the trunks → DDP → loader positioned at the restored step. Then, per step:
 
-    1. schedules   lr and EMA momentum, pure functions of the step
+    1. schedules   lr, weight decay and EMA momentum, pure functions of the step
     2. data        the next pair batch; the time spent waiting for it is the data-wait share
     3. forward     both views through online and target; per-stage InfoNCE (bf16 autocast on GPU)
-    4. backward    gradients (averaged over ranks by DDP), optional clipping, LARS step
+    4. backward    gradients (averaged over ranks by DDP), optional clipping, optimiser step
     5. EMA         target ← lerp(target, online, 1 − momentum), one fused foreach op
     6. bookkeeping every ``log_every`` steps and before each checkpoint: losses averaged over ranks,
                    checked finite (else NonFiniteLossError, keeping the last good checkpoint), logged;
@@ -34,10 +34,10 @@ from vito_fast.train import distributed
 from vito_fast.train.checkpoint import checkpoint_path, load_checkpoint, restore, save_checkpoint
 from vito_fast.train.config import Config
 from vito_fast.train.data import build_loader
-from vito_fast.train.lars import LARS, param_groups
 from vito_fast.train.logger import Logger
+from vito_fast.train.optimizers import build_optimizer, set_step_values
 from vito_fast.train.run_folder import RunFolder
-from vito_fast.train.schedules import ema_momentum, learning_rate, scaled_lr
+from vito_fast.train.schedules import ema_momentum, learning_rate, scaled_lr, weight_decay
 
 
 class NonFiniteLossError(RuntimeError):
@@ -104,9 +104,8 @@ def _train(config: Config, run_dir: Path, resume: bool, info: distributed.DistIn
     model = VITO.from_config(config.model).to(device, memory_format=memory_format)
     if config.model.sync_bn and info.distributed:
         model = convert_sync_batchnorm(model, device.type)
-    # Optimiser: LARS over the online encoder and predictors (the target has no gradients).
-    optimizer = LARS(param_groups(model), weight_decay=oc.weight_decay, momentum=oc.momentum,
-                     trust_coefficient=oc.trust_coefficient)
+    # Optimiser: LARS or AdamW over the online encoder and predictors (the target has no gradients).
+    optimizer = build_optimizer(model, oc, device.type)
     scaler = torch.amp.GradScaler(device.type, enabled=False)  # bf16 needs no loss scaling
 
     # Resume: weights, target, optimiser, RNGs and the step; the data position follows from the step.
@@ -153,8 +152,8 @@ def _train(config: Config, run_dir: Path, resume: bool, info: distributed.DistIn
         lr = learning_rate(step, peak_lr=peak_lr, warmup_steps=oc.warmup_steps, total_steps=tc.steps,
                            final_lr=peak_lr * oc.final_lr_fraction)
         momentum = ema_momentum(step, total_steps=tc.steps, start=oc.ema_start, end=oc.ema_end)
-        for group in optimizer.param_groups:
-            group["lr"] = lr
+        set_step_values(optimizer, lr, weight_decay(step, total_steps=tc.steps, start=oc.weight_decay,
+                                                    end=oc.weight_decay_end))
 
         # 2. Data: the next batch, rolling over to the next epoch (same order as an uninterrupted run).
         waited = time.perf_counter()
@@ -170,7 +169,7 @@ def _train(config: Config, run_dir: Path, resume: bool, info: distributed.DistIn
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_amp):
             loss, stage_losses = network(batch["view1"], batch["view2"])
 
-        # 4. Backward (DDP averages gradients over ranks), optional clipping, LARS step.
+        # 4. Backward (DDP averages gradients over ranks), optional clipping, optimiser step.
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         if oc.grad_clip > 0:
