@@ -81,9 +81,11 @@ RUNTIME_REQUIREMENTS = [
 
 # Data on object storage or web servers (vito_fast.data.remote): fsspec, and its package per protocol.
 REMOTE_REQUIREMENTS = ["fsspec>=2023.1", "aiohttp>=3.8"]
+# ViT trunks (model.arch=vit_*): timm's Vision Transformers, built locally (no weights downloaded)
+VIT_REQUIREMENTS = ["timm>=0.9.16"]
 # the tests start a real S3-protocol server on loopback (moto's server mode) and read it with s3fs
 TEST_REQUIREMENTS = ["pytest>=7", "pytest-benchmark>=4", "hypothesis>=6", *REMOTE_REQUIREMENTS, "s3fs",
-                     "moto[server]>=5"]
+                     "moto[server]>=5", *VIT_REQUIREMENTS]
 
 setup(
     name="vito_fast",
@@ -98,7 +100,7 @@ setup(
     ext_modules=[make_c_extension()],
     cmdclass={"build_ext": build_ext},
     install_requires=RUNTIME_REQUIREMENTS,
-    extras_require={"test": TEST_REQUIREMENTS, "remote": REMOTE_REQUIREMENTS,
+    extras_require={"test": TEST_REQUIREMENTS, "remote": REMOTE_REQUIREMENTS, "vit": VIT_REQUIREMENTS,
                     "s3": [*REMOTE_REQUIREMENTS, "s3fs"], "gcs": [*REMOTE_REQUIREMENTS, "gcsfs"]},
     entry_points={"console_scripts": ["vito-fast = vito_fast.cli.main:main"]},
     zip_safe=False,

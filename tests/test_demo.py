@@ -1,6 +1,7 @@
 """`vito-fast demo --minutes 1` at a tiny size runs end to end and writes its report."""
 from __future__ import annotations
 
+import importlib.util
 import json
 
 import numpy as np
@@ -17,8 +18,13 @@ def test_demo_runs_end_to_end_and_writes_its_report(tmp_path, capsys):
                  "--eval-videos", "1", "--quiet", "data.batch_size=4", "data.image_size=32"])
     assert code == 0
     results = json.loads((out / "results.json").read_text())
-    assert set(results["variants"]) == {"random", "vito", "dt0", "avgpool"}
+    vit_rows = {"random_vit", "vit"} if importlib.util.find_spec("timm") else set()  # timm's tiny ViT, issue 28
+    assert set(results["variants"]) == {"random", "vito", "dt0", "avgpool"} | vit_rows
     assert results["variants"]["random"]["steps"] == 0  # the untrained model
+    if vit_rows:
+        assert results["variants"]["vit"]["steps"] == results["steps"] and results["variants"]["random_vit"]["steps"] == 0
+        assert set(results["variants"]["vit"]["attention_iou"]) == {"block3", "block4"}
+        assert "VITO on a ViT beats its random init (kNN)" in (out / "report.md").read_text()
     for name in ("vito", "dt0"):
         variant = results["variants"][name]
         assert variant["steps"] == results["steps"] >= 3 and len(results["losses"][name]) == variant["steps"]

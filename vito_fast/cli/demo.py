@@ -5,7 +5,8 @@
 Runs a fixed schedule (1200 steps per variant) that fits 15 minutes on a 2-core CPU, fewer steps
 only when the machine is too slow for the budget (the report says so), and uses a GPU when there is
 one. The report (OUT/report.md) compares random init, VITO, VITO with Δt = 0 and, when the
-model offers it, VITO with average pooling; OUT/results.json holds every number.
+model offers it, VITO with average pooling; and VITO on a tiny timm ViT against its own random init
+(``--no-vit`` leaves those two rows out); OUT/results.json holds every number.
 """
 from __future__ import annotations
 
@@ -31,6 +32,8 @@ def build_parser() -> argparse.ArgumentParser:
     add_video_arguments(parser)  # --videos-per-class, --num-frames, ... (synthetic.builtin.DEMO_OPTIONS)
     parser.add_argument("--eval-videos", type=int, default=16,
                         help="videos for propagation and the attention scores (default 16)")
+    parser.add_argument("--no-vit", action="store_true",
+                        help="leave out the ViT rows (a tiny timm ViT and its random init; they need timm)")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
     parser.add_argument("overrides", nargs="*", metavar="key=value",
                         help="config overrides for every variant, e.g. data.batch_size=32 model.arch=resnet34")
@@ -43,7 +46,7 @@ def main(argv: List[str]) -> int:
 
     settings = DemoSettings(out_dir=args.out, minutes=args.minutes, steps=args.steps, seeds=args.seeds,
                             videos=videos_from_arguments(args), eval_videos=args.eval_videos,
-                            overrides=list(args.overrides), progress=not args.quiet)
+                            overrides=list(args.overrides), progress=not args.quiet, vit=not args.no_vit)
     try:
         summary = run_demo(settings)
     except (FileNotFoundError, ValueError, RuntimeError) as error:

@@ -5,6 +5,7 @@
     vito-fast pretrain --resume runs/a                                     # continue where it stopped
     vito-fast pretrain --resume runs/a --steps 1000                        # extend a finished run
     torchrun --nproc_per_node 8 -m vito_fast pretrain --preset resnet50 --data store/ --out runs/r50
+    torchrun --nproc_per_node 8 -m vito_fast pretrain --preset vit_s16 --data store/ --out runs/vits16   # timm ViT-S/16
 """
 from __future__ import annotations
 
@@ -19,13 +20,17 @@ from vito_fast.cli._args import EXIT_FAILURE, EXIT_USAGE
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="vito-fast pretrain",
-        description="Pretrain a ResNet on video frame pairs with multi-scale contrastive attention pooling "
-                    "(VITO). Settings: a preset, then --config YAML, then key=value overrides.",
+        description="Pretrain a ResNet or a timm ViT on video frame pairs with multi-scale contrastive attention "
+                    "pooling (VITO). Settings: a preset, then --config YAML, then key=value overrides.",
         epilog="Overrides are dotted keys of the config tree, e.g. model.arch=resnet34 data.batch_size=64 "
                "optim.base_lr=0.5 train.compile=true data.source=synthetic. The run directory gets "
                "checkpoint.pt, config.yaml, metrics.jsonl and tensorboard/.")
     parser.add_argument("--preset", choices=None, default=None,
-                        help="demo (half-width ResNet-18, 64 px, CPU in minutes; the default) or resnet50 (the paper's setting)")
+                        help="demo (half-width ResNet-18, 64 px, CPU in minutes; the default); resnet50 (the paper's "
+                             "setting: ResNet-50, LARS, BYOL/DetCon's schedule); vit_s16 / vit_b16 (timm's "
+                             "vit_small/base_patch16_224 as DINO and MoCo v3 train them: AdamW, warm-up and cosine, "
+                             "MoCo v3's lr, DINO's weight decay 0.04 -> 0.4 and drop path 0.1; taps at blocks 8 "
+                             "and 12; needs timm); vit_demo (a 4-block ViT at 64 px for CPUs)")
     parser.add_argument("--config", metavar="YAML", help="a YAML file with any part of the config tree")
     parser.add_argument("--data", metavar="PATH",
                         help="a manifest (.jsonl) or a frame store; 'synthetic' for on-device random pairs; "
@@ -86,7 +91,7 @@ def main(argv: Optional[List[str]] = None) -> int:
             print("vito-fast pretrain: --allow-config-change only applies with --resume", file=sys.stderr)
             return EXIT_USAGE
         result = train(config, run_dir, resume=bool(args.resume), allow_config_change=args.allow_config_change)
-    except (ConfigMismatchError, NonFiniteLossError, ValueError, FileNotFoundError, RuntimeError) as error:
+    except (ConfigMismatchError, NonFiniteLossError, ValueError, FileNotFoundError, RuntimeError, ImportError) as error:
         print(f"vito-fast pretrain: {error}", file=sys.stderr)
         return EXIT_FAILURE
     except KeyboardInterrupt:

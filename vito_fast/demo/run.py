@@ -4,7 +4,7 @@ from __future__ import annotations
 import json
 import time
 from pathlib import Path
-from typing import Dict, List
+from typing import Dict, List, Optional
 
 import numpy as np
 import torch
@@ -13,7 +13,8 @@ from vito_fast.demo.data import evaluation_data, gaussian_attention
 from vito_fast.demo.evaluate import evaluate_run, stages_of
 from vito_fast.demo.report import write_report
 from vito_fast.demo.results import DemoSummary, VariantResult
-from vito_fast.demo.settings import SHORT_RUN_OPTIMISER, VARIANTS, DemoSettings, choose_steps
+from vito_fast.demo.settings import (SHORT_RUN_OPTIMISER, VARIANTS, VIT_FLOORS, VIT_PRESET, DemoSettings,
+                                     choose_steps, vit_overrides)
 from vito_fast.eval.features import load_manifest_frames
 
 
@@ -55,6 +56,15 @@ def run_name(variant: str, seed_index: int) -> str:
     return variant if seed_index == 0 else f"{variant}-seed{seed_index}"
 
 
+def timm_missing() -> Optional[str]:
+    """Why the ViT rows cannot run here (None: timm imports)."""
+    try:
+        import timm  # noqa: F401
+    except ImportError:
+        return "the ViT rows were skipped: they need timm (pip install 'vito_fast[vit]')"
+    return None
+
+
 def run_demo(settings: DemoSettings) -> DemoSummary:
     """Run everything and write OUT/report.md, OUT/results.json and the PNGs; returns the results."""
     from vito_fast.synthetic.videos import SyntheticDataset, generate_dataset
@@ -85,25 +95,39 @@ def run_demo(settings: DemoSettings) -> DemoSummary:
     # 2. Variants and the step count.
     base = ["data.path=" + str(dataset.manifest_path), "train.image_every=0",
             f"train.progress={str(settings.progress).lower()}", *SHORT_RUN_OPTIMISER, *settings.overrides]
+    vit_note = timm_missing() if settings.vit else None
+    with_vit = settings.vit and vit_note is None
+    vit_base = vit_overrides(base)  # the ViT rows: their preset's model and optimiser
     estimate = seconds_per_step(load_config(preset="demo", overrides=base))
-    steps, budget_note = choose_steps(settings, estimate, deadline - time.perf_counter())
-    base += [f"train.steps={steps}", f"train.checkpoint_every={steps}", f"optim.warmup_steps={max(1, steps // 10)}"]
-    # 3. Per seed: the untrained floor, then pretraining and evaluation of every variant.
-    seeds: Dict[str, List[VariantResult]] = {name: [] for name in ("random", *VARIANTS)}
+    vit_estimate = seconds_per_step(load_config(preset=VIT_PRESET, overrides=vit_base)) if with_vit else 0.0
+    steps, budget_note = choose_steps(settings, estimate, deadline - time.perf_counter(), vit_estimate)
+    schedule = [f"train.steps={steps}", f"train.checkpoint_every={steps}", f"optim.warmup_steps={max(1, steps // 10)}"]
+    base += schedule
+    vit_base += schedule
+    # 3. Per seed: the untrained floor, then pretraining and evaluation of every variant (ResNets, then ViTs).
+    names = ("random", *VARIANTS) + (tuple(name for pair in VIT_FLOORS.items() for name in pair[::-1])
+                                     if with_vit else ())
+    seeds: Dict[str, List[VariantResult]] = {name: [] for name in names}
     losses: Dict[str, List[float]] = {}
     examples = {}
     for seed_index in range(settings.seeds):
-        seeded = base + [f"train.seed={settings.seed + seed_index}"]
-        random_dir = out / "runs" / run_name("random", seed_index)
-        write_untrained_run(load_config(preset="demo", overrides=seeded), random_dir)
-        result, pictures = evaluate_run(random_dir, data, seed=settings.seed)
-        result.steps, result.final_loss, result.run = 0, None, str(random_dir)
-        seeds["random"].append(result)
-        examples.setdefault("random", pictures)
-        for name, overrides in VARIANTS.items():
+        seed = [f"train.seed={settings.seed + seed_index}"]
+        floors = {"random": ("demo", base + seed)}
+        trained = {name: ("demo", base + seed + overrides) for name, overrides in VARIANTS.items()}
+        if with_vit:
+            floors.update({floor: (VIT_PRESET, vit_base + seed) for floor in VIT_FLOORS.values()})
+            trained.update({name: (VIT_PRESET, vit_base + seed) for name in VIT_FLOORS})
+        for name, (preset, overrides) in floors.items():
+            random_dir = out / "runs" / run_name(name, seed_index)
+            write_untrained_run(load_config(preset=preset, overrides=overrides), random_dir)
+            result, pictures = evaluate_run(random_dir, data, seed=settings.seed)
+            result.steps, result.final_loss, result.run = 0, None, str(random_dir)
+            seeds[name].append(result)
+            examples.setdefault(name, pictures)
+        for name, (preset, overrides) in trained.items():
             run_dir = out / "runs" / run_name(name, seed_index)
             train_started = time.perf_counter()
-            outcome = train(load_config(preset="demo", overrides=seeded + overrides), run_dir)
+            outcome = train(load_config(preset=preset, overrides=overrides), run_dir)
             train_seconds = time.perf_counter() - train_started
             result, pictures = evaluate_run(run_dir, data, seed=settings.seed)
             result.steps, result.run = outcome.step, str(run_dir)
@@ -115,7 +139,8 @@ def run_demo(settings: DemoSettings) -> DemoSummary:
     stages = stages_of(seeds["vito"][0:1]) or ["frame"]  # the Gaussian is the same map at every stage
     gaussian = gaussian_attention(data.clips, stages)
     summary = DemoSummary(
-        settings=settings, steps=steps, estimated_seconds_per_step=estimate, budget_note=budget_note,
+        settings=settings, steps=steps, estimated_seconds_per_step=estimate,
+        budget_note="; ".join(note for note in (budget_note, vit_note) if note) or None,
         config_overrides=base[1:], seeds=seeds, num_classes=len(dataset.class_names), gaussian_attention=gaussian,
         centred_gaussian_attention_iou=float(np.mean(gaussian.per_clip.attention_iou[stages[0]])),
         centred_gaussian_attention_mass=float(np.mean(gaussian.per_clip.attention_mass[stages[0]])),

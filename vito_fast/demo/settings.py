@@ -20,6 +20,24 @@ VARIANTS: Dict[str, List[str]] = {
     "dt0": ["data.views.delta_seconds=[0.0,0.0]"],
 }
 
+# The ViT rows (issue 28): timm's ViT family cut to the vit_demo preset's size (patch 8, 96 wide, 4 blocks;
+# its step costs about what the ResNet's does), trained with the same schedule, data and seeds, against an
+# untrained ViT of its own. They take the vit_demo preset's model and optimiser (AdamW): the ResNet rows'
+# short-run LARS values, and model.* / optim.* overrides given to the demo, do not apply to them.
+VIT_PRESET = "vit_demo"
+VIT_FLOORS: Dict[str, str] = {"vit": "random_vit"}  # trained ViT variant -> its untrained floor
+
+
+def floor_of(variant: str) -> str:
+    """The untrained run a variant is measured against: the ViT's own for the ViT rows."""
+    return VIT_FLOORS.get(variant, "random")
+
+
+def vit_overrides(overrides: List[str]) -> List[str]:
+    """Of the overrides every ResNet variant gets, those the ViT rows take too (not model.* or optim.*)."""
+    return [item for item in overrides if not item.startswith(("model.", "optim."))]
+
+
 # The default schedule, the same on every machine (a CPU step of the demo preset: 0.13 s on the 2-core
 # CPU of benches/RESULTS.md, data loading included), so that a loaded machine shows what a quiet one does.
 DEFAULT_STEPS = 1200
@@ -43,6 +61,7 @@ class DemoSettings:
     seeds: int = 1  # training seeds per variant; with 2 or more, claims take their error across seeds
     overrides: List[str] = field(default_factory=list)  # extra config overrides for every variant
     eval_videos: int = 16  # videos used for propagation and the attention scores, spread over the classes
+    vit: bool = True  # also the ViT rows (VIT_PRESET, needs timm: skipped, and said so, without it)
     seed: int = 0
     progress: bool = True
 
@@ -60,17 +79,20 @@ class DemoSettings:
         return flat
 
 
-def choose_steps(settings: DemoSettings, estimate: float, seconds_left: float) -> Tuple[int, Optional[str]]:
+def choose_steps(settings: DemoSettings, estimate: float, seconds_left: float,
+                 vit_estimate: float = 0.0) -> Tuple[int, Optional[str]]:
     """(pretraining steps per variant and seed, a note when the time budget cut them).
 
     The default is a fixed ``DEFAULT_STEPS``, so that the claims do not depend on the machine's
-    speed; it is lowered only when the estimate says the runs would overrun the budget.
+    speed; it is lowered only when the estimate says the runs would overrun the budget. ``estimate``
+    is a ResNet variant's model-only step, ``vit_estimate`` the ViT row's (0: no ViT rows).
     """
     if settings.steps is not None:
         return settings.steps, None
     runs = len(VARIANTS) * settings.seeds
-    reserve = EVALUATION_SECONDS * (runs + settings.seeds)
-    affordable = int(max(0.0, seconds_left - reserve) / (STEP_OVERHEAD * estimate * runs))
+    vit_runs = len(VIT_FLOORS) * settings.seeds if vit_estimate > 0 else 0
+    reserve = EVALUATION_SECONDS * (runs + settings.seeds + 2 * vit_runs)
+    affordable = int(max(0.0, seconds_left - reserve) / (STEP_OVERHEAD * (estimate * runs + vit_estimate * vit_runs)))
     if affordable >= DEFAULT_STEPS:
         return DEFAULT_STEPS, None
     steps = max(3, affordable)
