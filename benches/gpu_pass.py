@@ -51,6 +51,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))  # the suites (bench_*.py) import as modules; vito_fast is installed (-e)
 os.environ.setdefault("PYTORCH_NVML_BASED_CUDA_CHECK", "1")  # is_available() in a parent must not init CUDA
 
+import bench_vit  # noqa: E402
 import gpu_pass_steps as steps  # noqa: E402
 from gpu_pass_report import derive, goals, render_markdown  # noqa: E402,F401  (derive, goals: re-exported)
 
@@ -84,6 +85,10 @@ STEPS: List[Step] = [
          "(InfoNCE 16k, attention pooling 7x7 MLP)", steps.compile_kernels),
     Step("train_compiled", "train", 100, "the same step, torch.compile of the trunks",
          partial(steps.train, provider="synthetic-compiled")),
+    # Issue 28: ResNet-50 eager, then ViT-S/16 and ViT-B/16 eager and compiled (their presets), 224 px, 256 pairs,
+    # bf16: five 60-step runs, two with Inductor's first compilation of a ViT.
+    Step("train_vit", "train", 300, "ViT-S/16 and ViT-B/16 VITO steps, eager and compiled, beside ResNet-50 eager",
+         bench_vit.gpu_step),
     Step("tests_loader", "tests", 40, "pytest -m cuda: loader tests (DALI, PyAV)", steps.tests_loader),
     # 12288 JPEGs from 16 threads: 9 s on the shared 2-core CPU here, a few seconds on the host.
     Step("frame_store", "loader", 8, "write a 256p JPEG frame store (PIL)", steps.frame_store),

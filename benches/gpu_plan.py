@@ -71,6 +71,8 @@ LATER = {
     "video_pynvc": "PyNvVideoCodec (27 MB) would cost one more staging call; issue #26 owns GPU decoding",
     "decoders": "with video_corpus: 80 s the plan does not have; issue #26's decoder trials (DALI NVDEC, "
                 "PyNvVideoCodec, torchcodec against PyAV)",
+    "train_vit": "300 s the plan does not have (ViT-S/16 and ViT-B/16, eager and compiled, issue 28); "
+                 "`--only train_vit` runs it in a call of its own, ResNet-50's eager step beside it",
     "compile_report": "CPU work: `python benches/bench_compile.py --triton-path DIR` compiles with the host's Triton here",
 }
 
