@@ -40,6 +40,9 @@ class ClipRecord:
     display matrix themselves (DALI's) apply it from here.
 
     ``path`` may be a URL, or a member of a tar shard (``shards.member_path``: ``TAR#MEMBER@OFFSET+SIZE``);
+    ``keyframe_bytes``: the byte offset in the file of each keyframe of ``keyframes``, then where the
+    last one's group of pictures ends (the next keyframe, or the file's end): one more entry than
+    ``keyframes``. A reader of a remote video fetches a sample's GOPs by these, in one round trip.
     ``caption``: the text that came with the video (a shard's ``.txt``/JSON caption), kept for curation.
     """
 
@@ -57,6 +60,7 @@ class ClipRecord:
     keyframe_pts: Optional[List[int]] = None
     orientation: Optional[List[bool]] = None
     caption: Optional[str] = None
+    keyframe_bytes: Optional[List[int]] = None
 
     def to_json(self) -> str:
         """One JSON line (without the newline); None fields are left out."""

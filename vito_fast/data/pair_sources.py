@@ -168,6 +168,8 @@ class VideoFileSource:
         codec_ids: Dict[str, int] = {}
         label_ids: Dict[Optional[str], int] = {}
         labels, keyframes, keyframe_pts = array.array("q"), array.array("q"), array.array("q")
+        # byte offset of each keyframe, and per clip where its last GOP ends (-1: not recorded)
+        keyframe_bytes, gop_end = array.array("q"), array.array("q")
         for record in iter_manifest(manifest):
             if record.path not in path_ids:
                 path_ids[record.path] = len(self.paths)
@@ -187,6 +189,13 @@ class VideoFileSource:
             if indexed:
                 keyframes.extend(record.keyframes)
                 keyframe_pts.extend(record.keyframe_pts)
+                offsets = record.keyframe_bytes
+                if offsets is None or len(offsets) != len(record.keyframes) + 1:
+                    offsets = [-1] * (len(record.keyframes) + 1)
+                keyframe_bytes.extend(offsets[:-1])
+                gop_end.append(offsets[-1])
+            else:
+                gop_end.append(-1)
         self._path_id = np.asarray(columns["path"], dtype=np.int64)
         self.num_frames = np.asarray(columns["num_frames"], dtype=np.int64)
         self.fps = np.asarray(columns["fps"], dtype=np.float64)
@@ -197,6 +206,8 @@ class VideoFileSource:
         self._keyframe_start = np.concatenate([[0], np.cumsum(columns["keyframe_count"], dtype=np.int64)])
         self._keyframes = np.asarray(keyframes, dtype=np.int64)
         self._keyframe_pts = np.asarray(keyframe_pts, dtype=np.int64)
+        self._keyframe_bytes = np.asarray(keyframe_bytes, dtype=np.int64)
+        self._gop_end = np.asarray(gop_end, dtype=np.int64)
         self.codecs = list(codec_ids)  # FFmpeg's names, in the order first seen
         self._codec_id = np.asarray(columns["codec"], dtype=np.int64)
         self._orientation = np.asarray(columns["orientation"], dtype=np.int64)  # bits: transpose, flip rows, columns
@@ -220,11 +231,15 @@ class VideoFileSource:
         return [int(self.first_frame[clip] + frame) for frame in frames]
 
     def _keyframe_index(self, clip: int) -> Dict[str, List[int]]:
-        """{"keyframes", "keyframe_pts"} of the clip from the scan, or {} (the decoder demuxes the file)."""
+        """{"keyframes", "keyframe_pts"[, "keyframe_bytes"]} of the clip from the scan, or {} (the decoder
+        demuxes the file)."""
         if not self._indexed[clip]:
             return {}
         span = slice(self._keyframe_start[clip], self._keyframe_start[clip + 1])
-        return {"keyframes": self._keyframes[span].tolist(), "keyframe_pts": self._keyframe_pts[span].tolist()}
+        index = {"keyframes": self._keyframes[span].tolist(), "keyframe_pts": self._keyframe_pts[span].tolist()}
+        if self._gop_end[clip] >= 0:
+            index["keyframe_bytes"] = self._keyframe_bytes[span].tolist() + [int(self._gop_end[clip])]
+        return index
 
     def _frames_job(self, clip: int, frames: Sequence[int]) -> tuple:
         index = self._keyframe_index(clip)

@@ -119,6 +119,10 @@ class _Window(io.RawIOBase):
         self._file, self._offset, self._size, self.name = file, offset, size, name
         self._position = 0
 
+    @property
+    def size(self) -> int:
+        return self._size
+
     def readable(self) -> bool:
         return True
 
@@ -163,13 +167,16 @@ def _open_bytes(path: str):
 
 def open_video(path: str) -> Union[str, io.RawIOBase]:
     """What PyAV opens for ``path``: the path itself for a file on disk, else a seekable file object
-    (ranged reads of a URL, or of a member's window of its tar). Raises VideoError naming the path
-    when it cannot be opened, or when the tar ends inside the member (a truncated shard)."""
+    (a ``RangedFile`` of a URL or of a remote member's window, which fetches GOPs on ``hint``; a window
+    of a local tar). Raises VideoError naming the path when it cannot be opened, or when the tar ends
+    inside the member (a truncated shard)."""
     from vito_fast.data.remote import is_url
 
     member = parse_member(path)
     if member is None:
-        return _open_bytes(path) if is_url(path) else path
+        return _ranged_file(path, path) if is_url(path) else path
+    if is_url(member.tar):  # the member's size is known: no request before its first bytes
+        return _ranged_file(member.tar, path, member.offset, member.size)
     file = _open_bytes(member.tar)
     available = _size_of(file)
     if available is not None and member.offset + member.size > available:
@@ -191,6 +198,30 @@ def open_container(path: str):
     finally:
         if not isinstance(source, str):
             source.close()
+
+
+def _ranged_file(url: str, name: str, offset: int = 0, size: Optional[int] = None):
+    """A ``RangedFile`` of bytes [offset, offset + size) of the object at ``url`` (size None: the object's)."""
+    from vito_fast.data.ranged_file import RangedFile
+    from vito_fast.data.remote import RemoteFiles
+
+    files = RemoteFiles(url)
+    if size is None:
+        try:
+            size = files.fs.size(url)
+        except FileNotFoundError:
+            raise VideoError(f"{name}: not found") from None
+        except Exception as error:  # no access, network
+            raise VideoError(f"{name}: cannot open it: {type(error).__name__}: {error}") from None
+
+    def read_ranges(spans):
+        pieces = files.read_ranges([(url, offset + start, length) for start, length in spans], what=[name] * len(spans))
+        for piece in pieces:
+            if isinstance(piece, Exception):
+                raise piece
+        return pieces
+
+    return RangedFile(read_ranges, size, name)
 
 
 def _size_of(file) -> Optional[int]:

@@ -116,6 +116,12 @@ def display_rgb(frame, coded_size: Optional[Tuple[int, int]] = None) -> np.ndarr
 # ----------------------------------------------------------------------------- reading frames
 
 
+# bytes fetched before a keyframe's packet with its GOP: the container's framing around it
+GOP_FRAMING_BYTES = 1024
+# fetched with a Matroska/WebM file's first GOPs: its seek index (Cues), which FFmpeg's muxer writes last
+SEEK_INDEX_TAIL_BYTES = 16 << 10
+
+
 class _OpenVideo:
     """One open container, its decoder's position, and the keyframe index demuxed when none is given.
 
@@ -158,6 +164,23 @@ class _OpenVideo:
         self.container.close()
         if not isinstance(self._source, str):
             self._source.close()
+
+    def fetch_groups_of_pictures(self, targets: Sequence[int], keyframes: Sequence[int],
+                                 keyframe_bytes: Sequence[int]) -> None:
+        """A remote source fetches the byte spans of the GOPs holding ``targets`` at once (a file on disk
+        reads as FFmpeg asks). The span starts a little before its keyframe: a container's framing
+        (a Matroska cluster's header) precedes the keyframe's packet."""
+        hint = getattr(self._source, "hint", None)
+        if hint is None or len(keyframe_bytes) != len(keyframes) + 1:
+            return
+        spans = []
+        if self.decoder is None and "matroska" in self.container.format.name:  # before its first seek
+            spans.append((self._source.size - SEEK_INDEX_TAIL_BYTES, self._source.size))
+        for target in targets:
+            at = bisect.bisect_right(keyframes, int(target)) - 1
+            if at >= 0:
+                spans.append((keyframe_bytes[at] - GOP_FRAMING_BYTES, keyframe_bytes[at + 1]))
+        hint(spans)
 
     def _start_at(self, number: int, pts: Optional[int]) -> None:
         """Decode from the keyframe (frame number, pts), or from the file's start when pts is None."""
@@ -241,13 +264,15 @@ class VideoFrameReader:
             video.close()
 
     def read(self, path: str, fps: float, frames: Sequence[int], keyframes: Optional[Sequence[int]] = None,
-             keyframe_pts: Optional[Sequence[int]] = None) -> List[np.ndarray]:
+             keyframe_pts: Optional[Sequence[int]] = None,
+             keyframe_bytes: Optional[Sequence[int]] = None) -> List[np.ndarray]:
         """Frames ``frames`` (frame numbers of the file, display order) as (H, W, 3) uint8 RGB arrays.
 
         ``keyframes``/``keyframe_pts``: the file's keyframe index from the manifest
         (``ClipRecord.keyframes``/``keyframe_pts``; a clip's record holds the part that covers
         it); None demuxes the file once. ``fps`` is not needed (frames are counted, not timed)
-        and stays for callers written before the index.
+        and stays for callers written before the index. ``keyframe_bytes``
+        (``ClipRecord.keyframe_bytes``): a remote file fetches the GOPs the frames need in one round trip.
         """
         if (keyframes is None) != (keyframe_pts is None) or (
                 keyframes is not None and len(keyframes) != len(keyframe_pts)):
@@ -255,6 +280,8 @@ class VideoFrameReader:
                              f"with one pts per keyframe")
         try:
             video = self._open(path)
+            if keyframe_bytes is not None and keyframes is not None:
+                video.fetch_groups_of_pictures(frames, keyframes, keyframe_bytes)
             decoded = {target: video.read(target, keyframes, keyframe_pts)
                        for target in sorted(set(int(f) for f in frames))}
         except VideoError as error:

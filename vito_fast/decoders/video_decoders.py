@@ -52,6 +52,7 @@ class FrameRequest:
     keyframes: Optional[Tuple[int, ...]] = None
     keyframe_pts: Optional[Tuple[int, ...]] = None
     orientation: Tuple[bool, bool, bool] = (False, False, False)  # transpose, flip rows, flip columns
+    keyframe_bytes: Optional[Tuple[int, ...]] = None  # ClipRecord.keyframe_bytes (remote reads by GOP)
 
     def to_json(self) -> dict:
         return {name: list(value) if isinstance(value, tuple) else value for name, value in self.__dict__.items()}
@@ -59,7 +60,7 @@ class FrameRequest:
     @classmethod
     def from_json(cls, record: dict) -> "FrameRequest":
         values = dict(record)
-        for name in ("frames", "keyframes", "keyframe_pts"):
+        for name in ("frames", "keyframes", "keyframe_pts", "keyframe_bytes"):
             if values.get(name) is not None:
                 values[name] = tuple(int(item) for item in values[name])
         if values.get("orientation") is not None:
@@ -114,7 +115,8 @@ class PyAVDecoder:
             from vito_fast.data.video_source import VideoFrameReader
 
             self._reader = VideoFrameReader(self._max_open)
-        return self._reader.read(request.path, 0.0, list(request.frames), request.keyframes, request.keyframe_pts)
+        return self._reader.read(request.path, 0.0, list(request.frames), request.keyframes, request.keyframe_pts,
+                                 request.keyframe_bytes)
 
     def close(self) -> None:
         if self._reader is not None:

@@ -68,6 +68,7 @@ class VideoInfo:
     keyframes: Optional[List[int]] = None
     keyframe_pts: Optional[List[int]] = None
     orientation: Optional[List[bool]] = None  # [transpose, flip_rows, flip_columns]; None: shown as stored
+    keyframe_bytes: Optional[List[int]] = None  # ClipRecord.keyframe_bytes: where each GOP starts, then the end
 
 
 # ----------------------------------------------------------------------------- probing one file
@@ -136,6 +137,7 @@ def _probe_container(path: str, decode_check: str, source) -> Union[VideoInfo, R
         origin = stream.start_time or 0
         codec = stream.codec_context.name
         timestamps, keyframe_times, stream_ends = [], [], {}  # timestamps: of the frames shown
+        keyframe_positions = {}  # pts -> byte offset of the keyframe packet in the file (None: unknown)
         packets = 0  # of the video stream, discarded ones included (the header counts them)
         try:
             for packet in container.demux():
@@ -149,6 +151,7 @@ def _probe_container(path: str, decode_check: str, source) -> Union[VideoInfo, R
                         timestamps.append(packet.pts)
                     if packet.is_keyframe:
                         keyframe_times.append(packet.pts)
+                        keyframe_positions.setdefault(packet.pts, packet.pos if packet.pos >= 0 else None)
         except Exception as error:
             return RejectedVideo(path, "truncated", f"demuxing fails after {len(timestamps)} frames: {error}")
         if not timestamps:
@@ -188,8 +191,19 @@ def _probe_container(path: str, decode_check: str, source) -> Union[VideoInfo, R
         if orientation[0]:
             width, height = height, width  # a quarter turn
         keyframes, keyframe_pts = keyframe_index(timestamps, keyframe_times)
+        keyframe_bytes = _keyframe_bytes(keyframe_pts, keyframe_positions, path, source)
         return VideoInfo(path, codec, width, height, fps, num_frames, duration, variable_frame_rate,
-                         keyframes, keyframe_pts, orientation if any(orientation) else None)
+                         keyframes, keyframe_pts, orientation if any(orientation) else None, keyframe_bytes)
+
+
+def _keyframe_bytes(keyframe_pts: List[int], positions: dict, path: str, source) -> Optional[List[int]]:
+    """Byte offsets of the keyframes (in ``keyframe_pts`` order) and then the file's size, or None when
+    the container does not say where its packets are or they do not grow with time."""
+    offsets = [positions.get(pts) for pts in keyframe_pts]
+    if not offsets or None in offsets or any(later <= earlier for earlier, later in zip(offsets, offsets[1:])):
+        return None
+    size = os.path.getsize(path) if source is None else source.size
+    return offsets + [int(size)]
 
 
 def _declared_media_shortfall(container, stream, packets: int, stream_ends: dict, fps: float) -> Optional[str]:

@@ -114,12 +114,12 @@ def split_into_clips(info: VideoInfo, clip_seconds: Optional[float], min_seconds
         if start is None:
             return ClipRecord(info.path, info.num_frames, info.fps, info.width, info.height, info.codec,
                               info.duration, label, keyframes=info.keyframes, keyframe_pts=info.keyframe_pts,
-                              orientation=info.orientation)
+                              orientation=info.orientation, keyframe_bytes=info.keyframe_bytes)
         first, stop = math.ceil(start * info.fps - 1e-6), math.ceil(end * info.fps - 1e-6)
-        keyframes, keyframe_pts = _keyframes_of_clip(info, first, stop)
+        keyframes, keyframe_pts, keyframe_bytes = _keyframes_of_clip(info, first, stop)
         return ClipRecord(info.path, min(stop, info.num_frames) - first, info.fps, info.width, info.height,
                           info.codec, round(end - start, 6), label, round(start, 6), round(end, 6),
-                          keyframes, keyframe_pts, info.orientation)
+                          keyframes, keyframe_pts, info.orientation, keyframe_bytes=keyframe_bytes)
 
     if not clip_seconds or info.duration < clip_seconds + min(min_seconds, clip_seconds):
         return [record(None, None)]
@@ -132,13 +132,15 @@ def split_into_clips(info: VideoInfo, clip_seconds: Optional[float], min_seconds
     return [record(start, end) for start, end in zip(bounds, bounds[1:])]
 
 
-def _keyframes_of_clip(info: VideoInfo, first: int, stop: int) -> Tuple[Optional[List[int]], Optional[List[int]]]:
-    """The part of a video's keyframe index that frames [first, stop) decode from (None: no index)."""
+def _keyframes_of_clip(info: VideoInfo, first: int, stop: int):
+    """The part of a video's keyframe index (numbers, pts, byte offsets and the end of the last GOP) that
+    frames [first, stop) decode from (None: no index)."""
     if info.keyframes is None or info.keyframe_pts is None:
-        return None, None
+        return None, None, None
     begin = max(0, bisect.bisect_right(info.keyframes, first) - 1)  # the keyframe at or before the first frame
     end = bisect.bisect_left(info.keyframes, stop, lo=begin)
-    return info.keyframes[begin:end], info.keyframe_pts[begin:end]
+    offsets = None if info.keyframe_bytes is None else info.keyframe_bytes[begin:end + 1]
+    return info.keyframes[begin:end], info.keyframe_pts[begin:end], offsets
 
 
 def frames_per_random_frame(record) -> Optional[float]:

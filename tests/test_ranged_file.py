@@ -1,0 +1,119 @@
+"""Remote videos read by GOP (vito_fast.data.ranged_file): the file object PyAV reads serves the bytes
+of the object exactly, fetches hinted spans in one round trip, and a sample of a remote video fetches
+the groups of pictures its frames sit in (from the keyframe byte offsets the scan records)."""
+from __future__ import annotations
+
+import dataclasses
+import io
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from vito_fast.data.ranged_file import FIRST_BLOCK_BYTES, RangedFile
+
+
+def ranged(data: bytes):
+    calls = []
+
+    def read_ranges(spans):
+        calls.append(list(spans))
+        return [data[offset:offset + size] for offset, size in spans]
+
+    return RangedFile(read_ranges, len(data), "object"), calls
+
+
+def read_exactly(file, size: int) -> bytes:
+    """Reads until ``size`` bytes or the end (a read returns what one span holds, like a raw file)."""
+    pieces = []
+    while size > 0:
+        piece = file.read(size)
+        if not piece:
+            break
+        pieces.append(piece)
+        size -= len(piece)
+    return b"".join(pieces)
+
+
+def test_reads_give_the_objects_bytes_wherever_they_seek():
+    rng = np.random.default_rng()
+    data = rng.integers(0, 256, int(rng.integers(300_000, 900_000)), dtype=np.uint8).tobytes()
+    file, _ = ranged(data)
+    for _ in range(50):
+        offset, size = int(rng.integers(0, len(data))), int(rng.integers(1, 200_000))
+        file.seek(offset)
+        assert read_exactly(file, size) == data[offset:offset + size]
+    file.seek(-10, io.SEEK_END)
+    assert file.read() == data[-10:] and file.read(5) == b""
+    assert file.bytes_fetched <= 50 * (200_000 + 4 * FIRST_BLOCK_BYTES) and file.requests > 0
+
+
+def test_hinted_spans_come_in_one_round_trip_and_blocks_grow_only_when_reading_on():
+    data = bytes(range(256)) * 8192  # 2 MiB
+    file, calls = ranged(data)
+    file.hint([(500_000, 700_000), (100_000, 300_000), (100_000, 300_000)])
+    assert calls == [[(100_000, 200_000), (500_000, 200_000)]]  # sorted, once each, together
+    file.seek(150_000)
+    assert read_exactly(file, 100_000) == data[150_000:250_000] and len(calls) == 1  # served from the hinted span
+    file.hint([(120_000, 180_000)])  # held already: no request
+    assert len(calls) == 1
+    calls.clear()
+    file.seek(1_000_000)
+    while file.tell() < 1_600_000:
+        file.read(32_768)
+    sizes = [size for (call,) in calls for _, size in [call]]
+    assert sizes[:3] == [FIRST_BLOCK_BYTES, FIRST_BLOCK_BYTES, 2 * FIRST_BLOCK_BYTES]  # then doubling
+    calls.clear()
+    file.seek(450_000)  # a block stops where a held span starts
+    assert read_exactly(file, 100_000) == data[450_000:550_000]
+    assert calls == [[(450_000, 50_000)]]
+
+
+def write_noisy_video(path: Path, num_frames: int, gop: int, width: int = 160, height: int = 128) -> Path:
+    """A VP9 WebM of moving noise: GOPs of tens of kB, as camera footage has (the clips of ``videos``
+    compress to a few kB, which one block holds whole)."""
+    import av
+
+    rng = np.random.default_rng(0)
+    texture = rng.integers(0, 256, (2 * height, 2 * width, 3), dtype=np.uint8)
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream("libvpx-vp9", rate=10, options={
+            "crf": "30", "g": str(gop), "keyint_min": str(gop), "deadline": "realtime", "cpu-used": "8"})
+        stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
+        for index in range(num_frames):
+            image = np.ascontiguousarray(np.roll(texture, (3 * index, 5 * index), axis=(0, 1))[:height, :width])
+            for packet in stream.encode(av.VideoFrame.from_ndarray(image, format="rgb24")):
+                container.mux(packet)
+        for packet in stream.encode():
+            container.mux(packet)
+    return path
+
+
+def test_a_remote_sample_fetches_the_gops_of_its_frames(tmp_path):
+    pytest.importorskip("aiohttp", reason="aiohttp is not installed: pip install 'vito_fast[remote]'")
+    from range_server import RangeServer
+
+    from vito_fast.data.video_source import GOP_FRAMING_BYTES, VideoFrameReader
+    from vito_fast.prepare import scan_videos
+
+    (tmp_path / "videos").mkdir()
+    write_noisy_video(tmp_path / "videos" / "clip.webm", num_frames=40, gop=8)
+    (record,), _ = scan_videos([str(tmp_path / "videos")], workers=0, progress=False, min_seconds=0.5)
+    offsets = record.keyframe_bytes
+    assert offsets is not None and len(offsets) == len(record.keyframes) + 1
+    assert offsets == sorted(offsets) and offsets[-1] == (tmp_path / "videos" / "clip.webm").stat().st_size
+    frames = [11, 35]
+    want = VideoFrameReader().read(record.path, record.fps, frames, record.keyframes, record.keyframe_pts)
+    with RangeServer(tmp_path) as server:
+        url = f"{server.url}/videos/clip.webm"
+        remote = dataclasses.replace(record, path=url)
+        got = VideoFrameReader().read(url, remote.fps, frames, remote.keyframes, remote.keyframe_pts,
+                                      remote.keyframe_bytes)
+        ranges = {header for method, _, header in server.requests if method == "GET"}
+    for one, other in zip(got, want):
+        np.testing.assert_array_equal(one, other)
+    for frame in frames:  # each frame's GOP, from a little before its keyframe to the next keyframe
+        at = max(index for index, keyframe in enumerate(record.keyframes) if keyframe <= frame)
+        start = max(0, offsets[at] - GOP_FRAMING_BYTES)
+        assert f"bytes={start}-{min(offsets[at + 1], offsets[-1]) - 1}" in ranges
+    assert Path(url).name == "clip.webm"
