@@ -126,7 +126,7 @@ def next_steps(config, run_dir: Path, stopped_early: bool) -> str:
         lines.append(f"  vito-fast eval knn --run {run_dir} --manifest {manifest}")
     if manifest is not None and (manifest.parent / "dataset.json").is_file():  # the built-in videos
         lines.append(f"  vito-fast eval shape-bias --run {run_dir} --synthetic {manifest.parent}")
-    lines.append(f"  vito-fast export {run_dir} -o {run_dir / 'encoder.pth'} --format torchvision")
+    lines.append(f"  vito-fast export {run_dir} -o {run_dir / 'encoder.pth'}                # torchvision or timm names")
     lines.append("  vito-fast demo                                              # VITO against baselines, with a report")
     if not labelled:
         lines.append(f"  # to score the features, with labelled frames of your own: vito-fast eval knn --run {run_dir} "

@@ -252,9 +252,21 @@ def flatten(config: Any, prefix: str = "") -> Dict[str, Any]:
     return flat
 
 
+def _with_defaults(config: Any) -> Any:
+    """A config dict completed with the defaults of keys it lacks (a checkpoint written before they
+    existed, e.g. optim.optimizer), so that only keys set differently count as differences."""
+    if not isinstance(config, dict):
+        return config
+    try:
+        return from_dict(config)
+    except (ValueError, TypeError):  # keys this version no longer has: compare as written
+        return config
+
+
 def config_diff(a: Any, b: Any, ignore: frozenset = frozenset()) -> List[str]:
-    """Dotted keys whose values differ between two configs (Config or dict), sorted."""
-    flat_a, flat_b = flatten(a), flatten(b)
+    """Dotted keys whose values differ between two configs (Config or dict, missing keys taken at their
+    defaults), sorted."""
+    flat_a, flat_b = flatten(_with_defaults(a)), flatten(_with_defaults(b))
     keys = sorted(set(flat_a) | set(flat_b))
     return [k for k in keys if k not in ignore and flat_a.get(k) != flat_b.get(k)]
 
