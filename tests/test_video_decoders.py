@@ -280,11 +280,12 @@ def test_a_video_decoder_that_fails_where_pyav_decodes_does_not_end_the_run(tmp_
         assert torch.equal(got["view1"], want["view1"]) and torch.equal(got["view2"], want["view2"])
 
 
-@pytest.mark.parametrize("decoder", ["vito_fast.decoders.video_decoders:PyAVDecoder", "broken_decoders:Fails"])
+@pytest.mark.parametrize("decoder", ["vito_fast.decoders.video_decoders:PyAVDecoder", "broken_decoders:Fails",
+                                     "broken_decoders:Hangs"])
 def test_a_decoder_of_the_device_stage_feeds_the_same_graph(clips, tmp_path, decoder):
     """A decoder that runs in the torch stage (as NVDEC decoders do, on the GPU) gets one FrameRequest per
-    sample and gives the views the host's PyAV workers give; one that fails where PyAV decodes hands
-    over to PyAV from that step."""
+    sample and gives the views the host's PyAV workers give; one that fails where PyAV decodes, or does
+    not answer within the samples' timeout, hands over to PyAV from that step."""
     import warnings
 
     import torch
@@ -293,14 +294,16 @@ def test_a_decoder_of_the_device_stage_feeds_the_same_graph(clips, tmp_path, dec
     from vito_fast.data.manifest import write_manifest
 
     manifest = write_manifest(tmp_path / "manifest.jsonl", clips["plain"] * 2)
-    settings = dict(image_size=32, dtype="float32", num_threads=2, decode_workers=0, backend="auto")
+    settings = dict(image_size=32, dtype="float32", num_threads=2, decode_workers=0, backend="auto",
+                    sample_timeout=1.0)
     with PairLoader(str(manifest), 2, device="cpu", seed=5, config=LoaderConfig(**settings)) as reference:
         expected = list(reference)
     with PairLoader(str(manifest), 2, device="cpu", seed=5,
                     config=LoaderConfig(**settings, video_decoder=decoder)) as loader:
         assert loader.backend.name == "torch" and "torch stage" in loader.backend.reason
-        if decoder.endswith("Fails"):
-            with pytest.warns(RuntimeWarning, match="failed on frames PyAV decodes"):
+        if decoder.startswith("broken"):
+            message = "did not answer within 2 s" if decoder.endswith("Hangs") else "failed on frames PyAV decodes"
+            with pytest.warns(RuntimeWarning, match=message):
                 batches = list(loader)
             assert loader.stats.decoder_fallbacks == 1 and loader.source.input_kind == "frames"
         else:

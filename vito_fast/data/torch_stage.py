@@ -55,6 +55,7 @@ class TorchStage:
                              "video_decoder='dali' decodes whole video files with DALI: use backend='dali', "
                              "or video_decoder='pyav'")
         self.input_kind, self.batch_size, self.config = input_kind, batch_size, config
+        self._decoder_thread: Optional[_DecoderThread] = None  # where the stage's video decoder runs
         self.depth = config.prefetch
         self.device = torch.device("cuda", device_id) if device == "gpu" else torch.device("cpu")
         self._host = host
@@ -136,12 +137,22 @@ class TorchStage:
             views.append(augment_views(frames[rows], frame_hw[rows], tensors, size, self._dtype))
         return tuple(views), inputs_read
 
+    def _decode_requests(self, inputs) -> list:
+        """Each sample's two frames from the stage's video decoder (on its thread, on the stage's stream)."""
+        if self._stream is None:
+            return [self._video_decoder.decode(sample["request"]) for sample in inputs]
+        with torch.cuda.device(self.device), torch.cuda.stream(self._stream):
+            return [self._video_decoder.decode(sample["request"]) for sample in inputs]
+
     def _frames(self, batch: HostBatch):
         """(2B, 3, H, W) uint8 frames on the device (view 0's then view 1's), their (2B, 2) sizes, and
         an event after which the host inputs are no longer read (None when they were read at once)."""
         inputs_read = None
         if self.input_kind == "requests":  # each sample's two frames from the stage's decoder
-            pairs = [self._video_decoder.decode(sample["request"]) for sample in batch.inputs]
+            if self._decoder_thread is None:
+                self._decoder_thread = _DecoderThread(f"video decoder {self.config.video_decoder}")
+            pairs = self._decoder_thread.call(lambda: self._decode_requests(batch.inputs),
+                                              self.config.sample_timeout * len(batch.inputs))
             frames = [torch.as_tensor(pair[view]).to(self.device, non_blocking=True).permute(2, 0, 1)
                       for view in (0, 1) for pair in pairs]
         else:
@@ -169,3 +180,40 @@ class TorchStage:
         bounds = np.linspace(0, len(jpegs), slices + 1).astype(int)
         parts = self._decoders.map(decode, [jpegs[start:end] for start, end in zip(bounds[:-1], bounds[1:])])
         return [frame for part in parts for frame in part]
+
+
+
+class _DecoderThread:
+    """Runs the stage's video decoder on one long-lived daemon thread (a decoder keeps per-thread state:
+    NVDEC sessions are made once and reused), and gives up on a call that has not returned within its
+    time: ``DecoderFailure`` naming the decoder, so the loader falls back to PyAV. A hung call leaves
+    its thread behind, which holds nothing at exit."""
+
+    def __init__(self, what: str):
+        import queue
+        import threading
+
+        self.what, self._jobs = what, queue.Queue()
+        threading.Thread(target=self._serve, name=f"vito-fast {what}", daemon=True).start()
+
+    def _serve(self) -> None:
+        while True:
+            work, outcome, done = self._jobs.get()
+            try:
+                outcome.append((True, work()))
+            except BaseException as error:  # handed to the caller's thread as it is
+                outcome.append((False, error))
+            done.set()
+
+    def call(self, work, seconds: float):
+        import threading
+
+        outcome: list = []
+        done = threading.Event()
+        self._jobs.put((work, outcome, done))
+        if not done.wait(seconds):
+            raise DecoderFailure(f"{self.what} did not answer within {seconds:g} s (a hang): PyAV decodes from here")
+        succeeded, value = outcome[0]
+        if not succeeded:
+            raise value
+        return value
