@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 from vito_fast.data.ranged_file import FIRST_BLOCK_BYTES, RangedFile
 
@@ -117,3 +118,32 @@ def test_a_remote_sample_fetches_the_gops_of_its_frames(tmp_path):
         start = max(0, offsets[at] - GOP_FRAMING_BYTES)
         assert f"bytes={start}-{min(offsets[at + 1], offsets[-1]) - 1}" in ranges
     assert Path(url).name == "clip.webm"
+
+
+def test_remote_videos_keep_their_blocks_in_the_cache_for_later_epochs(tmp_path):
+    pytest.importorskip("aiohttp", reason="aiohttp is not installed: pip install 'vito_fast[remote]'")
+    from range_server import RangeServer
+
+    from vito_fast.data import LoaderConfig, PairLoader
+    from vito_fast.data.manifest import write_manifest
+    from vito_fast.prepare import scan_videos
+
+    (tmp_path / "videos").mkdir()
+    for index in range(2):
+        write_noisy_video(tmp_path / "videos" / f"clip{index}.webm", num_frames=30, gop=10)
+    records, _ = scan_videos([str(tmp_path / "videos")], workers=0, progress=False, min_seconds=0.5)
+    config = LoaderConfig(image_size=32, dtype="float32", num_threads=2, backend="torch", video_decoder="pyav",
+                          cache_dir=str(tmp_path / "cache"), cache_gb=1.0)
+    with RangeServer(tmp_path) as server:
+        remote = [dataclasses.replace(record, path=f"{server.url}/videos/{Path(record.path).name}")
+                  for record in records]
+        manifest = write_manifest(tmp_path / "remote.jsonl", remote * 3)
+        with PairLoader(str(manifest), 2, device="cpu", seed=4, config=config) as loader:
+            first = list(loader)
+            fetched = len(server.requests)
+            loader.set_epoch(0)
+            again = list(loader)  # the same samples: every block they read is on disk now
+            assert len(server.requests) == fetched > 0
+    assert any((tmp_path / "cache").rglob("0*"))
+    for one, other in zip(first, again):
+        assert torch.equal(one["view1"], other["view1"])

@@ -148,7 +148,7 @@ class VideoFileSource:
     records: a million clips take a few hundred MB per rank, not gigabytes.
     """
 
-    def __init__(self, manifest, decoder: str = "pyav", max_open: int = 16):
+    def __init__(self, manifest, decoder: str = "pyav", max_open: int = 16, cache=None):
         from vito_fast.data.manifest import iter_manifest
         from vito_fast.data.sample_jobs import JobRunner
 
@@ -219,6 +219,8 @@ class VideoFileSource:
                 lookup[seen] = sorted_ids[label]
         self.labels, self.classes = lookup[np.asarray(labels, dtype=np.int64)], names
         self._runner = JobRunner(max_open)  # its reader keeps per-thread files: safe to share
+        # remote videos keep the blocks they read in this ``remote.BlockCache`` (in every decode process)
+        self._cache = None if cache is None else cache.spec
         self._largest_sample: Optional[int] = None
 
     def __len__(self) -> int:
@@ -244,6 +246,8 @@ class VideoFileSource:
     def _frames_job(self, clip: int, frames: Sequence[int]) -> tuple:
         index = self._keyframe_index(clip)
         height, width = self.frame_hw[clip]
+        if self._cache is not None:
+            index["cache"] = self._cache
         return ("video_frames", self.name(clip), float(self.fps[clip]), self._file_frames(clip, frames), index,
                 (int(height), int(width)))
 
@@ -307,7 +311,7 @@ def open_source(source, video_decoder: str = "pyav", max_open: int = 16, cache=N
 
     if is_url(source):
         if str(source).endswith(".jsonl"):  # a manifest on object storage, streamed once
-            return VideoFileSource(str(source), video_decoder, max_open)
+            return VideoFileSource(str(source), video_decoder, max_open, cache)
         # its reads go out together (RemoteFiles.read_ranges)
         return FrameStoreSource(str(source), cache=cache, remote_settings=remote_settings)
     path = Path(source)
@@ -315,4 +319,4 @@ def open_source(source, video_decoder: str = "pyav", max_open: int = 16, cache=N
         return FrameStoreSource(path)
     if not path.is_file():
         raise FileNotFoundError(f"{path}: neither a frame store folder nor a manifest file")
-    return VideoFileSource(path, video_decoder, max_open)
+    return VideoFileSource(path, video_decoder, max_open, cache)

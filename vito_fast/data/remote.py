@@ -165,6 +165,10 @@ class RemoteFiles:
         return data
 
 
+_CACHES: dict = {}  # BlockCache.from_spec's, per process
+_CACHES_LOCK = threading.Lock()
+
+
 class BlockCache:
     """Blocks of remote objects on a local disk: ``folder/<digest of the URL>/<block number>``.
 
@@ -182,6 +186,19 @@ class BlockCache:
         self._lock = threading.Lock()
         self._written = 0  # bytes written since the last eviction pass
         self.hits = self.misses = 0
+
+    @property
+    def spec(self) -> tuple:
+        """(folder, max_bytes, block_bytes): what another process needs to use the same cache."""
+        return str(self.folder), self.max_bytes, self.block_bytes
+
+    @classmethod
+    def from_spec(cls, spec: tuple) -> "BlockCache":
+        """The cache of ``spec`` (``BlockCache.spec``), one per process and spec."""
+        with _CACHES_LOCK:
+            if spec not in _CACHES:
+                _CACHES[spec] = cls(*spec)
+            return _CACHES[spec]
 
     def _block_path(self, url: str, block: int) -> Path:
         return self.folder / hashlib.sha256(url.encode()).hexdigest()[:24] / f"{block:09d}"

@@ -16,6 +16,7 @@ reading its headers (a remote shard through read-ahead blocks: a few requests, n
 """
 from __future__ import annotations
 
+import collections
 import contextlib
 import functools
 import io
@@ -165,18 +166,19 @@ def _open_bytes(path: str):
         raise VideoError(f"{path}: cannot open it: {error.strerror or error}") from None
 
 
-def open_video(path: str) -> Union[str, io.RawIOBase]:
+def open_video(path: str, cache: Optional[tuple] = None) -> Union[str, io.RawIOBase]:
     """What PyAV opens for ``path``: the path itself for a file on disk, else a seekable file object
     (a ``RangedFile`` of a URL or of a remote member's window, which fetches GOPs on ``hint``; a window
     of a local tar). Raises VideoError naming the path when it cannot be opened, or when the tar ends
-    inside the member (a truncated shard)."""
+    inside the member (a truncated shard). ``cache``: a ``remote.BlockCache.spec`` that remote reads go
+    through (a later epoch reads its blocks from disk)."""
     from vito_fast.data.remote import is_url
 
     member = parse_member(path)
     if member is None:
-        return _ranged_file(path, path) if is_url(path) else path
+        return _ranged_file(path, path, cache=cache) if is_url(path) else path
     if is_url(member.tar):  # the member's size is known: no request before its first bytes
-        return _ranged_file(member.tar, path, member.offset, member.size)
+        return _ranged_file(member.tar, path, member.offset, member.size, cache)
     file = _open_bytes(member.tar)
     available = _size_of(file)
     if available is not None and member.offset + member.size > available:
@@ -200,19 +202,27 @@ def open_container(path: str):
             source.close()
 
 
-def _ranged_file(url: str, name: str, offset: int = 0, size: Optional[int] = None):
+# objects' sizes seen by this process: reopening a remote video asks for its size once
+_OBJECT_SIZES: "collections.OrderedDict[str, int]" = collections.OrderedDict()
+
+
+def _ranged_file(url: str, name: str, offset: int = 0, size: Optional[int] = None, cache: Optional[tuple] = None):
     """A ``RangedFile`` of bytes [offset, offset + size) of the object at ``url`` (size None: the object's)."""
     from vito_fast.data.ranged_file import RangedFile
-    from vito_fast.data.remote import RemoteFiles
+    from vito_fast.data.remote import BlockCache, RemoteFiles
 
-    files = RemoteFiles(url)
+    files = RemoteFiles(url, cache=None if cache is None else BlockCache.from_spec(cache))
+    if size is None:
+        size = _OBJECT_SIZES.get(url)
     if size is None:
         try:
-            size = files.fs.size(url)
+            size = _OBJECT_SIZES[url] = files.fs.size(url)
         except FileNotFoundError:
             raise VideoError(f"{name}: not found") from None
         except Exception as error:  # no access, network
             raise VideoError(f"{name}: cannot open it: {type(error).__name__}: {error}") from None
+        if len(_OBJECT_SIZES) > 100_000:
+            _OBJECT_SIZES.popitem(last=False)
 
     def read_ranges(spans):
         pieces = files.read_ranges([(url, offset + start, length) for start, length in spans], what=[name] * len(spans))

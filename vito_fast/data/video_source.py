@@ -128,14 +128,14 @@ class _OpenVideo:
     ``fps`` is not used (frames are counted); benches/bench_loader.py still passes it.
     """
 
-    def __init__(self, path: str, fps: Optional[float] = None):
+    def __init__(self, path: str, fps: Optional[float] = None, cache: Optional[tuple] = None):
         import av
 
         from vito_fast.data.shards import open_video
 
         self.path = path
         # a file on disk by its path; a URL or a member of a tar shard as a file object of ranged reads
-        self._source = open_video(path)
+        self._source = open_video(path, cache)
         try:
             self.container = av.open(self._source, "r", metadata_errors="ignore")
         except BaseException:
@@ -245,17 +245,17 @@ class VideoFrameReader:
             video.close()
         self._local.videos = OrderedDict()
 
-    def _open(self, path: str) -> _OpenVideo:
-        cache = getattr(self._local, "videos", None)
-        if cache is None:
-            cache = self._local.videos = OrderedDict()
-        if path in cache:
-            cache.move_to_end(path)
-            return cache[path]
-        video = _OpenVideo(path)
-        cache[path] = video
-        if len(cache) > self.max_open:
-            cache.popitem(last=False)[1].close()
+    def _open(self, path: str, block_cache: Optional[tuple] = None) -> _OpenVideo:
+        videos = getattr(self._local, "videos", None)
+        if videos is None:
+            videos = self._local.videos = OrderedDict()
+        if path in videos:
+            videos.move_to_end(path)
+            return videos[path]
+        video = _OpenVideo(path, cache=block_cache)
+        videos[path] = video
+        if len(videos) > self.max_open:
+            videos.popitem(last=False)[1].close()
         return video
 
     def _drop(self, path: str) -> None:
@@ -265,7 +265,7 @@ class VideoFrameReader:
 
     def read(self, path: str, fps: float, frames: Sequence[int], keyframes: Optional[Sequence[int]] = None,
              keyframe_pts: Optional[Sequence[int]] = None,
-             keyframe_bytes: Optional[Sequence[int]] = None) -> List[np.ndarray]:
+             keyframe_bytes: Optional[Sequence[int]] = None, cache: Optional[tuple] = None) -> List[np.ndarray]:
         """Frames ``frames`` (frame numbers of the file, display order) as (H, W, 3) uint8 RGB arrays.
 
         ``keyframes``/``keyframe_pts``: the file's keyframe index from the manifest
@@ -273,13 +273,15 @@ class VideoFrameReader:
         it); None demuxes the file once. ``fps`` is not needed (frames are counted, not timed)
         and stays for callers written before the index. ``keyframe_bytes``
         (``ClipRecord.keyframe_bytes``): a remote file fetches the GOPs the frames need in one round trip.
+        ``cache``: a ``remote.BlockCache.spec`` where a remote file keeps the blocks it read (later epochs
+        read them from disk).
         """
         if (keyframes is None) != (keyframe_pts is None) or (
                 keyframes is not None and len(keyframes) != len(keyframe_pts)):
             raise ValueError(f"VideoFrameReader.read: {path}: keyframes and keyframe_pts must both be given, "
                              f"with one pts per keyframe")
         try:
-            video = self._open(path)
+            video = self._open(path, cache)
             if keyframe_bytes is not None and keyframes is not None:
                 video.fetch_groups_of_pictures(frames, keyframes, keyframe_bytes)
             decoded = {target: video.read(target, keyframes, keyframe_pts)
