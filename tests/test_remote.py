@@ -193,3 +193,18 @@ def test_prepare_scan_lists_and_probes_a_bucket(store, s3_bucket, tmp_path):
     assert cli_main(["prepare", "scan", "s3://corpus/videos/", "-o", str(tmp_path / "m.jsonl"), "--workers", "0",
                      "--min-seconds", "0.5", "--no-progress"]) == 0
     assert [record.path for record in read_manifest(tmp_path / "m.jsonl")] == [record.path for record in remote]
+
+
+def test_a_protocol_whose_package_is_missing_names_the_extra(monkeypatch, tmp_path, capsys):
+    """gcsfs missing (hidden here if installed): the loader and `prepare scan` say in one line which extra installs it."""
+    import sys
+
+    from vito_fast.cli.main import main as cli_main
+    from vito_fast.errors import MissingExtra
+
+    monkeypatch.setitem(sys.modules, "gcsfs", None)  # import gcsfs fails as when it is not installed
+    with pytest.raises(MissingExtra, match=r"gs://bucket/store: the gs:// protocol needs gcsfs: pip install 'vito_fast\[gcs\]'"):
+        PairLoader("gs://bucket/store", 2, device="cpu", seed=0)
+    assert cli_main(["prepare", "scan", "gs://bucket/videos/", "-o", str(tmp_path / "m.jsonl")]) == 1
+    error = capsys.readouterr().err.strip()
+    assert error == "vito-fast prepare scan: gs://bucket/videos/: the gs:// protocol needs gcsfs: pip install 'vito_fast[gcs]'"

@@ -19,5 +19,9 @@ def first_line(error: BaseException) -> str:
     return text.splitlines()[0] if text else type(error).__name__
 
 
+class MissingExtra(VitoError, ImportError):
+    """An optional package a feature needs is not installed; the message names the extra that installs it."""
+
+
 class DecoderFailure(VitoError):
     """A video decoder failed on frames that PyAV decodes: the decoder is at fault, not the file."""

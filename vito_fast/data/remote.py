@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
-from vito_fast.errors import StoreError
+from vito_fast.errors import MissingExtra, StoreError
 
 __all__ = ["is_url", "RemoteFiles", "RemoteSettings", "BlockCache", "join_url", "open_remote"]
 
@@ -82,7 +82,7 @@ class RemoteFiles:
         try:
             import fsspec
         except ImportError:
-            raise ImportError(f"{url}: reading remote data needs fsspec: pip install 'vito_fast[remote]'") from None
+            raise MissingExtra(f"{url}: reading remote data needs fsspec: pip install 'vito_fast[remote]'") from None
         protocol = url.split("://", 1)[0]
         try:
             self.fs = fsspec.filesystem(protocol, **_filesystem_options(protocol, settings.timeout))
@@ -90,7 +90,7 @@ class RemoteFiles:
                 self.fs.retries = 1
         except ImportError as error:
             package, extra = PROTOCOL_PACKAGES.get(protocol, (str(error), "remote"))
-            raise ImportError(f"{url}: the {protocol}:// protocol needs {package}: "
+            raise MissingExtra(f"{url}: the {protocol}:// protocol needs {package}: "
                               f"pip install 'vito_fast[{extra}]'") from None
 
     def _attempt(self, what: str, read):
@@ -316,6 +316,6 @@ def _aiohttp_timeout(seconds: float):
     try:
         import aiohttp
     except ImportError:
-        raise ImportError("http(s):// needs aiohttp: pip install 'vito_fast[remote]'") from None
+        raise MissingExtra("http(s):// needs aiohttp: pip install 'vito_fast[remote]'") from None
     # no total: a big object that keeps arriving is not cut off; a server that stops sending is
     return aiohttp.ClientTimeout(total=None, sock_connect=seconds, sock_read=seconds)
