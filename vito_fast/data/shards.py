@@ -22,7 +22,9 @@ import functools
 import io
 import itertools
 import json
+import os
 import re
+import stat
 import tarfile
 from dataclasses import dataclass, field
 from typing import Dict, List, Optional, Tuple, Union
@@ -257,6 +259,8 @@ def read_video_bytes(path: str) -> bytes:
             files = RemoteFiles(source)
             return files.cat(source) if member is None else files.read_range(source, member.offset, member.size, path)
         with open(source, "rb") as handle:
+            if not stat.S_ISREG(os.fstat(handle.fileno()).st_mode):  # a pipe or device: no video file to read
+                raise VideoError(f"{path}: not a regular file")
             if member is None:
                 return handle.read()
             handle.seek(member.offset)
