@@ -140,19 +140,20 @@ class ViTTrunk(nn.Module):
     def forward(self, x: torch.Tensor) -> List[torch.Tensor]:
         """x (B, 3, S, S') → per tapped block, normed tokens as a (B, C, S/p, S'/p) grid view (see module doc).
 
-        timm's own path (the one ``forward_intermediates`` takes): patch embedding, position
-        embedding interpolated to the grid, prefix tokens, the blocks. Pixels past the last whole
-        patch (a size that is no multiple of it) are left out, as a strided convolution leaves them."""
+        timm's ``forward_intermediates`` (public API): patch embedding, position embedding interpolated
+        to the grid, prefix tokens, the blocks, each tap through the final norm. Pixels past the last
+        whole patch (a size that is no multiple of it) are left out, as a strided convolution leaves
+        them. With ``prefix_tokens="include"`` the prefix and patch tokens are joined again (a copy)."""
         vit = self.vit
         rows, columns = self.grid_size(x.shape[-2], x.shape[-1])
         x = x[..., : rows * self.patch_size[0], : columns * self.patch_size[1]]
-        tokens = vit.norm_pre(vit.patch_drop(vit._pos_embed(vit.patch_embed(x))))
-        taps = []
-        for index, block in enumerate(vit.blocks):
-            tokens = block(tokens)
-            if index in self.indices:
-                taps.append(token_grid(vit.norm(tokens), vit.num_prefix_tokens, rows, columns, self.include_prefix))
-        return taps
+        taps = vit.forward_intermediates(x, indices=list(self.indices), return_prefix_tokens=self.include_prefix,
+                                         norm=True, output_fmt="NLC", intermediates_only=True)
+        if self.include_prefix and vit.num_prefix_tokens:
+            return [token_grid(torch.cat([prefix, patches], dim=1), vit.num_prefix_tokens, rows, columns, True)
+                    for patches, prefix in taps]
+        # (B, H·W, C) views of the (B, prefix + H·W, C) tokens: a grid view, no copy
+        return [patches.reshape(patches.shape[0], rows, columns, -1).permute(0, 3, 1, 2) for patches in taps]
 
 
 def timm_state_dict(trunk_state: Dict[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
