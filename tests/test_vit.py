@@ -148,6 +148,20 @@ def test_vit_run_trains_resumes_exports_to_timm_and_evaluates(tmp_path, capsys):
     assert [tuple(v.shape) for v in vectors] == [(2, 32), (2, 32)]
     assert {stage: tuple(a.shape) for stage, a in pooled.last_attention.items()} == {"block2": (2, 4, 4),
                                                                                       "block3": (2, 4, 4)}
+    # label propagation takes the run's last tapped block by default (a ResNet's default, layer3, is no block)
+    pytest.importorskip("av", reason="PyAV is not installed: the built-in videos are written with it")
+    from vito_fast.cli.main import main
+    from vito_fast.synthetic import generate_dataset
+
+    dataset = generate_dataset(tmp_path / "data", num_classes=2, videos_per_class=1, num_frames=4, size=(32, 32),
+                               progress=False)
+    output = tmp_path / "propagate.json"
+    assert main(["eval", "propagate", "--synthetic", str(dataset.root), "--run", str(tmp_path / "run"),
+                 "--max-videos", "1", "--output", str(output)]) == 0
+    import json
+
+    result = json.loads(output.read_text())
+    assert result["stage"] == "block3" and 0.0 <= result["J"] <= 1.0
 
 
 def test_prefix_tokens_included_in_the_pool():

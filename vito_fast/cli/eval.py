@@ -3,7 +3,7 @@
     vito-fast eval knn        (--run RUN | --weights FILE | --random-init) (--manifest M | --images DIR) [--k 20]
     vito-fast eval linear     ... [--method lbfgs|sgd]
     vito-fast eval robustness ... [--probe linear|knn] [--corruptions ...] [--severities 1 2 3 4 5]
-    vito-fast eval propagate  (--run RUN | ...) (--synthetic DIR | --davis ROOT) [--stage layer3] [--topk 5]
+    vito-fast eval propagate  (--run RUN | ...) (--synthetic DIR | --davis ROOT) [--stage STAGE] [--topk 5]
 
 Without ``--test-manifest``/``--test-images`` the labelled set is split into train and test by
 clip (``--test-fraction``), so frames of one clip never sit on both sides. Each evaluation prints
@@ -86,7 +86,9 @@ def build_parser() -> argparse.ArgumentParser:
     clips.add_argument("--synthetic", help="built-in data folder (generate_dataset / vito-fast demo)")
     clips.add_argument("--davis", help="DAVIS-layout folder: JPEGImages/480p/<seq>, Annotations/480p/<seq>")
     propagate.add_argument("--max-videos", type=int, default=None, help="evaluate at most this many videos")
-    propagate.add_argument("--stage", default="layer3", help="trunk stage whose maps give affinities (default layer3)")
+    propagate.add_argument("--stage", default=None,
+                           help="trunk stage whose maps give affinities (default: layer3 of a ResNet, the run's last "
+                                "tapped block of a ViT)")
     propagate.add_argument("--image-size", type=int, nargs=2, default=None, metavar=("H", "W"),
                            help="resize frames before the encoder (larger: finer feature maps)")
     propagate.add_argument("--topk", type=int, default=5, help="context positions per position (default 5)")
@@ -214,7 +216,10 @@ def run_propagate(args) -> Dict:
         loaded = load_davis_sequences(args.davis)
         sequences = iter(loaded[: args.max_videos] if args.max_videos else loaded)
         description = args.davis
-    encoder, encoder_description = build_encoder(args, stages=[args.stage])
+    encoder, encoder_description = build_encoder(args, stages=None if args.stage is None else [args.stage])
+    if args.stage is None and encoder.stages[0].startswith("layer"):  # a ResNet: stride-16 maps, as for DAVIS
+        encoder, encoder_description = build_encoder(args, stages=["layer3"])
+    args.stage = encoder.stages[0]
     if args.pooling == "attention":
         raise VitoError("eval propagate: needs feature maps; leave --pooling at maps")
     per_video = {}
