@@ -20,7 +20,8 @@ bytes it answers.
 Every provider: batch BATCH pairs at 224 px, every augmentation, bf16, the default device stage;
 one round = ROUND_EPOCHS epochs after a warm-up epoch. extra_info: pairs_per_s (the steady state: batches
 after the first HEAD_START of a round, which were read ahead, over their time; median of 3 rounds), cpu_ms_per_pair
-(this process and the decode workers, not the servers), requests_per_pair and bytes_per_pair (what
+(this process and the decode workers, not the servers; server_cpu_ms_per_pair: the servers' process),
+requests_per_pair and bytes_per_pair (what
 the proxy answered, per pair served; counted once the loader's read-ahead has filled its queues,
 before and after the timed epochs). Goal (issue 27): at 50 ms at least 90 % of the local pairs/s;
 a pair reads under 2x the bytes of the GOPs it decodes.
@@ -30,6 +31,7 @@ from __future__ import annotations
 import bisect
 import dataclasses
 import json
+import os
 import subprocess
 import sys
 import time
@@ -74,6 +76,7 @@ def servers(folder):
         process.kill()
         pytest.fail("benches/remote_servers.py did not start")
     urls = {kind: {int(ms): url for ms, url in by_latency.items()} for kind, by_latency in json.loads(line).items()}
+    urls["pid"] = process.pid
     yield urls
     process.stdin.close()
     process.wait(timeout=30)
@@ -91,6 +94,13 @@ def scanned(corpus):
     listed = read_manifest(corpus["video"])  # the loader bench's order and labels
     by_path = {record.path: record for record in records}
     return [dataclasses.replace(by_path[record.path], label=record.label) for record in listed]
+
+
+def process_cpu_seconds(pid: int) -> float:
+    """CPU time (user + system) of process ``pid``, from /proc."""
+    with open(f"/proc/{pid}/stat") as handle:
+        fields = handle.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def proxy_counts(url: str):
@@ -119,7 +129,7 @@ def source_url(servers, provider: str, monkeypatch):
     return url
 
 
-def timed_epochs(benchmark, loader, url, served_pairs):
+def timed_epochs(benchmark, loader, url, served_pairs, server_pid):
     """Pairs/s in the steady state (the median of 3 rounds of ROUND_EPOCHS epochs after a warm-up one;
     a round's first HEAD_START batches, which the loader had read ahead, not counted); CPU ms,
     requests and bytes per pair."""
@@ -135,18 +145,20 @@ def timed_epochs(benchmark, loader, url, served_pairs):
 
     def settled_counts():  # the loader reads ahead into the next epoch until its queues are full: let them fill
         time.sleep(SETTLE_SECONDS)
-        return (_cpu_seconds(workers()), *(proxy_counts(url) if url else (0, 0)))
+        return (_cpu_seconds(workers()), process_cpu_seconds(server_pid), *(proxy_counts(url) if url else (0, 0)))
 
     workers = lambda: list(loader.host.decode_worker_pids)  # noqa: E731  (their CPU is the loader's too)
     for batch in loader:  # warm-up: builds the pipeline, starts the workers, opens the store
         pass
     before = settled_counts()
     benchmark.pedantic(round_of_epochs, rounds=3, iterations=1)
-    cpu_ms, requests, sent = ((after - first) / sum(served) for after, first in zip(settled_counts(), before))
-    cpu_ms *= 1e3
+    cpu_ms, server_ms, requests, sent = ((after - first) / sum(served) for after, first in zip(settled_counts(), before))
+    cpu_ms, server_ms = cpu_ms * 1e3, server_ms * 1e3
     rates = [(len(times) - HEAD_START) * loader.batch_size / (times[-1] - times[HEAD_START - 1]) for times in arrivals]
     rate = float(np.median(rates))
+    print(f"\n(the servers' process: {server_ms:.1f} CPU ms per pair)", end="")
     benchmark.extra_info.update(pairs_per_s=round(rate, 1), cpu_ms_per_pair=round(cpu_ms, 2),
+                                server_cpu_ms_per_pair=round(server_ms, 2),
                                 requests_per_pair=round(requests, 2), bytes_per_pair=round(sent),
                                 backend=loader.backend.name, replaced=loader.stats.replaced)
     return rate, cpu_ms, requests, sent
@@ -159,7 +171,7 @@ def test_remote_store(benchmark, folder, servers, provider, monkeypatch):
     url = source_url(servers, provider, monkeypatch)
     source = str(folder / "store") if url is None else f"{url}/store" if provider.startswith("http") else "s3://corpus/store"
     with PairLoader(source, BATCH, device="cpu", seed=0, config=LoaderConfig(image_size=224, dtype="bfloat16")) as loader:
-        rate, cpu_ms, requests, sent = timed_epochs(benchmark, loader, url, lambda batch: None)
+        rate, cpu_ms, requests, sent = timed_epochs(benchmark, loader, url, lambda batch: None, servers["pid"])
     print(f"\nstore {provider}: {rate:.1f} pairs/s, {cpu_ms:.1f} CPU ms per pair, {requests:.2f} requests and "
           f"{sent / 1e3:.1f} kB per pair")
 
@@ -198,7 +210,7 @@ def test_remote_videos(benchmark, folder, servers, scanned, provider, monkeypatc
 
     config = LoaderConfig(image_size=224, dtype="bfloat16", max_open_videos=1)
     with PairLoader(str(manifest), BATCH, device="cpu", seed=0, config=config) as loader:
-        rate, cpu_ms, requests, sent = timed_epochs(benchmark, loader, url, count_gops)
+        rate, cpu_ms, requests, sent = timed_epochs(benchmark, loader, url, count_gops, servers["pid"])
     per_pair = float(np.mean(gop_bytes[-3 * ROUND_EPOCHS * len(loader) * BATCH:]))
     benchmark.extra_info.update(gop_bytes_per_pair=round(per_pair), bytes_over_gop=round(sent / per_pair, 2))
     print(f"\nvideos {provider}: {rate:.1f} pairs/s, {cpu_ms:.1f} CPU ms per pair, {requests:.2f} requests and "

@@ -12,6 +12,7 @@ until its standard input closes. Each proxy counts the requests and bytes it ans
 from __future__ import annotations
 
 import json
+import logging
 import os
 import sys
 from contextlib import ExitStack
@@ -29,6 +30,7 @@ def _moto_bucket(stack: ExitStack, folder: Path):
         from moto.server import ThreadedMotoServer
     except ImportError:
         return None
+    logging.getLogger("werkzeug").setLevel(logging.ERROR)  # no line per request on the bench's output
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
     server.start()
     stack.callback(server.stop)
