@@ -147,3 +147,35 @@ def test_remote_videos_keep_their_blocks_in_the_cache_for_later_epochs(tmp_path)
     assert any((tmp_path / "cache").rglob("0*"))
     for one, other in zip(first, again):
         assert torch.equal(one["view1"], other["view1"])
+
+
+def test_a_chunk_of_remote_samples_is_fetched_in_one_round_trip(tmp_path):
+    """A decode worker gets its samples in chunks: JobRunner.fetch_ahead fetches every remote sample's
+    header and GOPs together (one wait for the network), and the samples then decode without a request."""
+    pytest.importorskip("aiohttp", reason="aiohttp is not installed: pip install 'vito_fast[remote]'")
+    from range_server import RangeServer
+
+    from vito_fast.data.manifest import write_manifest
+    from vito_fast.data.pair_sources import VideoFileSource
+    from vito_fast.data.sample_jobs import JobRunner
+    from vito_fast.prepare import scan_videos
+
+    (tmp_path / "videos").mkdir()
+    for index in range(3):
+        write_noisy_video(tmp_path / "videos" / f"clip{index}.webm", num_frames=30, gop=10)
+    records, _ = scan_videos([str(tmp_path / "videos")], workers=0, progress=False, min_seconds=0.5)
+    assert all(record.file_bytes == Path(record.path).stat().st_size for record in records)
+    local = VideoFileSource(write_manifest(tmp_path / "local.jsonl", records))
+    with RangeServer(tmp_path) as server:
+        remote = VideoFileSource(write_manifest(tmp_path / "remote.jsonl", [
+            dataclasses.replace(record, path=f"{server.url}/videos/{Path(record.path).name}") for record in records]))
+        jobs = [remote.job(clip, frames) for clip, frames in ((0, [3, 25]), (1, [12, 14]), (2, [0, 29]))]
+        runner = JobRunner(max_open=1)
+        runner.fetch_ahead(jobs)
+        fetched = len(server.requests)
+        results = [runner(job) for job in jobs]
+        assert len(server.requests) == fetched and all(method == "GET" for method, _, _ in server.requests)
+    for (clip, frames), result in zip(((0, [3, 25]), (1, [12, 14]), (2, [0, 29])), results):
+        want = local.load(clip, frames)
+        np.testing.assert_array_equal(result["image0"], want["image0"])
+        np.testing.assert_array_equal(result["image1"], want["image1"])

@@ -66,6 +66,10 @@ def serve(connection: Connection, progress: ctypes.c_int64, runner) -> None:
         if chunk is None:
             return
         answers = []
+        try:
+            runner.fetch_ahead([job for _, job, _, _, _ in chunk])  # remote videos: one wait for the chunk
+        except Exception:  # a read ahead that fails is left to each sample's own read, which reports it
+            pass
         for task_id, job, arena_path, offset, size in chunk:
             progress.value = task_id
             try:

@@ -43,6 +43,7 @@ class ClipRecord:
     ``keyframe_bytes``: the byte offset in the file of each keyframe of ``keyframes``, then where the
     last one's group of pictures ends (the next keyframe, or the file's end): one more entry than
     ``keyframes``. A reader of a remote video fetches a sample's GOPs by these, in one round trip.
+    ``file_bytes``: the size of the whole file (or tar member), so a remote reader needs no request for it.
     ``caption``: the text that came with the video (a shard's ``.txt``/JSON caption), kept for curation.
     """
 
@@ -61,6 +62,7 @@ class ClipRecord:
     orientation: Optional[List[bool]] = None
     caption: Optional[str] = None
     keyframe_bytes: Optional[List[int]] = None
+    file_bytes: Optional[int] = None
 
     def to_json(self) -> str:
         """One JSON line (without the newline); None fields are left out."""

@@ -164,7 +164,7 @@ class VideoFileSource:
         # typed arrays while reading: a list of a million Python numbers would outweigh the result
         columns = {name: array.array("d" if name == "fps" else "q")
                    for name in ("path", "num_frames", "fps", "height", "width", "first", "indexed", "keyframe_count",
-                                "codec", "orientation")}
+                                "codec", "orientation", "file_bytes")}
         codec_ids: Dict[str, int] = {}
         label_ids: Dict[Optional[str], int] = {}
         labels, keyframes, keyframe_pts = array.array("q"), array.array("q"), array.array("q")
@@ -183,7 +183,8 @@ class VideoFileSource:
                                 ("keyframe_count", len(record.keyframes) if indexed else 0),
                                 ("codec", codec_ids.setdefault(record.codec, len(codec_ids))),
                                 ("orientation", sum(bit << index for index, bit in
-                                                    enumerate(record.orientation or ())))):
+                                                    enumerate(record.orientation or ()))),
+                                ("file_bytes", -1 if record.file_bytes is None else record.file_bytes)):
                 columns[name].append(value)
             labels.append(label_ids.setdefault(None if record.label is None else str(record.label), len(label_ids)))
             if indexed:
@@ -208,6 +209,7 @@ class VideoFileSource:
         self._keyframe_pts = np.asarray(keyframe_pts, dtype=np.int64)
         self._keyframe_bytes = np.asarray(keyframe_bytes, dtype=np.int64)
         self._gop_end = np.asarray(gop_end, dtype=np.int64)
+        self._file_bytes = np.asarray(columns["file_bytes"], dtype=np.int64)  # -1: not recorded
         self.codecs = list(codec_ids)  # FFmpeg's names, in the order first seen
         self._codec_id = np.asarray(columns["codec"], dtype=np.int64)
         self._orientation = np.asarray(columns["orientation"], dtype=np.int64)  # bits: transpose, flip rows, columns
@@ -248,6 +250,8 @@ class VideoFileSource:
         height, width = self.frame_hw[clip]
         if self._cache is not None:
             index["cache"] = self._cache
+        if self._file_bytes[clip] >= 0:
+            index["file_bytes"] = int(self._file_bytes[clip])
         return ("video_frames", self.name(clip), float(self.fps[clip]), self._file_frames(clip, frames), index,
                 (int(height), int(width)))
 

@@ -33,6 +33,23 @@ class JobRunner:
         self.max_open = max_open
         self._reader = None
 
+    def fetch_ahead(self, jobs) -> None:
+        """Fetch what the remote videos among ``jobs`` will read (each one's header where it is not open yet,
+        the GOPs of its frames) in one round trip, before the jobs run one after another."""
+        from vito_fast.data.shards import fetch_ahead
+        from vito_fast.data.video_source import gop_spans, opening_spans
+
+        wanted = []
+        for job in jobs:
+            if job[0] != "video_frames" or not job[4].get("keyframe_bytes") or job[4].get("cache") is not None:
+                continue  # no index to plan from, or reads that go through the block cache
+            path, frames, options = job[1], job[3], job[4]
+            spans = gop_spans(frames, options["keyframes"], options["keyframe_bytes"])
+            if options.get("file_bytes") and (self._reader is None or not self._reader.is_open(path)):
+                spans = opening_spans(path, options["file_bytes"], options["keyframe_bytes"]) + spans
+            wanted.append((path, spans))
+        fetch_ahead(wanted)
+
     def __call__(self, job: Tuple) -> Dict[str, np.ndarray]:
         kind = job[0]
         if kind == "video_frames":

@@ -32,7 +32,7 @@ from typing import Dict, List, Optional, Tuple, Union
 from vito_fast.errors import StoreError, VideoError
 
 __all__ = ["TruncatedMember", "TarMember", "member_path", "parse_member", "open_video", "open_container",
-           "read_video_bytes", "video_stem", "index_tar",
+           "read_video_bytes", "video_stem", "fetch_ahead", "index_tar",
            "expand_shards", "is_shard", "sample_key", "ShardIndex"]
 
 _MEMBER = re.compile(r"(?P<tar>.+?\.tar)#(?P<name>.+)@(?P<offset>\d+)\+(?P<size>\d+)")
@@ -168,17 +168,17 @@ def _open_bytes(path: str):
         raise VideoError(f"{path}: cannot open it: {error.strerror or error}") from None
 
 
-def open_video(path: str, cache: Optional[tuple] = None) -> Union[str, io.RawIOBase]:
+def open_video(path: str, cache: Optional[tuple] = None, size: Optional[int] = None) -> Union[str, io.RawIOBase]:
     """What PyAV opens for ``path``: the path itself for a file on disk, else a seekable file object
     (a ``RangedFile`` of a URL or of a remote member's window, which fetches GOPs on ``hint``; a window
     of a local tar). Raises VideoError naming the path when it cannot be opened, or when the tar ends
     inside the member (a truncated shard). ``cache``: a ``remote.BlockCache.spec`` that remote reads go
-    through (a later epoch reads its blocks from disk)."""
+    through (a later epoch reads its blocks from disk); ``size``: a URL's bytes when known (no request for them)."""
     from vito_fast.data.remote import is_url
 
     member = parse_member(path)
     if member is None:
-        return _ranged_file(path, path, cache=cache) if is_url(path) else path
+        return _ranged_file(path, path, size=size, cache=cache) if is_url(path) else path
     if is_url(member.tar):  # the member's size is known: no request before its first bytes
         return _ranged_file(member.tar, path, member.offset, member.size, cache)
     file = _open_bytes(member.tar)
@@ -204,6 +204,35 @@ def open_container(path: str):
             source.close()
 
 
+# bytes fetched ahead for the samples a process will decode next: (url, offset, size) -> bytes
+_FETCHED_AHEAD: "collections.OrderedDict[tuple, bytes]" = collections.OrderedDict()
+_FETCHED_AHEAD_LIMIT = 64 << 20
+
+
+def fetch_ahead(spans_by_path) -> None:
+    """Fetch the byte spans ``[(path, [(start, end), ...]), ...]`` of remote videos (URLs or members of remote
+    shards; spans within the video) all at once, for their readers to take: a chunk of samples then
+    waits for the network once, not once per sample. Local paths are skipped; a failed span is left
+    for its reader, which retries and reports it."""
+    from vito_fast.data.remote import RemoteFiles, is_url
+
+    requests = []
+    for path, spans in spans_by_path:
+        member = parse_member(path)
+        url, base = (member.tar, member.offset) if member is not None else (path, 0)
+        if is_url(url):
+            requests += [(url, base + start, end - start) for start, end in spans if end > start]
+    if not requests:
+        return
+    requests = list(dict.fromkeys(requests))
+    for request, data in zip(requests, RemoteFiles(requests[0][0]).read_ranges(requests)):
+        if isinstance(data, bytes):
+            _FETCHED_AHEAD[request] = data
+    held = sum(len(data) for data in _FETCHED_AHEAD.values())
+    while held > _FETCHED_AHEAD_LIMIT and _FETCHED_AHEAD:
+        held -= len(_FETCHED_AHEAD.popitem(last=False)[1])
+
+
 # objects' sizes seen by this process: reopening a remote video asks for its size once
 _OBJECT_SIZES: "collections.OrderedDict[str, int]" = collections.OrderedDict()
 
@@ -227,10 +256,15 @@ def _ranged_file(url: str, name: str, offset: int = 0, size: Optional[int] = Non
             _OBJECT_SIZES.popitem(last=False)
 
     def read_ranges(spans):
-        pieces = files.read_ranges([(url, offset + start, length) for start, length in spans], what=[name] * len(spans))
-        for piece in pieces:
-            if isinstance(piece, Exception):
-                raise piece
+        wanted = [(url, offset + start, length) for start, length in spans]
+        pieces = [_FETCHED_AHEAD.pop(request, None) for request in wanted]  # fetched ahead for this sample
+        missing = [index for index, piece in enumerate(pieces) if piece is None]
+        if missing:
+            fetched = files.read_ranges([wanted[index] for index in missing], what=[name] * len(missing))
+            for index, piece in zip(missing, fetched):
+                if isinstance(piece, Exception):
+                    raise piece
+                pieces[index] = piece
         return pieces
 
     return RangedFile(read_ranges, size, name)

@@ -120,6 +120,38 @@ def display_rgb(frame, coded_size: Optional[Tuple[int, int]] = None) -> np.ndarr
 GOP_FRAMING_BYTES = 1024
 # fetched with a Matroska/WebM file's first GOPs: its seek index (Cues), which FFmpeg's muxer writes last
 SEEK_INDEX_TAIL_BYTES = 16 << 10
+# fetched for opening a remote file: its header and first packet, which FFmpeg reads to learn the stream
+OPENING_BYTES = 128 << 10
+MATROSKA_SUFFIXES = (".webm", ".mkv")
+
+
+def gop_spans(targets: Sequence[int], keyframes: Sequence[int], keyframe_bytes: Sequence[int]) -> List[Tuple[int, int]]:
+    """Byte spans [start, end) of the GOPs that hold ``targets`` (``ClipRecord.keyframe_bytes``), each from a
+    little before its keyframe: a container's framing (a Matroska cluster's header) precedes the packet."""
+    if len(keyframe_bytes) != len(keyframes) + 1:
+        return []
+    spans = []
+    for target in targets:
+        at = bisect.bisect_right(keyframes, int(target)) - 1
+        if at >= 0:
+            spans.append((max(0, keyframe_bytes[at] - GOP_FRAMING_BYTES), keyframe_bytes[at + 1]))
+    return spans
+
+
+def opening_spans(path: str, size: int, keyframe_bytes: Optional[Sequence[int]]) -> List[Tuple[int, int]]:
+    """What opening ``path`` reads, fetched with its first GOPs in one round trip: the header and first
+    packet (the first GOP when the index starts at the file's first keyframe and it is short), and a
+    Matroska file's seek index at its end."""
+    end = OPENING_BYTES
+    if keyframe_bytes is not None and len(keyframe_bytes) > 1 and keyframe_bytes[0] < OPENING_BYTES:
+        end = min(keyframe_bytes[0] + OPENING_BYTES, keyframe_bytes[1])
+    spans = [(0, min(end, size))]
+    from vito_fast.data.shards import parse_member
+
+    member = parse_member(path)
+    if (member.name if member is not None else path).lower().endswith(MATROSKA_SUFFIXES):
+        spans.append((max(0, size - SEEK_INDEX_TAIL_BYTES), size))
+    return spans
 
 
 class _OpenVideo:
@@ -128,14 +160,19 @@ class _OpenVideo:
     ``fps`` is not used (frames are counted); benches/bench_loader.py still passes it.
     """
 
-    def __init__(self, path: str, fps: Optional[float] = None, cache: Optional[tuple] = None):
+    def __init__(self, path: str, fps: Optional[float] = None, cache: Optional[tuple] = None,
+                 size: Optional[int] = None, keyframe_bytes: Optional[Sequence[int]] = None,
+                 first_spans: Sequence[Tuple[int, int]] = ()):
         import av
 
         from vito_fast.data.shards import open_video
 
         self.path = path
         # a file on disk by its path; a URL or a member of a tar shard as a file object of ranged reads
-        self._source = open_video(path, cache)
+        # (``size``: the object's bytes when the manifest has them, saving a request for them)
+        self._source = open_video(path, cache, size)
+        if hasattr(self._source, "hint"):  # what opening reads and the first sample's GOPs: one round trip
+            self._source.hint(opening_spans(path, self._source.size, keyframe_bytes) + list(first_spans))
         try:
             self.container = av.open(self._source, "r", metadata_errors="ignore")
         except BaseException:
@@ -165,22 +202,11 @@ class _OpenVideo:
         if not isinstance(self._source, str):
             self._source.close()
 
-    def fetch_groups_of_pictures(self, targets: Sequence[int], keyframes: Sequence[int],
-                                 keyframe_bytes: Sequence[int]) -> None:
-        """A remote source fetches the byte spans of the GOPs holding ``targets`` at once (a file on disk
-        reads as FFmpeg asks). The span starts a little before its keyframe: a container's framing
-        (a Matroska cluster's header) precedes the keyframe's packet."""
+    def fetch(self, spans: Sequence[Tuple[int, int]]) -> None:
+        """A remote source fetches these byte spans at once (``gop_spans``); a file on disk reads as FFmpeg asks."""
         hint = getattr(self._source, "hint", None)
-        if hint is None or len(keyframe_bytes) != len(keyframes) + 1:
-            return
-        spans = []
-        if self.decoder is None and "matroska" in self.container.format.name:  # before its first seek
-            spans.append((self._source.size - SEEK_INDEX_TAIL_BYTES, self._source.size))
-        for target in targets:
-            at = bisect.bisect_right(keyframes, int(target)) - 1
-            if at >= 0:
-                spans.append((keyframe_bytes[at] - GOP_FRAMING_BYTES, keyframe_bytes[at + 1]))
-        hint(spans)
+        if hint is not None and spans:
+            hint(spans)
 
     def _start_at(self, number: int, pts: Optional[int]) -> None:
         """Decode from the keyframe (frame number, pts), or from the file's start when pts is None."""
@@ -245,14 +271,19 @@ class VideoFrameReader:
             video.close()
         self._local.videos = OrderedDict()
 
-    def _open(self, path: str, block_cache: Optional[tuple] = None) -> _OpenVideo:
+    def is_open(self, path: str) -> bool:
+        """Whether the calling thread holds ``path`` open (its header is read already)."""
+        return path in getattr(self._local, "videos", {})
+
+    def _open(self, path: str, block_cache: Optional[tuple] = None, size: Optional[int] = None,
+              keyframe_bytes=None, first_spans=()) -> _OpenVideo:
         videos = getattr(self._local, "videos", None)
         if videos is None:
             videos = self._local.videos = OrderedDict()
         if path in videos:
             videos.move_to_end(path)
             return videos[path]
-        video = _OpenVideo(path, cache=block_cache)
+        video = _OpenVideo(path, cache=block_cache, size=size, keyframe_bytes=keyframe_bytes, first_spans=first_spans)
         videos[path] = video
         if len(videos) > self.max_open:
             videos.popitem(last=False)[1].close()
@@ -265,7 +296,8 @@ class VideoFrameReader:
 
     def read(self, path: str, fps: float, frames: Sequence[int], keyframes: Optional[Sequence[int]] = None,
              keyframe_pts: Optional[Sequence[int]] = None,
-             keyframe_bytes: Optional[Sequence[int]] = None, cache: Optional[tuple] = None) -> List[np.ndarray]:
+             keyframe_bytes: Optional[Sequence[int]] = None, cache: Optional[tuple] = None,
+             file_bytes: Optional[int] = None) -> List[np.ndarray]:
         """Frames ``frames`` (frame numbers of the file, display order) as (H, W, 3) uint8 RGB arrays.
 
         ``keyframes``/``keyframe_pts``: the file's keyframe index from the manifest
@@ -274,16 +306,17 @@ class VideoFrameReader:
         and stays for callers written before the index. ``keyframe_bytes``
         (``ClipRecord.keyframe_bytes``): a remote file fetches the GOPs the frames need in one round trip.
         ``cache``: a ``remote.BlockCache.spec`` where a remote file keeps the blocks it read (later epochs
-        read them from disk).
+        read them from disk). ``file_bytes``: the file's size from the manifest (a remote file then needs
+        no request for it).
         """
         if (keyframes is None) != (keyframe_pts is None) or (
                 keyframes is not None and len(keyframes) != len(keyframe_pts)):
             raise ValueError(f"VideoFrameReader.read: {path}: keyframes and keyframe_pts must both be given, "
                              f"with one pts per keyframe")
         try:
-            video = self._open(path, cache)
-            if keyframe_bytes is not None and keyframes is not None:
-                video.fetch_groups_of_pictures(frames, keyframes, keyframe_bytes)
+            spans = gop_spans(frames, keyframes, keyframe_bytes) if keyframe_bytes and keyframes else []
+            video = self._open(path, cache, file_bytes, keyframe_bytes, spans)
+            video.fetch(spans)  # held already when the file was opened for them
             decoded = {target: video.read(target, keyframes, keyframe_pts)
                        for target in sorted(set(int(f) for f in frames))}
         except VideoError as error:

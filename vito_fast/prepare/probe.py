@@ -69,6 +69,7 @@ class VideoInfo:
     keyframe_pts: Optional[List[int]] = None
     orientation: Optional[List[bool]] = None  # [transpose, flip_rows, flip_columns]; None: shown as stored
     keyframe_bytes: Optional[List[int]] = None  # ClipRecord.keyframe_bytes: where each GOP starts, then the end
+    file_bytes: Optional[int] = None  # the file's (or tar member's) size
 
 
 # ----------------------------------------------------------------------------- probing one file
@@ -191,18 +192,18 @@ def _probe_container(path: str, decode_check: str, source) -> Union[VideoInfo, R
         if orientation[0]:
             width, height = height, width  # a quarter turn
         keyframes, keyframe_pts = keyframe_index(timestamps, keyframe_times)
-        keyframe_bytes = _keyframe_bytes(keyframe_pts, keyframe_positions, path, source)
+        size = os.path.getsize(path) if source is None else int(source.size)
+        keyframe_bytes = _keyframe_bytes(keyframe_pts, keyframe_positions, size)
         return VideoInfo(path, codec, width, height, fps, num_frames, duration, variable_frame_rate,
-                         keyframes, keyframe_pts, orientation if any(orientation) else None, keyframe_bytes)
+                         keyframes, keyframe_pts, orientation if any(orientation) else None, keyframe_bytes, size)
 
 
-def _keyframe_bytes(keyframe_pts: List[int], positions: dict, path: str, source) -> Optional[List[int]]:
+def _keyframe_bytes(keyframe_pts: List[int], positions: dict, size: int) -> Optional[List[int]]:
     """Byte offsets of the keyframes (in ``keyframe_pts`` order) and then the file's size, or None when
     the container does not say where its packets are or they do not grow with time."""
     offsets = [positions.get(pts) for pts in keyframe_pts]
     if not offsets or None in offsets or any(later <= earlier for earlier, later in zip(offsets, offsets[1:])):
         return None
-    size = os.path.getsize(path) if source is None else source.size
     return offsets + [int(size)]
 
 

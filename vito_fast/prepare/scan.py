@@ -114,12 +114,14 @@ def split_into_clips(info: VideoInfo, clip_seconds: Optional[float], min_seconds
         if start is None:
             return ClipRecord(info.path, info.num_frames, info.fps, info.width, info.height, info.codec,
                               info.duration, label, keyframes=info.keyframes, keyframe_pts=info.keyframe_pts,
-                              orientation=info.orientation, keyframe_bytes=info.keyframe_bytes)
+                              orientation=info.orientation, keyframe_bytes=info.keyframe_bytes,
+                              file_bytes=info.file_bytes)
         first, stop = math.ceil(start * info.fps - 1e-6), math.ceil(end * info.fps - 1e-6)
         keyframes, keyframe_pts, keyframe_bytes = _keyframes_of_clip(info, first, stop)
         return ClipRecord(info.path, min(stop, info.num_frames) - first, info.fps, info.width, info.height,
                           info.codec, round(end - start, 6), label, round(start, 6), round(end, 6),
-                          keyframes, keyframe_pts, info.orientation, keyframe_bytes=keyframe_bytes)
+                          keyframes, keyframe_pts, info.orientation, keyframe_bytes=keyframe_bytes,
+                          file_bytes=info.file_bytes)
 
     if not clip_seconds or info.duration < clip_seconds + min(min_seconds, clip_seconds):
         return [record(None, None)]
