@@ -55,33 +55,66 @@ def _picklable(error: Exception) -> bool:
         return False
 
 
+# seconds a chunk waits for the bytes fetched ahead for it before its samples read on their own
+FETCH_AHEAD_WAIT = 10.0
+
+
+def _fetch_ahead(runner, chunk) -> None:
+    try:
+        runner.fetch_ahead([job for _, job, _, _, _ in chunk])
+    except Exception:  # a read ahead that fails is left to each sample's own read, which reports it
+        pass
+
+
 def serve(connection: Connection, progress: ctypes.c_int64, runner) -> None:
-    """Run chunks of (task id, job, arena path, offset, size) until told None; answer once per chunk."""
+    """Run chunks of (task id, job, arena path, offset, size) until told None; answer once per chunk.
+
+    Each chunk's remote bytes are fetched ahead on a thread of their own as soon as the chunk arrives
+    (the trainer keeps two chunks in flight per worker): the next chunk's network wait overlaps this
+    chunk's decoding."""
+    from collections import deque
+    from concurrent.futures import ThreadPoolExecutor
+    from concurrent.futures import TimeoutError as FetchTimeout
+
     maps: dict = {}
-    while True:
-        try:
-            chunk = connection.recv()
-        except EOFError:  # the trainer has gone
-            return
-        if chunk is None:
-            return
-        answers = []
-        try:
-            runner.fetch_ahead([job for _, job, _, _, _ in chunk])  # remote videos: one wait for the chunk
-        except Exception:  # a read ahead that fails is left to each sample's own read, which reports it
-            pass
-        for task_id, job, arena_path, offset, size in chunk:
-            progress.value = task_id
+    fetcher = ThreadPoolExecutor(1, thread_name_prefix="vito-fetch-ahead")
+    received: deque = deque()  # (chunk, its fetch ahead)
+
+    def receive(block: bool) -> bool:
+        """Take the chunks that have arrived (wait for one when ``block``); False: stop serving."""
+        while block or connection.poll():
             try:
-                answers.append((task_id, "ok", _place(runner(job), arena_path, offset, size, maps)))
-            except Exception as error:  # one sample's failure: the trainer replaces the sample
-                error = error if _picklable(error) else RuntimeError(f"{type(error).__name__}: {error}")
-                answers.append((task_id, "error", error))
-        progress.value = -1
-        try:
-            connection.send(answers)  # one message per chunk: the trainer's process wakes once for several samples
-        except (BrokenPipeError, ConnectionResetError):
-            return
+                chunk = connection.recv()
+            except EOFError:  # the trainer has gone
+                return False
+            if chunk is None:
+                return False
+            received.append((chunk, fetcher.submit(_fetch_ahead, runner, chunk)))
+            block = False
+        return True
+
+    try:
+        while receive(block=not received):
+            chunk, fetched = received.popleft()
+            try:
+                fetched.result(timeout=FETCH_AHEAD_WAIT)
+            except FetchTimeout:  # a stalled read ahead: the samples read (and time out) on their own
+                pass
+            answers = []
+            for task_id, job, arena_path, offset, size in chunk:
+                progress.value = task_id
+                try:
+                    answers.append((task_id, "ok", _place(runner(job), arena_path, offset, size, maps)))
+                except Exception as error:  # one sample's failure: the trainer replaces the sample
+                    error = error if _picklable(error) else RuntimeError(f"{type(error).__name__}: {error}")
+                    answers.append((task_id, "error", error))
+            progress.value = -1
+            try:
+                connection.send(answers)  # one message per chunk: the trainer's process wakes once for several
+            except (BrokenPipeError, ConnectionResetError):
+                return
+    finally:
+        fetcher.shutdown(wait=False, cancel_futures=True)
 
 
 def main(argv=None) -> None:

@@ -119,7 +119,8 @@ def display_rgb(frame, coded_size: Optional[Tuple[int, int]] = None) -> np.ndarr
 # bytes fetched before a keyframe's packet with its GOP: the container's framing around it
 GOP_FRAMING_BYTES = 1024
 # fetched with a Matroska/WebM file's first GOPs: its seek index (Cues), which FFmpeg's muxer writes last
-SEEK_INDEX_TAIL_BYTES = 16 << 10
+# and which grows with the file (a cue per keyframe): the last 1/64 of the file, 4 to 64 KiB
+SEEK_INDEX_TAIL_FRACTION, SEEK_INDEX_TAIL_BYTES = 64, (4 << 10, 64 << 10)
 # fetched for opening a remote file: its header and first packet, which FFmpeg reads to learn the stream
 OPENING_BYTES = 128 << 10
 MATROSKA_SUFFIXES = (".webm", ".mkv")
@@ -150,7 +151,8 @@ def opening_spans(path: str, size: int, keyframe_bytes: Optional[Sequence[int]])
 
     member = parse_member(path)
     if (member.name if member is not None else path).lower().endswith(MATROSKA_SUFFIXES):
-        spans.append((max(0, size - SEEK_INDEX_TAIL_BYTES), size))
+        tail = min(max(size // SEEK_INDEX_TAIL_FRACTION, SEEK_INDEX_TAIL_BYTES[0]), SEEK_INDEX_TAIL_BYTES[1])
+        spans.append((max(0, size - tail), size))
     return spans
 
 
