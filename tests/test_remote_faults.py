@@ -140,9 +140,8 @@ def test_a_store_over_http_survives_a_shard_deleted_mid_epoch_and_a_truncated_on
 @pytest.mark.parametrize("workers", [0, 1])
 def test_videos_over_http_ride_out_faults_in_threads_and_worker_processes(corpus, tmp_path, monkeypatch, workers):
     """PyAV reads a video by URL through a file object of ranged reads: opening it and every block read
-    have the timeout and retries (taken from the environment, which the decode worker inherits)."""
-    monkeypatch.setenv("VITO_FAST_REMOTE_TIMEOUT", str(TIMEOUT))
-    monkeypatch.setenv("VITO_FAST_REMOTE_RETRIES", str(RETRIES))
+    have the config's timeout and retries (LoaderConfig.remote_timeout/remote_retries, which travel with
+    each decode job into the worker)."""
     config = dataclasses.replace(CONFIG, decode_workers=workers, max_open_videos=1)  # reopened: more requests
     with RangeServer(corpus["folder"]) as server, FaultProxy(server.url) as proxy:
         manifest = url_manifest(corpus, tmp_path, proxy.url)
@@ -152,7 +151,7 @@ def test_videos_over_http_ride_out_faults_in_threads_and_worker_processes(corpus
         assert stats.replaced == 0 and not named, named
         assert_same(batches, corpus["videos"])
         proxy.inject("clip3.webm", "stall_mid", 10_000, seconds=STALL)
-        monkeypatch.setenv("VITO_FAST_REMOTE_RETRIES", "0")  # given up after one timeout: quicker
+        config = dataclasses.replace(config, remote_retries=0)  # given up after one timeout: quicker
         batches, stats, named = run(manifest, config)
         assert_replaced_and_named(batches, stats, named, corpus["videos"], ["clip3.webm"])
         assert len(named) == 1 and stats.timeouts == 0  # the read timed out, not the worker

@@ -148,7 +148,7 @@ class VideoFileSource:
     records: a million clips take a few hundred MB per rank, not gigabytes.
     """
 
-    def __init__(self, manifest, decoder: str = "pyav", max_open: int = 16, cache=None):
+    def __init__(self, manifest, decoder: str = "pyav", max_open: int = 16, cache=None, remote_settings=None):
         from vito_fast.data.manifest import iter_manifest
         from vito_fast.data.sample_jobs import JobRunner
 
@@ -223,6 +223,7 @@ class VideoFileSource:
         self._runner = JobRunner(max_open)  # its reader keeps per-thread files: safe to share
         # remote videos keep the blocks they read in this ``remote.BlockCache`` (in every decode process)
         self._cache = None if cache is None else cache.spec
+        self._remote_settings = remote_settings  # timeout and retries of remote videos' reads (None: the environment's)
         self._largest_sample: Optional[int] = None
 
     def __len__(self) -> int:
@@ -252,6 +253,8 @@ class VideoFileSource:
             index["cache"] = self._cache
         if self._file_bytes[clip] >= 0:
             index["file_bytes"] = int(self._file_bytes[clip])
+        if self._remote_settings is not None:
+            index["remote"] = self._remote_settings
         return ("video_frames", self.name(clip), float(self.fps[clip]), self._file_frames(clip, frames), index,
                 (int(height), int(width)))
 
@@ -315,7 +318,7 @@ def open_source(source, video_decoder: str = "pyav", max_open: int = 16, cache=N
 
     if is_url(source):
         if str(source).endswith(".jsonl"):  # a manifest on object storage, streamed once
-            return VideoFileSource(str(source), video_decoder, max_open, cache)
+            return VideoFileSource(str(source), video_decoder, max_open, cache, remote_settings)
         # its reads go out together (RemoteFiles.read_ranges)
         return FrameStoreSource(str(source), cache=cache, remote_settings=remote_settings)
     path = Path(source)
@@ -323,4 +326,4 @@ def open_source(source, video_decoder: str = "pyav", max_open: int = 16, cache=N
         return FrameStoreSource(path)
     if not path.is_file():
         raise FileNotFoundError(f"{path}: neither a frame store folder nor a manifest file")
-    return VideoFileSource(path, video_decoder, max_open, cache)
+    return VideoFileSource(path, video_decoder, max_open, cache, remote_settings)

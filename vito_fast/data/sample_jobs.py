@@ -39,16 +39,17 @@ class JobRunner:
         from vito_fast.data.shards import fetch_ahead
         from vito_fast.data.video_source import gop_spans, opening_spans
 
-        wanted = []
+        wanted, settings = [], None
         for job in jobs:
             if job[0] != "video_frames" or not job[4].get("keyframe_bytes") or job[4].get("cache") is not None:
                 continue  # no index to plan from, or reads that go through the block cache
             path, frames, options = job[1], job[3], job[4]
+            settings = options.get("remote", settings)
             spans = gop_spans(frames, options["keyframes"], options["keyframe_bytes"])
             if options.get("file_bytes") and (self._reader is None or not self._reader.is_open(path)):
                 spans = opening_spans(path, options["file_bytes"], options["keyframe_bytes"]) + spans
             wanted.append((path, spans))
-        fetch_ahead(wanted)
+        fetch_ahead(wanted, settings)
 
     def __call__(self, job: Tuple) -> Dict[str, np.ndarray]:
         kind = job[0]

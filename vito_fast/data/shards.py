@@ -168,19 +168,21 @@ def _open_bytes(path: str):
         raise VideoError(f"{path}: cannot open it: {error.strerror or error}") from None
 
 
-def open_video(path: str, cache: Optional[tuple] = None, size: Optional[int] = None) -> Union[str, io.RawIOBase]:
+def open_video(path: str, cache: Optional[tuple] = None, size: Optional[int] = None,
+               settings=None) -> Union[str, io.RawIOBase]:
     """What PyAV opens for ``path``: the path itself for a file on disk, else a seekable file object
     (a ``RangedFile`` of a URL or of a remote member's window, which fetches GOPs on ``hint``; a window
     of a local tar). Raises VideoError naming the path when it cannot be opened, or when the tar ends
     inside the member (a truncated shard). ``cache``: a ``remote.BlockCache.spec`` that remote reads go
-    through (a later epoch reads its blocks from disk); ``size``: a URL's bytes when known (no request for them)."""
+    through (a later epoch reads its blocks from disk); ``size``: a URL's bytes when known (no request for
+    them); ``settings``: the ``remote.RemoteSettings`` of its reads (None: the environment's)."""
     from vito_fast.data.remote import is_url
 
     member = parse_member(path)
     if member is None:
-        return _ranged_file(path, path, size=size, cache=cache) if is_url(path) else path
+        return _ranged_file(path, path, size=size, cache=cache, settings=settings) if is_url(path) else path
     if is_url(member.tar):  # the member's size is known: no request before its first bytes
-        return _ranged_file(member.tar, path, member.offset, member.size, cache)
+        return _ranged_file(member.tar, path, member.offset, member.size, cache, settings)
     file = _open_bytes(member.tar)
     available = _size_of(file)
     if available is not None and member.offset + member.size > available:
@@ -209,11 +211,12 @@ _FETCHED_AHEAD: "collections.OrderedDict[tuple, bytes]" = collections.OrderedDic
 _FETCHED_AHEAD_LIMIT = 64 << 20
 
 
-def fetch_ahead(spans_by_path) -> None:
+def fetch_ahead(spans_by_path, settings=None) -> None:
     """Fetch the byte spans ``[(path, [(start, end), ...]), ...]`` of remote videos (URLs or members of remote
     shards; spans within the video) all at once, for their readers to take: a chunk of samples then
     waits for the network once, not once per sample. Local paths are skipped; a failed span is left
-    for its reader, which retries and reports it."""
+    for its reader, which retries and reports it. ``settings``: ``remote.RemoteSettings`` (None: the
+    environment's)."""
     from vito_fast.data.remote import RemoteFiles, is_url
 
     requests = []
@@ -225,7 +228,7 @@ def fetch_ahead(spans_by_path) -> None:
     if not requests:
         return
     requests = list(dict.fromkeys(requests))
-    for request, data in zip(requests, RemoteFiles(requests[0][0]).read_ranges(requests)):
+    for request, data in zip(requests, RemoteFiles(requests[0][0], settings).read_ranges(requests)):
         if isinstance(data, bytes):
             _FETCHED_AHEAD[request] = data
     held = sum(len(data) for data in _FETCHED_AHEAD.values())
@@ -237,12 +240,13 @@ def fetch_ahead(spans_by_path) -> None:
 _OBJECT_SIZES: "collections.OrderedDict[str, int]" = collections.OrderedDict()
 
 
-def _ranged_file(url: str, name: str, offset: int = 0, size: Optional[int] = None, cache: Optional[tuple] = None):
+def _ranged_file(url: str, name: str, offset: int = 0, size: Optional[int] = None, cache: Optional[tuple] = None,
+                 settings=None):
     """A ``RangedFile`` of bytes [offset, offset + size) of the object at ``url`` (size None: the object's)."""
     from vito_fast.data.ranged_file import RangedFile
     from vito_fast.data.remote import BlockCache, RemoteFiles
 
-    files = RemoteFiles(url, cache=None if cache is None else BlockCache.from_spec(cache))
+    files = RemoteFiles(url, settings, cache=None if cache is None else BlockCache.from_spec(cache))
     if size is None:
         size = _OBJECT_SIZES.get(url)
     if size is None:

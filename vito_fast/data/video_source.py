@@ -164,7 +164,7 @@ class _OpenVideo:
 
     def __init__(self, path: str, fps: Optional[float] = None, cache: Optional[tuple] = None,
                  size: Optional[int] = None, keyframe_bytes: Optional[Sequence[int]] = None,
-                 first_spans: Sequence[Tuple[int, int]] = ()):
+                 first_spans: Sequence[Tuple[int, int]] = (), remote=None):
         import av
 
         from vito_fast.data.shards import open_video
@@ -172,7 +172,7 @@ class _OpenVideo:
         self.path = path
         # a file on disk by its path; a URL or a member of a tar shard as a file object of ranged reads
         # (``size``: the object's bytes when the manifest has them, saving a request for them)
-        self._source = open_video(path, cache, size)
+        self._source = open_video(path, cache, size, remote)
         if hasattr(self._source, "hint"):  # what opening reads and the first sample's GOPs: one round trip
             self._source.hint(opening_spans(path, self._source.size, keyframe_bytes) + list(first_spans))
         try:
@@ -278,14 +278,15 @@ class VideoFrameReader:
         return path in getattr(self._local, "videos", {})
 
     def _open(self, path: str, block_cache: Optional[tuple] = None, size: Optional[int] = None,
-              keyframe_bytes=None, first_spans=()) -> _OpenVideo:
+              keyframe_bytes=None, first_spans=(), remote=None) -> _OpenVideo:
         videos = getattr(self._local, "videos", None)
         if videos is None:
             videos = self._local.videos = OrderedDict()
         if path in videos:
             videos.move_to_end(path)
             return videos[path]
-        video = _OpenVideo(path, cache=block_cache, size=size, keyframe_bytes=keyframe_bytes, first_spans=first_spans)
+        video = _OpenVideo(path, cache=block_cache, size=size, keyframe_bytes=keyframe_bytes, first_spans=first_spans,
+                           remote=remote)
         videos[path] = video
         if len(videos) > self.max_open:
             videos.popitem(last=False)[1].close()
@@ -299,7 +300,7 @@ class VideoFrameReader:
     def read(self, path: str, fps: float, frames: Sequence[int], keyframes: Optional[Sequence[int]] = None,
              keyframe_pts: Optional[Sequence[int]] = None,
              keyframe_bytes: Optional[Sequence[int]] = None, cache: Optional[tuple] = None,
-             file_bytes: Optional[int] = None) -> List[np.ndarray]:
+             file_bytes: Optional[int] = None, remote=None) -> List[np.ndarray]:
         """Frames ``frames`` (frame numbers of the file, display order) as (H, W, 3) uint8 RGB arrays.
 
         ``keyframes``/``keyframe_pts``: the file's keyframe index from the manifest
@@ -309,7 +310,7 @@ class VideoFrameReader:
         (``ClipRecord.keyframe_bytes``): a remote file fetches the GOPs the frames need in one round trip.
         ``cache``: a ``remote.BlockCache.spec`` where a remote file keeps the blocks it read (later epochs
         read them from disk). ``file_bytes``: the file's size from the manifest (a remote file then needs
-        no request for it).
+        no request for it). ``remote``: the ``remote.RemoteSettings`` of a remote file's reads.
         """
         if (keyframes is None) != (keyframe_pts is None) or (
                 keyframes is not None and len(keyframes) != len(keyframe_pts)):
@@ -317,7 +318,7 @@ class VideoFrameReader:
                              f"with one pts per keyframe")
         try:
             spans = gop_spans(frames, keyframes, keyframe_bytes) if keyframe_bytes and keyframes else []
-            video = self._open(path, cache, file_bytes, keyframe_bytes, spans)
+            video = self._open(path, cache, file_bytes, keyframe_bytes, spans, remote)
             video.fetch(spans)  # held already when the file was opened for them
             decoded = {target: video.read(target, keyframes, keyframe_pts)
                        for target in sorted(set(int(f) for f in frames))}
