@@ -12,7 +12,7 @@ import torch
 pytest.importorskip("fsspec", reason="fsspec is not installed: pip install 'vito_fast[remote]'")
 pytest.importorskip("aiohttp", reason="aiohttp is not installed: pip install 'vito_fast[remote]'")
 from range_server import RangeServer  # noqa: E402
-from videos import write_video  # noqa: E402
+from videos import write_small_clips  # noqa: E402
 
 from vito_fast.data import FrameStore, LoaderConfig, PairLoader  # noqa: E402
 from vito_fast.data.manifest import write_manifest  # noqa: E402
@@ -22,10 +22,7 @@ from vito_fast.prepare import extract_frames, scan_videos  # noqa: E402
 @pytest.fixture(scope="module")
 def store(tmp_path_factory):
     folder = tmp_path_factory.mktemp("remote")
-    (folder / "videos").mkdir()
-    for index in range(6):
-        write_video(folder / "videos" / f"clip{index}.webm", codec="vp9", width=64, height=48, fps=10,
-                    num_frames=20, gop=5)
+    write_small_clips(folder / "videos")
     records, _ = scan_videos([str(folder / "videos")], workers=0, progress=False, min_seconds=0.5)
     for index, record in enumerate(records):
         record.label = f"class{index % 2}"

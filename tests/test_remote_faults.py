@@ -25,7 +25,7 @@ pytest.importorskip("fsspec", reason="fsspec is not installed: pip install 'vito
 pytest.importorskip("aiohttp", reason="aiohttp is not installed: pip install 'vito_fast[remote]'")
 from fault_proxy import FaultProxy  # noqa: E402
 from range_server import RangeServer  # noqa: E402
-from videos import write_video  # noqa: E402
+from videos import write_small_clips  # noqa: E402
 
 from vito_fast.data import LoaderConfig, PairLoader  # noqa: E402
 from vito_fast.data.manifest import read_manifest, write_manifest  # noqa: E402
@@ -42,10 +42,7 @@ STALL = 3.0  # seconds a stalled answer waits: longer than the timeout
 def corpus(tmp_path_factory):
     """6 clips (64x48 VP9, 2 s, GOP 5), one per shard of a frame store; and the local batches of both."""
     folder = tmp_path_factory.mktemp("faults")
-    (folder / "videos").mkdir()
-    for index in range(6):
-        write_video(folder / "videos" / f"clip{index}.webm", codec="vp9", width=64, height=48, fps=10,
-                    num_frames=20, gop=5)
+    write_small_clips(folder / "videos")
     records, _ = scan_videos([str(folder / "videos")], workers=0, progress=False, min_seconds=0.5)
     manifest = write_manifest(folder / "manifest.jsonl", records)
     extract_frames(manifest, folder / "store", fps=10, short_side=48, quality=90, workers=1, progress=False,

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import torch
 from conftest import needs_dali
-from videos import write_video
+from videos import write_small_clips
 
 from vito_fast.data import LoaderConfig, PairLoader
 from vito_fast.data.manifest import read_manifest, write_manifest
@@ -53,10 +53,8 @@ def write_shard(path: Path, videos, captions=None) -> Path:
 @pytest.fixture(scope="module")
 def corpus(tmp_path_factory):
     folder = tmp_path_factory.mktemp("shards")
-    (folder / "videos").mkdir()
     (folder / "shards").mkdir()
-    videos = [write_video(folder / "videos" / f"clip{index}.webm", codec="vp9", width=64, height=48, fps=10,
-                          num_frames=20, gop=5) for index in range(CLIPS)]
+    videos = write_small_clips(folder / "videos", CLIPS)
     write_shard(folder / "shards" / "00000.tar", videos[:3], captions=True)
     write_shard(folder / "shards" / "00001.tar", videos[3:])
     return folder

@@ -27,7 +27,7 @@ from __future__ import annotations
 import os
 from fractions import Fraction
 from pathlib import Path
-from typing import Iterable, Optional, Sequence, Tuple, Union
+from typing import Iterable, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import pytest
@@ -156,6 +156,15 @@ def write_video(path: PathLike, *, codec: str = "vp9", width: int = 64, height: 
             container.mux(stream.encode(frame.reformat(format=pixel_format)))
         container.mux(stream.encode(None))
     return path
+
+
+def write_small_clips(folder: PathLike, count: int = 6) -> List[Path]:
+    """``folder/clip{i}.webm`` for i < count: 64x48 VP9, 10 fps, 2 s, a keyframe every 5 frames (the
+    remote-data tests' corpus: a few kB each)."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    return [write_video(folder / f"clip{index}.webm", codec="vp9", width=64, height=48, fps=10, num_frames=20, gop=5)
+            for index in range(count)]
 
 
 def shown_image(image: np.ndarray, rotation: int = 0, mirror: bool = False) -> np.ndarray:

@@ -21,22 +21,18 @@ from __future__ import annotations
 import io
 from typing import Callable, List, Optional, Tuple
 
-__all__ = ["RangedFile"]
+__all__ = ["RangedFile", "ByteWindow"]
 
 FIRST_BLOCK_BYTES, LARGEST_BLOCK_BYTES = 64 << 10, 4 << 20
 
 
-class RangedFile(io.RawIOBase):
-    """Bytes [0, size) of an object read by ``read_range(offset, size)``; see the module's docstring."""
+class ByteWindow(io.RawIOBase):
+    """A read-only seekable file of ``size`` bytes named ``name``: position and seeking; a subclass reads
+    (``readinto`` from ``self._position``)."""
 
-    def __init__(self, read_ranges: Callable[[List[Tuple[int, int]]], List[bytes]], size: int, name: str,
-                 keep_bytes: int = 32 << 20):
+    def __init__(self, size: int, name: str):
         super().__init__()
-        self._read_ranges, self._size, self.name, self._keep_bytes = read_ranges, int(size), name, keep_bytes
-        self._spans: List[Tuple[int, bytes]] = []  # (start, data), most recent last
-        self._position = 0
-        self._block, self._streak, self._last_end = FIRST_BLOCK_BYTES, 0, -1
-        self.bytes_fetched = self.requests = 0
+        self._size, self.name, self._position = int(size), name, 0
 
     @property
     def size(self) -> int:
@@ -55,6 +51,18 @@ class RangedFile(io.RawIOBase):
         base = {io.SEEK_SET: 0, io.SEEK_CUR: self._position, io.SEEK_END: self._size}[whence]
         self._position = max(0, base + position)
         return self._position
+
+
+class RangedFile(ByteWindow):
+    """Bytes [0, size) of an object read by ``read_ranges``; see the module's docstring."""
+
+    def __init__(self, read_ranges: Callable[[List[Tuple[int, int]]], List[bytes]], size: int, name: str,
+                 keep_bytes: int = 32 << 20):
+        super().__init__(size, name)
+        self._read_ranges, self._keep_bytes = read_ranges, keep_bytes
+        self._spans: List[Tuple[int, bytes]] = []  # (start, data), most recent last
+        self._block, self._streak, self._last_end = FIRST_BLOCK_BYTES, 0, -1
+        self.bytes_fetched = self.requests = 0
 
     def hint(self, spans) -> None:
         """Fetch the byte spans [start, end) not held yet, all in one round trip (before the decoder asks)."""

@@ -29,6 +29,7 @@ import tarfile
 from dataclasses import dataclass, field
 from typing import Dict, List, Optional, Tuple, Union
 
+from vito_fast.data.ranged_file import ByteWindow
 from vito_fast.errors import StoreError, VideoError
 
 __all__ = ["TruncatedMember", "TarMember", "member_path", "parse_member", "open_video", "open_container",
@@ -114,31 +115,12 @@ def expand_shards(pattern: str) -> List[str]:
 # ----------------------------------------------------------------------------- reading
 
 
-class _Window(io.RawIOBase):
+class _Window(ByteWindow):
     """Bytes [offset, offset + size) of a seekable binary file, as a file of its own (PyAV opens it)."""
 
     def __init__(self, file, offset: int, size: int, name: str):
-        super().__init__()
-        self._file, self._offset, self._size, self.name = file, offset, size, name
-        self._position = 0
-
-    @property
-    def size(self) -> int:
-        return self._size
-
-    def readable(self) -> bool:
-        return True
-
-    def seekable(self) -> bool:
-        return True
-
-    def tell(self) -> int:
-        return self._position
-
-    def seek(self, position: int, whence: int = io.SEEK_SET) -> int:
-        base = {io.SEEK_SET: 0, io.SEEK_CUR: self._position, io.SEEK_END: self._size}[whence]
-        self._position = max(0, base + position)
-        return self._position
+        super().__init__(size, name)
+        self._file, self._offset = file, offset
 
     def readinto(self, buffer) -> int:
         count = max(0, min(len(buffer), self._size - self._position))
