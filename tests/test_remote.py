@@ -205,3 +205,32 @@ def test_a_protocol_whose_package_is_missing_names_the_extra(monkeypatch, tmp_pa
     assert cli_main(["prepare", "scan", "gs://bucket/videos/", "-o", str(tmp_path / "m.jsonl")]) == 1
     error = capsys.readouterr().err.strip()
     assert error == "vito-fast prepare scan: gs://bucket/videos/: the gs:// protocol needs gcsfs: pip install 'vito_fast[gcs]'"
+
+
+def test_an_object_that_fails_every_retry_is_quarantined_for_its_loader(store, monkeypatch):
+    """A shard or video that keeps failing costs timeout x attempts once per loader, not at every sample
+    that reads it: that loader's later reads of it fail at once for QUARANTINE_SECONDS; another loader's
+    reads (another scope) and reads outside loaders still try."""
+    from vito_fast.data import remote
+    from vito_fast.data.remote import RemoteFiles, RemoteSettings
+    from vito_fast.errors import StoreError
+
+    with RangeServer(store) as server:
+        url = server.url + "/store/shard-00000.tar"
+        server.fail_next("shard-00000.tar", 10_000, status=500)
+        mine = RemoteFiles(url, RemoteSettings(timeout=2.0, retries=1, backoff=0.0, quarantine_scope="loader-a"))
+        with pytest.raises(StoreError, match="failed 2 times"):
+            mine.read_range(url, 0, 100)
+        tried = len(server.requests)
+        with pytest.raises(StoreError, match="not tried again"):
+            mine.read_range(url, 100, 100)
+        assert isinstance(mine.read_ranges([(url, 0, 10), (url, 10, 10)])[1], StoreError)
+        assert len(server.requests) == tried  # no request: quarantined
+        for scope in ("loader-b", None):
+            other = RemoteFiles(url, RemoteSettings(timeout=2.0, retries=0, backoff=0.0, quarantine_scope=scope))
+            with pytest.raises(StoreError, match="failed 1 times"):
+                other.read_range(url, 0, 100)
+        assert len(server.requests) == tried + 2
+        monkeypatch.setattr(remote, "QUARANTINE_SECONDS", 0.0)  # the quarantine is over: tried again
+        with pytest.raises(StoreError, match="failed 2 times"):
+            mine.read_range(url, 0, 100)

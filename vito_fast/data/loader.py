@@ -125,8 +125,13 @@ class PairLoader:
         from vito_fast.data.backends import choose_backend
         from vito_fast.data.pair_sources import open_source
 
+        import dataclasses
+        import uuid
+
+        # this loader's own quarantine of objects whose reads keep failing (remote.RemoteSettings)
+        settings = dataclasses.replace(self.config.remote_settings(), quarantine_scope=uuid.uuid4().hex)
         self.source = open_source(self._source_path, video_decoder, self.config.max_open_videos,
-                                  _block_cache(self.config), self.config.remote_settings())
+                                  _block_cache(self.config), settings)
         if self.source.input_kind == "requests":  # a decoder of the device stage: can it run here at all?
             from vito_fast.decoders.video_decoders import make_decoder
 

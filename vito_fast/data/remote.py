@@ -55,6 +55,9 @@ class RemoteSettings:
     timeout: float = 30.0
     retries: int = 3
     backoff: float = 0.2
+    # set (to an id of its own) by each PairLoader: an object whose reads failed every retry is not tried
+    # again by that loader's reads for QUARANTINE_SECONDS (None: every read tries)
+    quarantine_scope: Optional[str] = None
 
     def __post_init__(self) -> None:
         if not self.timeout > 0 or not (isinstance(self.retries, int) and self.retries >= 0) or self.backoff < 0:
@@ -93,7 +96,10 @@ class RemoteFiles:
             raise MissingExtra(f"{url}: the {protocol}:// protocol needs {package}: "
                               f"pip install 'vito_fast[{extra}]'") from None
 
-    def _attempt(self, what: str, read):
+    def _attempt(self, what: str, read, url: Optional[str] = None):
+        """``read()`` with the retries; ``url``: the object, which a read that fails every retry quarantines."""
+        if url is not None:
+            self._refuse_quarantined(url, what)
         delay, retries = self.settings.backoff, self.settings.retries
         for attempt in range(retries + 1):
             try:
@@ -102,12 +108,32 @@ class RemoteFiles:
                 if _not_found(error):
                     raise StoreError(f"{what}: not found") from None
                 if attempt == retries:
+                    if url is not None:
+                        self._quarantine(url)
                     raise _failed(what, retries, error) from None
                 time.sleep(delay)
                 delay *= 2
 
+    def _quarantine(self, url: str) -> None:
+        if self.settings.quarantine_scope is not None:
+            _FAILED_AT[(self.settings.quarantine_scope, url)] = time.monotonic()
+
+    def _refuse_quarantined(self, url: str, what: str) -> None:
+        """StoreError when this loader's reads of ``url`` failed every retry less than QUARANTINE_SECONDS ago:
+        a stalled or failing object then costs timeout x attempts once, not at every sample that reads it."""
+        key = (self.settings.quarantine_scope, url)
+        failed_at = _FAILED_AT.get(key) if self.settings.quarantine_scope is not None else None
+        if failed_at is None:
+            return
+        since = time.monotonic() - failed_at
+        if since >= QUARANTINE_SECONDS:
+            _FAILED_AT.pop(key, None)
+            return
+        raise StoreError(f"{what}: its reads failed {since:.0f} s ago; not tried again for "
+                         f"{QUARANTINE_SECONDS - since:.0f} s")
+
     def cat(self, url: str) -> bytes:
-        return self._attempt(url, lambda: self.fs.cat_file(url))
+        return self._attempt(url, lambda: self.fs.cat_file(url), url)
 
     def read_ranges(self, requests, what=None) -> list:
         """``read_range`` of many (url, offset, size) at once: without a cache, fsspec's ``cat_ranges``
@@ -119,7 +145,12 @@ class RemoteFiles:
         if self.cache is not None:
             return [self._read_or_error(url, offset, size, name) for (url, offset, size), name in zip(requests, what)]
         results: list = [None] * len(requests)
-        pending, errors = list(range(len(requests))), {}
+        for index, (url, _, _) in enumerate(requests):
+            try:
+                self._refuse_quarantined(url, what[index])
+            except StoreError as error:
+                results[index] = error
+        pending, errors = [index for index in range(len(requests)) if results[index] is None], {}
         delay = self.settings.backoff
         for attempt in range(self.settings.retries + 1):
             if attempt:
@@ -145,6 +176,7 @@ class RemoteFiles:
             if not pending:
                 break
         for index in pending:
+            self._quarantine(requests[index][0])
             results[index] = _failed(what[index], self.settings.retries, errors[index])
         return results
 
@@ -157,13 +189,16 @@ class RemoteFiles:
     def read_range(self, url: str, offset: int, size: int, what: Optional[str] = None) -> bytes:
         if self.cache is not None:
             data = self.cache.read(url, offset, size, lambda start, end: self._attempt(
-                what or url, lambda: self.fs.cat_file(url, start=start, end=end)))
+                what or url, lambda: self.fs.cat_file(url, start=start, end=end), url))
         else:
-            data = self._attempt(what or url, lambda: self.fs.cat_file(url, start=offset, end=offset + size))
+            data = self._attempt(what or url, lambda: self.fs.cat_file(url, start=offset, end=offset + size), url)
         if len(data) != size:
             raise StoreError(f"{what or url}: only {len(data)} of {size} bytes at offset {offset}; truncated")
         return data
 
+
+QUARANTINE_SECONDS = 60.0  # see RemoteSettings.quarantine_scope
+_FAILED_AT: dict = {}  # (quarantine scope, url) -> time.monotonic() of the read that failed every retry
 
 _CACHES: dict = {}  # BlockCache.from_spec's, per process
 _CACHES_LOCK = threading.Lock()
