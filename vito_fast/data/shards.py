@@ -138,12 +138,8 @@ class _Window(ByteWindow):
         super().close()
 
 
-def _open_bytes(path: str):
-    """A seekable binary file object of a local path or URL."""
-    from vito_fast.data.remote import is_url, open_remote
-
-    if is_url(path):
-        return open_remote(path)
+def _open_local(path: str):
+    """A binary file object of a local path; VideoError names it when it cannot be opened."""
     try:
         return open(path, "rb")
     except OSError as error:
@@ -165,12 +161,12 @@ def open_video(path: str, cache: Optional[tuple] = None, size: Optional[int] = N
         return _ranged_file(path, path, size=size, cache=cache, settings=settings) if is_url(path) else path
     if is_url(member.tar):  # the member's size is known: no request before its first bytes
         return _ranged_file(member.tar, path, member.offset, member.size, cache, settings)
-    file = _open_bytes(member.tar)
+    file = _open_local(member.tar)
     available = _size_of(file)
     if available is not None and member.offset + member.size > available:
         file.close()
         raise TruncatedMember(f"{path}: the tar ends {member.offset + member.size - available} bytes inside this "
-                         f"member (a truncated shard)")
+                              f"member (a truncated shard)")
     return _Window(file, member.offset, member.size, path)
 
 
@@ -291,7 +287,7 @@ def read_video_bytes(path: str) -> bytes:
         raise VideoError(f"{path}: cannot read it: {error.strerror or error}") from None
     if len(data) != member.size:
         raise TruncatedMember(f"{path}: only {len(data)} of {member.size} bytes: the tar ends inside this member "
-                         f"(a truncated shard)")
+                              f"(a truncated shard)")
     return data
 
 
@@ -332,7 +328,7 @@ def index_tar(tar: str) -> ShardIndex:
                          f"repack it with `tar -cf`)")
     from vito_fast.data.remote import is_url, open_remote
 
-    file = open_remote(tar, block_size=_INDEX_BLOCK_BYTES) if is_url(tar) else _open_bytes(tar)
+    file = open_remote(tar, block_size=_INDEX_BLOCK_BYTES) if is_url(tar) else _open_local(tar)
     members: List[TarMember] = []
     texts: Dict[str, bytes] = {}
     truncated = False
