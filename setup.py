@@ -79,7 +79,7 @@ RUNTIME_REQUIREMENTS = [
     "pyyaml>=6",
 ]
 
-# Data on object storage or web servers (vito_fast.data.remote): fsspec, and its package per protocol.
+# Data on object storage or web servers (vito_fast.storage.remote): fsspec, and its package per protocol.
 REMOTE_REQUIREMENTS = ["fsspec>=2023.1", "aiohttp>=3.8"]
 # ViT trunks (model.arch=vit_*): timm's Vision Transformers, built locally (no weights downloaded)
 VIT_REQUIREMENTS = ["timm>=0.9.16"]

@@ -2,7 +2,8 @@
 
 Layers, lowest first; a module may import its own layer and the ones below, never above:
 
-    0  errors, version, _lazy, _cpp (the C++ extension), distributed, reference, kernels
+    0  errors, version, _lazy, _cpp (the C++ extension), distributed, reference, kernels,
+       storage (bytes where they lie: object storage, tar shards, ranged reads, read-ahead)
     1  ops            autograd + dispatch
     2  nn             thin modules
     3  model, data,   the VITO model; sampling, sources, loading (manifest and store formats);
@@ -26,7 +27,7 @@ ROOT = Path(__file__).resolve().parents[1]
 PACKAGE, KERNELS = ROOT / "vito_fast", ROOT / "kernels"
 LAYERS = {
     "errors": 0, "version": 0, "_lazy": 0, "_cpp": 0, "_C": 0, "distributed": 0, "reference": 0, "kernels": 0,
-    "ops": 1, "nn": 2, "model": 3, "data": 3, "decoders": 3, "prepare": 4, "curate": 4, "synthetic": 4,
+    "storage": 0, "ops": 1, "nn": 2, "model": 3, "data": 3, "decoders": 3, "prepare": 4, "curate": 4, "synthetic": 4,
     "train": 5, "eval": 5, "demo": 6, "cli": 7, "__main__": 7, "": 7,
 }
 

@@ -1,4 +1,4 @@
-"""Data on the network (vito_fast.data.remote): a frame store read over HTTP from a loopback server
+"""Data on the network (vito_fast.storage.remote): a frame store read over HTTP from a loopback server
 with Range support gives what the same store gives on disk; failures are retried, then the sample
 is replaced and the object named."""
 from __future__ import annotations
@@ -142,7 +142,7 @@ def test_a_store_and_videos_in_an_s3_bucket_give_the_local_batches(store, s3_buc
 
 
 def test_block_cache_serves_later_epochs_from_disk_and_stays_under_its_limit(store, tmp_path):
-    from vito_fast.data.remote import BlockCache
+    from vito_fast.storage.remote import BlockCache
 
     config = LoaderConfig(image_size=32, dtype="float32", num_threads=2, backend="torch",
                           cache_dir=str(tmp_path / "cache"), cache_gb=1.0)
@@ -211,8 +211,8 @@ def test_an_object_that_fails_every_retry_is_quarantined_for_its_loader(store, m
     """A shard or video that keeps failing costs timeout x attempts once per loader, not at every sample
     that reads it: that loader's later reads of it fail at once for QUARANTINE_SECONDS; another loader's
     reads (another scope) and reads outside loaders still try."""
-    from vito_fast.data import remote
-    from vito_fast.data.remote import RemoteFiles, RemoteSettings
+    from vito_fast.storage import remote
+    from vito_fast.storage.remote import RemoteFiles, RemoteSettings
     from vito_fast.errors import StoreError
 
     with RangeServer(store) as server:

@@ -1,4 +1,4 @@
-"""Videos inside WebDataset / video2dataset tar shards (vito_fast.data.shards): scanned and read by range
+"""Videos inside WebDataset / video2dataset tar shards (vito_fast.storage.shards): scanned and read by range
 without extracting, on disk and over HTTP, giving the same clips, samples and views as the same videos
 as files; a truncated shard is reported, never fatal."""
 from __future__ import annotations
@@ -17,7 +17,7 @@ from videos import write_small_clips
 
 from vito_fast.data import LoaderConfig, PairLoader
 from vito_fast.data.manifest import read_manifest, write_manifest
-from vito_fast.data.shards import (TarMember, expand_shards, index_tar, member_path, parse_member,
+from vito_fast.storage.shards import (TarMember, expand_shards, index_tar, member_path, parse_member,
                                    read_video_bytes, sample_key)
 from vito_fast.prepare import scan_videos
 

@@ -167,6 +167,32 @@ def write_small_clips(folder: PathLike, count: int = 6) -> List[Path]:
             for index in range(count)]
 
 
+def write_noisy_video(path: PathLike, num_frames: int, gop: int, width: int = 160, height: int = 128,
+                      codec: str = "vp9") -> Path:
+    """Moving noise: GOPs of tens of kB, as camera footage has (the clips of ``write_video`` compress to a
+    few kB, which one block holds whole). "vp9" (WebM) or "h264" (MP4 with B-frames, its moov written
+    last, as FFmpeg writes without faststart), 10 fps, a keyframe every ``gop`` frames."""
+    path = Path(path)
+    rng = np.random.default_rng(0)
+    texture = rng.integers(0, 256, (2 * height, 2 * width, 3), dtype=np.uint8)
+    if codec == "vp9":
+        encoder, options = "libvpx-vp9", {"crf": "30", "g": str(gop), "keyint_min": str(gop), "deadline": "realtime",
+                                          "cpu-used": "8"}
+    else:
+        encoder, options = "libx264", {"crf": "30", "g": str(gop), "keyint_min": str(gop), "sc_threshold": "0",
+                                       "bf": "2", "preset": "veryfast"}
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream(encoder, rate=10, options=options)
+        stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
+        for index in range(num_frames):
+            image = np.ascontiguousarray(np.roll(texture, (3 * index, 5 * index), axis=(0, 1))[:height, :width])
+            for packet in stream.encode(av.VideoFrame.from_ndarray(image, format="rgb24")):
+                container.mux(packet)
+        for packet in stream.encode():
+            container.mux(packet)
+    return path
+
+
 def shown_image(image: np.ndarray, rotation: int = 0, mirror: bool = False) -> np.ndarray:
     """What players show of a stored frame written with ``rotation``/``mirror``: turned, then mirrored."""
     shown = np.rot90(image, rotation // 90)  # np.rot90 turns counter-clockwise, as the display matrix

@@ -135,8 +135,8 @@ def run_scan(args) -> int:
     from vito_fast.prepare.scan import find_videos, scan_videos
     from vito_fast.prepare.probe import RejectedVideo
 
-    from vito_fast.data.remote import is_url
-    from vito_fast.data.shards import expand_shards
+    from vito_fast.storage.remote import is_url
+    from vito_fast.storage.shards import expand_shards
 
     missing = [path for pattern in args.paths for path in expand_shards(pattern)
                if not is_url(path) and not Path(path).exists()]

@@ -54,11 +54,14 @@ class LoaderConfig:
     loader is made. ``max_replacements``: bad samples in a row before a position gives up.
     ``backend``: the device stage, "dali", "torch" (nvJPEG and batched PyTorch ops: no DALI needed)
     or "auto" (DALI when it works on this machine, else torch; see ``backends``). ``cache_dir``: a
-    local folder for the blocks of a frame store on object storage (``remote.BlockCache``, at most
+    local folder for the blocks of a frame store on object storage (``storage.remote.BlockCache``, at most
     ``cache_gb``, least recently used out first), so later epochs read from disk; None: no cache.
     ``remote_timeout``: seconds a read of a frame store on object storage may go without a byte before
     it is tried again, ``remote_retries`` times, then its sample is replaced (None: the environment's
-    ``VITO_FAST_REMOTE_TIMEOUT``/``_RETRIES``, else 30 s and 3; videos by URL take the environment's)."""
+    ``VITO_FAST_REMOTE_TIMEOUT``/``_RETRIES``, else 30 s and 3; videos by URL take the environment's).
+    ``read_ahead``: batches whose remote videos' bytes are fetched while earlier ones decode (into shared
+    memory: ``read_ahead``; the bytes of that many batches are held); 0: each chunk of samples fetches
+    its own as it starts."""
 
     image_size: int = 224
     dtype: str = "bfloat16"
@@ -78,6 +81,7 @@ class LoaderConfig:
     cache_gb: float = 50.0
     remote_timeout: Optional[float] = None
     remote_retries: Optional[int] = None
+    read_ahead: int = 2
 
     def __post_init__(self) -> None:
         if self.dtype not in ("bfloat16", "float16", "float32"):
@@ -104,6 +108,8 @@ class LoaderConfig:
             raise ValueError(f"LoaderConfig.remote_timeout: must be None or > 0 seconds, got {self.remote_timeout!r}")
         if self.remote_retries is not None and (not isinstance(self.remote_retries, int) or self.remote_retries < 0):
             raise ValueError(f"LoaderConfig.remote_retries: must be None or an integer >= 0, got {self.remote_retries!r}")
+        if not isinstance(self.read_ahead, int) or self.read_ahead < 0:
+            raise ValueError(f"LoaderConfig.read_ahead: must be an integer >= 0 (batches), got {self.read_ahead!r}")
         if not 0.0 <= self.hw_decoder_load <= 1.0:
             raise ValueError(f"LoaderConfig.hw_decoder_load: must lie in [0, 1], got {self.hw_decoder_load!r}")
 
@@ -112,10 +118,10 @@ class LoaderConfig:
         return decode_workers(self.decode_workers)
 
     def remote_settings(self):
-        """The ``remote.RemoteSettings`` of ``remote_timeout`` and ``remote_retries`` (the environment's where None)."""
+        """The ``storage.remote.RemoteSettings`` of ``remote_timeout`` and ``remote_retries`` (the environment's where None)."""
         import dataclasses
 
-        from vito_fast.data.remote import RemoteSettings
+        from vito_fast.storage.remote import RemoteSettings
 
         settings = RemoteSettings.from_environment()
         return dataclasses.replace(settings, **{name: value for name, value in (

@@ -11,6 +11,7 @@ does exactly that:
   without a main guard and in ``python -``). Each runs chunks of jobs (``sample_jobs``), answers
   once per chunk (the trainer's process wakes up once for several samples), and shows the job it
   runs in shared memory. A worker that dies while starting raises an error with its stderr.
+* ``read_ahead(folder, jobs)`` has the workers fetch a later batch's remote bytes (``read_ahead``).
 * ``run(tasks, arena)`` hands out chunks of tasks, two per worker, collects the answers, and
   returns one result per task: the arrays, or the error (VideoError/StoreError naming the file).
   A worker that stays on one sample for ``timeout`` seconds, or dies, is killed and restarted;
@@ -290,6 +291,19 @@ class DecodePool:
         self._workers[index].stop()
         self._workers[index] = _Worker(self.max_open)
         self.restarts += 1
+
+    def read_ahead(self, folder: str, jobs: Sequence[tuple]) -> None:
+        """Have the workers fetch the remote bytes of ``jobs`` (a later batch's) into ``folder``, a share
+        each, on their read-ahead threads (``decode_worker``); nothing is answered. A worker that dies
+        loses its share: those samples read their bytes themselves."""
+        workers = self._workers
+        for index, worker in enumerate(workers):
+            share = list(jobs[index::len(workers)])
+            if share:
+                try:
+                    worker.connection.send(("read ahead", folder, share))
+                except OSError:  # it died: noticed when a batch next runs on it
+                    pass
 
     def run(self, tasks: Sequence[Tuple[tuple, Optional[int], int]], arena: Optional[Arena]) -> List[object]:
         """Run ``tasks`` (job, arena offset or None, reserved bytes); one result per task, in order:

@@ -7,7 +7,9 @@ module (``multiprocessing``'s spawn and forkserver do: a script without
 ``if __name__ == "__main__":`` would run again in every worker, and ``python -`` has no file to run).
 
 * CONNECTION: a ``multiprocessing.connection.Connection`` (a socket) to the trainer: chunks of
-  jobs in, one list of answers per chunk out; ``None`` or the trainer's end closing stops it.
+  jobs in, one list of answers per chunk out; ("read ahead", FOLDER, JOBS) in, no answer: the
+  remote bytes of a later batch's jobs fetched into that folder (``read_ahead``) on a thread of
+  their own; ``None`` or the trainer's end closing stops it.
 * PROGRESS: 8 bytes of shared memory holding the task the worker runs now (-1: none); the trainer
   reads it to tell which sample a hung or dead worker was on, and that a slow chunk moves on.
 * STDERR: the trainer's stderr (-1: none). Until the worker is ready its stderr is a file the
@@ -66,6 +68,13 @@ def _fetch_ahead(runner, chunk) -> None:
         pass
 
 
+def _read_ahead(runner, folder: str, jobs) -> None:
+    try:
+        runner.read_ahead(folder, jobs)
+    except Exception:  # as above: the sample's own read reports what fails
+        pass
+
+
 def serve(connection: Connection, progress: ctypes.c_int64, runner) -> None:
     """Run chunks of (task id, job, arena path, offset, size) until told None; answer once per chunk.
 
@@ -78,6 +87,9 @@ def serve(connection: Connection, progress: ctypes.c_int64, runner) -> None:
 
     maps: dict = {}
     fetcher = ThreadPoolExecutor(1, thread_name_prefix="vito-fetch-ahead")
+    # later batches' bytes (the trainer's read-ahead), on a thread of their own: a chunk's own fetch
+    # never waits behind them
+    reader = ThreadPoolExecutor(1, thread_name_prefix="vito-read-ahead")
     received: deque = deque()  # (chunk, its fetch ahead)
 
     def receive(block: bool) -> bool:
@@ -89,6 +101,9 @@ def serve(connection: Connection, progress: ctypes.c_int64, runner) -> None:
                 return False
             if chunk is None:
                 return False
+            if isinstance(chunk, tuple) and chunk[0] == "read ahead":
+                reader.submit(_read_ahead, runner, chunk[1], chunk[2])
+                continue
             received.append((chunk, fetcher.submit(_fetch_ahead, runner, chunk)))
             block = False
         return True
@@ -115,6 +130,7 @@ def serve(connection: Connection, progress: ctypes.c_int64, runner) -> None:
                 return
     finally:
         fetcher.shutdown(wait=False, cancel_futures=True)
+        reader.shutdown(wait=False, cancel_futures=True)
 
 
 def main(argv=None) -> None:

@@ -134,10 +134,10 @@ class FrameStore:
                  remote_settings=None):
         index = read_index(path)
         self.path, self.version, self.header, self.arrays = index.path.parent, index.version, index.header, index.arrays
-        self.url = self.header.get("url")  # a store on object storage (``remote.is_url``): ranged reads
+        self.url = self.header.get("url")  # a store on object storage (``storage.remote.is_url``): ranged reads
         self._remote = None
         if self.url is not None:
-            from vito_fast.data.remote import RemoteFiles
+            from vito_fast.storage.remote import RemoteFiles
 
             # cache: a remote.BlockCache, or None; remote_settings: a remote.RemoteSettings (None: the environment's)
             self._remote = RemoteFiles(self.url, remote_settings, cache=cache)

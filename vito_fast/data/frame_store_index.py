@@ -184,8 +184,8 @@ def _convert_version_1(index_path: Path, document: dict) -> StoreIndex:
 def read_index(path: os.PathLike) -> StoreIndex:
     """Open the index of a store folder (or its ``index.json``); StoreError names what is wrong.
 
-    A URL (``remote.is_url``) is read once, whole, into memory (``path`` then keeps the URL's text)."""
-    from vito_fast.data.remote import is_url
+    A URL (``storage.remote.is_url``) is read once, whole, into memory (``path`` then keeps the URL's text)."""
+    from vito_fast.storage.remote import is_url
 
     if is_url(path):
         return _read_remote_index(str(path))
@@ -209,7 +209,7 @@ def read_index(path: os.PathLike) -> StoreIndex:
 def _read_remote_index(url: str) -> StoreIndex:
     import io
 
-    from vito_fast.data.remote import RemoteFiles, join_url
+    from vito_fast.storage.remote import RemoteFiles, join_url
 
     base = url[: -len(INDEX_NAME)].rstrip("/") if url.endswith(INDEX_NAME) else url.rstrip("/")
     files = RemoteFiles(base)

@@ -7,6 +7,9 @@ hands decode jobs to the ``SampleDecoder`` this module gives it, which runs them
 ``decode_workers`` processes (``DecodePool``; frames come back in shared-memory ``Arena``s) or on
 threads of this process (``decode_workers=0``). The result is a ``HostBatch``.
 
+For remote videos the bytes of the next ``read_ahead`` batches are fetched while this one decodes
+(``read_ahead.ReadAhead``: the decode workers fetch them into shared memory, each job names where).
+
 A sample whose data cannot be used is replaced by ``SampleOrder.replacement`` until one loads; the
 file is named once in a warning and in the stats. A clip that hung or killed a worker is not read
 again. The device stage asks for the same repair after a failure inside its graph
@@ -25,6 +28,7 @@ import numpy as np
 from vito_fast.data.config import LoaderConfig
 from vito_fast.data.decode_pool import Arena, DecodePool, WorkerFailure
 from vito_fast.data.pair_sources import PairSource
+from vito_fast.storage.read_ahead import ReadAhead
 from vito_fast.data.sample_jobs import JobRunner
 from vito_fast.data.sample_order import SampleOrder
 from vito_fast.data.sampler import ViewParams, sample_view_params
@@ -79,6 +83,10 @@ class HostPreparation:
         self._free_arenas: "queue.SimpleQueue[Arena]" = queue.SimpleQueue()
         self._reported: Dict[int, str] = {}
         self._given_up: Dict[int, Exception] = {}  # clips that hung or killed a worker
+        self._ahead: Optional[ReadAhead] = None
+        if config.read_ahead and getattr(source, "read_ahead_jobs", None) is not None and source.reads_remote:
+            self._ahead = ReadAhead(config.read_ahead, order.steps)
+            self._ahead_thread = ThreadPoolExecutor(1, thread_name_prefix="vito-read-ahead")  # with no workers
 
     # ------------------------------------------------------------------ read-only views (tests, benches)
 
@@ -91,6 +99,12 @@ class HostPreparation:
     def arena_count(self) -> int:
         """Shared-memory arenas made so far (reused from batch to batch)."""
         return len(self._arenas)
+
+    @property
+    def read_ahead(self) -> Optional[ReadAhead]:
+        """Where the bytes of the batches ahead are fetched to (None: no read-ahead: local data, or
+        ``read_ahead=0``)."""
+        return self._ahead
 
     @property
     def arenas_pinned(self) -> bool:
@@ -107,7 +121,10 @@ class HostPreparation:
         attempts = np.zeros(self.batch_size, dtype=np.int64)
         batch = HostBatch(epoch, step, clips, repeats, attempts, self._view_params(clips, repeats, attempts, epoch),
                           [None] * self.batch_size)
+        self._read_ahead(epoch, step)
         self.replace(batch, self._load_rows(batch, np.arange(self.batch_size)))
+        if self._ahead is not None:
+            self._ahead.finished(epoch, step)
         return batch
 
     def replace(self, batch: HostBatch, rows: np.ndarray) -> None:
@@ -153,8 +170,11 @@ class HostPreparation:
             self._free_arenas.put(arena)
 
     def close(self) -> None:
-        """Stop the reading threads and decode workers; free the arenas."""
+        """Stop the reading threads and decode workers; free the arenas and the read-ahead's spool."""
         self._threads.shutdown(wait=False, cancel_futures=True)
+        if self._ahead is not None:
+            self._ahead_thread.shutdown(wait=False, cancel_futures=True)
+            self._ahead.close()
         if self._pool is not None:
             self._pool.close()
             self._pool = None
@@ -163,6 +183,29 @@ class HostPreparation:
         self._arenas.clear()
 
     # ------------------------------------------------------------------ helpers
+
+    def _read_ahead(self, epoch: int, step: int) -> None:
+        """Start fetching the remote bytes of the batches after (epoch, step) not asked for yet."""
+        if self._ahead is None:
+            return
+        for ahead_epoch, ahead_step in self._ahead.positions_after(epoch, step):
+            clips, repeats = self.order.epoch(ahead_epoch)
+            rows = slice(ahead_step * self.batch_size, (ahead_step + 1) * self.batch_size)
+            clips, repeats = clips[rows], repeats[rows]
+            params = self._view_params(clips, repeats, np.zeros(len(clips), dtype=np.int64), ahead_epoch)
+            jobs = self.source.read_ahead_jobs(clips, params.frame_indices)
+            folder = self._ahead.folder(ahead_epoch, ahead_step)
+            if not jobs:
+                continue
+            if self._workers == 0:
+                self._ahead_thread.submit(self._runner.read_ahead, folder, jobs)
+                continue
+            if self._pool is None:
+                self._pool = self._new_pool()
+            self._pool.read_ahead(folder, jobs)
+
+    def _new_pool(self) -> DecodePool:
+        return DecodePool(self._workers, timeout=self.config.sample_timeout, max_open=self.config.max_open_videos)
 
     def _view_params(self, clips: np.ndarray, repeats: np.ndarray, attempts: np.ndarray, epoch: int) -> ViewParams:
         source = self.source
@@ -208,6 +251,10 @@ class HostPreparation:
         return np.array(failed, dtype=np.int64)
 
     def _decode(self, batch: HostBatch, jobs: Sequence[tuple], nbytes: Sequence[int], largest: int) -> List[object]:
+        if self._ahead is not None and self._ahead.requested(batch.epoch, batch.step):
+            folder = self._ahead.folder(batch.epoch, batch.step)  # its remote bytes are read ahead there
+            jobs = [job[:4] + ({**job[4], "ahead": folder},) + job[5:] if job[0] == "video_frames" else job
+                    for job in jobs]
         if self._workers == 0:
             return list(self._threads.map(self._run_here, jobs))
         if batch.arena is None:
@@ -217,8 +264,7 @@ class HostPreparation:
             offset = batch.arena.reserve(int(size)) if size else None
             tasks.append((job, offset, int(size)))
         if self._pool is None:
-            self._pool = DecodePool(self._workers, timeout=self.config.sample_timeout,
-                                    max_open=self.config.max_open_videos)
+            self._pool = self._new_pool()
         results = self._pool.run(tasks, batch.arena)
         self.stats.worker_restarts = self._pool.restarts
         return results

@@ -290,7 +290,7 @@ def _choose_video_decoder(source, config: LoaderConfig, device: str, device_id: 
     from vito_fast.data.manifest import iter_manifest
     from vito_fast.decoders.video_decoders import make_decoder
 
-    from vito_fast.data.remote import is_url
+    from vito_fast.storage.remote import is_url
 
     if is_url(source):
         if not str(source).endswith(".jsonl"):
@@ -320,10 +320,10 @@ def _choose_video_decoder(source, config: LoaderConfig, device: str, device_id: 
 
 
 def _block_cache(config: LoaderConfig):
-    """The ``remote.BlockCache`` of ``config.cache_dir`` (None without one)."""
+    """The ``storage.remote.BlockCache`` of ``config.cache_dir`` (None without one)."""
     if config.cache_dir is None:
         return None
-    from vito_fast.data.remote import BlockCache
+    from vito_fast.storage.remote import BlockCache
 
     return BlockCache(config.cache_dir, int(config.cache_gb * (1 << 30)))
 

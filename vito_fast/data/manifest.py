@@ -39,7 +39,7 @@ class ClipRecord:
     frames are shown as stored, or in manifests written before it. Decoders that do not read the
     display matrix themselves (DALI's) apply it from here.
 
-    ``path`` may be a URL, or a member of a tar shard (``shards.member_path``: ``TAR#MEMBER@OFFSET+SIZE``);
+    ``path`` may be a URL, or a member of a tar shard (``storage.shards.member_path``: ``TAR#MEMBER@OFFSET+SIZE``);
     ``keyframe_bytes``: the byte offset in the file of each keyframe of ``keyframes``, then where the
     last one's group of pictures ends (the next keyframe, or the file's end): one more entry than
     ``keyframes``. A reader of a remote video fetches a sample's GOPs by these, in one round trip.
@@ -112,7 +112,7 @@ def iter_manifest(path: PathLike) -> Iterator[ClipRecord]:
 
     ``path`` may be a URL (``s3://bucket/corpus/manifest.jsonl``): streamed through fsspec, and its
     relative video paths taken relative to the manifest's URL prefix."""
-    from vito_fast.data.remote import RemoteFiles, is_url, join_url
+    from vito_fast.storage.remote import RemoteFiles, is_url, join_url
 
     if is_url(path):
         text, base = str(path), str(path).rsplit("/", 1)[0]

@@ -221,16 +221,29 @@ class VideoFileSource:
                 lookup[seen] = sorted_ids[label]
         self.labels, self.classes = lookup[np.asarray(labels, dtype=np.int64)], names
         self._runner = JobRunner(max_open)  # its reader keeps per-thread files: safe to share
-        # remote videos keep the blocks they read in this ``remote.BlockCache`` (in every decode process)
+        # remote videos keep the blocks they read in this ``storage.remote.BlockCache`` (in every decode process)
         self._cache = None if cache is None else cache.spec
         self._remote_settings = remote_settings  # timeout and retries of remote videos' reads (None: the environment's)
         self._largest_sample: Optional[int] = None
+        from vito_fast.storage.remote import is_url
+
+        # remote videos decoded by the workers: the loader reads their bytes ahead (``read_ahead_jobs``)
+        self._remote_path = np.array([is_url(path) for path in self.paths], dtype=bool)
+        self.reads_remote = self.input_kind == "frames" and bool(self._remote_path.any())
 
     def __len__(self) -> int:
         return len(self.num_frames)
 
     def name(self, clip: int) -> str:
         return self.paths[self._path_id[clip]]
+
+    def read_ahead_jobs(self, clips: np.ndarray, frames: np.ndarray) -> List[tuple]:
+        """The decode jobs of the samples among ``clips`` (with ``frames``) whose bytes lie on the network and
+        can be planned (the scan's keyframe byte index): what ``read_ahead`` fetches before they decode."""
+        if not self.reads_remote:
+            return []
+        return [self._frames_job(int(clip), frames[row]) for row, clip in enumerate(clips)
+                if self._remote_path[self._path_id[clip]] and self._gop_end[clip] >= 0]
 
     def _file_frames(self, clip: int, frames: Sequence[int]) -> List[int]:
         return [int(self.first_frame[clip] + frame) for frame in frames]
@@ -313,8 +326,8 @@ def open_source(source, video_decoder: str = "pyav", max_open: int = 16, cache=N
                 remote_settings=None) -> PairSource:
     """A frame store folder (or its index.json) -> FrameStoreSource; a manifest file -> VideoFileSource.
     A store may be a URL (``https://``, ``s3://``, ...: its index read once, frames by ranged reads
-    with ``remote_settings``' timeout and retries, a ``remote.RemoteSettings``)."""
-    from vito_fast.data.remote import is_url
+    with ``remote_settings``' timeout and retries, a ``storage.remote.RemoteSettings``)."""
+    from vito_fast.storage.remote import is_url
 
     if is_url(source):
         if str(source).endswith(".jsonl"):  # a manifest on object storage, streamed once

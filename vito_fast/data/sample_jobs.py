@@ -33,11 +33,12 @@ class JobRunner:
         self.max_open = max_open
         self._reader = None
 
-    def fetch_ahead(self, jobs) -> None:
-        """Fetch what the remote videos among ``jobs`` will read (each one's header where it is not open yet,
-        the GOPs of its frames) in one round trip, before the jobs run one after another."""
-        from vito_fast.data.shards import fetch_ahead
-        from vito_fast.data.video_source import gop_spans, opening_spans
+    def _planned_reads(self, jobs, every_opening: bool) -> Tuple[list, object]:
+        """([(url, offset, size)], remote settings) of what the remote videos among ``jobs`` will read
+        (``video_source.planned_spans``): the GOPs of each one's frames, and its opening where the file is
+        not open here (``every_opening``: always)."""
+        from vito_fast.storage.shards import remote_requests
+        from vito_fast.data.video_source import planned_spans
 
         wanted, settings = [], None
         for job in jobs:
@@ -45,11 +46,41 @@ class JobRunner:
                 continue  # no index to plan from, or reads that go through the block cache
             path, frames, options = job[1], job[3], job[4]
             settings = options.get("remote", settings)
-            spans = gop_spans(frames, options["keyframes"], options["keyframe_bytes"])
-            if options.get("file_bytes") and (self._reader is None or not self._reader.is_open(path)):
-                spans = opening_spans(path, options["file_bytes"], options["keyframe_bytes"]) + spans
-            wanted.append((path, spans))
-        fetch_ahead(wanted, settings)
+            opening = every_opening or self._reader is None or not self._reader.is_open(path)
+            wanted.append((path, planned_spans(path, frames, options["keyframes"], options["keyframe_bytes"],
+                                               options.get("file_bytes"), opening)))
+        return remote_requests(wanted), settings
+
+    def fetch_ahead(self, jobs) -> None:
+        """Fetch what the remote videos among ``jobs`` will read (each one's opening where it is not open
+        yet, the GOPs of its frames) in one round trip, before the jobs run one after another; what a
+        job's read-ahead folder holds (``read_ahead``) is taken from there instead."""
+        from vito_fast.storage.read_ahead import fetch
+
+        for job in jobs:
+            self._take_read_ahead(job)
+        requests, settings = self._planned_reads(jobs, every_opening=False)
+        fetch(requests, settings)
+
+    def read_ahead(self, folder: str, jobs) -> int:
+        """Fetch every span the remote videos among ``jobs`` will read (openings included: which process
+        decodes a job is not known yet) into the read-ahead folder ``folder`` (``read_ahead.spool``).
+        Returns the bytes written."""
+        from vito_fast.storage.read_ahead import spool
+
+        requests, settings = self._planned_reads(jobs, every_opening=True)
+        return spool(folder, requests, settings) if requests else 0
+
+    def _take_read_ahead(self, job) -> None:
+        """Hold what the read-ahead folder of ``job`` (its options' "ahead") has of its spans, for its reader."""
+        if job[0] != "video_frames" or not job[4].get("ahead"):
+            return
+        from vito_fast.storage.read_ahead import held, hold, take
+
+        requests, _ = self._planned_reads([job], every_opening=True)
+        requests = [request for request in requests if held(*request) is None]
+        if requests:
+            hold(take(job[4]["ahead"], requests))
 
     def __call__(self, job: Tuple) -> Dict[str, np.ndarray]:
         kind = job[0]
@@ -64,6 +95,9 @@ class JobRunner:
             from vito_fast.data.video_source import VideoFrameReader
 
             self._reader = VideoFrameReader(self.max_open)
+        if options.get("ahead"):  # read ahead: the spans are in shared memory, not on the network
+            self._take_read_ahead(("video_frames", path, fps, file_frames, options, size))
+            options = {name: value for name, value in options.items() if name != "ahead"}
         # options: the keyframe index the scan recorded (older manifests: found on first use)
         images = self._reader.read(path, fps, list(file_frames), **options)
         for image in images:
@@ -74,7 +108,7 @@ class JobRunner:
 
     @staticmethod
     def _file_bytes(path: str, file_frames, orientation=(False, False, False)) -> Dict[str, np.ndarray]:
-        from vito_fast.data.shards import read_video_bytes
+        from vito_fast.storage.shards import read_video_bytes
 
         data = np.frombuffer(read_video_bytes(path), dtype=np.uint8)  # a file, URL or member of a tar shard
         turns = {name: np.array(bool(value)) for name, value in zip(ORIENTATION_INPUTS, orientation)}

@@ -42,7 +42,8 @@ class SampleOrder:
         self.rank, self.world_size = int(rank), int(world_size)
         self.per_rank = max(self.num_clips // self.world_size, self.batch_size)
         self.steps = self.per_rank // self.batch_size
-        self._cached: Tuple[int, np.ndarray, np.ndarray] = (-1, np.empty(0, np.int64), np.empty(0, np.int64))
+        # the last two epochs' orders (reading ahead across an epoch's end asks for the next one early)
+        self._cached: Tuple[Tuple[int, np.ndarray, np.ndarray], ...] = ()
 
     @property
     def repeats_per_batch(self) -> float:
@@ -59,9 +60,9 @@ class SampleOrder:
 
     def epoch(self, epoch: int) -> Tuple[np.ndarray, np.ndarray]:
         """(clips, repeats), each (steps * batch_size,) int64 and read-only: this rank's samples in order."""
-        cached = self._cached
-        if cached[0] == epoch:
-            return cached[1], cached[2]
+        for cached in self._cached:
+            if cached[0] == epoch:
+                return cached[1], cached[2]
         positions = self.first_position(0) + np.arange(self.steps * self.batch_size, dtype=np.int64)
         repeats = positions // self.num_clips
         clips = np.empty_like(positions)
@@ -69,7 +70,7 @@ class SampleOrder:
             chosen = repeats == repeat
             clips[chosen] = self._permutation(epoch, int(repeat))[positions[chosen] % self.num_clips]
         clips.flags.writeable = repeats.flags.writeable = False
-        self._cached = (epoch, clips, repeats)  # one tuple: safe to swap under the preparing thread
+        self._cached = ((epoch, clips, repeats),) + self._cached[:1]  # one tuple: safe to swap under other threads
         return clips, repeats
 
     def replacement(self, epoch: int, position: int, attempt: int) -> int:

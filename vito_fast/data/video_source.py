@@ -118,42 +118,94 @@ def display_rgb(frame, coded_size: Optional[Tuple[int, int]] = None) -> np.ndarr
 
 # bytes fetched before a keyframe's packet with its GOP: the container's framing around it
 GOP_FRAMING_BYTES = 1024
+# FFmpeg's read buffer for a remote file (PyAV's ``buffer_size``): it fills the buffer past the packet it
+# needs, so each span fetched reaches this far past the GOP's end (else every GOP read ends with a
+# request for bytes nobody decodes)
+READ_BUFFER_BYTES = 4 << 10
+GOP_TAIL_BYTES = 0
+# FFmpeg reads through a forward seek shorter than its buffer plus this (its SHORT_SEEK_THRESHOLD) rather
+# than seek: spans closer than that are fetched as one span, the gap included
+SHORT_SEEK_BYTES = 32 << 10
 # fetched with a Matroska/WebM file's first GOPs: its seek index (Cues), which FFmpeg's muxer writes last
-# and which grows with the file (a cue per keyframe): the last 1/64 of the file, 4 to 64 KiB
+# and which grows with the file (a cue per keyframe): the last 1/64 of the file, 4 to 64 KiB; the same
+# for an MP4 written without "faststart" (its moov last)
 SEEK_INDEX_TAIL_FRACTION, SEEK_INDEX_TAIL_BYTES = 64, (4 << 10, 64 << 10)
 # fetched for opening a remote file: its header and first packet, which FFmpeg reads to learn the stream
 OPENING_BYTES = 128 << 10
 MATROSKA_SUFFIXES = (".webm", ".mkv")
+# an MP4/MOV file whose first packet starts this near its beginning has its index (moov) at its end
+ISO_SUFFIXES, ISO_INDEX_AT_END_BELOW = (".mp4", ".m4v", ".mov"), 4 << 10
 
 
-def gop_spans(targets: Sequence[int], keyframes: Sequence[int], keyframe_bytes: Sequence[int]) -> List[Tuple[int, int]]:
+def gop_spans(targets: Sequence[int], keyframes: Sequence[int], keyframe_bytes: Sequence[int],
+              size: Optional[int] = None) -> List[Tuple[int, int]]:
     """Byte spans [start, end) of the GOPs that hold ``targets`` (``ClipRecord.keyframe_bytes``), each from a
-    little before its keyframe: a container's framing (a Matroska cluster's header) precedes the packet."""
+    little before its keyframe (a container's framing, a Matroska cluster's header, precedes the packet) to
+    READ_BUFFER_BYTES past its end, and not past ``size``, the file's bytes when known."""
     if len(keyframe_bytes) != len(keyframes) + 1:
         return []
     spans = []
     for target in targets:
         at = bisect.bisect_right(keyframes, int(target)) - 1
         if at >= 0:
-            spans.append((max(0, keyframe_bytes[at] - GOP_FRAMING_BYTES), keyframe_bytes[at + 1]))
+            end = keyframe_bytes[at + 1] + GOP_TAIL_BYTES
+            spans.append((max(0, keyframe_bytes[at] - GOP_FRAMING_BYTES), end if size is None else min(end, size)))
     return spans
 
 
 def opening_spans(path: str, size: int, keyframe_bytes: Optional[Sequence[int]]) -> List[Tuple[int, int]]:
     """What opening ``path`` reads, fetched with its first GOPs in one round trip: the header and first
-    packet (the first GOP when the index starts at the file's first keyframe and it is short), and a
-    Matroska file's seek index at its end."""
+    packet (the first GOP when the index starts at the file's first keyframe and it is short), and the
+    index at the file's end of a Matroska file (its Cues) or of an MP4 whose media come first (its moov)."""
     end = OPENING_BYTES
     if keyframe_bytes is not None and len(keyframe_bytes) > 1 and keyframe_bytes[0] < OPENING_BYTES:
-        end = min(keyframe_bytes[0] + OPENING_BYTES, keyframe_bytes[1])
+        end = min(keyframe_bytes[0] + OPENING_BYTES, keyframe_bytes[1] + GOP_TAIL_BYTES)
     spans = [(0, min(end, size))]
-    from vito_fast.data.shards import parse_member
+    from vito_fast.storage.shards import parse_member
 
     member = parse_member(path)
-    if (member.name if member is not None else path).lower().endswith(MATROSKA_SUFFIXES):
+    name = (member.name if member is not None else path).lower()
+    index_at_end = name.endswith(MATROSKA_SUFFIXES) or (
+        name.endswith(ISO_SUFFIXES) and keyframe_bytes is not None and 0 <= keyframe_bytes[0] < ISO_INDEX_AT_END_BELOW)
+    if index_at_end:
         tail = min(max(size // SEEK_INDEX_TAIL_FRACTION, SEEK_INDEX_TAIL_BYTES[0]), SEEK_INDEX_TAIL_BYTES[1])
         spans.append((max(0, size - tail), size))
     return spans
+
+
+def _open_container(source):
+    """PyAV's container of a path, or of a file object read through a buffer of READ_BUFFER_BYTES."""
+    import av
+
+    if isinstance(source, str):
+        return av.open(source, "r", metadata_errors="ignore")
+    return av.open(source, "r", metadata_errors="ignore", buffer_size=READ_BUFFER_BYTES)
+
+
+def merge_spans(spans: Sequence[Tuple[int, int]],
+                bridge: int = SHORT_SEEK_BYTES + READ_BUFFER_BYTES) -> List[Tuple[int, int]]:
+    """``spans`` sorted, overlapping ones joined, and ones less than ``bridge`` bytes apart joined with
+    the gap between them (FFmpeg reads such a gap rather than seek over it)."""
+    merged: List[Tuple[int, int]] = []
+    for start, end in sorted(spans):
+        if end <= start:
+            continue
+        if merged and start - merged[-1][1] <= bridge:
+            merged[-1] = (merged[-1][0], max(merged[-1][1], end))
+        else:
+            merged.append((start, end))
+    return merged
+
+
+def planned_spans(path: str, targets: Sequence[int], keyframes: Sequence[int], keyframe_bytes: Sequence[int],
+                  size: Optional[int], opening: bool) -> List[Tuple[int, int]]:
+    """The byte spans [start, end) that decoding frames ``targets`` of ``path`` reads, from the scan's keyframe
+    byte index: the GOPs that hold them, and with ``opening`` (and ``size`` known) what opening the file
+    reads; joined as FFmpeg reads them (``merge_spans``). One round trip fetches them all."""
+    spans = gop_spans(targets, keyframes, keyframe_bytes, size)
+    if opening and size:
+        spans = opening_spans(path, size, keyframe_bytes) + spans
+    return merge_spans(spans)
 
 
 class _OpenVideo:
@@ -165,18 +217,16 @@ class _OpenVideo:
     def __init__(self, path: str, fps: Optional[float] = None, cache: Optional[tuple] = None,
                  size: Optional[int] = None, keyframe_bytes: Optional[Sequence[int]] = None,
                  first_spans: Sequence[Tuple[int, int]] = (), remote=None):
-        import av
-
-        from vito_fast.data.shards import open_video
+        from vito_fast.storage.shards import open_video
 
         self.path = path
         # a file on disk by its path; a URL or a member of a tar shard as a file object of ranged reads
         # (``size``: the object's bytes when the manifest has them, saving a request for them)
         self._source = open_video(path, cache, size, remote)
         if hasattr(self._source, "hint"):  # what opening reads and the first sample's GOPs: one round trip
-            self._source.hint(opening_spans(path, self._source.size, keyframe_bytes) + list(first_spans))
+            self._source.hint(merge_spans(opening_spans(path, self._source.size, keyframe_bytes) + list(first_spans)))
         try:
-            self.container = av.open(self._source, "r", metadata_errors="ignore")
+            self.container = _open_container(self._source)
         except BaseException:
             if not isinstance(self._source, str):
                 self._source.close()
@@ -213,12 +263,10 @@ class _OpenVideo:
     def _start_at(self, number: int, pts: Optional[int]) -> None:
         """Decode from the keyframe (frame number, pts), or from the file's start when pts is None."""
         if pts is None:
-            import av
-
             self.container.close()  # reopening is the one start that works for every container
             if not isinstance(self._source, str):
                 self._source.seek(0)
-            self.container = av.open(self._source, "r", metadata_errors="ignore")
+            self.container = _open_container(self._source)
             self.stream = self.container.streams.video[0]
             self.stream.thread_type = "NONE"
         else:
@@ -308,16 +356,17 @@ class VideoFrameReader:
         it); None demuxes the file once. ``fps`` is not needed (frames are counted, not timed)
         and stays for callers written before the index. ``keyframe_bytes``
         (``ClipRecord.keyframe_bytes``): a remote file fetches the GOPs the frames need in one round trip.
-        ``cache``: a ``remote.BlockCache.spec`` where a remote file keeps the blocks it read (later epochs
+        ``cache``: a ``storage.remote.BlockCache.spec`` where a remote file keeps the blocks it read (later epochs
         read them from disk). ``file_bytes``: the file's size from the manifest (a remote file then needs
-        no request for it). ``remote``: the ``remote.RemoteSettings`` of a remote file's reads.
+        no request for it). ``remote``: the ``storage.remote.RemoteSettings`` of a remote file's reads.
         """
         if (keyframes is None) != (keyframe_pts is None) or (
                 keyframes is not None and len(keyframes) != len(keyframe_pts)):
             raise ValueError(f"VideoFrameReader.read: {path}: keyframes and keyframe_pts must both be given, "
                              f"with one pts per keyframe")
         try:
-            spans = gop_spans(frames, keyframes, keyframe_bytes) if keyframe_bytes and keyframes else []
+            spans = planned_spans(path, frames, keyframes, keyframe_bytes, file_bytes, opening=False) \
+                if keyframe_bytes and keyframes else []
             video = self._open(path, cache, file_bytes, keyframe_bytes, spans, remote)
             video.fetch(spans)  # held already when the file was opened for them
             decoded = {target: video.read(target, keyframes, keyframe_pts)

@@ -167,7 +167,7 @@ class DaliDecoder:
     def decode(self, request: FrameRequest) -> List[object]:
         if self._pipeline is None:
             self._pipeline = self._build()
-        from vito_fast.data.shards import read_video_bytes
+        from vito_fast.storage.shards import read_video_bytes
 
         data = np.frombuffer(read_video_bytes(request.path), dtype=np.uint8)  # a file, URL or tar member
         from vito_fast.data.sample_jobs import ORIENTATION_INPUTS
@@ -223,8 +223,8 @@ class NvcDecoder:
         import PyNvVideoCodec as nvc
         import torch
 
-        from vito_fast.data.remote import is_url
-        from vito_fast.data.shards import parse_member
+        from vito_fast.storage.remote import is_url
+        from vito_fast.storage.shards import parse_member
 
         if is_url(request.path) or parse_member(request.path) is not None:
             raise VideoError(f"{request.path}: PyNvVideoCodec opens files on disk only, not URLs or members of tar "
@@ -279,7 +279,7 @@ class TorchCodecDecoder:
     def decode(self, request: FrameRequest) -> List[object]:
         from torchcodec.decoders import VideoDecoder
 
-        from vito_fast.data.shards import open_video
+        from vito_fast.storage.shards import open_video
 
         source = open_video(request.path)  # a path on disk, or a file object of ranged reads
         try:

@@ -126,7 +126,7 @@ def _decode_spaced_frames(path: str, count: int, start: Optional[float], end: Op
     wanted_set = set(wanted.tolist())
     chosen: dict = {}
     last_frame = None
-    from vito_fast.data.shards import open_container
+    from vito_fast.storage.shards import open_container
 
     with open_container(path) as container:
         position = 0

@@ -14,7 +14,7 @@ import numpy as np
 
 from vito_fast.data.config import usable_cores
 from vito_fast.data.manifest import ClipRecord
-from vito_fast.data.shards import open_container
+from vito_fast.storage.shards import open_container
 from vito_fast.errors import VideoError
 
 

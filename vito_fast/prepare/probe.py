@@ -87,8 +87,8 @@ def probe_video(path: str, decode_check: str = "tail") -> Union[VideoInfo, Rejec
     """
     import av  # PyAV is a hard dependency, imported here to keep the module light for pickling
 
-    from vito_fast.data.remote import is_url
-    from vito_fast.data.shards import TruncatedMember, index_tar, is_shard, open_video, parse_member
+    from vito_fast.storage.remote import is_url
+    from vito_fast.storage.shards import TruncatedMember, index_tar, is_shard, open_video, parse_member
 
     if is_shard(path):  # a shard that could not be listed (the scan lists readable ones into their members)
         try:

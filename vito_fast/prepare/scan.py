@@ -39,13 +39,13 @@ def find_videos(paths: Iterable[PathLike], members: bool = True) -> List[str]:
 
     A URL prefix (``s3://bucket/videos/``, ...) is listed the same way through fsspec, sorted. A tar
     shard (``.tar``, named or found in a folder; WebDataset's ``shards/{00000..00099}.tar`` expands)
-    gives its video members, in tar order, as ``shards.member_path`` strings: read by range, never
+    gives its video members, in tar order, as ``storage.shards.member_path`` strings: read by range, never
     extracted (``members=False``: the shards themselves, which ``scan_videos`` splits into parts
     whole, so that a part lists only its own shards). Raises FileNotFoundError naming the first
     path that does not exist.
     """
-    from vito_fast.data.remote import RemoteFiles, is_url
-    from vito_fast.data.shards import expand_shards, is_shard
+    from vito_fast.storage.remote import RemoteFiles, is_url
+    from vito_fast.storage.shards import expand_shards, is_shard
 
     found: List[str] = []
     for pattern in paths:
@@ -80,7 +80,7 @@ def _members_of_shards(files: List[str]) -> List[str]:
     shard's headers are a few ranged reads each, so many shards are listed at once)."""
     from concurrent.futures import ThreadPoolExecutor
 
-    from vito_fast.data.shards import index_tar, is_shard
+    from vito_fast.storage.shards import index_tar, is_shard
 
     shards = [file for file in files if is_shard(file)]
     if not shards:
@@ -215,7 +215,7 @@ def scan_videos(paths: Iterable[PathLike], *, min_seconds: float = 1.0, clip_sec
 
 def _add_shard_metadata(records: List[ClipRecord], label_field: Optional[str]) -> None:
     """Caption and label of the clips of videos inside tar shards, from their samples' ``.txt``/``.json``."""
-    from vito_fast.data.shards import index_tar, parse_member, read_sample_metadata
+    from vito_fast.storage.shards import index_tar, parse_member, read_sample_metadata
 
     for record in records:
         member = parse_member(record.path)

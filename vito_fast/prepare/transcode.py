@@ -18,7 +18,7 @@ from typing import List, Optional, Sequence, Union
 from vito_fast.prepare.clip_decode import clip_bounds, output_size
 from vito_fast.data.config import usable_cores
 from vito_fast.data.manifest import ClipRecord, read_manifest, write_manifest
-from vito_fast.data.shards import open_container, video_stem
+from vito_fast.storage.shards import open_container, video_stem
 from vito_fast.errors import VideoError
 
 PathLike = Union[str, os.PathLike]

@@ -29,11 +29,11 @@ import tarfile
 from dataclasses import dataclass, field
 from typing import Dict, List, Optional, Tuple, Union
 
-from vito_fast.data.ranged_file import ByteWindow
+from vito_fast.storage.ranged_file import ByteWindow
 from vito_fast.errors import StoreError, VideoError
 
 __all__ = ["TruncatedMember", "TarMember", "member_path", "parse_member", "open_video", "open_container",
-           "read_video_bytes", "video_stem", "fetch_ahead", "index_tar",
+           "read_video_bytes", "video_stem", "remote_requests", "index_tar",
            "expand_shards", "is_shard", "sample_key", "ShardIndex"]
 
 _MEMBER = re.compile(r"(?P<tar>.+?\.tar)#(?P<name>.+)@(?P<offset>\d+)\+(?P<size>\d+)")
@@ -154,7 +154,7 @@ def open_video(path: str, cache: Optional[tuple] = None, size: Optional[int] = N
     inside the member (a truncated shard). ``cache``: a ``remote.BlockCache.spec`` that remote reads go
     through (a later epoch reads its blocks from disk); ``size``: a URL's bytes when known (no request for
     them); ``settings``: the ``remote.RemoteSettings`` of its reads (None: the environment's)."""
-    from vito_fast.data.remote import is_url
+    from vito_fast.storage.remote import is_url
 
     member = parse_member(path)
     if member is None:
@@ -184,18 +184,11 @@ def open_container(path: str):
             source.close()
 
 
-# bytes fetched ahead for the samples a process will decode next: (url, offset, size) -> bytes
-_FETCHED_AHEAD: "collections.OrderedDict[tuple, bytes]" = collections.OrderedDict()
-_FETCHED_AHEAD_LIMIT = 64 << 20
-
-
-def fetch_ahead(spans_by_path, settings=None) -> None:
-    """Fetch the byte spans ``[(path, [(start, end), ...]), ...]`` of remote videos (URLs or members of remote
-    shards; spans within the video) all at once, for their readers to take: a chunk of samples then
-    waits for the network once, not once per sample. Local paths are skipped; a failed span is left
-    for its reader, which retries and reports it. ``settings``: ``remote.RemoteSettings`` (None: the
-    environment's)."""
-    from vito_fast.data.remote import RemoteFiles, is_url
+def remote_requests(spans_by_path) -> List[Tuple[str, int, int]]:
+    """The (url, offset, size) reads of the byte spans ``[(path, [(start, end), ...]), ...]`` of videos (spans
+    within each video; a member's lie within its tar), for the remote ones (URLs, members of remote
+    shards), each once; local paths give none."""
+    from vito_fast.storage.remote import is_url
 
     requests = []
     for path, spans in spans_by_path:
@@ -203,15 +196,7 @@ def fetch_ahead(spans_by_path, settings=None) -> None:
         url, base = (member.tar, member.offset) if member is not None else (path, 0)
         if is_url(url):
             requests += [(url, base + start, end - start) for start, end in spans if end > start]
-    if not requests:
-        return
-    requests = list(dict.fromkeys(requests))
-    for request, data in zip(requests, RemoteFiles(requests[0][0], settings).read_ranges(requests)):
-        if isinstance(data, bytes):
-            _FETCHED_AHEAD[request] = data
-    held = sum(len(data) for data in _FETCHED_AHEAD.values())
-    while held > _FETCHED_AHEAD_LIMIT and _FETCHED_AHEAD:
-        held -= len(_FETCHED_AHEAD.popitem(last=False)[1])
+    return list(dict.fromkeys(requests))
 
 
 # objects' sizes seen by this process: reopening a remote video asks for its size once
@@ -221,8 +206,8 @@ _OBJECT_SIZES: "collections.OrderedDict[str, int]" = collections.OrderedDict()
 def _ranged_file(url: str, name: str, offset: int = 0, size: Optional[int] = None, cache: Optional[tuple] = None,
                  settings=None):
     """A ``RangedFile`` of bytes [offset, offset + size) of the object at ``url`` (size None: the object's)."""
-    from vito_fast.data.ranged_file import RangedFile
-    from vito_fast.data.remote import BlockCache, RemoteFiles
+    from vito_fast.storage.ranged_file import RangedFile
+    from vito_fast.storage.remote import BlockCache, RemoteFiles
 
     files = RemoteFiles(url, settings, cache=None if cache is None else BlockCache.from_spec(cache))
     if size is None:
@@ -238,8 +223,10 @@ def _ranged_file(url: str, name: str, offset: int = 0, size: Optional[int] = Non
             _OBJECT_SIZES.popitem(last=False)
 
     def read_ranges(spans):
+        from vito_fast.storage.read_ahead import take_held
+
         wanted = [(url, offset + start, length) for start, length in spans]
-        pieces = [_FETCHED_AHEAD.pop(request, None) for request in wanted]  # fetched ahead for this sample
+        pieces = take_held(wanted)  # fetched ahead for this sample
         missing = [index for index, piece in enumerate(pieces) if piece is None]
         if missing:
             fetched = files.read_ranges([wanted[index] for index in missing], what=[name] * len(missing))
@@ -266,7 +253,7 @@ def _size_of(file) -> Optional[int]:
 def read_video_bytes(path: str) -> bytes:
     """The encoded bytes of a whole video (a file, a URL, or a member of a tar: one ranged read).
     Raises VideoError naming the path when they cannot be read whole."""
-    from vito_fast.data.remote import RemoteFiles, is_url
+    from vito_fast.storage.remote import RemoteFiles, is_url
 
     member = parse_member(path)
     source = path if member is None else member.tar
@@ -326,7 +313,7 @@ def index_tar(tar: str) -> ShardIndex:
     if not is_shard(tar):
         raise VideoError(f"{tar}: a shard must be an uncompressed .tar (compressed tars cannot be read by range; "
                          f"repack it with `tar -cf`)")
-    from vito_fast.data.remote import is_url, open_remote
+    from vito_fast.storage.remote import is_url, open_remote
 
     file = open_remote(tar, block_size=_INDEX_BLOCK_BYTES) if is_url(tar) else _open_local(tar)
     members: List[TarMember] = []

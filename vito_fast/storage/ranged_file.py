@@ -67,7 +67,9 @@ class RangedFile(ByteWindow):
     def hint(self, spans) -> None:
         """Fetch the byte spans [start, end) not held yet, all in one round trip (before the decoder asks)."""
         wanted = sorted({(max(0, int(start)), min(self._size, int(end))) for start, end in spans})
-        wanted = [(start, end) for start, end in wanted if end > start and not self._covered(start, end)]
+        wanted = [(start, end) for index, (start, end) in enumerate(wanted) if end > start
+                  and not any(first <= start and end <= last for first, last in wanted[:index])  # inside another
+                  and not self._covered(start, end)]
         if wanted:
             self._fetch(wanted)
 
