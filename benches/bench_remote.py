@@ -12,7 +12,9 @@ bytes it answers.
   s3-<ms> for 0, 20 and 50 ms.
 * ``test_remote_videos``: PairLoader on a manifest of the videos by URL (scanned: keyframe index
   included), PyAV in the decode workers, ``max_open_videos=1`` so that each sample opens its file
-  as in a corpus far bigger than the workers' open files. Providers: local, http-0, http-50.
+  as in a corpus far bigger than the workers' open files. Providers: local, http-0, http-50, s3-0,
+  s3-50, and the same videos packed into SHARDS WebDataset tar shards (members read by range):
+  shards-local, shards-http-50, shards-s3-50.
   extra_info adds gop_bytes_per_pair: the bytes of the GOPs each pair decodes (from the keyframe
   packet before its frame to the next keyframe packet, PyAV's packet positions; a GOP both frames
   share counts once), and bytes_over_gop, what the server sent over that.
@@ -34,9 +36,11 @@ import json
 import os
 import subprocess
 import sys
+import tarfile
 import time
 import urllib.request
 from pathlib import Path
+from typing import Optional
 
 import numpy as np
 import pytest
@@ -44,6 +48,7 @@ import pytest
 from bench_loader import BATCH, VIDEOS, _cpu_seconds, corpus  # noqa: F401  (corpus: the loader bench's fixture)
 
 LATENCIES = (0, 20, 50)
+SHARDS = 2  # tar shards the videos are packed into (video i in shard i mod SHARDS)
 SHARD_BYTES = 2 << 20
 SETTLE_SECONDS = 2.0  # before counting requests and bytes: the read-ahead has filled the loader's queues
 ROUND_EPOCHS = 6  # epochs per timed round (an epoch of the corpus is 2 batches of 32)
@@ -61,9 +66,26 @@ def folder(corpus, tmp_path_factory):
     folder = tmp_path_factory.mktemp("remote_corpus")
     for path in source.glob("video*.webm"):
         (folder / path.name).symlink_to(path)
+    (folder / "shards").mkdir()
+    for shard in range(SHARDS):  # WebDataset shards of the same videos, members named as the files
+        with tarfile.open(folder / "shards" / f"shard-{shard:05d}.tar", "w") as tar:
+            for index in range(shard, VIDEOS, SHARDS):
+                tar.add(source / f"video{index}.webm", arcname=f"video{index}.webm")
     extract_frames(source / "manifest.jsonl", folder / "store", fps=8, short_side=256, quality=90, progress=False,
                    shard_bytes=SHARD_BYTES)
     return folder
+
+
+@pytest.fixture(scope="session")
+def scanned_shards(folder, scanned):
+    """The members of the shards scanned, listed in the order (and with the labels) of ``scanned``."""
+    from vito_fast.prepare.scan import scan_videos
+    from vito_fast.storage.shards import parse_member
+
+    records, _ = scan_videos([str(path) for path in sorted((folder / "shards").glob("*.tar"))], workers=0,
+                             progress=False, min_seconds=0.5)
+    by_name = {parse_member(record.path).name: record for record in records}
+    return [dataclasses.replace(by_name[Path(record.path).name], label=record.label) for record in scanned]
 
 
 @pytest.fixture(scope="session")
@@ -187,14 +209,25 @@ def gop_spans(path: str):
     return [pts for pts, _ in keyframes], [pos for _, pos in keyframes], Path(path).stat().st_size
 
 
-@pytest.mark.parametrize("provider", ["local", "http-0", "http-50"])
-def test_remote_videos(benchmark, folder, servers, scanned, provider, monkeypatch, tmp_path):
+def located(records, provider: str, url: Optional[str], folder: Path):
+    """``records`` where ``provider`` serves them: files by name at the server's root (http: ``url``; s3: the
+    bucket), members of the shards under shards/ there."""
+    if url is None:
+        return records
+    base = url if provider.split("-")[-2] == "http" else "s3://corpus"
+    if provider.startswith("shards"):
+        return [dataclasses.replace(record, path=record.path.replace(str(folder), base, 1)) for record in records]
+    return [dataclasses.replace(record, path=f"{base}/{Path(record.path).name}") for record in records]
+
+
+@pytest.mark.parametrize("provider", ["local", "http-0", "http-50", "s3-0", "s3-50", "shards-local", "shards-http-50",
+                                      "shards-s3-50"])
+def test_remote_videos(benchmark, folder, servers, scanned, scanned_shards, provider, monkeypatch, tmp_path):
     from vito_fast.data import LoaderConfig, PairLoader
     from vito_fast.data.manifest import write_manifest
 
-    url = source_url(servers, provider, monkeypatch)
-    records = scanned if url is None else [
-        dataclasses.replace(record, path=f"{url}/{Path(record.path).name}") for record in scanned]
+    url = source_url(servers, provider.replace("shards-", "", 1), monkeypatch)
+    records = located(scanned_shards if provider.startswith("shards") else scanned, provider, url, folder)
     manifest = write_manifest(tmp_path / "manifest.jsonl", records)
     spans = {record.path: gop_spans(record.path) for record in scanned}
     gop_bytes = []
