@@ -154,6 +154,26 @@ def test_shards_over_http_are_scanned_and_read_by_range(corpus, tmp_path):
     assert_same_batches(got, want)
 
 
+@pytest.mark.parametrize("decode_workers", [0, 1])
+def test_a_remote_shard_that_keeps_failing_is_named_once(corpus, tmp_path, monkeypatch, decode_workers):
+    """Every read of one shard answers 500: the three clips it holds are replaced, and the shard (the
+    object whose reads failed) is named once, in one warning and one ``stats.failed_files`` entry."""
+    pytest.importorskip("aiohttp", reason="aiohttp is not installed: pip install 'vito_fast[remote]'")
+    from range_server import RangeServer
+
+    monkeypatch.setenv("VITO_FAST_REMOTE_RETRIES", "0")
+    with RangeServer(corpus) as server:
+        members, _ = scan([server.url + "/shards/{00000..00001}.tar"])
+        manifest = write_manifest(tmp_path / "http.jsonl", members)
+        server.fail_next("00000.tar", 10 ** 6, status=500)
+        with pytest.warns(RuntimeWarning) as caught:
+            batches, stats = batches_of(manifest, decode_workers=decode_workers)
+    assert len(batches) == CLIPS // 3 and stats.replaced >= 3
+    assert list(stats.failed_files) == [server.url + "/shards/00000.tar"], stats.failed_files
+    named = [str(warning.message) for warning in caught if "PairLoader" in str(warning.message)]
+    assert len(named) == 1 and named[0].startswith(f"PairLoader: {server.url}/shards/00000.tar: ")
+
+
 def test_a_truncated_shard_is_reported_at_scan_and_replaced_while_training(corpus, tmp_path):
     shard = tmp_path / "00001.tar"
     shard.write_bytes((corpus / "shards" / "00001.tar").read_bytes())

@@ -1,8 +1,26 @@
 """Errors raised by vito_fast. Each message names the file or argument at fault."""
+from typing import Optional
 
 
 class VitoError(Exception):
-    """Base class of vito_fast's own errors."""
+    """Base class of vito_fast's own errors. ``object_name``: the object whose reads failed when that is
+    not the file the error is about (a tar shard of many videos, a frame store's shard): the loader names
+    it once, not once per clip it holds."""
+
+    def __init__(self, *args, object_name: Optional[str] = None):
+        super().__init__(*args)
+        if object_name is not None:
+            self.object_name = object_name  # pickled with the error (BaseException keeps __dict__)
+
+
+def failed_object(error: BaseException) -> Optional[str]:
+    """The ``object_name`` of ``error`` or of the error it was raised from, else None."""
+    while error is not None:
+        name = getattr(error, "object_name", None)
+        if name:
+            return name
+        error = error.__cause__
+    return None
 
 
 class VideoError(VitoError):

@@ -95,7 +95,8 @@ class _ShardFiles:
                     self._open[shard] = os.open(self.paths[shard], os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
                 except OSError as error:
                     problem = "missing" if isinstance(error, FileNotFoundError) else f"cannot be opened: {error}"
-                    raise StoreError(f"{self.paths[shard]}: shard {problem} (needed for {what})") from None
+                    raise StoreError(f"{self.paths[shard]}: shard {problem} (needed for {what})",
+                                     object_name=str(self.paths[shard])) from None
             self._users[shard] = self._users.get(shard, 0) + 1
             if len(self._open) > self.max_open:
                 idle = [other for other in self._open if not self._users.get(other)]
@@ -228,10 +229,11 @@ class FrameStore:
                     break
                 data += more
         except OSError as error:
-            raise StoreError(f"{self._files.paths[shard]}: cannot read clip {clip} frame {frame}: {error}") from None
+            raise StoreError(f"{self._files.paths[shard]}: cannot read clip {clip} frame {frame}: {error}",
+                             object_name=str(self._files.paths[shard])) from None
         if len(data) != size:
             raise StoreError(f"{self._files.paths[shard]}: clip {clip} frame {frame}: only {len(data)} of {size} "
-                             f"bytes at offset {offset}; the shard is truncated")
+                             f"bytes at offset {offset}; the shard is truncated", object_name=str(self._files.paths[shard]))
         return data
 
     def _read_requests(self, requests: Sequence[tuple]) -> List[Union[bytes, StoreError]]:

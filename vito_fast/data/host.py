@@ -33,7 +33,7 @@ from vito_fast.data.sample_jobs import JobRunner
 from vito_fast.data.sample_order import SampleOrder
 from vito_fast.data.sampler import ViewParams, sample_view_params
 from vito_fast.data.stats import LoaderStats
-from vito_fast.errors import StoreError, VideoError
+from vito_fast.errors import StoreError, VideoError, failed_object
 
 __all__ = ["DATA_ERRORS", "HostBatch", "HostPreparation"]
 
@@ -214,10 +214,17 @@ class HostPreparation:
                                   config=self.config.views)
 
     def _mark_bad(self, clip: int, error: Exception) -> None:
+        """Name the clip's file once, or the object whose reads failed (a tar shard, a store's shard) once for
+        all the clips it holds."""
         if clip in self._reported:
             return
         name = self.source.name(clip)
         self._reported[clip] = name
+        failed = failed_object(error)
+        if failed is not None and failed != name:
+            if failed in self.stats.failed_files:
+                return  # named already, for another of its clips
+            name = failed
         self.stats.failed_files.setdefault(name, str(error))
         warnings.warn(f"PairLoader: {name}: {error}; its samples are replaced by others", RuntimeWarning, stacklevel=3)
 

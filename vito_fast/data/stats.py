@@ -14,7 +14,8 @@ __all__ = ["LoaderStats"]
 @dataclass
 class LoaderStats:
     """samples: served so far; replaced: samples served from a replacement clip; failed_files: file
-    (or shard) name -> the first error seen for it; timeouts: samples given up after
+    name (or, when the reads of an object holding many clips failed, the object's: a tar shard, a frame
+    store's shard, once for all its clips) -> the first error seen for it; timeouts: samples given up after
     ``sample_timeout``; worker_restarts: decode workers replaced (hung or died). wait_seconds: time
     spent in ``next()`` waiting for a batch, out of elapsed_seconds since the first request;
     host_wait_seconds: time the device stage's thread waited for the host to finish a batch;

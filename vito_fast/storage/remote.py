@@ -106,11 +106,11 @@ class RemoteFiles:
                 return read()
             except Exception as error:  # network errors of every protocol: retried, then named
                 if _not_found(error):
-                    raise StoreError(f"{what}: not found") from None
+                    raise StoreError(f"{what}: not found", object_name=url) from None
                 if attempt == retries:
                     if url is not None:
                         self._quarantine(url)
-                    raise _failed(what, retries, error) from None
+                    raise _failed(what, retries, error, url) from None
                 time.sleep(delay)
                 delay *= 2
 
@@ -130,7 +130,7 @@ class RemoteFiles:
             _FAILED_AT.pop(key, None)
             return
         raise StoreError(f"{what}: its reads failed {since:.0f} s ago; not tried again for "
-                         f"{QUARANTINE_SECONDS - since:.0f} s")
+                         f"{QUARANTINE_SECONDS - since:.0f} s", object_name=url)
 
     def cat(self, url: str) -> bytes:
         return self._attempt(url, lambda: self.fs.cat_file(url), url)
@@ -168,7 +168,7 @@ class RemoteFiles:
                 if isinstance(data, bytes) and len(data) == size:
                     results[index] = data
                 elif isinstance(data, BaseException) and _not_found(data):
-                    results[index] = StoreError(f"{what[index]}: not found")
+                    results[index] = StoreError(f"{what[index]}: not found", object_name=requests[index][0])
                 else:
                     errors[index] = data if isinstance(data, BaseException) else OSError(
                         f"only {len(data)} of {size} bytes at offset {requests[index][1]}; truncated")
@@ -177,7 +177,7 @@ class RemoteFiles:
                 break
         for index in pending:
             self._quarantine(requests[index][0])
-            results[index] = _failed(what[index], self.settings.retries, errors[index])
+            results[index] = _failed(what[index], self.settings.retries, errors[index], requests[index][0])
         return results
 
     def _read_or_error(self, url: str, offset: int, size: int, what: str):
@@ -193,7 +193,8 @@ class RemoteFiles:
         else:
             data = self._attempt(what or url, lambda: self.fs.cat_file(url, start=offset, end=offset + size), url)
         if len(data) != size:
-            raise StoreError(f"{what or url}: only {len(data)} of {size} bytes at offset {offset}; truncated")
+            raise StoreError(f"{what or url}: only {len(data)} of {size} bytes at offset {offset}; truncated",
+                             object_name=url)
         return data
 
 
@@ -333,8 +334,9 @@ def _not_found(error: BaseException) -> bool:
     return isinstance(error, FileNotFoundError) or getattr(error, "status", None) == 404
 
 
-def _failed(what: str, retries: int, error: BaseException) -> StoreError:
-    return StoreError(f"{what}: failed {retries + 1} times, last: {type(error).__name__}: {str(error).strip()[:200]}")
+def _failed(what: str, retries: int, error: BaseException, url: Optional[str] = None) -> StoreError:
+    return StoreError(f"{what}: failed {retries + 1} times, last: {type(error).__name__}: {str(error).strip()[:200]}",
+                      object_name=url)
 
 
 def _filesystem_options(protocol: str, timeout: float) -> dict:
