@@ -48,3 +48,12 @@ class Fails(PyAVDecoder):
         from vito_fast.errors import VideoError
 
         raise VideoError(f"{request.path}: this decoder fails on purpose")
+
+
+class Vp9Only(PyAVDecoder):
+    """Decodes VP9 as PyAV does and nothing else (DALI's CPU decoder on a manifest of VP9 and H.264)."""
+
+    name = "vp9_only"
+
+    def unavailable(self, codec: str):
+        return None if codec == "vp9" else f"decodes vp9 only, not {codec}"

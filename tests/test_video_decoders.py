@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from videos import decode_frame_number, write_video
+from videos import decode_frame_number, encoder_available, write_video
 from vito_fast.decoders.choice import choose_decoder, size_class
 from vito_fast.decoders.video_decoders import FrameRequest, make_decoder
 from vito_fast.prepare.scan import scan_videos
@@ -181,6 +181,31 @@ def test_the_choice_is_cached_and_cheap_at_start(clips, trial_env):
     assert not choose_decoder(clips["plain"], candidates=candidates, cache_path=trial_env, refresh=True).cached
 
 
+@pytest.mark.skipif(not encoder_available("h264"), reason="no H.264 encoder in this FFmpeg")
+def test_a_mixed_manifest_gets_a_decoder_verified_for_each_of_its_codecs(clips, trial_env, tmp_path):
+    """VP9 and H.264 clips: each group is measured on its own; a decoder verified on VP9 but not available
+    for H.264 is the choice for neither the manifest nor its H.264 clips; a group under GROUP_SHARE of the
+    clips is not measured."""
+    from vito_fast.decoders.choice import GROUP_SHARE, choose_decoders
+
+    (tmp_path / "h264").mkdir()
+    for index in range(2):
+        write_video(tmp_path / "h264" / f"clip{index}.mp4", codec="h264", width=176, height=144, fps=25,
+                    num_frames=40, gop=10)
+    h264, _ = scan_videos([str(tmp_path / "h264")], workers=0, progress=False, min_seconds=0.5)
+    vp9 = [record for record in clips["plain"] if size_class(record.height, record.width) == "≤288p"]
+    candidates = ["pyav", "broken_decoders:Vp9Only"]
+    choice = choose_decoders(vp9 + h264, candidates=candidates, samples=2, cache_path=trial_env)
+    assert [(group.codec, group.size) for group, _ in choice.groups] == [("vp9", "≤288p"), ("h264", "≤288p")]
+    by_codec = {group.codec: {trial.decoder: trial for trial in group.trials} for group, _ in choice.groups}
+    assert by_codec["vp9"]["broken_decoders:Vp9Only"].verified
+    assert by_codec["h264"]["broken_decoders:Vp9Only"].status == "unavailable"
+    assert choice.decoder == "pyav" and "h264 ≤288p" in choice.describe() and "h264 ≤288p" in choice.table()
+    few = vp9 * int(1 / GROUP_SHARE) + h264[:1]  # H.264 under GROUP_SHARE of the clips: only VP9 measured
+    assert [group.codec for group, _ in choose_decoders(few, candidates=candidates, samples=2,
+                                                         cache_path=trial_env).groups] == ["vp9"]
+
+
 def test_bench_decoders_prints_the_table(clips, trial_env, tmp_path, capsys):
     from vito_fast.cli.main import main
     from vito_fast.data.manifest import write_manifest
@@ -188,7 +213,8 @@ def test_bench_decoders_prints_the_table(clips, trial_env, tmp_path, capsys):
     manifest = write_manifest(tmp_path / "manifest.jsonl", clips["plain"])
     assert main(["bench", "decoders", str(manifest), "--device", "cpu", "--decoders", "pyav", "--samples", "3"]) == 0
     out = capsys.readouterr().out
-    assert "| **pyav** | verified |" in out and "video decoder for vp9 ≤288p on cpu: pyav" in out
+    assert "| **pyav** | verified |" in out and "vp9 ≤288p, 100 % of the clips" in out
+    assert "video decoder on cpu: pyav" in out
     assert main(["bench", "decoders", str(tmp_path / "missing.jsonl")]) == 1
 
 
@@ -202,9 +228,11 @@ def test_the_loader_decodes_with_the_verified_choice(clips, trial_env, tmp_path,
         batch = next(iter(loader))
         choice = loader.decoder_choice
         if have_dali():
-            assert choice is not None and {trial.decoder for trial in choice.trials} == {"pyav", "dali"}
+            ((group, share),) = choice.groups
+            assert {trial.decoder for trial in group.trials} == {"pyav", "dali"} and share == 1
+            assert choice.decoder == group.decoder
             assert loader.source.input_kind == {"pyav": "frames", "dali": "video"}[choice.decoder]
-            assert "video decoder for vp9" in capfd.readouterr().err
+            assert "vp9 ≤288p (100 % of clips)" in capfd.readouterr().err
         else:
             assert choice is None and loader.source.input_kind == "frames"
         assert batch["view1"].shape == (2, 3, 32, 32)

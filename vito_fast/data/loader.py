@@ -75,7 +75,7 @@ class PairLoader:
     continues from the current position; once an epoch is exhausted the next ``iter()`` starts
     the next epoch (``set_epoch`` chooses one explicitly). ``close()`` (or ``with``) stops the workers.
     ``backend``: the ``BackendChoice`` (which device stage makes the views, and why);
-    ``decoders.choice``: with ``video_decoder="auto"`` on videos, the ``DecoderChoice`` (None otherwise).
+    ``decoders.choice``: with ``video_decoder="auto"`` on videos, the ``ManifestChoice`` (None otherwise).
     """
 
     def __init__(self, source, batch_size: int, *, device: str = "gpu", seed: int, epoch: int = 0,
@@ -279,14 +279,14 @@ def _release(producers: list, host: HostPreparation, stage: DeviceStage, wait: b
 
 
 def _choose_video_decoder(source, config: LoaderConfig, device: str, device_id: Optional[int], *, announce: bool):
-    """(a decoder name, the DecoderChoice or None) for ``video_decoder="auto"``: the decoders this loader
+    """(a decoder name, the ManifestChoice or None) for ``video_decoder="auto"``: the decoders this loader
     can run (DALI's where its backend can; the device stage's, nvc and torchcodec, where the torch
-    backend can), tried on the manifest's first clips."""
+    backend can), tried on the first clips of each (codec, size class) of the manifest's first 10,000."""
     from itertools import islice
     from pathlib import Path
 
     from vito_fast.data.backends import dali_problem
-    from vito_fast.decoders.choice import choose_decoder
+    from vito_fast.decoders.choice import choose_decoders
     from vito_fast.data.manifest import iter_manifest
     from vito_fast.decoders.video_decoders import make_decoder
 
@@ -310,7 +310,7 @@ def _choose_video_decoder(source, config: LoaderConfig, device: str, device_id: 
     if len(candidates) == 1:
         return "pyav", None
     try:
-        choice = choose_decoder(records, device=device, candidates=candidates)
+        choice = choose_decoders(records, device=device, candidates=candidates)
     except (RuntimeError, ValueError) as error:  # no decoder verified on the first clips: PyAV, which replaces
         warnings.warn(f"PairLoader: {path}: {error}; decoding with PyAV", RuntimeWarning, stacklevel=3)
         return "pyav", None

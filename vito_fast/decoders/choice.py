@@ -12,6 +12,12 @@ decoder, 1 for a GPU one. The table (pairs/s, CPU-ms per pair,
 verified or why not) comes with the choice, which a small JSON cache keeps, keyed by machine, GPU,
 the decoders' versions, codec and size class, so the next run starts at once.
 ``vito-fast bench decoders MANIFEST`` prints the table.
+
+``choose_decoders(records)`` does this for each (codec, size class) that holds at least GROUP_SHARE
+of the clips (the MAX_GROUPS largest) and picks the decoder a run uses for all of them: one verified
+in every group, with the least time per pair over the manifest (each group's 1 / loader pairs/s,
+weighted by its share of the clips). A decoder fast on the most common group but wrong or missing on
+another (DALI's CPU decoder on H.264) is not chosen for a mixed manifest.
 """
 from __future__ import annotations
 
@@ -24,14 +30,16 @@ import time
 from collections import Counter
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence
+from typing import Dict, List, Optional, Sequence, Tuple
 
 from vito_fast.decoders.video_decoders import FrameRequest
 
-__all__ = ["MIN_PSNR_DB", "DecoderTrial", "DecoderChoice", "size_class", "trial_requests", "run_trial",
-           "choose_decoder", "default_cache_path", "DEFAULT_CANDIDATES"]
+__all__ = ["MIN_PSNR_DB", "DecoderTrial", "DecoderChoice", "ManifestChoice", "size_class", "trial_requests",
+           "run_trial", "choose_decoder", "choose_decoders", "default_cache_path", "DEFAULT_CANDIDATES",
+           "GROUP_SHARE", "MAX_GROUPS"]
 
 MIN_PSNR_DB = 35.0
+GROUP_SHARE, MAX_GROUPS = 0.05, 4  # the (codec, size class) groups measured: at least 5 % of the clips, 4 at most
 DEFAULT_CANDIDATES = {"cpu": ("pyav", "dali", "torchcodec"), "gpu": ("pyav", "nvc", "dali", "torchcodec")}
 _VERSIONED = ("av", "nvidia-dali-cuda130", "nvidia-dali-cuda120", "pynvvideocodec", "torchcodec", "torch")
 
@@ -223,6 +231,65 @@ def choose_decoder(records: Sequence, *, device: str = "cpu", candidates: Option
     cache[key] = choice.to_json()
     _write_cache(cache_path, cache)
     return choice
+
+
+@dataclass
+class ManifestChoice:
+    """The decoder a run uses (``decoder``) and the choice for each group measured, with its share of the
+    manifest's clips (``groups``: [(DecoderChoice, share)], largest first)."""
+
+    decoder: str
+    device: str
+    groups: List[Tuple[DecoderChoice, float]]
+
+    @property
+    def cached(self) -> bool:
+        return all(choice.cached for choice, _ in self.groups)
+
+    @property
+    def seconds(self) -> float:
+        return sum(choice.seconds for choice, _ in self.groups)
+
+    def describe(self) -> str:
+        source = "from the cache" if self.cached else f"measured in {self.seconds:.1f} s"
+        parts = []
+        for choice, share in self.groups:
+            verified = [trial.decoder for trial in choice.trials if trial.verified]
+            parts.append(f"{choice.codec} {choice.size} ({100 * share:.0f} % of clips): fastest {choice.decoder}, "
+                         f"verified {', '.join(verified)}")
+        return f"video decoder on {self.device}: {self.decoder} ({source}; " + "; ".join(parts) + ")"
+
+    def table(self) -> str:
+        return "\n\n".join(f"{choice.codec} {choice.size}, {100 * share:.0f} % of the clips:\n{choice.table()}"
+                            for choice, share in self.groups)
+
+
+def choose_decoders(records: Sequence, *, device: str = "cpu", candidates: Optional[Sequence[str]] = None,
+                    samples: int = 12, timeout: float = 30.0, cache_path: Optional[Path] = None,
+                    refresh: bool = False) -> ManifestChoice:
+    """``choose_decoder`` for each (codec, size class) of ``records`` with at least GROUP_SHARE of them
+    (the MAX_GROUPS largest; the largest always), and the decoder verified in every one of them with the
+    least time per pair over the manifest. Raises what ``choose_decoder`` raises for a group."""
+    if not records:
+        raise ValueError("choose_decoders: the manifest has no clips")
+    groups = Counter((record.codec, size_class(record.height, record.width)) for record in records)
+    measured = [(group, count / len(records)) for group, count in groups.most_common(MAX_GROUPS)]
+    measured = measured[:1] + [(group, share) for group, share in measured[1:] if share >= GROUP_SHARE]
+    choices = []
+    for group, share in measured:
+        members = [record for record in records if (record.codec, size_class(record.height, record.width)) == group]
+        choices.append((choose_decoder(members, device=device, candidates=candidates, samples=samples,
+                                       timeout=timeout, cache_path=cache_path, refresh=refresh), share))
+    seconds_per_pair: Dict[str, float] = {}
+    for choice, share in choices:
+        rates = {trial.decoder: trial.loader_rate for trial in choice.trials if trial.verified}
+        for name in [trial.decoder for trial in choice.trials]:
+            rate = rates.get(name)
+            seconds_per_pair[name] = seconds_per_pair.get(name, 0.0) + (share / rate if rate else float("inf"))
+    best = min(seconds_per_pair, key=lambda name: (seconds_per_pair[name], name != "pyav"))
+    if seconds_per_pair[best] == float("inf"):
+        best = "pyav"  # each group has a verified decoder but none covers all: the reference decodes them all
+    return ManifestChoice(best, device, choices)
 
 
 def _on_gpu(decoder: str, device: str) -> bool:
