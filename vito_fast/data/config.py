@@ -151,6 +151,7 @@ class DataConfig:
     video_decoder: str = LoaderConfig.video_decoder              # "pyav", "dali", "nvc", "torchcodec", "auto"
     cache_dir: Optional[str] = LoaderConfig.cache_dir            # local cache of a remote frame store's blocks
     cache_gb: float = LoaderConfig.cache_gb                      # its size limit
+    read_ahead: int = LoaderConfig.read_ahead                    # batches of remote videos fetched ahead (0: off)
     views: ViewConfig = field(default_factory=ViewConfig)
 
     def __post_init__(self) -> None:
@@ -167,6 +168,8 @@ class DataConfig:
             raise ValueError(f"data.video_decoder must be one of {VIDEO_DECODERS}, got {self.video_decoder!r}")
         if self.num_threads is not None and self.num_threads < 1:
             raise ValueError(f"data.num_threads: must be null (one per usable core) or >= 1, got {self.num_threads}")
+        if not isinstance(self.read_ahead, int) or self.read_ahead < 0:
+            raise ValueError(f"data.read_ahead: must be an integer >= 0 (batches), got {self.read_ahead!r}")
         if self.decode_workers is not None and self.decode_workers < 0:
             raise ValueError(f"data.decode_workers: must be null (this rank's share of the cores - 1), 0 (threads) "
                              f"or a number of processes, got {self.decode_workers}")
@@ -176,4 +179,5 @@ class DataConfig:
         return LoaderConfig(image_size=self.image_size, views=self.views, dtype=dtype, num_threads=self.num_threads,
                             decode_workers=decode_workers(self.decode_workers),
                             sample_timeout=self.sample_timeout, device_id=device_id, backend=self.backend,
-                            video_decoder=self.video_decoder, cache_dir=self.cache_dir, cache_gb=self.cache_gb)
+                            video_decoder=self.video_decoder, cache_dir=self.cache_dir, cache_gb=self.cache_gb,
+                            read_ahead=self.read_ahead)
