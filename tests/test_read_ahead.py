@@ -201,3 +201,45 @@ def test_a_spool_left_by_a_killed_trainer_is_swept(tmp_path):
     code = "from vito_fast.storage.read_ahead import ReadAhead; ReadAhead(1, 10).close()"
     subprocess.run([sys.executable, "-c", code], check=True)
     assert not os.path.exists(root)
+
+
+try:  # the loopback S3 server of the remote tests
+    from test_remote import s3_bucket  # noqa: F401
+except pytest.skip.Exception as missing:  # fsspec or aiohttp is not installed
+    reason = str(missing)
+
+    @pytest.fixture
+    def s3_bucket():
+        pytest.skip(reason)
+
+
+@pytest.mark.usefixtures("one_cpu_thread")
+def test_training_on_videos_in_a_bucket_resumes_as_on_disk(corpus, s3_bucket, tmp_path):
+    """The clips in an S3 bucket, scanned there: four training steps, interrupted after two and resumed,
+    give the losses of four steps on the same clips on local disk (same samples, same order, read ahead
+    through a decode worker)."""
+    from vito_fast.prepare import scan_videos
+    from vito_fast.train.config import load_config
+    from vito_fast.train.loop import train
+
+    folder, records = corpus
+    s3_bucket.put(str(folder / "videos"), "corpus/videos", recursive=True)
+    remote, rejected = scan_videos(["s3://corpus/videos/"], workers=0, progress=False, min_seconds=0.5)
+    assert not rejected and [Path(record.path).name for record in remote] == [Path(r.path).name for r in records]
+    assert [dataclasses.replace(record, path="") for record in remote] == [
+        dataclasses.replace(record, path="") for record in records]  # location does not change the data
+
+    def config(manifest, *more):
+        return load_config("demo", overrides=[
+            "data.source=loader", f"data.path={manifest}", "data.image_size=32", "data.batch_size=2",
+            "data.backend=torch", "data.decode_workers=1", "model.pool_hidden=16", "model.proj_hidden=32",
+            "model.proj_dim=16", "model.pred_hidden=32", "optim.warmup_steps=2", "train.log_every=1",
+            "train.image_every=0", "train.progress=false", "train.device=cpu", "train.steps=4",
+            "train.checkpoint_every=2", *more])
+
+    local = train(config(write_manifest(tmp_path / "local.jsonl", records)), tmp_path / "local").losses
+    in_bucket = write_manifest(tmp_path / "bucket.jsonl", remote)
+    first = train(config(in_bucket, "train.stop_after=2"), tmp_path / "bucket")
+    second = train(config(in_bucket), tmp_path / "bucket", resume=True)
+    assert first.step == 2 and second.step == 4
+    torch.testing.assert_close(first.losses + second.losses, local, rtol=0, atol=1e-5)
