@@ -309,11 +309,12 @@ def test_a_video_decoder_that_fails_where_pyav_decodes_does_not_end_the_run(tmp_
 
 
 @pytest.mark.parametrize("decoder", ["vito_fast.decoders.video_decoders:PyAVDecoder", "broken_decoders:Fails",
-                                     "broken_decoders:Hangs"])
+                                     "broken_decoders:Hangs", "broken_decoders:Crashes"])
 def test_a_decoder_of_the_device_stage_feeds_the_same_graph(clips, tmp_path, decoder):
-    """A decoder that runs in the torch stage (as NVDEC decoders do, on the GPU) gets one FrameRequest per
-    sample and gives the views the host's PyAV workers give; one that fails where PyAV decodes, or does
-    not answer within the samples' timeout, hands over to PyAV from that step."""
+    """A decoder that runs in the torch stage (as NVDEC decoders do, on the GPU), in a process of its own,
+    gets one FrameRequest per sample and gives the views the host's PyAV workers give; one that fails
+    where PyAV decodes, does not answer within the samples' timeout, or takes its process down (a
+    segfault in native code) hands over to PyAV from that step, and the run goes on."""
     import warnings
 
     import torch
@@ -330,7 +331,8 @@ def test_a_decoder_of_the_device_stage_feeds_the_same_graph(clips, tmp_path, dec
                     config=LoaderConfig(**settings, video_decoder=decoder)) as loader:
         assert loader.backend.name == "torch" and "torch stage" in loader.backend.reason
         if decoder.startswith("broken"):
-            message = "did not answer within 2 s" if decoder.endswith("Hangs") else "failed on frames PyAV decodes"
+            message = {"Hangs": "did not answer within 2 s", "Fails": "failed on frames PyAV decodes",
+                       "Crashes": r"died decoding \(killed by SIGABRT\): its process, not the run"}[decoder.split(":")[1]]
             with pytest.warns(RuntimeWarning, match=message):
                 batches = list(loader)
             assert loader.stats.decoder_fallbacks == 1 and loader.source.input_kind == "frames"

@@ -40,7 +40,7 @@ from typing import IO, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-__all__ = ["Arena", "DecodePool", "WorkerFailure"]
+__all__ = ["Arena", "DecodePool", "WorkerFailure", "worker_environment"]
 
 
 class WorkerFailure(Exception):
@@ -161,7 +161,7 @@ def _stop_live_workers() -> None:
         worker.stop()
 
 
-def _worker_environment() -> Dict[str, str]:
+def worker_environment() -> Dict[str, str]:
     """The trainer's environment, with its ``sys.path`` in front (a worker imports what the trainer
     would, e.g. a checkout put on the path by hand), as spawned processes get it."""
     paths = [entry for entry in sys.path if isinstance(entry, str) and entry]
@@ -208,7 +208,7 @@ class _Worker:
             self.process = subprocess.Popen(
                 [sys.executable, "-m", "vito_fast.data.decode_worker", str(child_end.fileno()), str(progress_fd),
                  str(trainer_stderr), str(max_open)],
-                pass_fds=fds, stdin=subprocess.DEVNULL, stderr=self.startup_log, env=_worker_environment())
+                pass_fds=fds, stdin=subprocess.DEVNULL, stderr=self.startup_log, env=worker_environment())
         finally:
             child_end.close()
             for handle in fds[1:]:

@@ -10,8 +10,9 @@ work is queued on the stage's own CUDA stream, ``depth`` batches ahead; on the C
 a batch is submitted.
 
 Videos whose decoder runs here (``input_kind="requests"``: "nvc", "torchcodec", ...) arrive as one
-``FrameRequest`` per sample; the stage's decoder decodes them on the device (NVDEC frames never leave
-the GPU) before the same graph.
+``FrameRequest`` per sample; the stage's decoder decodes them on the device in a process of its own
+(``decoders.decoder_process``: a crash or hang of native decoder code ends that process, not the run;
+NVDEC frames come back as CUDA tensors through CUDA IPC, never through host memory) before the same graph.
 
 A batch whose frames do not decode is traced to its samples by the host preparation
 (``find_bad``: PyAV on the host), which replaces them; the batch is then run again. When PyAV
@@ -55,7 +56,7 @@ class TorchStage:
                              "video_decoder='dali' decodes whole video files with DALI: use backend='dali', "
                              "or video_decoder='pyav'")
         self.input_kind, self.batch_size, self.config = input_kind, batch_size, config
-        self._decoder_thread: Optional[_DecoderThread] = None  # where the stage's video decoder runs
+        self._decoder_process = None  # where the stage's video decoder runs (decoders.decoder_process)
         self.depth = config.prefetch
         self.device = torch.device("cuda", device_id) if device == "gpu" else torch.device("cpu")
         self._host = host
@@ -65,11 +66,6 @@ class TorchStage:
         self._in_flight: deque = deque()  # (batch, views, inputs read event, views ready event), in order
         # on the CPU, JPEGs decode on these threads (decode_jpeg releases the GIL); a GPU decodes a batch at once
         self._decoders = ThreadPoolExecutor(config.threads(), thread_name_prefix="vito-jpeg") if device != "gpu" else None
-        self._video_decoder = None
-        if input_kind == "requests":
-            from vito_fast.decoders.video_decoders import make_decoder
-
-            self._video_decoder = make_decoder(config.video_decoder, device)
 
     def held(self) -> int:
         return len(self._in_flight)
@@ -105,8 +101,8 @@ class TorchStage:
 
     def close(self) -> None:
         self._in_flight.clear()
-        if self._video_decoder is not None:
-            self._video_decoder.close()
+        if self._decoder_process is not None:
+            self._decoder_process.close()
         if self._decoders is not None:
             self._decoders.shutdown(wait=False)
 
@@ -137,22 +133,18 @@ class TorchStage:
             views.append(augment_views(frames[rows], frame_hw[rows], tensors, size, self._dtype))
         return tuple(views), inputs_read
 
-    def _decode_requests(self, inputs) -> list:
-        """Each sample's two frames from the stage's video decoder (on its thread, on the stage's stream)."""
-        if self._stream is None:
-            return [self._video_decoder.decode(sample["request"]) for sample in inputs]
-        with torch.cuda.device(self.device), torch.cuda.stream(self._stream):
-            return [self._video_decoder.decode(sample["request"]) for sample in inputs]
-
     def _frames(self, batch: HostBatch):
         """(2B, 3, H, W) uint8 frames on the device (view 0's then view 1's), their (2B, 2) sizes, and
         an event after which the host inputs are no longer read (None when they were read at once)."""
         inputs_read = None
-        if self.input_kind == "requests":  # each sample's two frames from the stage's decoder
-            if self._decoder_thread is None:
-                self._decoder_thread = _DecoderThread(f"video decoder {self.config.video_decoder}")
-            pairs = self._decoder_thread.call(lambda: self._decode_requests(batch.inputs),
-                                              self.config.sample_timeout * len(batch.inputs))
+        if self.input_kind == "requests":  # each sample's two frames from the stage's decoder, in its process
+            if self._decoder_process is None:
+                from vito_fast.decoders.decoder_process import DecoderProcess
+
+                self._decoder_process = DecoderProcess(self.config.video_decoder, self.device.type.replace("cuda", "gpu"),
+                                                       self.device.index)
+            pairs = self._decoder_process.decode([sample["request"] for sample in batch.inputs],
+                                                 self.config.sample_timeout * len(batch.inputs))
             frames = [torch.as_tensor(pair[view]).to(self.device, non_blocking=True).permute(2, 0, 1)
                       for view in (0, 1) for pair in pairs]
         else:
@@ -180,40 +172,3 @@ class TorchStage:
         bounds = np.linspace(0, len(jpegs), slices + 1).astype(int)
         parts = self._decoders.map(decode, [jpegs[start:end] for start, end in zip(bounds[:-1], bounds[1:])])
         return [frame for part in parts for frame in part]
-
-
-
-class _DecoderThread:
-    """Runs the stage's video decoder on one long-lived daemon thread (a decoder keeps per-thread state:
-    NVDEC sessions are made once and reused), and gives up on a call that has not returned within its
-    time: ``DecoderFailure`` naming the decoder, so the loader falls back to PyAV. A hung call leaves
-    its thread behind, which holds nothing at exit."""
-
-    def __init__(self, what: str):
-        import queue
-        import threading
-
-        self.what, self._jobs = what, queue.Queue()
-        threading.Thread(target=self._serve, name=f"vito-fast {what}", daemon=True).start()
-
-    def _serve(self) -> None:
-        while True:
-            work, outcome, done = self._jobs.get()
-            try:
-                outcome.append((True, work()))
-            except BaseException as error:  # handed to the caller's thread as it is
-                outcome.append((False, error))
-            done.set()
-
-    def call(self, work, seconds: float):
-        import threading
-
-        outcome: list = []
-        done = threading.Event()
-        self._jobs.put((work, outcome, done))
-        if not done.wait(seconds):
-            raise DecoderFailure(f"{self.what} did not answer within {seconds:g} s (a hang): PyAV decodes from here")
-        succeeded, value = outcome[0]
-        if not succeeded:
-            raise value
-        return value

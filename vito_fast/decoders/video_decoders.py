@@ -155,7 +155,13 @@ class DaliDecoder:
         fn, _, types = import_dali()
         on_gpu = self.device == "gpu"
 
-        @pipeline_def(batch_size=1, num_threads=1, device_id=0 if on_gpu else None, prefetch_queue_depth=1,
+        device_id = None
+        if on_gpu:
+            import torch
+
+            device_id = torch.cuda.current_device()
+
+        @pipeline_def(batch_size=1, num_threads=1, device_id=device_id, prefetch_queue_depth=1,
                       exec_dynamic=True, enable_conditionals=True)
         def frames():
             return tuple(decode_video_pair(fn, types, on_gpu))
@@ -233,7 +239,8 @@ class NvcDecoder:
         try:
             if decoder is None:
                 decoder = self._local.decoder = nvc.SimpleDecoder(
-                    request.path, gpu_id=0, use_device_memory=True, output_color_type=nvc.OutputColorType.RGB)
+                    request.path, gpu_id=torch.cuda.current_device(), use_device_memory=True,
+                    output_color_type=nvc.OutputColorType.RGB)
             else:
                 decoder.reconfigure_decoder(request.path)
             frames = decoder.get_batch_frames_by_index(list(request.frames))

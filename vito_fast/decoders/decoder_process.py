@@ -1,0 +1,149 @@
+"""A video decoder of the device stage in a process of its own: a crash takes only that process down.
+
+NVDEC decoders (PyNvVideoCodec, torchcodec's CUDA decoder, DALI's mixed backend) run native code
+that can hang or segfault on a file PyAV decodes. In the trainer's process a segfault ends the run;
+here ``DecoderProcess(name, device)`` starts ``python -m vito_fast.decoders.decoder_process FD``
+(a fresh interpreter, as the decode workers are: no fork of the trainer's CUDA state, no re-run of
+its main module), which makes the decoder once and keeps it (an NVDEC session is reused from batch
+to batch). ``decode(requests, seconds)`` sends a batch's ``FrameRequest``s and returns each one's
+frames: NumPy arrays on the CPU; CUDA tensors on a GPU, shared through CUDA IPC by
+``torch.multiprocessing``'s pickling (the frames never pass through host memory).
+
+Raises ``DecoderFailure`` naming the decoder when its process dies (a signal), does not answer within
+``seconds`` (it is killed: a hang), or does not start; the loader then goes on with PyAV. A
+decoder's own error on a file (it answers) is a ``VideoError``, which the stage traces to samples.
+"""
+from __future__ import annotations
+
+import multiprocessing
+import signal
+import subprocess
+import sys
+import tempfile
+from multiprocessing.connection import Connection
+from typing import List, Optional, Sequence
+
+from vito_fast.errors import DecoderFailure, VideoError, first_line
+
+__all__ = ["DecoderProcess", "START_SECONDS"]
+
+START_SECONDS = 120.0  # for the process to import torch and make its decoder (a CUDA context: seconds)
+
+
+def _death(returncode: Optional[int]) -> str:
+    if returncode is not None and returncode < 0:
+        try:
+            return f"killed by {signal.Signals(-returncode).name}"
+        except ValueError:
+            return f"killed by signal {-returncode}"
+    return f"exit code {returncode}"
+
+
+class DecoderProcess:
+    """The decoder called ``name`` (``video_decoders.make_decoder``) for ``device``, in its own process;
+    on a GPU, CUDA device ``device_id`` (the trainer's: the frames come back on it)."""
+
+    def __init__(self, name: str, device: str, device_id: Optional[int] = None):
+        from vito_fast.data.decode_pool import worker_environment
+
+        self.name, self.device = name, device
+        self._connection, child = multiprocessing.Pipe()
+        self._log = tempfile.TemporaryFile()  # its stderr: the reason when it dies
+        try:
+            self._process = subprocess.Popen(
+                [sys.executable, "-m", "vito_fast.decoders.decoder_process", str(child.fileno())],
+                pass_fds=[child.fileno()], stdin=subprocess.DEVNULL, stderr=self._log, env=worker_environment())
+        finally:
+            child.close()
+        self._connection.send((name, device, device_id))
+        self._ready = False
+
+    def _fail(self, what: str) -> DecoderFailure:
+        """Stop the process; the failure, with the end of its stderr."""
+        self.close()
+        self._log.seek(0)
+        lines = self._log.read().decode("utf-8", "replace").strip().splitlines()
+        detail = f" (its last words: {lines[-1][:300]})" if lines else ""
+        return DecoderFailure(f"video decoder {self.name} {what}{detail}: PyAV decodes from here")
+
+    def _receive(self, seconds: float, what: str):
+        if not self._connection.poll(seconds):
+            if self._process.poll() is None:
+                raise self._fail(f"did not answer within {seconds:g} s (a hang)")
+        try:
+            return self._connection.recv()
+        except (EOFError, OSError):
+            try:
+                self._process.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                pass
+            raise self._fail(f"died {what} ({_death(self._process.returncode)}): its process, not the run")
+
+    def decode(self, requests: Sequence, seconds: float) -> List[list]:
+        """Each request's frames (see the module docstring); ``seconds``: the time the batch may take."""
+        if not self._ready:
+            status, message = self._receive(START_SECONDS, "while starting")
+            if status != "ready":
+                raise self._fail(f"could not start: {message}")
+            self._ready = True
+        try:
+            self._connection.send([request.to_json() for request in requests])
+        except OSError:
+            raise self._fail(f"died ({_death(self._process.poll())})") from None
+        status, payload = self._receive(seconds, "decoding")
+        if status == "error":
+            raise VideoError(payload)
+        return payload
+
+    def close(self) -> None:
+        if self._process.poll() is None:
+            try:
+                self._connection.send(None)
+                self._process.wait(timeout=2)
+            except (OSError, subprocess.TimeoutExpired):
+                self._process.kill()
+                try:
+                    self._process.wait(timeout=5)
+                except subprocess.TimeoutExpired:
+                    pass
+        self._connection.close()
+
+
+def main(argv=None) -> None:
+    connection = Connection(int((argv or sys.argv[1:])[0]))
+    import torch.multiprocessing  # noqa: F401  (registers the pickling of CUDA tensors through CUDA IPC)
+
+    from vito_fast.decoders.video_decoders import FrameRequest, make_decoder
+
+    name, device, device_id = connection.recv()
+    try:
+        if device == "gpu" and device_id is not None:
+            torch.cuda.set_device(device_id)  # the decoders decode on the current device
+        decoder = make_decoder(name, device)
+    except Exception as error:
+        connection.send(("error", f"{type(error).__name__}: {first_line(error)}"))
+        return
+    connection.send(("ready", None))
+    while True:
+        try:
+            batch = connection.recv()
+        except EOFError:  # the trainer has gone
+            return
+        if batch is None:
+            decoder.close()
+            return
+        try:
+            frames = [decoder.decode(FrameRequest.from_json(request)) for request in batch]
+            if device == "gpu":
+                torch.cuda.synchronize()  # the frames are written before the trainer reads them
+        except Exception as error:  # the decoder's own error on a file: the stage traces it to samples
+            connection.send(("error", f"{type(error).__name__}: {first_line(error)}"[:1000]))
+            continue
+        connection.send(("ok", frames))
+        del frames
+        if device == "gpu":
+            torch.cuda.ipc_collect()  # frames the trainer has let go of
+
+
+if __name__ == "__main__":
+    main()
