@@ -272,6 +272,47 @@ def test_gpu_decoders_meet_the_contract(tmp_path, name, codec):
             assert psnr_db(frame, truth) >= 35, (name, record.path, number)
 
 
+@pytest.mark.cuda
+@pytest.mark.parametrize("name", ["nvc", "torchcodec"])
+def test_a_gpu_decoder_in_its_own_process_hands_cuda_frames_to_the_torch_stage(tmp_path, name):
+    """The device stage's decoder runs in a process of its own (decoders.decoder_process): its frames come
+    back as CUDA tensors on the trainer's device through CUDA IPC, PyAV's frames; the loader uses it
+    without falling back (the GPU pass runs this)."""
+    import torch
+
+    from vito_fast.data import LoaderConfig, PairLoader
+    from vito_fast.data.manifest import write_manifest
+    from vito_fast.decoders.decoder_process import DecoderProcess
+    from vito_fast.decoders.trial import psnr_db
+    from vito_fast.decoders.video_decoders import host_frames
+
+    reason = make_decoder(name, "gpu").unavailable("h264")
+    if reason:
+        pytest.skip(f"{name}: {reason}")
+    (tmp_path / "clips").mkdir()
+    for index in range(2):
+        write_video(tmp_path / "clips" / f"clip{index}.mp4", codec="h264", width=176, height=144, fps=25,
+                    num_frames=40, gop=10)
+    records, _ = scan_videos([str(tmp_path / "clips")], workers=0, progress=False)
+    requests = [request_of(record, [3, 29]) for record in records]
+    process = DecoderProcess(name, "gpu", torch.cuda.current_device())
+    try:
+        pairs = process.decode(requests, 120.0)
+    finally:
+        process.close()
+    reference = make_decoder("pyav")
+    for request, frames in zip(requests, pairs):
+        assert all(frame.is_cuda and frame.device.index == torch.cuda.current_device() for frame in frames)
+        for frame, truth in zip(host_frames(frames), reference.decode(request)):
+            assert psnr_db(frame, truth) >= 35, (name, request.path)
+    manifest = write_manifest(tmp_path / "manifest.jsonl", records * 2)
+    config = LoaderConfig(image_size=32, dtype="float32", decode_workers=0, backend="torch", video_decoder=name)
+    with PairLoader(str(manifest), 2, device="gpu", seed=0, config=config) as loader:
+        batches = list(loader)
+        assert loader.stats.decoder_fallbacks == 0 and loader.source.input_kind == "requests"
+    assert len(batches) == 2 and batches[0]["view1"].is_cuda
+
+
 @pytest.mark.skipif(not have_dali(), reason="DALI is not installed")
 def test_a_video_decoder_that_fails_where_pyav_decodes_does_not_end_the_run(tmp_path):
     """DALI's CPU decoder cannot decode H.264: the loader names the failure once, counts it, and goes on
