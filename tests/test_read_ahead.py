@@ -203,16 +203,6 @@ def test_a_spool_left_by_a_killed_trainer_is_swept(tmp_path):
     assert not os.path.exists(root)
 
 
-try:  # the loopback S3 server of the remote tests
-    from test_remote import s3_bucket  # noqa: F401
-except pytest.skip.Exception as missing:  # fsspec or aiohttp is not installed
-    reason = str(missing)
-
-    @pytest.fixture
-    def s3_bucket():
-        pytest.skip(reason)
-
-
 @pytest.mark.usefixtures("one_cpu_thread")
 def test_training_on_videos_in_a_bucket_resumes_as_on_disk(corpus, s3_bucket, tmp_path):
     """The clips in an S3 bucket, scanned there: four training steps, interrupted after two and resumed,

@@ -92,31 +92,6 @@ def test_videos_over_http_decode_to_the_local_batches(store, tmp_path, workers):
         assert torch.equal(got["view1"], want["view1"]) and torch.equal(got["view2"], want["view2"])
 
 
-@pytest.fixture
-def s3_bucket(monkeypatch):
-    """A real S3-protocol endpoint on loopback (moto's server mode), credentials and endpoint the standard way."""
-    pytest.importorskip("s3fs", reason="s3fs is not installed: pip install 'vito_fast[s3]'")
-    server_module = pytest.importorskip("moto.server", reason="moto is not installed: pip install 'moto[server]'")
-    server = server_module.ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    server.start()
-    host, port = server.get_host_and_port()
-    for name, value in (("AWS_ACCESS_KEY_ID", "test"), ("AWS_SECRET_ACCESS_KEY", "test"),
-                        ("AWS_DEFAULT_REGION", "us-east-1"), ("AWS_ENDPOINT_URL", f"http://{host}:{port}")):
-        monkeypatch.setenv(name, value)
-    import s3fs
-
-    s3fs.S3FileSystem.clear_instance_cache()
-    import urllib.request
-
-    # moto keeps its buckets in the process: start each test from none
-    urllib.request.urlopen(urllib.request.Request(f"http://{host}:{port}/moto-api/reset", method="POST"))
-    fs = s3fs.S3FileSystem()
-    fs.mkdir("corpus")
-    yield fs
-    s3fs.S3FileSystem.clear_instance_cache()
-    server.stop()
-
-
 def test_a_store_and_videos_in_an_s3_bucket_give_the_local_batches(store, s3_bucket, tmp_path):
     import dataclasses
 
@@ -234,3 +209,23 @@ def test_an_object_that_fails_every_retry_is_quarantined_for_its_loader(store, m
         monkeypatch.setattr(remote, "QUARANTINE_SECONDS", 0.0)  # the quarantine is over: tried again
         with pytest.raises(StoreError, match="failed 2 times"):
             mine.read_range(url, 0, 100)
+
+
+def test_a_scan_sees_an_object_replaced_since_this_process_read_it(store, s3_bucket, tmp_path):
+    """A notebook scans a bucket, a video is uploaded again with other content, the scan runs again in the
+    same process: it probes the new object (its size is asked again, not remembered)."""
+    from vito_fast.prepare.scan import scan_videos
+
+    from videos import write_noisy_video
+
+    short, longer = (write_noisy_video(tmp_path / f"{frames}.webm", frames, gop=5) for frames in (10, 30))
+    s3_bucket.put(str(short), "corpus/again/clip.webm")
+    found, rejected = scan_videos(["s3://corpus/again/"], workers=0, progress=False, min_seconds=0.5)
+    assert len(found) == 1, rejected
+    first = found[0]
+    s3_bucket.put(str(longer), "corpus/again/clip.webm")
+    found, rejected = scan_videos(["s3://corpus/again/"], workers=0, progress=False, min_seconds=0.5)
+    assert len(found) == 1, rejected
+    second = found[0]
+    assert first.num_frames == 10 and first.file_bytes == short.stat().st_size
+    assert not rejected and second.num_frames == 30 and second.file_bytes == longer.stat().st_size

@@ -21,14 +21,6 @@ from vito_fast.storage.shards import (TarMember, expand_shards, index_tar, membe
                                    read_video_bytes, sample_key)
 from vito_fast.prepare import scan_videos
 
-try:  # the loopback S3 server of the remote tests
-    from test_remote import s3_bucket  # noqa: F401
-except pytest.skip.Exception as missing:  # fsspec or aiohttp is not installed
-    reason = str(missing)
-
-    @pytest.fixture
-    def s3_bucket():
-        pytest.skip(reason)
 
 CLIPS = 6
 

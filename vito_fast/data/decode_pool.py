@@ -40,7 +40,9 @@ from typing import IO, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-__all__ = ["Arena", "DecodePool", "WorkerFailure", "worker_environment"]
+from vito_fast.storage.read_ahead import delete_orphans
+
+__all__ = ["Arena", "DecodePool", "WorkerFailure", "exit_reason", "worker_environment"]
 
 
 class WorkerFailure(Exception):
@@ -58,26 +60,9 @@ _swept = False
 def _sweep_stale_arenas(folder: str) -> None:
     """Delete arenas whose owner process is gone (killed before it could clean up): they hold memory."""
     global _swept
-    if _swept:
-        return
-    _swept = True
-    try:
-        names = os.listdir(folder)
-    except OSError:
-        return
-    for name in names:
-        owner = name[len(ARENA_PREFIX):].split("-", 1)[0] if name.startswith(ARENA_PREFIX) else ""
-        if not owner.isdigit() or int(owner) == os.getpid():
-            continue
-        try:
-            os.kill(int(owner), 0)
-        except ProcessLookupError:
-            try:
-                os.unlink(os.path.join(folder, name))
-            except OSError:
-                pass
-        except PermissionError:  # alive, another user's
-            pass
+    if not _swept:
+        _swept = True
+        delete_orphans(folder, ARENA_PREFIX)
 
 
 class Arena:
@@ -180,7 +165,8 @@ def _shared_int64() -> Tuple[mmap.mmap, int]:
     return mmap.mmap(handle, 8), handle
 
 
-def _exit_reason(returncode: Optional[int]) -> str:
+def exit_reason(returncode: Optional[int]) -> str:
+    """How a process ended, from its return code: "killed by SIGKILL", "exit code 1"."""
     if returncode is not None and returncode < 0:
         try:
             return f"killed by {signal.Signals(-returncode).name}"
@@ -233,7 +219,7 @@ class _Worker:
                 self.process.wait(timeout=5)
             except subprocess.TimeoutExpired:
                 pass
-            what = f"died while starting ({_exit_reason(self.process.returncode)})"
+            what = f"died while starting ({exit_reason(self.process.returncode)})"
         log = ""
         if self.startup_log is not None:
             self.startup_log.seek(0)
@@ -384,6 +370,6 @@ class DecodePool:
             except subprocess.TimeoutExpired:
                 pass
         if not worker.alive():
-            return WorkerFailure(f"the decoding process died ({_exit_reason(worker.process.returncode)}) "
+            return WorkerFailure(f"the decoding process died ({exit_reason(worker.process.returncode)}) "
                                  "on this file", timed_out=False)
         return None

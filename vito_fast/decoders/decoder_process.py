@@ -16,13 +16,13 @@ decoder's own error on a file (it answers) is a ``VideoError``, which the stage 
 from __future__ import annotations
 
 import multiprocessing
-import signal
 import subprocess
 import sys
 import tempfile
 from multiprocessing.connection import Connection
 from typing import List, Optional, Sequence
 
+from vito_fast.data.decode_pool import exit_reason, worker_environment
 from vito_fast.errors import DecoderFailure, VideoError, first_line
 
 __all__ = ["DecoderProcess", "START_SECONDS"]
@@ -30,22 +30,11 @@ __all__ = ["DecoderProcess", "START_SECONDS"]
 START_SECONDS = 120.0  # for the process to import torch and make its decoder (a CUDA context: seconds)
 
 
-def _death(returncode: Optional[int]) -> str:
-    if returncode is not None and returncode < 0:
-        try:
-            return f"killed by {signal.Signals(-returncode).name}"
-        except ValueError:
-            return f"killed by signal {-returncode}"
-    return f"exit code {returncode}"
-
-
 class DecoderProcess:
     """The decoder called ``name`` (``video_decoders.make_decoder``) for ``device``, in its own process;
     on a GPU, CUDA device ``device_id`` (the trainer's: the frames come back on it)."""
 
     def __init__(self, name: str, device: str, device_id: Optional[int] = None):
-        from vito_fast.data.decode_pool import worker_environment
-
         self.name, self.device = name, device
         self._connection, child = multiprocessing.Pipe()
         self._log = tempfile.TemporaryFile()  # its stderr: the reason when it dies
@@ -77,7 +66,7 @@ class DecoderProcess:
                 self._process.wait(timeout=5)
             except subprocess.TimeoutExpired:
                 pass
-            raise self._fail(f"died {what} ({_death(self._process.returncode)}): its process, not the run")
+            raise self._fail(f"died {what} ({exit_reason(self._process.returncode)}): its process, not the run")
 
     def decode(self, requests: Sequence, seconds: float) -> List[list]:
         """Each request's frames (see the module docstring); ``seconds``: the time the batch may take."""
@@ -89,7 +78,7 @@ class DecoderProcess:
         try:
             self._connection.send([request.to_json() for request in requests])
         except OSError:
-            raise self._fail(f"died ({_death(self._process.poll())})") from None
+            raise self._fail(f"died ({exit_reason(self._process.poll())})") from None
         status, payload = self._receive(seconds, "decoding")
         if status == "error":
             raise VideoError(payload)

@@ -98,7 +98,7 @@ def probe_video(path: str, decode_check: str = "tail") -> Union[VideoInfo, Rejec
             return RejectedVideo(path, "unreadable", str(error).removeprefix(f"{path}: "))
     if is_url(path) or parse_member(path) is not None:  # an object, or a member of a tar shard: ranged reads
         try:
-            source = open_video(path)
+            source = open_video(path, fresh=True)  # the object may have been replaced since this process saw it
         except VideoError as error:
             reason = "truncated" if isinstance(error, TruncatedMember) else "unreadable"
             return RejectedVideo(path, reason, str(error).removeprefix(f"{path}: "))

@@ -51,10 +51,11 @@ def find_videos(paths: Iterable[PathLike], members: bool = True) -> List[str]:
     for pattern in paths:
         for path in expand_shards(str(pattern)):
             if is_url(path):
+                fs = RemoteFiles(str(path)).fs
+                fs.invalidate_cache(str(path))  # what is there now (a notebook scanning again), not a listing held
                 if is_shard(path) or Path(path).suffix.lower() in VIDEO_SUFFIXES:
                     found.append(path)  # an object by name: its probe reports it if missing (an HTTP
                     continue            # existence check would GET the whole object)
-                fs = RemoteFiles(str(path)).fs
                 if fs.isfile(str(path)):
                     found.append(str(path))
                     continue

@@ -32,7 +32,7 @@ import tempfile
 import threading
 from typing import Dict, Iterable, List, Optional, Sequence, Tuple
 
-__all__ = ["ReadAhead", "span_file", "spool", "take", "hold", "held", "take_held", "fetch", "SPOOL_PREFIX",
+__all__ = ["ReadAhead", "delete_orphans", "span_file", "spool", "take", "hold", "held", "take_held", "fetch", "SPOOL_PREFIX",
            "HELD_LIMIT"]
 
 SPOOL_PREFIX = "vito-ahead-"
@@ -154,29 +154,33 @@ def take(folder: str, requests: Iterable[Request]) -> Dict[Request, bytes]:
     return found
 
 
-_swept = False
-
-
-def _sweep_stale(parent: str) -> None:
-    """Delete the spools of trainers that no longer run (killed before they could clean up)."""
-    global _swept
-    if _swept:
-        return
-    _swept = True
+def delete_orphans(folder: str, prefix: str) -> None:
+    """Delete the entries of ``folder`` named ``<prefix><pid>-...`` whose owner process no longer runs
+    (killed before it could clean up: shared memory it held stays taken until then)."""
     try:
-        names = os.listdir(parent)
+        names = os.listdir(folder)
     except OSError:
         return
     for name in names:
-        owner = name[len(SPOOL_PREFIX):].split("-", 1)[0] if name.startswith(SPOOL_PREFIX) else ""
+        owner = name[len(prefix):].split("-", 1)[0] if name.startswith(prefix) else ""
         if not owner.isdigit() or int(owner) == os.getpid():
             continue
         try:
             os.kill(int(owner), 0)
         except ProcessLookupError:
-            shutil.rmtree(os.path.join(parent, name), ignore_errors=True)
+            path = os.path.join(folder, name)
+            if os.path.isdir(path):
+                shutil.rmtree(path, ignore_errors=True)
+            else:
+                try:
+                    os.unlink(path)
+                except OSError:
+                    pass
         except PermissionError:  # alive, another user's
             pass
+
+
+_swept = False
 
 
 class ReadAhead:
@@ -193,7 +197,10 @@ class ReadAhead:
             raise ValueError(f"ReadAhead: depth must be >= 1, got {depth}")
         self.depth, self.steps_per_epoch = int(depth), int(steps_per_epoch)
         parent = "/dev/shm" if os.path.isdir("/dev/shm") and os.access("/dev/shm", os.W_OK) else tempfile.gettempdir()
-        _sweep_stale(parent)
+        global _swept
+        if not _swept:  # once per process
+            _swept = True
+            delete_orphans(parent, SPOOL_PREFIX)
         self.root = tempfile.mkdtemp(prefix=f"{SPOOL_PREFIX}{os.getpid()}-", dir=parent)
         self._requested: List[Tuple[int, int]] = []  # positions whose folders exist, in order
 

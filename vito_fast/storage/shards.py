@@ -147,18 +147,19 @@ def _open_local(path: str):
 
 
 def open_video(path: str, cache: Optional[tuple] = None, size: Optional[int] = None,
-               settings=None) -> Union[str, io.RawIOBase]:
+               settings=None, fresh: bool = False) -> Union[str, io.RawIOBase]:
     """What PyAV opens for ``path``: the path itself for a file on disk, else a seekable file object
     (a ``RangedFile`` of a URL or of a remote member's window, which fetches GOPs on ``hint``; a window
     of a local tar). Raises VideoError naming the path when it cannot be opened, or when the tar ends
     inside the member (a truncated shard). ``cache``: a ``remote.BlockCache.spec`` that remote reads go
     through (a later epoch reads its blocks from disk); ``size``: a URL's bytes when known (no request for
-    them); ``settings``: the ``remote.RemoteSettings`` of its reads (None: the environment's)."""
+    them); ``settings``: the ``remote.RemoteSettings`` of its reads (None: the environment's); ``fresh``: ask a
+    URL's size even when this process has seen it (the object may have been replaced since: a scan)."""
     from vito_fast.storage.remote import is_url
 
     member = parse_member(path)
     if member is None:
-        return _ranged_file(path, path, size=size, cache=cache, settings=settings) if is_url(path) else path
+        return _ranged_file(path, path, size=size, cache=cache, settings=settings, fresh=fresh) if is_url(path) else path
     if is_url(member.tar):  # the member's size is known: no request before its first bytes
         return _ranged_file(member.tar, path, member.offset, member.size, cache, settings)
     file = _open_local(member.tar)
@@ -175,7 +176,7 @@ def open_container(path: str):
     """``with open_container(path) as container``: PyAV's container of a file, URL or tar member."""
     import av
 
-    source = open_video(path)
+    source = open_video(path, fresh=True)
     try:
         with av.open(source, "r", metadata_errors="ignore") as container:
             yield container
@@ -204,13 +205,13 @@ _OBJECT_SIZES: "collections.OrderedDict[str, int]" = collections.OrderedDict()
 
 
 def _ranged_file(url: str, name: str, offset: int = 0, size: Optional[int] = None, cache: Optional[tuple] = None,
-                 settings=None):
+                 settings=None, fresh: bool = False):
     """A ``RangedFile`` of bytes [offset, offset + size) of the object at ``url`` (size None: the object's)."""
     from vito_fast.storage.ranged_file import RangedFile
     from vito_fast.storage.remote import BlockCache, RemoteFiles
 
     files = RemoteFiles(url, settings, cache=None if cache is None else BlockCache.from_spec(cache))
-    if size is None:
+    if size is None and not fresh:
         size = _OBJECT_SIZES.get(url)
     if size is None:
         try:
