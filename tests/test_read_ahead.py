@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import re
 from collections import Counter
 import subprocess
 import sys
@@ -233,3 +234,33 @@ def test_training_on_videos_in_a_bucket_resumes_as_on_disk(corpus, s3_bucket, tm
     second = train(config(in_bucket), tmp_path / "bucket", resume=True)
     assert first.step == 2 and second.step == 4
     torch.testing.assert_close(first.losses + second.losses, local, rtol=0, atol=1e-5)
+
+
+def test_a_full_spool_is_said_once_and_leaves_no_partial_file(corpus, tmp_path, monkeypatch):
+    """Shared memory full (Docker's 64 MB /dev/shm): the spool writes what fits, removes the partial file,
+    and says once how to give it room; the samples then read their own bytes."""
+    import errno
+
+    folder, _ = corpus
+    spool = tmp_path / "root" / "0-1"
+    spool.mkdir(parents=True)
+    writes = []
+
+    def replace(source, target):  # the second file finds no room
+        if writes:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        writes.append(target)
+        os.rename(source, target)
+
+    monkeypatch.setattr(read_ahead, "_warned_full", False)
+    monkeypatch.setattr(read_ahead.os, "replace", replace)
+    with RangeServer(folder) as server:
+        url = f"{server.url}/videos/clip1.webm"
+        with pytest.warns(RuntimeWarning, match=re.escape(f"no room left in {tmp_path};") + ".*--shm-size"):
+            assert read_ahead.spool(str(spool), [(url, 0, 1000), (url, 5000, 1000)]) == 1000
+        assert sorted(os.listdir(spool)) == [os.path.basename(writes[0])]  # no partial file
+        import warnings
+
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")  # said once per process
+            read_ahead.spool(str(spool), [(url, 9000, 1000)])

@@ -25,11 +25,13 @@ HELD_LIMIT bytes, the least recently held going first.
 from __future__ import annotations
 
 import collections
+import errno
 import hashlib
 import os
 import shutil
 import tempfile
 import threading
+import warnings
 from typing import Dict, Iterable, List, Optional, Sequence, Tuple
 
 __all__ = ["ReadAhead", "delete_orphans", "span_file", "spool", "take", "hold", "held", "take_held", "fetch", "SPOOL_PREFIX",
@@ -128,16 +130,36 @@ def spool(folder: str, requests: Sequence[Request], settings=None) -> int:
     for request, data in zip(wanted, RemoteFiles(wanted[0][0], settings).read_ranges(wanted)):
         if not isinstance(data, bytes):
             continue
-        target = span_file(folder, request)
+        target, temporary = span_file(folder, request), None
         try:
             handle, temporary = tempfile.mkstemp(dir=folder, prefix=".part-")
             with os.fdopen(handle, "wb") as file:
                 file.write(data)
             os.replace(temporary, target)
             written += len(data)
-        except OSError:  # the batch's folder went (the batch was read without it), or shared memory is full
+        except OSError as error:  # the batch's folder went (the batch was read without it), or it is full
+            if temporary is not None:
+                try:
+                    os.unlink(temporary)
+                except OSError:
+                    pass
+            if error.errno == errno.ENOSPC:
+                _warn_full(folder)
             return written
     return written
+
+
+_warned_full = False
+
+
+def _warn_full(folder: str) -> None:
+    """Say once per process that the spool's file system is full (Docker gives /dev/shm 64 MB by default)."""
+    global _warned_full
+    if not _warned_full:
+        _warned_full = True
+        warnings.warn(f"vito_fast: reading ahead: no room left in {os.path.dirname(os.path.dirname(folder))}; samples "
+                      f"read their bytes themselves when they decode (correct, but each waits for the network). "
+                      f"Give it more room (docker run --shm-size=8g) or set read_ahead=0", RuntimeWarning, stacklevel=2)
 
 
 def take(folder: str, requests: Iterable[Request]) -> Dict[Request, bytes]:
