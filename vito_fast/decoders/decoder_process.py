@@ -124,7 +124,11 @@ def main(argv=None) -> None:
         try:
             frames = [decoder.decode(FrameRequest.from_json(request)) for request in batch]
             if device == "gpu":
-                torch.cuda.synchronize()  # the frames are written before the trainer reads them
+                # frames in PyTorch's own memory (a decoder's DLPack frame may be a buffer it reuses for
+                # the next one), written before the trainer reads them
+                frames = [[frame.clone() if getattr(frame, "is_cuda", False) else frame for frame in pair]
+                          for pair in frames]
+                torch.cuda.synchronize()
         except Exception as error:  # the decoder's own error on a file: the stage traces it to samples
             connection.send(("error", f"{type(error).__name__}: {first_line(error)}"[:1000]))
             continue
