@@ -57,3 +57,14 @@ class Vp9Only(PyAVDecoder):
 
     def unavailable(self, codec: str):
         return None if codec == "vp9" else f"decodes vp9 only, not {codec}"
+
+
+class Vp9OnlyWrongElsewhere(PyAVDecoder):
+    """Says it decodes everything, but only its VP9 frames are PyAV's (others come one frame off)."""
+
+    name = "vp9_only_wrong_elsewhere"
+
+    def decode(self, request: FrameRequest):
+        if request.codec == "vp9":
+            return super().decode(request)
+        return super().decode(dataclasses.replace(request, frames=tuple(frame + 1 for frame in request.frames)))

@@ -184,8 +184,8 @@ def test_the_choice_is_cached_and_cheap_at_start(clips, trial_env):
 @pytest.mark.skipif(not encoder_available("h264"), reason="no H.264 encoder in this FFmpeg")
 def test_a_mixed_manifest_gets_a_decoder_verified_for_each_of_its_codecs(clips, trial_env, tmp_path):
     """VP9 and H.264 clips: each group is measured on its own; a decoder verified on VP9 but not available
-    for H.264 is the choice for neither the manifest nor its H.264 clips; a group under GROUP_SHARE of the
-    clips is not measured."""
+    for H.264, or wrong on it, never decodes the H.264 clips (PyAV on the host does, or PyAV decodes all);
+    a group under GROUP_SHARE of the clips is not measured."""
     from vito_fast.decoders.choice import GROUP_SHARE, choose_decoders
 
     (tmp_path / "h264").mkdir()
@@ -200,10 +200,50 @@ def test_a_mixed_manifest_gets_a_decoder_verified_for_each_of_its_codecs(clips, 
     by_codec = {group.codec: {trial.decoder: trial for trial in group.trials} for group, _ in choice.groups}
     assert by_codec["vp9"]["broken_decoders:Vp9Only"].verified
     assert by_codec["h264"]["broken_decoders:Vp9Only"].status == "unavailable"
-    assert choice.decoder == "pyav" and "h264 ≤288p" in choice.describe() and "h264 ≤288p" in choice.table()
+    # a decoder of the device stage may still win (timing decides), leaving H.264 to PyAV on the host
+    assert (choice.decoder, choice.host_codecs) in (("pyav", ()), ("broken_decoders:Vp9Only", ("h264",)))
+    assert "h264 ≤288p" in choice.describe() and "h264 ≤288p" in choice.table()
+    wrong = choose_decoders(vp9 + h264, candidates=["pyav", "broken_decoders:Vp9OnlyWrongElsewhere"], samples=2,
+                            cache_path=trial_env)
+    trials = {group.codec: {trial.decoder: trial for trial in group.trials} for group, _ in wrong.groups}
+    assert trials["h264"]["broken_decoders:Vp9OnlyWrongElsewhere"].status == "wrong frames"
+    assert (wrong.decoder, wrong.host_codecs) in (("pyav", ()), ("broken_decoders:Vp9OnlyWrongElsewhere", ("h264",)))
     few = vp9 * int(1 / GROUP_SHARE) + h264[:1]  # H.264 under GROUP_SHARE of the clips: only VP9 measured
     assert [group.codec for group, _ in choose_decoders(few, candidates=candidates, samples=2,
                                                          cache_path=trial_env).groups] == ["vp9"]
+
+
+@pytest.mark.skipif(not encoder_available("h264"), reason="no H.264 encoder in this FFmpeg")
+@pytest.mark.parametrize("workers", [0, 1])
+def test_a_device_decoder_leaves_the_codecs_it_cannot_decode_to_pyav_in_the_same_batches(clips, tmp_path, workers):
+    """A decoder of the device stage that cannot decode H.264 here (Hopper's NVDEC and AV1): the loader
+    warns once, H.264 clips decode with PyAV on the host, VP9 ones in the decoder's process, in the same
+    batches, which are PyAV's batches."""
+    import torch
+
+    from vito_fast.data import LoaderConfig, PairLoader
+    from vito_fast.data.manifest import write_manifest
+
+    (tmp_path / "h264").mkdir()
+    for index in range(2):
+        write_video(tmp_path / "h264" / f"clip{index}.mp4", codec="h264", width=176, height=144, fps=25,
+                    num_frames=40, gop=10)
+    h264, _ = scan_videos([str(tmp_path / "h264")], workers=0, progress=False, min_seconds=0.5)
+    manifest = write_manifest(tmp_path / "mixed.jsonl", (clips["plain"] + h264) * 2)
+    settings = dict(image_size=32, dtype="float32", num_threads=2, decode_workers=workers, backend="torch")
+    with PairLoader(str(manifest), 3, device="cpu", seed=1, config=LoaderConfig(**settings)) as reference:
+        expected = list(reference)
+    with pytest.warns(RuntimeWarning, match="cannot decode h264 here .*decodes vp9 only.*PyAV on the host"):
+        loader = PairLoader(str(manifest), 3, device="cpu", seed=1,
+                            config=LoaderConfig(**settings, video_decoder="broken_decoders:Vp9Only"))
+    with loader:
+        assert loader.source.input_kind == "requests" and loader.source.host_codecs == ("h264",)
+        batches = list(loader)
+        assert loader.stats.decoder_fallbacks == 0 and not loader.stats.failed_files
+    assert len(batches) == len(expected)
+    for got, want in zip(batches, expected):
+        np.testing.assert_array_equal(got["sample_ids"], want["sample_ids"])
+        assert torch.equal(got["view1"], want["view1"]) and torch.equal(got["view2"], want["view2"])
 
 
 def test_bench_decoders_prints_the_table(clips, trial_env, tmp_path, capsys):

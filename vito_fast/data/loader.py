@@ -130,15 +130,23 @@ class PairLoader:
 
         # this loader's own quarantine of objects whose reads keep failing (remote.RemoteSettings)
         settings = dataclasses.replace(self.config.remote_settings(), quarantine_scope=uuid.uuid4().hex)
+        host_codecs = tuple(getattr(self.decoder_choice, "host_codecs", ()))
         self.source = open_source(self._source_path, video_decoder, self.config.max_open_videos,
-                                  _block_cache(self.config), settings)
-        if self.source.input_kind == "requests":  # a decoder of the device stage: can it run here at all?
+                                  _block_cache(self.config), settings, host_codecs)
+        if self.source.input_kind == "requests":  # a decoder of the device stage: which codecs can it decode here?
             from vito_fast.decoders.video_decoders import make_decoder
 
-            for codec in self.source.codecs:
-                reason = make_decoder(video_decoder, self.device).unavailable(codec)
-                if reason:
-                    raise RuntimeError(f"PairLoader: video_decoder={video_decoder!r} cannot decode {codec} here: {reason}")
+            decoder = make_decoder(video_decoder, self.device)
+            reasons = {codec: decoder.unavailable(codec) for codec in self.source.codecs if codec not in host_codecs}
+            missing = {codec: reason for codec, reason in reasons.items() if reason}
+            if len(missing) == len(self.source.codecs):
+                codec, reason = next(iter(missing.items()))
+                raise RuntimeError(f"PairLoader: video_decoder={video_decoder!r} cannot decode {codec} here: {reason}")
+            if missing:  # its other codecs decode with PyAV on the host, in the same batches
+                for codec, reason in missing.items():
+                    warnings.warn(f"PairLoader: video_decoder={video_decoder!r} cannot decode {codec} here ({reason}); "
+                                  f"its clips decode with PyAV on the host", RuntimeWarning, stacklevel=3)
+                self.source.leave_to_host(tuple(missing))
         self.backend = choose_backend(self.config.backend, self.source.input_kind, self.device, self._device_id)
 
     def _start_parts(self) -> None:

@@ -148,7 +148,8 @@ class VideoFileSource:
     records: a million clips take a few hundred MB per rank, not gigabytes.
     """
 
-    def __init__(self, manifest, decoder: str = "pyav", max_open: int = 16, cache=None, remote_settings=None):
+    def __init__(self, manifest, decoder: str = "pyav", max_open: int = 16, cache=None, remote_settings=None,
+                 host_codecs=()):
         from vito_fast.data.manifest import iter_manifest
         from vito_fast.data.sample_jobs import JobRunner
 
@@ -225,6 +226,11 @@ class VideoFileSource:
         self._cache = None if cache is None else cache.spec
         self._remote_settings = remote_settings  # timeout and retries of remote videos' reads (None: the environment's)
         self._largest_sample: Optional[int] = None
+        # codecs a decoder of the device stage leaves to PyAV on the host (it cannot decode them here, or
+        # decodes them wrong): their samples come as decoded frames among the others' FrameRequests
+        self.host_codecs: Tuple[str, ...] = ()
+        self._on_host = np.zeros(len(self._codec_id), dtype=bool)
+        self.leave_to_host(host_codecs)
         from vito_fast.storage.remote import is_url
 
         # remote videos decoded by the workers: the loader reads their bytes ahead (``read_ahead_jobs``)
@@ -236,6 +242,14 @@ class VideoFileSource:
 
     def name(self, clip: int) -> str:
         return self.paths[self._path_id[clip]]
+
+    def leave_to_host(self, codecs) -> None:
+        """With a decoder of the device stage, the clips of ``codecs`` decode with PyAV on the host instead
+        (it cannot decode them here, or decodes them wrong); the others' samples stay FrameRequests."""
+        if self.input_kind != "requests":
+            return
+        self.host_codecs = tuple(dict.fromkeys(self.host_codecs + tuple(c for c in codecs if c in self.codecs)))
+        self._on_host = np.isin(self._codec_id, [self.codecs.index(codec) for codec in self.host_codecs])
 
     def read_ahead_jobs(self, clips: np.ndarray, frames: np.ndarray) -> List[tuple]:
         """The decode jobs of the samples among ``clips`` (with ``frames``) whose bytes lie on the network and
@@ -288,13 +302,13 @@ class VideoFileSource:
 
     def job(self, clip: int, frames: Sequence[int]) -> tuple:
         """What a decode worker runs for this sample (see ``sample_jobs``)."""
-        if self.input_kind == "frames":
+        if self.input_kind == "frames" or self._on_host[clip]:
             return self._frames_job(clip, frames)
         return ("file_bytes", self.name(clip), self._file_frames(clip, frames), self.orientation(clip))
 
     def sample_nbytes(self, clips: np.ndarray) -> np.ndarray:
         """(len(clips),) bytes one sample's inputs take (0: unknown before reading, the file's bytes)."""
-        if self.input_kind != "frames":
+        if self.input_kind == "video" or (self.input_kind == "requests" and not self.host_codecs):
             return np.zeros(len(clips), dtype=np.int64)
         height, width = self.frame_hw[clips, 0], self.frame_hw[clips, 1]
         return 2 * (-(-(height * width * 3) // 64) * 64)
@@ -310,7 +324,15 @@ class VideoFileSource:
         """One decode job per sample, run by ``decoder`` (decode workers or host threads); for a decoder of
         the device stage, the samples' ``FrameRequest``s (nothing decodes on the host)."""
         if self.input_kind == "requests":
-            return [{"request": self.request(int(clip), frames[row])} for row, clip in enumerate(clips)]
+            results: List[SampleResult] = [{"request": self.request(int(clip), frames[row])} for row, clip in
+                                           enumerate(clips)]
+            host = [row for row, clip in enumerate(clips) if self._on_host[clip]]  # PyAV's codecs: decoded here
+            if host:
+                decoded = decoder.decode([self.job(int(clips[row]), frames[row]) for row in host],
+                                         self.sample_nbytes(clips[host]), self.largest_sample_nbytes)
+                for row, result in zip(host, decoded):
+                    results[row] = result
+            return results
         jobs = [self.job(int(clip), frames[row]) for row, clip in enumerate(clips)]
         return decoder.decode(jobs, self.sample_nbytes(clips), self.largest_sample_nbytes)
 
@@ -323,7 +345,7 @@ class VideoFileSource:
 
 
 def open_source(source, video_decoder: str = "pyav", max_open: int = 16, cache=None,
-                remote_settings=None) -> PairSource:
+                remote_settings=None, host_codecs=()) -> PairSource:
     """A frame store folder (or its index.json) -> FrameStoreSource; a manifest file -> VideoFileSource.
     A store may be a URL (``https://``, ``s3://``, ...: its index read once, frames by ranged reads
     with ``remote_settings``' timeout and retries, a ``storage.remote.RemoteSettings``)."""
@@ -331,7 +353,7 @@ def open_source(source, video_decoder: str = "pyav", max_open: int = 16, cache=N
 
     if is_url(source):
         if str(source).endswith(".jsonl"):  # a manifest on object storage, streamed once
-            return VideoFileSource(str(source), video_decoder, max_open, cache, remote_settings)
+            return VideoFileSource(str(source), video_decoder, max_open, cache, remote_settings, host_codecs)
         # its reads go out together (RemoteFiles.read_ranges)
         return FrameStoreSource(str(source), cache=cache, remote_settings=remote_settings)
     path = Path(source)
@@ -339,4 +361,4 @@ def open_source(source, video_decoder: str = "pyav", max_open: int = 16, cache=N
         return FrameStoreSource(path)
     if not path.is_file():
         raise FileNotFoundError(f"{path}: neither a frame store folder nor a manifest file")
-    return VideoFileSource(path, video_decoder, max_open, cache, remote_settings)
+    return VideoFileSource(path, video_decoder, max_open, cache, remote_settings, host_codecs)

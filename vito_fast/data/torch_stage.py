@@ -143,10 +143,18 @@ class TorchStage:
 
                 self._decoder_process = DecoderProcess(self.config.video_decoder, self.device.type.replace("cuda", "gpu"),
                                                        self.device.index)
-            pairs = self._decoder_process.decode([sample["request"] for sample in batch.inputs],
-                                                 self.config.sample_timeout * len(batch.inputs))
-            frames = [torch.as_tensor(pair[view]).to(self.device, non_blocking=True).permute(2, 0, 1)
+            requested = [row for row, sample in enumerate(batch.inputs) if "request" in sample]
+            decoded = self._decoder_process.decode([batch.inputs[row]["request"] for row in requested],
+                                                   self.config.sample_timeout * max(1, len(requested))) \
+                if requested else []
+            pairs = [(sample["image0"], sample["image1"]) if "request" not in sample else None for sample in batch.inputs]
+            for row, pair in zip(requested, decoded):  # the others: PyAV's codecs, decoded on the host
+                pairs[row] = pair
+            non_blocking = self.device.type == "cuda"
+            frames = [torch.as_tensor(pair[view]).to(self.device, non_blocking=non_blocking).permute(2, 0, 1)
                       for view in (0, 1) for pair in pairs]
+            if len(requested) < len(pairs) and self._stream is not None:
+                inputs_read = self._stream.record_event()  # host frames were read from the decode arena
         else:
             arrays = [sample[name] for name in ("image0", "image1") for sample in batch.inputs]
             if self.input_kind == "jpeg":

@@ -17,7 +17,9 @@ the decoders' versions, codec and size class, so the next run starts at once.
 of the clips (the MAX_GROUPS largest) and picks the decoder a run uses for all of them: one verified
 in every group, with the least time per pair over the manifest (each group's 1 / loader pairs/s,
 weighted by its share of the clips). A decoder fast on the most common group but wrong or missing on
-another (DALI's CPU decoder on H.264) is not chosen for a mixed manifest.
+another (DALI's CPU decoder on H.264) is not chosen for a mixed manifest; a decoder of the device
+stage (NVDEC's) may be, and leaves the codecs it is not verified on to PyAV on the host
+(``ManifestChoice.host_codecs``: AV1 on a Hopper GPU, whose NVDEC lacks it).
 """
 from __future__ import annotations
 
@@ -39,6 +41,7 @@ __all__ = ["MIN_PSNR_DB", "DecoderTrial", "DecoderChoice", "ManifestChoice", "si
            "GROUP_SHARE", "MAX_GROUPS"]
 
 MIN_PSNR_DB = 35.0
+HOST_GRAPH_DECODERS = ("pyav", "dali")  # decoders that feed the loader's graph for every clip of a run
 GROUP_SHARE, MAX_GROUPS = 0.05, 4  # the (codec, size class) groups measured: at least 5 % of the clips, 4 at most
 DEFAULT_CANDIDATES = {"cpu": ("pyav", "dali", "torchcodec"), "gpu": ("pyav", "nvc", "dali", "torchcodec")}
 _VERSIONED = ("av", "nvidia-dali-cuda130", "nvidia-dali-cuda120", "pynvvideocodec", "torchcodec", "torch")
@@ -241,6 +244,7 @@ class ManifestChoice:
     decoder: str
     device: str
     groups: List[Tuple[DecoderChoice, float]]
+    host_codecs: Tuple[str, ...] = ()  # codecs ``decoder`` (of the device stage) leaves to PyAV on the host
 
     @property
     def cached(self) -> bool:
@@ -257,7 +261,8 @@ class ManifestChoice:
             verified = [trial.decoder for trial in choice.trials if trial.verified]
             parts.append(f"{choice.codec} {choice.size} ({100 * share:.0f} % of clips): fastest {choice.decoder}, "
                          f"verified {', '.join(verified)}")
-        return f"video decoder on {self.device}: {self.decoder} ({source}; " + "; ".join(parts) + ")"
+        host = f", PyAV on the host for {', '.join(self.host_codecs)}" if self.host_codecs else ""
+        return f"video decoder on {self.device}: {self.decoder}{host} ({source}; " + "; ".join(parts) + ")"
 
     def table(self) -> str:
         return "\n\n".join(f"{choice.codec} {choice.size}, {100 * share:.0f} % of the clips:\n{choice.table()}"
@@ -280,16 +285,23 @@ def choose_decoders(records: Sequence, *, device: str = "cpu", candidates: Optio
         members = [record for record in records if (record.codec, size_class(record.height, record.width)) == group]
         choices.append((choose_decoder(members, device=device, candidates=candidates, samples=samples,
                                        timeout=timeout, cache_path=cache_path, refresh=refresh), share))
+    # a decoder of the device stage leaves the groups it is not verified on to PyAV on the host, in the same
+    # batches; PyAV's and DALI's graphs take one decoder for every clip
     seconds_per_pair: Dict[str, float] = {}
+    left_to_pyav: Dict[str, set] = {}
     for choice, share in choices:
         rates = {trial.decoder: trial.loader_rate for trial in choice.trials if trial.verified}
         for name in [trial.decoder for trial in choice.trials]:
             rate = rates.get(name)
+            if not rate and name not in HOST_GRAPH_DECODERS and rates.get("pyav"):
+                rate = rates["pyav"]
+                left_to_pyav.setdefault(name, set()).add(choice.codec)
             seconds_per_pair[name] = seconds_per_pair.get(name, 0.0) + (share / rate if rate else float("inf"))
     best = min(seconds_per_pair, key=lambda name: (seconds_per_pair[name], name != "pyav"))
     if seconds_per_pair[best] == float("inf"):
         best = "pyav"  # each group has a verified decoder but none covers all: the reference decodes them all
-    return ManifestChoice(best, device, choices)
+    host = sorted(left_to_pyav.get(best, ()))
+    return ManifestChoice(best, device, choices, tuple(host))
 
 
 def _on_gpu(decoder: str, device: str) -> bool:
