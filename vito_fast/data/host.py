@@ -260,8 +260,7 @@ class HostPreparation:
     def _decode(self, batch: HostBatch, jobs: Sequence[tuple], nbytes: Sequence[int], largest: int) -> List[object]:
         if self._ahead is not None and self._ahead.requested(batch.epoch, batch.step):
             folder = self._ahead.folder(batch.epoch, batch.step)  # its remote bytes are read ahead there
-            jobs = [job[:4] + ({**job[4], "ahead": folder},) + job[5:] if job[0] == "video_frames" else job
-                    for job in jobs]
+            jobs = [job[:4] + ({**job[4], "ahead": folder},) + job[5:] if len(job) > 4 else job for job in jobs]
         if self._workers == 0:
             return list(self._threads.map(self._run_here, jobs))
         if batch.arena is None:

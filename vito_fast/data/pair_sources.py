@@ -235,7 +235,7 @@ class VideoFileSource:
 
         # remote videos decoded by the workers: the loader reads their bytes ahead (``read_ahead_jobs``)
         self._remote_path = np.array([is_url(path) for path in self.paths], dtype=bool)
-        self.reads_remote = self.input_kind == "frames" and bool(self._remote_path.any())
+        self.reads_remote = self.input_kind in ("frames", "video") and bool(self._remote_path.any())
 
     def __len__(self) -> int:
         return len(self.num_frames)
@@ -256,6 +256,9 @@ class VideoFileSource:
         can be planned (the scan's keyframe byte index): what ``read_ahead`` fetches before they decode."""
         if not self.reads_remote:
             return []
+        if self.input_kind == "video":  # DALI's: whole files
+            return [self.job(int(clip), frames[row]) for row, clip in enumerate(clips)
+                    if self._remote_path[self._path_id[clip]]]
         return [self._frames_job(int(clip), frames[row]) for row, clip in enumerate(clips)
                 if self._remote_path[self._path_id[clip]] and self._gop_end[clip] >= 0]
 
@@ -304,7 +307,10 @@ class VideoFileSource:
         """What a decode worker runs for this sample (see ``sample_jobs``)."""
         if self.input_kind == "frames" or self._on_host[clip]:
             return self._frames_job(clip, frames)
-        return ("file_bytes", self.name(clip), self._file_frames(clip, frames), self.orientation(clip))
+        options = {} if self._file_bytes[clip] < 0 else {"file_bytes": int(self._file_bytes[clip])}
+        if self._remote_settings is not None:
+            options["remote"] = self._remote_settings
+        return ("file_bytes", self.name(clip), self._file_frames(clip, frames), self.orientation(clip), options)
 
     def sample_nbytes(self, clips: np.ndarray) -> np.ndarray:
         """(len(clips),) bytes one sample's inputs take (0: unknown before reading, the file's bytes)."""

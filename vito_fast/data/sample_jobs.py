@@ -6,7 +6,7 @@ Kinds of job, each a tuple whose first item names it::
 
     ("video_frames", path, fps, file_frames, reader_options, (height, width))
         -> image0, image1: (H, W, 3) uint8 RGB, display orientation, dense
-    ("file_bytes", path, file_frames[, orientation])
+    ("file_bytes", path, file_frames[, orientation[, options]])   (options: "file_bytes", the size; "ahead")
         -> encoded: the file's bytes (uint8), frames: (2,) int32 (for fn.decoders.video), and
            transpose, flip_rows, flip_columns: () bool, the display orientation DALI's graph applies
 
@@ -36,15 +36,23 @@ class JobRunner:
     def _planned_reads(self, jobs, every_opening: bool) -> Tuple[list, object]:
         """([(url, offset, size)], remote settings) of what the remote videos among ``jobs`` will read
         (``video_source.planned_spans``): the GOPs of each one's frames, and its opening where the file is
-        not open here (``every_opening``: always)."""
-        from vito_fast.storage.shards import remote_requests
+        not open here (``every_opening``: always); a whole file's bytes for a "file_bytes" job of known size."""
         from vito_fast.data.video_source import planned_spans
+        from vito_fast.storage.shards import parse_member, remote_requests
 
         wanted, settings = [], None
         for job in jobs:
-            if job[0] != "video_frames" or not job[4].get("keyframe_bytes") or job[4].get("cache") is not None:
+            options = job[4] if len(job) > 4 else {}
+            if job[0] == "file_bytes":  # DALI's: the whole file, when its size is known
+                member = parse_member(job[1])
+                size = member.size if member is not None else options.get("file_bytes")
+                if size:
+                    wanted.append((job[1], [(0, int(size))]))
+                    settings = options.get("remote", settings)
+                continue
+            if job[0] != "video_frames" or not options.get("keyframe_bytes") or options.get("cache") is not None:
                 continue  # no index to plan from, or reads that go through the block cache
-            path, frames, options = job[1], job[3], job[4]
+            path, frames = job[1], job[3]
             settings = options.get("remote", settings)
             opening = every_opening or self._reader is None or not self._reader.is_open(path)
             wanted.append((path, planned_spans(path, frames, options["keyframes"], options["keyframe_bytes"],
@@ -73,7 +81,7 @@ class JobRunner:
 
     def _take_read_ahead(self, job) -> None:
         """Hold what the read-ahead folder of ``job`` (its options' "ahead") has of its spans, for its reader."""
-        if job[0] != "video_frames" or not job[4].get("ahead"):
+        if len(job) < 5 or not job[4].get("ahead"):
             return
         from vito_fast.storage.read_ahead import held, hold, take
 
@@ -87,7 +95,8 @@ class JobRunner:
         if kind == "video_frames":
             return self._video_frames(*job[1:])
         if kind == "file_bytes":
-            return self._file_bytes(*job[1:])
+            self._take_read_ahead(job)
+            return self._file_bytes(*job[1:4], size=job[4].get("file_bytes") if len(job) > 4 else None)
         raise ValueError(f"JobRunner: unknown job kind {kind!r}")
 
     def _video_frames(self, path: str, fps: float, file_frames, options: dict, size) -> Dict[str, np.ndarray]:
@@ -107,9 +116,9 @@ class JobRunner:
         return {"image0": images[0], "image1": images[1]}  # dense: the reader's contract (DALI needs it)
 
     @staticmethod
-    def _file_bytes(path: str, file_frames, orientation=(False, False, False)) -> Dict[str, np.ndarray]:
+    def _file_bytes(path: str, file_frames, orientation=(False, False, False), size=None) -> Dict[str, np.ndarray]:
         from vito_fast.storage.shards import read_video_bytes
 
-        data = np.frombuffer(read_video_bytes(path), dtype=np.uint8)  # a file, URL or member of a tar shard
+        data = np.frombuffer(read_video_bytes(path, size), dtype=np.uint8)  # a file, URL or member of a tar shard
         turns = {name: np.array(bool(value)) for name, value in zip(ORIENTATION_INPUTS, orientation)}
         return {"encoded": data, "frames": np.asarray(file_frames, dtype=np.int32), **turns}

@@ -251,13 +251,21 @@ def _size_of(file) -> Optional[int]:
     return int(size)
 
 
-def read_video_bytes(path: str) -> bytes:
-    """The encoded bytes of a whole video (a file, a URL, or a member of a tar: one ranged read).
+def read_video_bytes(path: str, size: Optional[int] = None) -> bytes:
+    """The encoded bytes of a whole video (a file, a URL, or a member of a tar: one ranged read); ``size``:
+    a URL's bytes when known (what was fetched ahead for it is then taken: ``read_ahead``).
     Raises VideoError naming the path when they cannot be read whole."""
+    from vito_fast.storage.read_ahead import take_held
     from vito_fast.storage.remote import RemoteFiles, is_url
 
     member = parse_member(path)
     source = path if member is None else member.tar
+    if is_url(source):
+        start, length = (0, size) if member is None else (member.offset, member.size)
+        if length:
+            (held,) = take_held([(source, start, int(length))])
+            if held is not None:
+                return held
     try:
         if is_url(source):
             files = RemoteFiles(source)
