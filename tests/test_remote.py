@@ -229,3 +229,22 @@ def test_a_scan_sees_an_object_replaced_since_this_process_read_it(store, s3_buc
     second = found[0]
     assert first.num_frames == 10 and first.file_bytes == short.stat().st_size
     assert not rejected and second.num_frames == 30 and second.file_bytes == longer.stat().st_size
+
+
+def test_a_block_the_cache_cannot_write_leaves_no_partial_file(tmp_path, monkeypatch):
+    """A full disk while a block is stored: the error rises and no temporary file stays behind (the
+    eviction passes over dot-named files, so one left would hold its bytes for good)."""
+    import errno
+    import os
+
+    from vito_fast.storage.remote import BlockCache
+
+    cache = BlockCache(tmp_path / "cache", max_bytes=1 << 20, block_bytes=1 << 10)
+
+    def full(source, target):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(os, "replace", full)
+    with pytest.raises(OSError, match="No space left"):
+        cache.read("https://host/object", 0, 100, lambda start, end: bytes(end - start))
+    assert [path for path in (tmp_path / "cache").rglob("*") if path.is_file()] == []

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import tempfile
 import threading
 import time
 from dataclasses import dataclass
@@ -26,7 +27,7 @@ from typing import Optional
 
 from vito_fast.errors import MissingExtra, StoreError
 
-__all__ = ["is_url", "RemoteFiles", "RemoteSettings", "BlockCache", "join_url", "open_remote"]
+__all__ = ["is_url", "RemoteFiles", "RemoteSettings", "BlockCache", "join_url", "open_remote", "write_whole"]
 
 # A video read from the network: fsspec's read-ahead cache in blocks of this size. A sample seeks to
 # the keyframe before its frame and decodes a GOP: a few blocks, not the whole object.
@@ -265,9 +266,7 @@ class BlockCache:
 
     def _store(self, path: Path, data: bytes) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
-        temporary = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
-        temporary.write_bytes(data)
-        os.replace(temporary, path)
+        write_whole(path, data)
         with self._lock:
             self._written += len(data)
             if self._written < self.max_bytes // 8:
@@ -299,6 +298,23 @@ class BlockCache:
     def size_bytes(self) -> int:
         """Bytes the cache holds now."""
         return sum(path.stat().st_size for path in self.folder.glob("*/*") if not path.name.startswith("."))
+
+
+def write_whole(path, data: bytes) -> None:
+    """Write ``data`` to ``path`` whole or not at all: into a temporary file beside it (a dot name, which
+    readers and ``BlockCache``'s eviction pass over), then renamed. When writing fails (a full disk,
+    the folder gone) the temporary file is removed and the OSError raised."""
+    handle, temporary = tempfile.mkstemp(dir=os.path.dirname(path), prefix=f".{os.path.basename(path)}.")
+    try:
+        with os.fdopen(handle, "wb") as file:
+            file.write(data)
+        os.replace(temporary, path)
+    except BaseException:
+        try:
+            os.unlink(temporary)
+        except OSError:
+            pass
+        raise
 
 
 def open_remote(url: str, block_size: int = VIDEO_BLOCK_BYTES, settings: Optional[RemoteSettings] = None):
