@@ -60,21 +60,24 @@ def hold(fetched: Dict[Request, bytes]) -> None:
             _held_bytes -= sum(len(data) for data in _HELD.popitem(last=False)[1].values())
 
 
-def _covering(url: str, offset: int, size: int) -> Optional[int]:
+def _covering(url: str, offset: int, size: int) -> Optional[Tuple[int, bytes]]:
+    """(start, the piece held) that covers bytes [offset, offset + size) of ``url``, or None."""
     for start, data in _HELD.get(url, {}).items():
         if start <= offset and offset + size <= start + len(data):
-            return start
+            return start, data
     return None
+
+
+def _cut(piece: Tuple[int, bytes], offset: int, size: int) -> bytes:
+    start, data = piece
+    return data if (start, len(data)) == (offset, size) else data[offset - start: offset - start + size]
 
 
 def held(url: str, offset: int, size: int) -> Optional[bytes]:
     """The bytes [offset, offset + size) of ``url`` when a piece held covers them, else None."""
     with _HELD_LOCK:
-        start = _covering(url, offset, size)
-        if start is None:
-            return None
-        data = _HELD[url][start]
-    return data if (start, len(data)) == (offset, size) else data[offset - start: offset - start + size]
+        piece = _covering(url, offset, size)
+    return None if piece is None else _cut(piece, offset, size)
 
 
 def take_held(requests: Sequence[Request]) -> List[Optional[bytes]]:
@@ -85,13 +88,10 @@ def take_held(requests: Sequence[Request]) -> List[Optional[bytes]]:
     used = set()
     with _HELD_LOCK:
         for url, offset, size in requests:
-            start = _covering(url, offset, size)
-            if start is None:
-                found.append(None)
-                continue
-            data = _HELD[url][start]
-            found.append(data if (start, len(data)) == (offset, size) else data[offset - start: offset - start + size])
-            used.add((url, start))
+            piece = _covering(url, offset, size)
+            found.append(None if piece is None else _cut(piece, offset, size))
+            if piece is not None:
+                used.add((url, piece[0]))
         for url, start in used:
             _held_bytes -= len(_HELD[url].pop(start))
             if not _HELD[url]:
@@ -121,7 +121,7 @@ def spool(folder: str, requests: Sequence[Request], settings=None) -> int:
     """Fetch ``requests`` not in ``folder`` yet, all in flight together, into ``folder``; each file
     appears whole or not at all. A request that fails is left out (its reader reads it and reports the
     failure). Returns the bytes written. ``settings``: ``remote.RemoteSettings`` (None: the environment's)."""
-    from vito_fast.storage.remote import RemoteFiles
+    from vito_fast.storage.remote import RemoteFiles, write_whole
 
     wanted = [request for request in dict.fromkeys(requests) if not os.path.exists(span_file(folder, request))]
     if not wanted or not os.path.isdir(folder):  # nothing to fetch, or the batch is read already
@@ -130,19 +130,10 @@ def spool(folder: str, requests: Sequence[Request], settings=None) -> int:
     for request, data in zip(wanted, RemoteFiles(wanted[0][0], settings).read_ranges(wanted)):
         if not isinstance(data, bytes):
             continue
-        target, temporary = span_file(folder, request), None
         try:
-            handle, temporary = tempfile.mkstemp(dir=folder, prefix=".part-")
-            with os.fdopen(handle, "wb") as file:
-                file.write(data)
-            os.replace(temporary, target)
+            write_whole(span_file(folder, request), data)
             written += len(data)
         except OSError as error:  # the batch's folder went (the batch was read without it), or it is full
-            if temporary is not None:
-                try:
-                    os.unlink(temporary)
-                except OSError:
-                    pass
             if error.errno == errno.ENOSPC:
                 _warn_full(folder)
             return written
