@@ -28,12 +28,12 @@ import numpy as np
 from vito_fast.data.config import LoaderConfig
 from vito_fast.data.decode_pool import Arena, DecodePool, WorkerFailure
 from vito_fast.data.pair_sources import PairSource
-from vito_fast.storage.read_ahead import ReadAhead
 from vito_fast.data.sample_jobs import JobRunner
 from vito_fast.data.sample_order import SampleOrder
 from vito_fast.data.sampler import ViewParams, sample_view_params
 from vito_fast.data.stats import LoaderStats
 from vito_fast.errors import StoreError, VideoError, failed_object
+from vito_fast.storage.read_ahead import ReadAhead
 
 __all__ = ["DATA_ERRORS", "HostBatch", "HostPreparation"]
 
@@ -84,7 +84,7 @@ class HostPreparation:
         self._reported: Dict[int, str] = {}
         self._given_up: Dict[int, Exception] = {}  # clips that hung or killed a worker
         self._ahead: Optional[ReadAhead] = None
-        if config.read_ahead and getattr(source, "read_ahead_jobs", None) is not None and source.reads_remote:
+        if config.read_ahead and getattr(source, "reads_remote", False):  # remote videos (not a frame store)
             self._ahead = ReadAhead(config.read_ahead, order.steps)
             self._ahead_thread = ThreadPoolExecutor(1, thread_name_prefix="vito-read-ahead")  # with no workers
 
@@ -194,9 +194,9 @@ class HostPreparation:
             clips, repeats = clips[rows], repeats[rows]
             params = self._view_params(clips, repeats, np.zeros(len(clips), dtype=np.int64), ahead_epoch)
             jobs = self.source.read_ahead_jobs(clips, params.frame_indices)
-            folder = self._ahead.folder(ahead_epoch, ahead_step)
             if not jobs:
                 continue
+            folder = self._ahead.folder(ahead_epoch, ahead_step)
             if self._workers == 0:
                 self._ahead_thread.submit(self._runner.read_ahead, folder, jobs)
                 continue

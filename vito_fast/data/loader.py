@@ -139,8 +139,8 @@ class PairLoader:
             decoder = make_decoder(video_decoder, self.device)
             reasons = {codec: decoder.unavailable(codec) for codec in self.source.codecs if codec not in host_codecs}
             missing = {codec: reason for codec, reason in reasons.items() if reason}
-            if len(missing) == len(self.source.codecs):
-                codec, reason = next(iter(missing.items()))
+            if missing and all(codec in missing or codec in host_codecs for codec in self.source.codecs):
+                codec, reason = next(iter(missing.items()))  # nothing would be left for it to decode
                 raise RuntimeError(f"PairLoader: video_decoder={video_decoder!r} cannot decode {codec} here: {reason}")
             if missing:  # its other codecs decode with PyAV on the host, in the same batches
                 for codec, reason in missing.items():

@@ -330,8 +330,9 @@ class VideoFileSource:
         """One decode job per sample, run by ``decoder`` (decode workers or host threads); for a decoder of
         the device stage, the samples' ``FrameRequest``s (nothing decodes on the host)."""
         if self.input_kind == "requests":
-            results: List[SampleResult] = [{"request": self.request(int(clip), frames[row])} for row, clip in
-                                           enumerate(clips)]
+            results: List[Optional[SampleResult]] = [
+                None if self._on_host[clip] else {"request": self.request(int(clip), frames[row])}
+                for row, clip in enumerate(clips)]
             host = [row for row, clip in enumerate(clips) if self._on_host[clip]]  # PyAV's codecs: decoded here
             if host:
                 decoded = decoder.decode([self.job(int(clips[row]), frames[row]) for row in host],

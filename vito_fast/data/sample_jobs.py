@@ -92,10 +92,10 @@ class JobRunner:
 
     def __call__(self, job: Tuple) -> Dict[str, np.ndarray]:
         kind = job[0]
+        self._take_read_ahead(job)  # read ahead: its bytes are in shared memory, not on the network
         if kind == "video_frames":
             return self._video_frames(*job[1:])
         if kind == "file_bytes":
-            self._take_read_ahead(job)
             return self._file_bytes(*job[1:4], size=job[4].get("file_bytes") if len(job) > 4 else None)
         raise ValueError(f"JobRunner: unknown job kind {kind!r}")
 
@@ -104,8 +104,7 @@ class JobRunner:
             from vito_fast.data.video_source import VideoFrameReader
 
             self._reader = VideoFrameReader(self.max_open)
-        if options.get("ahead"):  # read ahead: the spans are in shared memory, not on the network
-            self._take_read_ahead(("video_frames", path, fps, file_frames, options, size))
+        if "ahead" in options:  # its spans were taken from there (``__call__``): not a reader's option
             options = {name: value for name, value in options.items() if name != "ahead"}
         # options: the keyframe index the scan recorded (older manifests: found on first use)
         images = self._reader.read(path, fps, list(file_frames), **options)

@@ -141,8 +141,8 @@ class TorchStage:
             if self._decoder_process is None:
                 from vito_fast.decoders.decoder_process import DecoderProcess
 
-                self._decoder_process = DecoderProcess(self.config.video_decoder, self.device.type.replace("cuda", "gpu"),
-                                                       self.device.index)
+                self._decoder_process = DecoderProcess(self.config.video_decoder,
+                                                       "gpu" if self.device.type == "cuda" else "cpu", self.device.index)
             requested = [row for row, sample in enumerate(batch.inputs) if "request" in sample]
             decoded = self._decoder_process.decode([batch.inputs[row]["request"] for row in requested],
                                                    self.config.sample_timeout * max(1, len(requested))) \

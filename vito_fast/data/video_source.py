@@ -118,11 +118,9 @@ def display_rgb(frame, coded_size: Optional[Tuple[int, int]] = None) -> np.ndarr
 
 # bytes fetched before a keyframe's packet with its GOP: the container's framing around it
 GOP_FRAMING_BYTES = 1024
-# FFmpeg's read buffer for a remote file (PyAV's ``buffer_size``): it fills the buffer past the packet it
-# needs, so each span fetched reaches this far past the GOP's end (else every GOP read ends with a
-# request for bytes nobody decodes)
+# FFmpeg's read buffer for a remote file (PyAV's ``buffer_size``); a read past a span's end is a short
+# read, not a request, so spans end where their GOP ends
 READ_BUFFER_BYTES = 4 << 10
-GOP_TAIL_BYTES = 0
 # FFmpeg reads through a forward seek shorter than its buffer plus this (its SHORT_SEEK_THRESHOLD) rather
 # than seek: spans closer than that are fetched as one span, the gap included
 SHORT_SEEK_BYTES = 32 << 10
@@ -141,15 +139,15 @@ def gop_spans(targets: Sequence[int], keyframes: Sequence[int], keyframe_bytes: 
               size: Optional[int] = None) -> List[Tuple[int, int]]:
     """Byte spans [start, end) of the GOPs that hold ``targets`` (``ClipRecord.keyframe_bytes``), each from a
     little before its keyframe (a container's framing, a Matroska cluster's header, precedes the packet) to
-    READ_BUFFER_BYTES past its end, and not past ``size``, the file's bytes when known."""
+    the next keyframe, and not past ``size``, the file's bytes when known."""
     if len(keyframe_bytes) != len(keyframes) + 1:
         return []
     spans = []
     for target in targets:
         at = bisect.bisect_right(keyframes, int(target)) - 1
         if at >= 0:
-            end = keyframe_bytes[at + 1] + GOP_TAIL_BYTES
-            spans.append((max(0, keyframe_bytes[at] - GOP_FRAMING_BYTES), end if size is None else min(end, size)))
+            end = keyframe_bytes[at + 1] if size is None else min(keyframe_bytes[at + 1], size)
+            spans.append((max(0, keyframe_bytes[at] - GOP_FRAMING_BYTES), end))
     return spans
 
 
@@ -159,7 +157,7 @@ def opening_spans(path: str, size: int, keyframe_bytes: Optional[Sequence[int]])
     index at the file's end of a Matroska file (its Cues) or of an MP4 whose media come first (its moov)."""
     end = OPENING_BYTES
     if keyframe_bytes is not None and len(keyframe_bytes) > 1 and keyframe_bytes[0] < OPENING_BYTES:
-        end = min(keyframe_bytes[0] + OPENING_BYTES, keyframe_bytes[1] + GOP_TAIL_BYTES)
+        end = min(keyframe_bytes[0] + OPENING_BYTES, keyframe_bytes[1])
     spans = [(0, min(end, size))]
     from vito_fast.storage.shards import parse_member
 
