@@ -110,27 +110,27 @@ class RemoteFiles:
                     raise StoreError(f"{what}: not found", object_name=url) from None
                 if attempt == retries:
                     if url is not None:
-                        self._quarantine(url)
+                        self._quarantine(url, error)
                     raise _failed(what, retries, error, url) from None
                 time.sleep(delay)
                 delay *= 2
 
-    def _quarantine(self, url: str) -> None:
+    def _quarantine(self, url: str, error: BaseException) -> None:
         if self.settings.quarantine_scope is not None:
-            _FAILED_AT[(self.settings.quarantine_scope, url)] = time.monotonic()
+            _FAILED_AT[(self.settings.quarantine_scope, url)] = (time.monotonic(), _cause(error))
 
     def _refuse_quarantined(self, url: str, what: str) -> None:
         """StoreError when this loader's reads of ``url`` failed every retry less than QUARANTINE_SECONDS ago:
         a stalled or failing object then costs timeout x attempts once, not at every sample that reads it."""
         key = (self.settings.quarantine_scope, url)
-        failed_at = _FAILED_AT.get(key) if self.settings.quarantine_scope is not None else None
-        if failed_at is None:
+        failed = _FAILED_AT.get(key) if self.settings.quarantine_scope is not None else None
+        if failed is None:
             return
-        since = time.monotonic() - failed_at
+        since = time.monotonic() - failed[0]
         if since >= QUARANTINE_SECONDS:
             _FAILED_AT.pop(key, None)
             return
-        raise StoreError(f"{what}: its reads failed {since:.0f} s ago; not tried again for "
+        raise StoreError(f"{what}: its reads failed {since:.0f} s ago ({failed[1]}); not tried again for "
                          f"{QUARANTINE_SECONDS - since:.0f} s", object_name=url)
 
     def cat(self, url: str) -> bytes:
@@ -177,7 +177,7 @@ class RemoteFiles:
             if not pending:
                 break
         for index in pending:
-            self._quarantine(requests[index][0])
+            self._quarantine(requests[index][0], errors[index])
             results[index] = _failed(what[index], self.settings.retries, errors[index], requests[index][0])
         return results
 
@@ -200,7 +200,8 @@ class RemoteFiles:
 
 
 QUARANTINE_SECONDS = 60.0  # see RemoteSettings.quarantine_scope
-_FAILED_AT: dict = {}  # (quarantine scope, url) -> time.monotonic() of the read that failed every retry
+# (quarantine scope, url) -> (time.monotonic() of the read that failed every retry, its last error)
+_FAILED_AT: dict = {}
 
 _CACHES: dict = {}  # BlockCache.from_spec's, per process
 _CACHES_LOCK = threading.Lock()
@@ -350,9 +351,12 @@ def _not_found(error: BaseException) -> bool:
     return isinstance(error, FileNotFoundError) or getattr(error, "status", None) == 404
 
 
+def _cause(error: BaseException) -> str:
+    return f"{type(error).__name__}: {str(error).strip()[:200]}"
+
+
 def _failed(what: str, retries: int, error: BaseException, url: Optional[str] = None) -> StoreError:
-    return StoreError(f"{what}: failed {retries + 1} times, last: {type(error).__name__}: {str(error).strip()[:200]}",
-                      object_name=url)
+    return StoreError(f"{what}: failed {retries + 1} times, last: {_cause(error)}", object_name=url)
 
 
 def _filesystem_options(protocol: str, timeout: float) -> dict:
