@@ -83,9 +83,10 @@ RUNTIME_REQUIREMENTS = [
 REMOTE_REQUIREMENTS = ["fsspec>=2023.1", "aiohttp>=3.8"]
 # ViT trunks (model.arch=vit_*): timm's Vision Transformers, built locally (no weights downloaded)
 VIT_REQUIREMENTS = ["timm>=0.9.16"]
-# the tests start a real S3-protocol server on loopback (moto's server mode) and read it with s3fs
+# the tests start a real S3-protocol server on loopback (moto's server mode) and read it with s3fs;
+# torchcodec's decoder is checked against PyAV on the CPU, with the FFmpeg in PyAV's wheel
 TEST_REQUIREMENTS = ["pytest>=7", "pytest-benchmark>=4", "hypothesis>=6", *REMOTE_REQUIREMENTS, "s3fs",
-                     "moto[server]>=5", *VIT_REQUIREMENTS]
+                     "moto[server]>=5", *VIT_REQUIREMENTS, "torchcodec>=0.8; platform_system == 'Linux'"]
 
 setup(
     name="vito_fast",

@@ -82,8 +82,9 @@ def test_each_decoder_says_in_one_line_why_it_cannot_run_here():
         ("dali", "cpu", "h264"): "DALI's CPU video decoder takes vp8, vp9, mjpeg, not h264" if have_dali()
         else "NVIDIA DALI is not installed",
         ("nvc", "gpu", "h264"): None,
-        ("torchcodec", "cpu", "vp9"): None,
     }
+    if make_decoder("torchcodec", "cpu").unavailable("vp9") is not None:  # else: tests/test_torchcodec.py
+        reasons["torchcodec", "cpu", "vp9"] = None
     for (name, device, codec), expected in reasons.items():
         reason = make_decoder(name, device).unavailable(codec)
         assert reason and "\n" not in reason, (name, reason)
@@ -264,14 +265,16 @@ def test_the_loader_decodes_with_the_verified_choice(clips, trial_env, tmp_path,
 
     manifest = write_manifest(tmp_path / "manifest.jsonl", clips["plain"] * 2)
     config = LoaderConfig(image_size=32, dtype="float32", num_threads=2, decode_workers=0, video_decoder="auto")
+    torchcodec = ["torchcodec"] if make_decoder("torchcodec").unavailable("vp9") is None else []
+    kinds = {"pyav": "frames", "dali": "video", "torchcodec": "requests"}
     with PairLoader(str(manifest), 2, device="cpu", seed=0, config=config) as loader:
         batch = next(iter(loader))
         choice = loader.decoder_choice
-        if have_dali():
+        if have_dali() or torchcodec:
             ((group, share),) = choice.groups
-            assert {trial.decoder for trial in group.trials} == {"pyav", "dali"} and share == 1
-            assert choice.decoder == group.decoder
-            assert loader.source.input_kind == {"pyav": "frames", "dali": "video"}[choice.decoder]
+            assert {trial.decoder for trial in group.trials} == {"pyav", *(["dali"] * have_dali()), *torchcodec}
+            assert share == 1 and choice.decoder == group.decoder
+            assert loader.source.input_kind == kinds[choice.decoder]
             assert "vp9 ≤288p (100 % of clips)" in capfd.readouterr().err
         else:
             assert choice is None and loader.source.input_kind == "frames"
@@ -279,7 +282,11 @@ def test_the_loader_decodes_with_the_verified_choice(clips, trial_env, tmp_path,
     torch_config = LoaderConfig(image_size=32, dtype="float32", num_threads=2, decode_workers=0,
                                 video_decoder="auto", backend="torch")
     with PairLoader(str(manifest), 2, device="cpu", seed=0, config=torch_config) as loader:
-        assert loader.decoder_choice is None and loader.source.input_kind == "frames"  # PyAV: nothing to try
+        if torchcodec:  # the torch stage's decoders that run here are tried against PyAV
+            assert {trial.decoder for trial in loader.decoder_choice.groups[0][0].trials} == {"pyav", "torchcodec"}
+            assert loader.source.input_kind == kinds[loader.decoder_choice.decoder]
+        else:
+            assert loader.decoder_choice is None and loader.source.input_kind == "frames"  # PyAV: nothing to try
 
 
 @pytest.mark.cuda
@@ -390,7 +397,10 @@ def test_a_video_decoder_that_fails_where_pyav_decodes_does_not_end_the_run(tmp_
 
 
 @pytest.mark.parametrize("decoder", ["vito_fast.decoders.video_decoders:PyAVDecoder", "broken_decoders:Fails",
-                                     "broken_decoders:Hangs", "broken_decoders:Crashes"])
+                                     "broken_decoders:Hangs", "broken_decoders:Crashes", pytest.param(
+                                         "torchcodec", marks=pytest.mark.skipif(
+                                             make_decoder("torchcodec").unavailable("vp9") is not None,
+                                             reason="torchcodec cannot run here"))])
 def test_a_decoder_of_the_device_stage_feeds_the_same_graph(clips, tmp_path, decoder):
     """A decoder that runs in the torch stage (as NVDEC decoders do, on the GPU), in a process of its own,
     gets one FrameRequest per sample and gives the views the host's PyAV workers give; one that fails

@@ -34,6 +34,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Tuple
 
+from vito_fast.decoders.ffmpeg_libs import child_environment
 from vito_fast.decoders.video_decoders import FrameRequest
 
 __all__ = ["MIN_PSNR_DB", "DecoderTrial", "DecoderChoice", "ManifestChoice", "size_class", "trial_requests",
@@ -155,8 +156,9 @@ def run_trial(decoder: str, device: str, requests: Sequence[FrameRequest], timeo
     job = json.dumps({"decoder": decoder, "device": device, "requests": [request.to_json() for request in requests],
                       "min_psnr_db": MIN_PSNR_DB})
     try:
+        environment = child_environment(dict(os.environ)) if decoder == "torchcodec" else None  # PyAV's FFmpeg
         result = subprocess.run([sys.executable, "-m", "vito_fast.decoders.trial"], input=job, text=True,
-                                capture_output=True, timeout=timeout)
+                                capture_output=True, timeout=timeout, env=environment)
     except subprocess.TimeoutExpired:
         return DecoderTrial(decoder, "timed out", f"no answer within {timeout:g} s")
     if result.returncode < 0:

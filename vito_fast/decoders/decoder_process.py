@@ -23,6 +23,7 @@ from multiprocessing.connection import Connection
 from typing import List, Optional, Sequence
 
 from vito_fast.data.decode_pool import exit_reason, worker_environment
+from vito_fast.decoders.ffmpeg_libs import child_environment
 from vito_fast.errors import DecoderFailure, VideoError, first_line
 
 __all__ = ["DecoderProcess", "START_SECONDS"]
@@ -41,7 +42,8 @@ class DecoderProcess:
         try:
             self._process = subprocess.Popen(
                 [sys.executable, "-m", "vito_fast.decoders.decoder_process", str(child.fileno())],
-                pass_fds=[child.fileno()], stdin=subprocess.DEVNULL, stderr=self._log, env=worker_environment())
+                pass_fds=[child.fileno()], stdin=subprocess.DEVNULL, stderr=self._log,
+                env=child_environment(worker_environment()) if name == "torchcodec" else worker_environment())
         finally:
             child.close()
         self._connection.send((name, device, device_id))

@@ -11,7 +11,7 @@ name         device    what decodes
 pyav         cpu       FFmpeg through PyAV, from the keyframe before each frame (``VideoFrameReader``)
 dali         cpu, gpu  DALI's ``fn.decoders.video`` on the file's bytes (CPU: VP8, VP9, MJPEG; GPU: NVDEC)
 nvc          gpu       PyNvVideoCodec's ``SimpleDecoder`` (NVDEC), one decoder reused across files
-torchcodec   cpu, gpu  torchcodec's ``VideoDecoder`` (needs FFmpeg's shared libraries)
+torchcodec   cpu, gpu  torchcodec's ``VideoDecoder`` (FFmpeg's shared libraries: the system's, or PyAV's)
 ===========  ========  ===============================================================
 
 ``make_decoder(name, device)`` builds one; ``decoder.unavailable(codec)`` is None when it can
@@ -266,7 +266,9 @@ def _cuda_tensor(frame):
 
 class TorchCodecDecoder:
     """torchcodec's ``VideoDecoder`` in exact seek mode: ``get_frames_at(indices)`` counts frames in
-    presentation order, as the contract does; "cpu" or "gpu" (NVDEC through FFmpeg)."""
+    presentation order, as the contract does; "cpu" or "gpu" (torchcodec's NVDEC backend). It decodes
+    in processes started with ``ffmpeg_libs.child_environment`` (``DecoderProcess``, the trials): on a
+    machine without FFmpeg they load the one in PyAV's wheel."""
 
     name = "torchcodec"
 
@@ -274,13 +276,23 @@ class TorchCodecDecoder:
         self.device = device
 
     def unavailable(self, codec: str) -> Optional[str]:
+        import os
+
+        from vito_fast.decoders.ffmpeg_libs import torchcodec_library_path, torchcodec_loads_here
+
         try:
-            from torchcodec.decoders import VideoDecoder  # noqa: F401  (loads FFmpeg's libraries)
-        except ImportError as error:
-            return "torchcodec is not installed (pip install torchcodec)" if "torchcodec" in str(error) \
-                else f"torchcodec cannot load FFmpeg's libraries: {first_line(error)}"
-        except Exception as error:  # torchcodec raises RuntimeError when no FFmpeg it supports is found
-            return f"torchcodec cannot load FFmpeg's libraries: {first_line(error)}"
+            loads = torchcodec_loads_here()
+        except Exception as error:  # an import that fails for another reason than FFmpeg
+            return f"torchcodec does not import here: {first_line(error)}"
+        if loads is None:
+            return "torchcodec is not installed (pip install torchcodec)"
+        if not loads:
+            lent = torchcodec_library_path()  # PyAV's FFmpeg, for the processes torchcodec decodes in
+            if lent is None or lent in os.environ.get("LD_LIBRARY_PATH", ""):
+                import torch
+
+                return (f"torchcodec loads no FFmpeg here: none of versions 4-9 is installed (apt install ffmpeg) "
+                        f"and PyAV brings none it loads, or it was built for another torch than {torch.__version__}")
         return _cuda_problem() if self.device == "gpu" else None
 
     def decode(self, request: FrameRequest) -> List[object]:
@@ -292,17 +304,54 @@ class TorchCodecDecoder:
         try:
             decoder = VideoDecoder(source, device="cuda" if self.device == "gpu" else "cpu", seek_mode="exact")
             batch = decoder.get_frames_at(indices=list(request.frames)).data  # (N, C, H, W) uint8
+            turned = decoder.metadata.rotation
         except Exception as error:
             raise VideoError(f"{request.path}: torchcodec could not decode frames {list(request.frames)}: "
                              f"{error}") from None
         finally:
             if not isinstance(source, str):
                 source.close()
-        frames = [frame.permute(1, 2, 0).contiguous() for frame in batch]
+        frames = [frame.permute(1, 2, 0) for frame in batch]
+        if not _turn_is(request.orientation, turned):  # it turns by the display matrix's angle, never mirrors
+            frames = [_reorient(frame, request.orientation, turned) for frame in frames]
+        frames = [frame.contiguous() for frame in frames]
         return frames if self.device == "gpu" else [frame.numpy() for frame in frames]
 
     def close(self) -> None:
         pass
+
+
+def _quarter_turns(degrees: Optional[float]) -> int:
+    """A rotation angle (counter-clockwise, as torchcodec's metadata gives it) in quarter turns, 0-3."""
+    return int(round((degrees or 0.0) / 90.0)) % 4
+
+
+def _orient(image, orientation: Tuple[bool, bool, bool]):
+    """``image`` (H, W, ...; NumPy or torch) turned by the scan's (transpose, flip rows, flip columns)."""
+    transpose, flip_rows, flip_columns = orientation
+    tensor = hasattr(image, "flip")
+    if transpose:
+        image = image.transpose(0, 1) if tensor else image.swapaxes(0, 1)
+    if flip_rows:
+        image = image.flip(0) if tensor else image[::-1]
+    if flip_columns:
+        image = image.flip(1) if tensor else image[:, ::-1]
+    return image
+
+
+def _turn_is(orientation: Tuple[bool, bool, bool], degrees: Optional[float]) -> bool:
+    """Whether turning by ``degrees`` shows a frame as ``orientation`` does (false for a mirrored matrix)."""
+    probe = np.arange(6).reshape(2, 3)
+    expected, turned = _orient(probe, orientation), np.rot90(probe, _quarter_turns(degrees))
+    return expected.shape == turned.shape and bool((expected == turned).all())
+
+
+def _reorient(frame, orientation: Tuple[bool, bool, bool], degrees: Optional[float]):
+    """A frame (H, W, C tensor) a decoder turned by ``degrees``, turned back, then as ``orientation`` says."""
+    import torch
+
+    turns = _quarter_turns(degrees)
+    return _orient(torch.rot90(frame, -turns, dims=(0, 1)) if turns else frame, orientation)
 
 
 DECODERS = {"pyav": PyAVDecoder, "dali": DaliDecoder, "nvc": NvcDecoder, "torchcodec": TorchCodecDecoder}

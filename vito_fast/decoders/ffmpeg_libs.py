@@ -1,0 +1,133 @@
+"""FFmpeg's shared libraries for torchcodec, from PyAV's wheel when the machine has none of its own.
+
+torchcodec loads FFmpeg 4-9 from the system (``libavutil.so.60`` and its siblings for FFmpeg 8), so
+on a machine without FFmpeg installed (most GPU nodes, containers) it loads nothing. PyAV's wheels
+bring a whole FFmpeg under renamed files (``av.libs/libavutil-5809ad29.so.60.26.102``). When that
+FFmpeg is a version torchcodec has a build for, ``torchcodec_library_path()`` makes a folder of
+links under the names torchcodec asks for (in the cache, once) and gives the ``LD_LIBRARY_PATH``
+under which it loads them. The dynamic loader reads that variable when a process starts, so it
+serves the processes torchcodec decodes in (``DecoderProcess``, the choice's trials:
+``child_environment``), never the one that asks. A machine whose FFmpeg torchcodec already loads
+is left as it is.
+"""
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import os
+import re
+import shutil
+import tempfile
+import threading
+from functools import lru_cache
+from pathlib import Path
+from typing import Dict, Optional, Tuple
+
+__all__ = ["bundled_ffmpeg", "torchcodec_library_path", "child_environment", "torchcodec_loads_here"]
+
+# libavutil's major version -> FFmpeg's (libavutil 56 was FFmpeg 4; each FFmpeg major bumps it by one)
+AVUTIL_TO_FFMPEG = 52
+LIBRARIES = ("libavutil", "libavcodec", "libavformat", "libavdevice", "libavfilter", "libswscale", "libswresample")
+_RENAMED = re.compile(r"^(lib[a-z]+)-[0-9a-f]{8}\.so\.(\d+)(?:\.\d+)*$")  # auditwheel's names
+_lock = threading.Lock()
+
+
+def _package_folder(name: str) -> Optional[Path]:
+    """Where package ``name`` is installed, without importing it (None: not installed)."""
+    try:
+        spec = importlib.util.find_spec(name)
+    except (ImportError, ValueError):
+        return None
+    locations = list(spec.submodule_search_locations or []) if spec else []
+    return Path(locations[0]) if locations else None
+
+
+def bundled_ffmpeg() -> Optional[Tuple[int, Path, Dict[str, Path]]]:
+    """(FFmpeg major version, folder, {name torchcodec asks for: file}) of the FFmpeg inside PyAV's
+    wheel, or None (no PyAV, or a PyAV built against the system's FFmpeg: nothing bundled)."""
+    package = _package_folder("av")
+    folder = package.parent / "av.libs" if package else None
+    if folder is None or not folder.is_dir():
+        return None
+    files = {}
+    for path in folder.iterdir():
+        match = _RENAMED.match(path.name)
+        if match and match.group(1) in LIBRARIES:
+            files[f"{match.group(1)}.so.{match.group(2)}"] = path
+    avutil = [int(name.rsplit(".", 1)[1]) for name in files if name.startswith("libavutil.so.")]
+    if len(avutil) != 1 or not {name.split(".so.")[0] for name in files} >= {"libavutil", "libavcodec", "libavformat"}:
+        return None
+    return avutil[0] - AVUTIL_TO_FFMPEG, folder, files
+
+
+def _torchcodec_builds() -> Tuple[int, ...]:
+    """The FFmpeg major versions the installed torchcodec has a core library for."""
+    folder = _package_folder("torchcodec")
+    if folder is None:
+        return ()
+    found = {int(m.group(1)) for path in folder.glob("libtorchcodec_core*.so")
+             if (m := re.match(r"libtorchcodec_core(\d+)\.so$", path.name))}
+    return tuple(sorted(found))
+
+
+def torchcodec_loads_here() -> Optional[bool]:
+    """Whether torchcodec loaded an FFmpeg in this process (None: torchcodec is not installed)."""
+    if _package_folder("torchcodec") is None:
+        return None
+    import torchcodec
+
+    return getattr(torchcodec, "ffmpeg_major_version", None) is not None
+
+
+def _cache_folder() -> Path:
+    root = os.environ.get("VITO_FAST_CACHE_DIR") or os.path.join(
+        os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "vito_fast")
+    return Path(root)
+
+
+def _link_folder(major: int, folder: Path, files: Dict[str, Path]) -> Path:
+    """A folder of links named as torchcodec asks (``libavutil.so.60`` -> PyAV's renamed file), one per
+    PyAV install (its folder and file names make the key): built beside, then renamed into place, so
+    no process sees half of it."""
+    listing = "\n".join([str(folder.resolve())] + sorted(f"{name}={path.name}" for name, path in files.items()))
+    target = _cache_folder() / f"ffmpeg{major}-from-pyav-{hashlib.sha256(listing.encode()).hexdigest()[:12]}"
+    if target.is_dir():
+        return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    building = Path(tempfile.mkdtemp(prefix=".ffmpeg-", dir=target.parent))
+    for name, path in files.items():
+        os.symlink(path, building / name)
+    try:
+        os.rename(building, target)
+    except OSError:  # another process made it meanwhile
+        shutil.rmtree(building, ignore_errors=True)
+    return target
+
+
+@lru_cache(maxsize=1)
+def _library_path() -> Optional[str]:
+    if torchcodec_loads_here() is not False:  # not installed, or it has an FFmpeg of its own
+        return None
+    bundled = bundled_ffmpeg()
+    if bundled is None or bundled[0] not in _torchcodec_builds():
+        return None
+    major, folder, files = bundled
+    return os.pathsep.join([str(_link_folder(major, folder, files)), str(folder)])
+
+
+def torchcodec_library_path() -> Optional[str]:
+    """The ``LD_LIBRARY_PATH`` entries under which torchcodec loads PyAV's FFmpeg: the folder of links,
+    then PyAV's own folder (the renamed libraries find each other there). None when torchcodec is not
+    installed, loads an FFmpeg of its own, or PyAV brings none it has a build for."""
+    with _lock:
+        return _library_path()
+
+
+def child_environment(environment: Dict[str, str]) -> Dict[str, str]:
+    """``environment`` for a process that decodes with torchcodec: with PyAV's FFmpeg on its library
+    path where torchcodec would find none (``torchcodec_library_path``), else unchanged."""
+    extra = torchcodec_library_path()
+    if not extra:
+        return environment
+    inherited = environment.get("LD_LIBRARY_PATH")
+    return dict(environment, LD_LIBRARY_PATH=os.pathsep.join([extra] + ([inherited] if inherited else [])))
