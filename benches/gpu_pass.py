@@ -52,6 +52,7 @@ sys.path.insert(0, str(HERE))  # the suites (bench_*.py) import as modules; vito
 os.environ.setdefault("PYTORCH_NVML_BASED_CUDA_CHECK", "1")  # is_available() in a parent must not init CUDA
 
 import bench_vit  # noqa: E402
+import gpu_decoders  # noqa: E402
 import gpu_pass_steps as steps  # noqa: E402
 from gpu_pass_report import derive, goals, render_markdown  # noqa: E402,F401  (derive, goals: re-exported)
 
@@ -114,6 +115,15 @@ STEPS: List[Step] = [
     Step("video_pynvc", "loader", 30, "PyNvVideoCodec SimpleDecoder", steps.video_pynvc, needs=("video_corpus",)),
     Step("decoders", "loader", 60, "every video decoder's trial against PyAV and the choice (issue 26)",
          steps.decoders, needs=("video_corpus",)),
+    # Issue #26 (its own plan, `--plan decoders`): the decoder test files in full, a 720p GOP-60 corpus beside
+    # the 256p one, and each decoder the trials verify, through the loader, with the host's cores busy.
+    Step("tests_decoders", "tests", 90, "decoder test files in full: contract, choice, decoder process, CUDA IPC "
+         "(pytest -n)", gpu_decoders.tests_decoders),
+    Step("video_corpus_large", "loader", 30, "write and scan 720p GOP-60 H.264 files (PyAV)",
+         gpu_decoders.video_corpus_large),
+    # per corpus: 4 trials (~25 s), then per verified decoder ~25 s at 4 loads and ~12 s held to 4 cores
+    Step("decoder_rates", "loader", 330, "each verified decoder's loader with 0/4/8/16 cores busy and on 4 cores; "
+         "CPU ms, NVDEC and SM busy per pair", gpu_decoders.decoder_rates, needs=("video_corpus",)),
     Step("compile_report", "kernels", 45, "bench_compile: sm_90 variants and roofline", steps.compile_report),
 ]
 SLOW = Step("injected_slow", "test", 2, "test only: sleeps past its limit", steps.injected_slow)
@@ -382,16 +392,17 @@ def run_pass(args) -> dict:
     return report
 
 
-def print_plan(with_calls: bool) -> int:
+def print_plan(with_calls: bool, name: str = "pass") -> int:
     import gpu_plan
 
-    record = gpu_plan.pack_record()
+    wheel_set, make = gpu_plan.PLANS[name]
+    record = gpu_plan.pack_record(wheel_set)
     catalogue = {step.name: step.limit_s for step in STEPS}
-    table = gpu_plan.rows(gpu_plan.plan(record), record, catalogue, gpu_plan.tree_bytes())
-    print(gpu_plan.markdown(table, record, catalogue))
+    table = gpu_plan.rows(make(record), record, catalogue, gpu_plan.tree_bytes())
+    print(gpu_plan.markdown(table, record, catalogue, name))
     if with_calls:
         print("\n" + gpu_plan.calls_text(table))
-    return 1 if gpu_plan.problems(table, catalogue) else 0
+    return 1 if gpu_plan.problems(table, catalogue, complete=name == "pass") else 0
 
 
 def main(argv: Optional[List[str]] = None) -> int:
@@ -407,9 +418,10 @@ def main(argv: Optional[List[str]] = None) -> int:
     parser.add_argument("--work", help="working folder (corpora, logs); default: a new temporary folder")
     parser.add_argument("--keep-work", action="store_true", help="keep the working folder")
     parser.add_argument("--list", action="store_true", help="list the steps and exit")
-    parser.add_argument("--plan", action="store_true",
+    parser.add_argument("--plan", nargs="?", const="pass", choices=("pass", "decoders"),
                         help="the device-tool calls as a table: carries, steps, limits, budgets, device time; "
-                             "exit 1 when the plan does not fit the lease")
+                             "exit 1 when the plan does not fit the lease. 'pass' (the default): the GPU pass; "
+                             "'decoders': issue #26's decoders under load, for a lease after the pass's")
     parser.add_argument("--calls", action="store_true", help="with --plan: each call as the device tool takes it")
     parser.add_argument("--no-fork", action="store_true",
                         help="start each step by exec (a fresh interpreter) instead of fork; chosen "
@@ -424,7 +436,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         work = Path(args.work)
         _child(step, steps.Context(args.dry_run, work, work / "rows" / f"{step.name}.jsonl"), None)
     if args.plan:
-        return print_plan(args.calls)
+        return print_plan(args.calls, args.plan)
     if args.list:
         for step in select(args.only, args.skip, args.inject_slow_step):
             print(f"{step.name:20s} {step.group:8s} {step.limit_s:4.0f} s  {step.title}")

@@ -71,18 +71,37 @@ LATER = {
     "video_pynvc": "PyNvVideoCodec (27 MB) would cost one more staging call; issue #26 owns GPU decoding",
     "decoders": "with video_corpus: 80 s the plan does not have; issue #26's decoder trials (DALI NVDEC, "
                 "PyNvVideoCodec, torchcodec against PyAV)",
+    "tests_decoders": "issue #26's plan of its own (`--plan decoders`): PyAV, PyNvVideoCodec and torchcodec in "
+                      "one part",
+    "video_corpus_large": "issue #26's plan (`--plan decoders`): 720p GOP-60 H.264",
+    "decoder_rates": "issue #26's plan (`--plan decoders`): each verified decoder's loader with 0/4/8/16 cores "
+                     "busy and held to 4 cores",
     "train_vit": "300 s the plan does not have (ViT-S/16 and ViT-B/16, eager and compiled, issue 28); "
                  "`--only train_vit` runs it in a call of its own, ResNet-50's eager step beside it",
     "compile_report": "CPU work: `python benches/bench_compile.py --triton-path DIR` compiles with the host's Triton here",
 }
 
 
-def pack_record() -> dict:
-    """The parts of the last pack: .gpu/parts.json where this machine packed, else benches/gpu_stage.json."""
-    for path in (ROOT / ".gpu" / "parts.json", ROOT / "benches" / "gpu_stage.json"):
+# Issue #26's plan (``--plan decoders``), for a lease after the pass's: one part (PyAV, PyNvVideoCodec,
+# torchcodec), unpacked, then the decoder tests, both corpora and every verified decoder under load.
+DECODERS = ("tests_decoders", "video_corpus", "video_corpus_large", "decoder_rates")
+RECORDS = {"loader": (".gpu", "benches/gpu_stage.json"), "decoders": (".gpu/decoders", "benches/gpu_stage_decoders.json")}
+
+
+def pack_record(which: str = "loader") -> dict:
+    """The parts of the last pack of a wheel set: its parts.json where this machine packed, else the
+    record committed in benches/."""
+    folder, committed = RECORDS[which]
+    for path in (ROOT / folder / "parts.json", ROOT / committed):
         if path.is_file():
             return json.loads(path.read_text())
-    raise FileNotFoundError("gpu_plan: no pack record (benches/gpu_stage.json); run `python benches/gpu_stage.py pack`")
+    raise FileNotFoundError(f"gpu_plan: no pack record ({committed}); run `python benches/gpu_stage.py pack "
+                            f"--set {which}`")
+
+
+def parts_folder(record: dict) -> str:
+    """Where a set's parts lie in the checkout (a record without "set" is the pass's own)."""
+    return RECORDS[record.get("set", "loader")][0]
 
 
 def plan(record: dict) -> List[Call]:
@@ -96,6 +115,19 @@ def plan(record: dict) -> List[Call]:
     return calls
 
 
+def decoders_plan(record: dict) -> List[Call]:
+    """Issue #26's plan: its parts but the last staged, then the last part, install, and the steps."""
+    parts = len(record["parts"])
+    calls = [Call(f"stage decoder part {index + 1} of {parts}", part=index) for index in range(parts - 1)]
+    calls.append(Call("unpack PyAV, PyNvVideoCodec, torchcodec; decoder tests; 256p and 720p corpora; every "
+                      "verified decoder under load (issue #26)", DECODERS, budget_s=485,
+                      setup_s=INSTALL_S + BUILD_S, part=parts - 1, installs=True))
+    return calls
+
+
+PLANS = {"pass": ("loader", plan), "decoders": ("decoders", decoders_plan)}
+
+
 def tree_bytes(root: Path = ROOT) -> int:
     """What travels with every call: tracked and untracked-not-ignored files of the checkout."""
     listed = subprocess.run(["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"], cwd=root,
@@ -106,10 +138,10 @@ def tree_bytes(root: Path = ROOT) -> int:
 def carried(call: Call, record: dict) -> List[Tuple[str, int]]:
     """(path, bytes) of what the call carries besides the tree: its part (the pack record's size) with
     parts.json, or call 1's small wheels (sizes bounded from above: CI has no .gpu/)."""
-    paths = []
+    paths, folder = [], parts_folder(record)
     if call.part is not None:
         part = record["parts"][call.part]
-        paths += [(".gpu/parts.json", 4096), (f".gpu/{part['name']}", part["bytes"])]
+        paths += [(f"{folder}/parts.json", 4096), (f"{folder}/{part['name']}", part["bytes"])]
     if call.call_one_wheels:
         paths.append((".gpu/call1", 64 * 1024))
     return paths
@@ -121,11 +153,11 @@ def limits(steps: Sequence[str], catalogue: Dict[str, float]) -> float:
 
 
 def command(call: Call, record: dict) -> str:
-    parts = []
+    parts, folder = [], parts_folder(record)
     if call.part is not None:
-        parts.append(f"python3 benches/gpu_stage.py stage .gpu/{record['parts'][call.part]['name']}")
+        parts.append(f"python3 benches/gpu_stage.py stage {folder}/{record['parts'][call.part]['name']}")
     if call.installs:
-        parts.append(f"python3 benches/gpu_stage.py install {SITE} --parts .gpu/parts.json")
+        parts.append(f"python3 benches/gpu_stage.py install {SITE} --parts {folder}/parts.json")
     if call.call_one_wheels:
         parts.append(f"python3 -m pip install -q --no-index --no-deps --target {SITE} .gpu/call1/*.whl")
     if call.steps:
@@ -155,7 +187,9 @@ def total_s(table: List[dict]) -> float:
     return START_S + sum(row["assumed_s"] for row in table) + GAP_S * (len(table) - 1)
 
 
-def problems(table: List[dict], catalogue: Dict[str, float]) -> List[str]:
+def problems(table: List[dict], catalogue: Dict[str, float], complete: bool = True) -> List[str]:
+    """What does not fit the lease; ``complete``: also every step of the catalogue that is neither
+    planned nor in LATER (the pass's plan; issue #26's runs a few steps only)."""
     found = []
     for row in table:
         if row["limits_s"] > row["budget_s"]:
@@ -166,14 +200,15 @@ def problems(table: List[dict], catalogue: Dict[str, float]) -> List[str]:
     if total_s(table) > PLAN_LIMIT_S:
         found.append(f"the plan takes {total_s(table):.0f} s of device time, over {PLAN_LIMIT_S} s")
     planned = {step for row in table for step in row["steps"]}
-    for name in catalogue:
+    for name in catalogue if complete else ():
         if name not in planned and name not in LATER and name != "device":
             found.append(f"step {name} is neither in a call nor in LATER (with the reason)")
     return found
 
 
-def markdown(table: List[dict], record: dict, catalogue: Dict[str, float]) -> str:
-    lines = [f"GPU pass plan: {len(table)} calls; {len(record['parts'])} parts of "
+def markdown(table: List[dict], record: dict, catalogue: Dict[str, float], name: str = "pass") -> str:
+    complete = name == "pass"
+    lines = [f"{'GPU pass plan' if complete else 'Plan ' + repr(name)}: {len(table)} call(s); {len(record['parts'])} parts of "
              f"{record['compressed_bytes'] / 2**20:.0f} MiB xz ({record['unpacked_bytes'] / 2**20:.0f} MiB unpacked, "
              f"packed {record['date']}); each call also carries the working tree.", "",
              "| call | what | carries MiB | steps (after `device`) | Σ step limits s | budget s | GPU time assumed s "
@@ -184,8 +219,9 @@ def markdown(table: List[dict], record: dict, catalogue: Dict[str, float]) -> st
     lines += ["", f"Whole plan: {START_S} s start + {sum(r['assumed_s'] for r in table):.0f} s of calls + "
                   f"{len(table) - 1} × {GAP_S} s gaps = **{total_s(table):.0f} s** of {PLAN_LIMIT_S} s "
                   f"({PLAN_LIMIT_S // 60} of the 15 device minutes; the rest is for one rerun)."]
-    lines += ["", "Not in this plan (`--only NAME` runs them): " + "; ".join(f"{k} ({v})" for k, v in LATER.items())]
-    found = problems(table, catalogue)
+    if complete:
+        lines += ["", "Not in this plan (`--only NAME` runs them): " + "; ".join(f"{k} ({v})" for k, v in LATER.items())]
+    found = problems(table, catalogue, complete)
     lines += ["", "Checks: " + ("all pass." if not found else "FAIL\n" + "\n".join(f"- {p}" for p in found))]
     return "\n".join(lines)
 

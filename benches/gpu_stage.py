@@ -32,7 +32,8 @@ import tempfile
 import time
 import zipfile
 from pathlib import Path
-from typing import List, Optional
+from dataclasses import dataclass, field
+from typing import List, Optional, Tuple
 
 ROOT = Path(__file__).resolve().parents[1]
 RECORD = ROOT / "benches" / "gpu_stage.json"  # the last pack's parts, committed for the plan
@@ -45,6 +46,28 @@ WHEELS = ["nvidia-dali-cuda130==2.4.0", "nvidia-nvimgcodec-cu13==0.9.0.20", "nvi
           "astunparse==1.6.3", "gast==0.6.0", "optree==0.20.0", "makefun==1.16.0", "nvtx==0.2.17",
           "libcst==1.9.0", "av==18.1.0"]
 CALL_ONE_WHEELS = ["inf-cl==1.2.1"]
+
+
+@dataclass(frozen=True)
+class WheelSet:
+    """A set of wheels packed on its own: its archive's name, where its parts go, its committed record,
+    and what ``install`` imports to say it works."""
+    wheels: List[str]
+    archive: str
+    out: Path
+    record: Path
+    imports: Tuple[str, ...]
+    call_one: List[str] = field(default_factory=list)
+
+
+SETS = {
+    "loader": WheelSet(WHEELS, ARCHIVE, ROOT / ".gpu", RECORD, ("nvidia.dali", "av"), CALL_ONE_WHEELS),
+    # Issue #26's decoder plan (gpu_pass.py --plan decoders): PyAV (the test clips, the baseline and the
+    # reference of every trial, and the FFmpeg torchcodec loads), PyNvVideoCodec, torchcodec (>= torch 2.11).
+    "decoders": WheelSet(["av==18.1.0", "pynvvideocodec==2.2.4", "torchcodec==0.17.0"], "decoders-site.tar.xz",
+                         ROOT / ".gpu" / "decoders", ROOT / "benches" / "gpu_stage_decoders.json",
+                         ("av", "PyNvVideoCodec", "torchcodec")),
+}
 PLATFORMS = ["manylinux_2_28_x86_64", "manylinux_2_27_x86_64", "manylinux_2_17_x86_64", "manylinux2014_x86_64"]
 HOST_PYTHON = "312"
 
@@ -83,11 +106,13 @@ def compress(site: Path, archive_path: Path, level: int) -> Path:
     return archive_path
 
 
-def pack(out: Path, extra: List[str], level: int) -> dict:
+def pack(out: Optional[Path], extra: List[str], level: int, which: str = "loader") -> dict:
+    chosen = SETS[which]
+    out = out or chosen.out
     started = time.perf_counter()
     out.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="vito-gpu-pack-") as temporary:
-        wheels = download(WHEELS + extra, Path(temporary) / "wheels")
+        wheels = download(chosen.wheels + extra, Path(temporary) / "wheels")
         site = Path(temporary) / "site"
         for wheel in wheels:
             with zipfile.ZipFile(wheel) as archive:
@@ -101,24 +126,24 @@ def pack(out: Path, extra: List[str], level: int) -> dict:
                     path.unlink()
                 else:
                     unpacked += path.stat().st_size
-        archive_path = compress(site, Path(temporary) / ARCHIVE, level)
-        for old in out.glob(f"{ARCHIVE}.part*"):
+        archive_path = compress(site, Path(temporary) / chosen.archive, level)
+        for old in out.glob(f"{chosen.archive}.part*"):
             old.unlink()
         parts = []
         with open(archive_path, "rb") as source:
             while chunk := source.read(PART_BYTES):
-                name = f"{ARCHIVE}.part{len(parts):02d}"
+                name = f"{chosen.archive}.part{len(parts):02d}"
                 (out / name).write_bytes(chunk)
                 parts.append({"name": name, "bytes": len(chunk), "sha256": hashlib.sha256(chunk).hexdigest()})
-        call_one = download(CALL_ONE_WHEELS, out / "call1")
-    record = {"date": datetime.date.today().isoformat(), "wheels": [w.name for w in wheels],
+        call_one = download(chosen.call_one, out / "call1") if chosen.call_one else []
+    record = {"set": which, "date": datetime.date.today().isoformat(), "wheels": [w.name for w in wheels],
               "call_one_wheels": [w.name for w in call_one], "unpacked_bytes": unpacked,
               "left_out_bytes": left_out, "compressed_bytes": sum(p["bytes"] for p in parts),
               "part_limit_bytes": PART_BYTES, "xz_preset": level, "parts": parts,
               "pack_seconds": round(time.perf_counter() - started)}
     text = json.dumps(record, indent=1) + "\n"
     (out / "parts.json").write_text(text)
-    RECORD.write_text(text)
+    chosen.record.write_text(text)
     return record
 
 
@@ -145,7 +170,7 @@ def stage(part: Path) -> int:
     STAGE_DIR.mkdir(parents=True, exist_ok=True)
     shutil.copyfile(part, STAGE_DIR / f".{part.name}.tmp")
     os.replace(STAGE_DIR / f".{part.name}.tmp", STAGE_DIR / part.name)
-    staged = sorted(path.name for path in STAGE_DIR.glob(f"{ARCHIVE}.part*"))
+    staged = sorted(path.name for path in STAGE_DIR.glob("*.tar.xz.part*"))
     print(f"gpu_stage: staged {part.name} ({part.stat().st_size / 2**20:.1f} MiB); on this host now: "
           f"{', '.join(staged)}")
     return 0
@@ -172,8 +197,9 @@ def install(site: Path, parts_json: Path) -> int:
         print("\n".join(problems))
         return 2
     started = time.perf_counter()
+    chosen = SETS[record.get("set", "loader")]
     site.mkdir(parents=True, exist_ok=True)
-    joined = site.parent / f".{ARCHIVE}"
+    joined = site.parent / f".{chosen.archive}"
     with open(joined, "wb") as out:
         for part in record["parts"]:
             with open(part["path"], "rb") as source:
@@ -181,13 +207,21 @@ def install(site: Path, parts_json: Path) -> int:
     with tarfile.open(joined, "r:xz") as tar:
         tar.extractall(site, filter="tar") if sys.version_info >= (3, 12) else tar.extractall(site)
     joined.unlink()
-    check = subprocess.run([sys.executable, "-c", "import nvidia.dali as d, av; print(d.__version__, av.__version__)"],
-                           env={**os.environ, "PYTHONPATH": str(site)}, capture_output=True, text=True)
-    versions = check.stdout.split() if check.returncode == 0 else None
-    print(f"gpu_stage: {len(record['parts'])} parts unpacked into {site} in {time.perf_counter() - started:.0f} s; "
-          + (f"DALI {versions[0]} and PyAV {versions[1]} import with PYTHONPATH={site}" if versions else
-             f"but they do not import: {(check.stderr.strip().splitlines() or ['?'])[-1][:200]}"))
-    return 0 if versions else 2
+    probe = ("import importlib, json, sys\nfound = {}\nfor name in sys.argv[1:]:\n    try:\n"
+             "        found[name] = str(getattr(importlib.import_module(name), '__version__', '?'))\n"
+             "    except Exception as error:\n        found[name] = 'no: ' + type(error).__name__ + ': ' + str(error)[:160]\n"
+             "print(json.dumps(found))")
+    check = subprocess.run([sys.executable, "-c", probe, *chosen.imports], env={**os.environ, "PYTHONPATH": str(site)},
+                           capture_output=True, text=True)
+    try:
+        found = json.loads(check.stdout.strip().splitlines()[-1])
+    except (ValueError, IndexError):
+        found = {name: "no: " + ((check.stderr.strip().splitlines() or ["?"])[-1][:200]) for name in chosen.imports}
+    said = "; ".join(f"{name} {version}" if not version.startswith("no: ") else f"{name} does not import ({version[4:]})"
+                     for name, version in found.items())
+    print(f"gpu_stage: {len(record['parts'])} part(s) unpacked into {site} in {time.perf_counter() - started:.0f} s; "
+          f"with PYTHONPATH={site}: {said}")
+    return 0 if not any(version.startswith("no: ") for version in found.values()) else 2
 
 
 def main(argv: Optional[List[str]] = None) -> int:
@@ -196,7 +230,10 @@ def main(argv: Optional[List[str]] = None) -> int:
                                      epilog="\n".join(__doc__.splitlines()[2:5]))
     commands = parser.add_subparsers(dest="command", required=True)
     packing = commands.add_parser("pack", help="download, unpack, prune, xz and split (needs PyPI)")
-    packing.add_argument("--out", type=Path, default=ROOT / ".gpu", help="folder for the parts (default .gpu/)")
+    packing.add_argument("--set", choices=sorted(SETS), default="loader",
+                         help="loader: DALI and PyAV (the GPU pass's plan); decoders: PyAV, PyNvVideoCodec and "
+                              "torchcodec (`gpu_pass.py --plan decoders`)")
+    packing.add_argument("--out", type=Path, default=None, help="folder for the parts (default .gpu/, .gpu/decoders/)")
     packing.add_argument("--extra", nargs="*", default=[], help="more NAME==VERSION wheels for the host")
     packing.add_argument("--level", type=int, default=9, help="xz preset (default 9)")
     staging = commands.add_parser("stage", help="on the host: keep one carried part outside the work tree")
@@ -206,7 +243,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     installing.add_argument("--parts", type=Path, default=ROOT / ".gpu" / "parts.json")
     args = parser.parse_args(argv)
     if args.command == "pack":
-        record = pack(args.out, args.extra, args.level)
+        record = pack(args.out, args.extra, args.level, args.set)
         print(f"gpu_stage: {len(record['wheels'])} wheels, {record['unpacked_bytes'] / 1e6:.0f} MB unpacked "
               f"({record['left_out_bytes'] / 1e6:.0f} MB left out) -> {record['compressed_bytes'] / 1e6:.0f} MB xz in "
               f"{len(record['parts'])} parts, {record['pack_seconds']} s; see `python benches/gpu_pass.py --plan`")

@@ -147,6 +147,18 @@ def test_dry_run_measures_every_provider_and_names_what_it_skipped(dry_run):
     if _importable("nvidia.dali") and _importable("av"):
         for name in ("video_pyav", "video_dali_reader", "video_dali_decoder"):
             assert steps[name]["status"] == "ok", (name, steps[name].get("reason"), steps[name].get("log_tail"))
+    if _importable("av"):  # issue #26's steps: trials against PyAV, then PyAV's loader as every load's baseline
+        rates = steps["decoder_rates"]
+        assert rates["status"] == "ok", (rates.get("reason"), rates.get("log_tail"))
+        trials = {row["decoder"]: row for row in rates["rows"] if row["kind"] == "trial" and row["corpus"] == "toy VP9"}
+        assert trials["pyav"]["status"] == "verified"
+        measured = [row for row in rates["rows"] if row["kind"] == "rate"]
+        pyav = [row for row in measured if row["decoder"] == "pyav"]
+        assert [(row["busy_cores"], row["host_cores"]) for row in pyav] == [(0, "all"), (1, "all"), (0, 2)]
+        assert all(row["status"] == "ok" and row["pairs_per_s"] > 0 and row["cpu_ms_per_pair"] > 0
+                   and row["x_pyav"] == 1.0 and row["nvdec_busy_pct"] is None for row in pyav)
+        assert {row["decoder"] for row in measured} - {"pyav"} <= {"dali", "torchcodec"}
+        assert steps["video_corpus_large"]["rows"][0]["files"] == 2
     assert steps["compile_report"]["status"] == "ok" or "not available" in steps["compile_report"]["reason"]
     assert set(report["device"]["optional"]) == {"DALI", "PyAV", "PyNvVideoCodec", "Inf-CL", "torch.compile"}
     markdown = (out / "gpu_pass.md").read_text()
@@ -348,6 +360,28 @@ def test_the_plan_fits_the_lease():
     assert gpu_plan.total_s(table) <= 13 * 60
 
 
+def test_issue_26s_plan_is_one_call_that_fits_the_lease():
+    """`--plan decoders`: the decoder set's one part travels with the call that unpacks it and runs the
+    decoder tests, both corpora and the decoders under load, within one command's 600 s."""
+    run = subprocess.run([sys.executable, str(BENCHES / "gpu_pass.py"), "--plan", "decoders", "--calls"], cwd=ROOT,
+                         capture_output=True, text=True, timeout=60)
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+    assert "Checks: all pass." in run.stdout
+    gpu_plan, gpu_pass = _load_plan(), _load_gpu_pass()
+    record = gpu_plan.pack_record("decoders")
+    assert record["set"] == "decoders" and len(record["parts"]) == 1
+    catalogue = {step.name: step.limit_s for step in gpu_pass.STEPS}
+    (call,) = gpu_plan.rows(gpu_plan.decoders_plan(record), record, catalogue, gpu_plan.tree_bytes())
+    assert call["carry"] == [".gpu/decoders/parts.json", f".gpu/decoders/{record['parts'][0]['name']}"]
+    assert "install /tmp/site --parts .gpu/decoders/parts.json" in call["command"]
+    assert call["steps"] == ("tests_decoders", "video_corpus", "video_corpus_large", "decoder_rates")
+    assert call["limits_s"] <= call["budget_s"] and call["timeout_s"] <= 600 and len(call["command"]) <= 2000
+    assert gpu_plan.total_s([call]) <= 13 * 60 and gpu_plan.problems([call], catalogue, complete=False) == []
+    tight = dict(catalogue, decoder_rates=1000)
+    (over,) = gpu_plan.rows(gpu_plan.decoders_plan(record), record, tight, 0)
+    assert gpu_plan.problems([over], tight, complete=False)
+
+
 def test_the_plan_checks_catch_what_does_not_fit(monkeypatch):
     gpu_plan = _load_plan()
     record = json.loads(json.dumps(gpu_plan.pack_record()))
@@ -366,7 +400,7 @@ def test_the_plan_checks_catch_what_does_not_fit(monkeypatch):
     assert any("new_step is neither" in p for p in gpu_plan.problems(table, unplanned))
 
 
-def _fake_parts(folder: Path, site_files: dict, parts: int) -> dict:
+def _fake_parts(folder: Path, site_files: dict, parts: int, archive: str = "gpu-site.tar.xz") -> dict:
     """A small site tree (a fake nvidia.dali and av) packed and split the way gpu_stage.pack does."""
     import hashlib
     import io
@@ -381,10 +415,10 @@ def _fake_parts(folder: Path, site_files: dict, parts: int) -> dict:
             tar.addfile(info, io.BytesIO(data))
     blob = lzma.compress(buffer.getvalue())
     size = -(-len(blob) // parts)
-    record = {"parts": []}
+    record = {"parts": []} if archive == "gpu-site.tar.xz" else {"set": "decoders", "parts": []}
     for index in range(parts):
         chunk = blob[index * size:(index + 1) * size]
-        name = f"gpu-site.tar.xz.part{index:02d}"
+        name = f"{archive}.part{index:02d}"
         (folder / name).write_bytes(chunk)
         record["parts"].append({"name": name, "bytes": len(chunk), "sha256": hashlib.sha256(chunk).hexdigest()})
     (folder / "parts.json").write_text(json.dumps(record))
@@ -422,6 +456,26 @@ def test_staging_says_in_one_line_which_part_is_missing_then_installs(tmp_path):
     assert stage_tool("stage", damaged).returncode == 0
     done = stage_tool("install", site, "--parts", carried / "parts.json")
     assert done.returncode == 0, done.stdout + done.stderr
-    assert "DALI 9.9 and PyAV 1.2 import" in done.stdout
+    assert f"with PYTHONPATH={site}: nvidia.dali 9.9; av 1.2" in done.stdout
     assert (site / "nvidia" / "dali" / "__init__.py").is_file()
     assert "was not carried" in stage_tool("stage", carried / "nothing.part09").stdout
+
+
+def test_the_decoder_set_installs_in_one_part_and_says_what_does_not_import(tmp_path):
+    """Issue #26's set (``pack --set decoders``): one part carried with its call; install names each
+    module it brings, and one that does not import (PyNvVideoCodec without a driver) in the same line."""
+    carried = tmp_path / "carried"
+    carried.mkdir()
+    _fake_parts(carried, {"av/__init__.py": "__version__ = '18.1.0'\n",
+                          "torchcodec/__init__.py": "__version__ = '0.17.0'\n",
+                          "PyNvVideoCodec/__init__.py": "raise OSError('libnvcuvid.so.1: cannot open shared object')\n"},
+                parts=1, archive="decoders-site.tar.xz")
+    env = {**os.environ, "HOME": str(tmp_path / "home")}
+    site = tmp_path / "site"
+    done = subprocess.run([sys.executable, str(BENCHES / "gpu_stage.py"), "install", str(site), "--parts",
+                           str(carried / "parts.json")], cwd=ROOT, env=env, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 2 and "Traceback" not in done.stdout + done.stderr
+    (line,) = done.stdout.strip().splitlines()
+    assert line.endswith(f"with PYTHONPATH={site}: av 18.1.0; PyNvVideoCodec does not import (OSError: "
+                         f"libnvcuvid.so.1: cannot open shared object); torchcodec 0.17.0"), line
+    assert (site / "av" / "__init__.py").is_file()

@@ -74,6 +74,26 @@ def test_torchcodec_in_its_own_process_gives_the_frames_pyav_gives(corpus):
 
 
 @needs_torchcodec
+def test_a_decoder_process_with_threads_gives_each_request_its_own_frames_in_order(corpus):
+    """Threads of the decoder process (as on a GPU, where each holds an NVDEC session) decode a batch's
+    requests at once, each thread with a decoder of its own; the answer keeps the batch's order."""
+    records = corpus["plain"] * 3
+    requests = [request(record, (index % 5, record.num_frames - 1 - index % 7)) for index, record in enumerate(records)]
+    answers = {}
+    for threads in (1, 3):
+        process = DecoderProcess("torchcodec", "cpu", threads=threads)
+        try:
+            answers[threads] = process.decode(requests, 120.0)
+        finally:
+            process.close()
+    for job, one, three in zip(requests, answers[1], answers[3]):
+        assert [decode_frame_number(frame) for frame in three] == [decode_frame_number(frame) for frame in one]
+        assert all(np.array_equal(a, b) for a, b in zip(one, three)), job.path
+    with pytest.raises(ValueError, match="threads must be at least 1"):
+        DecoderProcess("torchcodec", "cpu", threads=0)
+
+
+@needs_torchcodec
 def test_the_trial_verifies_torchcodec_on_turned_and_mirrored_clips(corpus, tmp_path):
     """torchcodec turns frames by the display matrix's angle but never mirrors them; the decoder does the
     rest from the scan's record, and the trial (against PyAV, in a process of its own) verifies it."""

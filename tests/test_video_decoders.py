@@ -274,7 +274,8 @@ def test_the_loader_decodes_with_the_verified_choice(clips, trial_env, tmp_path,
             ((group, share),) = choice.groups
             assert {trial.decoder for trial in group.trials} == {"pyav", *(["dali"] * have_dali()), *torchcodec}
             assert share == 1 and choice.decoder == group.decoder
-            assert loader.source.input_kind == kinds[choice.decoder]
+            assert loader.source.input_kind == kinds[choice.decoder] and loader.config.video_decoder == choice.decoder
+            assert loader.stats.decoder_fallbacks == 0  # the stage decodes with the chosen decoder, not "auto"
             assert "vp9 ≤288p (100 % of clips)" in capfd.readouterr().err
         else:
             assert choice is None and loader.source.input_kind == "frames"

@@ -45,6 +45,7 @@ are a pure function of the position and the data.
 from __future__ import annotations
 
 import atexit
+import dataclasses
 import sys
 import time
 import warnings
@@ -100,6 +101,8 @@ class PairLoader:
         if video_decoder == "auto":
             video_decoder, self.decoder_choice = _choose_video_decoder(source, self.config, device, device_id,
                                                                        announce=rank == 0)
+            # the stages make the decoder the config names: the chosen one, not "auto"
+            self.config = dataclasses.replace(self.config, video_decoder=video_decoder)
         self._source_path, self._device_id = source, device_id
         self._open_source(video_decoder)
         self.num_clips = len(self.source)
@@ -125,7 +128,6 @@ class PairLoader:
         from vito_fast.data.backends import choose_backend
         from vito_fast.data.pair_sources import open_source
 
-        import dataclasses
         import uuid
 
         # this loader's own quarantine of objects whose reads keep failing (remote.RemoteSettings)

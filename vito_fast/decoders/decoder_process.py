@@ -19,6 +19,8 @@ import multiprocessing
 import subprocess
 import sys
 import tempfile
+import threading
+from concurrent.futures import ThreadPoolExecutor
 from multiprocessing.connection import Connection
 from typing import List, Optional, Sequence
 
@@ -29,14 +31,21 @@ from vito_fast.errors import DecoderFailure, VideoError, first_line
 __all__ = ["DecoderProcess", "START_SECONDS"]
 
 START_SECONDS = 120.0  # for the process to import torch and make its decoder (a CUDA context: seconds)
+GPU_THREADS = 4  # requests decoded at once on a GPU (an H100 has 7 NVDEC engines, an A100 5)
 
 
 class DecoderProcess:
     """The decoder called ``name`` (``video_decoders.make_decoder``) for ``device``, in its own process;
-    on a GPU, CUDA device ``device_id`` (the trainer's: the frames come back on it)."""
+    on a GPU, CUDA device ``device_id`` (the trainer's: the frames come back on it). ``threads``: how
+    many of a batch's requests it decodes at once, each thread with a decoder of its own (one NVDEC
+    session decodes one stream at a time, and a card has several decode engines); default
+    ``GPU_THREADS`` on a GPU, 1 on the CPU (the decode workers hold the host's cores)."""
 
-    def __init__(self, name: str, device: str, device_id: Optional[int] = None):
+    def __init__(self, name: str, device: str, device_id: Optional[int] = None, threads: Optional[int] = None):
         self.name, self.device = name, device
+        threads = threads if threads is not None else GPU_THREADS if device == "gpu" else 1
+        if threads < 1:
+            raise ValueError(f"DecoderProcess: threads must be at least 1, not {threads}")
         self._connection, child = multiprocessing.Pipe()
         self._log = tempfile.TemporaryFile()  # its stderr: the reason when it dies
         try:
@@ -46,7 +55,7 @@ class DecoderProcess:
                 env=child_environment(worker_environment()) if name == "torchcodec" else worker_environment())
         finally:
             child.close()
-        self._connection.send((name, device, device_id))
+        self._connection.send((name, device, device_id, threads))
         self._ready = False
 
     def _fail(self, what: str) -> DecoderFailure:
@@ -106,14 +115,26 @@ def main(argv=None) -> None:
 
     from vito_fast.decoders.video_decoders import FrameRequest, make_decoder
 
-    name, device, device_id = connection.recv()
+    name, device, device_id, threads = connection.recv()
+    local = threading.local()
+
+    def decoder_here():
+        """This thread's decoder (made on first use, on the trainer's CUDA device)."""
+        if getattr(local, "decoder", None) is None:
+            if device == "gpu" and device_id is not None:
+                torch.cuda.set_device(device_id)  # per thread: the decoders decode on the current device
+            local.decoder = make_decoder(name, device)
+            made.append(local.decoder)
+        return local.decoder
+
+    made: list = []
     try:
-        if device == "gpu" and device_id is not None:
-            torch.cuda.set_device(device_id)  # the decoders decode on the current device
-        decoder = make_decoder(name, device)
+        decoder_here()  # the first one here, so that a decoder that cannot be made says so at start
     except Exception as error:
         connection.send(("error", f"{type(error).__name__}: {first_line(error)}"))
         return
+    pool = ThreadPoolExecutor(threads, thread_name_prefix="decoder") if threads > 1 else None
+    decode = lambda request: decoder_here().decode(FrameRequest.from_json(request))  # noqa: E731
     connection.send(("ready", None))
     while True:
         try:
@@ -121,13 +142,15 @@ def main(argv=None) -> None:
         except EOFError:  # the trainer has gone
             return
         if batch is None:
-            decoder.close()
+            for decoder in made:
+                decoder.close()
             return
         try:
-            frames = [decoder.decode(FrameRequest.from_json(request)) for request in batch]
+            frames = list(pool.map(decode, batch)) if pool is not None else [decode(request) for request in batch]
             if device == "gpu":
                 # frames in PyTorch's own memory (a decoder's DLPack frame may be a buffer it reuses for
-                # the next one), written before the trainer reads them
+                # the next one), copied once its threads' streams are done, written before the trainer reads
+                torch.cuda.synchronize()
                 frames = [[frame.clone() if getattr(frame, "is_cuda", False) else frame for frame in pair]
                           for pair in frames]
                 torch.cuda.synchronize()

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import importlib
 import threading
+from collections import OrderedDict
 from dataclasses import dataclass
 from typing import List, Optional, Protocol, Sequence, Tuple
 
@@ -272,8 +273,9 @@ class TorchCodecDecoder:
 
     name = "torchcodec"
 
-    def __init__(self, device: str = "cpu"):
-        self.device = device
+    def __init__(self, device: str = "cpu", max_open: int = 16):
+        self.device, self._max_open = device, max_open
+        self._open: "OrderedDict[str, tuple]" = OrderedDict()  # path -> (VideoDecoder, its source)
 
     def unavailable(self, codec: str) -> Optional[str]:
         import os
@@ -295,22 +297,43 @@ class TorchCodecDecoder:
                         f"and PyAV brings none it loads, or it was built for another torch than {torch.__version__}")
         return _cuda_problem() if self.device == "gpu" else None
 
-    def decode(self, request: FrameRequest) -> List[object]:
+    def _decoder(self, path: str):
+        """The file's ``VideoDecoder``, kept open for the next request (opening one in exact seek mode
+        reads every packet header of the file: per pair, that would cost more than the decoding)."""
         from torchcodec.decoders import VideoDecoder
 
         from vito_fast.storage.shards import open_video
 
-        source = open_video(request.path)  # a path on disk, or a file object of ranged reads
+        if path in self._open:
+            self._open.move_to_end(path)
+            return self._open[path][0]
+        source = open_video(path)  # a path on disk, or a file object of ranged reads
         try:
             decoder = VideoDecoder(source, device="cuda" if self.device == "gpu" else "cpu", seek_mode="exact")
+        except Exception:
+            self._close_source(source)
+            raise
+        self._open[path] = (decoder, source)
+        while len(self._open) > self._max_open:
+            self._close_source(self._open.popitem(last=False)[1][1])
+        return decoder
+
+    @staticmethod
+    def _close_source(source) -> None:
+        if not isinstance(source, str):
+            source.close()
+
+    def decode(self, request: FrameRequest) -> List[object]:
+        try:
+            decoder = self._decoder(request.path)
             batch = decoder.get_frames_at(indices=list(request.frames)).data  # (N, C, H, W) uint8
             turned = decoder.metadata.rotation
         except Exception as error:
+            stale = self._open.pop(request.path, None)  # a decoder that failed is not trusted again
+            if stale is not None:
+                self._close_source(stale[1])
             raise VideoError(f"{request.path}: torchcodec could not decode frames {list(request.frames)}: "
-                             f"{error}") from None
-        finally:
-            if not isinstance(source, str):
-                source.close()
+                             f"{first_line(error)}") from None
         frames = [frame.permute(1, 2, 0) for frame in batch]
         if not _turn_is(request.orientation, turned):  # it turns by the display matrix's angle, never mirrors
             frames = [_reorient(frame, request.orientation, turned) for frame in frames]
@@ -318,7 +341,8 @@ class TorchCodecDecoder:
         return frames if self.device == "gpu" else [frame.numpy() for frame in frames]
 
     def close(self) -> None:
-        pass
+        while self._open:
+            self._close_source(self._open.popitem()[1][1])
 
 
 def _quarter_turns(degrees: Optional[float]) -> int:
