@@ -26,7 +26,7 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGE, KERNELS = ROOT / "vito_fast", ROOT / "kernels"
 LAYERS = {
-    "errors": 0, "version": 0, "_lazy": 0, "_cpp": 0, "_C": 0, "distributed": 0, "reference": 0, "kernels": 0,
+    "errors": 0, "version": 0, "_lazy": 0, "_spawn": 0, "_cpp": 0, "_C": 0, "distributed": 0, "reference": 0, "kernels": 0,
     "storage": 0, "ops": 1, "nn": 2, "model": 3, "data": 3, "decoders": 3, "prepare": 4, "curate": 4, "synthetic": 4,
     "train": 5, "eval": 5, "demo": 6, "cli": 7, "__main__": 7, "": 7,
 }

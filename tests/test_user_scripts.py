@@ -62,6 +62,34 @@ def test_a_script_without_main_guard_loads_videos_in_worker_processes(manifest, 
 
 
 
+# no main guard either: the probe, transcode and extraction processes must not run this code again
+PREPARE_SCRIPT = """\
+from vito_fast.prepare.scan import scan_videos
+from vito_fast.prepare.transcode import transcode_clips
+from vito_fast.prepare.frame_store_write import extract_frames
+
+records, rejected = scan_videos([{folder!r}], workers=2, progress=False, min_seconds=0.5)
+print("scanned", len(records), "rejected", len(rejected))
+transcoded = transcode_clips(records, {out!r} + "/small", short_side=32, workers=2, progress=False)
+print("transcoded", len(transcoded))
+print("extracted", extract_frames(records, {out!r} + "/frames", fps=4, workers=2, progress=False))
+"""
+
+
+@pytest.mark.parametrize("how", ["file", "stdin"])
+def test_a_script_without_main_guard_prepares_videos_in_worker_processes(manifest, tmp_path, how):
+    code = PREPARE_SCRIPT.format(folder=str(Path(manifest).parent), out=str(tmp_path))
+    if how == "file":
+        (tmp_path / "prepare_me.py").write_text(code)
+        finished = run_python(["prepare_me.py"], tmp_path)
+    else:
+        finished = run_python(["-"], tmp_path, stdin=code)
+    assert finished.returncode == 0, finished.stderr[-3000:]
+    assert "scanned 3 rejected 0" in finished.stdout and "transcoded 3" in finished.stdout, finished.stdout
+    assert finished.stdout.count("scanned") == 1  # the script ran once: its workers did not run it again
+    assert "Traceback" not in finished.stderr, finished.stderr[-3000:]
+
+
 TINY_RUN = ["data.image_size=32", "data.batch_size=2", "data.decode_workers=1", "model.pool_hidden=16",
             "model.proj_hidden=32", "model.proj_dim=16", "model.pred_hidden=32", "optim.warmup_steps=1",
             "train.progress=false", "train.device=cpu"]

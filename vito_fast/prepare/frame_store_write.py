@@ -14,6 +14,7 @@ import tarfile
 from pathlib import Path
 from typing import List, Optional, Sequence, Tuple, Union
 
+from vito_fast._spawn import main_left_alone
 from vito_fast.prepare.clip_decode import DaliClipExtractor, ExtractedClip, clip_bounds, extract_clip_pyav
 from vito_fast.data.frame_store_index import arrays_from_clips, write_index, write_json_atomically
 from vito_fast.data.config import usable_cores
@@ -204,7 +205,8 @@ def _extract_in_order(records: Sequence[ClipRecord], fps, short_side, quality, d
     executor = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"))
     try:
         for record in records:
-            window.append(executor.submit(_extract_or_error, record, fps, short_side, quality))
+            with main_left_alone():  # submit starts the processes: the caller's script is not run again
+                window.append(executor.submit(_extract_or_error, record, fps, short_side, quality))
             if len(window) >= 2 * workers:  # decode ahead, but never hold more than a few clips
                 yield window.pop(0).result()
         while window:

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from multiprocessing.connection import wait as wait_for_connections
 from typing import Iterator, List, Optional, Sequence, Tuple, Union
 
+from vito_fast._spawn import main_left_alone
 from vito_fast.data.video_source import display_orientation, keyframe_index
 from vito_fast.errors import VideoError
 
@@ -317,7 +318,8 @@ def probe_videos(paths: Sequence[str], *, workers: int, timeout: float, decode_c
             while pending and len(starting) + len(idle) + len(busy) < workers:
                 parent_end, child_end = context.Pipe()
                 process = context.Process(target=_probe_worker, args=(child_end, decode_check, probe), daemon=True)
-                process.start()
+                with main_left_alone():  # a script without a main guard, `python -`: not run again
+                    process.start()
                 child_end.close()
                 starting[process] = parent_end
             while pending and idle:

@@ -15,6 +15,7 @@ from fractions import Fraction
 from pathlib import Path
 from typing import List, Optional, Sequence, Union
 
+from vito_fast._spawn import main_left_alone
 from vito_fast.prepare.clip_decode import clip_bounds, output_size
 from vito_fast.data.config import usable_cores
 from vito_fast.data.manifest import ClipRecord, read_manifest, write_manifest
@@ -167,8 +168,9 @@ def transcode_clips(manifest: Union[PathLike, Sequence[ClipRecord]], out_dir: Pa
                 bar.update(1)
         else:
             with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as executor:
-                futures = {index: executor.submit(_transcode_or_error, records[index], outputs[index], codec,
-                                                  short_side, gop, crf) for index in todo}
+                with main_left_alone():  # submit starts the processes: the caller's script is not run again
+                    futures = {index: executor.submit(_transcode_or_error, records[index], outputs[index], codec,
+                                                      short_side, gop, crf) for index in todo}
                 for index, future in futures.items():
                     results[index] = future.result()
                     bar.update(1)
