@@ -105,14 +105,15 @@ def test_the_trial_verifies_torchcodec_on_turned_and_mirrored_clips(corpus, tmp_
 
 def test_the_ffmpeg_in_pyavs_wheel_is_lent_to_torchcodecs_processes(tmp_path, monkeypatch):
     """The folder of links names each of PyAV's renamed libraries as torchcodec asks for it, and a process
-    started with ``child_environment`` loads torchcodec with that FFmpeg."""
+    started with ``child_environment`` loads torchcodec with that FFmpeg; the asking process imports
+    neither torch nor torchcodec to find out."""
     bundled = ffmpeg_libs.bundled_ffmpeg()
     if bundled is None:
         pytest.skip("this PyAV brings no FFmpeg of its own (built against the system's)")
     major, folder, files = bundled
     assert {"libavutil", "libavcodec", "libavformat"} <= {name.split(".so.")[0] for name in files}
-    if ffmpeg_libs.torchcodec_loads_here() is not False:
-        pytest.skip("torchcodec is not installed, or loads an FFmpeg of its own here")
+    if not ffmpeg_libs.torchcodec_builds() or ffmpeg_libs.system_ffmpeg() is not None:
+        pytest.skip("torchcodec is not installed, or finds an FFmpeg of its own here")
     path = ffmpeg_libs.torchcodec_library_path()
     if path is None:
         pytest.skip(f"torchcodec has no build for PyAV's FFmpeg {major}")
@@ -121,24 +122,31 @@ def test_the_ffmpeg_in_pyavs_wheel_is_lent_to_torchcodecs_processes(tmp_path, mo
         assert (links / name).resolve() == target.resolve()
     environment = ffmpeg_libs.child_environment(dict(os.environ, LD_LIBRARY_PATH="/nonexistent"))
     assert environment["LD_LIBRARY_PATH"] == f"{path}{os.pathsep}/nonexistent"  # ahead of what was there
-    probe = "import torchcodec; print(torchcodec.ffmpeg_major_version)"
+    probe = ("import sys; from vito_fast.decoders import ffmpeg_libs; lent = ffmpeg_libs.torchcodec_library_path(); "
+             "print('torch' in sys.modules, lent); import torchcodec; print(torchcodec.ffmpeg_major_version)")
+    asked = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True).stdout.split()
+    assert asked == ["False", path, "None"]  # no torch imported to ask; torchcodec alone loads nothing here
     loaded = subprocess.run([sys.executable, "-c", probe], env=environment, capture_output=True, text=True,
                             check=True).stdout.split()
-    assert loaded == [str(major)]
+    assert loaded == ["False", "None", str(major)]  # a process lent the libraries needs no more and loads them
 
 
 def test_torchcodec_says_in_one_line_why_it_cannot_run(monkeypatch):
     from vito_fast.decoders.video_decoders import TorchCodecDecoder
 
-    monkeypatch.setattr(ffmpeg_libs, "torchcodec_loads_here", lambda: None)
+    monkeypatch.setattr(ffmpeg_libs, "torchcodec_builds", lambda: ())
     assert TorchCodecDecoder("cpu").unavailable("h264") == "torchcodec is not installed (pip install torchcodec)"
-    monkeypatch.setattr(ffmpeg_libs, "torchcodec_loads_here", lambda: False)
+    monkeypatch.setattr(ffmpeg_libs, "torchcodec_builds", lambda: (4, 5, 6, 7, 8))
+    monkeypatch.setattr(ffmpeg_libs, "system_ffmpeg", lambda: None)
     monkeypatch.setattr(ffmpeg_libs, "torchcodec_library_path", lambda: None)  # no FFmpeg here, none in PyAV
     reason = TorchCodecDecoder("cpu").unavailable("h264")
-    assert reason.startswith("torchcodec loads no FFmpeg here: none of versions 4-9 is installed") and "\n" not in reason
-    # a process that was lent PyAV's FFmpeg and still loads nothing says the same, not "available"
+    assert reason.startswith("torchcodec finds no FFmpeg here: none of versions 4-9 is installed") and "\n" not in reason
     monkeypatch.setattr(ffmpeg_libs, "torchcodec_library_path", lambda: "/lent/ffmpeg")
-    monkeypatch.setenv("LD_LIBRARY_PATH", "/lent/ffmpeg")
-    assert TorchCodecDecoder("cpu").unavailable("h264").startswith("torchcodec loads no FFmpeg here")
-    monkeypatch.setenv("LD_LIBRARY_PATH", "")
-    assert TorchCodecDecoder("cpu").unavailable("h264") is None  # the processes it decodes in will load it
+    assert TorchCodecDecoder("cpu").unavailable("h264") is None  # the processes it decodes in will load PyAV's
+    if REASON is None:  # an FFmpeg found, but torchcodec loads nothing with it (another torch's build)
+        import torchcodec
+
+        monkeypatch.setattr(ffmpeg_libs, "system_ffmpeg", lambda: 8)
+        monkeypatch.setattr(torchcodec, "ffmpeg_major_version", None)
+        reason = TorchCodecDecoder("cpu").unavailable("h264")
+        assert reason.startswith("torchcodec does not load with FFmpeg 8 here: was it built for another torch"), reason

@@ -26,6 +26,7 @@ from __future__ import annotations
 import json
 import os
 import platform
+import select
 import subprocess
 import sys
 import time
@@ -38,7 +39,7 @@ from vito_fast.decoders.ffmpeg_libs import child_environment
 from vito_fast.decoders.video_decoders import FrameRequest
 
 __all__ = ["MIN_PSNR_DB", "DecoderTrial", "DecoderChoice", "ManifestChoice", "size_class", "trial_requests",
-           "run_trial", "choose_decoder", "choose_decoders", "default_cache_path", "DEFAULT_CANDIDATES",
+           "run_trial", "run_trials", "choose_decoder", "choose_decoders", "default_cache_path", "DEFAULT_CANDIDATES",
            "GROUP_SHARE", "MAX_GROUPS"]
 
 MIN_PSNR_DB = 35.0
@@ -151,23 +152,65 @@ def trial_requests(records: Sequence, samples: int) -> List[FrameRequest]:
     return requests
 
 
-def run_trial(decoder: str, device: str, requests: Sequence[FrameRequest], timeout: float) -> DecoderTrial:
-    """``decoder`` on ``requests`` in a process of its own (see ``decoders.trial``), killed after ``timeout`` s."""
-    job = json.dumps({"decoder": decoder, "device": device, "requests": [request.to_json() for request in requests],
-                      "min_psnr_db": MIN_PSNR_DB})
-    try:
-        environment = child_environment(dict(os.environ)) if decoder == "torchcodec" else None  # PyAV's FFmpeg
-        result = subprocess.run([sys.executable, "-m", "vito_fast.decoders.trial"], input=job, text=True,
-                                capture_output=True, timeout=timeout, env=environment)
-    except subprocess.TimeoutExpired:
-        return DecoderTrial(decoder, "timed out", f"no answer within {timeout:g} s")
-    if result.returncode < 0:
-        return DecoderTrial(decoder, "crashed", f"its process died of signal {-result.returncode}")
-    lines = [line for line in result.stdout.splitlines() if line.startswith("{")]
-    if result.returncode != 0 or not lines:
-        last = (result.stderr.strip().splitlines() or [f"exit status {result.returncode}"])[-1]
+def _trial_process(decoder: str, device: str) -> subprocess.Popen:
+    """A trial's process (``decoders.trial``), started to load its decoder and wait for the job."""
+    environment = child_environment(dict(os.environ)) if decoder == "torchcodec" else None  # PyAV's FFmpeg
+    return subprocess.Popen([sys.executable, "-m", "vito_fast.decoders.trial", decoder, device],
+                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env=environment)
+
+
+def _trial_result(decoder: str, process: subprocess.Popen, stdout: str, stderr: str) -> DecoderTrial:
+    if process.returncode < 0:
+        return DecoderTrial(decoder, "crashed", f"its process died of signal {-process.returncode}")
+    lines = [line for line in stdout.splitlines() if line.startswith("{")]
+    if process.returncode != 0 or not lines:
+        last = (stderr.strip().splitlines() or [f"exit status {process.returncode}"])[-1]
         return DecoderTrial(decoder, "failed", last[:300])
     return DecoderTrial(**json.loads(lines[-1]))
+
+
+def run_trials(decoders: Sequence[str], device: str, requests: Sequence[FrameRequest],
+               timeout: float) -> List[DecoderTrial]:
+    """Each decoder on ``requests`` in a process of its own (see ``decoders.trial``), killed after
+    ``timeout`` s. The processes start together and load their decoders at once (importing torch and a
+    decoder takes longer than its trial); the trials then run one at a time, so no trial is timed while
+    another one uses the cores."""
+    processes = {name: _trial_process(name, device) for name in dict.fromkeys(decoders)}
+    deadline = time.monotonic() + timeout
+    waiting = {process.stdout: process for process in processes.values()}
+    while waiting and time.monotonic() < deadline:  # each says "ready" once loaded, or ends
+        ready, _, _ = select.select(list(waiting), [], [], max(0.0, deadline - time.monotonic()))
+        for stream in ready:
+            stream.readline()
+            del waiting[stream]
+    trials = {}
+    try:
+        for name, process in processes.items():
+            job = json.dumps({"decoder": name, "device": device, "requests": [request.to_json() for request in requests],
+                              "min_psnr_db": MIN_PSNR_DB})
+            try:
+                stdout, stderr = process.communicate(job, timeout=timeout)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.communicate()
+                trials[name] = DecoderTrial(name, "timed out", f"no answer within {timeout:g} s")
+            except BrokenPipeError:  # it ended before its job: what it said is its answer
+                process.wait()
+                trials[name] = _trial_result(name, process, process.stdout.read(), process.stderr.read())
+            else:
+                trials[name] = _trial_result(name, process, stdout, stderr)
+    finally:
+        for process in processes.values():
+            if process.poll() is None:
+                process.kill()
+                process.wait()
+    return [trials[name] for name in decoders]
+
+
+def run_trial(decoder: str, device: str, requests: Sequence[FrameRequest], timeout: float) -> DecoderTrial:
+    """``decoder`` on ``requests`` in a process of its own (see ``decoders.trial``), killed after ``timeout`` s."""
+    return run_trials([decoder], device, requests, timeout)[0]
 
 
 def default_cache_path() -> Path:
@@ -222,7 +265,7 @@ def choose_decoder(records: Sequence, *, device: str = "cpu", candidates: Option
         return DecoderChoice.from_json(cache[key])
     started = time.perf_counter()
     requests = trial_requests(group, samples)
-    trials = [run_trial(name, device, requests, timeout) for name in candidates]
+    trials = run_trials(candidates, device, requests, timeout)
     from vito_fast.data.config import usable_cores
 
     for trial in trials:

@@ -7,11 +7,12 @@ FFmpeg is a version torchcodec has a build for, ``torchcodec_library_path()`` ma
 links under the names torchcodec asks for (in the cache, once) and gives the ``LD_LIBRARY_PATH``
 under which it loads them. The dynamic loader reads that variable when a process starts, so it
 serves the processes torchcodec decodes in (``DecoderProcess``, the choice's trials:
-``child_environment``), never the one that asks. A machine whose FFmpeg torchcodec already loads
-is left as it is.
+``child_environment``), never the one that asks. A machine whose FFmpeg torchcodec already finds
+(``system_ffmpeg``) is left as it is. Nothing here imports torch or torchcodec.
 """
 from __future__ import annotations
 
+import ctypes
 import hashlib
 import importlib.util
 import os
@@ -23,7 +24,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Dict, Optional, Tuple
 
-__all__ = ["bundled_ffmpeg", "torchcodec_library_path", "child_environment", "torchcodec_loads_here"]
+__all__ = ["bundled_ffmpeg", "system_ffmpeg", "torchcodec_builds", "torchcodec_library_path", "child_environment"]
 
 # libavutil's major version -> FFmpeg's (libavutil 56 was FFmpeg 4; each FFmpeg major bumps it by one)
 AVUTIL_TO_FFMPEG = 52
@@ -60,8 +61,8 @@ def bundled_ffmpeg() -> Optional[Tuple[int, Path, Dict[str, Path]]]:
     return avutil[0] - AVUTIL_TO_FFMPEG, folder, files
 
 
-def _torchcodec_builds() -> Tuple[int, ...]:
-    """The FFmpeg major versions the installed torchcodec has a core library for."""
+def torchcodec_builds() -> Tuple[int, ...]:
+    """The FFmpeg major versions the installed torchcodec has a core library for; () without torchcodec."""
     folder = _package_folder("torchcodec")
     if folder is None:
         return ()
@@ -70,13 +71,17 @@ def _torchcodec_builds() -> Tuple[int, ...]:
     return tuple(sorted(found))
 
 
-def torchcodec_loads_here() -> Optional[bool]:
-    """Whether torchcodec loaded an FFmpeg in this process (None: torchcodec is not installed)."""
-    if _package_folder("torchcodec") is None:
-        return None
-    import torchcodec
-
-    return getattr(torchcodec, "ffmpeg_major_version", None) is not None
+def system_ffmpeg() -> Optional[int]:
+    """The FFmpeg major version torchcodec would load from the libraries this process finds by name
+    (``LD_LIBRARY_PATH``, the system's), the newest it has a build for; None: none. Loads libavutil
+    alone, never torch: a parent asks this before starting the process that decodes."""
+    for major in sorted(torchcodec_builds(), reverse=True):
+        try:
+            ctypes.CDLL(f"libavutil.so.{major + AVUTIL_TO_FFMPEG}")
+        except OSError:
+            continue
+        return major
+    return None
 
 
 def _cache_folder() -> Path:
@@ -106,10 +111,10 @@ def _link_folder(major: int, folder: Path, files: Dict[str, Path]) -> Path:
 
 @lru_cache(maxsize=1)
 def _library_path() -> Optional[str]:
-    if torchcodec_loads_here() is not False:  # not installed, or it has an FFmpeg of its own
+    if not torchcodec_builds() or system_ffmpeg() is not None:  # not installed, or an FFmpeg of its own
         return None
     bundled = bundled_ffmpeg()
-    if bundled is None or bundled[0] not in _torchcodec_builds():
+    if bundled is None or bundled[0] not in torchcodec_builds():
         return None
     major, folder, files = bundled
     return os.pathsep.join([str(_link_folder(major, folder, files)), str(folder)])
@@ -118,7 +123,7 @@ def _library_path() -> Optional[str]:
 def torchcodec_library_path() -> Optional[str]:
     """The ``LD_LIBRARY_PATH`` entries under which torchcodec loads PyAV's FFmpeg: the folder of links,
     then PyAV's own folder (the renamed libraries find each other there). None when torchcodec is not
-    installed, loads an FFmpeg of its own, or PyAV brings none it has a build for."""
+    installed, finds an FFmpeg of its own (``system_ffmpeg``), or PyAV brings none it has a build for."""
     with _lock:
         return _library_path()
 

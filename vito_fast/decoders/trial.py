@@ -1,6 +1,6 @@
 """One decoder's trial, in a process of its own: ``python -m vito_fast.decoders.trial`` < job.json.
 
-The job (from ``choice.run_trial``): {"decoder", "device", "requests": [FrameRequest as
+The job (from ``choice.run_trials``, on stdin): {"decoder", "device", "requests": [FrameRequest as
 JSON], "min_psnr_db"}. The process decodes every request with the decoder (the first one timed
 apart: it includes the decoder's set-up), then the same frames with PyAV, and prints one JSON line,
 a ``DecoderTrial``: "unavailable" with the decoder's own reason, "failed" with its error, "wrong
@@ -88,7 +88,17 @@ def run(job: dict) -> dict:
     return result
 
 
-def main() -> int:
+def main(argv=None) -> int:
+    """``python -m vito_fast.decoders.trial [DECODER DEVICE]``: with a decoder named, load it first and
+    print "ready" (the parent starts every trial's process at once and times them one by one), then
+    read the job from stdin and print the trial."""
+    argv = sys.argv[1:] if argv is None else argv
+    if len(argv) == 2:
+        try:
+            make_decoder(*argv).unavailable("h264")  # imports what the decoder needs (torch, DALI, ...)
+        except Exception:  # the job's own run says what is wrong, in its words
+            pass
+        print("ready", flush=True)
     print(json.dumps(run(json.loads(sys.stdin.read())), allow_nan=True), flush=True)
     return 0
 

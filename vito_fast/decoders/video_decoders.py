@@ -278,23 +278,23 @@ class TorchCodecDecoder:
         self._open: "OrderedDict[str, tuple]" = OrderedDict()  # path -> (VideoDecoder, its source)
 
     def unavailable(self, codec: str) -> Optional[str]:
-        import os
+        from vito_fast.decoders import ffmpeg_libs
 
-        from vito_fast.decoders.ffmpeg_libs import torchcodec_library_path, torchcodec_loads_here
-
-        try:
-            loads = torchcodec_loads_here()
-        except Exception as error:  # an import that fails for another reason than FFmpeg
-            return f"torchcodec does not import here: {first_line(error)}"
-        if loads is None:
+        if not ffmpeg_libs.torchcodec_builds():
             return "torchcodec is not installed (pip install torchcodec)"
-        if not loads:
-            lent = torchcodec_library_path()  # PyAV's FFmpeg, for the processes torchcodec decodes in
-            if lent is None or lent in os.environ.get("LD_LIBRARY_PATH", ""):
-                import torch
+        major = ffmpeg_libs.system_ffmpeg()
+        if major is None:
+            if ffmpeg_libs.torchcodec_library_path() is None:
+                return ("torchcodec finds no FFmpeg here: none of versions 4-9 is installed (apt install ffmpeg), "
+                        "and PyAV's wheel brings none it has a build for")
+            # else: the processes it decodes in load PyAV's FFmpeg (and say so if they cannot)
+        else:
+            import torch
+            import torchcodec
 
-                return (f"torchcodec loads no FFmpeg here: none of versions 4-9 is installed (apt install ffmpeg) "
-                        f"and PyAV brings none it loads, or it was built for another torch than {torch.__version__}")
+            if getattr(torchcodec, "ffmpeg_major_version", None) is None:
+                return (f"torchcodec does not load with FFmpeg {major} here: was it built for another torch "
+                        f"than {torch.__version__}?")
         return _cuda_problem() if self.device == "gpu" else None
 
     def _decoder(self, path: str):
