@@ -15,7 +15,8 @@ import pytest
 
 from videos import decode_frame_number, write_late_start_copy, write_video
 from vito_fast.decoders import ffmpeg_libs
-from vito_fast.decoders.choice import choose_decoder
+from vito_fast.data.config import usable_cores
+from vito_fast.decoders.choice import choose_decoder, loader_streams
 from vito_fast.decoders.decoder_process import DecoderProcess
 from vito_fast.decoders.trial import psnr_db
 from vito_fast.decoders.video_decoders import FrameRequest, make_decoder
@@ -101,6 +102,18 @@ def test_the_trial_verifies_torchcodec_on_turned_and_mirrored_clips(corpus, tmp_
                             timeout=120, cache_path=tmp_path / "cache.json")
     trial = next(trial for trial in choice.trials if trial.decoder == "torchcodec")
     assert trial.verified and trial.min_psnr_db >= 35, trial
+    # the loader runs it in the device stage's decoder process, one stream on the CPU; PyAV on every core
+    cores = usable_cores()
+    assert trial.loader_rate == pytest.approx(min(trial.pairs_per_s, cores * 1e3 / trial.cpu_ms_per_pair))
+
+
+def test_the_loaders_streams_per_decoder_are_what_the_choice_counts():
+    from vito_fast.decoders.decoder_process import GPU_THREADS
+
+    assert loader_streams("pyav", "cpu", 6) == loader_streams("pyav", "gpu", 6) == 6  # a worker per core
+    assert loader_streams("dali", "cpu", 6) == 6 and loader_streams("dali", "gpu", 6) == 1  # one NVDEC pipeline
+    assert loader_streams("torchcodec", "cpu", 6) == 1  # the decoder process's one thread on the CPU
+    assert loader_streams("nvc", "gpu", 6) == loader_streams("torchcodec", "gpu", 6) == GPU_THREADS
 
 
 def test_the_ffmpeg_in_pyavs_wheel_is_lent_to_torchcodecs_processes(tmp_path, monkeypatch):

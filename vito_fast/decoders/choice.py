@@ -5,10 +5,10 @@ decoder (``video_decoders``) decodes the same first samples of those clips in a 
 (``python -m vito_fast.decoders.trial``): a decoder that hangs is killed at ``timeout``, one that
 crashes takes only its own process down. A decoder counts only if every frame it returned is PyAV's
 frame (luma PSNR ≥ ``MIN_PSNR_DB`` against PyAV's: colour conversions may differ, the frame may not)
-and it answered in time; the fastest such decoder wins. Fastest for the loader, which runs host
-decoders on every usable core and a GPU decoder as one stream: ``DecoderTrial.loader_rate`` is
-min(pairs/s × streams, cores × 1000 / CPU ms per pair), streams = the usable cores for a host
-decoder, 1 for a GPU one. The table (pairs/s, CPU-ms per pair,
+and it answered in time; the fastest such decoder wins. Fastest for the loader, which runs each
+decoder as several streams at once (``loader_streams``: PyAV on every usable core, a decoder of the
+device stage on its process's threads): ``DecoderTrial.loader_rate`` is min(pairs/s × streams,
+cores × 1000 / CPU ms per pair). The table (pairs/s, CPU-ms per pair,
 verified or why not) comes with the choice, which a small JSON cache keeps, keyed by machine, GPU,
 the decoders' versions, codec and size class, so the next run starts at once.
 ``vito-fast bench decoders MANIFEST`` prints the table.
@@ -39,7 +39,7 @@ from vito_fast.decoders.ffmpeg_libs import child_environment
 from vito_fast.decoders.video_decoders import FrameRequest
 
 __all__ = ["MIN_PSNR_DB", "DecoderTrial", "DecoderChoice", "ManifestChoice", "size_class", "trial_requests",
-           "run_trial", "run_trials", "choose_decoder", "choose_decoders", "default_cache_path", "DEFAULT_CANDIDATES",
+           "run_trial", "run_trials", "loader_streams", "choose_decoder", "choose_decoders", "default_cache_path", "DEFAULT_CANDIDATES",
            "GROUP_SHARE", "MAX_GROUPS"]
 
 MIN_PSNR_DB = 35.0
@@ -68,11 +68,11 @@ class DecoderTrial:
     def verified(self) -> bool:
         return self.status == "verified"
 
-    def rate_for_loader(self, device: str, cores: int) -> Optional[float]:
-        """min(pairs/s × streams, cores × 1000 / CPU ms per pair); streams: ``cores`` on the host, 1 on a GPU."""
+    def rate_for_loader(self, streams: int, cores: int) -> Optional[float]:
+        """min(pairs/s × streams, cores × 1000 / CPU ms per pair): ``streams`` decoding at once
+        (``loader_streams``), as fast as one trial stream each, bounded by the host's ``cores``."""
         if self.pairs_per_s is None or not self.cpu_ms_per_pair:
             return self.pairs_per_s
-        streams = cores if device == "cpu" else 1
         return min(self.pairs_per_s * streams, cores * 1000.0 / self.cpu_ms_per_pair)
 
 
@@ -269,7 +269,8 @@ def choose_decoder(records: Sequence, *, device: str = "cpu", candidates: Option
     from vito_fast.data.config import usable_cores
 
     for trial in trials:
-        trial.loader_rate = trial.rate_for_loader("gpu" if _on_gpu(trial.decoder, device) else "cpu", usable_cores())
+        trial.loader_rate = trial.rate_for_loader(loader_streams(trial.decoder, device, usable_cores()),
+                                                  usable_cores())
     verified = [trial for trial in trials if trial.verified]
     if not verified:
         reasons = "; ".join(f"{trial.decoder}: {trial.status} ({trial.reason})" for trial in trials)
@@ -349,9 +350,15 @@ def choose_decoders(records: Sequence, *, device: str = "cpu", candidates: Optio
     return ManifestChoice(best, device, choices, tuple(host))
 
 
-def _on_gpu(decoder: str, device: str) -> bool:
-    """Whether ``decoder`` decodes on the GPU when the run's device is ``device`` (PyAV never does)."""
-    return device == "gpu" and decoder != "pyav"
+def loader_streams(decoder: str, device: str, cores: int) -> int:
+    """How many streams the loader decodes ``decoder`` with at once: PyAV in a worker per usable core,
+    DALI's CPU decoder on as many threads, DALI's NVDEC in one pipeline, and a decoder of the device
+    stage in its process's threads (``DecoderProcess``: GPU_THREADS on a GPU, one on the CPU)."""
+    from vito_fast.decoders.decoder_process import GPU_THREADS
+
+    if decoder in HOST_GRAPH_DECODERS:
+        return cores if decoder == "pyav" or device == "cpu" else 1
+    return GPU_THREADS if device == "gpu" else 1
 
 
 def _read_cache(path: Path) -> Dict[str, dict]:
