@@ -27,6 +27,7 @@ from __future__ import annotations
 import argparse
 import ctypes
 import json
+import math
 import os
 import subprocess
 import sys
@@ -332,9 +333,11 @@ def decoder_rates(ctx) -> None:
         choice = choose_decoder(read_manifest(once), device=device, samples=load["samples"], timeout=60,
                                 cache_path=ctx.work / "video_decoders.json", refresh=True)
         for trial in choice.trials:
+            psnr = trial.min_psnr_db
             ctx.row(kind="trial", corpus=label, decoder=trial.decoder, status=trial.status,
                     pairs_per_s=trial.pairs_per_s, cpu_ms_per_pair=trial.cpu_ms_per_pair,
-                    min_luma_psnr_db=trial.min_psnr_db, chosen=trial.decoder == choice.decoder, note=trial.reason)
+                    min_luma_psnr_db="∞ (identical)" if psnr == math.inf else psnr,
+                    chosen=trial.decoder == choice.decoder, note=trial.reason)
         verified = [trial.decoder for trial in choice.trials if trial.verified]
         measured = sorted(verified, key=lambda decoder: (decoder != "pyav", decoder != choice.decoder))
         baseline: Dict[tuple, float] = {}

@@ -118,6 +118,28 @@ def test_file_removed_mid_epoch_is_replaced_and_named_once(corpus):
         assert victim not in served_files(loader, [first, *rest])
 
 
+def test_a_broken_file_cut_into_several_clips_is_named_once_in_plain_words(tmp_path):
+    """Two clips of one file that was cut short after the scan: one warning for the file, its path said
+    once, FFmpeg's own words without its errno and the path repeated."""
+    import warnings
+
+    for index in range(3):
+        write_video(tmp_path / f"clip{index}.mp4", codec="h264", width=64, height=48, fps=10, num_frames=30, gop=5)
+    records, _ = scan_videos([str(tmp_path)], workers=0, progress=False, min_seconds=0.5)
+    manifest = write_manifest(tmp_path / "manifest.jsonl", records * 2)  # two clips of each file
+    victim = tmp_path / "clip1.mp4"
+    victim.write_bytes(victim.read_bytes()[: victim.stat().st_size // 3])
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        with PairLoader(str(manifest), 2, device="cpu", seed=0, config=CONFIG) as loader:
+            batches = list(loader)
+            assert list(loader.stats.failed_files) == [str(victim)] and loader.stats.replaced == 2
+    assert len(batches) == 3
+    (warning,) = [str(w.message) for w in caught if str(victim) in str(w.message)]
+    assert warning.count(str(victim)) == 1 and "[Errno" not in warning, warning
+    assert "Invalid data found when processing input" in warning, warning
+
+
 def test_named_pipe_times_out_and_is_replaced(corpus):
     fifo = str(Path(corpus).parent / "clip2.webm")
     os.unlink(fifo)

@@ -77,6 +77,40 @@ def test_decoders_meet_the_contract_on_everyday_clips(clips, name):
     decoder.close()
 
 
+def test_every_decoder_here_counts_a_variable_frame_rate_clips_frames_as_players_show_them(tmp_path):
+    """Bursts of frames 1/30 s apart, then 2/15 s still (``prepare scan --allow-vfr`` keeps such clips):
+    frame k is the k-th frame shown for PyAV, DALI's CPU decoder (VP9) and torchcodec (in its process)."""
+    from vito_fast.decoders.decoder_process import DecoderProcess
+    from videos import write_variable_frame_rate
+
+    for codec, suffix in (("vp9", "webm"), ("h264", "mp4")):
+        write_variable_frame_rate(tmp_path / f"vfr.{suffix}", codec=codec, num_frames=40, durations=(3, 3, 3, 12))
+    records, _ = scan_videos([str(tmp_path)], workers=0, progress=False, reject_variable_frame_rate=False,
+                             min_seconds=0.1)
+    assert len(records) == 2
+    pairs = [(0, 5), (7, 30), (39, 12), (13, 14)]
+    checked = set()
+    for name in ("pyav", "dali", "torchcodec"):
+        decoder = make_decoder(name, "cpu")
+        for record in records:
+            if decoder.unavailable(record.codec):
+                continue
+            requests = [request_of(record, frames) for frames in pairs]
+            if name == "torchcodec":  # its decoding process loads the FFmpeg it needs
+                process = DecoderProcess(name, "cpu")
+                try:
+                    decoded = process.decode(requests, 60.0)
+                finally:
+                    process.close()
+            else:
+                decoded = [decoder.decode(request) for request in requests]
+            shown = [tuple(decode_frame_number(np.asarray(frame)) for frame in pair) for pair in decoded]
+            assert shown == pairs, (name, record.path, shown)
+            checked.add((name, record.codec))
+        decoder.close()
+    assert {("pyav", "vp9"), ("pyav", "h264")} <= checked
+
+
 def test_each_decoder_says_in_one_line_why_it_cannot_run_here():
     reasons = {
         ("dali", "cpu", "h264"): "DALI's CPU video decoder takes vp8, vp9, mjpeg, not h264" if have_dali()

@@ -37,6 +37,19 @@ def first_line(error: BaseException) -> str:
     return text.splitlines()[0] if text else type(error).__name__
 
 
+def about(name: str, error: BaseException) -> str:
+    """``error``'s words for a message that names ``name`` already: without the leading "name: " that each
+    layer re-raising it added, and for an OS or FFmpeg error its own words (``strerror``) without the
+    errno and the file name it repeats."""
+    strerror = getattr(error, "strerror", None)  # OSError, and PyAV's FFmpegError (not an OSError)
+    if strerror and not isinstance(error, VitoError):
+        return str(strerror)
+    text = str(error)
+    while name and text.startswith(f"{name}: "):
+        text = text[len(name) + 2:]
+    return text
+
+
 class MissingExtra(VitoError, ImportError):
     """An optional package a feature needs is not installed; the message names the extra that installs it."""
 

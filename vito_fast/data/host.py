@@ -32,7 +32,7 @@ from vito_fast.data.sample_jobs import JobRunner
 from vito_fast.data.sample_order import SampleOrder
 from vito_fast.data.sampler import ViewParams, sample_view_params
 from vito_fast.data.stats import LoaderStats
-from vito_fast.errors import StoreError, VideoError, failed_object
+from vito_fast.errors import StoreError, VideoError, about, failed_object
 from vito_fast.storage.read_ahead import ReadAhead
 
 __all__ = ["DATA_ERRORS", "HostBatch", "HostPreparation"]
@@ -222,11 +222,12 @@ class HostPreparation:
         self._reported[clip] = name
         failed = failed_object(error)
         if failed is not None and failed != name:
-            if failed in self.stats.failed_files:
-                return  # named already, for another of its clips
             name = failed
-        self.stats.failed_files.setdefault(name, str(error))
-        warnings.warn(f"PairLoader: {name}: {error}; its samples are replaced by others", RuntimeWarning, stacklevel=3)
+        if name in self.stats.failed_files:
+            return  # named already, for another of its clips (a shard's, or another clip of the same file)
+        self.stats.failed_files[name] = str(error)
+        warnings.warn(f"PairLoader: {name}: {about(name, error)}; its samples are replaced by others", RuntimeWarning,
+                      stacklevel=3)
 
     def _load_rows(self, batch: HostBatch, rows: np.ndarray) -> np.ndarray:
         """Load the inputs of ``rows``; returns the rows that failed."""

@@ -33,7 +33,7 @@ from typing import List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from vito_fast.errors import VideoError, failed_object
+from vito_fast.errors import VideoError, about, failed_object
 
 __all__ = ["VideoFrameReader", "keyframe_index", "demux_keyframe_index", "display_orientation", "display_rgb",
            "upright"]
@@ -371,9 +371,9 @@ class VideoFrameReader:
                        for target in sorted(set(int(f) for f in frames))}
         except VideoError as error:
             self._drop(path)
-            raise VideoError(f"{path}: {error}", object_name=failed_object(error)) from error
+            raise VideoError(f"{path}: {about(path, error)}", object_name=failed_object(error)) from error
         except Exception as error:  # FFmpeg errors of a corrupt or missing file; reads of a remote object that failed
             self._drop(path)
-            raise VideoError(f"{path}: cannot decode frames {list(frames)}: {error}",
+            raise VideoError(f"{path}: cannot decode frames {list(frames)}: {about(path, error)}",
                              object_name=failed_object(error)) from error
         return [decoded[int(f)] for f in frames]
