@@ -59,11 +59,8 @@ def test_torchcodec_in_its_own_process_gives_the_frames_pyav_gives(corpus):
     records = corpus["plain"] + corpus["turned"]
     requests = [request(record, frames) for record in records
                 for frames in ((2, record.num_frames - 3), (record.num_frames - 1, 0))]  # forward, backward
-    process = DecoderProcess("torchcodec", "cpu")
-    try:
+    with DecoderProcess("torchcodec", "cpu") as process:
         decoded = process.decode(requests, 120.0)
-    finally:
-        process.close()
     reference = make_decoder("pyav")
     for job, frames in zip(requests, decoded):
         expected = reference.decode(job)
@@ -82,11 +79,8 @@ def test_a_decoder_process_with_threads_gives_each_request_its_own_frames_in_ord
     requests = [request(record, (index % 5, record.num_frames - 1 - index % 7)) for index, record in enumerate(records)]
     answers = {}
     for threads in (1, 3):
-        process = DecoderProcess("torchcodec", "cpu", threads=threads)
-        try:
+        with DecoderProcess("torchcodec", "cpu", threads=threads) as process:
             answers[threads] = process.decode(requests, 120.0)
-        finally:
-            process.close()
     for job, one, three in zip(requests, answers[1], answers[3]):
         assert [decode_frame_number(frame) for frame in three] == [decode_frame_number(frame) for frame in one]
         assert all(np.array_equal(a, b) for a, b in zip(one, three)), job.path

@@ -97,11 +97,8 @@ def test_every_decoder_here_counts_a_variable_frame_rate_clips_frames_as_players
                 continue
             requests = [request_of(record, frames) for frames in pairs]
             if name == "torchcodec":  # its decoding process loads the FFmpeg it needs
-                process = DecoderProcess(name, "cpu")
-                try:
+                with DecoderProcess(name, "cpu") as process:
                     decoded = process.decode(requests, 60.0)
-                finally:
-                    process.close()
             else:
                 decoded = [decoder.decode(request) for request in requests]
             shown = [tuple(decode_frame_number(np.asarray(frame)) for frame in pair) for pair in decoded]
@@ -377,11 +374,8 @@ def test_a_gpu_decoder_in_its_own_process_hands_cuda_frames_to_the_torch_stage(t
                     num_frames=40, gop=10)
     records, _ = scan_videos([str(tmp_path / "clips")], workers=0, progress=False)
     requests = [request_of(record, [3, 29]) for record in records]
-    process = DecoderProcess(name, "gpu", torch.cuda.current_device())
-    try:
+    with DecoderProcess(name, "gpu", torch.cuda.current_device()) as process:
         pairs = process.decode(requests, 120.0)
-    finally:
-        process.close()
     reference = make_decoder("pyav")
     for request, frames in zip(requests, pairs):
         assert all(frame.is_cuda and frame.device.index == torch.cuda.current_device() for frame in frames)

@@ -95,6 +95,12 @@ class DecoderProcess:
             raise VideoError(payload)
         return payload
 
+    def __enter__(self) -> "DecoderProcess":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
     def close(self) -> None:
         if self._process.poll() is None:
             try:
