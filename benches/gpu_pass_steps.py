@@ -204,10 +204,9 @@ def loader_pairs_per_s(loader, batches: int, cuda: bool, warmup: int = 2, max_se
     return pairs / (time.perf_counter() - started)
 
 
-# CUPTI activities that occupy the GPU's SMs and copy engines. The hardware JPEG decoder (NVJPG
-# engines of an A100/H100, which torchvision's decode_jpeg and DALI's hw_decoder_load both use) is
-# neither: its own time does not appear, the SM work around it (colour conversion, copies) does.
-GPU_WORK = ("kernel", "gpu_memcpy", "gpu_memset")
+# The GPU's own work in a trace: vito_fast.decoders.trial.gpu_work_spans (kernels, copies, memsets).
+# The hardware JPEG and video decoders (NVJPG, NVDEC) are neither: their own time does not appear,
+# the SM work around them (colour conversion, copies) does.
 
 
 def busy_us(spans: Sequence[Tuple[float, float]]) -> Tuple[float, float]:
@@ -228,7 +227,7 @@ def loader_gpu_time(stream, batches: int, cuda: bool,
     ``batches`` batches taken from ``stream`` (fewer once ``max_seconds`` have passed, at least 2).
 
     The profiler's CUPTI trace records every kernel, copy and memset of the process (nvJPEG's, DALI's
-    and the stage's, on whatever stream or thread; see ``GPU_WORK``). GPU ms per pair: their
+    and the stage's, on whatever stream or thread; see ``gpu_work_spans``). GPU ms per pair: their
     durations summed, over the pairs taken (what the loader takes from a training step's GPU). Busy
     %: the union of those intervals over the window's wall time (near 100 %: the GPU bounds the
     loader; less: the host does). The trace costs some speed, so the window's pairs/s is not
@@ -246,8 +245,9 @@ def loader_gpu_time(stream, batches: int, cuda: bool,
         window_us = (time.perf_counter() - started) * 1e6
     if not cuda:
         return None, None
-    spans = [(event.time_range.start, event.time_range.end) for event in trace.events()
-             if getattr(event, "activity_type", None) in GPU_WORK]
+    from vito_fast.decoders.trial import gpu_work_spans
+
+    spans = gpu_work_spans(trace)
     if not spans:
         raise RuntimeError("the profiler recorded no GPU activity (is CUPTI available?)")
     total, union = busy_us(spans)

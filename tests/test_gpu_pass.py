@@ -317,6 +317,27 @@ def test_busy_time_sums_the_work_and_merges_the_overlaps():
     assert gpu_pass_steps.busy_us([]) == (0.0, 0.0)
 
 
+def test_the_gpus_work_is_read_from_traces_of_older_and_newer_torch():
+    """Kernels, copies and memsets count (a newer trace names each event's activity); in an older trace,
+    without names, every event on the CUDA device counts but annotations. Host events never do."""
+    from types import SimpleNamespace
+
+    from torch.autograd import DeviceType
+
+    from vito_fast.decoders.trial import gpu_work_spans
+
+    def event(start, end, device, **named):
+        return SimpleNamespace(time_range=SimpleNamespace(start=start, end=end), device_type=device, **named)
+
+    newer = [event(0, 5, DeviceType.CUDA, activity_type="kernel"), event(5, 7, DeviceType.CUDA, activity_type="gpu_memcpy"),
+             event(0, 9, DeviceType.CUDA, activity_type="gpu_user_annotation"),
+             event(0, 3, DeviceType.CPU, activity_type="cpu_op")]
+    older = [event(0, 5, DeviceType.CUDA), event(0, 9, DeviceType.CUDA, is_user_annotation=True),
+             event(0, 3, DeviceType.CPU)]
+    assert gpu_work_spans(SimpleNamespace(events=lambda: newer)) == [(0, 5), (5, 7)]
+    assert gpu_work_spans(SimpleNamespace(events=lambda: older)) == [(0, 5)]
+
+
 def test_bench_gpu_runs_the_pass_with_the_remaining_arguments(monkeypatch, tmp_path):
     from vito_fast.cli import bench
 

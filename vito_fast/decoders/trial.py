@@ -13,6 +13,7 @@ import json
 import math
 import sys
 import time
+from typing import List, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -31,6 +32,42 @@ def psnr_db(frame: np.ndarray, reference: np.ndarray) -> float:
     while neighbouring frames are 14-17 dB apart in either."""
     error = np.mean((frame.astype(np.float64) @ LUMA - reference.astype(np.float64) @ LUMA) ** 2)
     return math.inf if error == 0 else 10.0 * math.log10(255.0 ** 2 / error)
+
+
+# CUPTI activities that occupy the GPU's SMs and copy engines (NVDEC's and NVJPG's own engines are not traced)
+GPU_WORK = ("kernel", "gpu_memcpy", "gpu_memset")
+
+
+def gpu_work_spans(trace) -> List[Tuple[float, float]]:
+    """(start, end) µs of the GPU's own work in a ``torch.profiler`` trace: kernels, copies and memsets
+    where the trace names its events' activities, else every event on the CUDA device but annotations."""
+    from torch.autograd import DeviceType
+
+    spans = []
+    for event in trace.events():
+        kind = getattr(event, "activity_type", None)
+        if (kind in GPU_WORK) if kind is not None else (
+                event.device_type == DeviceType.CUDA and not getattr(event, "is_user_annotation", False)):
+            spans.append((event.time_range.start, event.time_range.end))
+    return spans
+
+
+def gpu_ms_per_pair(decoder, requests: Sequence[FrameRequest]) -> Optional[float]:
+    """GPU ms per pair of this process's kernels and copies while ``decoder`` decodes ``requests`` again
+    (colour conversion, copies; NVDEC's own engine time is not in a trace); None where nothing was traced."""
+    try:
+        import torch
+        from torch.profiler import ProfilerActivity, profile
+
+        torch.cuda.synchronize()
+        with profile(activities=[ProfilerActivity.CUDA]) as trace:
+            for request in requests:
+                decoder.decode(request)
+            torch.cuda.synchronize()
+        total = sum(end - start for start, end in gpu_work_spans(trace))
+    except Exception:  # a profiler that cannot trace here: the figure is missing, not the trial
+        return None
+    return total / 1e3 / len(requests) if total else None
 
 
 def _synchronize(device: str) -> None:
@@ -65,6 +102,8 @@ def run(job: dict) -> dict:
     except Exception as error:  # the decoder's own failure: named, never raised
         return {**result, "status": "failed", "reason": f"{type(error).__name__}: {first_line(error)}"[:300]}
     result.update(pairs_per_s=len(timed) / max(wall, 1e-9), cpu_ms_per_pair=1e3 * cpu / len(timed))
+    if device == "gpu":  # after the timed pass, so the trace costs it nothing
+        result["gpu_ms_per_pair"] = gpu_ms_per_pair(decoder, timed[:8])
     checked = [(requests[0], first)] + (list(zip(requests[1:], outputs)) if len(requests) > 1 else [])
     reference = make_decoder("pyav")
     worst = math.inf
