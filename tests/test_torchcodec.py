@@ -138,6 +138,26 @@ def test_the_ffmpeg_in_pyavs_wheel_is_lent_to_torchcodecs_processes(tmp_path, mo
     assert loaded == ["False", "None", str(major)]  # a process lent the libraries needs no more and loads them
 
 
+def test_a_cache_that_cannot_be_written_lends_the_links_from_the_temporary_folder(tmp_path, monkeypatch):
+    bundled = ffmpeg_libs.bundled_ffmpeg()
+    if bundled is None or bundled[0] not in ffmpeg_libs.torchcodec_builds() or ffmpeg_libs.system_ffmpeg() is not None:
+        pytest.skip("torchcodec and PyAV's FFmpeg are not both here, or a system FFmpeg is")
+    (tmp_path / "cache").write_text("a file where the cache folder would be")
+    monkeypatch.setenv("VITO_FAST_CACHE_DIR", str(tmp_path / "cache" / "vito_fast"))
+    monkeypatch.setenv("TMPDIR", str(tmp_path / "tmp"))
+    (tmp_path / "tmp").mkdir()
+    import tempfile
+
+    monkeypatch.setattr(tempfile, "tempdir", None)  # TMPDIR read again
+    try:
+        path = ffmpeg_libs.torchcodec_library_path(fresh=True)
+    finally:
+        monkeypatch.undo()
+        ffmpeg_libs.torchcodec_library_path(fresh=True)  # the others' answer again
+    assert path and path.startswith(str(tmp_path / "tmp")), path
+    assert (Path(path.split(os.pathsep)[0]) / f"libavutil.so.{bundled[0] + ffmpeg_libs.AVUTIL_TO_FFMPEG}").exists()
+
+
 def test_torchcodec_says_in_one_line_why_it_cannot_run(monkeypatch):
     from vito_fast.decoders.video_decoders import TorchCodecDecoder
 

@@ -20,7 +20,6 @@ import re
 import shutil
 import tempfile
 import threading
-from functools import lru_cache
 from pathlib import Path
 from typing import Dict, Optional, Tuple
 
@@ -31,6 +30,7 @@ AVUTIL_TO_FFMPEG = 52
 LIBRARIES = ("libavutil", "libavcodec", "libavformat", "libavdevice", "libavfilter", "libswscale", "libswresample")
 _RENAMED = re.compile(r"^(lib[a-z]+)-[0-9a-f]{8}\.so\.(\d+)(?:\.\d+)*$")  # auditwheel's names
 _lock = threading.Lock()
+_found: Dict[str, Optional[str]] = {}  # torchcodec_library_path's answer in this process
 
 
 def _package_folder(name: str) -> Optional[Path]:
@@ -90,12 +90,12 @@ def _cache_folder() -> Path:
     return Path(root)
 
 
-def _link_folder(major: int, folder: Path, files: Dict[str, Path]) -> Path:
+def _link_folder(major: int, folder: Path, files: Dict[str, Path], cache: Path) -> Path:
     """A folder of links named as torchcodec asks (``libavutil.so.60`` -> PyAV's renamed file), one per
     PyAV install (its folder and file names make the key): built beside, then renamed into place, so
     no process sees half of it."""
     listing = "\n".join([str(folder.resolve())] + sorted(f"{name}={path.name}" for name, path in files.items()))
-    target = _cache_folder() / f"ffmpeg{major}-from-pyav-{hashlib.sha256(listing.encode()).hexdigest()[:12]}"
+    target = cache / f"ffmpeg{major}-from-pyav-{hashlib.sha256(listing.encode()).hexdigest()[:12]}"
     if target.is_dir():
         return target
     target.parent.mkdir(parents=True, exist_ok=True)
@@ -109,7 +109,6 @@ def _link_folder(major: int, folder: Path, files: Dict[str, Path]) -> Path:
     return target
 
 
-@lru_cache(maxsize=1)
 def _library_path() -> Optional[str]:
     if not torchcodec_builds() or system_ffmpeg() is not None:  # not installed, or an FFmpeg of its own
         return None
@@ -117,15 +116,23 @@ def _library_path() -> Optional[str]:
     if bundled is None or bundled[0] not in torchcodec_builds():
         return None
     major, folder, files = bundled
-    return os.pathsep.join([str(_link_folder(major, folder, files)), str(folder)])
+    for cache in (_cache_folder(), Path(tempfile.gettempdir()) / f"vito_fast-{os.getuid()}"):
+        try:  # a cache that cannot be written (a read-only home): the temporary folder
+            return os.pathsep.join([str(_link_folder(major, folder, files, cache)), str(folder)])
+        except OSError:
+            continue
+    return None
 
 
-def torchcodec_library_path() -> Optional[str]:
-    """The ``LD_LIBRARY_PATH`` entries under which torchcodec loads PyAV's FFmpeg: the folder of links,
-    then PyAV's own folder (the renamed libraries find each other there). None when torchcodec is not
-    installed, finds an FFmpeg of its own (``system_ffmpeg``), or PyAV brings none it has a build for."""
+def torchcodec_library_path(fresh: bool = False) -> Optional[str]:
+    """The ``LD_LIBRARY_PATH`` entries under which torchcodec loads PyAV's FFmpeg: the folder of links
+    (in the cache, else the temporary folder), then PyAV's own folder (the renamed libraries find each
+    other there). None when torchcodec is not installed, finds an FFmpeg of its own (``system_ffmpeg``),
+    or PyAV brings none it has a build for. Found once per process; ``fresh``: look again."""
     with _lock:
-        return _library_path()
+        if fresh or "path" not in _found:
+            _found["path"] = _library_path()
+        return _found["path"]
 
 
 def child_environment(environment: Dict[str, str]) -> Dict[str, str]:
