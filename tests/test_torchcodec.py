@@ -167,7 +167,8 @@ def test_torchcodec_says_in_one_line_why_it_cannot_run(monkeypatch):
     monkeypatch.setattr(ffmpeg_libs, "system_ffmpeg", lambda: None)
     monkeypatch.setattr(ffmpeg_libs, "torchcodec_library_path", lambda: None)  # no FFmpeg here, none in PyAV
     reason = TorchCodecDecoder("cpu").unavailable("h264")
-    assert reason.startswith("torchcodec finds no FFmpeg here: none of versions 4-9 is installed") and "\n" not in reason
+    assert reason.startswith("torchcodec finds no FFmpeg here: none of versions 4-9 is installed")
+    assert "\n" not in reason
     monkeypatch.setattr(ffmpeg_libs, "torchcodec_library_path", lambda: "/lent/ffmpeg")
     assert TorchCodecDecoder("cpu").unavailable("h264") is None  # the processes it decodes in will load PyAV's
     if REASON is None:  # an FFmpeg found, but torchcodec loads nothing with it (another torch's build)

@@ -39,8 +39,8 @@ from vito_fast.decoders.ffmpeg_libs import child_environment
 from vito_fast.decoders.video_decoders import FrameRequest
 
 __all__ = ["MIN_PSNR_DB", "DecoderTrial", "DecoderChoice", "ManifestChoice", "size_class", "trial_requests",
-           "run_trial", "run_trials", "loader_streams", "choose_decoder", "choose_decoders", "default_cache_path", "DEFAULT_CANDIDATES",
-           "GROUP_SHARE", "MAX_GROUPS"]
+           "run_trial", "run_trials", "loader_streams", "choose_decoder", "choose_decoders", "default_cache_path",
+           "DEFAULT_CANDIDATES", "GROUP_SHARE", "MAX_GROUPS"]
 
 MIN_PSNR_DB = 35.0
 HOST_GRAPH_DECODERS = ("pyav", "dali")  # decoders that feed the loader's graph for every clip of a run
@@ -187,8 +187,8 @@ def run_trials(decoders: Sequence[str], device: str, requests: Sequence[FrameReq
     trials = {}
     try:
         for name, process in processes.items():
-            job = json.dumps({"decoder": name, "device": device, "requests": [request.to_json() for request in requests],
-                              "min_psnr_db": MIN_PSNR_DB})
+            job = json.dumps({"decoder": name, "device": device, "min_psnr_db": MIN_PSNR_DB,
+                              "requests": [request.to_json() for request in requests]})
             try:
                 stdout, stderr = process.communicate(job, timeout=timeout)
             except subprocess.TimeoutExpired:

@@ -273,8 +273,10 @@ class TorchCodecDecoder:
 
     name = "torchcodec"
 
-    def __init__(self, device: str = "cpu", max_open: int = 16):
-        self.device, self._max_open = device, max_open
+    def __init__(self, device: str = "cpu", max_open: Optional[int] = None):
+        # on a GPU each open decoder holds an NVDEC session and its surfaces, and the decoder process runs
+        # several threads with a decoder each: fewer kept open there
+        self.device, self._max_open = device, max_open or (4 if device == "gpu" else 16)
         self._open: "OrderedDict[str, tuple]" = OrderedDict()  # path -> (VideoDecoder, its source)
 
     def unavailable(self, codec: str) -> Optional[str]:
