@@ -418,10 +418,11 @@ def main(argv: Optional[List[str]] = None) -> int:
     parser.add_argument("--work", help="working folder (corpora, logs); default: a new temporary folder")
     parser.add_argument("--keep-work", action="store_true", help="keep the working folder")
     parser.add_argument("--list", action="store_true", help="list the steps and exit")
-    parser.add_argument("--plan", nargs="?", const="pass", choices=("pass", "decoders"),
+    parser.add_argument("--plan", nargs="?", const="pass", choices=("pass", "decoders", "decoders-dali"),
                         help="the device-tool calls as a table: carries, steps, limits, budgets, device time; "
                              "exit 1 when the plan does not fit the lease. 'pass' (the default): the GPU pass; "
-                             "'decoders': issue #26's decoders under load, for a lease after the pass's")
+                             "'decoders': issue #26's decoders under load, for a lease after the pass's; "
+                             "'decoders-dali': the same for DALI's NVDEC (the pass's parts)")
     parser.add_argument("--calls", action="store_true", help="with --plan: each call as the device tool takes it")
     parser.add_argument("--no-fork", action="store_true",
                         help="start each step by exec (a fresh interpreter) instead of fork; chosen "

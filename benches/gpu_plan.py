@@ -85,6 +85,7 @@ LATER = {
 # Issue #26's plan (``--plan decoders``), for a lease after the pass's: one part (PyAV, PyNvVideoCodec,
 # torchcodec), unpacked, then the decoder tests, both corpora and every verified decoder under load.
 DECODERS = ("tests_decoders", "video_corpus", "video_corpus_large", "decoder_rates")
+DALI_DECODERS = ("video_corpus", "video_corpus_large", "decoder_rates")
 RECORDS = {"loader": (".gpu", "benches/gpu_stage.json"), "decoders": (".gpu/decoders", "benches/gpu_stage_decoders.json")}
 
 
@@ -125,7 +126,19 @@ def decoders_plan(record: dict) -> List[Call]:
     return calls
 
 
-PLANS = {"pass": ("loader", plan), "decoders": ("decoders", decoders_plan)}
+def dali_decoders_plan(record: dict) -> List[Call]:
+    """DALI's NVDEC through the loader beside PyAV (issue #26): the pass's own parts (DALI and PyAV) staged,
+    then both corpora and ``decoder_rates`` (PyNvVideoCodec and torchcodec: ``decoders``)."""
+    parts = len(record["parts"])
+    calls = [Call(f"stage part {index + 1} of {parts}", part=index) for index in range(parts - 1)]
+    calls.append(Call("stage the last part, unpack; 256p and 720p corpora; DALI's NVDEC and PyAV under load "
+                      "(issue #26)", DALI_DECODERS, budget_s=395, setup_s=STAGE_S + INSTALL_S + BUILD_S,
+                      part=parts - 1, installs=True))
+    return calls
+
+
+PLANS = {"pass": ("loader", plan), "decoders": ("decoders", decoders_plan),
+         "decoders-dali": ("loader", dali_decoders_plan)}
 
 
 def tree_bytes(root: Path = ROOT) -> int:

@@ -415,6 +415,12 @@ def test_issue_26s_plan_is_one_call_that_fits_the_lease():
     tight = dict(catalogue, decoder_rates=1000)
     (over,) = gpu_plan.rows(gpu_plan.decoders_plan(record), record, tight, 0)
     assert gpu_plan.problems([over], tight, complete=False)
+    # DALI's NVDEC: the pass's own parts staged back to back, then the same measurements
+    loader = gpu_plan.pack_record("loader")
+    *staging, last = gpu_plan.rows(gpu_plan.dali_decoders_plan(loader), loader, catalogue, gpu_plan.tree_bytes())
+    assert len(staging) == len(loader["parts"]) - 1 and all(row["steps"] == () for row in staging)
+    assert last["steps"][-1] == "decoder_rates" and "install /tmp/site --parts .gpu/parts.json" in last["command"]
+    assert gpu_plan.problems([*staging, last], catalogue, complete=False) == []
 
 
 def test_the_plan_checks_catch_what_does_not_fit(monkeypatch):
