@@ -16,7 +16,6 @@ device batch fail (only called after a failure).
 """
 from __future__ import annotations
 
-import array
 import io
 from pathlib import Path
 from typing import Dict, List, Optional, Protocol, Sequence, Tuple, Union
@@ -145,12 +144,13 @@ class VideoFileSource:
     same job in this process.
 
     The manifest is held as arrays (paths once per file, keyframe indices concatenated), not as
-    records: a million clips take a few hundred MB per rank, not gigabytes.
+    records, built once and kept (``manifest_index``): later runs and the other ranks of a node map
+    the same arrays read-only instead of reading the JSON again.
     """
 
     def __init__(self, manifest, decoder: str = "pyav", max_open: int = 16, cache=None, remote_settings=None,
                  host_codecs=()):
-        from vito_fast.data.manifest import iter_manifest
+        from vito_fast.data.manifest_index import manifest_arrays
         from vito_fast.data.sample_jobs import JobRunner
 
         from vito_fast.decoders.video_decoders import DECODERS
@@ -160,67 +160,20 @@ class VideoFileSource:
                              f"not {decoder!r}")
         self.input_kind = {"pyav": "frames", "dali": "video"}.get(decoder, "requests")
         self.decoder = decoder
-        self.paths: List[str] = []
-        path_ids: Dict[str, int] = {}
-        # typed arrays while reading: a list of a million Python numbers would outweigh the result
-        columns = {name: array.array("d" if name == "fps" else "q")
-                   for name in ("path", "num_frames", "fps", "height", "width", "first", "indexed", "keyframe_count",
-                                "codec", "orientation", "file_bytes")}
-        codec_ids: Dict[str, int] = {}
-        label_ids: Dict[Optional[str], int] = {}
-        labels, keyframes, keyframe_pts = array.array("q"), array.array("q"), array.array("q")
-        # byte offset of each keyframe, and per clip where its last GOP ends (-1: not recorded)
-        keyframe_bytes, gop_end = array.array("q"), array.array("q")
-        for record in iter_manifest(manifest):
-            if record.path not in path_ids:
-                path_ids[record.path] = len(self.paths)
-                self.paths.append(record.path)
-            # a clip's frame k is frame first + k of its file (split_into_clips' rounding)
-            first = 0 if record.clip_start is None else int(np.ceil(record.clip_start * record.fps - 1e-6))
-            indexed = record.keyframes is not None and record.keyframe_pts is not None
-            for name, value in (("path", path_ids[record.path]), ("num_frames", record.num_frames),
-                                ("fps", record.fps), ("height", record.height), ("width", record.width),
-                                ("first", first), ("indexed", indexed),
-                                ("keyframe_count", len(record.keyframes) if indexed else 0),
-                                ("codec", codec_ids.setdefault(record.codec, len(codec_ids))),
-                                ("orientation", sum(bit << index for index, bit in
-                                                    enumerate(record.orientation or ()))),
-                                ("file_bytes", -1 if record.file_bytes is None else record.file_bytes)):
-                columns[name].append(value)
-            labels.append(label_ids.setdefault(None if record.label is None else str(record.label), len(label_ids)))
-            if indexed:
-                keyframes.extend(record.keyframes)
-                keyframe_pts.extend(record.keyframe_pts)
-                offsets = record.keyframe_bytes
-                if offsets is None or len(offsets) != len(record.keyframes) + 1:
-                    offsets = [-1] * (len(record.keyframes) + 1)
-                keyframe_bytes.extend(offsets[:-1])
-                gop_end.append(offsets[-1])
-            else:
-                gop_end.append(-1)
-        self._path_id = np.asarray(columns["path"], dtype=np.int64)
-        self.num_frames = np.asarray(columns["num_frames"], dtype=np.int64)
-        self.fps = np.asarray(columns["fps"], dtype=np.float64)
-        self.frame_hw = np.stack([np.asarray(columns["height"], dtype=np.int64),
-                                  np.asarray(columns["width"], dtype=np.int64)], axis=1).reshape(-1, 2)
-        self.first_frame = np.asarray(columns["first"], dtype=np.int64)
-        self._indexed = np.asarray(columns["indexed"], dtype=bool)
-        self._keyframe_start = np.concatenate([[0], np.cumsum(columns["keyframe_count"], dtype=np.int64)])
-        self._keyframes = np.asarray(keyframes, dtype=np.int64)
-        self._keyframe_pts = np.asarray(keyframe_pts, dtype=np.int64)
-        self._keyframe_bytes = np.asarray(keyframe_bytes, dtype=np.int64)
-        self._gop_end = np.asarray(gop_end, dtype=np.int64)
-        self._file_bytes = np.asarray(columns["file_bytes"], dtype=np.int64)  # -1: not recorded
-        self.codecs = list(codec_ids)  # FFmpeg's names, in the order first seen
-        self._codec_id = np.asarray(columns["codec"], dtype=np.int64)
-        self._orientation = np.asarray(columns["orientation"], dtype=np.int64)  # bits: transpose, flip rows, columns
-        names = sorted(label for label in label_ids if label is not None)
-        sorted_ids = {name: index for index, name in enumerate(names)}
-        lookup = np.full(max(len(label_ids), 1), -1, dtype=np.int64)  # first-seen id -> sorted class id (-1: none)
-        for label, seen in label_ids.items():
-            if label is not None:
-                lookup[seen] = sorted_ids[label]
-        self.labels, self.classes = lookup[np.asarray(labels, dtype=np.int64)], names
+        index = manifest_arrays(manifest)  # built once and kept (data.manifest_index), then mapped read-only
+        arrays = index.arrays
+        self.paths: List[str] = index.paths
+        self._path_id = arrays["path_id"]
+        self.num_frames, self.fps, self.frame_hw = arrays["num_frames"], arrays["fps"], arrays["frame_hw"]
+        self.first_frame, self._indexed = arrays["first_frame"], arrays["indexed"]
+        self._keyframe_start, self._keyframes = arrays["keyframe_start"], arrays["keyframes"]
+        self._keyframe_pts, self._keyframe_bytes = arrays["keyframe_pts"], arrays["keyframe_bytes"]
+        self._gop_end = arrays["gop_end"]  # per clip where its last GOP ends (-1: not recorded)
+        self._file_bytes = arrays["file_bytes"]  # -1: not recorded
+        self.codecs = index.codecs  # FFmpeg's names, in the order first seen
+        self._codec_id = arrays["codec_id"]
+        self._orientation = arrays["orientation"]  # bits: transpose, flip rows, columns
+        self.labels, self.classes = arrays["labels"], index.classes
         self._runner = JobRunner(max_open)  # its reader keeps per-thread files: safe to share
         # remote videos keep the blocks they read in this ``storage.remote.BlockCache`` (in every decode process)
         self._cache = None if cache is None else cache.spec
