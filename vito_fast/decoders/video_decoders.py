@@ -311,7 +311,7 @@ class TorchCodecDecoder:
             return self._open[path][0]
         source = open_video(path)  # a path on disk, or a file object of ranged reads
         try:
-            decoder = VideoDecoder(source, device="cuda" if self.device == "gpu" else "cpu", seek_mode="exact")
+            decoder = VideoDecoder(source, device=_torch_device(self.device), seek_mode="exact")
         except Exception:
             self._close_source(source)
             raise
@@ -345,6 +345,15 @@ class TorchCodecDecoder:
     def close(self) -> None:
         while self._open:
             self._close_source(self._open.popitem()[1][1])
+
+
+def _torch_device(device: str) -> str:
+    """"cpu", or the current CUDA device by its index (a rank's own, not device 0)."""
+    if device != "gpu":
+        return "cpu"
+    import torch
+
+    return f"cuda:{torch.cuda.current_device()}"
 
 
 def _quarter_turns(degrees: Optional[float]) -> int:
