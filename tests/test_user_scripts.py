@@ -100,6 +100,9 @@ def test_the_next_steps_pretrain_prints_work_on_unlabelled_videos(manifest, tmp_
     finished = run_python(["-m", "vito_fast", "pretrain", "--data", manifest, "--out", str(run), "--steps", "2",
                            *TINY_RUN], tmp_path)
     assert finished.returncode == 0, finished.stderr[-3000:]
+    described = (run / "data.md").read_text()  # what fed the run, kept beside it
+    assert f"- source: `{manifest}`: 3 clips" in described and "- data backend auto -> " in described
+    assert "- video decoder: pyav; requested: pyav" in described, described
     printed = finished.stdout[finished.stdout.index("next:"):].splitlines()[1:]
     commands = [line.split("  #")[0].strip() for line in printed if not line.strip().startswith("#")]
     assert not any("eval knn" in command for command in commands), printed  # its clips have no labels

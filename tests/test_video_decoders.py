@@ -307,6 +307,9 @@ def test_the_loader_decodes_with_the_verified_choice(clips, trial_env, tmp_path,
             assert share == 1 and choice.decoder == group.decoder
             assert loader.source.input_kind == kinds[choice.decoder] and loader.config.video_decoder == choice.decoder
             assert loader.stats.decoder_fallbacks == 0  # the stage decodes with the chosen decoder, not "auto"
+            described = loader.describe()  # what a run folder keeps (data.md): the decoder, the choice's table
+            assert f"- video decoder: {choice.decoder}; requested: auto" in described
+            assert "| pyav | verified |" in described.replace("**", ""), described
             assert "vp9 ≤288p (100 % of clips)" in capfd.readouterr().err
         else:
             assert choice is None and loader.source.input_kind == "frames"

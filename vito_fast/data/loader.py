@@ -98,6 +98,7 @@ class PairLoader:
         self.device, self.batch_size, self.seed = device, batch_size, int(seed)
         self.rank, self.world_size = rank, world_size
         video_decoder, self.decoder_choice = self.config.video_decoder, None
+        self._requested_decoder = video_decoder
         if video_decoder == "auto":
             video_decoder, self.decoder_choice = _choose_video_decoder(source, self.config, device, device_id,
                                                                        announce=rank == 0)
@@ -185,6 +186,21 @@ class PairLoader:
 
     def __len__(self) -> int:
         return self.order.steps
+
+    def describe(self) -> str:
+        """What this loader reads and how, in Markdown: the source and its clips, the data backend and why,
+        the video decoder, and with ``video_decoder="auto"`` the choice's tables (what a run folder keeps)."""
+        lines = ["# Data", "", f"- source: `{self._source_path}`: {self.num_clips:,} clips; {len(self)} batches of "
+                               f"{self.batch_size} per epoch on rank {self.rank} of {self.world_size}",
+                 f"- {self.backend.describe()}"]
+        decoder = getattr(self.source, "decoder", None)
+        if decoder is not None:  # videos
+            host = getattr(self.source, "host_codecs", ())
+            lines.append(f"- video decoder: {decoder}" + (f" (PyAV on the host for {', '.join(host)})" if host else "")
+                         + f"; requested: {self._requested_decoder}")
+        if self.decoder_choice is not None:
+            lines += ["", f"## {self.decoder_choice.describe()}", "", self.decoder_choice.table()]
+        return "\n".join(lines) + "\n"
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch, self.step = int(epoch), 0

@@ -129,6 +129,8 @@ def _train(config: Config, run_dir: Path, resume: bool, info: distributed.DistIn
 
     # Data: this rank's shard, positioned at the restored step.
     loader = build_loader(config, info, epoch=0, start_step=0, run_dir=run_dir)
+    if info.is_main and hasattr(loader, "describe"):  # a run says what fed it (synthetic pairs need no words)
+        RunFolder(run_dir).write_data(loader.describe())
     steps_per_epoch = len(loader)
     if resume and state["loader"].get("steps_per_epoch", steps_per_epoch) != steps_per_epoch:
         raise ValueError(f"pretrain: the data gives {steps_per_epoch} steps per epoch but the checkpoint's "

@@ -4,6 +4,7 @@
     RUN/checkpoint.pt    all that resuming and evaluating need (written atomically: train/checkpoint.py)
     RUN/config.yaml      the run's config for people (the checkpoint holds the copy that is read back)
     RUN/metrics.jsonl    one JSON line per logged step (train/logger.py)
+    RUN/data.md          what fed it: the data backend, the video decoder and why (PairLoader.describe)
     RUN/tensorboard/     TensorBoard scalars and attention images
 
 A source that names a ``.pt`` file rather than a folder stands for that checkpoint (``RunFolder.of``).
@@ -46,6 +47,15 @@ class RunFolder:
     @property
     def tensorboard_dir(self) -> Path:
         return self.path / "tensorboard"
+
+    @property
+    def data_file(self) -> Path:
+        return self.path / "data.md"
+
+    def write_data(self, description: str) -> None:
+        """What fed the run (``PairLoader.describe``): the data backend, the video decoder and its choice."""
+        self.path.mkdir(parents=True, exist_ok=True)
+        self.data_file.write_text(description)
 
     def has_checkpoint(self) -> bool:
         return self.checkpoint.is_file()
