@@ -196,6 +196,20 @@ def test_the_loaders_dali_video_path_shows_turned_clips_as_pyav_does(clips, tmp_
             assert (pyav[name] - dali[name]).abs().mean() < 0.01, name
 
 
+@pytest.mark.parametrize("cores", [2, 16])
+def test_trials_load_together_and_are_timed_one_by_one(clips, trial_env, monkeypatch, cores):
+    """On few cores every trial's process loads before any is timed; on many, each runs once it is ready.
+    Either way each decoder gets its own verdict, in the order asked, a crash included."""
+    import vito_fast.data.config as data_config
+    from vito_fast.decoders.choice import run_trials
+
+    monkeypatch.setattr(data_config, "usable_cores", lambda: cores)
+    requests = [request_of(record, [3, 17]) for record in clips["plain"]]
+    trials = run_trials(["broken_decoders:Crashes", "pyav", "broken_decoders:OffByOne"], "cpu", requests, 60)
+    assert [trial.decoder for trial in trials] == ["broken_decoders:Crashes", "pyav", "broken_decoders:OffByOne"]
+    assert [trial.status for trial in trials] == ["crashed", "verified", "wrong frames"], trials
+
+
 def test_the_choice_is_cached_and_cheap_at_start(clips, trial_env):
     candidates = ["pyav"] + (["dali"] if have_dali() else [])
     started = time.perf_counter()

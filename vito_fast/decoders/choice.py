@@ -43,6 +43,7 @@ __all__ = ["MIN_PSNR_DB", "DecoderTrial", "DecoderChoice", "ManifestChoice", "si
            "DEFAULT_CANDIDATES", "GROUP_SHARE", "MAX_GROUPS"]
 
 MIN_PSNR_DB = 35.0
+SPARE_CORES = 4  # from this many usable cores, a trial runs while the others' processes still load
 HOST_GRAPH_DECODERS = ("pyav", "dali")  # decoders that feed the loader's graph for every clip of a run
 GROUP_SHARE, MAX_GROUPS = 0.05, 4  # the (codec, size class) groups measured: at least 5 % of the clips, 4 at most
 DEFAULT_CANDIDATES = {"cpu": ("pyav", "dali", "torchcodec"), "gpu": ("pyav", "nvc", "dali", "torchcodec")}
@@ -174,11 +175,14 @@ def run_trials(decoders: Sequence[str], device: str, requests: Sequence[FrameReq
                timeout: float) -> List[DecoderTrial]:
     """Each decoder on ``requests`` in a process of its own (see ``decoders.trial``), killed after
     ``timeout`` s. The processes start together and load their decoders at once (importing torch and a
-    decoder takes longer than its trial); the trials then run one at a time, so no trial is timed while
-    another one uses the cores."""
+    decoder takes longer than its trial); the trials then run one at a time. With fewer than
+    ``SPARE_CORES`` usable cores they wait until every process has loaded, so that no trial is timed
+    while another process loads on its cores; with more, each runs as soon as it is ready."""
+    from vito_fast.data.config import usable_cores
+
     processes = {name: _trial_process(name, device) for name in dict.fromkeys(decoders)}
     deadline = time.monotonic() + timeout
-    waiting = {process.stdout: process for process in processes.values()}
+    waiting = {process.stdout: process for process in processes.values()} if usable_cores() < SPARE_CORES else {}
     while waiting and time.monotonic() < deadline:  # each says "ready" once loaded, or ends
         ready, _, _ = select.select(list(waiting), [], [], max(0.0, deadline - time.monotonic()))
         for stream in ready:
