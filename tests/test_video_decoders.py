@@ -108,6 +108,29 @@ def test_every_decoder_here_counts_a_variable_frame_rate_clips_frames_as_players
     assert {("pyav", "vp9"), ("pyav", "h264")} <= checked
 
 
+def test_nvdec_says_which_gpus_cannot_decode_av1(monkeypatch):
+    """Hopper's NVDEC (like GA100's and Turing's) lacks AV1; GA10x, Ada and Blackwell have it: AV1 clips
+    then decode with PyAV on the host, and the decoder says why in one line."""
+    import torch
+
+    from vito_fast.decoders.video_decoders import nvdec_problem
+
+    cards = {"NVIDIA H100 80GB HBM3": (9, 0), "NVIDIA A100-SXM4-80GB": (8, 0), "NVIDIA L4": (8, 9),
+             "NVIDIA RTX A6000": (8, 6), "NVIDIA B200": (10, 0)}
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: 0)
+    for name, capability in cards.items():
+        monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None, c=capability: c)
+        monkeypatch.setattr(torch.cuda, "get_device_name", lambda device=None, n=name: n)
+        assert nvdec_problem("h264") is None and nvdec_problem("vp9") is None
+        reason = nvdec_problem("av1")
+        if capability in ((9, 0), (8, 0)):
+            assert reason == f"this GPU's NVDEC ({name}, sm_{capability[0]}{capability[1]}) does not decode av1"
+        else:
+            assert reason is None, name
+    assert nvdec_problem("prores") == "NVDEC does not decode prores"
+
+
 def test_each_decoder_says_in_one_line_why_it_cannot_run_here():
     reasons = {
         ("dali", "cpu", "h264"): "DALI's CPU video decoder takes vp8, vp9, mjpeg, not h264" if have_dali()

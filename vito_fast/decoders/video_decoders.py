@@ -32,7 +32,8 @@ import numpy as np
 
 from vito_fast.errors import VideoError, first_line
 
-__all__ = ["FrameRequest", "VideoDecoder", "DECODERS", "make_decoder", "PyAVDecoder", "DaliDecoder", "NvcDecoder",
+__all__ = ["FrameRequest", "VideoDecoder", "DECODERS", "make_decoder", "nvdec_problem", "PyAVDecoder", "DaliDecoder",
+           "NvcDecoder",
            "TorchCodecDecoder"]
 
 DALI_CPU_CODECS = ("vp8", "vp9", "mjpeg")
@@ -90,9 +91,20 @@ def _cuda_problem() -> Optional[str]:
     return None if torch.cuda.is_available() else "no CUDA GPU is visible"
 
 
-def _nvdec_problem(codec: str) -> Optional[str]:
-    """Why NVDEC cannot decode ``codec`` here (no GPU, a codec it does not take), or None."""
-    return _cuda_problem() or (None if codec in NVDEC_CODECS else f"NVDEC does not decode {codec}")
+def nvdec_problem(codec: str) -> Optional[str]:
+    """Why this GPU's NVDEC cannot decode ``codec`` (no GPU, a codec no NVDEC takes, or one this
+    generation's lacks), or None. AV1: from GA10x Ampere (sm_86, sm_87), Ada (sm_89) and Blackwell on;
+    not on Volta, Turing, GA100 (A100) nor Hopper (H100, H200), per NVIDIA's NVDEC table."""
+    problem = _cuda_problem() or (None if codec in NVDEC_CODECS else f"NVDEC does not decode {codec}")
+    if problem or codec != "av1":
+        return problem
+    import torch
+
+    device = torch.cuda.current_device()
+    major, minor = torch.cuda.get_device_capability(device)
+    if (major, minor) in ((8, 6), (8, 7), (8, 9)) or major >= 10:
+        return None
+    return f"this GPU's NVDEC ({torch.cuda.get_device_name(device)}, sm_{major}{minor}) does not decode av1"
 
 
 class PyAVDecoder:
@@ -145,7 +157,7 @@ class DaliDecoder:
         if self.device == "cpu" and codec not in DALI_CPU_CODECS:
             return f"DALI's CPU video decoder takes {', '.join(DALI_CPU_CODECS)}, not {codec}"
         if self.device == "gpu":
-            return _nvdec_problem(codec)
+            return nvdec_problem(codec)
         return None
 
     def _build(self):
@@ -224,7 +236,7 @@ class NvcDecoder:
             import PyNvVideoCodec  # noqa: F401
         except ImportError:
             return "PyNvVideoCodec is not installed (pip install pynvvideocodec)"
-        return _nvdec_problem(codec)
+        return nvdec_problem(codec)
 
     def decode(self, request: FrameRequest) -> List[object]:
         import PyNvVideoCodec as nvc
@@ -297,7 +309,7 @@ class TorchCodecDecoder:
             if getattr(torchcodec, "ffmpeg_major_version", None) is None:
                 return (f"torchcodec does not load with FFmpeg {major} here: was it built for another torch "
                         f"than {torch.__version__}?")
-        return _cuda_problem() if self.device == "gpu" else None
+        return nvdec_problem(codec) if self.device == "gpu" else None
 
     def _decoder(self, path: str):
         """The file's ``VideoDecoder``, kept open for the next request (opening one in exact seek mode
