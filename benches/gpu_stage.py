@@ -209,7 +209,8 @@ def install(site: Path, parts_json: Path) -> int:
     joined.unlink()
     probe = ("import importlib, json, sys\nfound = {}\nfor name in sys.argv[1:]:\n    try:\n"
              "        found[name] = str(getattr(importlib.import_module(name), '__version__', '?'))\n"
-             "    except Exception as error:\n        found[name] = 'no: ' + type(error).__name__ + ': ' + str(error)[:160]\n"
+             "    except Exception as error:\n        said = (str(error).strip().splitlines() or [''])[0][:160]\n"
+             "        found[name] = 'no: ' + type(error).__name__ + ': ' + said\n"
              "print(json.dumps(found))")
     check = subprocess.run([sys.executable, "-c", probe, *chosen.imports], env={**os.environ, "PYTHONPATH": str(site)},
                            capture_output=True, text=True)

@@ -509,7 +509,8 @@ def test_the_decoder_set_installs_in_one_part_and_says_what_does_not_import(tmp_
     carried.mkdir()
     _fake_parts(carried, {"av/__init__.py": "__version__ = '18.1.0'\n",
                           "torchcodec/__init__.py": "__version__ = '0.17.0'\n",
-                          "PyNvVideoCodec/__init__.py": "raise OSError('libnvcuvid.so.1: cannot open shared object')\n"},
+                          "PyNvVideoCodec/__init__.py": "raise OSError('libnvcuvid.so.1: cannot open shared object"
+                                                        "\\n\\n=== TROUBLESHOOTING STEPS ===\\n')\n"},
                 parts=1, archive="decoders-site.tar.xz")
     env = {**os.environ, "HOME": str(tmp_path / "home")}
     site = tmp_path / "site"
