@@ -158,6 +158,17 @@ def test_a_cache_that_cannot_be_written_lends_the_links_from_the_temporary_folde
     assert (Path(path.split(os.pathsep)[0]) / f"libavutil.so.{bundled[0] + ffmpeg_libs.AVUTIL_TO_FFMPEG}").exists()
 
 
+@needs_torchcodec
+def test_torchcodec_in_a_process_without_the_lent_ffmpeg_says_how_to_start_one(corpus):
+    if ffmpeg_libs.system_ffmpeg() is not None:
+        pytest.skip("this machine has an FFmpeg torchcodec loads anywhere")
+    from vito_fast.errors import DecoderFailure
+
+    with pytest.raises(DecoderFailure, match="torchcodec finds no FFmpeg in this process: start it with "
+                                             "LD_LIBRARY_PATH=.* or decode through .*DecoderProcess"):
+        make_decoder("torchcodec").decode(request(corpus["plain"][0], (0, 1)))
+
+
 def test_torchcodec_says_in_one_line_why_it_cannot_run(monkeypatch):
     from vito_fast.decoders.video_decoders import TorchCodecDecoder
 

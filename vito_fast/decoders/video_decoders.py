@@ -30,7 +30,7 @@ from typing import List, Optional, Protocol, Sequence, Tuple
 
 import numpy as np
 
-from vito_fast.errors import VideoError, first_line
+from vito_fast.errors import DecoderFailure, VideoError, first_line
 
 __all__ = ["FrameRequest", "VideoDecoder", "DECODERS", "make_decoder", "nvdec_problem", "PyAVDecoder", "DaliDecoder",
            "NvcDecoder",
@@ -346,6 +346,13 @@ class TorchCodecDecoder:
             stale = self._open.pop(request.path, None)  # a decoder that failed is not trusted again
             if stale is not None:
                 self._close_source(stale[1])
+            from vito_fast.decoders import ffmpeg_libs
+
+            lent = ffmpeg_libs.torchcodec_library_path() if ffmpeg_libs.system_ffmpeg() is None else None
+            if lent:  # this process was started without PyAV's FFmpeg on its library path
+                raise DecoderFailure(f"torchcodec finds no FFmpeg in this process: start it with LD_LIBRARY_PATH="
+                                     f"{lent} (the FFmpeg in PyAV's wheel), or decode through "
+                                     f"vito_fast.decoders.decoder_process.DecoderProcess, which does") from None
             raise VideoError(f"{request.path}: torchcodec could not decode frames {list(request.frames)}: "
                              f"{first_line(error)}") from None
         frames = [frame.permute(1, 2, 0) for frame in batch]
