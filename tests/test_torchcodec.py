@@ -22,7 +22,8 @@ from vito_fast.decoders.trial import psnr_db
 from vito_fast.decoders.video_decoders import FrameRequest, make_decoder
 from vito_fast.prepare.scan import scan_videos
 
-REASON = make_decoder("torchcodec", "cpu").unavailable("h264")
+# asked of a process like those it decodes in (a torchcodec built for another torch or CUDA loads nothing)
+REASON = ffmpeg_libs.torchcodec_problem("cpu")
 needs_torchcodec = pytest.mark.skipif(REASON is not None, reason=f"torchcodec: {REASON}")
 
 

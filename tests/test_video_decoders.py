@@ -15,6 +15,7 @@ import pytest
 
 from videos import decode_frame_number, encoder_available, write_video
 from vito_fast.decoders.choice import choose_decoder, size_class
+from vito_fast.decoders.ffmpeg_libs import torchcodec_problem
 from vito_fast.decoders.video_decoders import FrameRequest, make_decoder
 from vito_fast.prepare.scan import scan_videos
 
@@ -333,7 +334,7 @@ def test_the_loader_decodes_with_the_verified_choice(clips, trial_env, tmp_path,
 
     manifest = write_manifest(tmp_path / "manifest.jsonl", clips["plain"] * 2)
     config = LoaderConfig(image_size=32, dtype="float32", num_threads=2, decode_workers=0, video_decoder="auto")
-    torchcodec = ["torchcodec"] if make_decoder("torchcodec").unavailable("vp9") is None else []
+    torchcodec = ["torchcodec"] if make_decoder("torchcodec").unavailable("vp9") is None else []  # the loader tries it
     kinds = {"pyav": "frames", "dali": "video", "torchcodec": "requests"}
     with PairLoader(str(manifest), 2, device="cpu", seed=0, config=config) as loader:
         batch = next(iter(loader))
@@ -373,7 +374,8 @@ def test_gpu_decoders_meet_the_contract(tmp_path, name, codec):
     from vito_fast.decoders.video_decoders import host_frames
 
     decoder = make_decoder(name, "gpu")
-    reason = decoder.unavailable(codec)
+    # torchcodec is asked in a process like those it decodes in (with PyAV's FFmpeg where there is no other)
+    reason = torchcodec_problem("gpu", codec) if name == "torchcodec" else decoder.unavailable(codec)
     if reason:
         pytest.skip(f"{name}: {reason}")
     (tmp_path / "clips").mkdir()
@@ -411,7 +413,7 @@ def test_a_gpu_decoder_in_its_own_process_hands_cuda_frames_to_the_torch_stage(t
     from vito_fast.decoders.trial import psnr_db
     from vito_fast.decoders.video_decoders import host_frames
 
-    reason = make_decoder(name, "gpu").unavailable("h264")
+    reason = torchcodec_problem("gpu") if name == "torchcodec" else make_decoder(name, "gpu").unavailable("h264")
     if reason:
         pytest.skip(f"{name}: {reason}")
     (tmp_path / "clips").mkdir()
@@ -474,7 +476,7 @@ def test_a_video_decoder_that_fails_where_pyav_decodes_does_not_end_the_run(tmp_
 @pytest.mark.parametrize("decoder", ["vito_fast.decoders.video_decoders:PyAVDecoder", "broken_decoders:Fails",
                                      "broken_decoders:Hangs", "broken_decoders:Crashes", pytest.param(
                                          "torchcodec", marks=pytest.mark.skipif(
-                                             make_decoder("torchcodec").unavailable("vp9") is not None,
+                                             torchcodec_problem("cpu", "vp9") is not None,
                                              reason="torchcodec cannot run here"))])
 def test_a_decoder_of_the_device_stage_feeds_the_same_graph(clips, tmp_path, decoder):
     """A decoder that runs in the torch stage (as NVDEC decoders do, on the GPU), in a process of its own,

@@ -23,7 +23,8 @@ import threading
 from pathlib import Path
 from typing import Dict, Optional, Tuple
 
-__all__ = ["bundled_ffmpeg", "system_ffmpeg", "torchcodec_builds", "torchcodec_library_path", "child_environment"]
+__all__ = ["bundled_ffmpeg", "system_ffmpeg", "torchcodec_builds", "torchcodec_library_path", "child_environment",
+           "torchcodec_problem"]
 
 # libavutil's major version -> FFmpeg's (libavutil 56 was FFmpeg 4; each FFmpeg major bumps it by one)
 AVUTIL_TO_FFMPEG = 52
@@ -143,3 +144,20 @@ def child_environment(environment: Dict[str, str]) -> Dict[str, str]:
         return environment
     inherited = environment.get("LD_LIBRARY_PATH")
     return dict(environment, LD_LIBRARY_PATH=os.pathsep.join([extra] + ([inherited] if inherited else [])))
+
+
+def torchcodec_problem(device: str = "cpu", codec: str = "h264") -> Optional[str]:
+    """Why torchcodec cannot decode ``codec`` on ``device`` in the processes it decodes in (started with
+    ``child_environment``), asked of such a process; None when it can. Costs a process that imports
+    torch: for checks ahead of time (tests, benches), not for every loader."""
+    import subprocess
+    import sys
+
+    probe = ("from vito_fast.decoders.video_decoders import make_decoder\n"
+             f"print('answer:', make_decoder('torchcodec', {device!r}).unavailable({codec!r}))")
+    run = subprocess.run([sys.executable, "-c", probe], env=child_environment(dict(os.environ)), capture_output=True,
+                         text=True)
+    said = [line[len("answer: "):] for line in run.stdout.splitlines() if line.startswith("answer: ")]
+    if not said:
+        return f"torchcodec's probe process failed: {(run.stderr.strip().splitlines() or ['?'])[-1][:200]}"
+    return None if said[-1] == "None" else said[-1]
