@@ -101,6 +101,25 @@ def test_a_cache_that_cannot_be_written_keeps_nothing_and_loses_nothing(tmp_path
     same(index, build_manifest_arrays(manifest))
 
 
+def test_the_cache_drops_the_least_recently_used_indexes_beyond_its_size(tmp_path, cache, monkeypatch):
+    import time
+
+    manifests = [write_manifest(tmp_path / f"m{index}.jsonl", records(10 + index)) for index in range(3)]
+    first = manifest_arrays(manifests[0]).kept
+    size = sum(path.stat().st_size for path in first.iterdir())
+    monkeypatch.setenv("VITO_FAST_MANIFEST_CACHE_GB", str(2.5 * size / 1e9))  # room for two such indexes
+    second = manifest_arrays(manifests[1]).kept
+    time.sleep(0.05)
+    manifest_arrays(manifests[0])  # used again: now the most recent but for the next one
+    (cache / ".m9-interrupted").mkdir()
+    os.utime(cache / ".m9-interrupted", (time.time() - 7200, time.time() - 7200))  # a build killed 2 h ago
+    third = manifest_arrays(manifests[2]).kept
+    assert sorted(path.name for path in cache.iterdir() if not path.name.startswith(".")) == \
+        sorted([first.name, third.name])  # the second, least recently used, went
+    assert not second.exists() and not (cache / ".m9-interrupted").exists()
+    same(manifest_arrays(manifests[1]), build_manifest_arrays(manifests[1]))  # built again when asked
+
+
 BUILD_ONCE = """
 import sys, time
 from vito_fast.data import manifest_index

@@ -8,7 +8,8 @@ resolved path (or URL), size and modification time: a manifest written again is 
 opens map the saved arrays read-only (one file, ``numpy.memmap``), so the ranks of a node share one
 copy in the page cache. One process builds while the others wait for it (a lock file); an index
 that cannot be read is built again, and one that cannot be written (a read-only cache) is simply
-not kept. A remote manifest whose store gives no modification time or ETag is never kept.
+not kept. A remote manifest whose store gives no modification time or ETag is never kept. The cache
+holds at most ``CACHE_GB`` of indexes: the least recently used go first.
 """
 from __future__ import annotations
 
@@ -18,6 +19,7 @@ import json
 import os
 import shutil
 import tempfile
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Dict, List, Optional
@@ -26,6 +28,7 @@ import numpy as np
 
 __all__ = ["ManifestArrays", "manifest_arrays", "build_manifest_arrays", "INDEX_VERSION"]
 
+CACHE_GB = 8.0  # the kept indexes in all, least recently used dropped first ($VITO_FAST_MANIFEST_CACHE_GB)
 INDEX_VERSION = 1  # bump when the arrays or their meaning change: older indexes are then rebuilt
 # per clip; "keyframe_start" has one more entry, the keyframe arrays one entry per keyframe
 CLIP_ARRAYS = ("path_id", "num_frames", "fps", "frame_hw", "first_frame", "indexed", "codec_id", "orientation",
@@ -166,7 +169,36 @@ def _load(folder: Path) -> ManifestArrays:
             or any(len(arrays[name]) != keyframes for name in KEYFRAME_ARRAYS) \
             or len(meta["paths"]) != meta["files"] or int(arrays["keyframe_start"][-1]) != keyframes:
         raise ValueError("the index's arrays do not agree with each other")
+    try:
+        os.utime(folder / "index.json")  # last used now: the cache drops the least recently used first
+    except OSError:
+        pass  # a read-only cache still serves
     return ManifestArrays(meta["paths"], meta["codecs"], meta["classes"], arrays, kept=folder)
+
+
+def _prune(root: Path, keep: Path) -> None:
+    """Drop the least recently used indexes beyond ``CACHE_GB`` (``$VITO_FAST_MANIFEST_CACHE_GB``, default
+    8) in all, never ``keep``; and folders an interrupted build left over an hour ago. A process that
+    maps a dropped index keeps reading it (the file goes when the last mapping does)."""
+    limit = float(os.environ.get("VITO_FAST_MANIFEST_CACHE_GB", CACHE_GB)) * 1e9
+    kept = []
+    for entry in os.scandir(root):
+        path = Path(entry.path)
+        try:
+            if entry.name.startswith("."):
+                if entry.is_dir() and time.time() - entry.stat().st_mtime > 3600:
+                    shutil.rmtree(path, ignore_errors=True)
+                continue
+            used = (path / "index.json").stat().st_mtime
+            size = sum(item.stat().st_size for item in path.iterdir())
+        except OSError:
+            continue
+        kept.append((used, size, path))
+    total = 0
+    for used, size, path in sorted(kept, key=lambda item: -item[0]):
+        total += size
+        if total > limit and path != keep:
+            shutil.rmtree(path, ignore_errors=True)
 
 
 def _save(index: ManifestArrays, folder: Path) -> None:
@@ -226,6 +258,7 @@ def manifest_arrays(manifest, keep: bool = True) -> ManifestArrays:
             _save(index, folder)
         except OSError:  # a full or read-only disk: this run uses what it built
             return index
+        _prune(folder.parent, keep=folder)
     try:
         os.unlink(folder.parent / f".{digest}.lock")
     except OSError:
