@@ -5,7 +5,8 @@ and the one rule for the loader's CPU resources.
 is, the batch, the views and the loader's resources; ``DataConfig.loader_config`` turns it into
 the ``LoaderConfig`` of this rank. Both say "automatic" the same way, with None.
 ``usable_cores()`` is the package's one core counter and ``decode_workers(requested)`` the one
-rule for how many decoding processes a rank starts.
+rule for how many decoding processes a rank starts; ``cache_folder()`` is where the package keeps
+what it measured or built for next time (the decoder choice, manifest indexes, FFmpeg's links).
 """
 from __future__ import annotations
 
@@ -15,9 +16,15 @@ from typing import Optional
 
 from vito_fast.data.sampler import ViewConfig
 
-__all__ = ["DataConfig", "LoaderConfig", "usable_cores", "decode_workers", "VIDEO_DECODERS"]
+__all__ = ["DataConfig", "LoaderConfig", "usable_cores", "decode_workers", "cache_folder", "VIDEO_DECODERS"]
 
 VIDEO_DECODERS = ("pyav", "dali", "nvc", "torchcodec", "auto")  # video_decoders.DECODERS and "auto"
+
+
+def cache_folder() -> str:
+    """``$VITO_FAST_CACHE_DIR``, else ``$XDG_CACHE_HOME/vito_fast``, else ``~/.cache/vito_fast``."""
+    return os.environ.get("VITO_FAST_CACHE_DIR") or os.path.join(
+        os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "vito_fast")
 
 
 def usable_cores() -> int:

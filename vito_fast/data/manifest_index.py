@@ -26,6 +26,8 @@ from typing import Dict, List, Optional
 
 import numpy as np
 
+from vito_fast.data.config import cache_folder
+
 __all__ = ["ManifestArrays", "manifest_arrays", "build_manifest_arrays", "INDEX_VERSION"]
 
 CACHE_GB = 8.0  # the kept indexes in all, least recently used dropped first ($VITO_FAST_MANIFEST_CACHE_GB)
@@ -143,12 +145,6 @@ def _identity(manifest) -> Optional[str]:
     return f"{Path(manifest).resolve()}|{given}|{stat.st_size}|{stat.st_mtime_ns}"
 
 
-def _cache_root() -> Path:
-    root = os.environ.get("VITO_FAST_CACHE_DIR") or os.path.join(
-        os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "vito_fast")
-    return Path(root) / "manifests"
-
-
 def _load(folder: Path) -> ManifestArrays:
     """The index in ``folder``, its arrays views of one read-only mapping of ``arrays.bin`` (one file
     descriptor, pages shared between processes); raises when it is incomplete or inconsistent."""
@@ -233,12 +229,10 @@ def manifest_arrays(manifest, keep: bool = True) -> ManifestArrays:
     if identity is None:
         return build_manifest_arrays(manifest)
     digest = hashlib.sha256(f"{identity}|v{INDEX_VERSION}".encode()).hexdigest()[:24]
-    folder = _cache_root() / digest
-    if (folder / "index.json").is_file():
-        try:
-            return _load(folder)
-        except (OSError, ValueError, KeyError):
-            shutil.rmtree(folder, ignore_errors=True)  # damaged: built again below
+    folder = Path(cache_folder()) / "manifests" / digest
+    kept = _kept(folder)
+    if kept is not None:
+        return kept
     try:
         folder.parent.mkdir(parents=True, exist_ok=True)
         lock = open(folder.parent / f".{digest}.lock", "w")
@@ -248,11 +242,9 @@ def manifest_arrays(manifest, keep: bool = True) -> ManifestArrays:
         import fcntl
 
         fcntl.flock(lock, fcntl.LOCK_EX)  # one process builds; the others wait, then map what it wrote
-        if (folder / "index.json").is_file():
-            try:
-                return _load(folder)
-            except (OSError, ValueError, KeyError):
-                shutil.rmtree(folder, ignore_errors=True)
+        kept = _kept(folder)
+        if kept is not None:
+            return kept
         index = build_manifest_arrays(manifest)
         try:
             _save(index, folder)
@@ -263,7 +255,16 @@ def manifest_arrays(manifest, keep: bool = True) -> ManifestArrays:
         os.unlink(folder.parent / f".{digest}.lock")
     except OSError:
         pass
+    kept = _kept(folder)
+    return index if kept is None else kept
+
+
+def _kept(folder: Path) -> Optional[ManifestArrays]:
+    """The index kept in ``folder``, or None: none there, or a damaged one (removed, to be built again)."""
+    if not (folder / "index.json").is_file():
+        return None
     try:
         return _load(folder)
     except (OSError, ValueError, KeyError):
-        return index
+        shutil.rmtree(folder, ignore_errors=True)
+        return None

@@ -182,12 +182,12 @@ def run_trials(decoders: Sequence[str], device: str, requests: Sequence[FrameReq
 
     processes = {name: _trial_process(name, device) for name in dict.fromkeys(decoders)}
     deadline = time.monotonic() + timeout
-    waiting = {process.stdout: process for process in processes.values()} if usable_cores() < SPARE_CORES else {}
+    waiting = {process.stdout for process in processes.values()} if usable_cores() < SPARE_CORES else set()
     while waiting and time.monotonic() < deadline:  # each says "ready" once loaded, or ends
         ready, _, _ = select.select(list(waiting), [], [], max(0.0, deadline - time.monotonic()))
         for stream in ready:
             stream.readline()
-            del waiting[stream]
+            waiting.discard(stream)
     trials = {}
     try:
         for name, process in processes.items():
@@ -218,10 +218,10 @@ def run_trial(decoder: str, device: str, requests: Sequence[FrameRequest], timeo
 
 
 def default_cache_path() -> Path:
-    """``$VITO_FAST_CACHE_DIR`` (or ``$XDG_CACHE_HOME/vito_fast``, ``~/.cache/vito_fast``)/video_decoders.json."""
-    folder = os.environ.get("VITO_FAST_CACHE_DIR") or os.path.join(
-        os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "vito_fast")
-    return Path(folder) / "video_decoders.json"
+    """``data.config.cache_folder()``/video_decoders.json."""
+    from vito_fast.data.config import cache_folder
+
+    return Path(cache_folder()) / "video_decoders.json"
 
 
 def _versions() -> str:
@@ -272,9 +272,9 @@ def choose_decoder(records: Sequence, *, device: str = "cpu", candidates: Option
     trials = run_trials(candidates, device, requests, timeout)
     from vito_fast.data.config import usable_cores
 
+    cores = usable_cores()
     for trial in trials:
-        trial.loader_rate = trial.rate_for_loader(loader_streams(trial.decoder, device, usable_cores()),
-                                                  usable_cores())
+        trial.loader_rate = trial.rate_for_loader(loader_streams(trial.decoder, device, cores), cores)
     verified = [trial for trial in trials if trial.verified]
     if not verified:
         reasons = "; ".join(f"{trial.decoder}: {trial.status} ({trial.reason})" for trial in trials)

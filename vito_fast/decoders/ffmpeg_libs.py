@@ -85,12 +85,6 @@ def system_ffmpeg() -> Optional[int]:
     return None
 
 
-def _cache_folder() -> Path:
-    root = os.environ.get("VITO_FAST_CACHE_DIR") or os.path.join(
-        os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "vito_fast")
-    return Path(root)
-
-
 def _link_folder(major: int, folder: Path, files: Dict[str, Path], cache: Path) -> Path:
     """A folder of links named as torchcodec asks (``libavutil.so.60`` -> PyAV's renamed file), one per
     PyAV install (its folder and file names make the key): built beside, then renamed into place, so
@@ -117,7 +111,9 @@ def _library_path() -> Optional[str]:
     if bundled is None or bundled[0] not in torchcodec_builds():
         return None
     major, folder, files = bundled
-    for cache in (_cache_folder(), Path(tempfile.gettempdir()) / f"vito_fast-{os.getuid()}"):
+    from vito_fast.data.config import cache_folder
+
+    for cache in (Path(cache_folder()), Path(tempfile.gettempdir()) / f"vito_fast-{os.getuid()}"):
         try:  # a cache that cannot be written (a read-only home): the temporary folder
             return os.pathsep.join([str(_link_folder(major, folder, files, cache)), str(folder)])
         except OSError:
