@@ -35,8 +35,8 @@ import numpy as np
 
 from vito_fast.errors import VideoError, about, failed_object
 
-__all__ = ["VideoFrameReader", "keyframe_index", "demux_keyframe_index", "display_orientation", "display_rgb",
-           "upright"]
+__all__ = ["VideoFrameReader", "keyframe_index", "demux_keyframe_index", "display_orientation", "oriented",
+           "display_rgb", "upright"]
 
 
 # ----------------------------------------------------------------------------- keyframe index
@@ -88,16 +88,23 @@ def display_orientation(frame) -> Tuple[bool, bool, bool]:
     return False, False, False
 
 
+def oriented(image, orientation: Tuple[bool, bool, bool]):
+    """``image`` (H, W, ...: a NumPy array or a torch tensor) turned by (transpose, flip rows, flip
+    columns), the order ``display_orientation`` gives them in; a view of NumPy's, a copy of torch's."""
+    transpose, flip_rows, flip_columns = orientation
+    tensor = hasattr(image, "flip")  # torch has no negative strides: flip() copies
+    if transpose:
+        image = image.transpose(0, 1) if tensor else image.swapaxes(0, 1)
+    if flip_rows:
+        image = image.flip(0) if tensor else image[::-1]
+    if flip_columns:
+        image = image.flip(1) if tensor else image[:, ::-1]
+    return image
+
+
 def upright(image: np.ndarray, frame) -> np.ndarray:
     """``image`` (H, W, C), a picture of ``frame`` at any scale, turned as players show the frame; dense."""
-    transpose, flip_rows, flip_columns = display_orientation(frame)
-    if transpose:
-        image = image.transpose(1, 0, 2)
-    if flip_rows:
-        image = image[::-1]
-    if flip_columns:
-        image = image[:, ::-1]
-    return np.ascontiguousarray(image)
+    return np.ascontiguousarray(oriented(image, display_orientation(frame)))
 
 
 def display_rgb(frame, coded_size: Optional[Tuple[int, int]] = None) -> np.ndarray:

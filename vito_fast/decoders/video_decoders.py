@@ -33,8 +33,7 @@ import numpy as np
 from vito_fast.errors import DecoderFailure, VideoError, first_line
 
 __all__ = ["FrameRequest", "VideoDecoder", "DECODERS", "make_decoder", "nvdec_problem", "PyAVDecoder", "DaliDecoder",
-           "NvcDecoder",
-           "TorchCodecDecoder"]
+           "NvcDecoder", "TorchCodecDecoder"]
 
 DALI_CPU_CODECS = ("vp8", "vp9", "mjpeg")
 NVDEC_CODECS = ("h264", "hevc", "vp8", "vp9", "av1", "mpeg1video", "mpeg2video", "mpeg4", "vc1", "mjpeg")
@@ -380,23 +379,12 @@ def _quarter_turns(degrees: Optional[float]) -> int:
     return int(round((degrees or 0.0) / 90.0)) % 4
 
 
-def _orient(image, orientation: Tuple[bool, bool, bool]):
-    """``image`` (H, W, ...; NumPy or torch) turned by the scan's (transpose, flip rows, flip columns)."""
-    transpose, flip_rows, flip_columns = orientation
-    tensor = hasattr(image, "flip")
-    if transpose:
-        image = image.transpose(0, 1) if tensor else image.swapaxes(0, 1)
-    if flip_rows:
-        image = image.flip(0) if tensor else image[::-1]
-    if flip_columns:
-        image = image.flip(1) if tensor else image[:, ::-1]
-    return image
-
-
 def _turn_is(orientation: Tuple[bool, bool, bool], degrees: Optional[float]) -> bool:
     """Whether turning by ``degrees`` shows a frame as ``orientation`` does (false for a mirrored matrix)."""
+    from vito_fast.data.video_source import oriented
+
     probe = np.arange(6).reshape(2, 3)
-    expected, turned = _orient(probe, orientation), np.rot90(probe, _quarter_turns(degrees))
+    expected, turned = oriented(probe, orientation), np.rot90(probe, _quarter_turns(degrees))
     return expected.shape == turned.shape and bool((expected == turned).all())
 
 
@@ -404,8 +392,10 @@ def _reorient(frame, orientation: Tuple[bool, bool, bool], degrees: Optional[flo
     """A frame (H, W, C tensor) a decoder turned by ``degrees``, turned back, then as ``orientation`` says."""
     import torch
 
+    from vito_fast.data.video_source import oriented
+
     turns = _quarter_turns(degrees)
-    return _orient(torch.rot90(frame, -turns, dims=(0, 1)) if turns else frame, orientation)
+    return oriented(torch.rot90(frame, -turns, dims=(0, 1)) if turns else frame, orientation)
 
 
 DECODERS = {"pyav": PyAVDecoder, "dali": DaliDecoder, "nvc": NvcDecoder, "torchcodec": TorchCodecDecoder}
