@@ -289,29 +289,18 @@ def tests_decoders(ctx) -> None:
 
 def video_corpus_large(ctx) -> None:
     """720p GOP-60 H.264 files (a toy VP9 corpus in the dry run), written in parallel and scanned."""
-    import multiprocessing
-    from concurrent.futures import ProcessPoolExecutor
-
     import gpu_pass_steps as steps
     from bench_loader import write_textured_video
-    from vito_fast.data.manifest import write_manifest
-    from vito_fast.prepare.scan import scan_videos
 
     steps.require("PyAV")
     label, (encoder, suffix, width, height, gop, files, seconds) = CORPORA[_kind(ctx)][1]
-    folder, started = ctx.work / "videos-large", time.perf_counter()
-    folder.mkdir(parents=True, exist_ok=True)
+    started = time.perf_counter()
     options = {"preset": "veryfast", "crf": "23"} if encoder == "libx264" else {"deadline": "realtime", "cpu-used": "8"}
-    paths = [folder / f"{index:03d}{suffix}" for index in range(files)]
-    with ProcessPoolExecutor(min(files, os.cpu_count() or 1), mp_context=multiprocessing.get_context("fork")) as pool:
-        write = partial(write_textured_video, encoder=encoder, width=width, height=height, gop=gop,
-                        frames=int(seconds * 25), options=options)
-        list(pool.map(write, paths, range(files)))
-    records, rejected = scan_videos([str(folder)], workers=min(files, os.cpu_count() or 1), progress=False)
-    if rejected or not records:
-        raise RuntimeError(f"large video corpus: the scan rejected {rejected[:2]}")
-    write_manifest(ctx.work / "videos-large.jsonl", records)
-    write_manifest(ctx.work / "videos-large-repeat.jsonl", records * ctx.sizes.video_repeat)
+    paths = [ctx.work / "videos-large" / f"{index:03d}{suffix}" for index in range(files)]
+    write = partial(write_textured_video, encoder=encoder, width=width, height=height, gop=gop,
+                    frames=int(seconds * 25), options=options)
+    records = steps.write_corpus(ctx, paths, write, ctx.work / "videos-large.jsonl",
+                                 ctx.work / "videos-large-repeat.jsonl")
     ctx.row(corpus=label, files=len(records), codec=records[0].codec, size=f"{records[0].width}x{records[0].height}",
             gop=gop, seconds_each=seconds, write_seconds=round(time.perf_counter() - started, 1))
 

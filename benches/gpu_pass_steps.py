@@ -628,29 +628,46 @@ def loader_store_torch(ctx: Context) -> None:
     _store_loader(ctx, "torch", "gpu" if ctx.cuda else "cpu")
 
 
-def video_corpus(ctx: Context) -> None:
-    """256p GOP-16 H.264 files (VP9 in the dry run), written by bench_video_path and scanned."""
-    require("PyAV")
+def write_corpus(ctx: Context, paths: Sequence[Path], write: Callable, once: Path, repeat: Path) -> list:
+    """``write(path, seed)`` for each of ``paths`` in parallel (forked processes), then the scan: the
+    records, in ``once`` and, each ``sizes.video_repeat`` times, in ``repeat``."""
     import multiprocessing
     from concurrent.futures import ProcessPoolExecutor
 
-    import bench_video_path as suite
-    from vito_fast.prepare.scan import scan_videos
     from vito_fast.data.manifest import write_manifest
+    from vito_fast.prepare.scan import scan_videos
+
+    folder = Path(paths[0]).parent
+    folder.mkdir(parents=True, exist_ok=True)
+    workers = min(len(paths), os.cpu_count() or 1)
+    with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("fork")) as pool:
+        list(pool.map(write, paths, range(len(paths))))
+    records, rejected = scan_videos([str(folder)], workers=workers, progress=False)
+    if rejected or not records:
+        raise RuntimeError(f"video corpus {folder.name}: the scan rejected {rejected[:2]}")
+    write_manifest(once, records)
+    write_manifest(repeat, records * ctx.sizes.video_repeat)
+    return records
+
+
+def _write_format(path: Path, seed: int, fmt: str, seconds: float) -> None:
+    import bench_video_path as suite
+
+    suite.write_video(path, fmt, seconds, seed)
+
+
+def video_corpus(ctx: Context) -> None:
+    """256p GOP-16 H.264 files (VP9 in the dry run), written by bench_video_path and scanned."""
+    require("PyAV")
+    from functools import partial
+
+    import bench_video_path as suite
 
     sizes, started = ctx.sizes, time.perf_counter()
     suffix = suite.FORMATS[sizes.video_format][1]
-    ctx.videos.mkdir(parents=True, exist_ok=True)
     paths = [ctx.videos / f"{index:03d}{suffix}" for index in range(sizes.video_files)]
-    workers = min(len(paths), os.cpu_count() or 1)
-    with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("fork")) as pool:
-        list(pool.map(suite.write_video, paths, [sizes.video_format] * len(paths),
-                      [sizes.video_seconds] * len(paths), range(len(paths))))
-    records, rejected = scan_videos([str(ctx.videos)], workers=workers, progress=False)
-    if rejected or not records:
-        raise RuntimeError(f"video corpus: the scan rejected {rejected[:2]}")
-    write_manifest(ctx.manifest, records)
-    write_manifest(ctx.manifest_repeat, records * sizes.video_repeat)
+    write = partial(_write_format, fmt=sizes.video_format, seconds=sizes.video_seconds)
+    records = write_corpus(ctx, paths, write, ctx.manifest, ctx.manifest_repeat)
     ctx.row(format=sizes.video_format, files=len(records), codec=records[0].codec,
             size=f"{records[0].width}x{records[0].height}", seconds_each=sizes.video_seconds,
             write_seconds=round(time.perf_counter() - started, 1))
