@@ -35,7 +35,6 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Tuple
 
-from vito_fast.decoders.ffmpeg_libs import child_environment
 from vito_fast.decoders.video_decoders import FrameRequest
 
 __all__ = ["MIN_PSNR_DB", "DecoderTrial", "DecoderChoice", "ManifestChoice", "size_class", "trial_requests",
@@ -155,10 +154,11 @@ def trial_requests(records: Sequence, samples: int) -> List[FrameRequest]:
 
 def _trial_process(decoder: str, device: str) -> subprocess.Popen:
     """A trial's process (``decoders.trial``), started to load its decoder and wait for the job."""
-    environment = child_environment(dict(os.environ)) if decoder == "torchcodec" else None  # PyAV's FFmpeg
+    from vito_fast.decoders.decoder_process import decoder_environment
+
     return subprocess.Popen([sys.executable, "-m", "vito_fast.decoders.trial", decoder, device],
                             stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            env=environment)
+                            env=decoder_environment(decoder))
 
 
 def _trial_result(decoder: str, process: subprocess.Popen, stdout: str, stderr: str) -> DecoderTrial:

@@ -22,16 +22,24 @@ import tempfile
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from multiprocessing.connection import Connection
-from typing import List, Optional, Sequence
+from typing import Dict, List, Optional, Sequence
 
 from vito_fast.data.decode_pool import exit_reason, worker_environment
 from vito_fast.decoders.ffmpeg_libs import child_environment
 from vito_fast.errors import DecoderFailure, VideoError, first_line
 
-__all__ = ["DecoderProcess", "START_SECONDS"]
+__all__ = ["DecoderProcess", "decoder_environment", "START_SECONDS"]
 
 START_SECONDS = 120.0  # for the process to import torch and make its decoder (a CUDA context: seconds)
 GPU_THREADS = 4  # requests decoded at once on a GPU (an H100 has 7 NVDEC engines, an A100 5)
+
+
+def decoder_environment(name: str) -> Dict[str, str]:
+    """The environment of a process that decodes with decoder ``name`` (this one, a trial's): the
+    trainer's, with its ``sys.path`` (``worker_environment``), and for torchcodec the FFmpeg in PyAV's
+    wheel where the machine has none (``ffmpeg_libs.child_environment``)."""
+    environment = worker_environment()
+    return child_environment(environment) if name == "torchcodec" else environment
 
 
 class DecoderProcess:
@@ -51,8 +59,7 @@ class DecoderProcess:
         try:
             self._process = subprocess.Popen(
                 [sys.executable, "-m", "vito_fast.decoders.decoder_process", str(child.fileno())],
-                pass_fds=[child.fileno()], stdin=subprocess.DEVNULL, stderr=self._log,
-                env=child_environment(worker_environment()) if name == "torchcodec" else worker_environment())
+                pass_fds=[child.fileno()], stdin=subprocess.DEVNULL, stderr=self._log, env=decoder_environment(name))
         finally:
             child.close()
         self._connection.send((name, device, device_id, threads))
